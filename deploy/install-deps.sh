@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package that the build, the tests and the benchmarks need.
+# Idempotent and non-interactive; run as root (or through sudo).
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config git
+  # libraries
+  librocksdb-dev libzmq3-dev cppzmq-dev liburing-dev libaio-dev
+  libprotobuf-dev protobuf-compiler
+  libboost-log-dev libboost-program-options-dev
+  libzstd-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev
+  # real NBD clients and image tools used by tests and benchmarks
+  qemu-utils libnbd-bin
+  # test and benchmark helpers
+  procps psmisc time util-linux coreutils python3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps: done"
