@@ -33,7 +33,8 @@ struct BlockDeviceOptions {
   // create, a missing path is NotFound.
   uint64_t create_size = 0;
   IoEngine engine = IoEngine::kAuto;
-  // How many I/Os may be in flight in one WriteBatch/ReadBatch call.
+  // How many I/Os may be in flight in one WriteBatch/ReadBatch call. 1..4096, else
+  // OpenBlockDevice returns InvalidArgument.
   unsigned queue_depth = 64;
 };
 

@@ -10,6 +10,7 @@
 
 #include <cassert>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -90,6 +91,11 @@ class [[nodiscard]] Status {
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
 };
+
+// Streams status.ToString().
+inline std::ostream& operator<<(std::ostream& os, const Status& status) {
+  return os << status.ToString();
+}
 
 // Either a T or a non-OK Status. Constructing a Result from an OK Status is a bug.
 template <typename T>

@@ -1,0 +1,42 @@
+#include "cdp/agent/agent_state.h"
+
+#include <nlohmann/json.hpp>
+
+#include "cdp/core/atomic_file.h"
+
+namespace cdp::agent {
+
+namespace {
+std::string StatePath(const std::string& dir) { return dir + "/agent-state.json"; }
+}  // namespace
+
+Result<AgentState> LoadAgentState(const std::string& state_dir) {
+  const std::string path = StatePath(state_dir);
+  CDP_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path));
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || j.value("format", 0) != 1) {
+    return Status::Corruption("agent state " + path +
+                              " does not parse; move it away to start with a full resync");
+  }
+  AgentState s;
+  s.volume = j.value("volume", "");
+  s.size_bytes = j.value("size_bytes", uint64_t{0});
+  s.clean_shutdown = j.value("clean_shutdown", false);
+  s.initial_sync_done = j.value("initial_sync_done", false);
+  s.sync_cursor = j.value("sync_cursor", uint64_t{0});
+  s.skip_zero = j.value("skip_zero", false);
+  return s;
+}
+
+Status SaveAgentState(const std::string& state_dir, const AgentState& s) {
+  nlohmann::json j = {{"format", 1},
+                      {"volume", s.volume},
+                      {"size_bytes", s.size_bytes},
+                      {"clean_shutdown", s.clean_shutdown},
+                      {"initial_sync_done", s.initial_sync_done},
+                      {"sync_cursor", s.sync_cursor},
+                      {"skip_zero", s.skip_zero}};
+  return WriteFileAtomic(StatePath(state_dir), j.dump(2) + "\n");
+}
+
+}  // namespace cdp::agent

@@ -1,0 +1,33 @@
+// AgentState: what the agent keeps in its state directory between runs (docs/agent-state.md).
+//
+//   STATE_DIR/agent-state.json  {"format": 1, "volume", "size_bytes", "clean_shutdown",
+//                                "initial_sync_done", "sync_cursor", "skip_zero"}
+//   STATE_DIR/dirty.bitmap      DirtyBitmap::Save format, written on clean shutdown
+//
+// clean_shutdown is false while the agent runs; a start that finds it false knows the last run
+// crashed (writes may have been acked locally but not journaled) and resyncs the whole device.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cdp/core/status.h"
+
+namespace cdp::agent {
+
+struct AgentState {
+  std::string volume;
+  uint64_t size_bytes = 0;
+  bool clean_shutdown = false;
+  bool initial_sync_done = false;
+  uint64_t sync_cursor = 0;  // the full sync has captured [0, sync_cursor)
+  bool skip_zero = true;     // the full sync may skip zero regions (the journal started empty)
+};
+
+// Loads STATE_DIR/agent-state.json. NotFound when there is none; Corruption naming the file
+// when it does not parse.
+Result<AgentState> LoadAgentState(const std::string& state_dir);
+// Saves it atomically.
+Status SaveAgentState(const std::string& state_dir, const AgentState& state);
+
+}  // namespace cdp::agent

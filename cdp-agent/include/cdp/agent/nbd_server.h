@@ -1,0 +1,158 @@
+// NbdServer: the capture agent's NBD front end. It exports one CaptureTarget under one export
+// name over a unix or TCP socket, so that a hypervisor (QEMU) or nbd-client can use the
+// protected volume as a disk while every write is captured.
+//
+// Protocol: fixed-newstyle handshake (NBD_OPT_EXPORT_NAME, ABORT, LIST, INFO, GO; STARTTLS,
+// STRUCTURED_REPLY, META_CONTEXT and unknown options are refused with an error reply), then
+// simple replies only. Advertised: HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM,
+// SEND_WRITE_ZEROES (and READ_ONLY when configured); no MULTI_CONN, no structured replies.
+// Block sizes: minimum = target->block_size(), preferred = max(preferred_block_size, minimum),
+// maximum = max_block_size. Requests are validated with nbd::ValidateRequest (nbd_protocol.h)
+// before they reach the target, so a rejected request journals nothing.
+//
+// Threads: one accept thread, plus one thread per connection that handles that connection's
+// requests in order. Each call into the CaptureTarget comes from a connection thread.
+//
+//   Start() --> [accept thread] --accept--> [connection thread] handshake -> transmission
+//   Stop()  --> wake accept thread, shutdown() every connection socket, join all threads
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "cdp/agent/capture_target.h"
+#include "cdp/agent/nbd_protocol.h"
+#include "cdp/core/status.h"
+
+namespace cdp::agent {
+
+// A parsed listen address.
+struct NbdListenAddress {
+  enum class Kind { kUnix, kTcp };
+  Kind kind = Kind::kUnix;
+  std::string path;   // kUnix: socket file path
+  std::string host;   // kTcp: host name or literal address; empty listens on every address
+  uint16_t port = 0;  // kTcp: 0 asks the kernel for a free port (see bound_address())
+};
+
+// Parses "unix:PATH" or "tcp:HOST:PORT" ("tcp:[::1]:10809" for IPv6 literals, "tcp::10809"
+// for every address). InvalidArgument naming `text` and the accepted forms on bad syntax.
+Result<NbdListenAddress> ParseNbdListenAddress(std::string_view text);
+
+// Counters since Start(). Monotonic except connections_active. Request counters are updated
+// before the reply is sent, so a client that has a reply sees it counted.
+struct NbdServerStats {
+  uint64_t connections_accepted = 0;
+  uint64_t connections_active = 0;
+  uint64_t requests = 0;       // transmission requests received (including rejected ones)
+  uint64_t errors = 0;         // requests answered with a non-zero NBD error
+  uint64_t bytes_read = 0;     // payload bytes returned by successful NBD_CMD_READs
+  uint64_t bytes_written = 0;  // payload bytes accepted by NBD_CMD_WRITE
+};
+
+class NbdServer {
+ public:
+  struct Options {
+    // "unix:/run/cdp/db01-sda.sock" or "tcp:127.0.0.1:10809".
+    std::string listen_address;
+    // The only export; usually the volume name. Clients asking for "" get it too (the NBD
+    // default export).
+    std::string export_name;
+    // Not owned; must outlive the server (until Stop() returns).
+    CaptureTarget* target = nullptr;
+    // Largest READ / WRITE / WRITE_ZEROES accepted; a multiple of target->block_size().
+    uint32_t max_block_size = 32u << 20;
+    // Advertised preferred block size (a power of two; raised to the minimum if smaller).
+    uint32_t preferred_block_size = 4096;
+    // Advertise NBD_FLAG_READ_ONLY and refuse WRITE / TRIM / WRITE_ZEROES with EPERM.
+    bool read_only = false;
+    // Permissions of a unix socket file (the hypervisor's group may need access).
+    mode_t unix_socket_mode = 0660;
+  };
+
+  // Validates `options`, binds and listens, and starts the accept thread.
+  // Returns InvalidArgument for bad options (address syntax, missing target or export name,
+  // block sizes the NBD spec forbids), IOError/AlreadyExists naming the address when it cannot
+  // listen (port busy, unix socket path unwritable, a live server already on that socket).
+  // A stale unix socket file (nobody accepting) is removed and replaced; any other file at that
+  // path is left alone and reported.
+  static Result<std::unique_ptr<NbdServer>> Start(Options options);
+
+  // Calls Stop().
+  ~NbdServer();
+
+  NbdServer(const NbdServer&) = delete;
+  NbdServer& operator=(const NbdServer&) = delete;
+
+  // Stops accepting, closes the listening socket (removing its unix socket file), disconnects
+  // every client and joins all threads. A request already inside the target completes first;
+  // no call into the target is made after Stop() returns. Idempotent and thread-safe.
+  // REQUIRES: not called from inside a CaptureTarget call made by this server (it joins the
+  // connection threads, one of which would be the caller).
+  void Stop();
+
+  // The address actually listened on, in listen_address syntax. For "tcp:HOST:0" this names
+  // the port the kernel chose, e.g. "tcp:127.0.0.1:40123". Thread-safe.
+  std::string bound_address() const { return bound_address_; }
+
+  // A snapshot of the counters. Thread-safe.
+  NbdServerStats stats() const;
+
+ private:
+  // One client connection, owned by the server; its thread runs the NBD session.
+  struct Connection {
+    int fd = -1;  // guarded by NbdServer::mu_; -1 once the connection thread closed it
+    std::string peer;
+    std::thread thread;
+    std::atomic<bool> finished{false};
+  };
+
+  // Atomic counters behind NbdServerStats, bumped by connection threads.
+  struct Counters {
+    std::atomic<uint64_t> connections_accepted{0};
+    std::atomic<uint64_t> connections_active{0};
+    std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> errors{0};
+    std::atomic<uint64_t> bytes_read{0};
+    std::atomic<uint64_t> bytes_written{0};
+  };
+
+  friend class NbdSession;
+
+  explicit NbdServer(Options options);
+
+  void AcceptLoop();
+  void ServeConnection(Connection* conn);
+  // Joins connection threads that have finished. REQUIRES: called from the accept thread.
+  void ReapFinishedConnections();
+
+  const Options options_;
+  nbd::ExportLimits limits_;           // size, block sizes, read-only: fixed at Start()
+  uint32_t preferred_block_size_ = 0;  // as advertised
+  uint16_t transmission_flags_ = 0;    // as advertised
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;       // eventfd that wakes the accept thread on Stop()
+  std::string unix_path_;  // socket file to remove on Stop(); empty for TCP
+  ino_t unix_inode_ = 0;   // the socket file we created, so Stop() removes only ours
+  bool is_tcp_ = false;
+  std::string bound_address_;  // set before the accept thread starts; const afterwards
+  std::thread accept_thread_;
+  Counters counters_;
+
+  std::mutex stop_mu_;    // serializes Stop()
+  bool stopped_ = false;  // guarded by stop_mu_
+
+  mutable std::mutex mu_;
+  bool stopping_ = false;                               // guarded by mu_
+  std::list<std::unique_ptr<Connection>> connections_;  // guarded by mu_
+};
+
+}  // namespace cdp::agent

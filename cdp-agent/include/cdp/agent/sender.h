@@ -1,0 +1,115 @@
+// Sender: ships captured change records to the journal-server and keeps every record until the
+// server says it is durable.
+//
+// The capture side appends records (contiguous LSNs) with TryEnqueue while holding its capture
+// lock, so queue order is LSN order. A sender thread owns the ZeroMQ DEALER: it performs the
+// Hello handshake, sends ChangeBatches inside a window of in-flight bytes, trims the queue on
+// DurableAck, resends from the server's resend_from or after a reconnect (the server drops
+// duplicates), and sends an AgentReport every report interval (which doubles as heartbeat).
+// A server that stays silent while batches are in flight is reconnected with a fresh socket
+// (lazy pirate); nothing is lost because nothing leaves the queue before it is durable.
+//
+// Thread-safety: every public method is thread-safe.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cdp.pb.h"
+#include "cdp/core/record.h"
+#include "cdp/core/status.h"
+
+namespace cdp::agent {
+
+struct SenderOptions {
+  std::string server;            // tcp://HOST:PORT
+  std::string volume;
+  uint64_t volume_size = 0;
+  uint32_t block_size = 512;
+  std::string identity;
+  uint64_t buffer_bytes = 32ull << 20;     // cap of captured-but-not-durable bytes
+  uint64_t max_batch_bytes = 1ull << 20;   // payload bytes per ChangeBatch
+  size_t max_batch_records = 1024;
+  uint64_t window_bytes = 8ull << 20;      // bytes sent but not yet acked
+  int report_interval_ms = 200;
+  int silence_timeout_ms = 3000;           // reconnect when in-flight batches get no reply
+};
+
+class Sender {
+ public:
+  // Called on the sender thread after every successful handshake with the server's durable LSN.
+  using HandshakeCallback = std::function<void(uint64_t durable_lsn)>;
+  // Fills the volume's AgentReport fields that only the capture side knows.
+  using ReportCallback = std::function<void(v1::AgentReport*)>;
+
+  Sender(SenderOptions options, HandshakeCallback on_handshake, ReportCallback on_report);
+  ~Sender();
+
+  // Starts the sender thread. Connection happens in the background.
+  void Start();
+  // Stops the thread after trying, until `drain_ms` has passed, to get every queued record
+  // durable. Returns the records that are still not durable (the caller saves their ranges
+  // in the dirty bitmap). Idempotent.
+  std::vector<ChangeRecord> Stop(int drain_ms);
+
+  // Appends a record. REQUIRES: rec.lsn is one more than the last enqueued LSN (or the first
+  // after a handshake). False, and nothing queued, when it does not fit in the buffer.
+  bool TryEnqueue(ChangeRecord rec);
+  // Waits until `bytes` fit in the buffer or timeout_ms passes; true if they fit.
+  bool WaitForSpace(uint64_t bytes, int timeout_ms);
+  // Attaches a consistency point; it travels with the batch carrying its LSN (or later).
+  void AddPoint(const v1::ConsistencyPoint& point);
+  // Records a history gap, sent with the next batch.
+  void AddGap(const v1::Gap& gap);
+
+  // Waits until every LSN <= lsn is durable on the server. TimedOut after timeout_ms (-1:
+  // forever) or Aborted when the sender stops first.
+  Status WaitDurable(uint64_t lsn, int timeout_ms);
+
+  uint64_t durable_lsn() const { return durable_lsn_.load(); }
+  // True once Stop has begun: nothing more is accepted.
+  bool stopped() const { return stop_.load(); }
+  bool connected() const { return connected_.load(); }
+  // Bytes and records captured but not yet durable.
+  uint64_t pending_bytes() const;
+  uint64_t pending_records() const;
+  // Charge for one record in the buffer: its payload plus fixed overhead.
+  static uint64_t Charge(const ChangeRecord& rec) {
+    return (rec.has_payload() ? rec.length : 0) + 64;
+  }
+
+ private:
+  struct Entry {
+    ChangeRecord rec;
+  };
+  void Loop();
+  void Wake();
+
+  const SenderOptions options_;
+  HandshakeCallback on_handshake_;
+  ReportCallback on_report_;
+
+  mutable std::mutex mu_;
+  std::condition_variable space_cv_;     // signalled when the buffer shrinks
+  std::condition_variable durable_cv_;   // signalled when durable_lsn_ advances
+  std::deque<Entry> queue_;              // GUARDED_BY(mu_), ascending contiguous LSNs
+  uint64_t queued_bytes_ = 0;            // GUARDED_BY(mu_)
+  std::vector<v1::ConsistencyPoint> points_;  // GUARDED_BY(mu_), not yet durable
+  std::vector<v1::Gap> gaps_;                 // GUARDED_BY(mu_), not yet acked
+  bool stopping_ = false;                     // GUARDED_BY(mu_)
+
+  std::atomic<uint64_t> durable_lsn_{0};
+  std::atomic<bool> connected_{false};
+  std::atomic<bool> stop_{false};
+  std::atomic<int> drain_ms_{0};
+  int wake_fd_ = -1;  // eventfd that wakes the sender thread
+  std::thread thread_;
+};
+
+}  // namespace cdp::agent

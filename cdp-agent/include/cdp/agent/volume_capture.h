@@ -1,0 +1,96 @@
+// VolumeCapture: the in-line capture of one volume. Implements CaptureTarget for the NBD server:
+// every write, trim and write-zeroes is applied to the backing device and, under one capture
+// lock, given the next LSN and queued in the Sender — so the journal's LSN order is the order
+// in which the device saw the writes. FLUSH makes the device stable and records a consistency
+// point.
+//
+// When a record does not fit in the Sender's buffer, or the LSN base is not known yet (no
+// handshake since start), async mode marks its regions in the DirtyBitmap instead (the source
+// never stalls) and the resync sends them later; sync mode waits, because a sync-mode write
+// completes only once the journal has it durable.
+//
+// The same lock makes the full sync and the resync safe while clients write: CaptureRegion
+// reads a region and queues it as one record atomically with respect to writes.
+//
+// Thread-safety: all methods are thread-safe.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cdp/agent/capture_target.h"
+#include "cdp/agent/dirty_bitmap.h"
+#include "cdp/agent/sender.h"
+#include "cdp/core/block_device.h"
+
+namespace cdp::agent {
+
+enum class AckMode { kAsync, kSync };
+
+// Parses "async" / "sync".
+Result<AckMode> ParseAckMode(const std::string& text);
+
+class VolumeCapture : public CaptureTarget {
+ public:
+  // `device` (written under the capture lock) and `read_device` (for client reads) refer to the
+  // same path. `sender` and `dirty` are not owned and must outlive this object.
+  VolumeCapture(std::string volume, std::unique_ptr<BlockDevice> device,
+                std::unique_ptr<BlockDevice> read_device, Sender* sender, DirtyBitmap* dirty,
+                AckMode mode);
+
+  uint64_t size() const override { return size_; }
+  uint32_t block_size() const override { return block_size_; }
+  Status Read(uint64_t offset, std::span<char> buf) override;
+  Status Write(uint64_t offset, Payload data, bool fua) override;
+  Status Trim(uint64_t offset, uint32_t length) override;
+  Status WriteZeroes(uint64_t offset, uint32_t length, bool fua) override;
+  Status Flush() override;
+
+  // Sets the LSN base once the server's durable LSN is known: the next LSN is
+  // max(durable_lsn, last handed out) + 1. Until the first call, async writes go to the bitmap.
+  void OnHandshake(uint64_t durable_lsn);
+  bool lsn_known() const { return lsn_known_.load(); }
+
+  enum class RegionResult { kQueued, kSkippedZero, kNoSpace, kNotReady };
+  // Reads [offset, offset+length) and queues it as one record (a write, or a write-zeroes when
+  // the region is all zeroes and skip_zero is false), atomically with respect to client writes.
+  // kSkippedZero: all zeroes and skip_zero. kNoSpace: the Sender buffer is full (nothing queued;
+  // wait and retry). kNotReady: the LSN base is not known yet.
+  Result<RegionResult> CaptureRegion(uint64_t offset, uint32_t length, bool skip_zero);
+
+  // Records a consistency point at the last LSN handed out (if any record came since the last
+  // point). Returns that LSN (0 when none).
+  uint64_t AddPoint(v1::PointOrigin origin, const std::string& label);
+
+  uint64_t captured_lsn() const { return last_lsn_.load(); }
+  uint64_t captured_bytes() const { return captured_bytes_.load(); }
+  AckMode mode() const { return mode_; }
+
+ private:
+  // Queues `rec` (LSN assigned here). REQUIRES: mu_ held. Returns its LSN, or 0 when it went to
+  // the bitmap instead.
+  uint64_t QueueLocked(ChangeRecord rec);
+  Status WaitSync(uint64_t lsn);
+
+  const std::string volume_;
+  const uint64_t size_;
+  const uint32_t block_size_;
+  Sender* const sender_;
+  DirtyBitmap* const dirty_;
+  const AckMode mode_;
+
+  std::mutex mu_;  // the capture lock: device writes + LSN order
+  std::unique_ptr<BlockDevice> device_;   // GUARDED_BY(mu_)
+  std::condition_variable lsn_cv_;        // signalled when the LSN base becomes known
+  std::mutex read_mu_;
+  std::unique_ptr<BlockDevice> read_device_;  // GUARDED_BY(read_mu_)
+
+  std::atomic<bool> lsn_known_{false};
+  std::atomic<uint64_t> last_lsn_{0};     // written under mu_
+  uint64_t last_point_lsn_ = 0;           // GUARDED_BY(mu_)
+  std::atomic<uint64_t> captured_bytes_{0};
+};
+
+}  // namespace cdp::agent

@@ -1,0 +1,369 @@
+#include "cdp/agent/sender.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "cdp/core/logging.h"
+#include "cdp/core/transport.h"
+
+namespace cdp::agent {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+int64_t MsSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+}  // namespace
+
+Sender::Sender(SenderOptions options, HandshakeCallback on_handshake, ReportCallback on_report)
+    : options_(std::move(options)),
+      on_handshake_(std::move(on_handshake)),
+      on_report_(std::move(on_report)) {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+Sender::~Sender() {
+  Stop(0);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void Sender::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+void Sender::Wake() {
+  const uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  (void)n;
+}
+
+std::vector<ChangeRecord> Sender::Stop(int drain_ms) {
+  if (thread_.joinable()) {
+    drain_ms_ = drain_ms;
+    stop_ = true;
+    Wake();
+    thread_.join();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  stopping_ = true;
+  space_cv_.notify_all();
+  durable_cv_.notify_all();
+  std::vector<ChangeRecord> left;
+  for (auto& e : queue_) left.push_back(std::move(e.rec));
+  queue_.clear();
+  queued_bytes_ = 0;
+  return left;
+}
+
+bool Sender::TryEnqueue(ChangeRecord rec) {
+  const uint64_t charge = Charge(rec);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || queued_bytes_ + charge > options_.buffer_bytes) return false;
+    queued_bytes_ += charge;
+    queue_.push_back(Entry{std::move(rec)});
+  }
+  Wake();
+  return true;
+}
+
+bool Sender::WaitForSpace(uint64_t bytes, int timeout_ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return space_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
+    return stopping_ || queued_bytes_ + bytes <= options_.buffer_bytes;
+  }) && !stopping_;
+}
+
+void Sender::AddPoint(const v1::ConsistencyPoint& point) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    points_.push_back(point);
+  }
+  Wake();
+}
+
+void Sender::AddGap(const v1::Gap& gap) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    gaps_.push_back(gap);
+  }
+  Wake();
+}
+
+Status Sender::WaitDurable(uint64_t lsn, int timeout_ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto ready = [&] { return stopping_ || durable_lsn_.load() >= lsn; };
+  if (timeout_ms < 0) {
+    durable_cv_.wait(lock, ready);
+  } else if (!durable_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready)) {
+    return Status::TimedOut("volume " + options_.volume + ": LSN " + std::to_string(lsn) +
+                            " not durable on the journal-server after " +
+                            std::to_string(timeout_ms) + " ms");
+  }
+  if (durable_lsn_.load() < lsn) {
+    return Status::Aborted("volume " + options_.volume + ": agent stopping before LSN " +
+                           std::to_string(lsn) + " became durable");
+  }
+  return Status::Ok();
+}
+
+uint64_t Sender::pending_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t bytes = 0;
+  for (const auto& e : queue_) bytes += e.rec.has_payload() ? e.rec.length : 0;
+  return bytes;
+}
+
+uint64_t Sender::pending_records() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.size();
+}
+
+void Sender::Loop() {
+  zmq::context_t ctx(1);
+  std::unique_ptr<Socket> sock;
+  bool handshaken = false;
+  uint64_t send_next = 0;   // next LSN to send
+  uint64_t sent_bytes = 0;  // charge of queued entries with LSN < send_next
+  size_t points_sent = 0;   // points_[0..points_sent) went out on this session
+  size_t gaps_sent = 0;
+  auto last_rx = Clock::now();
+  auto last_report = Clock::now() - std::chrono::hours(1);
+  auto retry_at = Clock::now();
+  auto last_complaint = Clock::now() - std::chrono::hours(1);
+  auto drain_deadline = Clock::time_point::max();
+  bool in_flight_since_rx = false;
+
+  auto reset_session = [&](bool close_socket) {
+    handshaken = false;
+    connected_ = false;
+    points_sent = 0;
+    gaps_sent = 0;
+    in_flight_since_rx = false;
+    if (close_socket) sock.reset();
+  };
+
+  while (true) {
+    if (stop_) {
+      if (drain_deadline == Clock::time_point::max()) {
+        drain_deadline = Clock::now() + std::chrono::milliseconds(drain_ms_.load());
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if ((queue_.empty() && points_.empty() && gaps_.empty()) ||
+          Clock::now() >= drain_deadline) {
+        break;
+      }
+    }
+
+    if (!sock) {
+      auto s = Socket::Connect(ctx, options_.server);
+      if (!s.ok()) {
+        CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << s.status().message();
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      }
+      sock = std::move(*s);
+    }
+
+    if (!handshaken) {
+      if (Clock::now() < retry_at) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      v1::Hello hello = wire::MakeHello(v1::ROLE_AGENT, options_.identity, options_.volume);
+      hello.set_volume_size(options_.volume_size);
+      hello.set_block_size(options_.block_size);
+      auto reply = Handshake(*sock, hello, 2000);
+      if (!reply.ok()) {
+        if (MsSince(last_complaint) > 30000) {
+          last_complaint = Clock::now();
+          CDP_LOG(warning) << "cdp-agent: volume " << options_.volume
+                           << ": journal-server not available (" << reply.status().ToString()
+                           << "); capturing on, buffering up to " << options_.buffer_bytes
+                           << " bytes, then tracking dirty regions";
+        }
+        reset_session(/*close_socket=*/true);
+        const bool permanent = reply.status().code() == StatusCode::kProtocolMismatch ||
+                               reply.status().code() == StatusCode::kFailedPrecondition ||
+                               reply.status().code() == StatusCode::kInvalidArgument;
+        retry_at = Clock::now() + std::chrono::milliseconds(permanent ? 5000 : 300);
+        continue;
+      }
+      handshaken = true;
+      connected_ = true;
+      last_rx = Clock::now();
+      const uint64_t durable = reply->durable_lsn();
+      CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": connected to "
+                    << options_.server << " (protocol v" << reply->version()
+                    << ", durable LSN " << durable << ")";
+      if (on_handshake_) on_handshake_(durable);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (durable > durable_lsn_.load()) durable_lsn_ = durable;
+        while (!queue_.empty() && queue_.front().rec.lsn <= durable) {
+          queued_bytes_ -= Charge(queue_.front().rec);
+          queue_.pop_front();
+        }
+        if (!queue_.empty() && queue_.front().rec.lsn > durable + 1) {
+          CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": journal-server has "
+                         << "LSN " << durable << " but this agent's oldest unacked record is "
+                         << queue_.front().rec.lsn << "; was the journal reset?";
+        }
+        send_next = queue_.empty() ? durable + 1 : queue_.front().rec.lsn;
+        sent_bytes = 0;
+        space_cv_.notify_all();
+        durable_cv_.notify_all();
+      }
+    }
+
+    // Send what the window allows.
+    while (handshaken) {
+      v1::Header header;
+      std::vector<zmq::message_t> frames;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto* batch = header.mutable_change_batch();
+        batch->set_volume(options_.volume);
+        uint64_t payload = 0;
+        if (!queue_.empty()) {
+          const uint64_t front = queue_.front().rec.lsn;
+          if (send_next < front) send_next = front;
+          size_t i = static_cast<size_t>(send_next - front);
+          batch->set_first_lsn(send_next);
+          while (i < queue_.size() && sent_bytes < options_.window_bytes &&
+                 payload < options_.max_batch_bytes &&
+                 static_cast<size_t>(batch->records_size()) < options_.max_batch_records) {
+            const ChangeRecord& rec = queue_[i].rec;
+            *batch->add_records() = wire::RecordToProto(rec);
+            if (rec.has_payload()) {
+              frames.push_back(wire::FrameFromShared(rec.payload));
+              payload += rec.length;
+            }
+            sent_bytes += Charge(rec);
+            ++i;
+          }
+        }
+        const uint64_t last_sent = send_next + batch->records_size() - 1;
+        const uint64_t covered = batch->records_size() > 0 ? last_sent : send_next - 1;
+        for (; points_sent < points_.size() && points_[points_sent].lsn() <= covered;
+             ++points_sent) {
+          *batch->add_points() = points_[points_sent];
+        }
+        for (; gaps_sent < gaps_.size(); ++gaps_sent) {
+          v1::Gap* g = batch->add_gaps();
+          *g = gaps_[gaps_sent];
+          if (g->after_lsn() == 0) g->set_after_lsn(send_next - 1);
+        }
+        if (batch->records_size() == 0 && batch->points_size() == 0 &&
+            batch->gaps_size() == 0) {
+          break;
+        }
+        send_next += batch->records_size();
+      }
+      Status s = sock->Send(header, std::move(frames), 200);
+      if (!s.ok()) {
+        CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << s.message()
+                         << "; reconnecting";
+        reset_session(/*close_socket=*/true);
+        break;
+      }
+      if (!in_flight_since_rx) {
+        in_flight_since_rx = true;
+        last_rx = Clock::now();
+      }
+    }
+
+    if (handshaken && MsSince(last_report) >= options_.report_interval_ms) {
+      v1::Header header;
+      auto* r = header.mutable_agent_report();
+      r->set_volume(options_.volume);
+      if (on_report_) on_report_(r);
+      r->set_pending_bytes(pending_bytes());
+      r->set_pending_records(pending_records());
+      if (sock->Send(header, {}, 100).ok()) {
+        if (!in_flight_since_rx) {
+          in_flight_since_rx = true;
+          last_rx = Clock::now();
+        }
+      }
+      last_report = Clock::now();
+    }
+
+    if (!sock) continue;
+    zmq::pollitem_t items[2] = {{sock->raw().handle(), 0, ZMQ_POLLIN, 0},
+                                {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(options_.report_interval_ms));
+    } catch (const zmq::error_t&) {
+    }
+    if (items[1].revents & ZMQ_POLLIN) {
+      uint64_t v;
+      ssize_t n = ::read(wake_fd_, &v, sizeof(v));
+      (void)n;
+    }
+    while (sock && sock->Readable(0)) {
+      auto msg = sock->Recv(0);
+      if (!msg.ok()) break;
+      last_rx = Clock::now();
+      in_flight_since_rx = false;
+      const v1::Header& h = msg->header;
+      if (h.has_durable_ack()) {
+        const auto& ack = h.durable_ack();
+        std::lock_guard<std::mutex> lock(mu_);
+        if (ack.durable_lsn() > durable_lsn_.load()) durable_lsn_ = ack.durable_lsn();
+        const uint64_t durable = durable_lsn_.load();
+        bool trimmed = false;
+        while (!queue_.empty() && queue_.front().rec.lsn <= durable) {
+          const uint64_t c = Charge(queue_.front().rec);
+          queued_bytes_ -= c;
+          if (queue_.front().rec.lsn < send_next) sent_bytes -= std::min(sent_bytes, c);
+          queue_.pop_front();
+          trimmed = true;
+        }
+        size_t keep = 0;
+        for (size_t i = 0; i < points_.size(); ++i) {
+          if (i < points_sent && points_[i].lsn() <= durable) continue;
+          points_[keep++] = points_[i];
+        }
+        points_sent -= std::min(points_sent, points_.size() - keep);
+        points_.resize(keep);
+        if (gaps_sent > 0) {
+          gaps_.erase(gaps_.begin(), gaps_.begin() + static_cast<long>(gaps_sent));
+          gaps_sent = 0;
+        }
+        if (ack.resend_from() != 0 && ack.resend_from() < send_next) {
+          send_next = ack.resend_from();
+          sent_bytes = 0;
+          for (const auto& e : queue_) {
+            if (e.rec.lsn < send_next) sent_bytes += Charge(e.rec);
+          }
+        }
+        if (trimmed) space_cv_.notify_all();
+        durable_cv_.notify_all();
+      } else if (h.has_error()) {
+        const Status err = wire::StatusFromError(h.error());
+        if (err.code() == StatusCode::kFailedPrecondition && !h.error().permanent()) {
+          CDP_LOG(info) << "cdp-agent: volume " << options_.volume
+                        << ": server lost our session (restarted?); handshaking again";
+          reset_session(/*close_socket=*/false);
+        } else {
+          CDP_LOG(error) << "cdp-agent: volume " << options_.volume
+                         << ": journal-server refused: " << err.ToString()
+                         << "; reconnecting in 1 s";
+          reset_session(/*close_socket=*/true);
+          retry_at = Clock::now() + std::chrono::seconds(1);
+        }
+      }
+    }
+
+    if (handshaken && in_flight_since_rx && MsSince(last_rx) > options_.silence_timeout_ms) {
+      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": no reply from "
+                       << options_.server << " for " << options_.silence_timeout_ms
+                       << " ms; reconnecting and resending everything not yet durable";
+      reset_session(/*close_socket=*/true);
+    }
+  }
+  connected_ = false;
+}
+
+}  // namespace cdp::agent

@@ -1,0 +1,189 @@
+#include "cdp/agent/volume_capture.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cdp/core/logging.h"
+
+namespace cdp::agent {
+
+Result<AckMode> ParseAckMode(const std::string& text) {
+  if (text == "async") return AckMode::kAsync;
+  if (text == "sync") return AckMode::kSync;
+  return Status::InvalidArgument("bad --ack '" + text + "': expected async or sync");
+}
+
+VolumeCapture::VolumeCapture(std::string volume, std::unique_ptr<BlockDevice> device,
+                             std::unique_ptr<BlockDevice> read_device, Sender* sender,
+                             DirtyBitmap* dirty, AckMode mode)
+    : volume_(std::move(volume)),
+      size_(device->size()),
+      block_size_(device->logical_block_size()),
+      sender_(sender),
+      dirty_(dirty),
+      mode_(mode),
+      device_(std::move(device)),
+      read_device_(std::move(read_device)) {}
+
+void VolumeCapture::OnHandshake(uint64_t durable_lsn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!lsn_known_.load() || durable_lsn > last_lsn_.load()) {
+    last_lsn_ = std::max(last_lsn_.load(), durable_lsn);
+    if (!lsn_known_.load()) last_point_lsn_ = last_lsn_.load();
+  }
+  lsn_known_ = true;
+  lsn_cv_.notify_all();
+}
+
+uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
+  const uint64_t offset = rec.offset;
+  const uint64_t length = rec.length;
+  if (mode_ == AckMode::kSync) {
+    // Sync mode: the write may not complete before it is durable, so wait for room instead of
+    // falling back to the bitmap.
+    // The caller holds mu_ through a lock_guard; borrow it to wait, then hand it back.
+    std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
+    lsn_cv_.wait(lock, [&] { return lsn_known_.load(); });
+    lock.release();
+    while (true) {
+      if (sender_->stopped()) {
+        // Shutting down: the write cannot become durable; WaitSync then fails it (Aborted), and
+        // the region is resynced after the restart.
+        dirty_->Mark(offset, length);
+        return UINT64_MAX;
+      }
+      rec.lsn = last_lsn_.load() + 1;
+      ChangeRecord copy = rec;
+      if (sender_->TryEnqueue(std::move(copy))) break;
+      if (!sender_->WaitForSpace(Sender::Charge(rec), 1000) && !sender_->connected()) {
+        // Still waiting: the journal-server is away. Keep the source's writes blocked, as sync
+        // mode promises, and say so.
+        CDP_LOG(warning) << "cdp-agent: volume " << volume_
+                         << ": sync mode waiting for journal-server buffer space";
+      }
+    }
+  } else {
+    if (!lsn_known_.load()) {
+      dirty_->Mark(offset, length);
+      return 0;
+    }
+    rec.lsn = last_lsn_.load() + 1;
+    if (!sender_->TryEnqueue(rec)) {
+      dirty_->Mark(offset, length);
+      return 0;
+    }
+  }
+  last_lsn_ = rec.lsn;
+  captured_bytes_ += length;
+  return rec.lsn;
+}
+
+Status VolumeCapture::WaitSync(uint64_t lsn) {
+  if (mode_ != AckMode::kSync || lsn == 0) return Status::Ok();
+  return sender_->WaitDurable(lsn, -1);
+}
+
+Status VolumeCapture::Read(uint64_t offset, std::span<char> buf) {
+  std::lock_guard<std::mutex> lock(read_mu_);
+  return read_device_->ReadAt(offset, buf);
+}
+
+Status VolumeCapture::Write(uint64_t offset, Payload data, bool fua) {
+  uint64_t lsn = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CDP_RETURN_IF_ERROR(device_->WriteAt(offset, std::span<const char>(data->data(),
+                                                                       data->size())));
+    if (fua) CDP_RETURN_IF_ERROR(device_->Flush());
+    lsn = QueueLocked(MakeWriteRecord(0, NowNanos(), offset, std::move(data)));
+  }
+  return WaitSync(lsn);
+}
+
+Status VolumeCapture::Trim(uint64_t offset, uint32_t length) {
+  uint64_t lsn = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CDP_RETURN_IF_ERROR(device_->Discard(offset, length));
+    ChangeRecord rec;
+    rec.time_ns = NowNanos();
+    rec.offset = offset;
+    rec.length = length;
+    rec.kind = RecordKind::kDiscard;
+    lsn = QueueLocked(std::move(rec));
+  }
+  return WaitSync(lsn);
+}
+
+Status VolumeCapture::WriteZeroes(uint64_t offset, uint32_t length, bool fua) {
+  uint64_t lsn = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CDP_RETURN_IF_ERROR(device_->WriteZeroes(offset, length));
+    if (fua) CDP_RETURN_IF_ERROR(device_->Flush());
+    ChangeRecord rec;
+    rec.time_ns = NowNanos();
+    rec.offset = offset;
+    rec.length = length;
+    rec.kind = RecordKind::kWriteZeroes;
+    lsn = QueueLocked(std::move(rec));
+  }
+  return WaitSync(lsn);
+}
+
+Status VolumeCapture::Flush() {
+  uint64_t lsn = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CDP_RETURN_IF_ERROR(device_->Flush());
+  }
+  lsn = AddPoint(v1::POINT_FLUSH, "");
+  if (mode_ == AckMode::kSync) return sender_->WaitDurable(last_lsn_.load(), -1);
+  (void)lsn;
+  return Status::Ok();
+}
+
+uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t lsn = last_lsn_.load();
+  if (!lsn_known_.load() || lsn == 0 || lsn == last_point_lsn_) return 0;
+  last_point_lsn_ = lsn;
+  v1::ConsistencyPoint p;
+  p.set_lsn(lsn);
+  p.set_time_ns(NowNanos());
+  p.set_origin(origin);
+  p.set_label(label);
+  sender_->AddPoint(p);
+  return lsn;
+}
+
+Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(uint64_t offset,
+                                                                 uint32_t length,
+                                                                 bool skip_zero) {
+  if (!lsn_known_.load()) return RegionResult::kNotReady;
+  auto buf = std::make_shared<std::string>(length, '\0');
+  std::lock_guard<std::mutex> lock(mu_);
+  CDP_RETURN_IF_ERROR(device_->ReadAt(offset, std::span<char>(buf->data(), length)));
+  bool zero = true;
+  for (size_t i = 0; i < buf->size() && zero; i += 8) {
+    uint64_t w = 0;
+    std::memcpy(&w, buf->data() + i, std::min<size_t>(8, buf->size() - i));
+    zero = w == 0;
+  }
+  if (zero && skip_zero) return RegionResult::kSkippedZero;
+  ChangeRecord rec;
+  if (zero) {
+    rec.time_ns = NowNanos();
+    rec.offset = offset;
+    rec.length = length;
+    rec.kind = RecordKind::kWriteZeroes;
+  } else {
+    rec = MakeWriteRecord(0, NowNanos(), offset, std::move(buf));
+  }
+  rec.lsn = last_lsn_.load() + 1;
+  if (!sender_->TryEnqueue(rec)) return RegionResult::kNoSpace;
+  last_lsn_ = rec.lsn;
+  return RegionResult::kQueued;
+}
+
+}  // namespace cdp::agent

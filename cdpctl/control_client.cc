@@ -1,0 +1,199 @@
+#include "cdp/ctl/control_client.h"
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+namespace cdp::ctl {
+
+namespace v1 = wire::v1;
+
+Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& server,
+                                                              int timeout_ms) {
+  std::unique_ptr<ControlClient> c(new ControlClient());
+  CDP_ASSIGN_OR_RETURN(c->socket_, Socket::Connect(c->ctx_, server));
+  auto reply = Handshake(*c->socket_,
+                         wire::MakeHello(v1::ROLE_CONTROL, wire::ProcessIdentity("cdpctl")),
+                         timeout_ms);
+  if (!reply.ok()) {
+    if (reply.status().IsTimedOut() || reply.status().IsUnavailable()) {
+      return ::cdp::Status::Unavailable("journal-server at " + server + " does not answer (" +
+                                        reply.status().message() + "); is it running?");
+    }
+    return reply.status();
+  }
+  return c;
+}
+
+Result<v1::StatusReply> ControlClient::Status(int timeout_ms) {
+  v1::Header h;
+  h.mutable_status_request();
+  CDP_RETURN_IF_ERROR(socket_->Send(h, {}, timeout_ms));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+    if (left <= 0) return ::cdp::Status::TimedOut("no status reply from " + socket_->endpoint());
+    auto msg = socket_->Recv(static_cast<int>(left));
+    if (!msg.ok()) {
+      if (msg.status().IsTimedOut()) continue;
+      return msg.status();
+    }
+    if (msg->header.has_error()) return wire::StatusFromError(msg->header.error());
+    if (msg->header.has_status_reply()) return msg->header.status_reply();
+  }
+}
+
+std::string StatusJson(const v1::StatusReply& reply) {
+  nlohmann::json volumes = nlohmann::json::array();
+  for (const auto& v : reply.volumes()) {
+    volumes.push_back({{"name", v.name()},
+                       {"size_bytes", v.size_bytes()},
+                       {"captured_lsn", v.captured_lsn()},
+                       {"durable_lsn", v.durable_lsn()},
+                       {"applied_lsn", v.applied_lsn()},
+                       {"lag_seconds", v.lag_seconds()},
+                       {"bytes_received", v.bytes_received()},
+                       {"records_received", v.records()},
+                       {"pending_bytes", v.pending_bytes()},
+                       {"pending_records", v.pending_records()},
+                       {"dirty_bytes", v.dirty_bytes()},
+                       {"resync_active", v.resync_active()},
+                       {"initial_sync_done", v.initial_sync_done()},
+                       {"initial_sync_bytes", v.initial_sync_done_bytes()},
+                       {"initial_sync_total", v.initial_sync_total()},
+                       {"agent_connected", v.agent_connected()},
+                       {"replicator_connected", v.replicator_connected()},
+                       {"ack_mode", v.ack_mode()},
+                       {"gaps", v.gaps()},
+                       {"last_point_lsn", v.last_point_lsn()}});
+  }
+  nlohmann::json doc = {{"server_id", reply.server_id()}, {"volumes", volumes}};
+  return doc.dump(2);
+}
+
+namespace {
+std::string HumanBytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+}  // namespace
+
+std::string StatusTable(const v1::StatusReply& reply) {
+  std::ostringstream out;
+  char line[256];
+  std::snprintf(line, sizeof(line), "%-16s %10s %10s %10s %10s %8s %11s  %s\n", "VOLUME", "SIZE",
+                "CAPTURED", "DURABLE", "APPLIED", "LAG(s)", "RECEIVED", "STATE");
+  out << line;
+  for (const auto& v : reply.volumes()) {
+    std::string state;
+    if (!v.agent_connected()) state += "agent-disconnected ";
+    if (!v.initial_sync_done() && v.agent_connected()) {
+      state += "full-sync " +
+               std::to_string(v.initial_sync_total() ? v.initial_sync_done_bytes() * 100 /
+                                                           v.initial_sync_total()
+                                                     : 0) +
+               "% ";
+    }
+    if (v.dirty_bytes() > 0) state += "resync(" + HumanBytes(v.dirty_bytes()) + ") ";
+    if (!v.replicator_connected()) state += "replicator-disconnected ";
+    if (state.empty()) state = v.applied_lsn() >= v.captured_lsn() ? "in-sync" : "replicating";
+    std::snprintf(line, sizeof(line), "%-16s %10s %10llu %10llu %10llu %8.2f %11s  %s\n",
+                  v.name().c_str(), HumanBytes(v.size_bytes()).c_str(),
+                  static_cast<unsigned long long>(v.captured_lsn()),
+                  static_cast<unsigned long long>(v.durable_lsn()),
+                  static_cast<unsigned long long>(v.applied_lsn()), v.lag_seconds(),
+                  HumanBytes(v.bytes_received()).c_str(), state.c_str());
+    out << line;
+  }
+  if (reply.volumes_size() == 0) out << "(no volumes yet: start a cdp-agent)\n";
+  return out.str();
+}
+
+std::string NotSyncedReason(const v1::VolumeStatus& v, uint64_t min_report_sequence) {
+  if (!v.agent_connected()) return "agent not connected";
+  if (v.report_sequence() < min_report_sequence) return "waiting for a fresh agent report";
+  if (!v.initial_sync_done()) return "initial sync running";
+  if (v.dirty_bytes() > 0) return "resync of " + std::to_string(v.dirty_bytes()) + " dirty bytes";
+  if (v.pending_records() > 0) {
+    return std::to_string(v.pending_records()) + " records not yet durable";
+  }
+  if (v.durable_lsn() < v.captured_lsn()) return "journal behind the agent";
+  if (v.applied_lsn() < v.captured_lsn()) {
+    return std::string(v.replicator_connected() ? "" : "replicator not connected; ") +
+           "replica at LSN " + std::to_string(v.applied_lsn()) + " of " +
+           std::to_string(v.captured_lsn());
+  }
+  return "";
+}
+
+::cdp::Status WaitSynced(const std::string& server, const std::string& volume, double timeout_s,
+                         std::ostream& progress) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(timeout_s));
+  CDP_ASSIGN_OR_RETURN(auto client, ControlClient::Connect(server, 5000));
+  uint64_t min_sequence = 0;
+  bool first = true;
+  auto last_print = start;
+  std::string reason = "no status yet";
+  v1::VolumeStatus last;
+  while (true) {
+    auto reply = client->Status(5000);
+    if (reply.ok()) {
+      const v1::VolumeStatus* v = nullptr;
+      for (const auto& x : reply->volumes()) {
+        if (x.name() == volume) v = &x;
+      }
+      if (v == nullptr) {
+        std::string known;
+        for (const auto& x : reply->volumes()) known += (known.empty() ? "" : ", ") + x.name();
+        return ::cdp::Status::NotFound("unknown volume '" + volume + "' (known: " +
+                                       (known.empty() ? std::string("none") : known) + ")");
+      }
+      last = *v;
+      if (first) {
+        // Two more reports guarantee one that the agent built after this wait began.
+        min_sequence = v->report_sequence() + 2;
+        first = false;
+      }
+      reason = NotSyncedReason(*v, min_sequence);
+      if (reason.empty()) return ::cdp::Status::Ok();
+    } else {
+      reason = reply.status().message();
+    }
+    if (Clock::now() >= deadline) {
+      char buf[512];
+      std::snprintf(buf, sizeof(buf),
+                    "volume %s not synced after %.0f s: %s (captured LSN %llu, durable %llu, "
+                    "applied %llu, pending %llu records, dirty %llu bytes)",
+                    volume.c_str(), timeout_s, reason.c_str(),
+                    static_cast<unsigned long long>(last.captured_lsn()),
+                    static_cast<unsigned long long>(last.durable_lsn()),
+                    static_cast<unsigned long long>(last.applied_lsn()),
+                    static_cast<unsigned long long>(last.pending_records()),
+                    static_cast<unsigned long long>(last.dirty_bytes()));
+      return ::cdp::Status::TimedOut(buf);
+    }
+    if (Clock::now() - last_print > std::chrono::seconds(5)) {
+      last_print = Clock::now();
+      progress << "wait-synced: " << volume << ": " << reason << " (applied LSN "
+               << last.applied_lsn() << " of " << last.captured_lsn() << ")" << std::endl;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace cdp::ctl

@@ -1,0 +1,43 @@
+// ControlClient: cdpctl's connection to the journal-server, and the commands built on it.
+#pragma once
+
+#include <memory>
+#include <ostream>
+#include <string>
+#include <zmq.hpp>
+
+#include "cdp/core/transport.h"
+
+namespace cdp::ctl {
+
+class ControlClient {
+ public:
+  // Connects and says Hello (role control). Unavailable/TimedOut naming the endpoint when the
+  // server does not answer within timeout_ms.
+  static Result<std::unique_ptr<ControlClient>> Connect(const std::string& server,
+                                                        int timeout_ms);
+
+  // One StatusRequest round trip.
+  Result<wire::v1::StatusReply> Status(int timeout_ms);
+
+ private:
+  ControlClient() = default;
+  zmq::context_t ctx_{1};
+  std::unique_ptr<Socket> socket_;
+};
+
+// The status --json document: {"volumes": [{"name", "size_bytes", ...}], "server_id"}.
+std::string StatusJson(const wire::v1::StatusReply& reply);
+// The human table.
+std::string StatusTable(const wire::v1::StatusReply& reply);
+
+// Why a volume is not synced yet ("" when it is). `min_report_sequence`: the agent's report
+// must be at least this new (so it was built after the wait began).
+std::string NotSyncedReason(const wire::v1::VolumeStatus& v, uint64_t min_report_sequence);
+
+// wait-synced: polls status until the volume is synced (OK), timeout_s passes (TimedOut with
+// the state), or the volume is unknown (NotFound). Progress lines go to `progress`.
+::cdp::Status WaitSynced(const std::string& server, const std::string& volume, double timeout_s,
+                         std::ostream& progress);
+
+}  // namespace cdp::ctl

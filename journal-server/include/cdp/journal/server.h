@@ -1,0 +1,100 @@
+// JournalServer: the ingest, tail and status service of the backup server.
+//
+// One ROUTER socket serves agents (ChangeBatch -> DurableAck after a synced group commit),
+// replicators (TailRequest -> TailBatch in LSN order, long-polled, pull-based so a slow
+// replicator is never flooded) and cdpctl (StatusRequest). One thread runs the loop: it
+// drains every message that is ready, commits all their records with one synced write, then
+// acks them (group commit), then answers tails that the commit made servable.
+//
+// Bad input (a wrong version, an unknown volume, a malformed frame, a CRC mismatch) is answered
+// with a worded Error to that peer, logged once, journals nothing, and never stops the loop.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <zmq.hpp>
+
+#include "cdp/core/transport.h"
+#include "cdp/journal/journal_store.h"
+
+namespace cdp::journal {
+
+struct ServerOptions {
+  std::string data_dir;
+  std::string listen;            // tcp://HOST:PORT
+  std::string server_id = "journal-server";
+  uint64_t max_tail_bytes = 16ull << 20;   // cap of one TailBatch
+  uint64_t max_group_bytes = 64ull << 20;  // cap of one group commit
+};
+
+class JournalServer {
+ public:
+  // Opens the journal and binds the socket; errors are one line naming the directory or port.
+  static Result<std::unique_ptr<JournalServer>> Start(const ServerOptions& options);
+  ~JournalServer();
+
+  // Serves until *stop becomes true (checked at least every 100 ms). Returns the error that
+  // made it stop, OK on a requested stop.
+  Status Run(const std::atomic<bool>* stop);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  // One Hello-ed peer, keyed by its routing id.
+  struct Session {
+    wire::v1::Role role = wire::v1::ROLE_UNSPECIFIED;
+    std::string identity;
+    std::string volume;
+    uint32_t version = 0;
+    Clock::time_point last_seen;
+  };
+  // What the server knows of a volume beyond the journal: the agent's last report.
+  struct VolumeRuntime {
+    wire::v1::AgentReport report;
+    uint64_t report_sequence = 0;
+    Clock::time_point report_time{};
+    Clock::time_point applied_time{};
+    std::string agent_peer;
+    std::string replicator_peer;
+    uint64_t oldest_unacked_ns = 0;
+  };
+  // A tail request waiting for records (long poll).
+  struct ParkedTail {
+    wire::v1::TailRequest request;
+    Clock::time_point deadline;
+  };
+  // An ack to send once the group commit is durable.
+  struct PendingAck {
+    std::string peer;
+    std::string volume;
+  };
+
+  explicit JournalServer(ServerOptions options) : options_(std::move(options)) {}
+
+  void Handle(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
+  void HandleHello(const wire::Message& msg);
+  void HandleBatch(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
+  void HandleReport(const wire::Message& msg);
+  void HandleTail(const wire::Message& msg);
+  void HandleStatus(const wire::Message& msg);
+  // Sends records >= from to the peer; false if there were none to send yet.
+  bool ServeTail(const std::string& peer, const wire::v1::TailRequest& req, bool send_empty);
+  void ServeParkedTails(bool expire_only);
+  void SendError(const std::string& peer, const Status& status, bool permanent);
+  Session* FindSession(const std::string& peer);
+  std::string PeerName(const std::string& peer);
+
+  ServerOptions options_;
+  zmq::context_t ctx_{1};
+  std::unique_ptr<JournalStore> store_;
+  std::unique_ptr<Socket> socket_;
+  std::map<std::string, std::unique_ptr<Session>> sessions_;  // by routing id
+  std::map<std::string, VolumeRuntime> runtime_;              // by volume name
+  std::map<std::string, ParkedTail> parked_;                  // by routing id
+  uint64_t next_session_ = 1;
+};
+
+}  // namespace cdp::journal

@@ -1,0 +1,330 @@
+#include "cdp/journal/journal_store.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "cdp/core/logging.h"
+
+namespace cdp::journal {
+
+namespace {
+
+Status FromRocks(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return Status::Ok();
+  if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
+  if (s.IsNotFound()) return Status::NotFound(what + ": " + s.ToString());
+  if (s.IsNoSpace()) return Status::ResourceExhausted(what + ": " + s.ToString());
+  return Status::IOError(what + ": " + s.ToString());
+}
+
+const char* kCfNames[] = {"default", "volumes", "index", "payload", "points", "gaps", "replicas"};
+
+}  // namespace
+
+std::string JournalKey(uint32_t volume_id, uint64_t lsn) {
+  std::string key;
+  key.reserve(12);
+  PutBigEndian32(&key, volume_id);
+  PutBigEndian64(&key, lsn);
+  return key;
+}
+
+Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return Status::IOError("data dir " + dir + " cannot be created: " + ec.message() +
+                           "; pick a writable --data-dir");
+  }
+  if (access(dir.c_str(), W_OK | X_OK) != 0) {
+    return Status::FromErrno(errno, "data dir " + dir + " is not writable");
+  }
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.IncreaseParallelism(2);
+  db_options.max_background_jobs = 2;
+  db_options.keep_log_file_num = 4;
+
+  rocksdb::ColumnFamilyOptions small;
+  small.OptimizeForPointLookup(8);
+  rocksdb::ColumnFamilyOptions index;
+  index.write_buffer_size = 32 << 20;
+  rocksdb::ColumnFamilyOptions payload;
+  payload.write_buffer_size = 64 << 20;
+  payload.compression = rocksdb::kNoCompression;
+  payload.enable_blob_files = true;
+  payload.min_blob_size = 4096;
+  payload.blob_file_size = 256ull << 20;
+  payload.blob_compression_type = rocksdb::kNoCompression;
+  payload.enable_blob_garbage_collection = true;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (const char* name : kCfNames) {
+    const std::string n(name);
+    if (n == "index" || n == "points" || n == "gaps") cfs.emplace_back(n, index);
+    else if (n == "payload") cfs.emplace_back(n, payload);
+    else cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
+  }
+
+  std::unique_ptr<JournalStore> store(new JournalStore());
+  store->dir_ = dir;
+  rocksdb::DB* raw = nullptr;
+  const std::string db_path = dir + "/journal";
+  rocksdb::Status s = rocksdb::DB::Open(db_options, db_path, cfs, &store->handles_, &raw);
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+      return Status::Unavailable("journal " + db_path + " is locked: another journal-server "
+                                 "uses this --data-dir (" + s.ToString() + ")");
+    }
+    return FromRocks(s, "cannot open journal " + db_path);
+  }
+  store->db_.reset(raw);
+  store->volumes_cf_ = store->handles_[1];
+  store->index_cf_ = store->handles_[2];
+  store->payload_cf_ = store->handles_[3];
+  store->points_cf_ = store->handles_[4];
+  store->gaps_cf_ = store->handles_[5];
+  store->replicas_cf_ = store->handles_[6];
+  CDP_RETURN_IF_ERROR(store->LoadVolumes());
+  return store;
+}
+
+JournalStore::~JournalStore() {
+  if (db_) {
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+    handles_.clear();
+    db_->Close();
+  }
+}
+
+Status JournalStore::LoadVolumes() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), volumes_cf_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    v1::VolumeMeta meta;
+    const std::string name = it->key().ToString();
+    if (!meta.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Status::Corruption("journal " + dir_ + ": volume record '" + name +
+                                "' does not parse");
+    }
+    VolumeInfo v;
+    v.name = name;
+    v.id = meta.id();
+    v.size_bytes = meta.size_bytes();
+    v.block_size = meta.block_size();
+    v.created_ns = meta.created_ns();
+
+    // Durable LSN = the last index key of this volume.
+    std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(rocksdb::ReadOptions(), index_cf_));
+    ix->SeekForPrev(JournalKey(v.id, UINT64_MAX));
+    if (ix->Valid() && ix->key().size() == 12 && GetBigEndian32(ix->key().data()) == v.id) {
+      v.durable_lsn = GetBigEndian64(ix->key().data() + 4);
+    }
+    std::unique_ptr<rocksdb::Iterator> px(db_->NewIterator(rocksdb::ReadOptions(), points_cf_));
+    px->SeekForPrev(JournalKey(v.id, UINT64_MAX));
+    if (px->Valid() && px->key().size() == 12 && GetBigEndian32(px->key().data()) == v.id) {
+      v.last_point_lsn = GetBigEndian64(px->key().data() + 4);
+    }
+    std::string progress;
+    if (db_->Get(rocksdb::ReadOptions(), replicas_cf_, name, &progress).ok()) {
+      v1::ReplicaProgress p;
+      if (p.ParseFromString(progress)) v.applied_lsn = p.applied_lsn();
+    }
+    CDP_LOG(info) << "journal: volume " << name << " (id " << v.id << ", " << v.size_bytes
+                  << " bytes): durable LSN " << v.durable_lsn << ", applied LSN "
+                  << v.applied_lsn;
+    names_[v.id] = name;
+    volumes_[name] = std::move(v);
+  }
+  return FromRocks(it->status(), "journal " + dir_ + ": reading volumes");
+}
+
+Result<VolumeInfo> JournalStore::RegisterVolume(const std::string& name, uint64_t size_bytes,
+                                                uint32_t block_size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(name);
+  if (it != volumes_.end()) {
+    if (it->second.size_bytes != size_bytes) {
+      return Status::FailedPrecondition(
+          "volume " + name + " is journaled with size " + std::to_string(it->second.size_bytes) +
+          " bytes but the agent reports " + std::to_string(size_bytes) +
+          "; resizing is not supported: protect the device under a new volume name");
+    }
+    return it->second;
+  }
+  VolumeInfo v;
+  v.name = name;
+  v.id = names_.empty() ? 1 : names_.rbegin()->first + 1;
+  v.size_bytes = size_bytes;
+  v.block_size = block_size;
+  v.created_ns = NowNanos();
+  v1::VolumeMeta meta;
+  meta.set_id(v.id);
+  meta.set_size_bytes(size_bytes);
+  meta.set_block_size(block_size);
+  meta.set_created_ns(v.created_ns);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  CDP_RETURN_IF_ERROR(FromRocks(db_->Put(wo, volumes_cf_, name, meta.SerializeAsString()),
+                                "journal " + dir_ + ": registering volume " + name));
+  names_[v.id] = name;
+  volumes_[name] = v;
+  CDP_LOG(info) << "journal: registered volume " << name << " (id " << v.id << ", "
+                << size_bytes << " bytes)";
+  return v;
+}
+
+Result<VolumeInfo> JournalStore::GetVolume(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(name);
+  if (it == volumes_.end()) {
+    std::string known;
+    for (const auto& [n, v] : volumes_) known += (known.empty() ? "" : ", ") + n;
+    return Status::NotFound("unknown volume '" + name + "' (known: " +
+                            (known.empty() ? std::string("none yet") : known) +
+                            "); start its cdp-agent first");
+  }
+  return it->second;
+}
+
+std::vector<VolumeInfo> JournalStore::ListVolumes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<VolumeInfo> out;
+  for (const auto& [n, v] : volumes_) out.push_back(v);
+  return out;
+}
+
+uint64_t JournalStore::LastLsn(const std::string& name, const WriteGroup& group) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const VolumeInfo& v = volumes_.at(name);
+  auto d = group.deltas_.find(v.id);
+  if (d != group.deltas_.end() && d->second.last_lsn > v.durable_lsn) return d->second.last_lsn;
+  return v.durable_lsn;
+}
+
+void JournalStore::AppendRecord(WriteGroup* group, const VolumeInfo& volume,
+                                const ChangeRecord& rec, std::string_view payload) {
+  const std::string key = JournalKey(volume.id, rec.lsn);
+  group->batch_.Put(index_cf_, key, EncodeRecordHeader(rec));
+  if (rec.has_payload()) group->batch_.Put(payload_cf_, key, rocksdb::Slice(payload));
+  auto& d = group->deltas_[volume.id];
+  d.last_lsn = std::max(d.last_lsn, rec.lsn);
+  d.records++;
+  d.bytes += payload.size();
+}
+
+void JournalStore::AppendPoint(WriteGroup* group, const VolumeInfo& volume,
+                               const v1::ConsistencyPoint& p) {
+  group->batch_.Put(points_cf_, JournalKey(volume.id, p.lsn()), p.SerializeAsString());
+  auto& d = group->deltas_[volume.id];
+  d.last_point_lsn = std::max(d.last_point_lsn, p.lsn());
+}
+
+void JournalStore::AppendGap(WriteGroup* group, const VolumeInfo& volume, const v1::Gap& gap) {
+  group->batch_.Put(gaps_cf_, JournalKey(volume.id, gap.after_lsn()), gap.SerializeAsString());
+  group->deltas_[volume.id].gaps++;
+}
+
+Status JournalStore::Commit(WriteGroup* group) {
+  if (group->empty()) return Status::Ok();
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  Status s = FromRocks(db_->Write(wo, &group->batch_), "journal " + dir_ + ": commit");
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, d] : group->deltas_) {
+    auto name = names_.find(id);
+    if (name == names_.end()) continue;
+    VolumeInfo& v = volumes_[name->second];
+    v.durable_lsn = std::max(v.durable_lsn, d.last_lsn);
+    v.records += d.records;
+    v.bytes_received += d.bytes;
+    v.last_point_lsn = std::max(v.last_point_lsn, d.last_point_lsn);
+    v.gaps += d.gaps;
+  }
+  return Status::Ok();
+}
+
+Status JournalStore::ReadRecords(const std::string& name, uint64_t from_lsn, uint64_t max_bytes,
+                                 size_t max_records, std::vector<ChangeRecord>* out) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  const std::string where = "journal volume " + name;
+  rocksdb::ReadOptions ro;
+  const std::string upper = JournalKey(v.id + 1, 0);
+  rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(ro, index_cf_));
+  uint64_t bytes = 0;
+  for (ix->Seek(JournalKey(v.id, from_lsn)); ix->Valid(); ix->Next()) {
+    if (out->size() >= max_records || (bytes >= max_bytes && !out->empty())) break;
+    CDP_ASSIGN_OR_RETURN(ChangeRecord rec,
+                         DecodeRecordHeader(std::string_view(ix->value().data(),
+                                                             ix->value().size()),
+                                            where));
+    const uint64_t key_lsn = GetBigEndian64(ix->key().data() + 4);
+    if (rec.lsn != key_lsn) {
+      return Status::Corruption(where + ": index key LSN " + std::to_string(key_lsn) +
+                                " holds record LSN " + std::to_string(rec.lsn));
+    }
+    if (rec.has_payload()) {
+      auto payload = std::make_shared<std::string>();
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), payload_cf_, ix->key(), payload.get());
+      if (!s.ok()) {
+        return Status::Corruption(where + ": payload of LSN " + std::to_string(rec.lsn) +
+                                  " is missing: " + s.ToString());
+      }
+      CDP_RETURN_IF_ERROR(VerifyRecordPayload(rec, *payload).WithContext(where));
+      bytes += payload->size();
+      rec.payload = std::move(payload);
+    }
+    out->push_back(std::move(rec));
+  }
+  return FromRocks(ix->status(), where + ": reading records");
+}
+
+Status JournalStore::ReadPoints(const std::string& name, uint64_t from_lsn, uint64_t to_lsn,
+                                std::vector<v1::ConsistencyPoint>* out) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), points_cf_));
+  const std::string end = JournalKey(v.id, to_lsn);
+  for (it->Seek(JournalKey(v.id, from_lsn)); it->Valid(); it->Next()) {
+    if (it->key().compare(end) > 0) break;
+    v1::ConsistencyPoint p;
+    if (!p.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Status::Corruption("journal volume " + name + ": consistency point does not parse");
+    }
+    out->push_back(std::move(p));
+  }
+  return FromRocks(it->status(), "journal volume " + name + ": reading points");
+}
+
+Result<uint64_t> JournalStore::RecordTime(const std::string& name, uint64_t lsn) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), index_cf_, JournalKey(v.id, lsn), &value);
+  if (s.IsNotFound()) return Status::NotFound("LSN " + std::to_string(lsn) + " not journaled");
+  CDP_RETURN_IF_ERROR(FromRocks(s, "journal volume " + name));
+  CDP_ASSIGN_OR_RETURN(ChangeRecord rec, DecodeRecordHeader(value, "journal volume " + name));
+  return rec.time_ns;
+}
+
+Status JournalStore::SetApplied(const std::string& name, uint64_t applied_lsn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = volumes_.find(name);
+    if (it == volumes_.end()) return Status::NotFound("unknown volume '" + name + "'");
+    if (it->second.applied_lsn == applied_lsn) return Status::Ok();
+    it->second.applied_lsn = applied_lsn;
+  }
+  v1::ReplicaProgress p;
+  p.set_applied_lsn(applied_lsn);
+  p.set_time_ns(NowNanos());
+  return FromRocks(db_->Put(rocksdb::WriteOptions(), replicas_cf_, name, p.SerializeAsString()),
+                   "journal volume " + name + ": saving applied LSN");
+}
+
+}  // namespace cdp::journal

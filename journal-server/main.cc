@@ -1,0 +1,67 @@
+// journal-server: the durable change journal of the CDP appliance. Wiring only; the work is in
+// cdp::journal::JournalServer.
+#include <csignal>
+#include <iostream>
+
+#include <boost/program_options.hpp>
+
+#include "cdp/core/logging.h"
+#include "cdp/journal/server.h"
+
+namespace po = boost::program_options;
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  cdp::journal::ServerOptions options;
+  std::string log_level = "info";
+  po::options_description desc(
+      "journal-server: journals the change records of cdp-agents in RocksDB (acked only once\n"
+      "synced to disk) and serves them to replicators in LSN order.\n\nUsage: journal-server "
+      "--data-dir DIR --listen tcp://HOST:PORT\n\nOptions");
+  desc.add_options()("help,h", "print this help and exit")(
+      "data-dir", po::value(&options.data_dir)->required(),
+      "directory of the journal (created when absent)")(
+      "listen", po::value(&options.listen)->required(),
+      "ZeroMQ endpoint to serve, tcp://HOST:PORT")(
+      "server-id", po::value(&options.server_id)->default_value("journal-server"),
+      "name reported to peers and in status")(
+      "log-level", po::value(&log_level)->default_value("info"),
+      "trace|debug|info|warning|error");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::cout << desc << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "journal-server: " << e.what() << "; see --help\n";
+    return 2;
+  }
+  cdp::LogLevel level;
+  if (!cdp::ParseLogLevel(log_level, &level)) {
+    std::cerr << "journal-server: bad --log-level '" << log_level << "'\n";
+    return 2;
+  }
+  cdp::InitLogging("journal-server", level);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto server = cdp::journal::JournalServer::Start(options);
+  if (!server.ok()) {
+    std::cerr << "journal-server: " << server.status().message() << "\n";
+    return 1;
+  }
+  cdp::Status s = (*server)->Run(&g_stop);
+  if (!s.ok()) {
+    std::cerr << "journal-server: " << s.ToString() << "\n";
+    return 1;
+  }
+  return 0;
+}

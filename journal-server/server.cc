@@ -1,0 +1,480 @@
+#include "cdp/journal/server.h"
+
+#include <algorithm>
+
+#include "cdp/core/logging.h"
+
+namespace cdp::journal {
+
+namespace v1 = wire::v1;
+
+namespace {
+constexpr auto kAgentAliveWindow = std::chrono::seconds(3);
+constexpr auto kSessionExpiry = std::chrono::seconds(60);
+constexpr size_t kMaxTailRecords = 4096;
+constexpr size_t kMaxDrainMessages = 512;
+}  // namespace
+
+Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions& options) {
+  std::unique_ptr<JournalServer> server(new JournalServer(options));
+  CDP_ASSIGN_OR_RETURN(server->store_, JournalStore::Open(options.data_dir));
+  CDP_ASSIGN_OR_RETURN(server->socket_, Socket::Bind(server->ctx_, options.listen));
+  CDP_LOG(info) << "journal-server: serving " << options.listen << " with journal in "
+                << options.data_dir << " (protocol v" << wire::kMinVersion << ".."
+                << wire::kMaxVersion << ")";
+  return server;
+}
+
+JournalServer::~JournalServer() {
+  socket_.reset();
+  ctx_.close();
+}
+
+std::string JournalServer::PeerName(const std::string& peer) {
+  auto it = sessions_.find(peer);
+  if (it != sessions_.end() && !it->second->identity.empty()) return it->second->identity;
+  std::string hex;
+  static const char* kDigits = "0123456789abcdef";
+  for (unsigned char c : peer) {
+    hex += kDigits[c >> 4];
+    hex += kDigits[c & 15];
+  }
+  return "peer " + hex;
+}
+
+JournalServer::Session* JournalServer::FindSession(const std::string& peer) {
+  auto it = sessions_.find(peer);
+  if (it == sessions_.end()) return nullptr;
+  it->second->last_seen = Clock::now();
+  return it->second.get();
+}
+
+void JournalServer::SendError(const std::string& peer, const Status& status, bool permanent) {
+  Status s = socket_->SendTo(peer, wire::MakeErrorHeader(status, permanent));
+  if (!s.ok()) CDP_LOG(debug) << "journal-server: reply to " << PeerName(peer) << ": " << s;
+}
+
+Status JournalServer::Run(const std::atomic<bool>* stop) {
+  auto last_sweep = Clock::now();
+  while (!stop->load()) {
+    if (!socket_->Readable(50)) {
+      ServeParkedTails(/*expire_only=*/true);
+    } else {
+      WriteGroup group;
+      std::vector<PendingAck> acks;
+      size_t drained = 0;
+      do {
+        auto msg = socket_->Recv(0);
+        if (!msg.ok()) {
+          if (!msg.status().IsTimedOut()) {
+            CDP_LOG(warning) << "journal-server: dropped a message: " << msg.status().ToString();
+          }
+          break;
+        }
+        Handle(*msg, &group, &acks);
+      } while (++drained < kMaxDrainMessages && group.byte_size() < options_.max_group_bytes &&
+               socket_->Readable(0));
+
+      Status committed = store_->Commit(&group);
+      for (const auto& ack : acks) {
+        if (!committed.ok()) {
+          SendError(ack.peer,
+                    committed.WithContext("journal-server: volume " + ack.volume +
+                                          ": batch not journaled; will be retried"),
+                    false);
+          continue;
+        }
+        auto v = store_->GetVolume(ack.volume);
+        if (!v.ok()) continue;
+        v1::Header h;
+        h.mutable_durable_ack()->set_volume(ack.volume);
+        h.mutable_durable_ack()->set_durable_lsn(v->durable_lsn);
+        (void)socket_->SendTo(ack.peer, h);
+      }
+      if (!committed.ok()) {
+        CDP_LOG(error) << "journal-server: group commit failed, nothing acked: "
+                       << committed.ToString();
+      }
+      ServeParkedTails(/*expire_only=*/false);
+    }
+    if (Clock::now() - last_sweep > std::chrono::seconds(5)) {
+      last_sweep = Clock::now();
+      for (auto it = sessions_.begin(); it != sessions_.end();) {
+        if (Clock::now() - it->second->last_seen > kSessionExpiry) {
+          it = sessions_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+  CDP_LOG(info) << "journal-server: stopping";
+  return Status::Ok();
+}
+
+void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks) {
+  const v1::Header& h = msg.header;
+  switch (h.body_case()) {
+    case v1::Header::kHello: HandleHello(msg); return;
+    case v1::Header::kChangeBatch: HandleBatch(msg, group, acks); return;
+    case v1::Header::kAgentReport: HandleReport(msg); return;
+    case v1::Header::kTailRequest: HandleTail(msg); return;
+    case v1::Header::kStatusRequest: HandleStatus(msg); return;
+    default: {
+      Status s = Status::InvalidArgument("journal-server: unexpected message (header case " +
+                                         std::to_string(h.body_case()) + ") from " +
+                                         PeerName(msg.peer));
+      CDP_LOG(warning) << s.message();
+      SendError(msg.peer, s, true);
+    }
+  }
+}
+
+void JournalServer::HandleHello(const wire::Message& msg) {
+  const v1::Hello& hello = msg.header.hello();
+  const std::string who = hello.identity().empty() ? PeerName(msg.peer) : hello.identity();
+  auto version = wire::NegotiateVersion(hello, who);
+  if (!version.ok()) {
+    CDP_LOG(warning) << "journal-server: refused " << who << " (volume '" << hello.volume()
+                     << "'): " << version.status().message();
+    SendError(msg.peer, version.status(), true);
+    return;
+  }
+  v1::Header reply;
+  auto* r = reply.mutable_hello_reply();
+  r->set_version(*version);
+  r->set_server_id(options_.server_id);
+  r->set_session(std::to_string(next_session_++));
+
+  auto session = std::make_unique<Session>();
+  session->role = hello.role();
+  session->identity = who;
+  session->volume = hello.volume();
+  session->version = *version;
+  session->last_seen = Clock::now();
+
+  if (hello.role() == v1::ROLE_AGENT || hello.role() == v1::ROLE_REPLICATOR) {
+    Status name_ok = wire::ValidateVolumeName(hello.volume());
+    if (!name_ok.ok()) {
+      CDP_LOG(warning) << "journal-server: refused " << who << ": " << name_ok.message();
+      SendError(msg.peer, name_ok, true);
+      return;
+    }
+  }
+  if (hello.role() == v1::ROLE_AGENT) {
+    if (hello.volume_size() == 0) {
+      Status s = Status::InvalidArgument("agent for volume " + hello.volume() +
+                                         " reports a size of 0 bytes");
+      CDP_LOG(warning) << "journal-server: refused " << who << ": " << s.message();
+      SendError(msg.peer, s, true);
+      return;
+    }
+    auto v = store_->RegisterVolume(hello.volume(), hello.volume_size(), hello.block_size());
+    if (!v.ok()) {
+      CDP_LOG(warning) << "journal-server: refused " << who << ": " << v.status().message();
+      SendError(msg.peer, v.status(), true);
+      return;
+    }
+    r->set_durable_lsn(v->durable_lsn);
+    r->set_volume_size(v->size_bytes);
+    runtime_[hello.volume()].agent_peer = msg.peer;
+    CDP_LOG(info) << "journal-server: agent " << who << " attached to volume " << hello.volume()
+                  << " (durable LSN " << v->durable_lsn << ")";
+  } else if (hello.role() == v1::ROLE_REPLICATOR) {
+    auto v = store_->GetVolume(hello.volume());
+    if (!v.ok()) {
+      CDP_LOG(warning) << "journal-server: replicator " << who << ": " << v.status().message();
+      SendError(msg.peer, v.status(), false);
+      return;
+    }
+    r->set_durable_lsn(v->durable_lsn);
+    r->set_volume_size(v->size_bytes);
+    runtime_[hello.volume()].replicator_peer = msg.peer;
+    CDP_LOG(info) << "journal-server: replicator " << who << " attached to volume "
+                  << hello.volume() << " (applied LSN " << v->applied_lsn << ")";
+  } else if (hello.role() != v1::ROLE_CONTROL) {
+    Status s = Status::InvalidArgument("Hello from " + who + " has no known role");
+    SendError(msg.peer, s, true);
+    return;
+  }
+  sessions_[msg.peer] = std::move(session);
+  (void)socket_->SendTo(msg.peer, reply);
+}
+
+void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
+                                std::vector<PendingAck>* acks) {
+  const v1::ChangeBatch& batch = msg.header.change_batch();
+  Session* session = FindSession(msg.peer);
+  if (session == nullptr || session->role != v1::ROLE_AGENT ||
+      session->volume != batch.volume()) {
+    SendError(msg.peer,
+              Status::FailedPrecondition("journal-server: no agent session for volume '" +
+                                         batch.volume() + "' on this connection; send Hello"),
+              false);
+    return;
+  }
+  const std::string& name = batch.volume();
+  auto vol = store_->GetVolume(name);
+  if (!vol.ok()) {
+    SendError(msg.peer, vol.status(), true);
+    return;
+  }
+  auto reject = [&](const Status& why) {
+    Status s = why.WithContext("journal-server: volume " + name + ": batch from " +
+                               session->identity + " rejected, nothing journaled");
+    CDP_LOG(warning) << s.message();
+    SendError(msg.peer, s, true);
+  };
+
+  // Validate the whole batch before appending anything.
+  size_t next_payload = 0;
+  std::vector<ChangeRecord> records;
+  records.reserve(batch.records_size());
+  for (int i = 0; i < batch.records_size(); ++i) {
+    ChangeRecord rec = wire::RecordFromProto(batch.records(i));
+    if (rec.lsn != batch.first_lsn() + static_cast<uint64_t>(i)) {
+      reject(Status::InvalidArgument("record " + std::to_string(i) + " has LSN " +
+                                     std::to_string(rec.lsn) + ", expected " +
+                                     std::to_string(batch.first_lsn() + i) +
+                                     " (records must be contiguous)"));
+      return;
+    }
+    if (rec.lsn == 0) {
+      reject(Status::InvalidArgument("LSN 0 is reserved"));
+      return;
+    }
+    Status range = ValidateRecordRange(rec, vol->size_bytes);
+    if (!range.ok()) {
+      reject(range);
+      return;
+    }
+    std::string_view payload;
+    if (rec.has_payload()) {
+      if (next_payload >= msg.payloads.size()) {
+        reject(Status::Corruption("record LSN " + std::to_string(rec.lsn) +
+                                  " has no payload frame (truncated message)"));
+        return;
+      }
+      payload = std::string_view(static_cast<const char*>(msg.payloads[next_payload].data()),
+                                 msg.payloads[next_payload].size());
+      ++next_payload;
+    }
+    Status crc = VerifyRecordPayload(rec, payload);
+    if (!crc.ok()) {
+      reject(crc);
+      return;
+    }
+    records.push_back(std::move(rec));
+  }
+  if (next_payload != msg.payloads.size()) {
+    reject(Status::Corruption(std::to_string(msg.payloads.size() - next_payload) +
+                              " payload frames more than records with payload"));
+    return;
+  }
+
+  // Idempotent resend: records at or below the journaled LSN were already taken.
+  const uint64_t last = store_->LastLsn(name, *group);
+  size_t first_new = 0;
+  while (first_new < records.size() && records[first_new].lsn <= last) ++first_new;
+  if (first_new < records.size() && records[first_new].lsn != last + 1) {
+    CDP_LOG(warning) << "journal-server: volume " << name << ": LSN " << records[first_new].lsn
+                     << " arrived after " << last << " from " << session->identity
+                     << "; a batch was lost in flight, asking for a resend from " << last + 1;
+    v1::Header h;
+    h.mutable_durable_ack()->set_volume(name);
+    h.mutable_durable_ack()->set_durable_lsn(vol->durable_lsn);
+    h.mutable_durable_ack()->set_resend_from(last + 1);
+    (void)socket_->SendTo(msg.peer, h);
+    return;
+  }
+  size_t payload_index = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    std::string_view payload;
+    if (records[i].has_payload()) {
+      const auto& f = msg.payloads[payload_index++];
+      payload = std::string_view(static_cast<const char*>(f.data()), f.size());
+    }
+    if (i >= first_new) store_->AppendRecord(group, *vol, records[i], payload);
+  }
+  const uint64_t batch_last = records.empty() ? last : std::max(last, records.back().lsn);
+  for (const auto& p : batch.points()) {
+    if (p.lsn() <= batch_last) store_->AppendPoint(group, *vol, p);
+  }
+  for (const auto& g : batch.gaps()) store_->AppendGap(group, *vol, g);
+  acks->push_back(PendingAck{msg.peer, name});
+}
+
+void JournalServer::HandleReport(const wire::Message& msg) {
+  const v1::AgentReport& report = msg.header.agent_report();
+  Session* session = FindSession(msg.peer);
+  if (session == nullptr || session->role != v1::ROLE_AGENT ||
+      session->volume != report.volume()) {
+    SendError(msg.peer,
+              Status::FailedPrecondition("journal-server: no agent session for volume '" +
+                                         report.volume() + "' on this connection; send Hello"),
+              false);
+    return;
+  }
+  VolumeRuntime& rt = runtime_[report.volume()];
+  rt.report = report;
+  rt.report_sequence++;
+  rt.report_time = Clock::now();
+  rt.agent_peer = msg.peer;
+  auto v = store_->GetVolume(report.volume());
+  if (!v.ok()) return;
+  v1::Header h;
+  h.mutable_durable_ack()->set_volume(report.volume());
+  h.mutable_durable_ack()->set_durable_lsn(v->durable_lsn);
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+void JournalServer::HandleTail(const wire::Message& msg) {
+  const v1::TailRequest& req = msg.header.tail_request();
+  Session* session = FindSession(msg.peer);
+  if (session == nullptr || session->role != v1::ROLE_REPLICATOR ||
+      session->volume != req.volume()) {
+    SendError(msg.peer,
+              Status::FailedPrecondition("journal-server: no replicator session for volume '" +
+                                         req.volume() + "' on this connection; send Hello"),
+              false);
+    return;
+  }
+  auto v = store_->GetVolume(req.volume());
+  if (!v.ok()) {
+    SendError(msg.peer, v.status(), false);
+    return;
+  }
+  VolumeRuntime& rt = runtime_[req.volume()];
+  rt.replicator_peer = msg.peer;
+  rt.applied_time = Clock::now();
+  if (req.applied_lsn() != v->applied_lsn) {
+    Status s = store_->SetApplied(req.volume(), req.applied_lsn());
+    if (!s.ok()) CDP_LOG(warning) << "journal-server: " << s.ToString();
+  }
+  if (req.max_bytes() == 0) return;  // a progress report only
+  if (req.from_lsn() == 0) {
+    SendError(msg.peer, Status::InvalidArgument("tail from LSN 0: LSNs start at 1"), true);
+    return;
+  }
+  if (!ServeTail(msg.peer, req, req.wait_ms() == 0)) {
+    parked_[msg.peer] = ParkedTail{req, Clock::now() + std::chrono::milliseconds(req.wait_ms())};
+  } else {
+    parked_.erase(msg.peer);
+  }
+}
+
+bool JournalServer::ServeTail(const std::string& peer, const v1::TailRequest& req,
+                              bool send_empty) {
+  auto v = store_->GetVolume(req.volume());
+  if (!v.ok()) {
+    SendError(peer, v.status(), false);
+    return true;
+  }
+  if (v->durable_lsn < req.from_lsn() && !send_empty) return false;
+  std::vector<ChangeRecord> records;
+  if (v->durable_lsn >= req.from_lsn()) {
+    Status s = store_->ReadRecords(req.volume(), req.from_lsn(),
+                                   std::min<uint64_t>(req.max_bytes(), options_.max_tail_bytes),
+                                   kMaxTailRecords, &records);
+    if (!s.ok()) {
+      CDP_LOG(error) << "journal-server: tail of volume " << req.volume() << " from LSN "
+                     << req.from_lsn() << ": " << s.ToString();
+      SendError(peer, s, false);
+      return true;
+    }
+  }
+  v1::Header h;
+  auto* tb = h.mutable_tail_batch();
+  tb->set_volume(req.volume());
+  tb->set_request_id(req.request_id());
+  tb->set_durable_lsn(v->durable_lsn);
+  std::vector<zmq::message_t> frames;
+  for (const auto& rec : records) {
+    *tb->add_records() = wire::RecordToProto(rec);
+    if (rec.has_payload()) frames.push_back(wire::FrameFromShared(rec.payload));
+  }
+  if (!records.empty()) {
+    std::vector<v1::ConsistencyPoint> points;
+    if (store_->ReadPoints(req.volume(), records.front().lsn, records.back().lsn, &points).ok()) {
+      for (auto& p : points) *tb->add_points() = std::move(p);
+    }
+  }
+  Status s = socket_->SendTo(peer, h, std::move(frames));
+  if (!s.ok()) CDP_LOG(debug) << "journal-server: tail reply to " << PeerName(peer) << ": " << s;
+  return true;
+}
+
+void JournalServer::ServeParkedTails(bool expire_only) {
+  const auto now = Clock::now();
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    bool served = false;
+    if (now >= it->second.deadline) {
+      served = ServeTail(it->first, it->second.request, /*send_empty=*/true);
+    } else if (!expire_only) {
+      served = ServeTail(it->first, it->second.request, /*send_empty=*/false);
+    }
+    it = served ? parked_.erase(it) : std::next(it);
+  }
+}
+
+void JournalServer::HandleStatus(const wire::Message& msg) {
+  v1::Header h;
+  auto* reply = h.mutable_status_reply();
+  reply->set_server_id(options_.server_id);
+  const uint64_t now_ns = NowNanos();
+  reply->set_now_ns(now_ns);
+  const auto now = Clock::now();
+  for (const auto& v : store_->ListVolumes()) {
+    auto* vs = reply->add_volumes();
+    vs->set_name(v.name);
+    vs->set_size_bytes(v.size_bytes);
+    vs->set_durable_lsn(v.durable_lsn);
+    vs->set_applied_lsn(v.applied_lsn);
+    vs->set_bytes_received(v.bytes_received);
+    vs->set_records(v.records);
+    vs->set_gaps(v.gaps);
+    vs->set_last_point_lsn(v.last_point_lsn);
+    auto rt = runtime_.find(v.name);
+    uint64_t captured = v.durable_lsn;
+    if (rt != runtime_.end() && rt->second.report_sequence > 0) {
+      const auto& r = rt->second.report;
+      captured = std::max<uint64_t>(r.captured_lsn(), v.durable_lsn);
+      vs->set_pending_bytes(r.pending_bytes());
+      vs->set_dirty_bytes(r.dirty_bytes());
+      vs->set_initial_sync_done(r.initial_sync_done());
+      vs->set_ack_mode(r.ack_mode());
+      vs->set_initial_sync_total(r.initial_sync_total());
+      vs->set_initial_sync_done_bytes(r.initial_sync_done_bytes());
+      const double age =
+          std::chrono::duration<double>(now - rt->second.report_time).count();
+      vs->set_agent_report_age_seconds(age);
+      vs->set_agent_connected(now - rt->second.report_time < kAgentAliveWindow);
+      vs->set_report_sequence(rt->second.report_sequence);
+    } else {
+      vs->set_agent_report_age_seconds(-1);
+    }
+    if (rt != runtime_.end() && rt->second.applied_time != Clock::time_point{}) {
+      const double age = std::chrono::duration<double>(now - rt->second.applied_time).count();
+      vs->set_applied_report_age_seconds(age);
+      vs->set_replicator_connected(age < 3.0);
+    } else {
+      vs->set_applied_report_age_seconds(-1);
+    }
+    vs->set_captured_lsn(captured);
+    // Lag: age of the oldest captured write the replica has not applied.
+    double lag = 0;
+    if (v.applied_lsn < captured) {
+      auto t = store_->RecordTime(v.name, v.applied_lsn + 1);
+      if (t.ok() && *t <= now_ns) {
+        lag = static_cast<double>(now_ns - *t) / 1e9;
+      } else if (rt != runtime_.end() && rt->second.report.captured_lsn() > v.durable_lsn &&
+                 rt->second.report_sequence > 0) {
+        lag = std::chrono::duration<double>(now - rt->second.report_time).count();
+      }
+    }
+    vs->set_lag_seconds(lag);
+  }
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+}  // namespace cdp::journal

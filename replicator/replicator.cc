@@ -1,0 +1,181 @@
+#include "cdp/replicator/replicator.h"
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "cdp/core/logging.h"
+#include "cdp/core/transport.h"
+#include "cdp/replicator/image_sink.h"
+
+namespace cdp::replicator {
+
+namespace v1 = wire::v1;
+using Clock = std::chrono::steady_clock;
+
+Replicator::Replicator(ReplicatorOptions options) : options_(std::move(options)) {
+  if (options_.state_dir.empty()) {
+    options_.state_dir =
+        std::filesystem::absolute(options_.target).parent_path().string();
+  }
+}
+
+Status Replicator::Run(const std::atomic<bool>* stop) {
+  CDP_RETURN_IF_ERROR(wire::ValidateVolumeName(options_.volume));
+  CDP_RETURN_IF_ERROR(ValidateEndpoint(options_.server).WithContext("--server"));
+  std::error_code ec;
+  std::filesystem::create_directories(options_.state_dir, ec);
+  if (ec) {
+    return Status::IOError("state dir " + options_.state_dir + " cannot be created: " +
+                           ec.message());
+  }
+  ReplicaCursor cursor(options_.state_dir, options_.volume, options_.target);
+  CDP_ASSIGN_OR_RETURN(uint64_t applied, cursor.Load());
+  CDP_LOG(info) << "replicator: volume " << options_.volume << " -> " << options_.target
+                << ", resuming after LSN " << applied << " (cursor " << cursor.path() << ")";
+
+  zmq::context_t ctx(1);
+  std::unique_ptr<ImageSink> sink;
+  const std::string identity = wire::ProcessIdentity("replicator");
+  uint64_t request_id = 0;
+  auto last_complaint = Clock::now() - std::chrono::hours(1);
+
+  while (!stop->load()) {
+    CDP_ASSIGN_OR_RETURN(auto sock, Socket::Connect(ctx, options_.server));
+    v1::Hello hello = wire::MakeHello(v1::ROLE_REPLICATOR, identity, options_.volume);
+    auto reply = Handshake(*sock, hello, 2000);
+    if (!reply.ok()) {
+      if (reply.status().code() == StatusCode::kProtocolMismatch) return reply.status();
+      if (Clock::now() - last_complaint > std::chrono::seconds(30)) {
+        last_complaint = Clock::now();
+        CDP_LOG(warning) << "replicator: volume " << options_.volume << ": "
+                         << reply.status().ToString() << "; retrying";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      continue;
+    }
+    if (!sink) {
+      CDP_ASSIGN_OR_RETURN(sink, ImageSink::Open(options_.target, reply->volume_size(),
+                                                 options_.io_engine));
+      CDP_LOG(info) << "replicator: target " << options_.target << " open ("
+                    << reply->volume_size() << " bytes, " << sink->engine_name() << ")";
+    }
+    if (applied > reply->durable_lsn()) {
+      return Status::FailedPrecondition(
+          "volume " + options_.volume + ": the replica has applied LSN " +
+          std::to_string(applied) + " but the journal only has " +
+          std::to_string(reply->durable_lsn()) +
+          "; the journal was reset: start from an empty --target and remove " + cursor.path());
+    }
+    CDP_LOG(info) << "replicator: volume " << options_.volume << ": connected to "
+                  << options_.server << " (journal at LSN " << reply->durable_lsn()
+                  << ", applied " << applied << ")";
+
+    auto send_request = [&](uint64_t from) -> Status {
+      v1::Header h;
+      auto* req = h.mutable_tail_request();
+      req->set_volume(options_.volume);
+      req->set_from_lsn(from);
+      req->set_max_bytes(options_.max_batch_bytes);
+      req->set_wait_ms(options_.wait_ms);
+      req->set_applied_lsn(applied);
+      req->set_request_id(++request_id);
+      return sock->Send(h, {}, 1000);
+    };
+    auto send_progress = [&]() {
+      v1::Header h;
+      auto* req = h.mutable_tail_request();
+      req->set_volume(options_.volume);
+      req->set_applied_lsn(applied);
+      req->set_max_bytes(0);
+      (void)sock->Send(h, {}, 100);
+    };
+
+    uint64_t requested_from = applied + 1;
+    if (!send_request(requested_from).ok()) continue;
+    bool reconnect = false;
+    while (!stop->load() && !reconnect) {
+      auto msg = sock->Recv(static_cast<int>(options_.wait_ms) + 3000);
+      if (!msg.ok()) {
+        CDP_LOG(warning) << "replicator: volume " << options_.volume << ": "
+                         << msg.status().message() << "; reconnecting";
+        reconnect = true;
+        break;
+      }
+      const v1::Header& h = msg->header;
+      if (h.has_error()) {
+        Status err = wire::StatusFromError(h.error());
+        CDP_LOG(warning) << "replicator: volume " << options_.volume
+                         << ": journal-server said: " << err.ToString() << "; reconnecting";
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        reconnect = true;
+        break;
+      }
+      if (!h.has_tail_batch() || h.tail_batch().request_id() != request_id) continue;
+      const v1::TailBatch& batch = h.tail_batch();
+
+      // Check the batch completely before touching the target.
+      std::vector<ApplyItem> items;
+      items.reserve(batch.records_size());
+      size_t frame = 0;
+      Status bad;
+      for (int i = 0; i < batch.records_size() && bad.ok(); ++i) {
+        ApplyItem item;
+        item.rec = wire::RecordFromProto(batch.records(i));
+        if (item.rec.lsn != requested_from + static_cast<uint64_t>(i)) {
+          bad = Status::Corruption("expected LSN " + std::to_string(requested_from + i) +
+                                   ", got " + std::to_string(item.rec.lsn));
+          break;
+        }
+        if (item.rec.has_payload()) {
+          if (frame >= msg->payloads.size()) {
+            bad = Status::Corruption("record LSN " + std::to_string(item.rec.lsn) +
+                                     " has no payload frame");
+            break;
+          }
+          item.payload = std::string_view(static_cast<const char*>(msg->payloads[frame].data()),
+                                          msg->payloads[frame].size());
+          ++frame;
+        }
+        bad = VerifyRecordPayload(item.rec, item.payload);
+        items.push_back(std::move(item));
+      }
+      if (!bad.ok()) {
+        CDP_LOG(error) << "replicator: volume " << options_.volume
+                       << ": refusing a tail batch: " << bad.message()
+                       << "; nothing applied, asking again in 1 s";
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        reconnect = true;
+        break;
+      }
+      if (items.empty()) {
+        if (!send_request(requested_from).ok()) reconnect = true;
+        continue;
+      }
+      const uint64_t last = items.back().rec.lsn;
+      // Read-ahead: the next request travels while this batch is applied.
+      requested_from = last + 1;
+      if (!send_request(requested_from).ok()) reconnect = true;
+
+      Status s = sink->Apply(items);
+      if (s.ok()) s = sink->Flush();
+      if (s.ok()) s = cursor.Save(last);
+      if (!s.ok()) {
+        CDP_LOG(error) << "replicator: volume " << options_.volume << ": applying LSN "
+                       << items.front().rec.lsn << ".." << last << " to " << options_.target
+                       << ": " << s.ToString() << "; retrying in 1 s";
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        requested_from = applied + 1;
+        reconnect = true;
+        break;
+      }
+      applied = last;
+      send_progress();
+    }
+  }
+  CDP_LOG(info) << "replicator: volume " << options_.volume << ": stopped at applied LSN "
+                << applied;
+  return Status::Ok();
+}
+
+}  // namespace cdp::replicator
