@@ -68,8 +68,7 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
       plan.skip_zero = s.skip_zero;
       CDP_LOG(info) << "cdp-agent: volume " << options.volume << ": clean restart, "
                     << agent->dirty_->dirty_bytes() << " dirty bytes to resync"
-                    << (plan.full_sync ? ", full sync resumes at " +
-                                             std::to_string(plan.cursor)
+                    << (plan.full_sync ? ", full sync resumes at " + std::to_string(plan.cursor)
                                        : std::string());
     } else {
       plan.full_sync = true;
@@ -107,13 +106,12 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
         self->capture_->OnHandshake(durable);
       },
       [self](v1::AgentReport* r) { self->FillReport(r); });
-  agent->capture_ = std::make_unique<VolumeCapture>(options.volume, std::move(device),
-                                                    std::move(read_device),
-                                                    agent->sender_.get(), agent->dirty_.get(),
-                                                    options.ack_mode);
-  agent->sync_ = std::make_unique<SyncEngine>(options.volume, agent->capture_.get(),
-                                              agent->sender_.get(), agent->dirty_.get(),
-                                              std::move(probe), plan);
+  agent->capture_ =
+      std::make_unique<VolumeCapture>(options.volume, std::move(device), std::move(read_device),
+                                      agent->sender_.get(), agent->dirty_.get(), options.ack_mode);
+  agent->sync_ =
+      std::make_unique<SyncEngine>(options.volume, agent->capture_.get(), agent->sender_.get(),
+                                   agent->dirty_.get(), std::move(probe), plan);
   if (!gap_reason.empty()) {
     v1::Gap gap;
     gap.set_time_ns(NowNanos());
@@ -171,8 +169,8 @@ Status Agent::Stop() {
   state_.skip_zero = sync_->skip_zero();
   CDP_RETURN_IF_ERROR(SaveAgentState(options_.state_dir, state_));
   CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": stopped cleanly (captured LSN "
-                << capture_->captured_lsn() << ", durable LSN " << sender_->durable_lsn()
-                << ", " << dirty_->dirty_bytes() << " dirty bytes saved)";
+                << capture_->captured_lsn() << ", durable LSN " << sender_->durable_lsn() << ", "
+                << dirty_->dirty_bytes() << " dirty bytes saved)";
   return Status::Ok();
 }
 

@@ -96,7 +96,8 @@ Status DirtyBitmap::Load(const std::string& path) {
   }
   const uint32_t stored = GetBigEndian32(in.data() + in.size() - 4);
   if (stored != crc32c::Value(in.data(), in.size() - 4)) {
-    return Status::Corruption("dirty bitmap " + path + " fails its CRC; delete it to force a "
+    return Status::Corruption("dirty bitmap " + path +
+                              " fails its CRC; delete it to force a "
                               "full resync");
   }
   const uint64_t size = GetBigEndian64(in.data() + 8);

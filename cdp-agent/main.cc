@@ -1,9 +1,8 @@
 // cdp-agent: captures every write to a protected device and ships it to the journal-server.
 // Wiring only; the work is in cdp::agent::Agent.
+#include <boost/program_options.hpp>
 #include <csignal>
 #include <iostream>
-
-#include <boost/program_options.hpp>
 
 #include "cdp/agent/agent.h"
 #include "cdp/core/logging.h"
@@ -54,8 +53,8 @@ int main(int argc, char** argv) {
   cdp::LogLevel level;
   if (!mode.ok() || !io.ok() || !cdp::ParseLogLevel(log_level, &level) || buffer_mib == 0) {
     std::cerr << "cdp-agent: "
-              << (!mode.ok() ? mode.status().message()
-                  : !io.ok() ? io.status().message()
+              << (!mode.ok()        ? mode.status().message()
+                  : !io.ok()        ? io.status().message()
                   : buffer_mib == 0 ? std::string("--buffer-mib must be at least 1")
                                     : "bad --log-level '" + log_level + "'")
               << "\n";

@@ -29,7 +29,9 @@ Sender::~Sender() {
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
-void Sender::Start() { thread_ = std::thread([this] { Loop(); }); }
+void Sender::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void Sender::Wake() {
   const uint64_t one = 1;
@@ -149,8 +151,7 @@ void Sender::Loop() {
         drain_deadline = Clock::now() + std::chrono::milliseconds(drain_ms_.load());
       }
       std::lock_guard<std::mutex> lock(mu_);
-      if ((queue_.empty() && points_.empty() && gaps_.empty()) ||
-          Clock::now() >= drain_deadline) {
+      if ((queue_.empty() && points_.empty() && gaps_.empty()) || Clock::now() >= drain_deadline) {
         break;
       }
     }
@@ -194,8 +195,8 @@ void Sender::Loop() {
       last_rx = Clock::now();
       const uint64_t durable = reply->durable_lsn();
       CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": connected to "
-                    << options_.server << " (protocol v" << reply->version()
-                    << ", durable LSN " << durable << ")";
+                    << options_.server << " (protocol v" << reply->version() << ", durable LSN "
+                    << durable << ")";
       if (on_handshake_) on_handshake_(durable);
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -254,8 +255,7 @@ void Sender::Loop() {
           *g = gaps_[gaps_sent];
           if (g->after_lsn() == 0) g->set_after_lsn(send_next - 1);
         }
-        if (batch->records_size() == 0 && batch->points_size() == 0 &&
-            batch->gaps_size() == 0) {
+        if (batch->records_size() == 0 && batch->points_size() == 0 && batch->gaps_size() == 0) {
           break;
         }
         send_next += batch->records_size();

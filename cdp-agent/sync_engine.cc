@@ -23,7 +23,9 @@ SyncEngine::SyncEngine(std::string volume, VolumeCapture* capture, Sender* sende
 
 SyncEngine::~SyncEngine() { Stop(); }
 
-void SyncEngine::Start() { thread_ = std::thread([this] { Loop(); }); }
+void SyncEngine::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void SyncEngine::Stop() {
   stop_ = true;
@@ -78,8 +80,7 @@ void SyncEngine::Loop() {
         capture_->AddPoint(v1::POINT_SYNC_DONE, "full sync");
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        CDP_LOG(info) << "cdp-agent: volume " << volume_ << ": full sync done in " << secs
-                      << " s";
+        CDP_LOG(info) << "cdp-agent: volume " << volume_ << ": full sync done in " << secs << " s";
         continue;
       }
       const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(chunk_, total_ - cursor));

@@ -92,8 +92,8 @@ Status VolumeCapture::Write(uint64_t offset, Payload data, bool fua) {
   uint64_t lsn = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    CDP_RETURN_IF_ERROR(device_->WriteAt(offset, std::span<const char>(data->data(),
-                                                                       data->size())));
+    CDP_RETURN_IF_ERROR(
+        device_->WriteAt(offset, std::span<const char>(data->data(), data->size())));
     if (fua) CDP_RETURN_IF_ERROR(device_->Flush());
     lsn = QueueLocked(MakeWriteRecord(0, NowNanos(), offset, std::move(data)));
   }
@@ -157,8 +157,7 @@ uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& labe
   return lsn;
 }
 
-Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(uint64_t offset,
-                                                                 uint32_t length,
+Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(uint64_t offset, uint32_t length,
                                                                  bool skip_zero) {
   if (!lsn_known_.load()) return RegionResult::kNotReady;
   auto buf = std::make_shared<std::string>(length, '\0');

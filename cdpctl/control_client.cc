@@ -14,9 +14,8 @@ Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string&
                                                               int timeout_ms) {
   std::unique_ptr<ControlClient> c(new ControlClient());
   CDP_ASSIGN_OR_RETURN(c->socket_, Socket::Connect(c->ctx_, server));
-  auto reply = Handshake(*c->socket_,
-                         wire::MakeHello(v1::ROLE_CONTROL, wire::ProcessIdentity("cdpctl")),
-                         timeout_ms);
+  auto reply = Handshake(
+      *c->socket_, wire::MakeHello(v1::ROLE_CONTROL, wire::ProcessIdentity("cdpctl")), timeout_ms);
   if (!reply.ok()) {
     if (reply.status().IsTimedOut() || reply.status().IsUnavailable()) {
       return ::cdp::Status::Unavailable("journal-server at " + server + " does not answer (" +
@@ -101,9 +100,9 @@ std::string StatusTable(const v1::StatusReply& reply) {
     if (!v.agent_connected()) state += "agent-disconnected ";
     if (!v.initial_sync_done() && v.agent_connected()) {
       state += "full-sync " +
-               std::to_string(v.initial_sync_total() ? v.initial_sync_done_bytes() * 100 /
-                                                           v.initial_sync_total()
-                                                     : 0) +
+               std::to_string(v.initial_sync_total()
+                                  ? v.initial_sync_done_bytes() * 100 / v.initial_sync_total()
+                                  : 0) +
                "% ";
     }
     if (v.dirty_bytes() > 0) state += "resync(" + HumanBytes(v.dirty_bytes()) + ") ";
@@ -142,10 +141,11 @@ std::string NotSyncedReason(const v1::VolumeStatus& v, uint64_t min_report_seque
                          std::ostream& progress) {
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(timeout_s));
+  const auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
   CDP_ASSIGN_OR_RETURN(auto client, ControlClient::Connect(server, 5000));
   uint64_t min_sequence = 0;
+  uint64_t last_sequence = 0;
   bool first = true;
   auto last_print = start;
   std::string reason = "no status yet";
@@ -158,19 +158,24 @@ std::string NotSyncedReason(const v1::VolumeStatus& v, uint64_t min_report_seque
         if (x.name() == volume) v = &x;
       }
       if (v == nullptr) {
+        // The agent may not have said Hello yet: keep waiting, and say so on timeout.
         std::string known;
         for (const auto& x : reply->volumes()) known += (known.empty() ? "" : ", ") + x.name();
-        return ::cdp::Status::NotFound("unknown volume '" + volume + "' (known: " +
-                                       (known.empty() ? std::string("none") : known) + ")");
+        reason = "unknown volume '" + volume +
+                 "' (known: " + (known.empty() ? std::string("none") : known) +
+                 "); is its cdp-agent running?";
+      } else {
+        last = *v;
+        // Two more reports guarantee one that the agent built after this wait began. A
+        // sequence that goes backwards means the journal-server restarted: count again.
+        if (first || v->report_sequence() < last_sequence) {
+          min_sequence = v->report_sequence() + 2;
+          first = false;
+        }
+        last_sequence = v->report_sequence();
+        reason = NotSyncedReason(*v, min_sequence);
+        if (reason.empty()) return ::cdp::Status::Ok();
       }
-      last = *v;
-      if (first) {
-        // Two more reports guarantee one that the agent built after this wait began.
-        min_sequence = v->report_sequence() + 2;
-        first = false;
-      }
-      reason = NotSyncedReason(*v, min_sequence);
-      if (reason.empty()) return ::cdp::Status::Ok();
     } else {
       reason = reply.status().message();
     }

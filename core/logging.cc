@@ -15,12 +15,18 @@ namespace logging = boost::log;
 namespace expr = boost::log::expressions;
 
 bool ParseLogLevel(const std::string& text, LogLevel* level) {
-  if (text == "trace") *level = LogLevel::kTrace;
-  else if (text == "debug") *level = LogLevel::kDebug;
-  else if (text == "info") *level = LogLevel::kInfo;
-  else if (text == "warning") *level = LogLevel::kWarning;
-  else if (text == "error") *level = LogLevel::kError;
-  else return false;
+  if (text == "trace")
+    *level = LogLevel::kTrace;
+  else if (text == "debug")
+    *level = LogLevel::kDebug;
+  else if (text == "info")
+    *level = LogLevel::kInfo;
+  else if (text == "warning")
+    *level = LogLevel::kWarning;
+  else if (text == "error")
+    *level = LogLevel::kError;
+  else
+    return false;
   return true;
 }
 
@@ -30,17 +36,26 @@ void InitLogging(const std::string& component, LogLevel level) {
   logging::add_console_log(
       std::clog, logging::keywords::auto_flush = true,
       logging::keywords::format =
-          (expr::stream << expr::format_date_time<boost::posix_time::ptime>(
-                               "TimeStamp", "%Y-%m-%dT%H:%M:%S.%f")
-                        << " " << prefix << logging::trivial::severity << ": "
-                        << expr::smessage));
+          (expr::stream << expr::format_date_time<boost::posix_time::ptime>("TimeStamp",
+                                                                            "%Y-%m-%dT%H:%M:%S.%f")
+                        << " " << prefix << logging::trivial::severity << ": " << expr::smessage));
   logging::trivial::severity_level min = logging::trivial::info;
   switch (level) {
-    case LogLevel::kTrace: min = logging::trivial::trace; break;
-    case LogLevel::kDebug: min = logging::trivial::debug; break;
-    case LogLevel::kInfo: min = logging::trivial::info; break;
-    case LogLevel::kWarning: min = logging::trivial::warning; break;
-    case LogLevel::kError: min = logging::trivial::error; break;
+    case LogLevel::kTrace:
+      min = logging::trivial::trace;
+      break;
+    case LogLevel::kDebug:
+      min = logging::trivial::debug;
+      break;
+    case LogLevel::kInfo:
+      min = logging::trivial::info;
+      break;
+    case LogLevel::kWarning:
+      min = logging::trivial::warning;
+      break;
+    case LogLevel::kError:
+      min = logging::trivial::error;
+      break;
   }
   logging::core::get()->set_filter(logging::trivial::severity >= min);
 }

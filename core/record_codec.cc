@@ -8,9 +8,12 @@ namespace cdp {
 
 std::string RecordKindName(RecordKind kind) {
   switch (kind) {
-    case RecordKind::kWrite: return "write";
-    case RecordKind::kDiscard: return "discard";
-    case RecordKind::kWriteZeroes: return "write-zeroes";
+    case RecordKind::kWrite:
+      return "write";
+    case RecordKind::kDiscard:
+      return "discard";
+    case RecordKind::kWriteZeroes:
+      return "write-zeroes";
   }
   return "unknown(" + std::to_string(static_cast<int>(kind)) + ")";
 }

@@ -8,12 +8,13 @@ namespace v1 = wire::v1;
 
 Status ValidateEndpoint(const std::string& endpoint) {
   auto fail = [&] {
-    return Status::InvalidArgument("bad endpoint '" + endpoint +
-                                   "': expected tcp://HOST:PORT (for example tcp://127.0.0.1:7700)");
+    return Status::InvalidArgument(
+        "bad endpoint '" + endpoint +
+        "': expected tcp://HOST:PORT (for example tcp://127.0.0.1:7700)");
   };
-  if (endpoint.rfind("ipc://", 0) == 0 || endpoint.rfind("inproc://", 0) == 0) {
-    return endpoint.size() > 8 ? Status::Ok() : fail();
-  }
+  // The path or name after the scheme must not be empty.
+  if (endpoint.rfind("ipc://", 0) == 0) return endpoint.size() > 6 ? Status::Ok() : fail();
+  if (endpoint.rfind("inproc://", 0) == 0) return endpoint.size() > 9 ? Status::Ok() : fail();
   if (endpoint.rfind("tcp://", 0) != 0) return fail();
   const std::string rest = endpoint.substr(6);
   const auto colon = rest.rfind(':');
@@ -65,8 +66,7 @@ Result<std::unique_ptr<Socket>> Socket::Bind(zmq::context_t& ctx, const std::str
   }
 }
 
-Result<std::unique_ptr<Socket>> Socket::Connect(zmq::context_t& ctx,
-                                                const std::string& endpoint) {
+Result<std::unique_ptr<Socket>> Socket::Connect(zmq::context_t& ctx, const std::string& endpoint) {
   CDP_RETURN_IF_ERROR(ValidateEndpoint(endpoint));
   try {
     zmq::socket_t s(ctx, zmq::socket_type::dealer);

@@ -8,11 +8,11 @@ Result<uint32_t> NegotiateVersion(const v1::Hello& hello, std::string_view peer_
   const uint32_t low = std::max(hello.min_version(), kMinVersion);
   const uint32_t high = std::min(hello.max_version(), kMaxVersion);
   if (hello.min_version() > hello.max_version() || low > high) {
-    return Status::ProtocolMismatch(
-        std::string(peer_name) + " speaks protocol versions " +
-        std::to_string(hello.min_version()) + ".." + std::to_string(hello.max_version()) +
-        ", this build speaks " + std::to_string(kMinVersion) + ".." +
-        std::to_string(kMaxVersion) + "; upgrade the older side");
+    return Status::ProtocolMismatch(std::string(peer_name) + " speaks protocol versions " +
+                                    std::to_string(hello.min_version()) + ".." +
+                                    std::to_string(hello.max_version()) + ", this build speaks " +
+                                    std::to_string(kMinVersion) + ".." +
+                                    std::to_string(kMaxVersion) + "; upgrade the older side");
   }
   return high;
 }
@@ -74,8 +74,8 @@ zmq::message_t FrameFromShared(const SharedBytes& bytes) {
 Status ValidateVolumeName(std::string_view name) {
   bool ok = !name.empty() && name.size() <= 64 && name[0] != '.' && name[0] != '-';
   for (char c : name) {
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '_' || c == '-')) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-')) {
       ok = false;
     }
   }

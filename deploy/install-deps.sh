@@ -15,7 +15,7 @@ packages=(
   # real NBD clients and image tools used by tests and benchmarks
   qemu-utils libnbd-bin
   # test and benchmark helpers
-  procps psmisc time util-linux coreutils python3
+  procps psmisc time util-linux coreutils python3 bc
 )
 
 missing=()

@@ -65,9 +65,12 @@ Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir)
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (const char* name : kCfNames) {
     const std::string n(name);
-    if (n == "index" || n == "points" || n == "gaps") cfs.emplace_back(n, index);
-    else if (n == "payload") cfs.emplace_back(n, payload);
-    else cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    if (n == "index" || n == "points" || n == "gaps")
+      cfs.emplace_back(n, index);
+    else if (n == "payload")
+      cfs.emplace_back(n, payload);
+    else
+      cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
   }
 
   std::unique_ptr<JournalStore> store(new JournalStore());
@@ -77,8 +80,10 @@ Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir)
   rocksdb::Status s = rocksdb::DB::Open(db_options, db_path, cfs, &store->handles_, &raw);
   if (!s.ok()) {
     if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return Status::Unavailable("journal " + db_path + " is locked: another journal-server "
-                                 "uses this --data-dir (" + s.ToString() + ")");
+      return Status::Unavailable("journal " + db_path +
+                                 " is locked: another journal-server "
+                                 "uses this --data-dir (" +
+                                 s.ToString() + ")");
     }
     return FromRocks(s, "cannot open journal " + db_path);
   }
@@ -134,8 +139,7 @@ Status JournalStore::LoadVolumes() {
       if (p.ParseFromString(progress)) v.applied_lsn = p.applied_lsn();
     }
     CDP_LOG(info) << "journal: volume " << name << " (id " << v.id << ", " << v.size_bytes
-                  << " bytes): durable LSN " << v.durable_lsn << ", applied LSN "
-                  << v.applied_lsn;
+                  << " bytes): durable LSN " << v.durable_lsn << ", applied LSN " << v.applied_lsn;
     names_[v.id] = name;
     volumes_[name] = std::move(v);
   }
@@ -172,8 +176,8 @@ Result<VolumeInfo> JournalStore::RegisterVolume(const std::string& name, uint64_
                                 "journal " + dir_ + ": registering volume " + name));
   names_[v.id] = name;
   volumes_[name] = v;
-  CDP_LOG(info) << "journal: registered volume " << name << " (id " << v.id << ", "
-                << size_bytes << " bytes)";
+  CDP_LOG(info) << "journal: registered volume " << name << " (id " << v.id << ", " << size_bytes
+                << " bytes)";
   return v;
 }
 
@@ -183,8 +187,8 @@ Result<VolumeInfo> JournalStore::GetVolume(const std::string& name) const {
   if (it == volumes_.end()) {
     std::string known;
     for (const auto& [n, v] : volumes_) known += (known.empty() ? "" : ", ") + n;
-    return Status::NotFound("unknown volume '" + name + "' (known: " +
-                            (known.empty() ? std::string("none yet") : known) +
+    return Status::NotFound("unknown volume '" + name +
+                            "' (known: " + (known.empty() ? std::string("none yet") : known) +
                             "); start its cdp-agent first");
   }
   return it->second;
@@ -261,15 +265,16 @@ Status JournalStore::ReadRecords(const std::string& name, uint64_t from_lsn, uin
   uint64_t bytes = 0;
   for (ix->Seek(JournalKey(v.id, from_lsn)); ix->Valid(); ix->Next()) {
     if (out->size() >= max_records || (bytes >= max_bytes && !out->empty())) break;
-    CDP_ASSIGN_OR_RETURN(ChangeRecord rec,
-                         DecodeRecordHeader(std::string_view(ix->value().data(),
-                                                             ix->value().size()),
-                                            where));
+    CDP_ASSIGN_OR_RETURN(
+        ChangeRecord rec,
+        DecodeRecordHeader(std::string_view(ix->value().data(), ix->value().size()), where));
     const uint64_t key_lsn = GetBigEndian64(ix->key().data() + 4);
     if (rec.lsn != key_lsn) {
       return Status::Corruption(where + ": index key LSN " + std::to_string(key_lsn) +
                                 " holds record LSN " + std::to_string(rec.lsn));
     }
+    // The payload total stays within max_bytes; only a first record may exceed it alone.
+    if (rec.has_payload() && !out->empty() && bytes + rec.length > max_bytes) break;
     if (rec.has_payload()) {
       auto payload = std::make_shared<std::string>();
       rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), payload_cf_, ix->key(), payload.get());

@@ -1,9 +1,8 @@
 // journal-server: the durable change journal of the CDP appliance. Wiring only; the work is in
 // cdp::journal::JournalServer.
+#include <boost/program_options.hpp>
 #include <csignal>
 #include <iostream>
-
-#include <boost/program_options.hpp>
 
 #include "cdp/core/logging.h"
 #include "cdp/journal/server.h"
@@ -29,8 +28,7 @@ int main(int argc, char** argv) {
       "ZeroMQ endpoint to serve, tcp://HOST:PORT")(
       "server-id", po::value(&options.server_id)->default_value("journal-server"),
       "name reported to peers and in status")(
-      "log-level", po::value(&log_level)->default_value("info"),
-      "trace|debug|info|warning|error");
+      "log-level", po::value(&log_level)->default_value("info"), "trace|debug|info|warning|error");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);

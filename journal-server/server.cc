@@ -115,15 +115,25 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
 void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks) {
   const v1::Header& h = msg.header;
   switch (h.body_case()) {
-    case v1::Header::kHello: HandleHello(msg); return;
-    case v1::Header::kChangeBatch: HandleBatch(msg, group, acks); return;
-    case v1::Header::kAgentReport: HandleReport(msg); return;
-    case v1::Header::kTailRequest: HandleTail(msg); return;
-    case v1::Header::kStatusRequest: HandleStatus(msg); return;
+    case v1::Header::kHello:
+      HandleHello(msg);
+      return;
+    case v1::Header::kChangeBatch:
+      HandleBatch(msg, group, acks);
+      return;
+    case v1::Header::kAgentReport:
+      HandleReport(msg);
+      return;
+    case v1::Header::kTailRequest:
+      HandleTail(msg);
+      return;
+    case v1::Header::kStatusRequest:
+      HandleStatus(msg);
+      return;
     default: {
-      Status s = Status::InvalidArgument("journal-server: unexpected message (header case " +
-                                         std::to_string(h.body_case()) + ") from " +
-                                         PeerName(msg.peer));
+      Status s =
+          Status::InvalidArgument("journal-server: unexpected message (header case " +
+                                  std::to_string(h.body_case()) + ") from " + PeerName(msg.peer));
       CDP_LOG(warning) << s.message();
       SendError(msg.peer, s, true);
     }
@@ -205,8 +215,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
                                 std::vector<PendingAck>* acks) {
   const v1::ChangeBatch& batch = msg.header.change_batch();
   Session* session = FindSession(msg.peer);
-  if (session == nullptr || session->role != v1::ROLE_AGENT ||
-      session->volume != batch.volume()) {
+  if (session == nullptr || session->role != v1::ROLE_AGENT || session->volume != batch.volume()) {
     SendError(msg.peer,
               Status::FailedPrecondition("journal-server: no agent session for volume '" +
                                          batch.volume() + "' on this connection; send Hello"),
@@ -233,10 +242,9 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
   for (int i = 0; i < batch.records_size(); ++i) {
     ChangeRecord rec = wire::RecordFromProto(batch.records(i));
     if (rec.lsn != batch.first_lsn() + static_cast<uint64_t>(i)) {
-      reject(Status::InvalidArgument("record " + std::to_string(i) + " has LSN " +
-                                     std::to_string(rec.lsn) + ", expected " +
-                                     std::to_string(batch.first_lsn() + i) +
-                                     " (records must be contiguous)"));
+      reject(Status::InvalidArgument(
+          "record " + std::to_string(i) + " has LSN " + std::to_string(rec.lsn) + ", expected " +
+          std::to_string(batch.first_lsn() + i) + " (records must be contiguous)"));
       return;
     }
     if (rec.lsn == 0) {
@@ -307,8 +315,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
 void JournalServer::HandleReport(const wire::Message& msg) {
   const v1::AgentReport& report = msg.header.agent_report();
   Session* session = FindSession(msg.peer);
-  if (session == nullptr || session->role != v1::ROLE_AGENT ||
-      session->volume != report.volume()) {
+  if (session == nullptr || session->role != v1::ROLE_AGENT || session->volume != report.volume()) {
     SendError(msg.peer,
               Status::FailedPrecondition("journal-server: no agent session for volume '" +
                                          report.volume() + "' on this connection; send Hello"),
@@ -445,8 +452,7 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
       vs->set_ack_mode(r.ack_mode());
       vs->set_initial_sync_total(r.initial_sync_total());
       vs->set_initial_sync_done_bytes(r.initial_sync_done_bytes());
-      const double age =
-          std::chrono::duration<double>(now - rt->second.report_time).count();
+      const double age = std::chrono::duration<double>(now - rt->second.report_time).count();
       vs->set_agent_report_age_seconds(age);
       vs->set_agent_connected(now - rt->second.report_time < kAgentAliveWindow);
       vs->set_report_sequence(rt->second.report_sequence);

@@ -19,8 +19,7 @@ Result<std::unique_ptr<ImageSink>> ImageSink::Open(const std::string& path, uint
   if ((*dev)->size() < volume_size) {
     return Status::FailedPrecondition("--target " + path + " has " +
                                       std::to_string((*dev)->size()) +
-                                      " bytes but the volume has " +
-                                      std::to_string(volume_size) +
+                                      " bytes but the volume has " + std::to_string(volume_size) +
                                       "; grow it or point --target at a new file");
   }
   return std::unique_ptr<ImageSink>(new ImageSink(std::move(*dev)));
@@ -48,8 +47,8 @@ Status ImageSink::Apply(const std::vector<ApplyItem>& items) {
     switch (rec.kind) {
       case RecordKind::kWrite:
         if (overlaps(rec.offset, end)) CDP_RETURN_IF_ERROR(flush_run());
-        run.push_back(WriteOp{rec.offset, std::span<const char>(item.payload.data(),
-                                                                item.payload.size())});
+        run.push_back(
+            WriteOp{rec.offset, std::span<const char>(item.payload.data(), item.payload.size())});
         run_ranges[rec.offset] = std::max(run_ranges[rec.offset], end);
         break;
       case RecordKind::kDiscard:

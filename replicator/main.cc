@@ -1,8 +1,7 @@
 // replicator: applies one volume's journal to a target image. Wiring only.
+#include <boost/program_options.hpp>
 #include <csignal>
 #include <iostream>
-
-#include <boost/program_options.hpp>
 
 #include "cdp/core/logging.h"
 #include "cdp/replicator/replicator.h"

@@ -15,8 +15,7 @@ using Clock = std::chrono::steady_clock;
 
 Replicator::Replicator(ReplicatorOptions options) : options_(std::move(options)) {
   if (options_.state_dir.empty()) {
-    options_.state_dir =
-        std::filesystem::absolute(options_.target).parent_path().string();
+    options_.state_dir = std::filesystem::absolute(options_.target).parent_path().string();
   }
 }
 
@@ -26,8 +25,8 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
   std::error_code ec;
   std::filesystem::create_directories(options_.state_dir, ec);
   if (ec) {
-    return Status::IOError("state dir " + options_.state_dir + " cannot be created: " +
-                           ec.message());
+    return Status::IOError("state dir " + options_.state_dir +
+                           " cannot be created: " + ec.message());
   }
   ReplicaCursor cursor(options_.state_dir, options_.volume, options_.target);
   CDP_ASSIGN_OR_RETURN(uint64_t applied, cursor.Load());
@@ -55,21 +54,20 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
       continue;
     }
     if (!sink) {
-      CDP_ASSIGN_OR_RETURN(sink, ImageSink::Open(options_.target, reply->volume_size(),
-                                                 options_.io_engine));
-      CDP_LOG(info) << "replicator: target " << options_.target << " open ("
-                    << reply->volume_size() << " bytes, " << sink->engine_name() << ")";
+      CDP_ASSIGN_OR_RETURN(
+          sink, ImageSink::Open(options_.target, reply->volume_size(), options_.io_engine));
+      CDP_LOG(info) << "replicator: target " << options_.target << " open (" << reply->volume_size()
+                    << " bytes, " << sink->engine_name() << ")";
     }
     if (applied > reply->durable_lsn()) {
       return Status::FailedPrecondition(
-          "volume " + options_.volume + ": the replica has applied LSN " +
-          std::to_string(applied) + " but the journal only has " +
-          std::to_string(reply->durable_lsn()) +
+          "volume " + options_.volume + ": the replica has applied LSN " + std::to_string(applied) +
+          " but the journal only has " + std::to_string(reply->durable_lsn()) +
           "; the journal was reset: start from an empty --target and remove " + cursor.path());
     }
     CDP_LOG(info) << "replicator: volume " << options_.volume << ": connected to "
-                  << options_.server << " (journal at LSN " << reply->durable_lsn()
-                  << ", applied " << applied << ")";
+                  << options_.server << " (journal at LSN " << reply->durable_lsn() << ", applied "
+                  << applied << ")";
 
     auto send_request = [&](uint64_t from) -> Status {
       v1::Header h;
@@ -123,8 +121,8 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
         ApplyItem item;
         item.rec = wire::RecordFromProto(batch.records(i));
         if (item.rec.lsn != requested_from + static_cast<uint64_t>(i)) {
-          bad = Status::Corruption("expected LSN " + std::to_string(requested_from + i) +
-                                   ", got " + std::to_string(item.rec.lsn));
+          bad = Status::Corruption("expected LSN " + std::to_string(requested_from + i) + ", got " +
+                                   std::to_string(item.rec.lsn));
           break;
         }
         if (item.rec.has_payload()) {
@@ -162,8 +160,8 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
       if (s.ok()) s = cursor.Save(last);
       if (!s.ok()) {
         CDP_LOG(error) << "replicator: volume " << options_.volume << ": applying LSN "
-                       << items.front().rec.lsn << ".." << last << " to " << options_.target
-                       << ": " << s.ToString() << "; retrying in 1 s";
+                       << items.front().rec.lsn << ".." << last << " to " << options_.target << ": "
+                       << s.ToString() << "; retrying in 1 s";
         std::this_thread::sleep_for(std::chrono::seconds(1));
         requested_from = applied + 1;
         reconnect = true;

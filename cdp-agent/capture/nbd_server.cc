@@ -361,9 +361,7 @@ class NbdSession {
       CDP_ASSIGN_OR_RETURN(const nbd::OptionHeader h, nbd::ParseOptionHeader(header));
       if (h.length > kMaxOptionLength) {
         return Status::ProtocolMismatch(nbd::OptionName(h.option) + " announces " +
-                                        std::to_string(h.length) +
-                                        " bytes of data; the limit "
-                                        "is " +
+                                        std::to_string(h.length) + " bytes of data; the limit is " +
                                         std::to_string(kMaxOptionLength));
       }
       std::string payload(h.length, '\0');

@@ -21,15 +21,15 @@
 namespace cdp::agent {
 
 struct AgentOptions {
-  std::string server;      // tcp://HOST:PORT of the journal-server
+  std::string server;  // tcp://HOST:PORT of the journal-server
   std::string volume;
-  std::string device;      // file or block device to protect
-  std::string nbd;         // unix:PATH or tcp:HOST:PORT
+  std::string device;  // file or block device to protect
+  std::string nbd;     // unix:PATH or tcp:HOST:PORT
   AckMode ack_mode = AckMode::kAsync;
   std::string state_dir;
   uint64_t buffer_bytes = 32ull << 20;
   IoEngine io_engine = IoEngine::kAuto;
-  int drain_ms = 10000;    // how long a clean stop tries to get buffered records durable
+  int drain_ms = 10000;  // how long a clean stop tries to get buffered records durable
 };
 
 class Agent {

@@ -28,17 +28,17 @@
 namespace cdp::agent {
 
 struct SenderOptions {
-  std::string server;            // tcp://HOST:PORT
+  std::string server;  // tcp://HOST:PORT
   std::string volume;
   uint64_t volume_size = 0;
   uint32_t block_size = 512;
   std::string identity;
-  uint64_t buffer_bytes = 32ull << 20;     // cap of captured-but-not-durable bytes
-  uint64_t max_batch_bytes = 1ull << 20;   // payload bytes per ChangeBatch
+  uint64_t buffer_bytes = 32ull << 20;    // cap of captured-but-not-durable bytes
+  uint64_t max_batch_bytes = 1ull << 20;  // payload bytes per ChangeBatch
   size_t max_batch_records = 1024;
-  uint64_t window_bytes = 8ull << 20;      // bytes sent but not yet acked
+  uint64_t window_bytes = 8ull << 20;  // bytes sent but not yet acked
   int report_interval_ms = 200;
-  int silence_timeout_ms = 3000;           // reconnect when in-flight batches get no reply
+  int silence_timeout_ms = 3000;  // reconnect when in-flight batches get no reply
 };
 
 class Sender {
@@ -96,10 +96,10 @@ class Sender {
   ReportCallback on_report_;
 
   mutable std::mutex mu_;
-  std::condition_variable space_cv_;     // signalled when the buffer shrinks
-  std::condition_variable durable_cv_;   // signalled when durable_lsn_ advances
-  std::deque<Entry> queue_;              // GUARDED_BY(mu_), ascending contiguous LSNs
-  uint64_t queued_bytes_ = 0;            // GUARDED_BY(mu_)
+  std::condition_variable space_cv_;          // signalled when the buffer shrinks
+  std::condition_variable durable_cv_;        // signalled when durable_lsn_ advances
+  std::deque<Entry> queue_;                   // GUARDED_BY(mu_), ascending contiguous LSNs
+  uint64_t queued_bytes_ = 0;                 // GUARDED_BY(mu_)
   std::vector<v1::ConsistencyPoint> points_;  // GUARDED_BY(mu_), not yet durable
   std::vector<v1::Gap> gaps_;                 // GUARDED_BY(mu_), not yet acked
   bool stopping_ = false;                     // GUARDED_BY(mu_)

@@ -23,9 +23,9 @@
 namespace cdp::agent {
 
 struct SyncPlan {
-  bool full_sync = true;     // run the full sync from `cursor`
+  bool full_sync = true;  // run the full sync from `cursor`
   uint64_t cursor = 0;
-  bool skip_zero = true;     // zero regions may be skipped (the journal's base is all zeroes)
+  bool skip_zero = true;  // zero regions may be skipped (the journal's base is all zeroes)
   bool decide_skip_zero_at_handshake = false;  // fresh state: skip zeroes only if the journal
                                                // is empty for this volume
 };

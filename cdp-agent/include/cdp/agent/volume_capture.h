@@ -81,15 +81,15 @@ class VolumeCapture : public CaptureTarget {
   DirtyBitmap* const dirty_;
   const AckMode mode_;
 
-  std::mutex mu_;  // the capture lock: device writes + LSN order
-  std::unique_ptr<BlockDevice> device_;   // GUARDED_BY(mu_)
-  std::condition_variable lsn_cv_;        // signalled when the LSN base becomes known
+  std::mutex mu_;                        // the capture lock: device writes + LSN order
+  std::unique_ptr<BlockDevice> device_;  // GUARDED_BY(mu_)
+  std::condition_variable lsn_cv_;       // signalled when the LSN base becomes known
   std::mutex read_mu_;
   std::unique_ptr<BlockDevice> read_device_;  // GUARDED_BY(read_mu_)
 
   std::atomic<bool> lsn_known_{false};
-  std::atomic<uint64_t> last_lsn_{0};     // written under mu_
-  uint64_t last_point_lsn_ = 0;           // GUARDED_BY(mu_)
+  std::atomic<uint64_t> last_lsn_{0};  // written under mu_
+  uint64_t last_point_lsn_ = 0;        // GUARDED_BY(mu_)
   std::atomic<uint64_t> captured_bytes_{0};
 };
 

@@ -14,8 +14,7 @@ class ControlClient {
  public:
   // Connects and says Hello (role control). Unavailable/TimedOut naming the endpoint when the
   // server does not answer within timeout_ms.
-  static Result<std::unique_ptr<ControlClient>> Connect(const std::string& server,
-                                                        int timeout_ms);
+  static Result<std::unique_ptr<ControlClient>> Connect(const std::string& server, int timeout_ms);
 
   // One StatusRequest round trip.
   Result<wire::v1::StatusReply> Status(int timeout_ms);

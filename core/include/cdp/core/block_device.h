@@ -16,7 +16,7 @@
 namespace cdp {
 
 enum class IoEngine {
-  kAuto,     // io_uring if io_uring_queue_init works here, else libaio
+  kAuto,  // io_uring if io_uring_queue_init works here, else libaio
   kIoUring,
   kLibaio,
 };

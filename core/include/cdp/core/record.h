@@ -29,12 +29,12 @@ std::string RecordKindName(RecordKind kind);
 
 struct ChangeRecord {
   uint64_t lsn = 0;
-  uint64_t time_ns = 0;   // capture time, ns since the Unix epoch
-  uint64_t offset = 0;    // byte offset in the volume
-  uint32_t length = 0;    // bytes covered
+  uint64_t time_ns = 0;  // capture time, ns since the Unix epoch
+  uint64_t offset = 0;   // byte offset in the volume
+  uint32_t length = 0;   // bytes covered
   RecordKind kind = RecordKind::kWrite;
-  uint32_t crc32c = 0;    // of the payload; 0 for kinds without payload
-  SharedBytes payload;    // kWrite only; payload->size() == length
+  uint32_t crc32c = 0;  // of the payload; 0 for kinds without payload
+  SharedBytes payload;  // kWrite only; payload->size() == length
 
   bool has_payload() const { return kind == RecordKind::kWrite; }
 };

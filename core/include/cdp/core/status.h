@@ -101,7 +101,7 @@ inline std::ostream& operator<<(std::ostream& os, const Status& status) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!status_.ok() && "Result constructed from an OK status");
     if (status_.ok()) status_ = Status::Internal("Result constructed from an OK status");
@@ -139,9 +139,9 @@ class [[nodiscard]] Result {
 #define CDP_STATUS_CONCAT_(a, b) CDP_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (a Status) is not OK.
-#define CDP_RETURN_IF_ERROR(expr)                 \
-  do {                                            \
-    ::cdp::Status cdp_status_tmp_ = (expr);       \
+#define CDP_RETURN_IF_ERROR(expr)                      \
+  do {                                                 \
+    ::cdp::Status cdp_status_tmp_ = (expr);            \
     if (!cdp_status_tmp_.ok()) return cdp_status_tmp_; \
   } while (0)
 

@@ -27,8 +27,7 @@ class Socket {
   static Result<std::unique_ptr<Socket>> Bind(zmq::context_t& ctx, const std::string& endpoint);
   // Creates a DEALER that connects to endpoint (connection happens in the background; ZeroMQ
   // reconnects by itself). Messages are queued only on completed connections.
-  static Result<std::unique_ptr<Socket>> Connect(zmq::context_t& ctx,
-                                                 const std::string& endpoint);
+  static Result<std::unique_ptr<Socket>> Connect(zmq::context_t& ctx, const std::string& endpoint);
 
   // DEALER: sends [header][payloads...]. Waits at most timeout_ms for the queue to accept it;
   // Unavailable if it would not (peer not connected, or its queue full).

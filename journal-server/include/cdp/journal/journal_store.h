@@ -32,11 +32,11 @@ struct VolumeInfo {
   uint64_t size_bytes = 0;
   uint32_t block_size = 0;
   uint64_t created_ns = 0;
-  uint64_t durable_lsn = 0;   // highest LSN committed (records are contiguous from 1)
-  uint64_t applied_lsn = 0;   // last applied LSN reported by a replicator
+  uint64_t durable_lsn = 0;  // highest LSN committed (records are contiguous from 1)
+  uint64_t applied_lsn = 0;  // last applied LSN reported by a replicator
   uint64_t last_point_lsn = 0;
   uint64_t gaps = 0;
-  uint64_t records = 0;       // records committed since the server started
+  uint64_t records = 0;         // records committed since the server started
   uint64_t bytes_received = 0;  // payload bytes committed since the server started
 };
 
@@ -91,8 +91,9 @@ class JournalStore {
   Status Commit(WriteGroup* group);
 
   // Reads records of `name` with LSN >= from_lsn in order, payloads included, until
-  // max_bytes of payload (at least one record) or max_records. Corruption if a stored record
-  // fails its checks.
+  // max_bytes of payload or max_records. The payload total never exceeds max_bytes, except
+  // that at least one record is returned even when its payload alone is larger. Corruption if
+  // a stored record fails its checks.
   Status ReadRecords(const std::string& name, uint64_t from_lsn, uint64_t max_bytes,
                      size_t max_records, std::vector<ChangeRecord>* out) const;
 

@@ -24,7 +24,7 @@ namespace cdp::journal {
 
 struct ServerOptions {
   std::string data_dir;
-  std::string listen;            // tcp://HOST:PORT
+  std::string listen;  // tcp://HOST:PORT
   std::string server_id = "journal-server";
   uint64_t max_tail_bytes = 16ull << 20;   // cap of one TailBatch
   uint64_t max_group_bytes = 64ull << 20;  // cap of one group commit

@@ -19,11 +19,11 @@ namespace cdp::replicator {
 struct ReplicatorOptions {
   std::string server;
   std::string volume;
-  std::string target;       // raw image file or block device
-  std::string state_dir;    // where the cursor lives (default: the target's directory)
+  std::string target;     // raw image file or block device
+  std::string state_dir;  // where the cursor lives (default: the target's directory)
   IoEngine io_engine = IoEngine::kAuto;
   uint64_t max_batch_bytes = 8ull << 20;
-  uint32_t wait_ms = 500;   // long-poll time of one tail request
+  uint32_t wait_ms = 500;  // long-poll time of one tail request
 };
 
 class Replicator {

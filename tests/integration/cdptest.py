@@ -1,0 +1,231 @@
+"""Integration-test harness: real journal-server, cdp-agent and replicator processes on
+loopback, real NBD clients (qemu-io, nbdcopy), temp dirs and guaranteed clean-up.
+
+Every process a test starts is killed and every temp dir removed when the Scene closes, also
+when the test fails. Tools a test needs must exist; under CI a missing tool fails the test
+loudly instead of skipping it.
+"""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.environ.get("CDP_BIN_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+
+
+def binary(name):
+    sub = {"journal-server": "journal-server", "cdp-agent": "cdp-agent",
+           "replicator": "replicator", "cdpctl": "cdpctl"}[name]
+    path = os.path.join(BIN, sub, name)
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"FAIL: {path} is not built; build first (cmake --build build)")
+    return path
+
+
+def require_tools(*tools):
+    """Fails (never skips silently under CI) when a tool the test needs is missing."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        msg = f"required tools missing: {', '.join(missing)}; run deploy/install-deps.sh"
+        if os.environ.get("CI"):
+            raise SystemExit("FAIL: " + msg)
+        print("SKIP: " + msg)
+        sys.exit(77)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Proc:
+    def __init__(self, name, args, logpath):
+        self.name, self.args, self.logpath = name, args, logpath
+        self.start()
+
+    def start(self):
+        self.logfile = open(self.logpath, "ab")
+        self.p = subprocess.Popen(self.args, stdout=self.logfile, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def kill9(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+        self.logfile.close()
+
+    def term(self, timeout=30):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM")
+        self.logfile.close()
+        return self.p.returncode
+
+    def alive(self):
+        return self.p.poll() is None
+
+
+class Scene:
+    """One journal-server, one protected volume, one replicator, in a temp dir."""
+
+    def __init__(self, volume="vol0", size_mib=512, ack="async", agent_args=(), keep=False):
+        self.dir = tempfile.mkdtemp(prefix="cdp-it-")
+        self.volume, self.ack, self.agent_args = volume, ack, list(agent_args)
+        self.port = free_port()
+        self.server = f"tcp://127.0.0.1:{self.port}"
+        self.source = os.path.join(self.dir, "source.img")
+        self.target = os.path.join(self.dir, "target.img")
+        self.sock = os.path.join(self.dir, "nbd.sock")
+        self.uri = f"nbd+unix:///{volume}?socket={self.sock}"
+        with open(self.source, "wb") as f:
+            f.truncate(size_mib << 20)
+        self.procs = {}
+        self.keep = keep
+
+    # --- processes -------------------------------------------------------------------------
+    def start_journal(self):
+        self.procs["journal"] = Proc("journal-server", [
+            binary("journal-server"), "--data-dir", os.path.join(self.dir, "journal"),
+            "--listen", self.server], os.path.join(self.dir, "journal-server.log"))
+
+    def start_agent(self, wait=True):
+        self.procs["agent"] = Proc("cdp-agent", [
+            binary("cdp-agent"), "--server", self.server, "--volume", self.volume,
+            "--device", self.source, "--nbd", "unix:" + self.sock, "--ack", self.ack,
+            "--state-dir", os.path.join(self.dir, "agent-state")] + self.agent_args,
+            os.path.join(self.dir, "cdp-agent.log"))
+        if wait:
+            self.wait_for(self.nbd_accepts, 20, "agent NBD socket")
+
+    def nbd_accepts(self):
+        with socket.socket(socket.AF_UNIX) as c:
+            try:
+                c.connect(self.sock)
+                return True
+            except OSError:
+                return False
+
+    def start_replicator(self):
+        self.procs["replicator"] = Proc("replicator", [
+            binary("replicator"), "--server", self.server, "--volume", self.volume,
+            "--target", self.target, "--state-dir", os.path.join(self.dir, "replica-state")],
+            os.path.join(self.dir, "replicator.log"))
+
+    def start_all(self):
+        self.start_journal()
+        self.start_agent()
+        self.start_replicator()
+
+    def wait_for(self, pred, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if pred():
+                return
+            for p in self.procs.values():
+                if not p.alive() and p.p.returncode not in (None, -9, -15):
+                    raise AssertionError(f"{p.name} exited with {p.p.returncode} while "
+                                         f"waiting for {what}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    # --- tools -----------------------------------------------------------------------------
+    def cdpctl(self, *args, check=True, timeout=600):
+        r = subprocess.run([binary("cdpctl"), "--server", self.server] + list(args),
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"cdpctl {' '.join(args)} exited {r.returncode}:\n"
+                                 f"{r.stdout}{r.stderr}")
+        return r
+
+    def status(self):
+        doc = json.loads(self.cdpctl("status", "--json").stdout)
+        for v in doc["volumes"]:
+            if v["name"] == self.volume:
+                return v
+        raise AssertionError(f"volume {self.volume} missing from status: {doc}")
+
+    def wait_synced(self, timeout=600):
+        t0 = time.time()
+        r = self.cdpctl("wait-synced", "--volume", self.volume, "--timeout", str(timeout),
+                        timeout=timeout + 30)
+        log(f"wait-synced took {time.time() - t0:.1f}s: {r.stdout.strip()}")
+
+    def qemu_io(self, *cmds, check=True):
+        args = ["qemu-io", "-f", "raw", self.uri]
+        for c in cmds:
+            args += ["-c", c]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        out = r.stdout + r.stderr
+        if check and (r.returncode != 0 or "error" in out.lower() or "failed" in out.lower()):
+            raise AssertionError(f"qemu-io failed ({r.returncode}):\n{out}")
+        return out
+
+    def nbdcopy(self, src, background=False):
+        args = ["nbdcopy", src, self.uri]
+        if background:
+            return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.run(args, check=True, timeout=900)
+
+    def random_file(self, mib, name="random.bin", seed=None):
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        return path
+
+    def assert_identical(self):
+        """The replica equals the source byte for byte (the source may be longer only if the
+        target was never created; we compare the full volume)."""
+        r = subprocess.run(["cmp", self.source, self.target], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError(f"target differs from source: {r.stdout}{r.stderr}")
+        log(f"cmp: {self.target} == {self.source} "
+            f"({os.path.getsize(self.source) >> 20} MiB)")
+
+    def dump_logs(self):
+        for name in sorted(os.listdir(self.dir)):
+            if name.endswith(".log"):
+                print(f"----- {name} (last 40 lines) -----")
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    for line in f.readlines()[-40:]:
+                        print(line, end="")
+
+    def close(self, failed):
+        for p in self.procs.values():
+            with contextlib.suppress(Exception):
+                p.kill9()
+        if failed:
+            self.dump_logs()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run(test_fn, **scene_args):
+    """Runs test_fn(scene) and exits 0 on success, 1 on failure, cleaning up either way."""
+    scene = Scene(**scene_args)
+    failed = True
+    try:
+        test_fn(scene)
+        failed = False
+        print("PASS")
+    except BaseException as e:  # noqa: BLE001 - report everything, clean up, exit 1
+        import traceback
+        traceback.print_exc()
+        print(f"FAIL: {e}")
+    finally:
+        scene.close(failed)
+    sys.exit(1 if failed else 0)
