@@ -27,7 +27,8 @@ DirtyBitmap::DirtyBitmap(uint64_t volume_size, uint32_t region_size)
 
 void DirtyBitmap::Mark(uint64_t offset, uint64_t length) {
   if (length == 0 || offset >= volume_size_) return;
-  const uint64_t end = std::min(volume_size_, offset + length);
+  // Clipped without computing offset + length, which can wrap around 2^64.
+  const uint64_t end = length > volume_size_ - offset ? volume_size_ : offset + length;
   std::lock_guard<std::mutex> lock(mu_);
   for (uint64_t r = offset / region_size_; r <= (end - 1) / region_size_; ++r) {
     uint64_t& w = words_[r / 64];
@@ -70,7 +71,13 @@ bool DirtyBitmap::TakeRun(uint64_t max_bytes, uint64_t* offset, uint64_t* length
 
 uint64_t DirtyBitmap::dirty_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return dirty_regions_ * region_size_;
+  uint64_t bytes = dirty_regions_ * region_size_;
+  // The last region may reach past the volume end; only its part inside the volume is dirty.
+  const uint64_t last = regions_ - 1;
+  if (regions_ > 0 && (words_[last / 64] & (uint64_t{1} << (last % 64))) != 0) {
+    bytes -= regions_ * region_size_ - volume_size_;
+  }
+  return bytes;
 }
 
 // Layout: magic[8], volume_size u64, region_size u32, word count u64, words (u64 BE each),
@@ -105,9 +112,16 @@ Status DirtyBitmap::Load(const std::string& path) {
   const uint64_t nwords = GetBigEndian64(in.data() + 20);
   if (size != volume_size_ || region != region_size_ || nwords != words_.size() ||
       in.size() != fixed + nwords * 8 + 4) {
-    return Status::InvalidArgument("dirty bitmap " + path + " is for a volume of " +
-                                   std::to_string(size) + " bytes, this one has " +
-                                   std::to_string(volume_size_));
+    return Status::InvalidArgument(
+        "dirty bitmap " + path + " is for a volume of " + std::to_string(size) + " bytes in " +
+        std::to_string(region) + "-byte regions, this one has " + std::to_string(volume_size_) +
+        " bytes in " + std::to_string(region_size_) + "-byte regions");
+  }
+  // Bits past the last region would count as dirty forever: TakeRun never reaches them.
+  if (regions_ % 64 != 0 && nwords > 0 &&
+      (GetBigEndian64(in.data() + fixed + (nwords - 1) * 8) >> (regions_ % 64)) != 0) {
+    return Status::Corruption("dirty bitmap " + path + " marks regions past the volume end; "
+                              "delete it to force a full resync");
   }
   std::lock_guard<std::mutex> lock(mu_);
   dirty_regions_ = 0;

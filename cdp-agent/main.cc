@@ -6,6 +6,7 @@
 
 #include "cdp/agent/agent.h"
 #include "cdp/core/logging.h"
+#include "cdp/core/process.h"
 
 namespace po = boost::program_options;
 
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  cdp::TuneAllocatorForLargeBuffers(/*mmap_threshold=*/4 << 20, /*trim_threshold=*/8 << 20);
   cdp::InitLogging("cdp-agent", level);
 
   auto agent = cdp::agent::Agent::Start(options);

@@ -452,7 +452,9 @@ class JournalStoreDamageTest : public JournalStoreTest {
     ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, cfs, &handles, &raw).ok());
     std::unique_ptr<rocksdb::DB> db(raw);
     for (size_t i = 0; i < names.size(); ++i) {
-      if (names[i] == cf) EXPECT_TRUE(db->Put(rocksdb::WriteOptions(), handles[i], key, value).ok());
+      if (names[i] == cf) {
+        EXPECT_TRUE(db->Put(rocksdb::WriteOptions(), handles[i], key, value).ok());
+      }
     }
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
     EXPECT_TRUE(db->Close().ok());

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cdp/core/logging.h"
+#include "cdp/core/process.h"
 #include "cdp/journal/server.h"
 
 namespace po = boost::program_options;
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);
+  cdp::TuneAllocatorForLargeBuffers();
 
   auto server = cdp::journal::JournalServer::Start(options);
   if (!server.ok()) {

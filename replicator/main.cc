@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cdp/core/logging.h"
+#include "cdp/core/process.h"
 #include "cdp/replicator/replicator.h"
 
 namespace po = boost::program_options;
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);
+  cdp::TuneAllocatorForLargeBuffers();
   cdp::replicator::Replicator replicator(options);
   cdp::Status s = replicator.Run(&g_stop);
   if (!s.ok()) {

@@ -93,7 +93,17 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
     if (!send_request(requested_from).ok()) continue;
     bool reconnect = false;
     while (!stop->load() && !reconnect) {
-      auto msg = sock->Recv(static_cast<int>(options_.wait_ms) + 3000);
+      // Wait in short slices so SIGTERM is honoured promptly; a server silent for longer than
+      // the long-poll time plus 3 s is presumed gone.
+      const auto silent_since = Clock::now();
+      const auto silence_limit = std::chrono::milliseconds(options_.wait_ms + 3000);
+      Result<wire::Message> msg = Status::TimedOut("no reply");
+      while (!stop->load()) {
+        msg = sock->Recv(200);
+        if (msg.ok() || !msg.status().IsTimedOut()) break;
+        if (Clock::now() - silent_since > silence_limit) break;
+      }
+      if (stop->load()) break;
       if (!msg.ok()) {
         CDP_LOG(warning) << "replicator: volume " << options_.volume << ": "
                          << msg.status().message() << "; reconnecting";

@@ -24,11 +24,12 @@ class DirtyBitmap {
   // Marks the whole volume.
   void MarkAll();
 
-  // Finds the first dirty region at or after `from`, clears a run of up to max_bytes of
+  // Finds the first dirty region, clears a run of up to max_bytes (at least one region) of
   // consecutive dirty regions, and returns it as [*offset, *offset + *length) (clipped to the
   // volume end). False when nothing is dirty.
   bool TakeRun(uint64_t max_bytes, uint64_t* offset, uint64_t* length);
 
+  // Bytes of the volume in dirty regions (the last region counts only up to the volume end).
   uint64_t dirty_bytes() const;
   bool empty() const { return dirty_bytes() == 0; }
   uint32_t region_size() const { return region_size_; }
