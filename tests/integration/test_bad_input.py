@@ -50,6 +50,19 @@ def test(s):
     expect_fail([agent, *common, "--volume", "v2", "--device", s.dir, "--nbd",
                  "unix:" + os.path.join(s.dir, "w.sock")], "not a regular file or block device")
 
+    # A second agent on the live agent's NBD socket, and an unwritable state dir.
+    expect_fail([agent, *common, "--volume", "v2", "--device", s.source, "--nbd",
+                 "unix:" + s.sock], s.sock)
+    expect_fail([agent, "--server", s.server, "--state-dir", os.path.join(blocker, "st"),
+                 "--volume", "v2", "--device", s.source, "--nbd",
+                 "unix:" + os.path.join(s.dir, "v.sock")], "state dir")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    expect_fail([agent, *common, "--volume", "v2", "--device", s.source, "--nbd",
+                 f"tcp:127.0.0.1:{busy.getsockname()[1]}"], "--nbd")
+    busy.close()
+
     # cdpctl: unknown volume, no server, bad usage.
     rc, out = run([ctl, "--server", s.server, "wait-synced", "--volume", "nope", "--timeout",
                    "2"])

@@ -38,7 +38,7 @@ struct SenderOptions {
   size_t max_batch_records = 1024;
   uint64_t window_bytes = 8ull << 20;  // bytes sent but not yet acked
   int report_interval_ms = 200;
-  int silence_timeout_ms = 3000;  // reconnect when in-flight batches get no reply
+  int silence_timeout_ms = 10000;  // reconnect when sent messages get no reply (black hole)
 };
 
 class Sender {

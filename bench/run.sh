@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Data-path benchmark: nbdcopy throughput through cdp-agent + journal-server + replicator
+# against qemu-nbd, replication lag at a steady paced load, and the agent's CPU and RSS.
+# Everything runs on loopback in a temp dir under /tmp; every process and file it creates is
+# removed on exit, also on failure or Ctrl-C.
+#
+# Usage: bash bench/run.sh [--quick] [--out FILE]
+#   --quick     smoke check: 64 MiB copies and a 10 s lag run (writes bench/RESULTS-quick.md
+#               unless --out is given, so the full results are not overwritten)
+#   --out FILE  where to write the report (default bench/RESULTS.md)
+# Environment: CDP_BUILD_DIR (default: build/ next to bench/).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+BUILD="${CDP_BUILD_DIR:-$ROOT/build}"
+
+QUICK=()
+OUT=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=(--quick) ;;
+    --out) OUT="${2:?--out needs a file}"; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1'; usage: bash bench/run.sh [--quick] [--out FILE]" >&2
+       exit 2 ;;
+  esac
+  shift
+done
+if [[ -z "$OUT" ]]; then
+  if [[ ${#QUICK[@]} -gt 0 ]]; then OUT="$HERE/RESULTS-quick.md"; else OUT="$HERE/RESULTS.md"; fi
+fi
+
+missing=()
+for t in nbdcopy qemu-nbd python3 cmp sync df; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "run.sh: missing tools: ${missing[*]}; run deploy/install-deps.sh" >&2
+  exit 1
+fi
+for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator cdpctl/cdpctl; do
+  if [[ ! -x "$BUILD/$b" ]]; then
+    echo "run.sh: $BUILD/$b is not built; build first (cmake --build build)" >&2
+    exit 1
+  fi
+done
+
+WORK="$(mktemp -d /tmp/cdp-bench.XXXXXX)"
+PIDFILE="$WORK/pids"
+: >"$PIDFILE"
+BENCH_PID=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  # The python driver first (so it starts nothing new), then every session it started.
+  if [[ -n "$BENCH_PID" ]] && kill -0 "$BENCH_PID" 2>/dev/null; then
+    kill -TERM "$BENCH_PID" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$BENCH_PID" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL "$BENCH_PID" 2>/dev/null || true
+  fi
+  if [[ -f "$PIDFILE" ]]; then
+    while read -r pid; do
+      [[ -n "$pid" ]] || continue
+      # Each child leads its own session/process group: kill the group by its id.
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+    done <"$PIDFILE"
+  fi
+  rm -rf -- "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# Private copies of the binaries: others may rebuild build/ while this runs.
+mkdir -p "$WORK/bin"
+for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator cdpctl/cdpctl; do
+  cp "$BUILD/$b" "$WORK/bin/"
+done
+
+GIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+  GIT="$GIT (working tree has uncommitted changes)"
+fi
+BUILD_TYPE="$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BUILD/CMakeCache.txt" 2>/dev/null || true)"
+[[ -n "$BUILD_TYPE" ]] || BUILD_TYPE="unset (CMakeLists.txt defaults it to RelWithDebInfo: -O2 -g)"
+
+echo "run.sh: work dir $WORK, report $OUT, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 "$HERE/bench.py" --work "$WORK" --bin-dir "$WORK/bin" --pidfile "$PIDFILE" \
+  --out "$OUT" --git "$GIT" --build-dir "$BUILD" --build-type "$BUILD_TYPE" \
+  "${QUICK[@]}" &
+BENCH_PID=$!
+wait "$BENCH_PID"

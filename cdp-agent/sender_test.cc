@@ -1,0 +1,330 @@
+// Tests of the agent's Sender against a real JournalServer (ipc:// in a temporary directory):
+// records become durable with their exact bytes, the buffer cap holds, an absent server means
+// TimedOut and a later server is reconnected to, and Stop hands back what is not durable.
+#include "cdp/agent/sender.h"
+
+#include <stdlib.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cdp/journal/journal_store.h"
+#include "cdp/journal/server.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace cdp::agent {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kWaitMs = 10000;  // generous: only reached when something is broken
+constexpr uint64_t kVolumeSize = 4 << 20;
+constexpr char kVolume[] = "db01-sda";
+
+// A directory under $TMPDIR (or /tmp) that is removed with everything in it on destruction,
+// including when the test failed.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "sender_test.XXXXXX").string();
+    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  bool ok() const { return !path_.empty(); }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// A JournalServer running Run() on its own thread until Stop() or destruction.
+class RunningServer {
+ public:
+  ~RunningServer() { (void)Stop(); }
+
+  Status Start(const journal::ServerOptions& options) {
+    auto server = journal::JournalServer::Start(options);
+    if (!server.ok()) return server.status();
+    server_ = std::move(*server);
+    stop_ = false;
+    thread_ = std::thread([this] { run_status_ = server_->Run(&stop_); });
+    return Status::Ok();
+  }
+
+  // Stops the loop, joins the thread and closes the journal. Returns what Run returned.
+  [[nodiscard]] Status Stop() {
+    if (!thread_.joinable()) return Status::Ok();
+    stop_ = true;
+    thread_.join();
+    server_.reset();
+    return run_status_;
+  }
+
+ private:
+  std::unique_ptr<journal::JournalServer> server_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  Status run_status_;
+};
+
+// Record `lsn` of the tests: payload sizes cycle through 512 B .. 8 KiB.
+ChangeRecord SampleRecord(uint64_t lsn) {
+  const size_t size = size_t{512} << (lsn % 5);
+  std::string data(size, '\0');
+  for (size_t i = 0; i < size; ++i) data[i] = static_cast<char>(lsn * 31 + i * 7 + (i >> 9));
+  return MakeWriteRecord(lsn, 1000 + lsn, (lsn % 256) * 8192,
+                         std::make_shared<const std::string>(std::move(data)));
+}
+
+class SenderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok()) << "mkdtemp: " << std::strerror(errno);
+    server_options_.data_dir = dir_.File("journal");
+    server_options_.listen = "ipc://" + dir_.File("journal.sock");
+  }
+
+  void StartServer() { ASSERT_TRUE(server_.Start(server_options_).ok()); }
+  void StopServer() { ASSERT_TRUE(server_.Stop().ok()); }
+
+  SenderOptions Options() const {
+    SenderOptions o;
+    o.server = server_options_.listen;
+    o.volume = kVolume;
+    o.volume_size = kVolumeSize;
+    o.identity = "sender-test";
+    o.report_interval_ms = 50;
+    o.silence_timeout_ms = 500;
+    return o;
+  }
+
+  // A started sender whose handshakes are recorded in handshakes().
+  std::unique_ptr<Sender> StartSender(SenderOptions options) {
+    auto sender = std::make_unique<Sender>(
+        std::move(options),
+        [this](uint64_t durable) {
+          std::lock_guard<std::mutex> lock(mu_);
+          handshakes_.push_back(durable);
+        },
+        [](v1::AgentReport* report) { report->set_ack_mode("async"); });
+    sender->Start();
+    return sender;
+  }
+
+  std::vector<uint64_t> handshakes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return handshakes_;
+  }
+
+  // With the server stopped: the journal holds exactly records 1..last, byte for byte.
+  void ExpectJournaled(uint64_t last) {
+    auto store = journal::JournalStore::Open(server_options_.data_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    std::vector<ChangeRecord> got;
+    ASSERT_TRUE((*store)->ReadRecords(kVolume, 1, UINT64_MAX, 100000, &got).ok());
+    ASSERT_EQ(got.size(), last);
+    for (uint64_t lsn = 1; lsn <= last; ++lsn) {
+      const ChangeRecord want = SampleRecord(lsn);
+      const ChangeRecord& rec = got[lsn - 1];
+      ASSERT_EQ(rec.lsn, lsn);
+      EXPECT_EQ(rec.offset, want.offset);
+      EXPECT_EQ(rec.time_ns, want.time_ns);
+      EXPECT_EQ(rec.crc32c, want.crc32c);
+      ASSERT_NE(rec.payload, nullptr);
+      EXPECT_TRUE(*rec.payload == *want.payload) << "payload of LSN " << lsn << " differs";
+    }
+  }
+
+  TempDir dir_;
+  journal::ServerOptions server_options_;
+  RunningServer server_;
+  std::mutex mu_;
+  std::vector<uint64_t> handshakes_;  // GUARDED_BY(mu_)
+};
+
+TEST_F(SenderTest, EnqueuedRecordsBecomeDurableWithTheirBytes) {
+  StartServer();
+  auto sender = StartSender(Options());
+  for (uint64_t lsn = 1; lsn <= 100; ++lsn) {
+    ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn))) << "LSN " << lsn;
+  }
+  v1::ConsistencyPoint point;
+  point.set_lsn(50);
+  point.set_origin(v1::POINT_FLUSH);
+  sender->AddPoint(point);
+
+  Status s = sender->WaitDurable(100, kWaitMs);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(sender->durable_lsn(), 100u);
+  EXPECT_EQ(sender->pending_records(), 0u);
+  EXPECT_EQ(sender->pending_bytes(), 0u);
+  EXPECT_TRUE(sender->connected());
+  EXPECT_EQ(handshakes(), (std::vector<uint64_t>{0}));
+  EXPECT_TRUE(sender->Stop(kWaitMs).empty());
+  EXPECT_TRUE(sender->stopped());
+
+  StopServer();
+  ExpectJournaled(100);
+  auto store = journal::JournalStore::Open(server_options_.data_dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::vector<v1::ConsistencyPoint> points;
+  ASSERT_TRUE((*store)->ReadPoints(kVolume, 1, 100, &points).ok());
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].lsn(), 50u);
+}
+
+// More records than one batch and one window hold.
+TEST_F(SenderTest, ManySmallBatchesAllBecomeDurable) {
+  StartServer();
+  SenderOptions options = Options();
+  options.max_batch_records = 7;
+  options.max_batch_bytes = 16 * 1024;
+  options.window_bytes = 40 * 1024;
+  auto sender = StartSender(options);
+  for (uint64_t lsn = 1; lsn <= 300; ++lsn) {
+    ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn))) << "LSN " << lsn;
+  }
+  Status s = sender->WaitDurable(300, kWaitMs);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(sender->Stop(kWaitMs).empty());
+  StopServer();
+  ExpectJournaled(300);
+}
+
+TEST_F(SenderTest, TryEnqueueRefusesRecordsPastTheBufferCap) {
+  SenderOptions options = Options();  // nobody listens on this endpoint
+  options.buffer_bytes = 1000;
+  auto sender = StartSender(options);
+  auto record = [](uint64_t lsn) {
+    return MakeWriteRecord(lsn, lsn, lsn * 512,
+                           std::make_shared<const std::string>(256, static_cast<char>(lsn)));
+  };
+  ASSERT_EQ(Sender::Charge(record(1)), 256u + 64u);
+  EXPECT_TRUE(sender->TryEnqueue(record(1)));
+  EXPECT_TRUE(sender->TryEnqueue(record(2)));
+  EXPECT_TRUE(sender->TryEnqueue(record(3)));  // 960 of 1000 bytes
+  EXPECT_FALSE(sender->TryEnqueue(record(4)));
+  ChangeRecord discard;
+  discard.lsn = 4;
+  discard.length = 4096;
+  discard.kind = RecordKind::kDiscard;
+  EXPECT_FALSE(sender->TryEnqueue(discard)) << "64 bytes of overhead do not fit either";
+  EXPECT_EQ(sender->pending_records(), 3u);
+  EXPECT_EQ(sender->pending_bytes(), 3u * 256);
+  EXPECT_FALSE(sender->WaitForSpace(Sender::Charge(record(4)), 20));
+  EXPECT_TRUE(sender->WaitForSpace(40, 0));
+  EXPECT_FALSE(sender->connected());
+
+  const std::vector<ChangeRecord> left = sender->Stop(0);
+  ASSERT_EQ(left.size(), 3u);
+  EXPECT_FALSE(sender->TryEnqueue(record(4))) << "a stopped sender accepts nothing";
+}
+
+TEST_F(SenderTest, WaitDurableTimesOutWithoutAServerThenTheSenderReconnects) {
+  auto sender = StartSender(Options());
+  for (uint64_t lsn = 1; lsn <= 5; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  Status s = sender->WaitDurable(5, 200);
+  EXPECT_EQ(s.code(), StatusCode::kTimedOut);
+  EXPECT_THAT(s.message(), HasSubstr("volume db01-sda: LSN 5 not durable"));
+  EXPECT_EQ(sender->durable_lsn(), 0u);
+  EXPECT_EQ(sender->pending_records(), 5u);
+
+  StartServer();
+  s = sender->WaitDurable(5, kWaitMs);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(sender->pending_records(), 0u);
+  EXPECT_EQ(handshakes(), (std::vector<uint64_t>{0}));
+  EXPECT_TRUE(sender->Stop(kWaitMs).empty());
+  StopServer();
+  ExpectJournaled(5);
+}
+
+TEST_F(SenderTest, ServerRestartIsReconnectedAndNothingIsLost) {
+  StartServer();
+  auto sender = StartSender(Options());
+  for (uint64_t lsn = 1; lsn <= 10; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(sender->WaitDurable(10, kWaitMs).ok());
+
+  StopServer();
+  for (uint64_t lsn = 11; lsn <= 20; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  EXPECT_EQ(sender->WaitDurable(20, 100).code(), StatusCode::kTimedOut);
+
+  StartServer();
+  Status s = sender->WaitDurable(20, kWaitMs);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<uint64_t> seen = handshakes();
+  ASSERT_GE(seen.size(), 2u);
+  EXPECT_EQ(seen.front(), 0u);
+  EXPECT_EQ(seen.back(), 10u) << "the restarted server reports what it kept";
+  EXPECT_TRUE(sender->Stop(kWaitMs).empty());
+  StopServer();
+  ExpectJournaled(20);
+}
+
+TEST_F(SenderTest, StopReturnsTheRecordsThatAreNotDurable) {
+  auto sender = StartSender(Options());  // nobody listens
+  for (uint64_t lsn = 1; lsn <= 3; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  const std::vector<ChangeRecord> left = sender->Stop(100);
+  ASSERT_EQ(left.size(), 3u);
+  for (uint64_t lsn = 1; lsn <= 3; ++lsn) {
+    const ChangeRecord want = SampleRecord(lsn);
+    EXPECT_EQ(left[lsn - 1].lsn, lsn);
+    EXPECT_EQ(left[lsn - 1].offset, want.offset);
+    EXPECT_EQ(left[lsn - 1].length, want.length);
+    ASSERT_NE(left[lsn - 1].payload, nullptr);
+    EXPECT_TRUE(*left[lsn - 1].payload == *want.payload);
+  }
+  EXPECT_TRUE(sender->stopped());
+  EXPECT_EQ(sender->pending_records(), 0u);
+  EXPECT_TRUE(sender->Stop(100).empty()) << "Stop is idempotent";
+
+  Status s = sender->WaitDurable(3, kWaitMs);
+  EXPECT_EQ(s.code(), StatusCode::kAborted);
+  EXPECT_THAT(s.message(), HasSubstr("LSN 3"));
+}
+
+TEST_F(SenderTest, StopDrainsQueuedRecordsWhenTheServerIsThere) {
+  StartServer();
+  auto sender = StartSender(Options());
+  for (uint64_t lsn = 1; lsn <= 20; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  EXPECT_TRUE(sender->Stop(kWaitMs).empty());
+  EXPECT_EQ(sender->durable_lsn(), 20u);
+  StopServer();
+  ExpectJournaled(20);
+}
+
+// A restarted agent whose records the journal already has: the handshake trims them.
+TEST_F(SenderTest, RecordsTheServerAlreadyHasAreDroppedAtHandshake) {
+  StartServer();
+  {
+    auto first = StartSender(Options());
+    for (uint64_t lsn = 1; lsn <= 4; ++lsn) ASSERT_TRUE(first->TryEnqueue(SampleRecord(lsn)));
+    ASSERT_TRUE(first->WaitDurable(4, kWaitMs).ok());
+    EXPECT_TRUE(first->Stop(kWaitMs).empty());
+  }
+  auto second = StartSender(Options());
+  for (uint64_t lsn = 3; lsn <= 6; ++lsn) ASSERT_TRUE(second->TryEnqueue(SampleRecord(lsn)));
+  Status s = second->WaitDurable(6, kWaitMs);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(second->Stop(kWaitMs).empty());
+  StopServer();
+  ExpectJournaled(6);
+}
+
+}  // namespace
+}  // namespace cdp::agent
