@@ -153,6 +153,8 @@ Status Agent::Stop() {
   if (stopped_) return Status::Ok();
   stopped_ = true;
   CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": stopping";
+  // Writes waiting for durability get drain_ms, then fail, so the NBD threads can finish.
+  if (capture_) capture_->BeginShutdown(options_.drain_ms);
   if (nbd_) nbd_->Stop();
   if (sync_) sync_->Stop();
   if (!sender_) return Status::Ok();

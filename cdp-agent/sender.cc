@@ -79,7 +79,7 @@ bool Sender::WaitForSpace(uint64_t bytes, int timeout_ms) {
 void Sender::AddPoint(const v1::ConsistencyPoint& point) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    points_.push_back(point);
+    points_.push_back(PendingPoint{point, 0});
   }
   Wake();
 }
@@ -87,7 +87,7 @@ void Sender::AddPoint(const v1::ConsistencyPoint& point) {
 void Sender::AddGap(const v1::Gap& gap) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    gaps_.push_back(gap);
+    gaps_.push_back(PendingGap{gap, 0});
   }
   Wake();
 }
@@ -127,8 +127,8 @@ void Sender::Loop() {
   bool handshaken = false;
   uint64_t send_next = 0;   // next LSN to send
   uint64_t sent_bytes = 0;  // charge of queued entries with LSN < send_next
-  size_t points_sent = 0;   // points_[0..points_sent) went out on this session
-  size_t gaps_sent = 0;
+  uint64_t batch_seq = 0;   // sequence of the last ChangeBatch sent
+  uint64_t rewound_at = 0;  // batch_seq when we last rewound for a resend_from
   auto last_rx = Clock::now();
   auto last_report = Clock::now() - std::chrono::hours(1);
   auto retry_at = Clock::now();
@@ -139,8 +139,11 @@ void Sender::Loop() {
   auto reset_session = [&](bool close_socket) {
     handshaken = false;
     connected_ = false;
-    points_sent = 0;
-    gaps_sent = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& p : points_) p.sent_seq = 0;
+      for (auto& g : gaps_) g.sent_seq = 0;
+    }
     in_flight_since_rx = false;
     if (close_socket) sock.reset();
   };
@@ -246,19 +249,25 @@ void Sender::Loop() {
         }
         const uint64_t last_sent = send_next + batch->records_size() - 1;
         const uint64_t covered = batch->records_size() > 0 ? last_sent : send_next - 1;
-        for (; points_sent < points_.size() && points_[points_sent].lsn() <= covered;
-             ++points_sent) {
-          *batch->add_points() = points_[points_sent];
+        const uint64_t seq = batch_seq + 1;
+        for (auto& p : points_) {
+          if (p.sent_seq == 0 && p.point.lsn() <= covered) {
+            *batch->add_points() = p.point;
+            p.sent_seq = seq;
+          }
         }
-        for (; gaps_sent < gaps_.size(); ++gaps_sent) {
-          v1::Gap* g = batch->add_gaps();
-          *g = gaps_[gaps_sent];
-          if (g->after_lsn() == 0) g->set_after_lsn(send_next - 1);
+        for (auto& g : gaps_) {
+          if (g.sent_seq != 0) continue;
+          v1::Gap* out = batch->add_gaps();
+          *out = g.gap;
+          if (out->after_lsn() == 0) out->set_after_lsn(send_next - 1);
+          g.sent_seq = seq;
         }
         if (batch->records_size() == 0 && batch->points_size() == 0 && batch->gaps_size() == 0) {
           break;
         }
         send_next += batch->records_size();
+        batch->set_sequence(++batch_seq);
       }
       Status s = sock->Send(header, std::move(frames), 200);
       if (!s.ok()) {
@@ -320,18 +329,30 @@ void Sender::Loop() {
           queue_.pop_front();
           trimmed = true;
         }
-        size_t keep = 0;
-        for (size_t i = 0; i < points_.size(); ++i) {
-          if (i < points_sent && points_[i].lsn() <= durable) continue;
-          points_[keep++] = points_[i];
+        if (ack.sequence() != 0 && ack.resend_from() == 0) {
+          // That batch is durable, and with it every point and gap it (or an earlier batch)
+          // carried.
+          std::erase_if(points_, [&](const PendingPoint& p) {
+            return p.sent_seq != 0 && p.sent_seq <= ack.sequence();
+          });
+          std::erase_if(gaps_, [&](const PendingGap& g) {
+            return g.sent_seq != 0 && g.sent_seq <= ack.sequence();
+          });
+        } else if (ack.sequence() != 0 && ack.sequence() > rewound_at) {
+          // The server dropped that batch and everything after it: send their points and gaps
+          // again with the resent records.
+          for (auto& p : points_) {
+            if (p.sent_seq >= ack.sequence()) p.sent_seq = 0;
+          }
+          for (auto& g : gaps_) {
+            if (g.sent_seq >= ack.sequence()) g.sent_seq = 0;
+          }
         }
-        points_sent -= std::min(points_sent, points_.size() - keep);
-        points_.resize(keep);
-        if (gaps_sent > 0) {
-          gaps_.erase(gaps_.begin(), gaps_.begin() + static_cast<long>(gaps_sent));
-          gaps_sent = 0;
-        }
-        if (ack.resend_from() != 0 && ack.resend_from() < send_next) {
+        // Batches sent before our last rewind were dropped the same way; their resend
+        // requests are already answered.
+        if (ack.resend_from() != 0 && ack.resend_from() < send_next &&
+            ack.sequence() > rewound_at) {
+          rewound_at = batch_seq;
           send_next = ack.resend_from();
           sent_bytes = 0;
           for (const auto& e : queue_) {

@@ -143,6 +143,7 @@ void SyncEngine::Loop() {
     in_progress_bytes_ = 0;
     if (resyncing) {
       resyncing = false;
+      capture_->OnResyncDone();
       capture_->AddPoint(v1::POINT_SYNC_DONE, "resync");
       CDP_LOG(info) << "cdp-agent: volume " << volume_ << ": resync done";
     }

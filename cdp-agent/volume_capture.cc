@@ -35,6 +35,36 @@ void VolumeCapture::OnHandshake(uint64_t durable_lsn) {
   lsn_cv_.notify_all();
 }
 
+void VolumeCapture::BeginShutdown(int drain_ms) {
+  const int64_t now = static_cast<int64_t>(NowNanos());
+  shutdown_deadline_ns_ = now + int64_t{drain_ms} * 1000000;
+  lsn_cv_.notify_all();
+}
+
+bool VolumeCapture::ShutdownExpired() const {
+  const int64_t deadline = shutdown_deadline_ns_.load();
+  return deadline != 0 && static_cast<int64_t>(NowNanos()) >= deadline;
+}
+
+void VolumeCapture::OnResyncDone() {
+  std::lock_guard<std::mutex> lock(mu_);
+  overflow_gap_open_ = false;
+}
+
+void VolumeCapture::MarkDirtyLocked(uint64_t offset, uint64_t length, const char* why) {
+  dirty_->Mark(offset, length);
+  if (overflow_gap_open_) return;
+  overflow_gap_open_ = true;
+  v1::Gap gap;
+  gap.set_after_lsn(lsn_known_.load() ? last_lsn_.load() : 0);
+  gap.set_time_ns(NowNanos());
+  gap.set_reason(why);
+  sender_->AddGap(gap);
+  CDP_LOG(warning) << "cdp-agent: volume " << volume_ << ": " << why
+                   << "; tracking dirty regions for a resync (history gap after LSN "
+                   << gap.after_lsn() << ")";
+}
+
 uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
   const uint64_t offset = rec.offset;
   const uint64_t length = rec.length;
@@ -43,10 +73,10 @@ uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
     // falling back to the bitmap.
     // The caller holds mu_ through a lock_guard; borrow it to wait, then hand it back.
     std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
-    lsn_cv_.wait(lock, [&] { return lsn_known_.load(); });
+    lsn_cv_.wait(lock, [&] { return lsn_known_.load() || ShutdownExpired(); });
     lock.release();
     while (true) {
-      if (sender_->stopped()) {
+      if (sender_->stopped() || ShutdownExpired()) {
         // Shutting down: the write cannot become durable; WaitSync then fails it (Aborted), and
         // the region is resynced after the restart.
         dirty_->Mark(offset, length);
@@ -64,12 +94,12 @@ uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
     }
   } else {
     if (!lsn_known_.load()) {
-      dirty_->Mark(offset, length);
+      MarkDirtyLocked(offset, length, "journal-server not reached yet since start");
       return 0;
     }
     rec.lsn = last_lsn_.load() + 1;
     if (!sender_->TryEnqueue(rec)) {
-      dirty_->Mark(offset, length);
+      MarkDirtyLocked(offset, length, "send buffer full (journal-server slow or unreachable)");
       return 0;
     }
   }
@@ -80,7 +110,14 @@ uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
 
 Status VolumeCapture::WaitSync(uint64_t lsn) {
   if (mode_ != AckMode::kSync || lsn == 0) return Status::Ok();
-  return sender_->WaitDurable(lsn, -1);
+  while (true) {
+    Status s = sender_->WaitDurable(lsn, 200);
+    if (!s.IsTimedOut()) return s;
+    if (ShutdownExpired()) {
+      return Status::Aborted("volume " + volume_ + ": agent stopping before LSN " +
+                             std::to_string(lsn) + " became durable");
+    }
+  }
 }
 
 Status VolumeCapture::Read(uint64_t offset, std::span<char> buf) {
@@ -132,15 +169,12 @@ Status VolumeCapture::WriteZeroes(uint64_t offset, uint32_t length, bool fua) {
 }
 
 Status VolumeCapture::Flush() {
-  uint64_t lsn = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     CDP_RETURN_IF_ERROR(device_->Flush());
   }
-  lsn = AddPoint(v1::POINT_FLUSH, "");
-  if (mode_ == AckMode::kSync) return sender_->WaitDurable(last_lsn_.load(), -1);
-  (void)lsn;
-  return Status::Ok();
+  AddPoint(v1::POINT_FLUSH, "");
+  return WaitSync(last_lsn_.load());
 }
 
 uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label) {

@@ -49,8 +49,6 @@ Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir)
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
 
-  rocksdb::ColumnFamilyOptions small;
-  small.OptimizeForPointLookup(8);
   rocksdb::ColumnFamilyOptions index;
   index.write_buffer_size = 32 << 20;
   rocksdb::ColumnFamilyOptions payload;

@@ -89,6 +89,7 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
         v1::Header h;
         h.mutable_durable_ack()->set_volume(ack.volume);
         h.mutable_durable_ack()->set_durable_lsn(v->durable_lsn);
+        h.mutable_durable_ack()->set_sequence(ack.sequence);
         (void)socket_->SendTo(ack.peer, h);
       }
       if (!committed.ok()) {
@@ -292,6 +293,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     h.mutable_durable_ack()->set_volume(name);
     h.mutable_durable_ack()->set_durable_lsn(vol->durable_lsn);
     h.mutable_durable_ack()->set_resend_from(last + 1);
+    h.mutable_durable_ack()->set_sequence(batch.sequence());
     (void)socket_->SendTo(msg.peer, h);
     return;
   }
@@ -309,7 +311,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     if (p.lsn() <= batch_last) store_->AppendPoint(group, *vol, p);
   }
   for (const auto& g : batch.gaps()) store_->AppendGap(group, *vol, g);
-  acks->push_back(PendingAck{msg.peer, name});
+  acks->push_back(PendingAck{msg.peer, name, batch.sequence()});
 }
 
 void JournalServer::HandleReport(const wire::Message& msg) {
@@ -447,6 +449,8 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
       const auto& r = rt->second.report;
       captured = std::max<uint64_t>(r.captured_lsn(), v.durable_lsn);
       vs->set_pending_bytes(r.pending_bytes());
+      vs->set_pending_records(r.pending_records());
+      vs->set_resync_active(r.resync_active());
       vs->set_dirty_bytes(r.dirty_bytes());
       vs->set_initial_sync_done(r.initial_sync_done());
       vs->set_ack_mode(r.ack_mode());

@@ -129,6 +129,8 @@ class Scene:
         self.start_journal()
         self.start_agent()
         self.start_replicator()
+        self.wait_for(lambda: self.volume_status() is not None, 60,
+                      f"volume {self.volume} registered by its agent")
 
     def wait_for(self, pred, timeout, what):
         deadline = time.time() + timeout
@@ -151,12 +153,19 @@ class Scene:
                                  f"{r.stdout}{r.stderr}")
         return r
 
-    def status(self):
+    def volume_status(self):
+        """This scene's volume in `cdpctl status --json`, or None when it is not known yet."""
         doc = json.loads(self.cdpctl("status", "--json").stdout)
         for v in doc["volumes"]:
             if v["name"] == self.volume:
                 return v
-        raise AssertionError(f"volume {self.volume} missing from status: {doc}")
+        return None
+
+    def status(self):
+        v = self.volume_status()
+        if v is None:
+            raise AssertionError(f"volume {self.volume} missing from status")
+        return v
 
     def wait_synced(self, timeout=600):
         t0 = time.time()

@@ -28,6 +28,7 @@ def test(s):
     with open(s.procs["agent"].logpath) as f:
         agent_log = f.read()
     assert "resync of dirty regions" in agent_log, "expected the dirty-bitmap resync"
+    assert st["gaps"] >= 1, f"the outage must be recorded as a history gap: {st}"
     t.log(f"after outage: {st}")
 
 

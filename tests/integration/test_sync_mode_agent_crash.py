@@ -17,7 +17,9 @@ def test(s):
     cmds = []
     for i in range(400):
         cmds += ["-c", f"write -P {i % 250 + 1} {i * K} 64k"]
-    q = subprocess.Popen(["qemu-io", "-f", "raw", s.uri] + cmds, stdout=subprocess.PIPE,
+    # stdbuf: qemu-io prints each completion as it happens, not at exit.
+    q = subprocess.Popen(["stdbuf", "-oL", "qemu-io", "-f", "raw", s.uri] + cmds,
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     completed = []
     for line in q.stdout:

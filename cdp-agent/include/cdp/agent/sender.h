@@ -100,8 +100,18 @@ class Sender {
   std::condition_variable durable_cv_;        // signalled when durable_lsn_ advances
   std::deque<Entry> queue_;                   // GUARDED_BY(mu_), ascending contiguous LSNs
   uint64_t queued_bytes_ = 0;                 // GUARDED_BY(mu_)
-  std::vector<v1::ConsistencyPoint> points_;  // GUARDED_BY(mu_), not yet durable
-  std::vector<v1::Gap> gaps_;                 // GUARDED_BY(mu_), not yet acked
+  // Points and gaps wait here until the batch that carried them is acked (sent_seq = that
+  // batch's sequence; 0 = not sent on this session).
+  struct PendingPoint {
+    v1::ConsistencyPoint point;
+    uint64_t sent_seq = 0;
+  };
+  struct PendingGap {
+    v1::Gap gap;
+    uint64_t sent_seq = 0;
+  };
+  std::vector<PendingPoint> points_;  // GUARDED_BY(mu_)
+  std::vector<PendingGap> gaps_;      // GUARDED_BY(mu_)
   bool stopping_ = false;                     // GUARDED_BY(mu_)
 
   std::atomic<uint64_t> durable_lsn_{0};

@@ -64,6 +64,14 @@ class VolumeCapture : public CaptureTarget {
   // point). Returns that LSN (0 when none).
   uint64_t AddPoint(v1::PointOrigin origin, const std::string& label);
 
+  // Starts a shutdown: writes waiting for durability (sync mode) keep waiting until drain_ms
+  // has passed, then fail with Aborted (the client sees EIO and the region is resynced after
+  // the restart). Call before stopping the NBD server so its threads can finish.
+  void BeginShutdown(int drain_ms);
+
+  // Called by the sync engine when no dirty region is left: the next overflow opens a new gap.
+  void OnResyncDone();
+
   uint64_t captured_lsn() const { return last_lsn_.load(); }
   uint64_t captured_bytes() const { return captured_bytes_.load(); }
   AckMode mode() const { return mode_; }
@@ -91,6 +99,12 @@ class VolumeCapture : public CaptureTarget {
   std::atomic<uint64_t> last_lsn_{0};  // written under mu_
   uint64_t last_point_lsn_ = 0;        // GUARDED_BY(mu_)
   std::atomic<uint64_t> captured_bytes_{0};
+  // Set by BeginShutdown: waits for durability end at this time.
+  std::atomic<int64_t> shutdown_deadline_ns_{0};
+  bool overflow_gap_open_ = false;  // GUARDED_BY(mu_): a gap was recorded for bitmap marks
+  bool ShutdownExpired() const;
+  // Marks the range dirty and records a history gap if none is open. REQUIRES: mu_ held.
+  void MarkDirtyLocked(uint64_t offset, uint64_t length, const char* why);
 };
 
 }  // namespace cdp::agent

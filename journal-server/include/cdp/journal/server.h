@@ -59,7 +59,6 @@ class JournalServer {
     Clock::time_point applied_time{};
     std::string agent_peer;
     std::string replicator_peer;
-    uint64_t oldest_unacked_ns = 0;
   };
   // A tail request waiting for records (long poll).
   struct ParkedTail {
@@ -70,6 +69,7 @@ class JournalServer {
   struct PendingAck {
     std::string peer;
     std::string volume;
+    uint64_t sequence = 0;  // ChangeBatch.sequence to echo
   };
 
   explicit JournalServer(ServerOptions options) : options_(std::move(options)) {}
