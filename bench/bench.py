@@ -9,6 +9,7 @@ cleans up after itself (every child runs in its own session, its pid is appended
 Units: MB = 10^6 bytes, MiB = 2^20 bytes. Every figure is reported, none is asserted.
 """
 import argparse
+import bisect
 import datetime
 import json
 import os
@@ -57,15 +58,25 @@ class Procs:
     def __init__(self, pidfile):
         self.pidfile = pidfile
         self.live = []
+        self.spawning = False
+        self.on_deferred_term = None
 
     def spawn(self, args, logpath=None, **kw):
         out = open(logpath, "ab") if logpath else subprocess.DEVNULL
-        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if logpath else
-                             subprocess.DEVNULL, start_new_session=True, **kw)
-        if logpath:
-            out.close()
-        self.live.append(p)
-        self._write_pidfile()
+        # A SIGTERM/SIGINT landing between fork and bookkeeping is deferred (see on_term in
+        # main), so no child escapes clean-up. Masking the signals instead would be inherited.
+        self.spawning = True
+        try:
+            p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if logpath else
+                                 subprocess.DEVNULL, start_new_session=True, **kw)
+            self.live.append(p)
+            self._write_pidfile()
+        finally:
+            self.spawning = False
+            if logpath:
+                out.close()
+        if self.on_deferred_term:
+            self.on_deferred_term()
         return p
 
     def _write_pidfile(self):
@@ -108,12 +119,16 @@ class Procs:
         self._forget(p)
         return p.returncode
 
-    def run(self, args, timeout=900):
-        """Runs a client (nbdcopy) to completion as a tracked child; raises on failure."""
+    def run(self, args):
+        """Runs a client (nbdcopy) to completion as a tracked child; raises on failure.
+        Returns the CPU seconds (user + system) it used."""
         p = self.spawn(args)
-        rc = self.wait(p, timeout)
-        if rc != 0:
-            raise RuntimeError(f"{sh_quote(args)} exited with {rc}")
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        self._forget(p)
+        if p.returncode != 0:
+            raise RuntimeError(f"{sh_quote(args)} exited with {p.returncode}")
+        return ru.ru_utime + ru.ru_stime
 
     def close(self):
         for p in list(self.live):
@@ -136,6 +151,36 @@ def proc_cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def thread_cpu(pid):
+    """{tid: (label, seconds on CPU, seconds runnable but waiting for a CPU)} for the threads
+    alive now, from /proc/PID/task/TID/schedstat (falls back to utime+stime, wait 0). The main
+    thread is labelled "main"; io_uring workers (iou-wrk-N) are merged under "iou-wrk"."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/stat") as f:
+                raw = f.read()
+            name = raw[raw.index("(") + 1:raw.rindex(")")]
+            try:
+                with open(f"{base}/schedstat") as f:
+                    run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+                on_cpu, waiting = run_ns / 1e9, wait_ns / 1e9
+            except (OSError, ValueError):
+                rest = raw.rsplit(")", 1)[1].split()
+                on_cpu, waiting = (int(rest[11]) + int(rest[12])) / CLK_TCK, 0.0
+        except (OSError, ValueError):
+            continue
+        label = "main" if tid == str(pid) else ("iou-wrk" if name.startswith("iou-wrk")
+                                                  else name)
+        out[tid] = (label, on_cpu, waiting)
+    return out
 
 
 def proc_status_kib(pid, key):
@@ -179,6 +224,7 @@ class Meter:
         self.procs = dict(procs)  # name -> pid
         self.t0 = time.monotonic()
         self.cpu0 = {n: proc_cpu_seconds(p) for n, p in self.procs.items()}
+        self.threads0 = {n: thread_cpu(p) for n, p in self.procs.items()}
         self.io0 = {n: proc_io(p) for n, p in self.procs.items()}
         self.self0 = resource.getrusage(resource.RUSAGE_SELF)
         self.kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -188,6 +234,15 @@ class Meter:
     def stop(self):
         wall = time.monotonic() - self.t0
         cpu = {n: proc_cpu_seconds(p) - self.cpu0[n] for n, p in self.procs.items()}
+        threads = {}
+        for n, p in self.procs.items():
+            agg = {}
+            before = self.threads0[n]
+            for tid, (label, on_cpu, waiting) in thread_cpu(p).items():
+                _, c0, w0 = before.get(tid, (label, 0.0, 0.0))
+                c, w = agg.get(label, (0.0, 0.0))
+                agg[label] = (c + on_cpu - c0, w + waiting - w0)
+            threads[n] = dict(sorted(agg.items(), key=lambda kv: -kv[1][0]))
         io = {}
         for n, p in self.procs.items():
             a, b = self.io0[n], proc_io(p)
@@ -204,6 +259,7 @@ class Meter:
         return {
             "wall": wall,
             "cpu": cpu,
+            "threads": threads,
             "io_write_bytes": io,
             "host_busy_cores": host_busy / wall if wall > 0 else 0,
             "others_cores": max(0.0, host_busy - ours) / wall if wall > 0 else 0,
@@ -331,11 +387,14 @@ class Appliance:
 class Sampler(threading.Thread):
     """Starts `cdpctl status --json` every `period` seconds on a fixed schedule, without
     waiting for the previous one (cdpctl alone takes ~60-100 ms to start and answer here), at
-    most `max_inflight` at a time. Keeps (monotonic time the answer arrived, volume dict)."""
+    most `max_inflight` at a time. Keeps (monotonic time, volume dict), the time being the
+    middle of the cdpctl run."""
 
-    def __init__(self, app, period=0.1, max_inflight=4):
+    def __init__(self, app, period=0.1, max_inflight=4, probe=None):
         super().__init__(daemon=True)
         self.app, self.period, self.max_inflight = app, period, max_inflight
+        self.probe = probe  # optional callable(now) -> float|None, run on every tick
+        self.probes = []    # (monotonic time, value)
         self.samples = []
         self.failures = 0
         self.skipped = 0
@@ -356,7 +415,8 @@ class Sampler(threading.Thread):
             if p.poll() is None:
                 keep.append(p)
                 continue
-            t = time.monotonic()
+            # The server built the answer somewhere between launch and exit: take the middle.
+            t = (p.launched_at + time.monotonic()) / 2
             out = p.stdout.read()
             p.stdout.close()
             v = None
@@ -380,11 +440,17 @@ class Sampler(threading.Thread):
             now = time.monotonic()
             if now >= nxt:
                 if len(self.inflight) < self.max_inflight:
-                    self.inflight.append(subprocess.Popen(
-                        self.args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+                    p = subprocess.Popen(self.args, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL)
+                    p.launched_at = now
+                    self.inflight.append(p)
                     self.launched += 1
                 else:
                     self.skipped += 1
+                if self.probe:
+                    v = self.probe(now)
+                    if v is not None:
+                        self.probes.append((now, v))
                 nxt += self.period
                 if nxt < now:
                     nxt = now + self.period
@@ -443,22 +509,36 @@ def nbd_connect(path, export):
     return s, size, tflags, block
 
 
+MARKER_MAGIC = b"CDPBMARK"
+
+
 class LoadGen:
     """One NBD connection; WRITE requests at random 4 KiB-aligned offsets, random lengths
     4..64 KiB (multiples of 4 KiB), paced to `rate` bytes/s by a byte budget, at most
-    `depth` requests in flight. A reader thread matches simple replies."""
+    `depth` requests in flight. A reader thread matches simple replies.
 
-    def __init__(self, path, export, rate, seconds, depth=16, seed=1):
+    Replica probe: every `marker_period` s one of `n_markers` 4 KiB blocks spread over the
+    volume (round robin, never touched by the random writes) is written with a timestamp.
+    replica_lag() reads those blocks from the replica image and returns the age of the oldest
+    marker write the replica does not have yet (0 if it has all). It does not depend on LSNs,
+    so it stays valid when the agent falls back to its dirty bitmap."""
+
+    def __init__(self, path, export, rate, seconds, depth=16, seed=1, n_markers=16,
+                 marker_period=0.05):
         self.s, self.size, _, self.block = nbd_connect(path, export)
         self.rate, self.seconds, self.depth = rate, seconds, depth
         self.rng = random.Random(seed)
         self.pool = memoryview(os.urandom(16 * MiB))  # incompressible payload source
         self.sent_t = []      # monotonic send time per request (index = handle)
         self.done_t = []      # completion time per request
-        self.lengths = []
         self.errors = 0
         self.slots = threading.Semaphore(depth)
         self.reader_exc = None
+        self.marker_period = marker_period
+        stride = (self.size // n_markers) // 4096 * 4096
+        self.marker_off = [i * stride + 4096 * 7 for i in range(n_markers)]
+        self.marker_hist = [[] for _ in range(n_markers)]  # stamps written, per marker block
+        self.markers = 0
 
     def _reader(self):
         try:
@@ -477,11 +557,35 @@ class LoadGen:
             for _ in range(self.depth):
                 self.slots.release()
 
+    def _hits_marker(self, offset, length):
+        return any(m < offset + length and offset < m + 4096 for m in self.marker_off)
+
+    def replica_lag(self, fd, now):
+        """Age (s) of the oldest marker write missing from the replica open on fd."""
+        oldest = None
+        for i, off in enumerate(self.marker_off):
+            hist = self.marker_hist[i]
+            if not hist:
+                continue
+            b = os.pread(fd, 24, off)
+            stamp = -1.0
+            if len(b) == 24 and b[:8] == MARKER_MAGIC:
+                stamp = struct.unpack("<dQ", b[8:])[0]
+            k = bisect.bisect_right(hist, stamp)  # first write newer than the replica's copy
+            if k < len(hist) and (oldest is None or hist[k] < oldest):
+                oldest = hist[k]
+        return 0.0 if oldest is None else max(0.0, now - oldest)
+
+    def _send(self, n, offset, data):
+        self.sent_t[n] = time.monotonic()
+        self.s.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, n, offset, len(data)))
+        self.s.sendall(data)
+
     def run(self):
         maxlen_blocks = 16
         self.closing = False
         reader = threading.Thread(target=self._reader, daemon=True)
-        # Pre-size the per-request arrays generously so the reader never races an append.
+        # Pre-size the per-request arrays generously so the reader rarely races an extend.
         cap = int(self.rate * self.seconds / (4096 * 2)) + 1024
         self.sent_t = [0.0] * cap
         self.done_t = [0.0] * cap
@@ -489,29 +593,43 @@ class LoadGen:
         pool_len = len(self.pool)
         t0 = time.monotonic()
         end = t0 + self.seconds
+        next_marker = t0
         sent_bytes = 0
         n = 0
         while True:
             now = time.monotonic()
             if now >= end or self.reader_exc:
                 break
-            due = t0 + sent_bytes / self.rate
-            if due > now:
-                time.sleep(due - now)
-                continue
+            marker = now >= next_marker
+            if not marker:
+                due = min(t0 + sent_bytes / self.rate, next_marker)
+                if due > now:
+                    time.sleep(due - now)
+                    continue
             if not self.slots.acquire(timeout=60):
                 raise RuntimeError("load generator: no NBD reply for 60 s")
-            length = 4096 * self.rng.randint(1, maxlen_blocks)
-            offset = 4096 * self.rng.randrange(0, (self.size - length) // 4096 + 1)
-            src = self.rng.randrange(0, pool_len - length + 1) & ~4095
             if n >= cap:
                 self.sent_t.extend([0.0] * cap)
                 self.done_t.extend([0.0] * cap)
                 cap *= 2
-            self.sent_t[n] = time.monotonic()
-            self.s.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, n, offset, length))
-            self.s.sendall(self.pool[src:src + length])
-            self.lengths.append(length)
+            if marker:
+                i = self.markers % len(self.marker_off)
+                stamp = time.monotonic()
+                # Recorded before the write leaves, so the replica never holds an unknown stamp.
+                self.marker_hist[i].append(stamp)
+                data = (MARKER_MAGIC + struct.pack("<dQ", stamp, self.markers)).ljust(4096, b"\0")
+                self._send(n, self.marker_off[i], data)
+                self.markers += 1
+                next_marker += self.marker_period
+                length = 4096
+            else:
+                length = 4096 * self.rng.randint(1, maxlen_blocks)
+                while True:
+                    offset = 4096 * self.rng.randrange(0, (self.size - length) // 4096 + 1)
+                    if not self._hits_marker(offset, length):
+                        break
+                src = self.rng.randrange(0, pool_len - length + 1) & ~4095
+                self._send(n, offset, self.pool[src:src + length])
             sent_bytes += length
             n += 1
         t_send_end = time.monotonic()
@@ -531,7 +649,7 @@ class LoadGen:
         del self.sent_t[n:], self.done_t[n:]
         return {
             "t0": t0, "t_send_end": t_send_end, "t_done": t_done, "requests": n,
-            "bytes": sent_bytes, "errors": self.errors,
+            "bytes": sent_bytes, "errors": self.errors, "markers": self.markers,
             "mb_s": sent_bytes / (t_done - t0) / MB,
             "write_latency_ms": [(d - s) * 1000 for s, d in zip(self.sent_t, self.done_t)],
         }
@@ -576,7 +694,7 @@ def run_qemu_copy(ctx, rep, data, size):
         copy_args = ["nbdcopy", data, uri]
         meter = Meter({"qemu-nbd": q.pid})
         t0 = time.monotonic()
-        ctx.procs.run(copy_args)
+        nbdcopy_cpu = ctx.procs.run(copy_args)
         t1 = time.monotonic()
         subprocess.run(["sync", img], check=True, timeout=900)
         t2 = time.monotonic()
@@ -584,6 +702,7 @@ def run_qemu_copy(ctx, rep, data, size):
         ctx.commands.setdefault("qemu", [sh_quote(qargs), sh_quote(copy_args),
                                          sh_quote(["sync", img])])
         return {"copy_s": t1 - t0, "sync_s": t2 - t1, "total_s": t2 - t0,
+                "nbdcopy_cpu": nbdcopy_cpu,
                 "mb_s": len_of(data) / (t2 - t0) / MB, "meter": m}
     finally:
         ctx.procs.stop(q)
@@ -606,14 +725,16 @@ def run_cdp_copy(ctx, rep, data, size):
     sampler = None
     try:
         app.start()
-        idle_wait = app.wait_synced()  # initial sync of the (sparse, all-zero) device done
+        app.wait_synced()  # initial sync of the (sparse, all-zero) device done
+        idle_wait = app.wait_synced()  # wait-synced's own floor on a synced volume
         app.check_alive()
         copy_args = ["nbdcopy", data, app.uri]
+        base_bytes = app.status()["bytes_received"]
         sampler = Sampler(app)
         meter = Meter(app.pids())
         sampler.start()
         t0 = time.monotonic()
-        ctx.procs.run(copy_args)
+        nbdcopy_cpu = ctx.procs.run(copy_args)
         t1 = time.monotonic()
         app.wait_synced()
         t2 = time.monotonic()
@@ -633,6 +754,9 @@ def run_cdp_copy(ctx, rep, data, size):
         rss = {n: proc_status_kib(pid, "VmHWM") for n, pid in app.pids().items()}
         return {
             "copy_s": t1 - t0, "total_s": t2 - t0, "idle_wait_synced_s": idle_wait,
+            "nbdcopy_cpu": nbdcopy_cpu,
+            "journal_mb_s": (final["bytes_received"] - base_bytes) / (t_durable - t0) / MB
+            if t_durable else None,
             "mb_s": len_of(data) / (t2 - t0) / MB, "export_mb_s": len_of(data) / (t1 - t0) / MB,
             "durable_at_s": (t_durable - t0) if t_durable else None,
             "applied_at_s": (t_applied - t0) if t_applied else None,
@@ -651,19 +775,30 @@ def run_cdp_copy(ctx, rep, data, size):
 
 
 # --- phase 2+3: lag at a steady rate, agent CPU and RSS --------------------------------------------
-def run_lag(ctx, size, rate, seconds):
-    app = Appliance(ctx, "lag", size)
+def run_lag(ctx, rep, size, rate, seconds):
+    app = Appliance(ctx, f"lag-{rep}", size)
     sampler = None
+    replica_fd = [None]
     try:
         app.start()
         t_start = time.monotonic()
         app.wait_synced()
         init_sync_s = time.monotonic() - t_start
+        idle_wait = app.wait_synced()  # wait-synced's own floor on a synced volume
         app.check_alive()
         base = app.status()
         base_lsn = base["captured_lsn"]
         gen = LoadGen(app.sock, app.volume, rate, seconds)
-        sampler = Sampler(app)
+
+        def probe(now):
+            if replica_fd[0] is None:
+                try:
+                    replica_fd[0] = os.open(app.target, os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+            return gen.replica_lag(replica_fd[0], now)
+
+        sampler = Sampler(app, probe=probe)
         agent_pid = app.p["cdp-agent"].pid
         rss_before = proc_status_kib(agent_pid, "VmHWM")
         sampler.start()
@@ -678,6 +813,7 @@ def run_lag(ctx, size, rate, seconds):
         samples = sampler.finish()
         app.check_alive()
         final = app.status()
+        nan = float("nan")
         window = [(t, v) for t, v in samples if t0 <= t <= t_end]
         lags = [v["lag_seconds"] for _, v in window]
         dirty_w = [v["dirty_bytes"] for _, v in window]
@@ -693,6 +829,10 @@ def run_lag(ctx, size, rate, seconds):
             ti = (done[i] or gen.sent_t[i]) if 0 <= i < len(done) else 0
             client_lags.append(t - ti if ti and ti <= t else 0.0)
         t_first_dirty = first_time(window, lambda v: v["dirty_bytes"] > 0)
+        ingest = ((window[-1][1]["bytes_received"] - window[0][1]["bytes_received"]) /
+                  (window[-1][0] - window[0][0]) / MB) if len(window) > 1 else nan
+        probe_w = [v for t, v in sampler.probes if t0 <= t <= t_end]
+        probe_all = [v for t, v in sampler.probes if t >= t0]
         last = window[-1][1] if window else {"dirty_bytes": 0, "pending_bytes": 0}
         same, why = app.replica_identical()
         ctx.commands["lag"] = [
@@ -705,12 +845,14 @@ def run_lag(ctx, size, rate, seconds):
             "   # started every 100 ms",
             sh_quote([ctx.bin("cdpctl"), "--server", app.server, "wait-synced", "--volume",
                       app.volume, "--timeout", "900"]) + "   # after the load: drain time"]
-        nan = float("nan")
         return {
-            "init_sync_s": init_sync_s, "requests": res["requests"], "bytes": res["bytes"],
+            "init_sync_s": init_sync_s, "journal_ingest_mb_s": ingest, "requests": res["requests"], "bytes": res["bytes"],
             "errors": res["errors"], "achieved_mb_s": res["mb_s"], "load_s": t_end - t0,
             "lag_p50": pct(lags, 50), "lag_p99": pct(lags, 99), "lag_max": max(lags or [0]),
             "lag_max_incl_drain": max([v["lag_seconds"] for _, v in samples] or [0]),
+            "probe_p50": pct(probe_w, 50), "probe_p99": pct(probe_w, 99),
+            "probe_max": max(probe_w or [nan]), "probe_max_incl_drain": max(probe_all or [nan]),
+            "probe_n": len(probe_w), "markers": res["markers"], "idle_wait_synced_s": idle_wait,
             "client_valid": client_valid,
             "client_lag_p50": pct(client_lags, 50) if client_valid else nan,
             "client_lag_p99": pct(client_lags, 99) if client_valid else nan,
@@ -738,6 +880,8 @@ def run_lag(ctx, size, rate, seconds):
     finally:
         if sampler:
             sampler.finish()
+        if replica_fd[0] is not None:
+            os.close(replica_fd[0])
         app.stop()
         app.remove()
 
@@ -805,6 +949,33 @@ def machine_info(ctx):
     }
 
 
+def thread_lines(meter):
+    """One line per daemon: per thread (merged by name) seconds on CPU / seconds runnable but
+    waiting for a CPU."""
+    out = []
+    for n in ("cdp-agent", "journal-server", "replicator"):
+        th = meter.get("threads", {}).get(n)
+        if th:
+            parts = ", ".join(f"{k} {c:.2f} / {w:.2f}" for k, (c, w) in th.items()
+                              if c + w >= 0.005)
+            out.append(f"- {n}: {parts or 'all threads < 0.01 s'}")
+    return out
+
+
+def thread_story(meter, proc, label):
+    """"journal-server's main thread was on CPU 40 %, runnable but waiting for a CPU 12 % and
+    blocked (I/O, fsync, poll) 48 % of the window." """
+    th = meter.get("threads", {}).get(proc, {}).get(label)
+    if not th:
+        return ""
+    c, wt = th
+    w = meter["wall"]
+    blocked = max(0.0, 1 - (c + wt) / w)
+    return (f"{proc}'s {label} thread (receive, group commit, tail serving) was on CPU "
+            f"{100 * c / w:.0f} %, runnable but waiting for a CPU {100 * wt / w:.0f} % and "
+            f"blocked or idle (disk writes, fsync, poll) {100 * blocked:.0f} % of the window.")
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -814,9 +985,78 @@ def cpu_line(m, names):
     return ", ".join(parts)
 
 
-def analysis(args, tp, lag):
-    """Sentences derived from the measurements, so they stay true when the run is repeated."""
+def lag_story(lag, title):
+    """The narrative of one lag run."""
+    m = lag["meter"]
+    parts = [
+        f"**{title}** The load generator achieved {lag['achieved_mb_s']:.1f} MB/s "
+        f"({lag['requests']} writes; NBD write latency p50 {lag['lat_p50_ms']:.2f} ms, p99 "
+        f"{lag['lat_p99_ms']:.2f} ms). `lag_seconds` p99 was {lag['lag_p99']:.3f} s."]
+    if lag["max_dirty_bytes"] > 0:
+        parts.append(
+            f"But the journal did not keep up: the agent's 32 MiB buffer filled "
+            f"{fmt(lag['first_dirty_s'], 1)} s into the run and from then on writes were "
+            f"only marked in the dirty bitmap ({100 * lag['dirty_frac']:.0f} % of the "
+            f"samples had dirty bytes, peak {lag['max_dirty_bytes'] / MiB:.0f} MiB; "
+            f"{lag['exposed_at_end_bytes'] / MiB:.0f} MiB were pending or dirty when the "
+            f"load stopped). Dirty-bitmap writes have no LSN until the resync ships them, "
+            f"so `lag_seconds` (age of the oldest captured, unapplied record) does not see "
+            f"them and **understates the real lag**; the LSN-based client cross-check is "
+            f"invalid for the same reason. The replica probe, which reads marker blocks "
+            f"from the replica image, does see them: p50 {lag['probe_p50']:.2f} s, p99 "
+            f"{lag['probe_p99']:.2f} s, max {lag['probe_max']:.2f} s during the load and "
+            f"{lag['probe_max_incl_drain']:.2f} s including the drain ({lag['drain_s']:.1f} s "
+            f"from load end to `wait-synced`, whose own floor is "
+            f"{lag['idle_wait_synced_s']:.2f} s).")
+    else:
+        cl = (f"p99 {lag['client_lag_p99']:.3f} s, max {lag['client_lag_max']:.3f} s"
+              if lag["client_valid"] else "n/a")
+        parts.append(
+            f"The agent never fell back to the dirty bitmap, so every write had an LSN; the "
+            f"LSN-based client cross-check gives {cl} and the replica probe (marker blocks "
+            f"read from the replica image) p99 {lag['probe_p99']:.3f} s, max "
+            f"{lag['probe_max']:.3f} s. Drain after the load: {lag['drain_s']:.2f} s "
+            f"(idle `wait-synced` floor {lag['idle_wait_synced_s']:.2f} s).")
+    ing = lag["journal_ingest_mb_s"]
+    amp = ""
+    if lag["max_dirty_bytes"] > 0 and ing == ing and ing > lag["achieved_mb_s"]:
+        amp = (" — more than offered, because the dirty bitmap tracks 64 KiB regions "
+               "(cdp-agent/include/cdp/agent/dirty_bitmap.h) and the resync ships whole "
+               "regions, so a 4-64 KiB random write costs one or two 64 KiB regions once it "
+               "has spilled: the spill makes the backlog grow faster")
+    parts.append(
+        f"The journal ingested {fmt(ing, 1)} MB/s of payload during the load against "
+        f"{lag['achieved_mb_s']:.1f} MB/s offered{amp}. "
+        f"{thread_story(m, 'journal-server', 'main')}")
+    parts.append(
+        f"CPU-seconds over the {m['wall']:.1f} s window: "
+        f"{cpu_line(m, ['cdp-agent', 'journal-server', 'replicator', 'bench.py', 'reaped children'])}"
+        f" (bench.py = load generator + sampler threads, reaped children = cdpctl): the "
+        f"measurement itself took "
+        f"{(m['cpu']['bench.py'] + m['cpu']['reaped children']) / m['wall']:.2f} cores and "
+        f"other work on the host {m['others_cores']:.2f} cores of {m['ncpu']}. The agent's peak RSS (VmHWM since "
+        f"start) was {lag['agent_hwm_kib'] / 1024:.1f} MiB against "
+        f"{lag['agent_hwm_before_kib'] / 1024:.1f} MiB before the load, with up to "
+        f"{lag['max_pending_bytes'] / MiB:.1f} MiB of payload pending in its buffer."
+        + (" The 32 MiB --buffer-mib limit counts record payloads only; not profiled, but "
+           "the likely rest is per-record overhead (each 4-64 KiB payload is its own heap "
+           "string, freed from another thread, so malloc arenas fragment), payloads still "
+           "held by ZeroMQ after the queue trimmed them, and the resync's region buffers."
+           if lag["agent_hwm_kib"] > 64 * 1024 else ""))
+    return " ".join(parts)
+
+
+def analysis(args, tp, lags, disk):
+    """Sentences derived from the measurements, so they stay true when the run is repeated.
+    The structural remarks (threads, flags) come from reading the code at the time of writing."""
     out = []
+    if disk:
+        out.append(
+            f"**The disk.** Under the work dir, 1 MiB sequential writes with one final fdatasync "
+            f"run at {disk['seq_mb_s']:.0f} MB/s; a 4 KiB append + fdatasync takes "
+            f"{disk['lat4k'][0]:.1f} ms (p90 {disk['lat4k'][1]:.1f} ms), a 1 MiB append + "
+            f"fdatasync {disk['lat1m'][0]:.1f} ms (p90 {disk['lat1m'][1]:.1f} ms). Every "
+            f"process of the appliance writes to this one disk.")
     if tp:
         cdp = [r["cdp"] for r in tp]
         q = [r["qemu"] for r in tp]
@@ -825,90 +1065,214 @@ def analysis(args, tp, lag):
         dur = median([c["durable_at_s"] for c in cdp if c["durable_at_s"] is not None])
         app = median([c["applied_at_s"] for c in cdp if c["applied_at_s"] is not None])
         qtot = median([x["total_s"] for x in q])
+        qcopy = median([x["copy_s"] for x in q])
         floor = median([c["idle_wait_synced_s"] for c in cdp])
+        qmb = median([x["mb_s"] for x in q])
+        emb = median([c["export_mb_s"] for c in cdp])
+        data_mb = args.mib * MiB / MB
         out.append(
-            f"**Where the time goes (throughput, medians).** qemu-nbd takes {qtot:.2f} s "
-            f"in total. Through the appliance, nbdcopy itself finishes after {copy:.2f} s; the "
-            f"journal has every record durable at ~{fmt(dur, 2)} s and the replica has applied "
-            f"the last one at ~{fmt(app, 2)} s (from 100 ms status samples); `wait-synced` "
-            f"returns at {total:.2f} s. `wait-synced` needs two fresh agent reports (200 ms "
-            f"apart), so it has a floor of ~{floor:.2f} s even on an idle, synced volume — "
-            f"measured before each copy.")
-        # CPU split for the median-total rep.
+            f"**Where the time goes (throughput, medians).** qemu-nbd: nbdcopy {qcopy:.2f} s + "
+            f"sync = {qtot:.2f} s. Through the appliance nbdcopy itself finishes after "
+            f"{copy:.2f} s ({emb / qmb:.2f}x qemu-nbd's rate"
+            + (", so NBD capture is not the bottleneck" if emb >= 0.8 * qmb else "")
+            + f"); then {fmt(dur - copy, 2)} s pass until the journal has every record durable "
+            f"(at ~{fmt(dur, 2)} s: end-to-end journal ingest ~{fmt(data_mb / dur, 0)} MB/s), "
+            f"{fmt(app - dur, 2)} s more until the replica has applied the last record (at "
+            f"~{fmt(app, 2)} s), and `wait-synced` returns at {total:.2f} s (times from the "
+            f"100 ms status samples). `wait-synced` waits for two fresh agent reports (sent "
+            f"every 200 ms), which costs ~{floor:.2f} s even on an idle, synced volume "
+            f"(measured before each copy). So the gap to qemu-nbd is the journal: it cannot "
+            f"ingest as fast as the client writes, the agent's buffer fills, and the copy's "
+            f"tail is journaled (and partly resynced) after nbdcopy has finished.")
         mid = sorted(cdp, key=lambda c: c["total_s"])[len(cdp) // 2]
         m = mid["meter"]
-        busy = sum(m["cpu"].values())
+        w = m["wall"]
+        pipe = (m["cpu"]["cdp-agent"] + m["cpu"]["journal-server"] + m["cpu"]["replicator"] +
+                mid["nbdcopy_cpu"])
+        harness = m["cpu"]["bench.py"] + m["cpu"]["reaped children"] - mid["nbdcopy_cpu"]
+        total_cores = (pipe + harness) / w + m["others_cores"]
+        qm = sorted(q, key=lambda c: c["total_s"])[len(q) // 2]
         out.append(
-            f"In the median run the pipeline used {busy:.1f} CPU-seconds in "
-            f"{m['wall']:.1f} s ({busy / m['wall']:.2f} of {m['ncpu']} cores): "
-            f"{cpu_line(m, ['cdp-agent', 'journal-server', 'replicator', 'reaped children', 'bench.py'])}"
-            f" (reaped children = nbdcopy + cdpctl). Other work on the host used "
-            f"{m['others_cores']:.2f} cores meanwhile. qemu-nbd's own copy used "
-            f"{cpu_line(q[0]['meter'], ['qemu-nbd', 'reaped children'])} CPU-seconds.")
+            f"CPU in the median appliance rep ({w:.1f} s): the pipeline used {pipe:.2f} "
+            f"CPU-seconds ({pipe / w:.2f} cores: agent {m['cpu']['cdp-agent']:.2f}, "
+            f"journal-server {m['cpu']['journal-server']:.2f}, replicator "
+            f"{m['cpu']['replicator']:.2f}, nbdcopy {mid['nbdcopy_cpu']:.2f}), the measurement "
+            f"itself {harness:.2f} (cdpctl status every 100 ms + bench.py), other work on the "
+            f"host {m['others_cores']:.2f} cores — {total_cores:.2f} of {m['ncpu']} cores in "
+            f"all. The median qemu-nbd rep used {qm['meter']['cpu']['qemu-nbd']:.2f} "
+            f"(qemu-nbd) + {qm['nbdcopy_cpu']:.2f} (nbdcopy) CPU-seconds in "
+            f"{qm['meter']['wall']:.1f} s. {thread_story(m, 'journal-server', 'main')}")
         data = args.mib * MiB
         jb = median([c["journal_disk_bytes"] for c in cdp])
         wb = {n: median([c["meter"]["io_write_bytes"].get(n) or 0 for c in cdp])
               for n in ("cdp-agent", "journal-server", "replicator")}
         out.append(
-            f"Each byte the client writes is written at least three times on this one disk: to "
-            f"the source device by the agent, into RocksDB (WAL + blob file, journal on disk "
-            f"after the copy: {jb / data:.2f}x the data) by journal-server, and to the replica "
-            f"by the replicator; /proc/PID/io write_bytes during the copy: agent "
+            f"Each byte the client writes is written several times on this one disk: to the "
+            f"source device by the agent, into RocksDB by journal-server (the payload goes "
+            f"through the WAL, fsynced per group commit, and again into blob files when the memtable "
+            f"is flushed; the journal directory occupies {jb / MiB:.0f} MiB after the copy), and to the replica by the "
+            f"replicator. /proc/PID/io write_bytes during the copy (median): agent "
             f"{wb['cdp-agent'] / MiB:.0f} MiB, journal-server {wb['journal-server'] / MiB:.0f} "
-            f"MiB, replicator {wb['replicator'] / MiB:.0f} MiB (buffered writes may be counted "
-            f"later by writeback). qemu-nbd writes it once.")
+            f"MiB, replicator {wb['replicator'] / MiB:.0f} MiB for {data / MiB:.0f} MiB of data "
+            f"(buffered writes are charged when writeback happens, so some land after the "
+            f"window). qemu-nbd writes the data once. journal-server runs receive, group "
+            f"commit (fsync) and tail serving on one thread (journal-server/server.cc Run), so "
+            f"the replicator's reads wait behind every commit.")
         dirty = max(c["max_dirty_bytes"] for c in cdp)
         pend = max(c["max_pending_bytes"] for c in cdp)
         out.append(
             f"The agent's 32 MiB send buffer peaked at {pend / MiB:.1f} MiB pending; "
-            + (f"it overflowed into the dirty bitmap (up to {dirty / MiB:.1f} MiB dirty), so "
-               f"part of the copy was re-read and resent by the resync."
+            + (f"in at least one rep it overflowed into the dirty bitmap (up to "
+               f"{dirty / MiB:.1f} MiB dirty), so those regions were re-read from the source "
+               f"and resent by the resync before `wait-synced` could return."
                if dirty else "it never fell back to the dirty bitmap.")
-            + f" The agent's NBD server handles one request at a time per connection and does "
-              f"not advertise multi-conn, so nbdcopy uses a single connection "
-              f"(qemu-nbd does not advertise it for a writable export either).")
-    if lag:
-        m = lag["meter"]
-        out.append(
-            f"**Lag run.** The load generator achieved {lag['achieved_mb_s']:.1f} MB/s "
-            f"({lag['requests']} writes, NBD write latency p50 {lag['lat_p50_ms']:.2f} ms, p99 "
-            f"{lag['lat_p99_ms']:.2f} ms). Server-side `lag_seconds` p99 was "
-            f"{lag['lag_p99']:.3f} s; the client-side cross-check (age of the oldest write the "
-            f"replica has not applied, from the generator's own completion times) p99 "
-            f"{lag['client_lag_p99']:.3f} s, max {lag['client_lag_max']:.3f} s. "
-            f"`lag_seconds` only knows about records the agent has reported (every 200 ms) or "
-            f"the journal holds, and the status sampler runs at ~"
-            f"{fmt(lag['sample_period_actual_ms'], 0)} ms instead of 100 ms when cdpctl is "
-            f"slow to start. CPU-seconds over the {m['wall']:.1f} s window: "
-            f"{cpu_line(m, ['cdp-agent', 'journal-server', 'replicator', 'bench.py', 'reaped children'])}; "
-            f"other work on the host {m['others_cores']:.2f} cores. Agent peak RSS (VmHWM, "
-            f"since process start, includes the initial sync) {lag['agent_hwm_kib'] / 1024:.1f} "
-            f"MiB; {lag['agent_hwm_before_kib'] / 1024:.1f} MiB before the load.")
+            + " The export-only figure is the client-visible speed: in async mode a write "
+              "completes once it is on the source device, whatever the journal's state. The "
+              "agent serves one request at a time per connection and offers no multi-conn; "
+              "qemu-nbd does not offer multi-conn for a writable export either, so nbdcopy "
+              "uses one connection to each.")
+    if lags:
+        spilled = [i for i, x in enumerate(lags) if x["max_dirty_bytes"] > 0]
+        n = len(lags)
+        if n > 1:
+            out.append(
+                f"**Lag runs.** {len(spilled)} of {n} runs fell back to the dirty bitmap "
+                f"(per-run replica-probe p99: "
+                + " / ".join(f"{x['probe_p99']:.2f}" for x in lags) + " s; other work on the "
+                "host: " + " / ".join(f"{x['meter']['others_cores']:.2f}" for x in lags)
+                + " cores). The outcome is bimodal: while the journal keeps up, lag stays "
+                "well under a second; once the agent's buffer fills it spirals.")
+        worst = max(range(n), key=lambda i: lags[i]["probe_p99"])
+        best = min(range(n), key=lambda i: lags[i]["probe_p99"])
+        label = (lambda i: f"Lag run {i + 1}" + (" (worst)." if n > 1 and i == worst else
+                                                 " (best)." if n > 1 else "."))
+        out.append(lag_story(lags[worst], label(worst)))
+        if n > 1 and best != worst and (lags[best]["max_dirty_bytes"] > 0) != (
+                lags[worst]["max_dirty_bytes"] > 0):
+            out.append(lag_story(lags[best], label(best)))
+    tips = []
+    lag = max(lags, key=lambda x: x["probe_p99"]) if lags else None
+    ths = [x["meter"] for x in ([r["cdp"] for r in tp] + list(lags))]
+    contended = [mt for mt in ths
+                 if (mt.get("threads", {}).get("journal-server", {}).get("main", (0, 0))[1] >
+                     mt.get("threads", {}).get("journal-server", {}).get("main", (0, 0))[0])]
+    if contended:
+        tips.append("on this host the journal's single loop thread spends more time waiting "
+                    "for a CPU than running, in " + f"{len(contended)} of {len(ths)} measured "
+                    "windows; rerunning on a quiet machine with more cores would separate "
+                    "contention from the design's own limits")
+    if lag and lag["max_dirty_bytes"] > 0:
+        tips.append(f"`lag_seconds` ignores data that is only in the dirty bitmap, so in "
+                    f"the worst run it reported p99 {lag['lag_p99']:.2f} s while the replica probe saw p99 "
+                    f"{lag['probe_p99']:.2f} s; a status field for the dirty backlog's age (or "
+                    f"counting it in the lag) would make the figure honest")
+        over = lag["agent_hwm_kib"] > 64 * 1024
+        tips.append("a larger --buffer-mib only postpones the spill"
+                    + (" (and the agent is already above the 64 MiB RSS target with the "
+                       "default 32 MiB)" if over else "")
+                    + "; the journal's sustained ingest rate is what has to exceed the "
+                      "offered load")
+    if tp:
+        floor = median([r["cdp"]["idle_wait_synced_s"] for r in tp])
+        tot = median([r["cdp"]["total_s"] for r in tp])
+        tips.append(f"`wait-synced`'s two-report wait (~{floor:.2f} s) is "
+                    f"{100 * floor / tot:.0f} % of the appliance's time in figure 1")
+    if tips:
+        out.append("**What would move the figures (suggestions from the numbers above, not "
+                   "measured here):** " + "; ".join(tips) + ".")
     return out
 
 
-def write_report(args, ctx, info, tp, lag, started, load_start, load_end, path):
+def lag_rows(lag):
+    """(measure, value) rows of one lag run for the report table."""
+    m = lag["meter"]
+    cl = (f"{lag['client_lag_p50']:.3f} / {lag['client_lag_p99']:.3f} / "
+          f"{lag['client_lag_max']:.3f} s" if lag["client_valid"] else
+          "n/a (dirty-bitmap fallback: LSNs no longer map to writes)")
+    return [
+        ("Writes sent / bytes / NBD errors",
+         f"{lag['requests']} / {lag['bytes'] / MB:.0f} MB / {lag['errors']}"),
+        ("Achieved rate (first write → last reply)", f"{lag['achieved_mb_s']:.1f} MB/s over "
+         f"{lag['load_s']:.1f} s"),
+        ("NBD write latency p50 / p99 / max", f"{lag['lat_p50_ms']:.2f} / "
+         f"{lag['lat_p99_ms']:.2f} / {lag['lat_max_ms']:.1f} ms"),
+        ("`lag_seconds` p50 / p99 / max (load window)", f"{lag['lag_p50']:.3f} / "
+         f"{lag['lag_p99']:.3f} / {lag['lag_max']:.3f} s"),
+        ("`lag_seconds` max including the drain", f"{lag['lag_max_incl_drain']:.3f} s"),
+        ("Client-side lag cross-check from LSNs p50 / p99 / max", cl),
+        ("Replica probe lag p50 / p99 / max (load window)",
+         f"{lag['probe_p50']:.3f} / {lag['probe_p99']:.3f} / {lag['probe_max']:.3f} s"),
+        ("Replica probe lag max including the drain / probes / marker writes",
+         f"{lag['probe_max_incl_drain']:.3f} s / {lag['probe_n']} / {lag['markers']}"),
+        ("Status samples in window / failed / skipped (4 in flight) / mean spacing",
+         f"{lag['samples']} / {lag['sample_failures']} / {lag['sample_skipped']} / "
+         f"{fmt(lag['sample_period_actual_ms'], 0)} ms"),
+        ("Drain: load end → `wait-synced` returns (idle `wait-synced` floor)",
+         f"{lag['drain_s']:.2f} s ({lag['idle_wait_synced_s']:.2f} s)"),
+        ("Dirty-bitmap fallback: first at / samples with dirty bytes / peak",
+         f"{fmt(lag['first_dirty_s'], 1)} s / {100 * lag['dirty_frac']:.0f} % / "
+         f"{lag['max_dirty_bytes'] / MiB:.1f} MiB" if lag["max_dirty_bytes"] else "none"),
+        ("Pending + dirty when the load stopped (not yet journaled)",
+         f"{lag['exposed_at_end_bytes'] / MiB:.1f} MiB"),
+        ("Max pending in the agent's buffer", f"{lag['max_pending_bytes'] / MiB:.1f} MiB"),
+        ("Journal ingest during the load (Δ bytes_received / Δt)",
+         f"{fmt(lag['journal_ingest_mb_s'], 1)} MB/s"),
+        ("Records journaled for the run (incl. resync)", f"{lag['records']}"),
+        ("Agent CPU", f"{lag['agent_cpu_pct']:.1f} % of one core "
+         f"({m['cpu']['cdp-agent']:.2f} CPU-s in {m['wall']:.1f} s)"),
+        ("journal-server / replicator CPU",
+         f"{100 * m['cpu']['journal-server'] / m['wall']:.1f} % / "
+         f"{100 * m['cpu']['replicator'] / m['wall']:.1f} % of one core"),
+        ("Load generator + sampler (bench.py) / cdpctl CPU",
+         f"{100 * m['cpu']['bench.py'] / m['wall']:.1f} % / "
+         f"{100 * m['cpu']['reaped children'] / m['wall']:.1f} % of one core"),
+        ("Other work on the host during the window", f"{m['others_cores']:.2f} cores of "
+         f"{m['ncpu']} (load {m['load_before']} → {m['load_after']})"),
+        ("Agent VmHWM / VmHWM before the load / VmRSS at the end",
+         f"{lag['agent_hwm_kib'] / 1024:.1f} / {lag['agent_hwm_before_kib'] / 1024:.1f} / "
+         f"{lag['agent_rss_end_kib'] / 1024:.1f} MiB"),
+        ("journal-server / replicator VmHWM",
+         f"{lag['hwm_kib']['journal-server'] / 1024:.1f} / "
+         f"{lag['hwm_kib']['replicator'] / 1024:.1f} MiB"),
+        ("Initial sync of the empty volume (start → first `wait-synced`)",
+         f"{lag['init_sync_s']:.2f} s"),
+        ("Replica == source after the drain", "yes" if lag["replica_identical"] else
+         "NO: " + lag["cmp"]),
+    ]
+
+
+def write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end, path):
     L = []
     q = "--quick " if args.quick else ""
     L.append("# Data-path benchmark results")
     L.append("")
-    L.append("Generated by `bench/run.sh`; rerun with `bash bench/run.sh` from the repository root "
-             "(`bash bench/run.sh --quick` for a smoke check: 64 MiB copies, 10 s lag run; "
-             "`--out FILE` to write elsewhere). Needs the binaries in `build/` "
-             "(`cmake --build build`), qemu-utils, libnbd-bin and python3. Nothing is asserted: "
-             "targets are listed next to the figures. MB = 10^6 bytes, MiB = 2^20 bytes.")
+    L.append("Generated by `bench/run.sh` (driver: `bench/bench.py`, python3 standard library "
+             "only); rerun with `bash bench/run.sh` from the repository root, or "
+             "`bash bench/run.sh --quick` for a smoke check (64 MiB copies, one 10 s lag run "
+             "instead of three of 30 s; writes `bench/RESULTS-quick.md`). Needs the binaries in `build/` "
+             "(`cmake --build build`), qemu-utils, libnbd-bin, python3. Everything runs on "
+             "loopback in a temp dir under /tmp that is removed afterwards. Nothing is "
+             "asserted: targets are listed next to the figures. MB = 10^6 bytes, "
+             "MiB = 2^20 bytes.")
     L.append("")
-    L.append(f"- Date: {started} → {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}"
-             f" ({'quick smoke check' if args.quick else 'full run'}: `bash bench/run.sh {q}`)")
-    L.append(f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem']} RAM, "
+    end = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    L.append(f"- Date: {started} → {end} "
+             f"({'quick smoke check' if args.quick else 'full run'}: `bash bench/run.sh {q}`)"
+             .replace(" `)", "`)"))
+    L.append(f"- Machine: nproc {info['nproc']} ({info['cpu']}), {info['mem']} RAM, "
              f"{info['kernel']}")
-    L.append(f"- Disk under /tmp (work dir {ctx.work}; df source, type, size, avail): "
+    L.append(f"- Disk under /tmp (`df -h --output=source,fstype,size,avail`): "
              f"`{info['df']}`")
+    if disk:
+        L.append(f"- Disk probe (work dir): {disk['mib']} MiB sequential + fdatasync "
+                 f"{disk['seq_mb_s']:.0f} MB/s; 4 KiB append + fdatasync p50 "
+                 f"{disk['lat4k'][0]:.1f} ms / p90 {disk['lat4k'][1]:.1f} ms; 1 MiB append + "
+                 f"fdatasync p50 {disk['lat1m'][0]:.1f} ms / p90 {disk['lat1m'][1]:.1f} ms")
     L.append(f"- Load average (1/5/15 min): {load_start} at start, {load_end} at the end. The "
-             f"machine is shared (other people build on it), so figures are noisy; the CPU used "
-             f"by other work during each phase is given in the per-run tables (\"others\").")
-    L.append(f"- Code: {args.git}; binaries copied from `{args.build_dir}` "
-             f"(CMAKE_BUILD_TYPE: {args.build_type}); {info['nbdcopy']}; {info['qemu-nbd']}")
+             f"machine is shared (others build on it), so figures are noisy; the CPU used by "
+             f"other work during each measured phase is given below (\"others\", in cores).")
+    L.append(f"- Code: {args.git}; binaries copied from `{args.build_dir}` at start "
+             f"(CMAKE_BUILD_TYPE {args.build_type}); {info['nbdcopy']}; {info['qemu-nbd']}")
     L.append("")
     L.append("## Summary")
     L.append("")
@@ -919,41 +1283,63 @@ def write_report(args, ctx, info, tp, lag, started, load_start, load_end, path):
         exp_mb = median([r["cdp"]["export_mb_s"] for r in tp])
         q_mb = median([r["qemu"]["mb_s"] for r in tp])
         ratio = median([r["cdp"]["mb_s"] / r["qemu"]["mb_s"] for r in tp])
+        eratio = median([r["cdp"]["export_mb_s"] / r["qemu"]["mb_s"] for r in tp])
         n = len(tp)
-        L.append(f"| 1. nbdcopy {args.mib} MiB → agent export, until `wait-synced` (median of "
-                 f"{n}) | {cdp_mb:.1f} MB/s | |")
-        L.append(f"| 1. nbdcopy {args.mib} MiB → qemu-nbd, until `sync` (median of {n}) | "
-                 f"{q_mb:.1f} MB/s | |")
+        L.append(f"| 1. nbdcopy {args.mib} MiB → agent export, until `wait-synced` returns "
+                 f"(median of {n}) | {cdp_mb:.1f} MB/s | |")
+        L.append(f"| 1. nbdcopy {args.mib} MiB → `qemu-nbd -f raw -t`, until `sync FILE` "
+                 f"returns (median of {n}) | {q_mb:.1f} MB/s | |")
         L.append(f"| 1. Throughput ratio appliance / qemu-nbd (median of per-rep ratios) | "
-                 f"{ratio:.2f} | ≥ 0.8 {'✅' if ratio >= 0.8 else '❌ missed'} |")
-        L.append(f"| 1. Agent export only (nbdcopy finish, before `wait-synced`; median) | "
-                 f"{exp_mb:.1f} MB/s ({exp_mb / q_mb:.2f} of qemu-nbd) | |")
-    if lag:
-        L.append(f"| 2. Replication lag p50 / p99 / max at {args.rate:.0f} MB/s target for "
-                 f"{args.seconds} s | {lag['lag_p50']:.3f} / {lag['lag_p99']:.3f} / "
-                 f"{lag['lag_max']:.3f} s | p99 ≤ 1 s "
-                 f"{'✅' if lag['lag_p99'] <= 1 else '❌ missed'} |")
-        L.append(f"| 2. Achieved write rate | {lag['achieved_mb_s']:.1f} MB/s | "
+                 f"**{ratio:.2f}** | ≥ 0.8 {'✅' if ratio >= 0.8 else '❌ missed'} |")
+        L.append(f"| 1. Agent export only (until nbdcopy exits, before `wait-synced`; median) | "
+                 f"{exp_mb:.1f} MB/s (ratio {eratio:.2f}) | |")
+    if lags:
+        n = len(lags)
+        med = lambda k: median([x[k] for x in lags])  # noqa: E731
+        per = lambda k, f="{:.2f}": " / ".join(f.format(x[k]) for x in lags)  # noqa: E731
+        of = f"median of {n} runs" if n > 1 else "1 run"
+        spilled = sum(1 for x in lags if x["max_dirty_bytes"] > 0)
+        lag_note = "" if not spilled else (
+            f" ⚠ understated in the {spilled} of {n} run(s) that spilled to the dirty bitmap, "
+            f"see §2")
+        L.append(f"| 2. `lag_seconds` p50 / p99 / max at {args.rate:.0f} MB/s for "
+                 f"{args.seconds} s ({of}; per-run p99: {per('lag_p99')} s) | "
+                 f"{med('lag_p50'):.3f} / **{med('lag_p99'):.3f}** / {med('lag_max'):.3f} s"
+                 f"{lag_note} | p99 ≤ 1 s {'✅' if med('lag_p99') <= 1 else '❌ missed'} |")
+        L.append(f"| 2. Replica probe lag p50 / p99 / max ({of}; per-run p99: "
+                 f"{per('probe_p99')} s; marker blocks read from the replica, see §2) | "
+                 f"{med('probe_p50'):.3f} / {med('probe_p99'):.3f} / {med('probe_max'):.3f} s"
+                 f" | cross-check, not the contract's figure |")
+        L.append(f"| 2. Drain after the load (load end → `wait-synced` returns; per run) | "
+                 f"{per('drain_s')} s | |")
+        L.append(f"| 2. Achieved write rate ({of}) | {med('achieved_mb_s'):.1f} MB/s | "
                  f"{args.rate:.0f} MB/s |")
-        L.append(f"| 3. Agent CPU during (2) | {lag['agent_cpu_pct']:.1f} % of one core | |")
-        L.append(f"| 3. Agent peak RSS (VmHWM) | {lag['agent_hwm_kib'] / 1024:.1f} MiB | ≤ 64 MiB "
-                 f"{'✅' if lag['agent_hwm_kib'] <= 64 * 1024 else '❌ missed'} |")
+        L.append(f"| 3. Agent CPU during (2) ({of}; per run: {per('agent_cpu_pct', '{:.1f}')} %)"
+                 f" | {med('agent_cpu_pct'):.1f} % of one core | |")
+        hwm = max(x["agent_hwm_kib"] for x in lags)
+        L.append(f"| 3. Agent peak RSS (VmHWM; highest of {n}; per run: "
+                 + " / ".join(f"{x['agent_hwm_kib'] / 1024:.1f}" for x in lags) + " MiB) | "
+                 f"**{hwm / 1024:.1f} MiB** | ≤ 64 MiB "
+                 f"{'✅' if hwm <= 64 * 1024 else '❌ missed'} |")
     L.append("")
     if tp:
         L.append("## 1. Throughput: nbdcopy into the agent's export vs qemu-nbd")
         L.append("")
         L.append(f"A {args.mib} MiB file of random bytes (page-cached) is copied with plain "
-                 f"`nbdcopy FILE URI` into (a) the cdp-agent's unix-socket export with "
-                 f"journal-server and replicator running (fresh journal, sparse source and "
-                 f"replica each rep; the initial sync of the empty device is finished with "
-                 f"`wait-synced` before the clock starts), timed until `cdpctl wait-synced` "
-                 f"returns, and (b) `qemu-nbd -f raw -t -k SOCK FILE` serving a fresh sparse "
+                 f"`nbdcopy FILE URI` into (a) the cdp-agent's unix-socket export (`--ack "
+                 f"async`) with journal-server and replicator running — fresh journal, sparse "
+                 f"source and replica each rep; the initial sync of the empty device is finished "
+                 f"(`wait-synced`) before the clock starts — timed until `cdpctl wait-synced` "
+                 f"returns; and (b) `qemu-nbd -f raw -t -k SOCK FILE` serving a fresh sparse "
                  f"file of the same size, timed until nbdcopy exits plus `sync FILE`. The order "
-                 f"alternates between reps. Each appliance rep ends with `cmp source replica`.")
+                 f"alternates between reps. Every appliance rep ends with `cmp source replica`. "
+                 f"\"durable at\" / \"applied at\" are the first 100 ms status samples showing "
+                 f"the journal's durable LSN / the replica's applied LSN at the final captured "
+                 f"LSN.")
         L.append("")
-        L.append("| Rep | Appliance total s | MB/s | export-only s | MB/s | journal durable at s | "
+        L.append("| Rep | appliance total s | MB/s | export-only s | MB/s | journal durable at s | "
                  "replica applied at s | qemu-nbd copy s | + sync s | MB/s | ratio | replica == "
-                 "source | others (cores) |")
+                 "source | others (cores) appliance / qemu |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for i, r in enumerate(tp):
             c, qq = r["cdp"], r["qemu"]
@@ -964,90 +1350,90 @@ def write_report(args, ctx, info, tp, lag, started, load_start, load_end, path):
                      f"{'yes' if c['replica_identical'] else 'NO: ' + c['cmp']} | "
                      f"{c['meter']['others_cores']:.2f} / {qq['meter']['others_cores']:.2f} |")
         L.append("")
-        L.append("\"others\" = CPU used on the host by processes outside this benchmark during the "
-                 "appliance / qemu-nbd copy, in cores (of "
-                 f"{info['nproc']}).")
+        L.append("CPU-seconds during the appliance copy (start → `wait-synced` returns), and "
+                 "what the agent and journal did:")
         L.append("")
-        L.append("| Rep | CPU-s agent | journal-server | replicator | nbdcopy+cdpctl | records | "
-                 "max pending MiB | max dirty MiB | journal on disk MiB | idle wait-synced s |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| Rep | agent | journal-server | replicator | nbdcopy | cdpctl (sampling) | "
+                 "qemu-nbd / its nbdcopy (qemu run) | journal ingest MB/s | records | max pending "
+                 "MiB | max dirty MiB | journal dir MiB | idle `wait-synced` s |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for i, r in enumerate(tp):
             c = r["cdp"]
             cpu = c["meter"]["cpu"]
             L.append(f"| {i + 1} | {cpu['cdp-agent']:.2f} | {cpu['journal-server']:.2f} | "
-                     f"{cpu['replicator']:.2f} | {cpu['reaped children']:.2f} | {c['records']} | "
+                     f"{cpu['replicator']:.2f} | {c['nbdcopy_cpu']:.2f} | "
+                     f"{cpu['reaped children'] - c['nbdcopy_cpu']:.2f} | "
+                     f"{r['qemu']['meter']['cpu']['qemu-nbd']:.2f} / "
+                     f"{r['qemu']['nbdcopy_cpu']:.2f} | {fmt(c['journal_mb_s'], 0)} | "
+                     f"{c['records']} | "
                      f"{c['max_pending_bytes'] / MiB:.1f} | {c['max_dirty_bytes'] / MiB:.1f} | "
                      f"{c['journal_disk_bytes'] / MiB:.0f} | {c['idle_wait_synced_s']:.2f} |")
         L.append("")
-    if lag:
+        L.append("\"journal ingest\" = payload bytes the journal received during the copy / time "
+                 "until it had them all durable. Per thread in the median rep, from "
+                 "/proc/PID/task/TID/schedstat: seconds on CPU / seconds runnable but waiting "
+                 "for a CPU (threads with the same name merged; threads that exit inside the "
+                 "window are not counted):")
+        L.append("")
+        mid = sorted(tp, key=lambda r: r["cdp"]["total_s"])[len(tp) // 2]["cdp"]["meter"]
+        L.extend(thread_lines(mid))
+        L.append("")
+    if lags:
         L.append("## 2–3. Replication lag at a steady rate; agent CPU and memory")
         L.append("")
-        L.append(f"A python NBD client (fixed newstyle, NBD_OPT_GO with export name = volume, "
-                 f"simple replies) writes random bytes at random 4 KiB-aligned offsets of a "
-                 f"{args.lag_mib} MiB volume, lengths 4..64 KiB in 4 KiB steps, paced to "
-                 f"{args.rate:.0f} MB/s by a byte budget with up to 16 requests in flight, for "
-                 f"{args.seconds} s. `cdpctl status --json` is sampled every 100 ms; percentiles "
-                 f"are over the samples inside the load window. Agent CPU is utime+stime from "
-                 f"/proc/PID/stat over the load window; RSS is VmHWM from /proc/PID/status.")
+        L.append(f"A python NBD client in bench.py (fixed newstyle, NBD_OPT_GO with export name "
+                 f"= volume, simple replies) writes random bytes at random 4 KiB-aligned "
+                 f"offsets of a {args.lag_mib} MiB volume, lengths 4..64 KiB in 4 KiB steps, "
+                 f"paced to {args.rate:.0f} MB/s by a byte budget with up to 16 requests in "
+                 f"flight, for {args.seconds} s, on one connection; {len(lags)} run(s), each on a "
+                 f"fresh appliance. `cdpctl status --json` is "
+                 f"started every 100 ms (without waiting for the previous one); percentiles "
+                 f"are over the samples that arrived inside the load window. Because `lag_seconds` is "
+                 f"computed by the journal-server from LSNs, the generator also runs its own "
+                 f"probe: every 50 ms it writes a timestamp into one of 16 reserved 4 KiB blocks "
+                 f"spread over the volume (round robin; counted in the rate), and every 100 ms "
+                 f"the sampler reads those blocks from the replica image and takes the age of "
+                 f"the oldest marker write the replica does not hold yet (resolution ~50 ms). The "
+                 f"probe counts a block as soon as the replica file shows it, before the "
+                 f"replicator's fdatasync and cursor save that `applied_lsn` waits for, so "
+                 f"while every write has an LSN it reads lower than `lag_seconds`; it does not "
+                 f"depend on LSNs, so it stays valid when the agent falls back to its dirty "
+                 f"bitmap. "
+                 f"Agent CPU is "
+                 f"utime+stime from /proc/PID/stat over the load window; RSS is VmHWM from "
+                 f"/proc/PID/status right after it.")
         L.append("")
-        m = lag["meter"]
-        rows = [
-            ("Writes sent / bytes / NBD errors",
-             f"{lag['requests']} / {lag['bytes'] / MB:.0f} MB / {lag['errors']}"),
-            ("Achieved rate (until the last reply)", f"{lag['achieved_mb_s']:.1f} MB/s over "
-             f"{lag['load_s']:.1f} s"),
-            ("NBD write latency p50 / p99 / max", f"{lag['lat_p50_ms']:.2f} / "
-             f"{lag['lat_p99_ms']:.2f} / {lag['lat_max_ms']:.1f} ms"),
-            ("`lag_seconds` p50 / p99 / max", f"{lag['lag_p50']:.3f} / {lag['lag_p99']:.3f} / "
-             f"{lag['lag_max']:.3f} s"),
-            ("Client-side lag cross-check p50 / p99 / max", f"{lag['client_lag_p50']:.3f} / "
-             f"{lag['client_lag_p99']:.3f} / {lag['client_lag_max']:.3f} s"),
-            ("Status samples in window (failed) / mean period",
-             f"{lag['samples']} ({lag['sample_failures']}) / "
-             f"{fmt(lag['sample_period_actual_ms'], 0)} ms"),
-            ("Drain: load end → `wait-synced` returns", f"{lag['drain_s']:.2f} s"),
-            ("Max pending in agent buffer / max dirty bytes / resync seen",
-             f"{lag['max_pending_bytes'] / MiB:.1f} MiB / {lag['max_dirty_bytes'] / MiB:.1f} "
-             f"MiB / {'yes' if lag['resync_seen'] else 'no'}"),
-            ("Agent CPU", f"{lag['agent_cpu_pct']:.1f} % of one core "
-             f"({m['cpu']['cdp-agent']:.2f} CPU-s in {m['wall']:.1f} s)"),
-            ("journal-server / replicator CPU",
-             f"{100 * m['cpu']['journal-server'] / m['wall']:.1f} % / "
-             f"{100 * m['cpu']['replicator'] / m['wall']:.1f} % of one core"),
-            ("Load generator + sampler (bench.py, cdpctl) CPU",
-             f"{100 * m['cpu']['bench.py'] / m['wall']:.1f} % + "
-             f"{100 * m['cpu']['reaped children'] / m['wall']:.1f} % of one core"),
-            ("Other work on the host during the window", f"{m['others_cores']:.2f} cores of "
-             f"{m['ncpu']} (load {m['load_before']} → {m['load_after']})"),
-            ("Agent VmHWM / before load / VmRSS at end",
-             f"{lag['agent_hwm_kib'] / 1024:.1f} / {lag['agent_hwm_before_kib'] / 1024:.1f} / "
-             f"{lag['agent_rss_end_kib'] / 1024:.1f} MiB"),
-            ("journal-server / replicator VmHWM",
-             f"{lag['hwm_kib']['journal-server'] / 1024:.1f} / "
-             f"{lag['hwm_kib']['replicator'] / 1024:.1f} MiB"),
-            ("Initial sync of the empty volume (start → first `wait-synced`)",
-             f"{lag['init_sync_s']:.2f} s"),
-            ("Replica == source after drain", "yes" if lag["replica_identical"] else
-             "NO: " + lag["cmp"]),
-        ]
-        L.append("| Measure | Value |")
-        L.append("|---|---|")
-        for k, v in rows:
-            L.append(f"| {k} | {v} |")
+        table = [lag_rows(x) for x in lags]
+        L.append("| Measure | " + " | ".join(f"run {i + 1}" for i in range(len(lags))) + " |")
+        L.append("|---|" + "---|" * len(lags))
+        for j, (k, _) in enumerate(table[0]):
+            L.append(f"| {k} | " + " | ".join(t[j][1] for t in table) + " |")
+        L.append("")
+        L.append("Per thread over the load window (schedstat): seconds on CPU / seconds "
+                 "runnable but waiting for a CPU:")
+        L.append("")
+        for i, x in enumerate(lags):
+            if len(lags) > 1:
+                L.append(f"- run {i + 1}:")
+                L.extend("  " + line for line in thread_lines(x["meter"]))
+            else:
+                L.extend(thread_lines(x["meter"]))
         L.append("")
     L.append("## Analysis")
     L.append("")
-    for para in analysis(args, tp, lag):
+    for para in analysis(args, tp, lags, disk):
         L.append(para)
         L.append("")
     L.append("## Exact commands")
     L.append("")
-    L.append("Paths are from this run's temp dir (removed afterwards); ports are picked free.")
+    L.append("Paths are from this run's temp dir (removed afterwards); ports are picked free; "
+             "`bin/` holds copies of the build's binaries.")
     L.append("")
     L.append("```sh")
     L.append(f"bash bench/run.sh {q}".strip())
-    for k, title in (("cdp", "1a. appliance (per rep, fresh dir)"),
-                     ("qemu", "1b. qemu-nbd (per rep, fresh file)"),
+    for k, title in (("cdp", "1a. appliance (each rep, fresh dir; first `wait-synced` before "
+                             "the clock starts)"),
+                     ("qemu", "1b. qemu-nbd (each rep, fresh sparse file)"),
                      ("lag", "2-3. lag run")):
         if k in ctx.commands:
             L.append(f"# {title}")
@@ -1060,27 +1446,36 @@ def write_report(args, ctx, info, tp, lag, started, load_start, load_end, path):
     return text
 
 
-def print_table(tp, lag, args):
+def print_table(tp, lags, args):
     print()
     print("=" * 78)
-    print(f"{'figure':<58}{'result':>20}")
+    print(f"{'figure':<52}{'result':>26}")
     print("-" * 78)
     if tp:
         cdp_mb = median([r["cdp"]["mb_s"] for r in tp])
         q_mb = median([r["qemu"]["mb_s"] for r in tp])
         ratio = median([r["cdp"]["mb_s"] / r["qemu"]["mb_s"] for r in tp])
         exp_mb = median([r["cdp"]["export_mb_s"] for r in tp])
-        print(f"{'1. appliance MB/s (copy → wait-synced), median':<58}{cdp_mb:>20.1f}")
-        print(f"{'1. qemu-nbd MB/s (copy + sync), median':<58}{q_mb:>20.1f}")
-        print(f"{'1. ratio (target >= 0.8)':<58}{ratio:>20.2f}")
-        print(f"{'1. agent export only MB/s (nbdcopy finish), median':<58}{exp_mb:>20.1f}")
-    if lag:
-        s = f"{lag['lag_p50']:.3f}/{lag['lag_p99']:.3f}/{lag['lag_max']:.3f}"
-        print(f"{'2. lag_seconds p50/p99/max (target p99 <= 1 s)':<58}{s:>20}")
-        print(f"{'2. achieved MB/s (target ' + format(args.rate, '.0f') + ')':<58}"
-              f"{lag['achieved_mb_s']:>20.1f}")
-        print(f"{'3. agent CPU % of one core':<58}{lag['agent_cpu_pct']:>20.1f}")
-        print(f"{'3. agent VmHWM MiB (target <= 64)':<58}{lag['agent_hwm_kib'] / 1024:>20.1f}")
+        print(f"{'1. appliance MB/s (copy → wait-synced), median':<52}{cdp_mb:>26.1f}")
+        print(f"{'1. qemu-nbd MB/s (copy + sync), median':<52}{q_mb:>26.1f}")
+        print(f"{'1. ratio (target >= 0.8)':<52}{ratio:>26.2f}")
+        print(f"{'1. agent export only MB/s, median':<52}{exp_mb:>26.1f}")
+    if lags:
+        n = len(lags)
+        med = lambda k: median([x[k] for x in lags])  # noqa: E731
+        per = lambda k, f="{:.2f}": "/".join(f.format(x[k]) for x in lags)  # noqa: E731
+        tag = f" (median of {n})" if n > 1 else ""
+        v = f"{med('lag_p50'):.3f}/{med('lag_p99'):.3f}/{med('lag_max'):.3f}"
+        print(f"{'2. lag_seconds p50/p99/max' + tag:<52}{v:>26}")
+        print(f"{'   per-run lag_seconds p99 (target <= 1 s)':<52}{per('lag_p99'):>26}")
+        print(f"{'2. replica probe lag p99 per run, s':<52}{per('probe_p99'):>26}")
+        print(f"{'2. drain (load end -> wait-synced) per run, s':<52}{per('drain_s'):>26}")
+        dirty = "/".join(f"{x['max_dirty_bytes'] / MiB:.0f}" for x in lags)
+        print(f"{'2. peak dirty-bitmap MiB per run':<52}{dirty:>26}")
+        print(f"{'2. achieved MB/s' + tag:<52}{med('achieved_mb_s'):>26.1f}")
+        print(f"{'3. agent CPU % of one core' + tag:<52}{med('agent_cpu_pct'):>26.1f}")
+        hwm = "/".join(f"{x['agent_hwm_kib'] / 1024:.1f}" for x in lags)
+        print(f"{'3. agent VmHWM MiB per run (target <= 64)':<52}{hwm:>26}")
     print("=" * 78)
 
 
@@ -1107,22 +1502,37 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--rate", type=float, default=50, help="MB/s (10^6 B/s)")
     ap.add_argument("--lag-mib", type=int, default=1024)
+    ap.add_argument("--lag-reps", type=int, default=3, help="lag runs (quick: 1)")
     ap.add_argument("--git", default="n/a")
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--build-type", default="n/a")
-    ap.add_argument("--skip", default="", help="comma list: throughput,lag (debugging)")
+    ap.add_argument("--skip", default="", help="comma list: disk,throughput,lag (debugging)")
     args = ap.parse_args()
-    # run.sh's trap sends SIGTERM: unwind through the finally blocks that stop the children.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
-        args.mib, args.seconds = 64, 10
+        args.mib, args.seconds, args.lag_reps = 64, 10, 1
     skip = set(filter(None, args.skip.split(",")))
     ctx = Ctx(args)
+
+    def on_term(*_):
+        # run.sh's trap (Ctrl-C, kill): no graceful drain, kill every child session now.
+        if ctx.procs.spawning:
+            ctx.procs.on_deferred_term = on_term
+            return
+        ctx.procs.close()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load_start = loadavg()
     info = machine_info(ctx)
-    tp, lag = [], None
+    tp, lags, disk = [], [], None
     try:
+        if "disk" not in skip:
+            log("disk probe")
+            disk = disk_probe(ctx.work, 64 if args.quick else 256)
+            log(f"  {disk['seq_mb_s']:.0f} MB/s sequential+fdatasync; 4 KiB fdatasync p50 "
+                f"{disk['lat4k'][0]:.1f} ms; 1 MiB fdatasync p50 {disk['lat1m'][0]:.1f} ms")
         if "throughput" not in skip:
             data = os.path.join(ctx.work, "random.bin")
             log(f"writing {args.mib} MiB of random bytes to {data}")
@@ -1145,17 +1555,22 @@ def main():
                 tp.append(r)
             os.unlink(data)
         if "lag" not in skip:
-            log(f"lag run: {args.rate:.0f} MB/s for {args.seconds}s on a {args.lag_mib} MiB volume")
-            lag = run_lag(ctx, args.lag_mib * MiB, args.rate * MB, args.seconds)
-            log(f"  lag p50/p99/max {lag['lag_p50']:.3f}/{lag['lag_p99']:.3f}/"
-                f"{lag['lag_max']:.3f}s at {lag['achieved_mb_s']:.1f} MB/s; agent CPU "
-                f"{lag['agent_cpu_pct']:.1f}%, VmHWM {lag['agent_hwm_kib'] / 1024:.1f} MiB")
+            for rep in range(args.lag_reps):
+                log(f"lag run {rep + 1}/{args.lag_reps}: {args.rate:.0f} MB/s for "
+                    f"{args.seconds}s on a {args.lag_mib} MiB volume")
+                lag = run_lag(ctx, rep, args.lag_mib * MiB, args.rate * MB, args.seconds)
+                log(f"  lag_seconds p50/p99/max {lag['lag_p50']:.3f}/{lag['lag_p99']:.3f}/"
+                    f"{lag['lag_max']:.3f}s, probe p99 {lag['probe_p99']:.3f}s, peak dirty "
+                    f"{lag['max_dirty_bytes'] / MiB:.0f} MiB at {lag['achieved_mb_s']:.1f} MB/s; "
+                    f"agent CPU {lag['agent_cpu_pct']:.1f}%, VmHWM "
+                    f"{lag['agent_hwm_kib'] / 1024:.1f} MiB")
+                lags.append(lag)
     finally:
         ctx.procs.close()
     load_end = loadavg()
-    write_report(args, ctx, info, tp, lag, started, load_start, load_end, args.out)
+    write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end, args.out)
     log(f"wrote {args.out}")
-    print_table(tp, lag, args)
+    print_table(tp, lags, args)
     return 0
 
 

@@ -54,21 +54,25 @@ BENCH_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
-  # The python driver first (so it starts nothing new), then every session it started.
-  if [[ -n "$BENCH_PID" ]] && kill -0 "$BENCH_PID" 2>/dev/null; then
-    kill -TERM "$BENCH_PID" 2>/dev/null || true
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-      kill -0 "$BENCH_PID" 2>/dev/null || break
-      sleep 0.5
-    done
-    kill -KILL "$BENCH_PID" 2>/dev/null || true
+  if [[ -n "$BENCH_PID" ]]; then
+    # The python driver first: on SIGTERM it SIGKILLs the daemons it started and exits.
+    if kill -0 "$BENCH_PID" 2>/dev/null; then
+      kill -TERM "$BENCH_PID" 2>/dev/null || true
+      for _ in 1 2 3 4 5 6 7 8 9 10; do
+        kill -0 "$BENCH_PID" 2>/dev/null || break
+        sleep 0.5
+      done
+    fi
+    # Its process group (it runs under setsid, so the group id is its pid): short-lived
+    # clients still running (nbdcopy, cdpctl, cmp) and the driver itself if it hung.
+    kill -KILL -- "-$BENCH_PID" 2>/dev/null || true
+    wait "$BENCH_PID" 2>/dev/null || true
   fi
   if [[ -f "$PIDFILE" ]]; then
+    # Daemons each lead their own session; the file lists those not yet reaped.
     while read -r pid; do
       [[ -n "$pid" ]] || continue
-      # Each child leads its own session/process group: kill the group by its id.
       kill -KILL -- "-$pid" 2>/dev/null || true
-      kill -KILL "$pid" 2>/dev/null || true
     done <"$PIDFILE"
   fi
   rm -rf -- "$WORK"
@@ -93,7 +97,7 @@ BUILD_TYPE="$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BUILD/CMakeCache.txt" 2>
 [[ -n "$BUILD_TYPE" ]] || BUILD_TYPE="unset (CMakeLists.txt defaults it to RelWithDebInfo: -O2 -g)"
 
 echo "run.sh: work dir $WORK, report $OUT, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 "$HERE/bench.py" --work "$WORK" --bin-dir "$WORK/bin" --pidfile "$PIDFILE" \
+setsid python3 "$HERE/bench.py" --work "$WORK" --bin-dir "$WORK/bin" --pidfile "$PIDFILE" \
   --out "$OUT" --git "$GIT" --build-dir "$BUILD" --build-type "$BUILD_TYPE" \
   "${QUICK[@]}" &
 BENCH_PID=$!

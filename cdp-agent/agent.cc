@@ -57,8 +57,10 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
           std::to_string(size) + " bytes; use a state dir per volume");
     }
     if (s.clean_shutdown) {
+      // A clean stop always saves the bitmap; one that is missing or unreadable means the
+      // dirty regions are unknown, so everything is dirty.
       Status b = agent->dirty_->Load(BitmapPath(options.state_dir));
-      if (!b.ok() && !b.IsNotFound()) {
+      if (!b.ok()) {
         CDP_LOG(warning) << "cdp-agent: volume " << options.volume << ": " << b.message()
                          << "; resyncing the whole device";
         agent->dirty_->MarkAll();

@@ -24,7 +24,7 @@ Result<AgentState> LoadAgentState(const std::string& state_dir) {
   s.clean_shutdown = j.value("clean_shutdown", false);
   s.initial_sync_done = j.value("initial_sync_done", false);
   s.sync_cursor = j.value("sync_cursor", uint64_t{0});
-  s.skip_zero = j.value("skip_zero", false);
+  s.skip_zero = j.value("skip_zero", false);  // absent: the safe choice, send zeroes
   return s;
 }
 

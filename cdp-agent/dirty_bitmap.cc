@@ -103,25 +103,22 @@ Status DirtyBitmap::Load(const std::string& path) {
   }
   const uint32_t stored = GetBigEndian32(in.data() + in.size() - 4);
   if (stored != crc32c::Value(in.data(), in.size() - 4)) {
-    return Status::Corruption("dirty bitmap " + path +
-                              " fails its CRC; delete it to force a "
-                              "full resync");
+    return Status::Corruption("dirty bitmap " + path + " fails its CRC");
   }
   const uint64_t size = GetBigEndian64(in.data() + 8);
   const uint32_t region = GetBigEndian32(in.data() + 16);
   const uint64_t nwords = GetBigEndian64(in.data() + 20);
   if (size != volume_size_ || region != region_size_ || nwords != words_.size() ||
       in.size() != fixed + nwords * 8 + 4) {
-    return Status::InvalidArgument(
-        "dirty bitmap " + path + " is for a volume of " + std::to_string(size) + " bytes in " +
-        std::to_string(region) + "-byte regions, this one has " + std::to_string(volume_size_) +
-        " bytes in " + std::to_string(region_size_) + "-byte regions");
+    return Status::InvalidArgument("dirty bitmap " + path + " is for a volume of " +
+                                   std::to_string(size) + " bytes in " + std::to_string(region) +
+                                   "-byte regions, this one has " + std::to_string(volume_size_) +
+                                   " bytes in " + std::to_string(region_size_) + "-byte regions");
   }
   // Bits past the last region would count as dirty forever: TakeRun never reaches them.
   if (regions_ % 64 != 0 && nwords > 0 &&
       (GetBigEndian64(in.data() + fixed + (nwords - 1) * 8) >> (regions_ % 64)) != 0) {
-    return Status::Corruption("dirty bitmap " + path + " marks regions past the volume end; "
-                              "delete it to force a full resync");
+    return Status::Corruption("dirty bitmap " + path + " marks regions past the volume end");
   }
   std::lock_guard<std::mutex> lock(mu_);
   dirty_regions_ = 0;

@@ -107,8 +107,9 @@ TEST(DirtyBitmap, TakeRunCoalescesConsecutiveRegions) {
   bitmap.Mark(kRegion + 100, 10);
   bitmap.Mark(3 * kRegion, kRegion);
   bitmap.Mark(15 * kRegion + 5, 1);  // the last region
-  EXPECT_EQ(TakeAll(bitmap), (std::vector<Extent>{
-                                 {0, 2 * kRegion}, {3 * kRegion, kRegion}, {15 * kRegion, kRegion}}));
+  EXPECT_EQ(
+      TakeAll(bitmap),
+      (std::vector<Extent>{{0, 2 * kRegion}, {3 * kRegion, kRegion}, {15 * kRegion, kRegion}}));
   EXPECT_TRUE(bitmap.empty());
   EXPECT_EQ(bitmap.dirty_bytes(), 0u);
 }
@@ -137,16 +138,15 @@ TEST(DirtyBitmap, TakeRunHonoursMaxBytes) {
 TEST(DirtyBitmap, RunsCrossWordBoundaries) {
   const uint32_t region = 4096;
   DirtyBitmap bitmap(300 * region, region);
-  bitmap.Mark(62 * region, 4 * region);    // regions 62..65
-  bitmap.Mark(200 * region, 1);            // region 200, after an empty word
-  bitmap.Mark(127 * region, 2 * region);   // regions 127..128
-  bitmap.Mark(299 * region, region);       // the last region
+  bitmap.Mark(62 * region, 4 * region);   // regions 62..65
+  bitmap.Mark(200 * region, 1);           // region 200, after an empty word
+  bitmap.Mark(127 * region, 2 * region);  // regions 127..128
+  bitmap.Mark(299 * region, region);      // the last region
   EXPECT_EQ(bitmap.dirty_bytes(), 8u * region);
-  EXPECT_EQ(TakeAll(bitmap),
-            (std::vector<Extent>{{62 * region, 4 * region},
-                              {127 * region, 2 * region},
-                              {200 * region, region},
-                              {299 * region, region}}));
+  EXPECT_EQ(TakeAll(bitmap), (std::vector<Extent>{{62 * region, 4 * region},
+                                                  {127 * region, 2 * region},
+                                                  {200 * region, region},
+                                                  {299 * region, region}}));
 }
 
 // 100000 bytes in 4 KiB regions: 24 whole regions and a last one of 1696 bytes.
@@ -164,8 +164,7 @@ TEST(DirtyBitmap, ClipsTheLastRegionAtTheVolumeEnd) {
 
   bitmap.MarkAll();
   const std::vector<Extent> pieces = TakeAll(bitmap, 10 * 4096);
-  EXPECT_EQ(pieces,
-            (std::vector<Extent>{{0, 40960}, {40960, 40960}, {81920, size - 81920}}));
+  EXPECT_EQ(pieces, (std::vector<Extent>{{0, 40960}, {40960, 40960}, {81920, size - 81920}}));
 
   bitmap.Mark(0, 4096);
   EXPECT_EQ(bitmap.dirty_bytes(), 4096u) << "only the last region is partial";
@@ -218,8 +217,9 @@ TEST_F(DirtyBitmapFileTest, SaveThenLoadRoundTrips) {
   Status s = loaded.Load(path());
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(loaded.dirty_bytes(), 4096u * 4 + (100000 - 24 * 4096));
-  EXPECT_EQ(TakeAll(loaded),
-            (std::vector<Extent>{{0, 4096}, {4096 * 5, 4096 * 3}, {24 * 4096, 100000 - 24 * 4096}}));
+  EXPECT_EQ(
+      TakeAll(loaded),
+      (std::vector<Extent>{{0, 4096}, {4096 * 5, 4096 * 3}, {24 * 4096, 100000 - 24 * 4096}}));
   EXPECT_FALSE(std::filesystem::exists(path() + ".tmp"));
 }
 
@@ -232,8 +232,8 @@ TEST_F(DirtyBitmapFileTest, SavedFileHasTheDocumentedLayout) {
   EXPECT_EQ(GetBigEndian64(file.data() + 8), 100000u);
   EXPECT_EQ(GetBigEndian32(file.data() + 16), 4096u);
   EXPECT_EQ(GetBigEndian64(file.data() + 20), 1u);
-  EXPECT_EQ(GetBigEndian64(file.data() + 28), (uint64_t{1} << 0) | (uint64_t{7} << 5) |
-                                                  (uint64_t{1} << 24));
+  EXPECT_EQ(GetBigEndian64(file.data() + 28),
+            (uint64_t{1} << 0) | (uint64_t{7} << 5) | (uint64_t{1} << 24));
   EXPECT_EQ(GetBigEndian32(file.data() + 36), crc32c::Value(file.data(), 36));
 }
 
@@ -242,10 +242,10 @@ TEST_F(DirtyBitmapFileTest, LoadOrsIntoTheCurrentMarks) {
   DirtyBitmap bitmap(100000, 4096);
   bitmap.Mark(4096 * 10, 1);
   ASSERT_TRUE(bitmap.Load(path()).ok());
-  EXPECT_EQ(TakeAll(bitmap), (std::vector<Extent>{{0, 4096},
-                                               {4096 * 5, 4096 * 3},
-                                               {4096 * 10, 4096},
-                                               {24 * 4096, 100000 - 24 * 4096}}));
+  EXPECT_EQ(
+      TakeAll(bitmap),
+      (std::vector<Extent>{
+          {0, 4096}, {4096 * 5, 4096 * 3}, {4096 * 10, 4096}, {24 * 4096, 100000 - 24 * 4096}}));
 }
 
 TEST_F(DirtyBitmapFileTest, AnyFlippedByteIsCorruption) {
@@ -263,7 +263,7 @@ TEST_F(DirtyBitmapFileTest, AnyFlippedByteIsCorruption) {
   }
 }
 
-TEST_F(DirtyBitmapFileTest, DamageMessagesSayWhatToDo) {
+TEST_F(DirtyBitmapFileTest, DamageMessagesNameTheProblem) {
   SaveSample();
   std::string bad = ReadFile(path());
   bad[30] = static_cast<char>(bad[30] ^ 1);
@@ -271,7 +271,7 @@ TEST_F(DirtyBitmapFileTest, DamageMessagesSayWhatToDo) {
   DirtyBitmap bitmap(100000, 4096);
   Status s = bitmap.Load(path());
   EXPECT_EQ(s.code(), StatusCode::kCorruption);
-  EXPECT_THAT(s.message(), HasSubstr("fails its CRC; delete it to force a full resync"));
+  EXPECT_THAT(s.message(), HasSubstr("dirty.bitmap fails its CRC"));
 
   WriteFile(path(), "short");
   s = bitmap.Load(path());

@@ -34,8 +34,7 @@ constexpr char kVolume[] = "db01-sda";
 class TempDir {
  public:
   TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "sender_test.XXXXXX").string();
+    std::string pattern = (std::filesystem::temp_directory_path() / "sender_test.XXXXXX").string();
     if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
   }
   ~TempDir() {

@@ -15,9 +15,10 @@ constexpr const char* kUsage =
     "      per volume: captured, durable and applied LSN, lag in seconds, bytes received\n"
     "  cdpctl --server tcp://HOST:PORT wait-synced --volume NAME [--timeout SECONDS]\n"
     "      exit 0 once the replica has applied every write the agent captured and the agent has\n"
-    "      nothing left to send; exit 3 on timeout (default 300 s) with the reason\n"
+    "      nothing left to send; exit 3 on timeout (default 300 s) with the reason (a volume\n"
+    "      that is not known yet is waited for, and named in the timeout message)\n"
     "\n"
-    "Exit codes: 0 ok, 1 error (server unreachable, unknown volume), 2 bad usage, 3 timeout.\n";
+    "Exit codes: 0 ok, 1 error (server unreachable), 2 bad usage, 3 timeout.\n";
 
 int Usage(const std::string& why) {
   std::cerr << "cdpctl: " << why << "\n\n" << kUsage;

@@ -2,10 +2,10 @@
 
 #include <unistd.h>
 
+#include <boost/log/attributes/clock.hpp>
 #include <boost/log/core.hpp>
 #include <boost/log/expressions.hpp>
 #include <boost/log/support/date_time.hpp>
-#include <boost/log/utility/setup/common_attributes.hpp>
 #include <boost/log/utility/setup/console.hpp>
 #include <iostream>
 
@@ -31,7 +31,7 @@ bool ParseLogLevel(const std::string& text, LogLevel* level) {
 }
 
 void InitLogging(const std::string& component, LogLevel level) {
-  logging::add_common_attributes();
+  logging::core::get()->add_global_attribute("TimeStamp", boost::log::attributes::utc_clock());
   const std::string prefix = component + "[" + std::to_string(getpid()) + "] ";
   logging::add_console_log(
       std::clog, logging::keywords::auto_flush = true,

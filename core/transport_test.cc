@@ -104,19 +104,19 @@ v1::Header BatchHeader() {
 // ---- ValidateEndpoint ----
 
 TEST(ValidateEndpoint, AcceptsTheDocumentedForms) {
-  for (const char* e : {"tcp://127.0.0.1:7700", "tcp://localhost:1", "tcp://*:65535",
-                        "tcp://[::1]:7700", "tcp://127.0.0.1:*", "tcp://journal.example:7700",
-                        "ipc:///tmp/cdp.sock", "ipc://relative", "ipc://x", "inproc://journal",
-                        "inproc://j"}) {
+  for (const char* e :
+       {"tcp://127.0.0.1:7700", "tcp://localhost:1", "tcp://*:65535", "tcp://[::1]:7700",
+        "tcp://127.0.0.1:*", "tcp://journal.example:7700", "ipc:///tmp/cdp.sock", "ipc://relative",
+        "ipc://x", "inproc://journal", "inproc://j"}) {
     EXPECT_TRUE(ValidateEndpoint(e).ok()) << e << ": " << ValidateEndpoint(e);
   }
 }
 
 TEST(ValidateEndpoint, RejectsBadFormsWithTheExpectedForm) {
-  for (const char* e : {"", "127.0.0.1:7700", "http://127.0.0.1:7700", "tcp://", "tcp://host",
-                        "tcp://:7700", "tcp://host:", "tcp://host:port", "tcp://host:77a0",
-                        "tcp://host:65536", "tcp://host:123456", "tcp://host:-1", "ipc://",
-                        "inproc://", "TCP://host:1"}) {
+  for (const char* e :
+       {"", "127.0.0.1:7700", "http://127.0.0.1:7700", "tcp://", "tcp://host", "tcp://:7700",
+        "tcp://host:", "tcp://host:port", "tcp://host:77a0", "tcp://host:65536",
+        "tcp://host:123456", "tcp://host:-1", "ipc://", "inproc://", "TCP://host:1"}) {
     Status s = ValidateEndpoint(e);
     ASSERT_EQ(s.code(), StatusCode::kInvalidArgument) << "'" << e << "' accepted";
     EXPECT_THAT(s.message(), HasSubstr("bad endpoint '" + std::string(e) + "'"));
@@ -397,10 +397,16 @@ TEST(Wire, ValidateVolumeName) {
   for (const std::string& name : good) {
     EXPECT_TRUE(wire::ValidateVolumeName(name).ok()) << name;
   }
-  const std::vector<std::string> bad = {"",         std::string(65, 'v'),  ".hidden",
-                                       "-flag",    "a/b",                 "../etc",
-                                       "a b",      "vol\n",               "caf\xC3\xA9",
-                                       std::string("a\0b", 3)};
+  const std::vector<std::string> bad = {"",
+                                        std::string(65, 'v'),
+                                        ".hidden",
+                                        "-flag",
+                                        "a/b",
+                                        "../etc",
+                                        "a b",
+                                        "vol\n",
+                                        "caf\xC3\xA9",
+                                        std::string("a\0b", 3)};
   for (const std::string& name : bad) {
     Status s = wire::ValidateVolumeName(name);
     ASSERT_EQ(s.code(), StatusCode::kInvalidArgument) << "'" << name << "' accepted";

@@ -2,8 +2,6 @@
 // DEALER clients: the Hello handshake, group-committed ingest and its idempotent resends, long-
 // polled tails, status, and the bad-input contract — every bad input gets a worded Error,
 // journals nothing, and the server keeps serving everyone else.
-#include "cdp/journal/server.h"
-
 #include <stdlib.h>
 
 #include <atomic>
@@ -19,6 +17,7 @@
 #include "cdp/core/record.h"
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
+#include "cdp/journal/server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -101,8 +100,7 @@ class Client {
   }
 
   // Sends one message and returns the one reply.
-  Result<wire::Message> Call(const v1::Header& header,
-                             std::vector<zmq::message_t> payloads = {}) {
+  Result<wire::Message> Call(const v1::Header& header, std::vector<zmq::message_t> payloads = {}) {
     Status sent = socket_->Send(header, std::move(payloads), kWaitMs);
     if (!sent.ok()) return sent;
     return socket_->Recv(kWaitMs);
@@ -195,9 +193,7 @@ class JournalServerTest : public ::testing::Test {
 
   void TearDown() override { EXPECT_TRUE(server_.Stop().ok()); }
 
-  std::unique_ptr<Client> NewClient() {
-    return std::make_unique<Client>(ctx_, options_.listen);
-  }
+  std::unique_ptr<Client> NewClient() { return std::make_unique<Client>(ctx_, options_.listen); }
 
   // An agent client that has said Hello for kVolume.
   std::unique_ptr<Client> NewAgent() {
@@ -292,8 +288,7 @@ TEST_F(JournalServerTest, HelloWithABadVolumeNameIsInvalidArgument) {
     auto agent = NewClient();
     v1::Header h;
     *h.mutable_hello() = AgentHello(name);
-    ExpectError(agent->Call(h), StatusCode::kInvalidArgument,
-                {"bad volume name '" + name + "'"});
+    ExpectError(agent->Call(h), StatusCode::kInvalidArgument, {"bad volume name '" + name + "'"});
     auto replicator = NewClient();
     *h.mutable_hello() = ReplicatorHello(name);
     ExpectError(replicator->Call(h), StatusCode::kInvalidArgument,
@@ -455,8 +450,8 @@ TEST_F(JournalServerTest, NonContiguousLsnsAreInvalidArgument) {
   // first_lsn disagreeing with the first record is the same mistake.
   Batch shifted = MakeBatch(1, 2);
   shifted.header.mutable_change_batch()->set_first_lsn(5);
-  ExpectError(agent->Call(shifted.header, std::move(shifted.frames)),
-              StatusCode::kInvalidArgument, {"record 0 has LSN 1, expected 5"});
+  ExpectError(agent->Call(shifted.header, std::move(shifted.frames)), StatusCode::kInvalidArgument,
+              {"record 0 has LSN 1, expected 5"});
   ExpectNothingJournaled();
 }
 
@@ -542,6 +537,27 @@ TEST_F(JournalServerTest, BatchPastTheDurableLsnAsksForAResend) {
   EXPECT_EQ(ExpectAck(agent->Call(resend.header, std::move(resend.frames))).durable_lsn(), 11u);
 }
 
+TEST_F(JournalServerTest, AcksEchoTheBatchSequence) {
+  auto agent = NewAgent();
+  Batch b = MakeBatch(1, 2);
+  b.header.mutable_change_batch()->set_sequence(41);
+  const v1::DurableAck ack = ExpectAck(agent->Call(b.header, std::move(b.frames)));
+  EXPECT_EQ(ack.durable_lsn(), 2u);
+  EXPECT_EQ(ack.sequence(), 41u);
+
+  // The resend request answers the batch that caused it.
+  Batch gap = MakeBatch(7, 7);
+  gap.header.mutable_change_batch()->set_sequence(42);
+  const v1::DurableAck resend = ExpectAck(agent->Call(gap.header, std::move(gap.frames)));
+  EXPECT_EQ(resend.resend_from(), 3u);
+  EXPECT_EQ(resend.sequence(), 42u);
+
+  // An AgentReport's ack answers no batch.
+  v1::Header report;
+  report.mutable_agent_report()->set_volume(kVolume);
+  EXPECT_EQ(ExpectAck(agent->Call(report)).sequence(), 0u);
+}
+
 TEST_F(JournalServerTest, BatchesOfSeveralAgentsAreAllAcked) {
   auto a = NewAgent();
   auto b = NewClient();
@@ -588,8 +604,7 @@ TEST_F(JournalServerTest, SecondServerOnTheSameDataDirIsRefused) {
 
 // ---- Tails ----
 
-v1::Header TailRequest(uint64_t from, uint32_t wait_ms, uint64_t request_id,
-                       uint64_t applied = 0) {
+v1::Header TailRequest(uint64_t from, uint32_t wait_ms, uint64_t request_id, uint64_t applied = 0) {
   v1::Header h;
   auto* t = h.mutable_tail_request();
   t->set_volume(kVolume);

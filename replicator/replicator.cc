@@ -105,8 +105,9 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
       }
       if (stop->load()) break;
       if (!msg.ok()) {
-        CDP_LOG(warning) << "replicator: volume " << options_.volume << ": "
-                         << msg.status().message() << "; reconnecting";
+        CDP_LOG(warning) << "replicator: volume " << options_.volume << ": no reply from "
+                         << options_.server << " for " << silence_limit.count() << " ms ("
+                         << msg.status().message() << "); reconnecting";
         reconnect = true;
         break;
       }

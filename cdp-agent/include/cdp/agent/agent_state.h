@@ -21,7 +21,7 @@ struct AgentState {
   bool clean_shutdown = false;
   bool initial_sync_done = false;
   uint64_t sync_cursor = 0;  // the full sync has captured [0, sync_cursor)
-  bool skip_zero = true;     // the full sync may skip zero regions (the journal started empty)
+  bool skip_zero = false;    // the full sync may skip zero regions (the journal started empty)
 };
 
 // Loads STATE_DIR/agent-state.json. NotFound when there is none; Corruption naming the file

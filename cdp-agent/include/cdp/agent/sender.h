@@ -96,10 +96,10 @@ class Sender {
   ReportCallback on_report_;
 
   mutable std::mutex mu_;
-  std::condition_variable space_cv_;          // signalled when the buffer shrinks
-  std::condition_variable durable_cv_;        // signalled when durable_lsn_ advances
-  std::deque<Entry> queue_;                   // GUARDED_BY(mu_), ascending contiguous LSNs
-  uint64_t queued_bytes_ = 0;                 // GUARDED_BY(mu_)
+  std::condition_variable space_cv_;    // signalled when the buffer shrinks
+  std::condition_variable durable_cv_;  // signalled when durable_lsn_ advances
+  std::deque<Entry> queue_;             // GUARDED_BY(mu_), ascending contiguous LSNs
+  uint64_t queued_bytes_ = 0;           // GUARDED_BY(mu_)
   // Points and gaps wait here until the batch that carried them is acked (sent_seq = that
   // batch's sequence; 0 = not sent on this session).
   struct PendingPoint {
@@ -112,7 +112,7 @@ class Sender {
   };
   std::vector<PendingPoint> points_;  // GUARDED_BY(mu_)
   std::vector<PendingGap> gaps_;      // GUARDED_BY(mu_)
-  bool stopping_ = false;                     // GUARDED_BY(mu_)
+  bool stopping_ = false;             // GUARDED_BY(mu_)
 
   std::atomic<uint64_t> durable_lsn_{0};
   std::atomic<bool> connected_{false};

@@ -34,8 +34,9 @@ std::string StatusTable(const wire::v1::StatusReply& reply);
 // must be at least this new (so it was built after the wait began).
 std::string NotSyncedReason(const wire::v1::VolumeStatus& v, uint64_t min_report_sequence);
 
-// wait-synced: polls status until the volume is synced (OK), timeout_s passes (TimedOut with
-// the state), or the volume is unknown (NotFound). Progress lines go to `progress`.
+// wait-synced: polls status until the volume is synced (OK) or timeout_s passes (TimedOut with
+// the state and the reason, e.g. "unknown volume 'x' (known: ...)" when its agent never said
+// Hello). Unavailable when the server does not answer. Progress lines go to `progress`.
 ::cdp::Status WaitSynced(const std::string& server, const std::string& volume, double timeout_s,
                          std::ostream& progress);
 

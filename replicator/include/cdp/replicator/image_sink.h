@@ -47,8 +47,8 @@ class ImageSink {
 class ReplicaCursor {
  public:
   ReplicaCursor(std::string state_dir, std::string volume, std::string target);
-  // 0 when no cursor was saved yet; Corruption naming the file when it does not parse or
-  // belongs to another target.
+  // 0 when no cursor was saved yet; Corruption naming the file when it does not parse;
+  // FailedPrecondition when it belongs to another target.
   Result<uint64_t> Load() const;
   // Saves atomically. REQUIRES: the data up to applied_lsn is already stable.
   Status Save(uint64_t applied_lsn) const;
