@@ -5,8 +5,9 @@
 # removed on exit, also on failure or Ctrl-C.
 #
 # Usage: bash bench/run.sh [--quick] [--out FILE]
-#   --quick     smoke check: 64 MiB copies and a 10 s lag run (writes bench/RESULTS-quick.md
-#               unless --out is given, so the full results are not overwritten)
+#   --quick     smoke check: 64 MiB copies and one 10 s lag run instead of three of 30 s
+#               (writes bench/RESULTS-quick.md unless --out is given, so the full results are
+#               not overwritten)
 #   --out FILE  where to write the report (default bench/RESULTS.md)
 # Environment: CDP_BUILD_DIR (default: build/ next to bench/).
 set -euo pipefail
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=(--quick) ;;
     --out) OUT="${2:?--out needs a file}"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'; usage: bash bench/run.sh [--quick] [--out FILE]" >&2
        exit 2 ;;
   esac
@@ -86,19 +87,23 @@ trap 'exit 129' HUP
 # Private copies of the binaries: others may rebuild build/ while this runs.
 mkdir -p "$WORK/bin"
 for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator cdpctl/cdpctl; do
-  cp "$BUILD/$b" "$WORK/bin/"
+  cp -p "$BUILD/$b" "$WORK/bin/"
 done
 
 GIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [[ -n "$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
   GIT="$GIT (working tree has uncommitted changes)"
 fi
+BIN_TIMES="$(for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator \
+                     cdpctl/cdpctl; do
+  printf '%s %s; ' "${b#*/}" "$(date -u -r "$WORK/bin/${b#*/}" +%Y-%m-%dT%H:%M:%SZ)"; done)"
 BUILD_TYPE="$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BUILD/CMakeCache.txt" 2>/dev/null || true)"
 [[ -n "$BUILD_TYPE" ]] || BUILD_TYPE="unset (CMakeLists.txt defaults it to RelWithDebInfo: -O2 -g)"
 
 echo "run.sh: work dir $WORK, report $OUT, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 setsid python3 "$HERE/bench.py" --work "$WORK" --bin-dir "$WORK/bin" --pidfile "$PIDFILE" \
   --out "$OUT" --git "$GIT" --build-dir "$BUILD" --build-type "$BUILD_TYPE" \
+  --bin-times "${BIN_TIMES%; }" \
   "${QUICK[@]}" &
 BENCH_PID=$!
 wait "$BENCH_PID"

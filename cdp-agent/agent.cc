@@ -108,6 +108,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
         self->capture_->OnHandshake(durable);
       },
       [self](v1::AgentReport* r) { self->FillReport(r); });
+  agent->sender_->SetJournalLossCallback(
+      [self](uint64_t durable) { self->capture_->RebaseAfterJournalLoss(durable); });
   agent->capture_ =
       std::make_unique<VolumeCapture>(options.volume, std::move(device), std::move(read_device),
                                       agent->sender_.get(), agent->dirty_.get(), options.ack_mode);

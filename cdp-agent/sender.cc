@@ -57,6 +57,16 @@ std::vector<ChangeRecord> Sender::Stop(int drain_ms) {
   return left;
 }
 
+std::vector<ChangeRecord> Sender::DropQueued() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<ChangeRecord> out;
+  for (auto& e : queue_) out.push_back(std::move(e.rec));
+  queue_.clear();
+  queued_bytes_ = 0;
+  space_cv_.notify_all();
+  return out;
+}
+
 bool Sender::TryEnqueue(ChangeRecord rec) {
   const uint64_t charge = Charge(rec);
   {
@@ -200,6 +210,23 @@ void Sender::Loop() {
       CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": connected to "
                     << options_.server << " (protocol v" << reply->version() << ", durable LSN "
                     << durable << ")";
+      bool lost = durable < durable_lsn_.load();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        lost = lost || (!queue_.empty() && queue_.front().rec.lsn > durable + 1);
+      }
+      if (lost) {
+        CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": the journal-server has "
+                       << "LSN " << durable << " but had acked up to " << durable_lsn_.load()
+                       << " (journal reset or restored?); recording a history gap and "
+                       << "resyncing the whole device";
+        if (on_journal_loss_) {
+          on_journal_loss_(durable);
+        } else {
+          DropQueued();
+        }
+        durable_lsn_ = durable;
+      }
       if (on_handshake_) on_handshake_(durable);
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -207,11 +234,6 @@ void Sender::Loop() {
         while (!queue_.empty() && queue_.front().rec.lsn <= durable) {
           queued_bytes_ -= Charge(queue_.front().rec);
           queue_.pop_front();
-        }
-        if (!queue_.empty() && queue_.front().rec.lsn > durable + 1) {
-          CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": journal-server has "
-                         << "LSN " << durable << " but this agent's oldest unacked record is "
-                         << queue_.front().rec.lsn << "; was the journal reset?";
         }
         send_next = queue_.empty() ? durable + 1 : queue_.front().rec.lsn;
         sent_bytes = 0;
@@ -269,6 +291,9 @@ void Sender::Loop() {
         send_next += batch->records_size();
         batch->set_sequence(++batch_seq);
       }
+      CDP_LOG(debug) << "sender: batch seq " << header.change_batch().sequence() << " first "
+                     << header.change_batch().first_lsn() << " records "
+                     << header.change_batch().records_size();
       Status s = sock->Send(header, std::move(frames), 200);
       if (!s.ok()) {
         CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << s.message()
@@ -310,7 +335,8 @@ void Sender::Loop() {
       ssize_t n = ::read(wake_fd_, &v, sizeof(v));
       (void)n;
     }
-    while (sock && sock->Readable(0)) {
+    bool journal_lost = false;
+    while (sock && sock->Readable(0) && !journal_lost) {
       auto msg = sock->Recv(0);
       if (!msg.ok()) break;
       last_rx = Clock::now();
@@ -319,6 +345,8 @@ void Sender::Loop() {
       if (h.has_durable_ack()) {
         const auto& ack = h.durable_ack();
         std::lock_guard<std::mutex> lock(mu_);
+        CDP_LOG(debug) << "sender: ack durable " << ack.durable_lsn() << " seq " << ack.sequence()
+                       << " resend_from " << ack.resend_from();
         if (ack.durable_lsn() > durable_lsn_.load()) durable_lsn_ = ack.durable_lsn();
         const uint64_t durable = durable_lsn_.load();
         bool trimmed = false;
@@ -341,17 +369,20 @@ void Sender::Loop() {
         } else if (ack.sequence() != 0 && ack.sequence() > rewound_at) {
           // The server dropped that batch and everything after it: send their points and gaps
           // again with the resent records.
-          for (auto& p : points_) {
-            if (p.sent_seq >= ack.sequence()) p.sent_seq = 0;
-          }
-          for (auto& g : gaps_) {
-            if (g.sent_seq >= ack.sequence()) g.sent_seq = 0;
-          }
+          // Every point or gap still listed is unacknowledged (an earlier batch may have been
+          // the one lost in flight), so all of them go again.
+          for (auto& p : points_) p.sent_seq = 0;
+          for (auto& g : gaps_) g.sent_seq = 0;
         }
         // Batches sent before our last rewind were dropped the same way; their resend
         // requests are already answered.
-        if (ack.resend_from() != 0 && ack.resend_from() < send_next &&
-            ack.sequence() > rewound_at) {
+        if (ack.resend_from() != 0 && !queue_.empty() &&
+            ack.resend_from() < queue_.front().rec.lsn) {
+          // The server wants records we no longer hold: it lost acked data. A new session
+          // detects that at the handshake and rebases.
+          journal_lost = true;
+        } else if (ack.resend_from() != 0 && ack.resend_from() < send_next &&
+                   ack.sequence() > rewound_at) {
           rewound_at = batch_seq;
           send_next = ack.resend_from();
           sent_bytes = 0;
@@ -377,6 +408,10 @@ void Sender::Loop() {
       }
     }
 
+    if (journal_lost) {
+      reset_session(/*close_socket=*/true);  // the next handshake sees the loss and rebases
+      continue;
+    }
     if (handshaken && in_flight_since_rx && MsSince(last_rx) > options_.silence_timeout_ms) {
       CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": no reply from "
                        << options_.server << " for " << options_.silence_timeout_ms

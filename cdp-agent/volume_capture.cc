@@ -46,6 +46,20 @@ bool VolumeCapture::ShutdownExpired() const {
   return deadline != 0 && static_cast<int64_t>(NowNanos()) >= deadline;
 }
 
+void VolumeCapture::RebaseAfterJournalLoss(uint64_t durable_lsn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& rec : sender_->DropQueued()) dirty_->Mark(rec.offset, rec.length);
+  dirty_->MarkAll();
+  last_lsn_ = durable_lsn;
+  last_point_lsn_ = durable_lsn;
+  overflow_gap_open_ = true;
+  v1::Gap gap;
+  gap.set_after_lsn(durable_lsn);
+  gap.set_time_ns(NowNanos());
+  gap.set_reason("journal lost records it had acknowledged; full resync");
+  sender_->AddGap(gap);
+}
+
 void VolumeCapture::OnResyncDone() {
   std::lock_guard<std::mutex> lock(mu_);
   overflow_gap_open_ = false;
@@ -73,7 +87,10 @@ uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
     // falling back to the bitmap.
     // The caller holds mu_ through a lock_guard; borrow it to wait, then hand it back.
     std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
-    lsn_cv_.wait(lock, [&] { return lsn_known_.load() || ShutdownExpired(); });
+    // Poll the shutdown deadline: nothing signals when it passes.
+    while (!lsn_known_.load() && !ShutdownExpired()) {
+      lsn_cv_.wait_for(lock, std::chrono::milliseconds(200));
+    }
     lock.release();
     while (true) {
       if (sender_->stopped() || ShutdownExpired()) {
@@ -113,9 +130,11 @@ Status VolumeCapture::WaitSync(uint64_t lsn) {
   while (true) {
     Status s = sender_->WaitDurable(lsn, 200);
     if (!s.IsTimedOut()) return s;
-    if (ShutdownExpired()) {
-      return Status::Aborted("volume " + volume_ + ": agent stopping before LSN " +
-                             std::to_string(lsn) + " became durable");
+    if (ShutdownExpired() || lsn == UINT64_MAX) {
+      return Status::Aborted("volume " + volume_ +
+                             ": agent stopping before the write became durable" +
+                             (lsn == UINT64_MAX ? std::string(" (it was never journaled)")
+                                                : " (LSN " + std::to_string(lsn) + ")"));
     }
   }
 }

@@ -38,7 +38,7 @@ void InitLogging(const std::string& component, LogLevel level) {
       logging::keywords::format =
           (expr::stream << expr::format_date_time<boost::posix_time::ptime>("TimeStamp",
                                                                             "%Y-%m-%dT%H:%M:%S.%f")
-                        << " " << prefix << logging::trivial::severity << ": " << expr::smessage));
+                        << "Z " << prefix << logging::trivial::severity << ": " << expr::smessage));
   logging::trivial::severity_level min = logging::trivial::info;
   switch (level) {
     case LogLevel::kTrace:

@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${CDP_BUILD_DIR:-$here/build}"
 work="$(mktemp -d /tmp/cdp-demo.XXXXXX)"
-port="${CDP_DEMO_PORT:-17700}"
+port="${CDP_DEMO_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 server="tcp://127.0.0.1:$port"
 pids=()
 cleanup() {

@@ -106,7 +106,8 @@ class Scene:
         self.procs["agent"] = Proc("cdp-agent", [
             binary("cdp-agent"), "--server", self.server, "--volume", self.volume,
             "--device", self.source, "--nbd", "unix:" + self.sock, "--ack", self.ack,
-            "--state-dir", os.path.join(self.dir, "agent-state")] + self.agent_args,
+            "--state-dir", os.path.join(self.dir, "agent-state")] + self.agent_args +
+            os.environ.get("CDP_AGENT_EXTRA", "").split(),
             os.path.join(self.dir, "cdp-agent.log"))
         if wait:
             self.wait_for(self.nbd_accepts, 20, "agent NBD socket")

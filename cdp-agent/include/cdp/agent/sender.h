@@ -51,6 +51,14 @@ class Sender {
   Sender(SenderOptions options, HandshakeCallback on_handshake, ReportCallback on_report);
   ~Sender();
 
+  // Called on the sender thread when the server has lost records it had acked (its journal was
+  // reset or restored from an older copy): the server's durable LSN is below one it acked
+  // before, or it asks for records this agent no longer holds. The callee must rebase the LSN
+  // sequence on `durable_lsn` (see VolumeCapture::RebaseAfterJournalLoss). Set before Start().
+  void SetJournalLossCallback(std::function<void(uint64_t durable_lsn)> callback) {
+    on_journal_loss_ = std::move(callback);
+  }
+
   // Starts the sender thread. Connection happens in the background.
   void Start();
   // Stops the thread after trying, until `drain_ms` has passed, to get every queued record
@@ -67,6 +75,9 @@ class Sender {
   void AddPoint(const v1::ConsistencyPoint& point);
   // Records a history gap, sent with the next batch.
   void AddGap(const v1::Gap& gap);
+
+  // Removes and returns every queued record (for a rebase after journal loss).
+  std::vector<ChangeRecord> DropQueued();
 
   // Waits until every LSN <= lsn is durable on the server. TimedOut after timeout_ms (-1:
   // forever) or Aborted when the sender stops first.
@@ -94,6 +105,7 @@ class Sender {
   const SenderOptions options_;
   HandshakeCallback on_handshake_;
   ReportCallback on_report_;
+  std::function<void(uint64_t)> on_journal_loss_;
 
   mutable std::mutex mu_;
   std::condition_variable space_cv_;    // signalled when the buffer shrinks

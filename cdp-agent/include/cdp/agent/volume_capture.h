@@ -69,6 +69,11 @@ class VolumeCapture : public CaptureTarget {
   // the restart). Call before stopping the NBD server so its threads can finish.
   void BeginShutdown(int drain_ms);
 
+  // The journal lost records it had acked: drop what the Sender holds, mark the whole device
+  // dirty (the journal no longer matches the device), record a gap, and continue the LSN
+  // sequence from durable_lsn. Called on the Sender thread, without Sender locks held.
+  void RebaseAfterJournalLoss(uint64_t durable_lsn);
+
   // Called by the sync engine when no dirty region is left: the next overflow opens a new gap.
   void OnResyncDone();
 
