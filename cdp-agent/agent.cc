@@ -146,6 +146,7 @@ void Agent::FillReport(v1::AgentReport* r) {
   r->set_captured_lsn(capture_->captured_lsn());
   r->set_captured_bytes(capture_->captured_bytes());
   r->set_dirty_bytes(dirty_->dirty_bytes() + sync_->in_progress_bytes());
+  r->set_dirty_since_ns(dirty_->dirty_since_ns());
   r->set_resync_active(sync_->resync_active() || !dirty_->empty());
   r->set_initial_sync_done(sync_->full_sync_done());
   r->set_initial_sync_total(sync_->total_bytes());

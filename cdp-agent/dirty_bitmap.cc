@@ -30,6 +30,7 @@ void DirtyBitmap::Mark(uint64_t offset, uint64_t length) {
   // Clipped without computing offset + length, which can wrap around 2^64.
   const uint64_t end = length > volume_size_ - offset ? volume_size_ : offset + length;
   std::lock_guard<std::mutex> lock(mu_);
+  if (dirty_regions_ == 0) dirty_since_ns_ = NowNanos();
   for (uint64_t r = offset / region_size_; r <= (end - 1) / region_size_; ++r) {
     uint64_t& w = words_[r / 64];
     const uint64_t bit = uint64_t{1} << (r % 64);
@@ -64,9 +65,15 @@ bool DirtyBitmap::TakeRun(uint64_t max_bytes, uint64_t* offset, uint64_t* length
     ++n;
   }
   dirty_regions_ -= n;
+  if (dirty_regions_ == 0) dirty_since_ns_ = 0;
   *offset = r * region_size_;
   *length = std::min(volume_size_, (r + n) * region_size_) - *offset;
   return true;
+}
+
+uint64_t DirtyBitmap::dirty_since_ns() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dirty_since_ns_;
 }
 
 uint64_t DirtyBitmap::dirty_bytes() const {
@@ -126,6 +133,7 @@ Status DirtyBitmap::Load(const std::string& path) {
     words_[i] |= GetBigEndian64(in.data() + fixed + i * 8);
     dirty_regions_ += static_cast<uint64_t>(__builtin_popcountll(words_[i]));
   }
+  if (dirty_regions_ > 0 && dirty_since_ns_ == 0) dirty_since_ns_ = NowNanos();
   return Status::Ok();
 }
 

@@ -85,6 +85,22 @@ TEST(DirtyBitmap, StartsClean) {
   EXPECT_EQ(length, 7u);
 }
 
+TEST(DirtyBitmap, DirtySinceTracksTheOldestUnsentMark) {
+  DirtyBitmap bitmap(1 << 20, 4096);
+  EXPECT_EQ(bitmap.dirty_since_ns(), 0u);
+  const uint64_t before = NowNanos();
+  bitmap.Mark(0, 4096);
+  const uint64_t first = bitmap.dirty_since_ns();
+  EXPECT_GE(first, before);
+  bitmap.Mark(8192, 4096);  // a later mark does not make the backlog look younger
+  EXPECT_EQ(bitmap.dirty_since_ns(), first);
+  uint64_t off = 0, len = 0;
+  ASSERT_TRUE(bitmap.TakeRun(4096, &off, &len));
+  EXPECT_EQ(bitmap.dirty_since_ns(), first);  // one region still dirty
+  ASSERT_TRUE(bitmap.TakeRun(4096, &off, &len));
+  EXPECT_EQ(bitmap.dirty_since_ns(), 0u);  // clean again
+}
+
 TEST(DirtyBitmap, MarkDirtiesEveryTouchedRegion) {
   DirtyBitmap bitmap(1 << 20);
   bitmap.Mark(0, 1);

@@ -482,6 +482,13 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
         lag = std::chrono::duration<double>(now - rt->second.report_time).count();
       }
     }
+    // Writes that only the agent's dirty bitmap remembers are as late as the bitmap is old.
+    if (rt != runtime_.end() && rt->second.report_sequence > 0) {
+      const uint64_t since = rt->second.report.dirty_since_ns();
+      if (since != 0 && since < now_ns) {
+        lag = std::max(lag, static_cast<double>(now_ns - since) / 1e9);
+      }
+    }
     vs->set_lag_seconds(lag);
   }
   (void)socket_->SendTo(msg.peer, h);

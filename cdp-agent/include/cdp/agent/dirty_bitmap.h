@@ -31,6 +31,9 @@ class DirtyBitmap {
 
   // Bytes of the volume in dirty regions (the last region counts only up to the volume end).
   uint64_t dirty_bytes() const;
+  // When the bitmap last went from clean to dirty (ns since the epoch); 0 while clean. The age
+  // of the oldest write that only the bitmap remembers, for the replication lag figure.
+  uint64_t dirty_since_ns() const;
   bool empty() const { return dirty_bytes() == 0; }
   uint32_t region_size() const { return region_size_; }
 
@@ -47,6 +50,7 @@ class DirtyBitmap {
   mutable std::mutex mu_;
   std::vector<uint64_t> words_;  // GUARDED_BY(mu_)
   uint64_t dirty_regions_ = 0;   // GUARDED_BY(mu_)
+  uint64_t dirty_since_ns_ = 0;  // GUARDED_BY(mu_)
 };
 
 }  // namespace cdp::agent
