@@ -37,7 +37,7 @@ struct SenderOptions {
   uint64_t max_batch_bytes = 1ull << 20;  // payload bytes per ChangeBatch
   size_t max_batch_records = 1024;
   uint64_t window_bytes = 8ull << 20;  // bytes sent but not yet acked
-  int report_interval_ms = 200;
+  int report_interval_ms = 100;  // also sent at once when the queue drains
   int silence_timeout_ms = 10000;  // reconnect when sent messages get no reply (black hole)
 };
 
