@@ -1111,7 +1111,7 @@ def analysis(args, tp, lags, disk):
             f"{fmt(app - dur, 2)} s more until the replica has applied the last record (at "
             f"~{fmt(app, 2)} s), and `wait-synced` returns at {total:.2f} s (times from the "
             f"100 ms status samples). `wait-synced` waits for two fresh agent reports (sent "
-            f"every 200 ms), which costs ~{floor:.2f} s even on an idle, synced volume "
+            f"every 100 ms and at once when its queue drains), which costs ~{floor:.2f} s even on an idle, synced volume "
             f"(measured before each copy). So the gap to qemu-nbd is the journal: it cannot "
             f"ingest as fast as the client writes, the agent's buffer fills, and the copy's "
             f"tail is journaled (and partly resynced) after nbdcopy has finished.")
