@@ -16,6 +16,7 @@
 
 #include "cdp/core/crc32c.h"
 #include "cdp/core/record.h"
+#include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -27,27 +28,10 @@ using ::testing::HasSubstr;
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kRegion = 64 * kKiB;  // the default region size
 
-// A directory under $TMPDIR (or /tmp) that is removed with everything in it on destruction,
-// including when the test failed.
-class TempDir {
+// Every test file names its own temp dirs.
+class TempDir : public cdp::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "dirty_bitmap_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : cdp::testing::TempDir("dirty_bitmap_test") {}
 };
 
 using Extent = std::pair<uint64_t, uint64_t>;  // offset, length

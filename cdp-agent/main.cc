@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cdp/agent/agent.h"
+#include "cdp/core/command_line.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/process.h"
 
@@ -21,8 +22,8 @@ int main(int argc, char** argv) {
       "Usage: cdp-agent --server tcp://HOST:PORT --volume NAME --device PATH\n"
       "                 --nbd unix:PATH|tcp:HOST:PORT [--ack async|sync] [--state-dir DIR]\n\n"
       "Options");
-  desc.add_options()("help,h", "print this help and exit")(
-      "server", po::value(&options.server)->required(), "journal-server endpoint, tcp://HOST:PORT")(
+  desc.add_options()("server", po::value(&options.server)->required(),
+                     "journal-server endpoint, tcp://HOST:PORT")(
       "volume", po::value(&options.volume)->required(), "volume name (also the NBD export name)")(
       "device", po::value(&options.device)->required(), "file or block device to protect")(
       "nbd", po::value(&options.nbd)->required(), "NBD listen address: unix:PATH or tcp:HOST:PORT")(
@@ -35,29 +36,21 @@ int main(int argc, char** argv) {
       "memory for records not yet durable; past it async mode tracks dirty regions instead")(
       "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio")(
       "drain-seconds", po::value<int>()->default_value(10),
-      "on SIGTERM, how long to wait for buffered records to become durable")(
-      "log-level", po::value(&log_level)->default_value("info"), "trace|debug|info|warning|error");
+      "on SIGTERM, how long to wait for buffered records to become durable");
+  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "cdp-agent: " << e.what() << "; see --help\n";
-    return 2;
+  cdp::LogLevel level;
+  if (auto exit_code =
+          cdp::ParseCommandLine("cdp-agent", argc, argv, desc, &vm, log_level, &level)) {
+    return *exit_code;
   }
   auto mode = cdp::agent::ParseAckMode(ack);
   auto io = cdp::ParseIoEngine(engine);
-  cdp::LogLevel level;
-  if (!mode.ok() || !io.ok() || !cdp::ParseLogLevel(log_level, &level) || buffer_mib == 0) {
+  if (!mode.ok() || !io.ok() || buffer_mib == 0) {
     std::cerr << "cdp-agent: "
-              << (!mode.ok()        ? mode.status().message()
-                  : !io.ok()        ? io.status().message()
-                  : buffer_mib == 0 ? std::string("--buffer-mib must be at least 1")
-                                    : "bad --log-level '" + log_level + "'")
+              << (!mode.ok() ? mode.status().message()
+                  : !io.ok() ? io.status().message()
+                             : std::string("--buffer-mib must be at least 1"))
               << "\n";
     return 2;
   }

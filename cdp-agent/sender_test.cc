@@ -15,8 +15,10 @@
 #include <thread>
 #include <vector>
 
+#include "cdp/core/testing/temp_dir.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/server.h"
+#include "cdp/journal/testing/running_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -29,57 +31,13 @@ constexpr int kWaitMs = 10000;  // generous: only reached when something is brok
 constexpr uint64_t kVolumeSize = 4 << 20;
 constexpr char kVolume[] = "db01-sda";
 
-// A directory under $TMPDIR (or /tmp) that is removed with everything in it on destruction,
-// including when the test failed.
-class TempDir {
+// Every test file names its own temp dirs.
+class TempDir : public cdp::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "sender_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : cdp::testing::TempDir("sender_test") {}
 };
 
-// A JournalServer running Run() on its own thread until Stop() or destruction.
-class RunningServer {
- public:
-  ~RunningServer() { (void)Stop(); }
-
-  Status Start(const journal::ServerOptions& options) {
-    auto server = journal::JournalServer::Start(options);
-    if (!server.ok()) return server.status();
-    server_ = std::move(*server);
-    stop_ = false;
-    thread_ = std::thread([this] { run_status_ = server_->Run(&stop_); });
-    return Status::Ok();
-  }
-
-  // Stops the loop, joins the thread and closes the journal. Returns what Run returned.
-  [[nodiscard]] Status Stop() {
-    if (!thread_.joinable()) return Status::Ok();
-    stop_ = true;
-    thread_.join();
-    server_.reset();
-    return run_status_;
-  }
-
- private:
-  std::unique_ptr<journal::JournalServer> server_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  Status run_status_;
-};
+using cdp::journal::testing::RunningServer;
 
 // Record `lsn` of the tests: payload sizes cycle through 512 B .. 8 KiB.
 ChangeRecord SampleRecord(uint64_t lsn) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -21,27 +22,10 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 
-// A directory under $TMPDIR (or /tmp) that is removed with everything in it on destruction,
-// including when the test failed.
-class TempDir {
+// Every test file names its own temp dirs.
+class TempDir : public cdp::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "block_device_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : cdp::testing::TempDir("block_device_test") {}
 };
 
 std::string RandomBytes(std::mt19937_64& rng, size_t n) {

@@ -15,9 +15,11 @@
 
 #include "cdp/core/crc32c.h"
 #include "cdp/core/record.h"
+#include "cdp/core/testing/temp_dir.h"
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
 #include "cdp/journal/server.h"
+#include "cdp/journal/testing/running_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -30,58 +32,13 @@ constexpr int kWaitMs = 5000;  // generous: only reached when something is broke
 constexpr uint64_t kVolumeSize = 1 << 20;
 constexpr char kVolume[] = "db01-sda";
 
-// A directory under $TMPDIR (or /tmp) that is removed with everything in it on destruction,
-// including when the test failed.
-class TempDir {
+// Every test file names its own temp dirs.
+class TempDir : public cdp::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "journal_server_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : cdp::testing::TempDir("journal_server_test") {}
 };
 
-// A JournalServer running Run() on its own thread until Stop() or destruction.
-class RunningServer {
- public:
-  ~RunningServer() { (void)Stop(); }
-
-  Status Start(const ServerOptions& options) {
-    auto server = JournalServer::Start(options);
-    if (!server.ok()) return server.status();
-    server_ = std::move(*server);
-    stop_ = false;
-    thread_ = std::thread([this] { run_status_ = server_->Run(&stop_); });
-    return Status::Ok();
-  }
-
-  // Stops the loop, joins the thread and closes the journal. Returns what Run returned.
-  [[nodiscard]] Status Stop() {
-    if (!thread_.joinable()) return Status::Ok();
-    stop_ = true;
-    thread_.join();
-    server_.reset();
-    return run_status_;
-  }
-
- private:
-  std::unique_ptr<JournalServer> server_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  Status run_status_;
-};
+using cdp::journal::testing::RunningServer;
 
 // One DEALER connection to the server.
 class Client {

@@ -16,6 +16,7 @@
 
 #include "cdp/core/crc32c.h"
 #include "cdp/core/record.h"
+#include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -27,28 +28,10 @@ using ::testing::HasSubstr;
 constexpr uint64_t kVolumeSize = 1 << 20;
 constexpr uint64_t kNoLimit = UINT64_MAX;
 
-// A directory under $TMPDIR (or /tmp) that is removed with everything in it on destruction,
-// including when the test failed.
-class TempDir {
+// Every test file names its own temp dirs.
+class TempDir : public cdp::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "journal_store_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : cdp::testing::TempDir("journal_store_test") {}
 };
 
 SharedBytes Pattern(size_t n, uint8_t seed) {

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <iostream>
 
+#include "cdp/core/command_line.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/process.h"
 #include "cdp/journal/server.h"
@@ -22,30 +23,18 @@ int main(int argc, char** argv) {
       "journal-server: journals the change records of cdp-agents in RocksDB (acked only once\n"
       "synced to disk) and serves them to replicators in LSN order.\n\nUsage: journal-server "
       "--data-dir DIR --listen tcp://HOST:PORT\n\nOptions");
-  desc.add_options()("help,h", "print this help and exit")(
-      "data-dir", po::value(&options.data_dir)->required(),
-      "directory of the journal (created when absent)")(
+  desc.add_options()("data-dir", po::value(&options.data_dir)->required(),
+                     "directory of the journal (created when absent)")(
       "listen", po::value(&options.listen)->required(),
       "ZeroMQ endpoint to serve, tcp://HOST:PORT")(
       "server-id", po::value(&options.server_id)->default_value("journal-server"),
-      "name reported to peers and in status")(
-      "log-level", po::value(&log_level)->default_value("info"), "trace|debug|info|warning|error");
+      "name reported to peers and in status");
+  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "journal-server: " << e.what() << "; see --help\n";
-    return 2;
-  }
   cdp::LogLevel level;
-  if (!cdp::ParseLogLevel(log_level, &level)) {
-    std::cerr << "journal-server: bad --log-level '" << log_level << "'\n";
-    return 2;
+  if (auto exit_code =
+          cdp::ParseCommandLine("journal-server", argc, argv, desc, &vm, log_level, &level)) {
+    return *exit_code;
   }
   cdp::InitLogging("journal-server", level);
   std::signal(SIGTERM, OnSignal);

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <iostream>
 
+#include "cdp/core/command_line.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/process.h"
 #include "cdp/replicator/replicator.h"
@@ -23,34 +24,23 @@ int main(int argc, char** argv) {
       "LSN is saved after the data is stable; a restart resumes from it.\n\n"
       "Usage: replicator --server tcp://HOST:PORT --volume NAME --target PATH [--state-dir DIR]"
       "\n\nOptions");
-  desc.add_options()("help,h", "print this help and exit")(
-      "server", po::value(&options.server)->required(), "journal-server endpoint, tcp://HOST:PORT")(
+  desc.add_options()("server", po::value(&options.server)->required(),
+                     "journal-server endpoint, tcp://HOST:PORT")(
       "volume", po::value(&options.volume)->required(), "volume to replicate")(
       "target", po::value(&options.target)->required(), "raw image file or block device")(
       "state-dir", po::value(&options.state_dir),
       "where the replica cursor is kept (default: the target's directory)")(
-      "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio")(
-      "log-level", po::value(&log_level)->default_value("info"), "trace|debug|info|warning|error");
+      "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio");
+  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "replicator: " << e.what() << "; see --help\n";
-    return 2;
+  cdp::LogLevel level;
+  if (auto exit_code =
+          cdp::ParseCommandLine("replicator", argc, argv, desc, &vm, log_level, &level)) {
+    return *exit_code;
   }
   auto io = cdp::ParseIoEngine(engine);
-  cdp::LogLevel level;
   if (!io.ok()) {
     std::cerr << "replicator: " << io.status().message() << "\n";
-    return 2;
-  }
-  if (!cdp::ParseLogLevel(log_level, &level)) {
-    std::cerr << "replicator: bad --log-level '" << log_level << "'\n";
     return 2;
   }
   options.io_engine = *io;

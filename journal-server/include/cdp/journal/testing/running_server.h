@@ -1,0 +1,42 @@
+// Test support: a JournalServer running Run() on its own thread until Stop() or destruction.
+// Header-only; for tests only.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "cdp/journal/server.h"
+
+namespace cdp::journal::testing {
+
+class RunningServer {
+ public:
+  ~RunningServer() { (void)Stop(); }
+
+  Status Start(const ServerOptions& options) {
+    auto server = JournalServer::Start(options);
+    if (!server.ok()) return server.status();
+    server_ = std::move(*server);
+    stop_ = false;
+    thread_ = std::thread([this] { run_status_ = server_->Run(&stop_); });
+    return Status::Ok();
+  }
+
+  // Stops the loop, joins the thread and closes the journal. Returns what Run returned.
+  [[nodiscard]] Status Stop() {
+    if (!thread_.joinable()) return Status::Ok();
+    stop_ = true;
+    thread_.join();
+    server_.reset();
+    return run_status_;
+  }
+
+ private:
+  std::unique_ptr<JournalServer> server_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  Status run_status_;
+};
+
+}  // namespace cdp::journal::testing
