@@ -1,5 +1,7 @@
 #include "cdp/agent/agent.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -17,16 +19,85 @@ std::string BitmapPath(const std::string& dir) { return dir + "/dirty.bitmap"; }
 Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
   CDP_RETURN_IF_ERROR(wire::ValidateVolumeName(options.volume));
   CDP_RETURN_IF_ERROR(ValidateEndpoint(options.server).WithContext("--server"));
-  CDP_RETURN_IF_ERROR(ParseNbdListenAddress(options.nbd).status().WithContext("--nbd"));
   std::unique_ptr<Agent> agent(new Agent(options));
+  if (options.trace) {
+    CDP_RETURN_IF_ERROR(agent->StartTrace());
+  } else {
+    CDP_RETURN_IF_ERROR(agent->StartNbd());
+  }
+  return agent;
+}
 
+Status Agent::PrepareStateDir() {
+  const std::string& dir = options_.state_dir;
   std::error_code ec;
-  std::filesystem::create_directories(options.state_dir, ec);
-  if (ec || access(options.state_dir.c_str(), W_OK | X_OK) != 0) {
-    return Status::IOError("state dir " + options.state_dir + " is not a writable directory" +
+  std::filesystem::create_directories(dir, ec);
+  if (ec || access(dir.c_str(), W_OK | X_OK) != 0) {
+    return Status::IOError("state dir " + dir + " is not a writable directory" +
                            (ec ? " (" + ec.message() + ")" : std::string()) +
                            "; pass a writable --state-dir");
   }
+  const std::string lock_path = dir + "/lock";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) return Status::FromErrno(errno, "open " + lock_path);
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return Status::FailedPrecondition("state dir " + dir +
+                                      " is in use by another cdp-agent; one agent per volume");
+  }
+  return Status::Ok();
+}
+
+Status Agent::LockVolume() {
+  // The tracefs instance is named after the volume, machine-wide: one tracing agent per volume,
+  // whatever its state dir.
+  const std::string dir = "/run/lock";
+  const std::string path = dir + "/cdp-agent." + options_.volume + ".lock";
+  volume_lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (volume_lock_fd_ < 0) return Status::FromErrno(errno, "open " + path);
+  if (::flock(volume_lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {0};
+    const ssize_t n = ::pread(volume_lock_fd_, pid, sizeof(pid) - 1, 0);
+    std::string owner = n > 0 ? std::string(pid, static_cast<size_t>(n)) : std::string("?");
+    while (!owner.empty() && owner.back() == '\n') owner.pop_back();
+    return Status::FailedPrecondition("volume " + options_.volume +
+                                      " is already protected by a running cdp-agent (pid " +
+                                      owner + "); one agent per volume");
+  }
+  const std::string me = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(volume_lock_fd_, 0) != 0 ||
+      ::pwrite(volume_lock_fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    return Status::FromErrno(errno, "write " + path);
+  }
+  return Status::Ok();
+}
+
+void Agent::MakeSender(uint64_t size, uint32_t block_size) {
+  SenderOptions so;
+  so.server = options_.server;
+  so.volume = options_.volume;
+  so.volume_size = size;
+  so.block_size = block_size;
+  so.identity = wire::ProcessIdentity("cdp-agent");
+  so.buffer_bytes = options_.buffer_bytes;
+  sender_ = std::make_unique<Sender>(
+      so,
+      [this](uint64_t durable) {
+        if (sync_) sync_->OnHandshake(durable);
+        if (trace_) trace_->OnHandshake(durable);
+        capture_->OnHandshake(durable);
+      },
+      [this](v1::AgentReport* r) { FillReport(r); });
+  sender_->SetJournalLossCallback([this](uint64_t durable) {
+    capture_->RebaseAfterJournalLoss(durable);
+    if (trace_) trace_->OnJournalLoss();
+  });
+}
+
+Status Agent::StartNbd() {
+  const AgentOptions& options = options_;
+  Agent* agent = this;
+  CDP_RETURN_IF_ERROR(ParseNbdListenAddress(options.nbd).status().WithContext("--nbd"));
+  CDP_RETURN_IF_ERROR(PrepareStateDir());
 
   BlockDeviceOptions dev_opts;
   dev_opts.writable = true;
@@ -56,7 +127,7 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
           std::to_string(s.size_bytes) + " bytes, not '" + options.volume + "' of " +
           std::to_string(size) + " bytes; use a state dir per volume");
     }
-    if (s.clean_shutdown) {
+    if (s.clean_shutdown && s.capture_mode == "nbd") {
       // A clean stop always saves the bitmap; one that is missing or unreadable means the
       // dirty regions are unknown, so everything is dirty.
       Status b = agent->dirty_->Load(BitmapPath(options.state_dir));
@@ -76,7 +147,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
       plan.full_sync = true;
       plan.cursor = 0;
       plan.skip_zero = false;
-      gap_reason = "agent restarted after a crash; full resync";
+      gap_reason = s.clean_shutdown ? "agent switched from trace mode to NBD mode; full resync"
+                                    : "agent restarted after a crash; full resync";
       CDP_LOG(warning) << "cdp-agent: volume " << options.volume << ": the last run did not "
                        << "stop cleanly; recording a history gap and resyncing the whole device";
     }
@@ -90,26 +162,12 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
   agent->state_.initial_sync_done = !plan.full_sync;
   agent->state_.sync_cursor = plan.cursor;
   agent->state_.skip_zero = plan.skip_zero;
+  agent->state_.capture_mode = "nbd";
+  agent->state_.boot_id = CurrentBootId();
   CDP_RETURN_IF_ERROR(SaveAgentState(options.state_dir, agent->state_));
   ::unlink(BitmapPath(options.state_dir).c_str());
 
-  SenderOptions so;
-  so.server = options.server;
-  so.volume = options.volume;
-  so.volume_size = size;
-  so.block_size = device->logical_block_size();
-  so.identity = wire::ProcessIdentity("cdp-agent");
-  so.buffer_bytes = options.buffer_bytes;
-  Agent* self = agent.get();
-  agent->sender_ = std::make_unique<Sender>(
-      so,
-      [self](uint64_t durable) {
-        self->sync_->OnHandshake(durable);
-        self->capture_->OnHandshake(durable);
-      },
-      [self](v1::AgentReport* r) { self->FillReport(r); });
-  agent->sender_->SetJournalLossCallback(
-      [self](uint64_t durable) { self->capture_->RebaseAfterJournalLoss(durable); });
+  MakeSender(size, device->logical_block_size());
   agent->capture_ =
       std::make_unique<VolumeCapture>(options.volume, std::move(device), std::move(read_device),
                                       agent->sender_.get(), agent->dirty_.get(), options.ack_mode);
@@ -137,14 +195,195 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
                 << " bytes) as volume " << options.volume << ", NBD export on "
                 << agent->nbd_->bound_address() << ", journal at " << options.server
                 << ", ack mode " << (options.ack_mode == AckMode::kSync ? "sync" : "async");
-  return agent;
+  return Status::Ok();
 }
 
-Agent::~Agent() { (void)Stop(); }
+Status Agent::StartTrace() {
+  const AgentOptions& o = options_;
+  if (!o.nbd.empty()) {
+    return Status::InvalidArgument(
+        "--nbd and --trace exclude each other: --trace protects a device in use where it is, "
+        "--nbd serves it to clients");
+  }
+  CDP_ASSIGN_OR_RETURN(TracedDevice dev, ResolveTracedDevice(o.device));
+  if (!o.freeze_path.empty()) {
+    CDP_RETURN_IF_ERROR(CheckFreezePath(o.freeze_path, dev.major, dev.minor, o.device));
+  }
+  CDP_RETURN_IF_ERROR(PrepareStateDir());
+  CDP_RETURN_IF_ERROR(LockVolume());
+
+  BlockDeviceOptions ro;
+  ro.engine = o.io_engine;
+  auto open_dev = [&](bool direct) -> Result<std::unique_ptr<BlockDevice>> {
+    BlockDeviceOptions opts = ro;
+    opts.direct = direct;
+    auto d = OpenBlockDevice(o.device, opts);
+    if (!d.ok()) return d.status().WithContext("--device");
+    return d;
+  };
+  CDP_ASSIGN_OR_RETURN(auto reader, open_dev(true));
+  CDP_ASSIGN_OR_RETURN(auto capture_dev, open_dev(false));
+  CDP_ASSIGN_OR_RETURN(auto capture_read_dev, open_dev(false));
+  const uint64_t size = reader->size();
+  if (size == 0) return Status::InvalidArgument("--device " + o.device + " is empty");
+
+  // The plan, from what the last run left.
+  ScanPlan plan;
+  std::string gap_reason;
+  bool resume = false;
+  uint64_t lost_baseline = 0;
+  bool trust_hashes = true;
+  DirtyBitmap saved_dirty(size);
+  auto loaded = LoadAgentState(o.state_dir);
+  if (!loaded.ok() && !loaded.status().IsNotFound()) return loaded.status();
+  if (loaded.ok()) {
+    const AgentState& st = *loaded;
+    if (st.volume != o.volume || st.size_bytes != size) {
+      return Status::FailedPrecondition(
+          "state dir " + o.state_dir + " belongs to volume '" + st.volume + "' of " +
+          std::to_string(st.size_bytes) + " bytes, not '" + o.volume + "' of " +
+          std::to_string(size) + " bytes; use a state dir per volume");
+    }
+    plan.initial = !st.initial_sync_done;
+    if (st.clean_shutdown && st.capture_mode == "trace") {
+      resume = true;
+      lost_baseline = st.trace_lost_events;
+      plan.active = plan.initial || st.resync_pending;
+      plan.cursor = plan.active ? st.sync_cursor : size;
+      plan.skip_zero = st.skip_zero;
+      Status b = saved_dirty.Load(BitmapPath(o.state_dir));
+      if (!b.ok()) {
+        gap_reason = b.message() + "; the regions left dirty at the last stop are unknown";
+      }
+    } else {
+      // A crash (or a switch from NBD mode): changes since the last durable record are
+      // unknown. Zero blocks must be sent too: a hash the crash did not get to write may hide a
+      // durable record.
+      gap_reason = st.clean_shutdown ? "agent switched from NBD mode to trace mode"
+                                     : "agent restarted after a crash";
+      plan.skip_zero = false;
+      trust_hashes = st.boot_id == CurrentBootId() && st.capture_mode == "trace";
+    }
+  } else {
+    plan.initial = true;
+    plan.active = true;
+    plan.decide_skip_zero_at_handshake = true;
+  }
+
+  bool reset = false;
+  auto hashes = BlockHashStore::Open(o.state_dir + "/block-hashes", size, &reset);
+  if (!hashes.ok()) return hashes.status();
+  hashes_ = std::move(*hashes);
+  if (reset) {
+    CDP_LOG(warning) << "cdp-agent: volume " << o.volume << ": block hash file was for another "
+                     << "device or damaged; starting it afresh (a resync sends every block)";
+  }
+  if (!trust_hashes) {
+    CDP_LOG(warning) << "cdp-agent: volume " << o.volume << ": the last run ended with the "
+                     << "machine (another boot) or in another mode; block hashes are not trusted";
+    CDP_RETURN_IF_ERROR(hashes_->InvalidateAll());
+  }
+
+  std::unique_ptr<FsFreezer> freezer;
+  if (!o.freeze_path.empty()) {
+    FsFreezer::Options fo;
+    fo.mount_path = o.freeze_path;
+    fo.hard_limit_ms = std::max(2 * o.freeze_limit_ms, o.freeze_limit_ms + 200);
+    CDP_ASSIGN_OR_RETURN(freezer, FsFreezer::Start(fo));
+  }
+
+  // Tracing starts last: an error above leaves nothing enabled in tracefs.
+  BlockTracer::Options to;
+  to.tracefs_root = o.tracefs_root;
+  to.instance_name = "cdp-agent." + o.volume;
+  to.buffer_kb = o.trace_buffer_kb;
+  std::unique_ptr<BlockTracer> tracer;
+  if (resume) {
+    auto resumed = BlockTracer::Resume(dev, to);
+    if (resumed.ok()) {
+      tracer = std::move(*resumed);
+      auto lost = tracer->LostEvents();
+      if (!lost.ok() || *lost > lost_baseline) {
+        gap_reason = "the kernel dropped block events while the agent was stopped";
+      }
+      if (lost.ok()) lost_baseline = *lost;
+    } else {
+      gap_reason = "the trace instance of the last run is gone (" + resumed.status().message() +
+                   ")";
+    }
+  }
+  if (!tracer) {
+    CDP_ASSIGN_OR_RETURN(tracer, BlockTracer::Create(dev, to));
+    auto lost = tracer->LostEvents();
+    lost_baseline = lost.ok() ? *lost : 0;
+  }
+  if (!gap_reason.empty()) {
+    // Something changed untracked: compare the whole device with the block hashes.
+    plan.active = true;
+    plan.cursor = 0;
+  }
+
+  state_.volume = o.volume;
+  state_.size_bytes = size;
+  state_.clean_shutdown = false;
+  state_.initial_sync_done = !plan.initial;
+  state_.sync_cursor = plan.active ? plan.cursor : size;
+  state_.skip_zero = plan.skip_zero;
+  state_.capture_mode = "trace";
+  state_.resync_pending = plan.active && !plan.initial;
+  state_.trace_lost_events = lost_baseline;
+  state_.boot_id = CurrentBootId();
+  CDP_RETURN_IF_ERROR(SaveAgentState(o.state_dir, state_));
+  ::unlink(BitmapPath(o.state_dir).c_str());
+
+  dirty_ = std::make_unique<DirtyBitmap>(size);
+  MakeSender(size, reader->logical_block_size());
+  capture_ = std::make_unique<VolumeCapture>(o.volume, std::move(capture_dev),
+                                             std::move(capture_read_dev), sender_.get(),
+                                             dirty_.get(), AckMode::kAsync);
+  TraceCaptureOptions tco;
+  tco.volume = o.volume;
+  tco.checkpoint_interval_ms = o.checkpoint_interval_ms;
+  tco.freeze_limit_ms = o.freeze_limit_ms;
+  tco.freeze_hold_ms = o.freeze_hold_ms;
+  trace_ = std::make_unique<TraceCapture>(tco, capture_.get(), sender_.get(), hashes_.get(),
+                                          std::move(reader), std::move(tracer),
+                                          std::move(freezer), plan, lost_baseline);
+  uint64_t offset = 0, length = 0;
+  uint64_t carried = 0;
+  while (saved_dirty.TakeRun(64ull << 20, &offset, &length)) {
+    trace_->AddDirty(offset, length);
+    carried += length;
+  }
+  if (!gap_reason.empty()) capture_->RecordGap(gap_reason + "; checksum resync of the device");
+  sender_->Start();
+  trace_->Start();
+  CDP_LOG(info) << "cdp-agent: tracing " << o.device << " (" << size << " bytes, "
+                << (dev.start_sector ? "partition of " + dev.disk_name : std::string("disk"))
+                << ") as volume " << o.volume << ", journal at " << o.server
+                << (o.freeze_path.empty() ? std::string(", no freezes (no consistency points)")
+                                          : ", freezing " + o.freeze_path + " every " +
+                                                std::to_string(o.checkpoint_interval_ms) + " ms")
+                << (resume ? ", resumed the trace of the last run" : "")
+                << (carried ? ", " + std::to_string(carried) + " dirty bytes carried over" : "");
+  return Status::Ok();
+}
+
+Agent::~Agent() {
+  (void)Stop();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  if (volume_lock_fd_ >= 0) ::close(volume_lock_fd_);
+}
 
 void Agent::FillReport(v1::AgentReport* r) {
   r->set_captured_lsn(capture_->captured_lsn());
   r->set_captured_bytes(capture_->captured_bytes());
+  if (trace_) {
+    trace_->FillReport(r);
+    r->set_ack_mode("async");
+    return;
+  }
+  r->set_capture_mode("nbd");
   r->set_dirty_bytes(dirty_->dirty_bytes() + sync_->in_progress_bytes());
   r->set_dirty_since_ns(dirty_->dirty_since_ns());
   r->set_resync_active(sync_->resync_active() || !dirty_->empty());
@@ -158,6 +397,7 @@ Status Agent::Stop() {
   if (stopped_) return Status::Ok();
   stopped_ = true;
   CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": stopping";
+  if (trace_) return StopTrace();
   // Writes waiting for durability get drain_ms, then fail, so the NBD threads can finish.
   if (capture_) capture_->BeginShutdown(options_.drain_ms);
   if (nbd_) nbd_->Stop();
@@ -178,6 +418,31 @@ Status Agent::Stop() {
   CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": stopped cleanly (captured LSN "
                 << capture_->captured_lsn() << ", durable LSN " << sender_->durable_lsn() << ", "
                 << dirty_->dirty_bytes() << " dirty bytes saved)";
+  return Status::Ok();
+}
+
+Status Agent::StopTrace() {
+  capture_->BeginShutdown(options_.drain_ms);
+  // The tracefs instance stays enabled: events keep accumulating for the next run.
+  std::vector<Extent> unshipped = trace_->Stop();
+  DirtyBitmap dirty(capture_->size());
+  for (const Extent& e : unshipped) dirty.Mark(e.offset, e.length);
+  auto left = sender_->Stop(options_.drain_ms);
+  for (const auto& rec : left) dirty.Mark(rec.offset, rec.length);
+  trace_->ApplyDurableHashes();
+  CDP_RETURN_IF_ERROR(hashes_->Sync());
+  CDP_RETURN_IF_ERROR(dirty.Save(BitmapPath(options_.state_dir)));
+  state_.clean_shutdown = true;
+  state_.initial_sync_done = trace_->initial_sync_done();
+  state_.sync_cursor = trace_->scan_resume_offset();
+  state_.skip_zero = trace_->scan_skip_zero();
+  state_.resync_pending = trace_->scan_pending() && trace_->initial_sync_done();
+  state_.trace_lost_events = trace_->lost_events_seen();
+  CDP_RETURN_IF_ERROR(SaveAgentState(options_.state_dir, state_));
+  CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": stopped cleanly (captured LSN "
+                << capture_->captured_lsn() << ", durable LSN " << sender_->durable_lsn() << ", "
+                << dirty.dirty_bytes() << " dirty bytes saved; tracing continues in "
+                << "tracefs until the next start)";
   return Status::Ok();
 }
 

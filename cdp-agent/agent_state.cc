@@ -25,6 +25,10 @@ Result<AgentState> LoadAgentState(const std::string& state_dir) {
   s.initial_sync_done = j.value("initial_sync_done", false);
   s.sync_cursor = j.value("sync_cursor", uint64_t{0});
   s.skip_zero = j.value("skip_zero", false);  // absent: the safe choice, send zeroes
+  s.capture_mode = j.value("capture_mode", "nbd");
+  s.resync_pending = j.value("resync_pending", false);
+  s.trace_lost_events = j.value("trace_lost_events", uint64_t{0});
+  s.boot_id = j.value("boot_id", "");
   return s;
 }
 
@@ -35,8 +39,20 @@ Status SaveAgentState(const std::string& state_dir, const AgentState& s) {
                       {"clean_shutdown", s.clean_shutdown},
                       {"initial_sync_done", s.initial_sync_done},
                       {"sync_cursor", s.sync_cursor},
-                      {"skip_zero", s.skip_zero}};
+                      {"skip_zero", s.skip_zero},
+                      {"capture_mode", s.capture_mode},
+                      {"resync_pending", s.resync_pending},
+                      {"trace_lost_events", s.trace_lost_events},
+                      {"boot_id", s.boot_id}};
   return WriteFileAtomic(StatePath(state_dir), j.dump(2) + "\n");
+}
+
+std::string CurrentBootId() {
+  auto text = ReadWholeFile("/proc/sys/kernel/random/boot_id");
+  if (!text.ok()) return "";
+  std::string id = *text;
+  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+  return id;
 }
 
 }  // namespace cdp::agent

@@ -2,6 +2,7 @@
 // Wiring only; the work is in cdp::agent::Agent.
 #include <boost/program_options.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 
 #include "cdp/agent/agent.h"
@@ -15,21 +16,41 @@ int main(int argc, char** argv) {
   cdp::agent::AgentOptions options;
   std::string ack = "async", engine = "auto", log_level = "info";
   uint64_t buffer_mib = 32;
+  double checkpoint_seconds = 1.0;
   po::options_description desc(
-      "cdp-agent: protects a device in NBD in-line mode. Clients use the device through the\n"
-      "agent's NBD export (export name = volume name); every write is applied to the device\n"
-      "and journaled, in order, on the journal-server.\n\n"
-      "Usage: cdp-agent --server tcp://HOST:PORT --volume NAME --device PATH\n"
-      "                 --nbd unix:PATH|tcp:HOST:PORT [--ack async|sync] [--state-dir DIR]\n\n"
+      "cdp-agent: protects a block device and journals its changes on the journal-server.\n\n"
+      "NBD in-line mode: clients use the device through the agent's NBD export (export name =\n"
+      "volume name); every write is applied to the device and journaled, in order.\n"
+      "  cdp-agent --server tcp://HOST:PORT --volume NAME --device PATH\n"
+      "            --nbd unix:PATH|tcp:HOST:PORT [--ack async|sync] [--state-dir DIR]\n\n"
+      "Trace mode: protects a block device that is mounted and in use, from the kernel's block\n"
+      "tracepoints (no kernel module, no reboot); with --freeze, a short filesystem freeze every\n"
+      "checkpoint interval makes a consistency point.\n"
+      "  cdp-agent --server tcp://HOST:PORT --volume NAME --device /dev/XXX --trace\n"
+      "            [--freeze MOUNTPOINT] [--checkpoint-interval SECONDS] [--state-dir DIR]\n\n"
       "Options");
   desc.add_options()("server", po::value(&options.server)->required(),
                      "journal-server endpoint, tcp://HOST:PORT")(
       "volume", po::value(&options.volume)->required(), "volume name (also the NBD export name)")(
-      "device", po::value(&options.device)->required(), "file or block device to protect")(
-      "nbd", po::value(&options.nbd)->required(), "NBD listen address: unix:PATH or tcp:HOST:PORT")(
+      "device", po::value(&options.device)->required(),
+      "file or block device to protect (trace mode: a block device)")(
+      "nbd", po::value(&options.nbd), "NBD mode: listen address, unix:PATH or tcp:HOST:PORT")(
       "ack", po::value(&ack)->default_value("async"),
-      "async: a write completes once on the device (RPO = journal lag); sync: once durable on "
-      "the journal-server (RPO 0)")(
+      "NBD mode. async: a write completes once on the device (RPO = journal lag); sync: once "
+      "durable on the journal-server (RPO 0)")(
+      "trace", po::bool_switch(&options.trace), "trace mode: protect a device that is in use")(
+      "freeze", po::value(&options.freeze_path),
+      "trace mode: mount point of the filesystem on --device, frozen briefly (FIFREEZE) for "
+      "every consistency point")(
+      "checkpoint-interval", po::value(&checkpoint_seconds)->default_value(1.0),
+      "trace mode: seconds between consistency points (freezes)")(
+      "freeze-limit-ms", po::value(&options.freeze_limit_ms)->default_value(200),
+      "trace mode: a freeze that would last longer is abandoned (thawed at once) and retried; "
+      "a watchdog process thaws after twice this even if the agent is stuck or killed")(
+      "trace-buffer-kb", po::value(&options.trace_buffer_kb)->default_value(4096),
+      "trace mode: per-CPU kernel trace buffer; an overrun costs a checksum resync")(
+      "tracefs", po::value(&options.tracefs_root),
+      "trace mode: tracefs mount (default: /sys/kernel/tracing, mounted if needed)")(
       "state-dir", po::value(&options.state_dir),
       "where the agent keeps its state between runs (default /var/lib/cdp-agent/VOLUME)")(
       "buffer-mib", po::value(&buffer_mib)->default_value(32),
@@ -46,13 +67,31 @@ int main(int argc, char** argv) {
   }
   auto mode = cdp::agent::ParseAckMode(ack);
   auto io = cdp::ParseIoEngine(engine);
-  if (!mode.ok() || !io.ok() || buffer_mib == 0) {
-    std::cerr << "cdp-agent: "
-              << (!mode.ok() ? mode.status().message()
-                  : !io.ok() ? io.status().message()
-                             : std::string("--buffer-mib must be at least 1"))
-              << "\n";
+  std::string bad;
+  if (!mode.ok()) {
+    bad = mode.status().message();
+  } else if (!io.ok()) {
+    bad = io.status().message();
+  } else if (buffer_mib == 0) {
+    bad = "--buffer-mib must be at least 1";
+  } else if (!options.trace && options.nbd.empty()) {
+    bad = "pass --nbd ADDRESS (NBD in-line mode) or --trace (trace mode)";
+  } else if (!options.trace && (vm.count("freeze") || !vm["checkpoint-interval"].defaulted())) {
+    bad = "--freeze and --checkpoint-interval need --trace";
+  } else if (!(checkpoint_seconds >= 0.05 && checkpoint_seconds <= 86400)) {
+    bad = "--checkpoint-interval must be between 0.05 and 86400 seconds";
+  } else if (options.freeze_limit_ms < 10 || options.freeze_limit_ms > 60000) {
+    bad = "--freeze-limit-ms must be between 10 and 60000";
+  } else if (options.trace_buffer_kb < 4 || options.trace_buffer_kb > (1u << 20)) {
+    bad = "--trace-buffer-kb must be between 4 and 1048576";
+  }
+  if (!bad.empty()) {
+    std::cerr << "cdp-agent: " << bad << "\n";
     return 2;
+  }
+  options.checkpoint_interval_ms = static_cast<int>(checkpoint_seconds * 1000);
+  if (const char* hold = std::getenv("CDP_AGENT_TEST_FREEZE_HOLD_MS")) {
+    options.freeze_hold_ms = std::atoi(hold);  // test hook: stay frozen this long
   }
   options.ack_mode = *mode;
   options.io_engine = *io;

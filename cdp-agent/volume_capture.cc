@@ -196,6 +196,31 @@ Status VolumeCapture::Flush() {
   return WaitSync(last_lsn_.load());
 }
 
+size_t VolumeCapture::QueueRecords(std::span<ChangeRecord> records) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!lsn_known_.load()) return 0;
+  size_t queued = 0;
+  for (ChangeRecord& rec : records) {
+    rec.lsn = last_lsn_.load() + 1;
+    if (!sender_->TryEnqueue(rec)) break;
+    last_lsn_ = rec.lsn;
+    captured_bytes_ += rec.length;
+    ++queued;
+  }
+  return queued;
+}
+
+void VolumeCapture::RecordGap(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::Gap gap;
+  gap.set_after_lsn(lsn_known_.load() ? last_lsn_.load() : 0);
+  gap.set_time_ns(NowNanos());
+  gap.set_reason(reason);
+  sender_->AddGap(gap);
+  CDP_LOG(warning) << "cdp-agent: volume " << volume_ << ": " << reason
+                   << " (history gap after LSN " << gap.after_lsn() << ")";
+}
+
 uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t lsn = last_lsn_.load();

@@ -68,7 +68,23 @@ std::string StatusJson(const v1::StatusReply& reply) {
                        {"replicator_connected", v.replicator_connected()},
                        {"ack_mode", v.ack_mode()},
                        {"gaps", v.gaps()},
-                       {"last_point_lsn", v.last_point_lsn()}});
+                       {"last_point_lsn", v.last_point_lsn()},
+                       {"capture_mode", v.capture_mode()}});
+    if (v.has_trace()) {
+      const auto& t = v.trace();
+      volumes.back()["trace"] = {{"freezes", t.freezes()},
+                                 {"freezes_abandoned", t.freezes_abandoned()},
+                                 {"freeze_last_ms", t.freeze_last_us() / 1000.0},
+                                 {"freeze_max_ms", t.freeze_max_us() / 1000.0},
+                                 {"freeze_p50_ms", t.freeze_p50_us() / 1000.0},
+                                 {"freeze_p99_ms", t.freeze_p99_us() / 1000.0},
+                                 {"lost_events", t.lost_events()},
+                                 {"events", t.events()},
+                                 {"readback_bytes", t.readback_bytes()},
+                                 {"resync_read_bytes", t.resync_read_bytes()},
+                                 {"resync_sent_bytes", t.resync_sent_bytes()},
+                                 {"resync_active", t.resync_active()}};
+    }
   }
   nlohmann::json doc = {{"server_id", reply.server_id()}, {"volumes", volumes}};
   return doc.dump(2);
@@ -105,6 +121,7 @@ std::string StatusTable(const v1::StatusReply& reply) {
                                   : 0) +
                "% ";
     }
+    if (v.trace().resync_active() && v.initial_sync_done()) state += "checksum-resync ";
     if (v.dirty_bytes() > 0) state += "resync(" + HumanBytes(v.dirty_bytes()) + ") ";
     if (!v.replicator_connected()) state += "replicator-disconnected ";
     if (state.empty()) state = v.applied_lsn() >= v.captured_lsn() ? "in-sync" : "replicating";
@@ -124,6 +141,7 @@ std::string NotSyncedReason(const v1::VolumeStatus& v, uint64_t min_report_seque
   if (!v.agent_connected()) return "agent not connected";
   if (v.report_sequence() < min_report_sequence) return "waiting for a fresh agent report";
   if (!v.initial_sync_done()) return "initial sync running";
+  if (v.trace().resync_active()) return "checksum resync running";
   if (v.dirty_bytes() > 0) return "resync of " + std::to_string(v.dirty_bytes()) + " dirty bytes";
   if (v.pending_records() > 0) {
     return std::to_string(v.pending_records()) + " records not yet durable";

@@ -469,6 +469,18 @@ class AsyncBlockDevice final : public BlockDevice {
     return Run(requests);
   }
 
+  Status ReadBatch(std::span<const ReadOp> ops) override {
+    std::vector<IoRequest> requests;
+    requests.reserve(ops.size());
+    for (const ReadOp& op : ops) {
+      CDP_RETURN_IF_ERROR(CheckRange("read", op.offset, op.buf.size()));
+      CDP_RETURN_IF_ERROR(CheckDirectAlignment("read", op.offset, op.buf.size(), op.buf.data()));
+      if (op.buf.empty()) continue;
+      requests.push_back({IoKind::kRead, op.offset, op.buf.data(), op.buf.size()});
+    }
+    return Run(requests);
+  }
+
   Status WriteZeroes(uint64_t offset, uint64_t length) override {
     CDP_RETURN_IF_ERROR(CheckWritable("zero"));
     CDP_RETURN_IF_ERROR(CheckRange("zero", offset, length));

@@ -10,12 +10,14 @@ packages=(
   librocksdb-dev libzmq3-dev cppzmq-dev liburing-dev libaio-dev
   libprotobuf-dev protobuf-compiler
   libboost-log-dev libboost-program-options-dev
-  libzstd-dev nlohmann-json3-dev
+  libzstd-dev nlohmann-json3-dev libxxhash-dev
   libgtest-dev libgmock-dev
   # real NBD clients and image tools used by tests and benchmarks
   qemu-utils libnbd-bin
   # test and benchmark helpers
   procps psmisc time util-linux coreutils python3 bc
+  # trace mode tests: real filesystems on loop devices and a real workload
+  e2fsprogs xfsprogs fdisk fio tar
 )
 
 missing=()

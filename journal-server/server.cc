@@ -456,6 +456,8 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
       vs->set_ack_mode(r.ack_mode());
       vs->set_initial_sync_total(r.initial_sync_total());
       vs->set_initial_sync_done_bytes(r.initial_sync_done_bytes());
+      vs->set_capture_mode(r.capture_mode());
+      if (r.has_trace()) *vs->mutable_trace() = r.trace();
       const double age = std::chrono::duration<double>(now - rt->second.report_time).count();
       vs->set_agent_report_age_seconds(age);
       vs->set_agent_connected(now - rt->second.report_time < kAgentAliveWindow);

@@ -1,11 +1,21 @@
-// Agent: one protected volume in NBD in-line mode. Wires the pieces together — BlockDevice,
-// VolumeCapture, Sender, DirtyBitmap, SyncEngine, NbdServer — and owns the state directory
-// (agent_state.h): what to sync at start, and what to save on a clean stop.
+// Agent: one protected volume, in NBD in-line mode or in trace mode. Wires the pieces together
+// and owns the state directory (agent_state.h): what to sync at start, and what to save on a
+// clean stop.
 //
-// Start-up decides the sync plan from the state directory:
+// NBD mode — BlockDevice, VolumeCapture, Sender, DirtyBitmap, SyncEngine, NbdServer. Start-up
+// decides the sync plan from the state directory:
 //   no state            -> full sync (zero regions skipped if the journal is empty for the volume)
 //   clean shutdown      -> resume: the saved dirty bitmap, and the full sync from its cursor
 //   unclean (crash)     -> a history gap and a full sync that sends zero regions too
+//
+// Trace mode (--trace) — BlockTracer, DirtyExtentMap, BlockHashStore, FsFreezer, TraceCapture
+// (trace_capture.h) over the same VolumeCapture and Sender:
+//   no state            -> initial full sync (zero blocks skipped if the journal is empty)
+//   clean shutdown      -> resume the tracefs instance the stop left enabled: the events buffered
+//                          meanwhile, the saved dirty regions, no resync; if the instance is gone
+//                          (reboot) or lost events meanwhile: a gap and a checksum resync
+//   unclean (crash)     -> a history gap and a checksum resync (only blocks whose content
+//                          differs from the block hashes are sent)
 #pragma once
 
 #include <memory>
@@ -16,6 +26,7 @@
 #include "cdp/agent/nbd_server.h"
 #include "cdp/agent/sender.h"
 #include "cdp/agent/sync_engine.h"
+#include "cdp/agent/trace_capture.h"
 #include "cdp/agent/volume_capture.h"
 
 namespace cdp::agent {
@@ -30,6 +41,15 @@ struct AgentOptions {
   uint64_t buffer_bytes = 32ull << 20;
   IoEngine io_engine = IoEngine::kAuto;
   int drain_ms = 10000;  // how long a clean stop tries to get buffered records durable
+
+  // Trace mode.
+  bool trace = false;
+  std::string freeze_path;  // empty: no freezes, no consistency points
+  int checkpoint_interval_ms = 1000;
+  int freeze_limit_ms = 200;
+  uint32_t trace_buffer_kb = 4096;
+  std::string tracefs_root;  // empty: found (or mounted) automatically
+  int freeze_hold_ms = 0;    // test hook, from CDP_AGENT_TEST_FREEZE_HOLD_MS
 };
 
 class Agent {
@@ -43,11 +63,19 @@ class Agent {
   // become durable, what is left is saved as dirty regions, and the state says clean.
   Status Stop();
 
-  std::string nbd_address() const { return nbd_->bound_address(); }
+  std::string nbd_address() const { return nbd_ ? nbd_->bound_address() : std::string(); }
 
  private:
   explicit Agent(AgentOptions options) : options_(std::move(options)) {}
+  // Creates (or checks) the state dir and takes its lock.
+  Status PrepareStateDir();
+  // Trace mode: takes /run/lock/cdp-agent.VOLUME.lock (one tracing agent per volume).
+  Status LockVolume();
+  Status StartNbd();
+  Status StartTrace();
+  void MakeSender(uint64_t size, uint32_t block_size);
   void FillReport(v1::AgentReport* report);
+  Status StopTrace();
 
   AgentOptions options_;
   AgentState state_;
@@ -56,6 +84,10 @@ class Agent {
   std::unique_ptr<VolumeCapture> capture_;
   std::unique_ptr<SyncEngine> sync_;
   std::unique_ptr<NbdServer> nbd_;
+  std::unique_ptr<BlockHashStore> hashes_;
+  std::unique_ptr<TraceCapture> trace_;
+  int lock_fd_ = -1;
+  int volume_lock_fd_ = -1;
   bool stopped_ = false;
 };
 

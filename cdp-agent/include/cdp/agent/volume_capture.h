@@ -18,6 +18,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 
 #include "cdp/agent/capture_target.h"
@@ -59,6 +60,15 @@ class VolumeCapture : public CaptureTarget {
   // kSkippedZero: all zeroes and skip_zero. kNoSpace: the Sender buffer is full (nothing queued;
   // wait and retry). kNotReady: the LSN base is not known yet.
   Result<RegionResult> CaptureRegion(uint64_t offset, uint32_t length, bool skip_zero);
+
+  // Trace mode: queues records that were built from device content read back by the caller
+  // (never written through this object), assigning each the next LSN in order, under the capture
+  // lock. Stops at the first record that does not fit in the Sender buffer. Returns how many
+  // were queued (their lsn fields are set); 0 when the LSN base is not known yet.
+  size_t QueueRecords(std::span<ChangeRecord> records);
+
+  // Records a history gap after the last LSN handed out (trace mode: events were lost).
+  void RecordGap(const std::string& reason);
 
   // Records a consistency point at the last LSN handed out (if any record came since the last
   // point). Returns that LSN (0 when none).

@@ -44,6 +44,12 @@ struct WriteOp {
   std::span<const char> data;
 };
 
+// One read of a batch. The buffer must stay valid until ReadBatch returns.
+struct ReadOp {
+  uint64_t offset = 0;
+  std::span<char> buf;
+};
+
 class BlockDevice {
  public:
   virtual ~BlockDevice() = default;
@@ -65,6 +71,9 @@ class BlockDevice {
   // Submits all writes, up to queue_depth at a time, and waits for all of them.
   // REQUIRES: the ops do not overlap each other (their order of completion is not defined).
   virtual Status WriteBatch(std::span<const WriteOp> ops) = 0;
+  // Submits all reads, up to queue_depth at a time, and waits for all of them. Fills every
+  // buffer completely or returns the first error (buffers are then undefined).
+  virtual Status ReadBatch(std::span<const ReadOp> ops) = 0;
   // Makes the range read back as zeroes: BLKZEROOUT on block devices, fallocate
   // ZERO_RANGE (or PUNCH_HOLE|KEEP_SIZE, or written zeroes as the last resort) on files.
   virtual Status WriteZeroes(uint64_t offset, uint64_t length) = 0;

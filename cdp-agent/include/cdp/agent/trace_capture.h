@@ -1,0 +1,193 @@
+// TraceCapture: trace mode — protects a block device that is mounted and in use, without a
+// kernel module and without a reboot (DESIGN.md §4). Two threads:
+//
+//   tracker  BlockTracer events (completed writes, discards, write-zeroes) -> DirtyExtentMap.
+//            Once a second it checks the kernel's lost-event counters; any loss records a
+//            history gap and starts a checksum resync.
+//   shipper  takes extents from the map in elevator order, reads them back with io_uring and
+//            O_DIRECT in batches, and queues them as records through VolumeCapture (which gives
+//            them LSNs) into the Sender. It reads only what the Sender buffer can take, so a slow
+//            or absent journal-server leaves changes in the map: the map is the fallback, no
+//            change is ever dropped. Between reads it runs the device scan and the freeze cycle.
+//
+// Device scan (the initial full sync, or a checksum resync after lost events or a crash): reads
+// the whole device in 1 MiB chunks, hashes every 4 KiB block and sends only the blocks whose hash
+// differs from the BlockHashStore (what the journal durably holds). Writes during the scan are
+// tracked as usual, so the copy converges while the filesystem is written.
+//
+// Freeze cycle (with a freezer): every checkpoint interval, once no scan runs: syncfs (writeback
+// without blocking writers), pre-copy until the map is small, then FIFREEZE, drain the events,
+// check that none was lost, read back the residual set, queue it, FITHAW; only when the thaw
+// proves the filesystem stayed frozen is a consistency point (POINT_FREEZE) recorded at the last
+// LSN. A freeze that would exceed freeze_limit_ms, or whose residual set does not fit in the
+// Sender buffer, is abandoned: thawed at once, no point, retried at the next interval.
+//
+// Block hashes are kept honest (see block_hashes.h): entries are invalidated before a record is
+// queued and set only once the journal has it durable, in LSN order, and only if no newer record
+// for the block is still in flight.
+//
+// Thread-safety: public methods are thread-safe.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cdp/agent/block_hashes.h"
+#include "cdp/agent/block_tracer.h"
+#include "cdp/agent/extent_map.h"
+#include "cdp/agent/fs_freezer.h"
+#include "cdp/agent/sender.h"
+#include "cdp/agent/volume_capture.h"
+#include "cdp/core/block_device.h"
+
+namespace cdp::agent {
+
+struct TraceCaptureOptions {
+  std::string volume;
+  int checkpoint_interval_ms = 1000;  // between freeze cycles
+  int freeze_limit_ms = 200;          // a freeze that would last longer is abandoned
+  uint64_t read_batch_bytes = 4ull << 20;  // read-back per io_uring batch
+  int freeze_hold_ms = 0;  // test hook (CDP_AGENT_TEST_FREEZE_HOLD_MS): stay frozen this long
+};
+
+// What the device scan must do at start.
+struct ScanPlan {
+  bool active = false;     // scan the device
+  bool initial = false;    // it is the initial full sync (reported as such)
+  uint64_t cursor = 0;     // resume from this offset
+  bool skip_zero = false;  // blocks of zeroes with an unknown hash need not be sent (the journal
+                           // started empty for this volume)
+  bool decide_skip_zero_at_handshake = false;  // fresh state: skip_zero = journal empty
+};
+
+class TraceCapture {
+ public:
+  // None of the pointers is owned except the unique_ptrs; all must outlive this object.
+  // `reader` is the device opened read-only with O_DIRECT. `freezer` may be null (no points).
+  TraceCapture(TraceCaptureOptions options, VolumeCapture* capture, Sender* sender,
+               BlockHashStore* hashes, std::unique_ptr<BlockDevice> reader,
+               std::unique_ptr<BlockTracer> tracer, std::unique_ptr<FsFreezer> freezer,
+               ScanPlan plan, uint64_t lost_events_baseline);
+  ~TraceCapture();
+
+  // Adds extents known dirty at start (a clean restart's saved bitmap).
+  void AddDirty(uint64_t offset, uint64_t length) { map_.Add(offset, length); }
+
+  void Start();
+
+  // Stops both threads (thawing first if a freeze was in progress), drains the events still
+  // buffered into the map, and leaves the tracefs instance enabled (Detach) so events keep
+  // accumulating for the next run. Returns the extents not read back yet; the caller saves them.
+  std::vector<Extent> Stop();
+
+  // Called from the Sender's handshake callback.
+  void OnHandshake(uint64_t durable_lsn);
+  // The journal lost records it had acknowledged: every hash becomes unknown and the scan runs
+  // again sending everything (VolumeCapture records the gap).
+  void OnJournalLoss();
+
+  // Applies hash updates for records that have become durable (also called at stop).
+  void ApplyDurableHashes();
+
+  void FillReport(v1::AgentReport* report);
+
+  // The scan still to do, for the state saved at a clean stop: whether one is pending (running
+  // or requested) and the offset it would resume from.
+  bool scan_pending() const { return scan_active_.load() || scan_restart_.load(); }
+  uint64_t scan_resume_offset() const {
+    return scan_restart_.load() ? 0 : scan_active_.load() ? scan_cursor_.load() : size_;
+  }
+  bool initial_sync_done() const { return initial_done_.load(); }
+  bool scan_skip_zero() const { return skip_zero_.load(); }
+  // Lost-event counter of the tracefs instance as last read (saved for a clean restart).
+  uint64_t lost_events_seen() const { return lost_seen_.load(); }
+
+ private:
+  struct PendingHashes {
+    uint64_t lsn = 0;
+    uint64_t first_block = 0;
+    std::vector<uint64_t> hashes;
+  };
+
+  void TrackerLoop();
+  void ShipperLoop();
+  // Reads back `extents`, queues them. Extents that could not be queued go back to the map.
+  // Returns the number of bytes queued; an error leaves every extent in the map.
+  Result<uint64_t> ShipExtents(const std::vector<Extent>& extents);
+  // Builds records for [offset, offset+length) from `data` and queues them; returns the bytes
+  // that did not fit (from the first unqueued record to the end), which the caller re-marks.
+  uint64_t QueueContent(uint64_t offset, const char* data, uint64_t length,
+                        std::vector<uint64_t> hashes);
+  // One chunk of the device scan. Returns false when the Sender has no room (retry later).
+  Result<bool> ScanStep();
+  void FreezeCycle();
+  void CheckLostEvents();
+  void OnEventsLost(const std::string& reason);
+  void StartScan(bool send_zero_blocks);
+  void RecordFreeze(uint64_t us, bool abandoned);
+  // Takes up to max_bytes from the map and ships them, counted as in progress meanwhile.
+  Result<uint64_t> TakeAndShip(uint64_t max_bytes);
+  void Wait(int ms);
+
+  const TraceCaptureOptions options_;
+  VolumeCapture* const capture_;
+  Sender* const sender_;
+  BlockHashStore* const hashes_;
+  std::unique_ptr<BlockDevice> reader_;
+  std::unique_ptr<BlockTracer> tracer_;
+  std::unique_ptr<FsFreezer> freezer_;
+  const uint64_t size_;
+  DirtyExtentMap map_;
+
+  std::atomic<bool> stop_{false};
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  std::thread tracker_;
+  std::thread shipper_;
+
+  // Scan state: written by the shipper; a restart request comes from the tracker.
+  std::atomic<bool> scan_active_;
+  std::atomic<bool> scan_restart_{false};
+  std::atomic<bool> initial_done_;
+  std::atomic<uint64_t> scan_cursor_;
+  std::atomic<bool> skip_zero_;
+  std::atomic<bool> decide_skip_zero_;
+  std::atomic<uint64_t> in_progress_bytes_{0};
+
+  // Hash bookkeeping (shipper thread, and Stop after it joined).
+  std::mutex hash_mu_;
+  std::deque<PendingHashes> pending_hashes_;             // GUARDED_BY(hash_mu_), LSN order
+  std::unordered_map<uint64_t, uint64_t> latest_lsn_;  // GUARDED_BY(hash_mu_): block -> LSN
+  uint64_t hash_generation_ = 0;  // GUARDED_BY(hash_mu_): bumped when the journal lost records
+
+  // Lost-event accounting.
+  std::atomic<uint64_t> lost_baseline_;  // instance counter when this run started tracking
+  std::atomic<uint64_t> lost_seen_;
+
+  // Figures for reports.
+  std::mutex stats_mu_;
+  std::vector<uint64_t> freeze_us_;  // GUARDED_BY(stats_mu_): ring of the last 1024
+  size_t freeze_next_ = 0;           // GUARDED_BY(stats_mu_)
+  v1::TraceStats stats_;             // GUARDED_BY(stats_mu_)
+  std::atomic<uint64_t> events_{0};
+  std::atomic<uint64_t> readback_bytes_{0};
+  std::atomic<uint64_t> scan_read_bytes_{0};
+  std::atomic<uint64_t> scan_sent_bytes_{0};
+  std::atomic<bool> reading_{false};  // the tracker is moving events from the pipe to the map
+
+  // Shipper thread only.
+  int64_t next_freeze_ns_ = 0;  // steady-clock time of the next freeze cycle
+  uint64_t events_at_last_point_ = 0;
+  bool point_taken_once_ = false;
+  AlignedBuffer scan_buffer_;
+};
+
+}  // namespace cdp::agent

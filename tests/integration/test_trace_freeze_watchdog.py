@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""The application is never held frozen by the agent:
+  1. an agent killed (kill -9) while it holds a freeze: its watchdog process thaws at once;
+  2. an agent stuck in a freeze (test hook CDP_AGENT_TEST_FREEZE_HOLD_MS) past its limit: the
+     watchdog thaws at twice the limit, the freeze is counted as abandoned and makes no point.
+The test hook only makes the agent sleep while frozen; everything else is the real agent."""
+import time
+
+import cdptest as t
+import tracetest as tt
+
+
+def wait_frozen(s, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if s.is_frozen(wait=0.5):
+            return
+    raise AssertionError(f"the agent did not freeze {s.mnt} within {timeout}s")
+
+
+def test(s):
+    s.start_journal()
+    s.start_replicator()
+
+    t.log("1. agent holds its freeze for 10 min (limit 60 s); kill -9 it while frozen")
+    s.start_agent(extra=["--freeze-limit-ms", "60000", "--checkpoint-interval", "0.2"],
+                  env={"CDP_AGENT_TEST_FREEZE_HOLD_MS": "600000"})
+    s.wait_for(lambda: s.volume_status() is not None, 60, "volume registered")
+    open(f"{s.mnt}/dirty", "w").write("x")  # something to checkpoint
+    wait_frozen(s, 60)
+    t0 = time.time()
+    s.procs["agent"].kill9()
+    s.wait_for(lambda: not s.is_frozen(wait=0.5), 10, "the watchdog to thaw after the kill")
+    t.log(f"thawed {time.time() - t0:.1f}s after the kill")
+
+    t.log("2. agent stuck in its freeze (hold 5 s, limit 200 ms): the watchdog thaws at 400 ms")
+    s.start_agent(extra=["--freeze-limit-ms", "200"],
+                  env={"CDP_AGENT_TEST_FREEZE_HOLD_MS": "5000"})
+    open(f"{s.mnt}/dirty2", "w").write("y")
+    wait_frozen(s, 60)
+    t0 = time.time()
+    s.wait_for(lambda: not s.is_frozen(wait=0.5), 10, "the watchdog to thaw a stuck freeze")
+    t.log(f"thawed {time.time() - t0:.1f}s after the freeze was seen (agent still holding it)")
+    s.wait_for(lambda: s.trace_stats().get("freezes_abandoned", 0) >= 1, 30,
+               "the agent to count the freeze as abandoned")
+    st = s.status()
+    assert st["trace"]["freezes"] == 0, f"a freeze cut short by the watchdog made a point: {st}"
+    assert "cut short" in s.agent_log(), "the agent did not report the watchdog's thaw"
+
+
+tt.run(test, fs="ext4", size_mib=256)
