@@ -1,5 +1,6 @@
 #include "cdp/agent/sender.h"
 
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -30,7 +31,10 @@ Sender::~Sender() {
 }
 
 void Sender::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "sender");
+    Loop();
+  });
 }
 
 void Sender::Wake() {
@@ -77,6 +81,23 @@ bool Sender::TryEnqueue(ChangeRecord rec) {
   }
   Wake();
   return true;
+}
+
+size_t Sender::TryEnqueueMany(std::span<const ChangeRecord> records) {
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return 0;
+    for (const ChangeRecord& rec : records) {
+      const uint64_t charge = Charge(rec);
+      if (queued_bytes_ + charge > options_.buffer_bytes) break;
+      queued_bytes_ += charge;
+      queue_.push_back(Entry{rec});
+      ++n;
+    }
+  }
+  if (n > 0) Wake();
+  return n;
 }
 
 bool Sender::WaitForSpace(uint64_t bytes, int timeout_ms) {

@@ -1,5 +1,7 @@
 #include "cdp/agent/sync_engine.h"
 
+#include <pthread.h>
+
 #include <chrono>
 
 #include "cdp/core/logging.h"
@@ -24,7 +26,10 @@ SyncEngine::SyncEngine(std::string volume, VolumeCapture* capture, Sender* sende
 SyncEngine::~SyncEngine() { Stop(); }
 
 void SyncEngine::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "sync");
+    Loop();
+  });
 }
 
 void SyncEngine::Stop() {

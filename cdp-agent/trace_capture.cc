@@ -1,6 +1,7 @@
 #include "cdp/agent/trace_capture.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,12 @@ constexpr uint64_t kMaxRecordBytes = 1 << 20;  // payload per record
 constexpr uint64_t kScanChunk = 1 << 20;
 constexpr uint64_t kRecordCharge = 64;  // Sender::Charge overhead per record
 constexpr size_t kMaxExtentsPerBatch = 256;
+constexpr int kEventCoalesceMs = 50;
+constexpr uint64_t kSettleNs = 100'000'000;
+// A freeze follows the pre-copy once a syncfs took less than this (little was dirty), or after
+// kMaxPrecopyRounds rounds.
+constexpr int64_t kQuickSyncNs = 15'000'000;
+constexpr int kMaxPrecopyRounds = 4;
 // Pre-copy before a freeze until at most this much is dirty; more would make the freeze long.
 constexpr uint64_t kResidualTarget = 2ull << 20;
 
@@ -79,8 +86,14 @@ TraceCapture::~TraceCapture() {
 
 void TraceCapture::Start() {
   next_freeze_ns_ = SteadyNanos() + int64_t{options_.checkpoint_interval_ms} * 1000000;
-  tracker_ = std::thread([this] { TrackerLoop(); });
-  shipper_ = std::thread([this] { ShipperLoop(); });
+  tracker_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "trace-events");
+    TrackerLoop();
+  });
+  shipper_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "trace-readback");
+    ShipperLoop();
+  });
   if (scan_active_.load()) {
     CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": "
                   << (initial_done_.load() ? "checksum resync" : "initial full sync") << " of "
@@ -155,6 +168,9 @@ void TraceCapture::TrackerLoop() {
       Wait(1000);
       continue;
     }
+    // Let completions gather for a moment: one read (and one wake-up of the read-back thread)
+    // per burst rather than per event. A freeze drains on its own, so this adds no delay there.
+    Wait(kEventCoalesceMs);
     reading_ = true;
     auto n = tracer_->Drain(sink);
     reading_ = false;
@@ -209,6 +225,11 @@ void TraceCapture::ShipperLoop() {
       continue;
     }
     ApplyDurableHashes();
+    MaybeLogFreezeSummary();
+    if (SteadyNanos() >= next_trim_ns_) {
+      next_trim_ns_ = SteadyNanos() + 10'000'000'000;
+      hashes_->TrimResident();
+    }
     if (scan_restart_.exchange(false)) {
       scan_cursor_ = 0;
       if (!scan_active_.exchange(true)) {
@@ -222,7 +243,13 @@ void TraceCapture::ShipperLoop() {
       continue;
     }
     const uint64_t batch = options_.read_batch_bytes;
-    if (!map_.empty()) {
+    // Rate-aware read-back: let changes settle for a moment unless a batch's worth is waiting —
+    // a block rewritten meanwhile is read once, and reads, records and acks go in fewer, larger
+    // rounds. The wait is a small part of the lag; a freeze reads its residual set at once.
+    const uint64_t since = map_.dirty_since_ns();
+    const bool settled = since != 0 && (map_.bytes() >= batch / 4 ||
+                                        NowNanos() - since >= kSettleNs || scan_active_.load());
+    if (settled) {
       if (!sender_->WaitForSpace(batch + kMaxExtentsPerBatch * kRecordCharge, 50)) continue;
       auto shipped = TakeAndShip(batch);
       if (!shipped.ok()) {
@@ -245,7 +272,7 @@ void TraceCapture::ShipperLoop() {
       }
       continue;
     }
-    Wait(freezer_ ? 20 : 50);
+    Wait(map_.empty() ? 50 : 10);
   }
 }
 
@@ -262,7 +289,13 @@ Result<uint64_t> TraceCapture::ShipExtents(const std::vector<Extent>& extents) {
   uint64_t total = 0;
   for (const Extent& e : extents) total += (e.length + kBlock - 1) / kBlock * kBlock;
   if (total == 0) return uint64_t{0};
-  AlignedBuffer buf(total);
+  // One buffer reused across batches (a freeze's residual set may need a larger one-off).
+  AlignedBuffer oversized;
+  if (readback_buffer_.size() < options_.read_batch_bytes) {
+    readback_buffer_ = AlignedBuffer(options_.read_batch_bytes);
+  }
+  if (total > readback_buffer_.size()) oversized = AlignedBuffer(total);
+  AlignedBuffer& buf = oversized.size() > 0 ? oversized : readback_buffer_;
   std::vector<ReadOp> ops;
   ops.reserve(extents.size());
   uint64_t pos = 0;
@@ -270,11 +303,15 @@ Result<uint64_t> TraceCapture::ShipExtents(const std::vector<Extent>& extents) {
     ops.push_back({e.offset, std::span<char>(buf.data() + pos, e.length)});
     pos += (e.length + kBlock - 1) / kBlock * kBlock;
   }
+  const int64_t t0 = SteadyNanos();
   Status read = reader_->ReadBatch(ops);
   if (!read.ok()) {
     for (const Extent& e : extents) map_.Add(e.offset, e.length);
     return read;
   }
+  // The read-back rate, for predicting how long a freeze's residual read takes (EWMA).
+  const double rate = static_cast<double>(total) / static_cast<double>(SteadyNanos() - t0 + 1);
+  read_bytes_per_ns_ = 0.8 * read_bytes_per_ns_ + 0.2 * rate;
   readback_bytes_ += total;
   uint64_t queued = 0;
   pos = 0;
@@ -465,45 +502,77 @@ void TraceCapture::FreezeCycle() {
   const uint64_t events = events_.load();
   if (events == events_at_last_point_ && map_.empty() && point_taken_once_) return;
 
-  // Pre-copy: write back the page cache without blocking writers, then ship until the residual
-  // set is small, so the freeze itself has little to do.
-  if (::syncfs(freezer_->mount_fd()) != 0) {
-    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": syncfs: " << strerror(errno);
-  }
-  const int64_t precopy_deadline = SteadyNanos() + 1000000000;
+  // Pre-copy, so the freeze itself has little to do: write back the page cache without blocking
+  // writers (syncfs), ship what that wrote until the residual set is small, and repeat while the
+  // writeback still took long — each round leaves only what was dirtied during the previous one,
+  // which is what FIFREEZE's own flush then has to write with the writers blocked.
   auto sink = [this](const BlockEvent& e) {
     map_.Add(e.offset, e.length);
     events_++;
   };
-  while (!stop_ && SteadyNanos() < precopy_deadline) {
-    auto drained = tracer_->Drain(sink);
-    if (!drained.ok()) return;
-    if (map_.bytes() <= kResidualTarget) break;
-    if (!sender_->WaitForSpace(options_.read_batch_bytes, 50)) continue;
-    auto shipped = TakeAndShip(options_.read_batch_bytes);
-    if (!shipped.ok()) return;
+  const int64_t precopy_deadline = SteadyNanos() + 2'000'000'000;
+  for (int round = 0; round < kMaxPrecopyRounds; ++round) {
+    const int64_t t_sync = SteadyNanos();
+    if (::syncfs(freezer_->mount_fd()) != 0) {
+      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": syncfs: "
+                       << strerror(errno);
+    }
+    const int64_t sync_ns = SteadyNanos() - t_sync;
+    while (!stop_ && SteadyNanos() < precopy_deadline) {
+      auto drained = tracer_->Drain(sink);
+      if (!drained.ok()) return;
+      if (map_.bytes() <= kResidualTarget) break;
+      if (!sender_->WaitForSpace(options_.read_batch_bytes, 50)) continue;
+      auto shipped = TakeAndShip(options_.read_batch_bytes);
+      if (!shipped.ok()) return;
+    }
+    if (stop_ || map_.bytes() > kResidualTarget) return;  // too busy now; try next interval
+    if (sync_ns < kQuickSyncNs) break;
   }
-  if (stop_ || map_.bytes() > kResidualTarget) return;  // too busy now; try at the next interval
 
   const int64_t t0 = SteadyNanos();
   const uint64_t limit_ns = uint64_t(options_.freeze_limit_ms) * 1000000;
   Status frozen = freezer_->Freeze();
   if (!frozen.ok()) {
-    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": no consistency point: "
-                     << frozen.ToString();
+    // Said once per episode (an operator's fsfreeze -f lasts many intervals).
+    if (!freeze_refused_) {
+      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": no consistency point: "
+                       << frozen.ToString() << "; retrying every interval";
+    }
+    freeze_refused_ = true;
     return;
   }
+  if (freeze_refused_) {
+    CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": freezing works again";
+    freeze_refused_ = false;
+  }
   std::string abandon;
+  const int64_t t_frozen = SteadyNanos();
+  auto ms = [](int64_t ns) { return static_cast<double>(ns) / 1e6; };
+  if (uint64_t(t_frozen - t0) > limit_ns) {
+    abandon = "FIFREEZE itself took " + std::to_string(ms(t_frozen - t0)) +
+              " ms: the filesystem's own flush";
+  }
   auto drained = tracer_->Drain(sink);
   if (!drained.ok()) abandon = "reading trace events failed: " + drained.status().ToString();
   auto lost = tracer_->LostEvents();
   if (abandon.empty() && (!lost.ok() || *lost > lost_seen_.load())) {
     abandon = "events were lost";  // handled after the thaw
   }
-  uint64_t residual = 0;
+  const int64_t t_drained = SteadyNanos();
+  uint64_t residual = map_.bytes();
+  // Reading the residual set must fit in what is left of the limit, at the read-back rate
+  // measured so far.
+  const double predicted_ns = static_cast<double>(residual) / read_bytes_per_ns_;
+  if (abandon.empty() &&
+      static_cast<double>(t_drained - t0) + predicted_ns > static_cast<double>(limit_ns)) {
+    abandon = "reading the residual " + std::to_string(residual) + " bytes would take ~" +
+              std::to_string(predicted_ns / 1e6) + " ms";
+  }
   if (abandon.empty()) {
-    in_progress_bytes_ = map_.bytes() + kBlock;
+    in_progress_bytes_ = residual + kBlock;
     auto extents = map_.TakeAll();
+    residual = 0;
     for (const Extent& e : extents) residual += e.length;
     if (!sender_->WaitForSpace(residual + extents.size() * (1 + residual / kMaxRecordBytes) *
                                               kRecordCharge,
@@ -520,6 +589,7 @@ void TraceCapture::FreezeCycle() {
     }
     in_progress_bytes_ = 0;
   }
+  const int64_t t_read = SteadyNanos();
   if (options_.freeze_hold_ms > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(options_.freeze_hold_ms));
   }
@@ -540,32 +610,55 @@ void TraceCapture::FreezeCycle() {
     events_at_last_point_ = events;
     point_taken_once_ = true;
   }
-  RecordFreeze(us, !abandon.empty());
+  RecordFreeze(us, uint64_t(t_frozen - t0) / 1000, !abandon.empty());
   if (!abandon.empty()) {
     CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": freeze abandoned after "
                      << us / 1000.0 << " ms (" << abandon << "); retrying at the next interval";
     if (!lost.ok() || *lost > lost_seen_.load()) CheckLostEvents();
   } else {
     CDP_LOG(debug) << "cdp-agent: volume " << options_.volume << ": freeze " << us / 1000.0
-                   << " ms, residual " << residual << " bytes, point at LSN " << point;
+                   << " ms (FIFREEZE " << ms(t_frozen - t0) << " ms, drain "
+                   << ms(t_drained - t_frozen) << " ms, residual " << residual
+                   << " bytes read and queued in " << ms(t_read - t_drained)
+                   << " ms), point at LSN " << point;
   }
 }
 
-void TraceCapture::RecordFreeze(uint64_t us, bool abandoned) {
+void TraceCapture::RecordFreeze(uint64_t us, uint64_t ioctl_us, bool abandoned) {
   std::lock_guard<std::mutex> lock(stats_mu_);
   if (abandoned) {
     stats_.set_freezes_abandoned(stats_.freezes_abandoned() + 1);
+    minute_abandoned_++;
   } else {
     stats_.set_freezes(stats_.freezes() + 1);
   }
   stats_.set_freeze_last_us(us);
   stats_.set_freeze_max_us(std::max<uint64_t>(stats_.freeze_max_us(), us));
+  minute_us_.push_back(us);
   if (freeze_us_.size() < 1024) {
     freeze_us_.push_back(us);
+    ioctl_us_.push_back(ioctl_us);
   } else {
     freeze_us_[freeze_next_] = us;
+    ioctl_us_[freeze_next_] = ioctl_us;
     freeze_next_ = (freeze_next_ + 1) % freeze_us_.size();
   }
+}
+
+void TraceCapture::MaybeLogFreezeSummary() {
+  const int64_t now = SteadyNanos();
+  if (next_summary_ns_ == 0) next_summary_ns_ = now + 60'000'000'000;
+  if (now < next_summary_ns_) return;
+  next_summary_ns_ = now + 60'000'000'000;
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  if (minute_us_.empty()) return;
+  CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": last minute: "
+                << minute_us_.size() << " freezes (" << minute_abandoned_
+                << " abandoned), p50 " << Percentile(minute_us_, 0.5) / 1000.0 << " ms, p99 "
+                << Percentile(minute_us_, 0.99) / 1000.0 << " ms, max "
+                << *std::max_element(minute_us_.begin(), minute_us_.end()) / 1000.0 << " ms";
+  minute_us_.clear();
+  minute_abandoned_ = 0;
 }
 
 void TraceCapture::FillReport(v1::AgentReport* r) {
@@ -584,6 +677,8 @@ void TraceCapture::FillReport(v1::AgentReport* r) {
     *t = stats_;
     t->set_freeze_p50_us(Percentile(freeze_us_, 0.50));
     t->set_freeze_p99_us(Percentile(freeze_us_, 0.99));
+    t->set_fifreeze_p50_us(Percentile(ioctl_us_, 0.50));
+    t->set_fifreeze_p99_us(Percentile(ioctl_us_, 0.99));
   }
   t->set_lost_events(lost_seen_.load() - lost_baseline_.load());
   t->set_events(events_.load());

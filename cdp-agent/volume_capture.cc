@@ -199,14 +199,11 @@ Status VolumeCapture::Flush() {
 size_t VolumeCapture::QueueRecords(std::span<ChangeRecord> records) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!lsn_known_.load()) return 0;
-  size_t queued = 0;
-  for (ChangeRecord& rec : records) {
-    rec.lsn = last_lsn_.load() + 1;
-    if (!sender_->TryEnqueue(rec)) break;
-    last_lsn_ = rec.lsn;
-    captured_bytes_ += rec.length;
-    ++queued;
-  }
+  uint64_t lsn = last_lsn_.load();
+  for (ChangeRecord& rec : records) rec.lsn = ++lsn;
+  const size_t queued = sender_->TryEnqueueMany(records);
+  for (size_t i = 0; i < queued; ++i) captured_bytes_ += records[i].length;
+  last_lsn_ = last_lsn_.load() + queued;
   return queued;
 }
 

@@ -78,6 +78,8 @@ std::string StatusJson(const v1::StatusReply& reply) {
                                  {"freeze_max_ms", t.freeze_max_us() / 1000.0},
                                  {"freeze_p50_ms", t.freeze_p50_us() / 1000.0},
                                  {"freeze_p99_ms", t.freeze_p99_us() / 1000.0},
+                                 {"fifreeze_p50_ms", t.fifreeze_p50_us() / 1000.0},
+                                 {"fifreeze_p99_ms", t.fifreeze_p99_us() / 1000.0},
                                  {"lost_events", t.lost_events()},
                                  {"events", t.events()},
                                  {"readback_bytes", t.readback_bytes()},

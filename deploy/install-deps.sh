@@ -18,6 +18,8 @@ packages=(
   procps psmisc time util-linux coreutils python3 bc
   # trace mode tests: real filesystems on loop devices and a real workload
   e2fsprogs xfsprogs fdisk fio tar
+  # trace-mode benchmark baseline: the standard block tracer
+  blktrace
 )
 
 missing=()

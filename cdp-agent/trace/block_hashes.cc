@@ -2,6 +2,7 @@
 
 #define XXH_INLINE_ALL
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -84,7 +85,27 @@ BlockHashStore::BlockHashStore(std::string path, int fd, uint64_t device_size)
       device_size_(device_size),
       blocks_((device_size + kBlockSize - 1) / kBlockSize) {}
 
-BlockHashStore::~BlockHashStore() { ::close(fd_); }
+BlockHashStore::~BlockHashStore() {
+  if (map_ != nullptr) ::munmap(map_, map_bytes_);
+  ::close(fd_);
+}
+
+Status BlockHashStore::Map() {
+  map_bytes_ = kHeaderBytes + blocks_ * 8;
+  void* p = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) {
+    map_ = nullptr;
+    return Status::FromErrno(errno, "mmap " + path_);
+  }
+  map_ = static_cast<char*>(p);
+  return Status::Ok();
+}
+
+void BlockHashStore::TrimResident() {
+  // Drops this process's page-table references; the pages stay in the page cache (dirty ones
+  // stay dirty) and fault back in on the next access.
+  if (map_ != nullptr) ::madvise(map_, map_bytes_, MADV_DONTNEED);
+}
 
 Result<std::unique_ptr<BlockHashStore>> BlockHashStore::Open(const std::string& path,
                                                              uint64_t device_size, bool* reset) {
@@ -109,6 +130,7 @@ Result<std::unique_ptr<BlockHashStore>> BlockHashStore::Open(const std::string& 
       return Status::FromErrno(errno, "extend " + path);
     }
   }
+  CDP_RETURN_IF_ERROR(store->Map());
   return store;
 }
 
@@ -130,46 +152,42 @@ Status BlockHashStore::Invalidate(uint64_t offset, uint64_t length) {
   if (length == 0 || offset >= device_size_) return Status::Ok();
   const uint64_t first = offset / kBlockSize;
   const uint64_t last = std::min((offset + length + kBlockSize - 1) / kBlockSize, blocks_);
-  static const std::vector<char> zeroes(64 * 1024, 0);
-  uint64_t pos = kHeaderBytes + first * 8;
-  uint64_t left = (last - first) * 8;
-  while (left > 0) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(left, zeroes.size()));
-    CDP_RETURN_IF_ERROR(PwriteAll(fd_, zeroes.data(), n, pos, path_));
-    pos += n;
-    left -= n;
-  }
+  std::memset(map_ + kHeaderBytes + first * 8, 0, (last - first) * 8);
   return Status::Ok();
 }
 
 Status BlockHashStore::InvalidateAll() {
-  CDP_RETURN_IF_ERROR(Initialize(fd_, device_size_, blocks_, path_));
-  return Status::Ok();
+  // A hole reads as zeroes through the mapping too; a file system without hole punching gets
+  // the zeroes written.
+  if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(kHeaderBytes),
+                  static_cast<off_t>(blocks_ * 8)) != 0) {
+    std::memset(map_ + kHeaderBytes, 0, blocks_ * 8);
+  }
+  return Sync();
 }
 
 Status BlockHashStore::Set(uint64_t first_block, std::span<const uint64_t> hashes) {
   CDP_RETURN_IF_ERROR(CheckRange(first_block, hashes.size()));
-  std::vector<char> buf(hashes.size() * 8);
+  char* p = map_ + kHeaderBytes + first_block * 8;
   for (size_t i = 0; i < hashes.size(); ++i) {
-    for (int b = 0; b < 8; ++b) buf[i * 8 + b] = static_cast<char>(hashes[i] >> (8 * b));
+    for (int b = 0; b < 8; ++b) p[i * 8 + b] = static_cast<char>(hashes[i] >> (8 * b));
   }
-  return PwriteAll(fd_, buf.data(), buf.size(), kHeaderBytes + first_block * 8, path_);
+  return Status::Ok();
 }
 
 Status BlockHashStore::Get(uint64_t first_block, std::span<uint64_t> out) const {
   CDP_RETURN_IF_ERROR(CheckRange(first_block, out.size()));
-  std::vector<unsigned char> buf(out.size() * 8);
-  CDP_RETURN_IF_ERROR(PreadAll(fd_, reinterpret_cast<char*>(buf.data()), buf.size(),
-                               kHeaderBytes + first_block * 8, path_));
+  const auto* p = reinterpret_cast<const unsigned char*>(map_ + kHeaderBytes + first_block * 8);
   for (size_t i = 0; i < out.size(); ++i) {
     uint64_t v = 0;
-    for (int b = 7; b >= 0; --b) v = (v << 8) | buf[i * 8 + b];
+    for (int b = 7; b >= 0; --b) v = (v << 8) | p[i * 8 + b];
     out[i] = v;
   }
   return Status::Ok();
 }
 
 Status BlockHashStore::Sync() {
+  if (::msync(map_, map_bytes_, MS_SYNC) != 0) return Status::FromErrno(errno, "msync " + path_);
   if (::fdatasync(fd_) != 0) return Status::FromErrno(errno, "fdatasync " + path_);
   return Status::Ok();
 }

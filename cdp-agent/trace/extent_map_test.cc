@@ -5,6 +5,8 @@
 #include <random>
 #include <set>
 
+#include "cdp/core/record.h"
+
 namespace cdp::agent {
 namespace {
 
@@ -78,6 +80,31 @@ TEST(DirtyExtentMap, CoarsensPastTheCapWithoutLosingAnything) {
   uint64_t total = 0;
   for (const Extent& e : m.TakeAll()) total += e.length;
   EXPECT_GE(total, blocks.size() * 4096);
+}
+
+}  // namespace
+}  // namespace cdp::agent
+
+namespace cdp::agent {
+namespace {
+
+TEST(DirtyExtentMap, DirtySinceIsTheOldestExtentStillThere) {
+  DirtyExtentMap m(1 << 20, 4096);
+  m.Add(0, 4096);
+  const uint64_t first = m.dirty_since_ns();
+  ASSERT_NE(first, 0u);
+  while (NowNanos() == first) {
+  }
+  m.Add(65536, 4096);  // younger
+  EXPECT_EQ(m.dirty_since_ns(), first);
+  m.Take(4096, 1);  // the old one is read back: the young one is now the oldest
+  EXPECT_GT(m.dirty_since_ns(), first);
+  m.Add(69632, 4096);  // merges with the young one: keeps its time
+  const uint64_t young = m.dirty_since_ns();
+  m.Take(4096, 1);  // takes the head of the merged extent; the tail keeps the time
+  EXPECT_EQ(m.dirty_since_ns(), young);
+  m.TakeAll();
+  EXPECT_EQ(m.dirty_since_ns(), 0u);
 }
 
 }  // namespace

@@ -39,7 +39,8 @@ def fio_part(mnt, seconds, rate, errors):
     os.makedirs(d, exist_ok=True)
     r = subprocess.run(
         ["fio", "--name=verify", f"--directory={d}", "--rw=randwrite", "--bs=4k", "--size=48m",
-         "--ioengine=psync", "--verify=crc32c", "--verify_backlog=512", "--verify_fatal=1", "--verify_state_save=0",
+         "--ioengine=psync", "--verify=crc32c", "--verify_backlog=512", "--verify_fatal=1",
+         "--verify_state_save=0",
          "--fsync=64", f"--rate={rate}", "--time_based", f"--runtime={seconds}",
          "--output-format=terse"],
         capture_output=True, text=True)

@@ -8,14 +8,16 @@
 //   1. before a record for a block is queued, its entry is set to 0 (Invalidate);
 //   2. only once that record is durable in the journal is the new hash written (Set).
 // So a non-zero entry always equals the hash of the journal's latest content of the block. The
-// writes go through the page cache: they survive a kill of the agent; after a crash of the whole
-// machine the file is not trusted (the caller checks the boot id) and everything is resent.
+// file is mapped (MAP_SHARED): entries are plain stores into the page cache, no system call per
+// entry, and they survive a kill of the agent; after a crash of the whole machine the file is not
+// trusted (the caller checks the boot id) and everything is resent.
 //
 // File format (docs/agent-state.md): a 64-byte header — magic "CDPHASH1", big-endian u32 version (1),
 // u32 block size (4096), u64 device size, u32 CRC32C of the preceding 24 bytes, zero padding —
 // then one little-endian u64 per block. Created sparse (all unknown).
 //
-// Thread-safety: all methods are thread-safe (pread/pwrite on one descriptor).
+// Thread-safety: all methods are thread-safe; concurrent Set/Invalidate of the same block must
+// be ordered by the caller.
 #pragma once
 
 #include <cstdint>
@@ -54,17 +56,23 @@ class BlockHashStore {
   Status Set(uint64_t first_block, std::span<const uint64_t> hashes);
   // Reads out.size() consecutive entries starting at first_block.
   Status Get(uint64_t first_block, std::span<uint64_t> out) const;
-  // fdatasync.
+  // msync + fdatasync.
   Status Sync();
+  // Releases the mapping's resident pages from this process (they stay in the page cache), so a
+  // large device's hash file does not accumulate in the agent's RSS. Call now and then.
+  void TrimResident();
 
  private:
   BlockHashStore(std::string path, int fd, uint64_t device_size);
   Status CheckRange(uint64_t first_block, size_t count) const;
+  Status Map();
 
   const std::string path_;
   const int fd_;
   const uint64_t device_size_;
   const uint64_t blocks_;
+  char* map_ = nullptr;  // the whole file, MAP_SHARED
+  uint64_t map_bytes_ = 0;
 };
 
 }  // namespace cdp::agent

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <set>
 #include <vector>
 
 namespace cdp::agent {
@@ -43,8 +44,8 @@ class DirtyExtentMap {
   // Removes and returns everything, in offset order.
   std::vector<Extent> TakeAll();
 
-  // When the map last went from empty to non-empty (ns since the epoch); 0 while empty. The age
-  // of the oldest change not read back yet, for the replication lag figure.
+  // When the oldest change still in the map was added (ns since the epoch; merged extents keep
+  // the older time); 0 while empty. Its age is the replication lag of changes not read back yet.
   uint64_t dirty_since_ns() const;
   uint64_t bytes() const;
   size_t extents() const;
@@ -59,10 +60,18 @@ class DirtyExtentMap {
   const uint32_t align_;
   const size_t max_extents_;
   mutable std::mutex mu_;
-  std::map<uint64_t, uint64_t> extents_;  // GUARDED_BY(mu_): begin -> end, disjoint, not adjacent
-  uint64_t bytes_ = 0;                    // GUARDED_BY(mu_)
-  uint64_t cursor_ = 0;                   // GUARDED_BY(mu_)
-  uint64_t since_ns_ = 0;                 // GUARDED_BY(mu_)
+  struct Span {
+    uint64_t end = 0;
+    uint64_t since_ns = 0;  // when its oldest part was added
+  };
+  void EraseTimeLocked(uint64_t since_ns);
+
+  // GUARDED_BY(mu_) all: begin -> span, disjoint and not adjacent; the multiset holds every
+  // span's since_ns, for the oldest in O(log n).
+  std::map<uint64_t, Span> extents_;
+  std::multiset<uint64_t> times_;
+  uint64_t bytes_ = 0;
+  uint64_t cursor_ = 0;
 };
 
 }  // namespace cdp::agent

@@ -17,6 +17,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,6 +70,9 @@ class Sender {
   // Appends a record. REQUIRES: rec.lsn is one more than the last enqueued LSN (or the first
   // after a handshake). False, and nothing queued, when it does not fit in the buffer.
   bool TryEnqueue(ChangeRecord rec);
+  // Appends records[0..n) for the largest n whose records all fit, under one lock and with one
+  // wake-up of the sender thread. Same REQUIRES as TryEnqueue for each. Returns n.
+  size_t TryEnqueueMany(std::span<const ChangeRecord> records);
   // Waits until `bytes` fit in the buffer or timeout_ms passes; true if they fit.
   bool WaitForSpace(uint64_t bytes, int timeout_ms);
   // Attaches a consistency point; it travels with the batch carrying its LSN (or later).

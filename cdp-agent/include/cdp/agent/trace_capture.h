@@ -132,7 +132,9 @@ class TraceCapture {
   void CheckLostEvents();
   void OnEventsLost(const std::string& reason);
   void StartScan(bool send_zero_blocks);
-  void RecordFreeze(uint64_t us, bool abandoned);
+  void RecordFreeze(uint64_t us, uint64_t ioctl_us, bool abandoned);
+  // Logs the freezes of the last minute (count, abandoned, p50/p99) at info, once a minute.
+  void MaybeLogFreezeSummary();
   // Takes up to max_bytes from the map and ships them, counted as in progress meanwhile.
   Result<uint64_t> TakeAndShip(uint64_t max_bytes);
   void Wait(int ms);
@@ -175,7 +177,12 @@ class TraceCapture {
   // Figures for reports.
   std::mutex stats_mu_;
   std::vector<uint64_t> freeze_us_;  // GUARDED_BY(stats_mu_): ring of the last 1024
+  std::vector<uint64_t> ioctl_us_;   // GUARDED_BY(stats_mu_): FIFREEZE alone, same ring
   size_t freeze_next_ = 0;           // GUARDED_BY(stats_mu_)
+  std::vector<uint64_t> minute_us_;  // GUARDED_BY(stats_mu_): freezes since the last summary
+  uint64_t minute_abandoned_ = 0;    // GUARDED_BY(stats_mu_)
+  int64_t next_summary_ns_ = 0;      // shipper thread
+  int64_t next_trim_ns_ = 0;         // shipper thread
   v1::TraceStats stats_;             // GUARDED_BY(stats_mu_)
   std::atomic<uint64_t> events_{0};
   std::atomic<uint64_t> readback_bytes_{0};
@@ -187,7 +194,10 @@ class TraceCapture {
   int64_t next_freeze_ns_ = 0;  // steady-clock time of the next freeze cycle
   uint64_t events_at_last_point_ = 0;
   bool point_taken_once_ = false;
+  bool freeze_refused_ = false;  // the last Freeze failed (e.g. frozen by someone else)
   AlignedBuffer scan_buffer_;
+  AlignedBuffer readback_buffer_;
+  double read_bytes_per_ns_ = 0.2;  // read-back rate (EWMA), 200 MB/s until measured
 };
 
 }  // namespace cdp::agent
