@@ -79,6 +79,7 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
   so.block_size = block_size;
   so.identity = wire::ProcessIdentity("cdp-agent");
   so.buffer_bytes = options_.buffer_bytes;
+  so.bandwidth_bytes_per_sec = options_.bandwidth_bytes_per_sec;
   sender_ = std::make_unique<Sender>(
       so,
       [this](uint64_t durable) {

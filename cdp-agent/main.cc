@@ -56,6 +56,9 @@ int main(int argc, char** argv) {
       "buffer-mib", po::value(&buffer_mib)->default_value(32),
       "memory for records not yet durable; past it async mode tracks dirty regions instead")(
       "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio")(
+      "bandwidth-limit", po::value<double>()->default_value(0),
+      "MB/s (10^6 bytes) of payload to the journal-server; 0 = unlimited. Past the limit records "
+      "wait in the buffer (then, in NBD async mode, dirty regions; in trace mode the extent map)")(
       "drain-seconds", po::value<int>()->default_value(10),
       "on SIGTERM, how long to wait for buffered records to become durable");
   cdp::AddCommonFlags(&desc, &log_level);
@@ -82,6 +85,8 @@ int main(int argc, char** argv) {
     bad = "--checkpoint-interval must be between 0.05 and 86400 seconds";
   } else if (options.freeze_limit_ms < 10 || options.freeze_limit_ms > 60000) {
     bad = "--freeze-limit-ms must be between 10 and 60000";
+  } else if (!(vm["bandwidth-limit"].as<double>() >= 0)) {
+    bad = "--bandwidth-limit must be 0 (unlimited) or a positive MB/s";
   } else if (options.trace_buffer_kb < 4 || options.trace_buffer_kb > (1u << 20)) {
     bad = "--trace-buffer-kb must be between 4 and 1048576";
   }
@@ -90,6 +95,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.checkpoint_interval_ms = static_cast<int>(checkpoint_seconds * 1000);
+  options.bandwidth_bytes_per_sec =
+      static_cast<uint64_t>(vm["bandwidth-limit"].as<double>() * 1e6);
   if (const char* hold = std::getenv("CDP_AGENT_TEST_FREEZE_HOLD_MS")) {
     options.freeze_hold_ms = std::atoi(hold);  // test hook: stay frozen this long
   }

@@ -4,9 +4,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "cdp/core/logging.h"
+#include "cdp/core/token_bucket.h"
 #include "cdp/core/transport.h"
 
 namespace cdp::agent {
@@ -166,6 +168,11 @@ void Sender::Loop() {
   auto last_complaint = Clock::now() - std::chrono::hours(1);
   auto drain_deadline = Clock::time_point::max();
   bool in_flight_since_rx = false;
+  // Bandwidth limit, in payload bytes.
+  const double rate = static_cast<double>(options_.bandwidth_bytes_per_sec);
+  TokenBucket bucket(rate, std::max(static_cast<double>(options_.max_batch_bytes), rate / 10),
+                     Clock::now());
+  bool throttled = false;
 
   auto reset_session = [&](bool close_socket) {
     handshaken = false;
@@ -263,8 +270,13 @@ void Sender::Loop() {
       }
     }
 
-    // Send what the window allows.
+    // Send what the window (and the bandwidth limit) allows.
+    throttled = false;
     while (handshaken) {
+      if (!bucket.CanSpend(Clock::now())) {
+        throttled = true;
+        break;
+      }
       v1::Header header;
       std::vector<zmq::message_t> frames;
       {
@@ -311,6 +323,7 @@ void Sender::Loop() {
         }
         send_next += batch->records_size();
         batch->set_sequence(++batch_seq);
+        bucket.Spend(static_cast<double>(payload));
       }
       CDP_LOG(debug) << "sender: batch seq " << header.change_batch().sequence() << " first "
                      << header.change_batch().first_lsn() << " records "
@@ -348,7 +361,13 @@ void Sender::Loop() {
     zmq::pollitem_t items[2] = {{sock->raw().handle(), 0, ZMQ_POLLIN, 0},
                                 {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds(options_.report_interval_ms));
+      int wait_ms = options_.report_interval_ms;
+      if (throttled) {
+        // Until the bucket holds tokens again.
+        const auto ns = bucket.TimeUntilPositive(Clock::now()).count();
+        wait_ms = std::clamp(static_cast<int>(ns / 1000000) + 1, 1, wait_ms);
+      }
+      zmq::poll(items, 2, std::chrono::milliseconds(wait_ms));
     } catch (const zmq::error_t&) {
     }
     if (items[1].revents & ZMQ_POLLIN) {

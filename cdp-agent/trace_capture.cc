@@ -25,8 +25,9 @@ constexpr uint64_t kSettleNs = 100'000'000;
 // kMaxPrecopyRounds rounds.
 constexpr int64_t kQuickSyncNs = 15'000'000;
 constexpr int kMaxPrecopyRounds = 4;
-// Pre-copy before a freeze until at most this much is dirty; more would make the freeze long.
-constexpr uint64_t kResidualTarget = 2ull << 20;
+// Pre-copy before a freeze until at most this much is dirty (or what the measured read-back rate
+// reads in a quarter of the freeze limit, if more); more would make the freeze long.
+constexpr uint64_t kMinResidualTarget = 2ull << 20;
 
 int64_t SteadyNanos() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -193,12 +194,14 @@ void TraceCapture::CheckLostEvents() {
     OnEventsLost("cannot read the trace buffer's statistics: " + lost.status().ToString());
     return;
   }
-  const uint64_t seen = lost_seen_.load();
-  if (*lost > seen) {
-    lost_seen_ = *lost;
-    OnEventsLost("trace buffer overrun: the kernel dropped " + std::to_string(*lost - seen) +
-                 " block events (raise --trace-buffer-kb)");
-    return;
+  // Two threads check (tracker, freeze cycle): only the one that advances the counter reports.
+  uint64_t seen = lost_seen_.load();
+  while (*lost > seen) {
+    if (lost_seen_.compare_exchange_weak(seen, *lost)) {
+      OnEventsLost("trace buffer overrun: the kernel dropped " + std::to_string(*lost - seen) +
+                   " block events (raise --trace-buffer-kb)");
+      return;
+    }
   }
   auto enabled = tracer_->StillEnabled();
   if (!enabled.ok() || !*enabled) {
@@ -498,10 +501,6 @@ Result<bool> TraceCapture::ScanStep() {
 }
 
 void TraceCapture::FreezeCycle() {
-  // Nothing changed since the last point: another freeze would only disturb the application.
-  const uint64_t events = events_.load();
-  if (events == events_at_last_point_ && map_.empty() && point_taken_once_) return;
-
   // Pre-copy, so the freeze itself has little to do: write back the page cache without blocking
   // writers (syncfs), ship what that wrote until the residual set is small, and repeat while the
   // writeback still took long — each round leaves only what was dirtied during the previous one,
@@ -511,6 +510,9 @@ void TraceCapture::FreezeCycle() {
     events_++;
   };
   const int64_t precopy_deadline = SteadyNanos() + 2'000'000'000;
+  const uint64_t residual_target = std::max<uint64_t>(
+      kMinResidualTarget, static_cast<uint64_t>(read_bytes_per_ns_ * options_.freeze_limit_ms *
+                                                1e6 / 4));
   for (int round = 0; round < kMaxPrecopyRounds; ++round) {
     const int64_t t_sync = SteadyNanos();
     if (::syncfs(freezer_->mount_fd()) != 0) {
@@ -521,14 +523,18 @@ void TraceCapture::FreezeCycle() {
     while (!stop_ && SteadyNanos() < precopy_deadline) {
       auto drained = tracer_->Drain(sink);
       if (!drained.ok()) return;
-      if (map_.bytes() <= kResidualTarget) break;
+      if (map_.bytes() <= residual_target) break;
       if (!sender_->WaitForSpace(options_.read_batch_bytes, 50)) continue;
       auto shipped = TakeAndShip(options_.read_batch_bytes);
       if (!shipped.ok()) return;
     }
-    if (stop_ || map_.bytes() > kResidualTarget) return;  // too busy now; try next interval
+    if (stop_ || map_.bytes() > residual_target) return;  // too busy now; try next interval
     if (sync_ns < kQuickSyncNs) break;
   }
+  // Nothing reached the disk since the last point, even after writing back the page cache: the
+  // last point still describes the filesystem, and a freeze would only disturb the application.
+  const uint64_t events = events_.load();
+  if (events == events_at_last_point_ && map_.empty() && point_taken_once_) return;
 
   const int64_t t0 = SteadyNanos();
   const uint64_t limit_ns = uint64_t(options_.freeze_limit_ms) * 1000000;
@@ -559,7 +565,12 @@ void TraceCapture::FreezeCycle() {
   if (abandon.empty() && (!lost.ok() || *lost > lost_seen_.load())) {
     abandon = "events were lost";  // handled after the thaw
   }
+  if (abandon.empty() && scan_restart_.load()) {
+    // The tracker saw a loss meanwhile: no point until the checksum resync it asked for is done.
+    abandon = "a checksum resync is pending";
+  }
   const int64_t t_drained = SteadyNanos();
+  const uint64_t events_frozen = events_.load();  // every change the point will cover
   uint64_t residual = map_.bytes();
   // Reading the residual set must fit in what is left of the limit, at the read-back rate
   // measured so far.
@@ -607,7 +618,7 @@ void TraceCapture::FreezeCycle() {
     // Only this thread queues records, so the last LSN is still the one the frozen state
     // ended at; the successful thaw proves the filesystem stayed frozen until now.
     point = capture_->AddPoint(v1::POINT_FREEZE, "");
-    events_at_last_point_ = events;
+    events_at_last_point_ = events_frozen;
     point_taken_once_ = true;
   }
   RecordFreeze(us, uint64_t(t_frozen - t0) / 1000, !abandon.empty());

@@ -9,7 +9,7 @@ import cdptest as t
 import tracetest as tt
 
 SECONDS = int(os.environ.get("CDP_TRACE_WORKLOAD_SECONDS", "60"))
-SIZE_MIB = 1024
+SIZE_MIB = 2048
 
 
 def test(s):

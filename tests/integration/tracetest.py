@@ -77,6 +77,7 @@ class TraceScene(t.Scene):
                  agent_args=(), **kw):
         require_kernel()
         volume = volume or f"tr{os.getpid()}"
+        kw.setdefault("keep", bool(os.environ.get("CDP_TEST_KEEP")))  # keep files to debug
         super().__init__(volume=volume, size_mib=0, agent_args=agent_args, **kw)
         self.fs, self.partition = fs, partition
         self.instance = f"cdp-agent.{volume}"
@@ -179,25 +180,30 @@ class TraceScene(t.Scene):
             return True
 
     def assert_identical(self):
-        """Freeze the filesystem, let replication catch up, compare the device (read with
-        O_DIRECT, so no stale page cache) with the replica, thaw."""
+        """Freeze the filesystem, let replication catch up, and compare the device (read with
+        O_DIRECT, so no stale page cache) with the replica — both copied while still frozen, since
+        some filesystems (xfs) write their log and superblock again at thaw, and the replica
+        follows. The replica copy is kept for fsck_target."""
+        snap = os.path.join(self.dir, "device-snapshot.img")
+        self.replica_snap = os.path.join(self.dir, "replica-snapshot.img")
         self.freeze()
         try:
             self.wait_synced()
-            snap = os.path.join(self.dir, "device-snapshot.img")
             subprocess.run(["dd", f"if={self.source}", f"of={snap}", "bs=1M", "iflag=direct",
                             "status=none"], check=True)
+            subprocess.run(["cp", "--sparse=always", self.target, self.replica_snap], check=True)
         finally:
             self.thaw()
-        r = subprocess.run(["cmp", snap, self.target], capture_output=True, text=True)
+        r = subprocess.run(["cmp", snap, self.replica_snap], capture_output=True, text=True)
         if r.returncode != 0:
             raise AssertionError(f"replica differs from the device: {r.stdout}{r.stderr}")
         t.log(f"cmp: replica == {self.source} ({os.path.getsize(snap) >> 20} MiB)")
         os.unlink(snap)
 
     def fsck_target(self):
-        cmd = {"ext4": ["e2fsck", "-f", "-n", self.target],
-               "xfs": ["xfs_repair", "-n", "-f", self.target]}[self.fs]
+        """fsck -n of the replica as compared by the last assert_identical."""
+        img = self.replica_snap
+        cmd = {"ext4": ["e2fsck", "-f", "-n", img], "xfs": ["xfs_repair", "-n", "-f", img]}[self.fs]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}{r.stderr}")

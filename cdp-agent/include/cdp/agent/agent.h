@@ -41,6 +41,7 @@ struct AgentOptions {
   uint64_t buffer_bytes = 32ull << 20;
   IoEngine io_engine = IoEngine::kAuto;
   int drain_ms = 10000;  // how long a clean stop tries to get buffered records durable
+  uint64_t bandwidth_bytes_per_sec = 0;  // 0: unlimited
 
   // Trace mode.
   bool trace = false;

@@ -38,6 +38,9 @@ struct SenderOptions {
   uint64_t max_batch_bytes = 1ull << 20;  // payload bytes per ChangeBatch
   size_t max_batch_records = 1024;
   uint64_t window_bytes = 8ull << 20;  // bytes sent but not yet acked
+  // Payload bytes per second on the wire (token bucket, bursts up to max(1 MiB, 1/10 s));
+  // 0 = unlimited. Records wait in the buffer meanwhile, so a limit below the write rate fills it.
+  uint64_t bandwidth_bytes_per_sec = 0;
   int report_interval_ms = 100;  // also sent at once when the queue drains
   int silence_timeout_ms = 10000;  // reconnect when sent messages get no reply (black hole)
 };
