@@ -531,6 +531,12 @@ void TraceCapture::FreezeCycle() {
     if (stop_ || map_.bytes() > residual_target) return;  // too busy now; try next interval
     if (sync_ns < kQuickSyncNs) break;
   }
+  // The residual set must fit in the send buffer while frozen: wait (unfrozen) for room first.
+  if (!sender_->WaitForSpace(2 * residual_target + kMaxExtentsPerBatch * kRecordCharge,
+                             static_cast<int>(std::max<int64_t>(
+                                 0, (precopy_deadline - SteadyNanos()) / 1'000'000)))) {
+    return;  // the journal-server is behind; try at the next interval
+  }
   // Nothing reached the disk since the last point, even after writing back the page cache: the
   // last point still describes the filesystem, and a freeze would only disturb the application.
   const uint64_t events = events_.load();

@@ -163,6 +163,35 @@ TEST_P(BlockDeviceTest, WriteBatchOf200RandomOpsReadsBack) {
   }
 }
 
+TEST_P(BlockDeviceTest, ReadBatchFillsEveryBufferAndRefusesABadOpUpFront) {
+  std::mt19937_64 rng(201);
+  const uint64_t size = 4 * kMiB;
+  auto device = Open("readbatch", Options(size));
+  ASSERT_NE(device, nullptr);
+  const std::string content = RandomBytes(rng, size);
+  ASSERT_TRUE(device->WriteAt(0, content).ok());
+  // 150 reads of 1..16 blocks at random block offsets (overlapping each other is fine).
+  std::vector<std::string> bufs;
+  std::vector<uint64_t> offsets;
+  for (int i = 0; i < 150; ++i) {
+    const uint64_t blocks = std::uniform_int_distribution<uint64_t>(1, 16)(rng);
+    offsets.push_back(std::uniform_int_distribution<uint64_t>(0, size / 512 - blocks)(rng) * 512);
+    bufs.emplace_back(blocks * 512, '\0');
+  }
+  std::vector<ReadOp> ops;
+  for (size_t i = 0; i < bufs.size(); ++i) ops.push_back({offsets[i], bufs[i]});
+  Status s = device->ReadBatch(ops);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    ASSERT_EQ(bufs[i], content.substr(offsets[i], bufs[i].size())) << "read " << i;
+  }
+  std::string past(4096, 'x');
+  const std::vector<ReadOp> bad = {{0, bufs[0]}, {size - 100, past}};
+  s = device->ReadBatch(bad);
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange) << s.ToString();
+  EXPECT_EQ(past, std::string(4096, 'x'));  // nothing was read into it
+}
+
 TEST_P(BlockDeviceTest, WriteBatchWithOneBadOpWritesNothing) {
   auto device = Open("disk", Options(64 * 1024));
   ASSERT_NE(device, nullptr);
