@@ -241,8 +241,13 @@ void TraceCapture::ShipperLoop() {
       }
     }
     if (freezer_ && !scan_active_.load() && SteadyNanos() >= next_freeze_ns_) {
-      next_freeze_ns_ = SteadyNanos() + int64_t{options_.checkpoint_interval_ms} * 1000000;
+      const int64_t start = SteadyNanos();
+      const int64_t interval = int64_t{options_.checkpoint_interval_ms} * 1000000;
       FreezeCycle();
+      // One interval from the start, but at least 200 ms (or the interval) after the end: a
+      // cycle that gave up (busy) must not starve the read-back of what it left in the map.
+      next_freeze_ns_ =
+          std::max(start + interval, SteadyNanos() + std::min<int64_t>(interval, 200'000'000));
       continue;
     }
     const uint64_t batch = options_.read_batch_bytes;
@@ -510,9 +515,12 @@ void TraceCapture::FreezeCycle() {
     events_++;
   };
   const int64_t precopy_deadline = SteadyNanos() + 2'000'000'000;
-  const uint64_t residual_target = std::max<uint64_t>(
-      kMinResidualTarget, static_cast<uint64_t>(read_bytes_per_ns_ * options_.freeze_limit_ms *
-                                                1e6 / 4));
+  // Bounded by an eighth of the send buffer: the residual must fit in it while frozen.
+  const uint64_t residual_target = std::min<uint64_t>(
+      sender_->buffer_bytes() / 8,
+      std::max<uint64_t>(kMinResidualTarget,
+                         static_cast<uint64_t>(read_bytes_per_ns_ * options_.freeze_limit_ms *
+                                               1e6 / 4)));
   for (int round = 0; round < kMaxPrecopyRounds; ++round) {
     const int64_t t_sync = SteadyNanos();
     if (::syncfs(freezer_->mount_fd()) != 0) {

@@ -163,7 +163,13 @@ class TraceScene(t.Scene):
 
     # --- checks ----------------------------------------------------------------------------
     def freeze(self):
-        subprocess.run(["fsfreeze", "--freeze", self.mnt], check=True)
+        # The agent's own freezes are short; ours is refused (EBUSY) while one is in progress.
+        for _ in range(100):
+            r = subprocess.run(["fsfreeze", "--freeze", self.mnt], capture_output=True, text=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"fsfreeze --freeze {self.mnt} kept failing: {r.stderr.strip()}")
 
     def thaw(self):
         subprocess.run(["fsfreeze", "--unfreeze", self.mnt], capture_output=True)
@@ -201,8 +207,21 @@ class TraceScene(t.Scene):
         os.unlink(snap)
 
     def fsck_target(self):
-        """fsck -n of the replica as compared by the last assert_identical."""
+        """fsck -n of the replica as compared by the last assert_identical. A frozen xfs may
+        still have metadata in its log (it is consistent after log recovery, as after a crash),
+        and xfs_repair -n does not replay logs: mount and unmount the copy first."""
         img = self.replica_snap
+        if self.fs == "xfs":
+            mnt = os.path.join(self.dir, "replica-mnt")
+            os.makedirs(mnt, exist_ok=True)
+            loop = subprocess.run(["losetup", "--find", "--show", img], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+            try:
+                subprocess.run(["mount", "-o", "nouuid", loop, mnt], check=True,
+                               capture_output=True)
+                subprocess.run(["umount", mnt], check=True, capture_output=True)
+            finally:
+                subprocess.run(["losetup", "-d", loop], capture_output=True)
         cmd = {"ext4": ["e2fsck", "-f", "-n", img], "xfs": ["xfs_repair", "-n", "-f", img]}[self.fs]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:

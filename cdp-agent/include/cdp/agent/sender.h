@@ -91,6 +91,8 @@ class Sender {
   Status WaitDurable(uint64_t lsn, int timeout_ms);
 
   uint64_t durable_lsn() const { return durable_lsn_.load(); }
+  // The buffer's capacity (SenderOptions::buffer_bytes).
+  uint64_t buffer_bytes() const { return options_.buffer_bytes; }
   // True once Stop has begun: nothing more is accepted.
   bool stopped() const { return stop_.load(); }
   bool connected() const { return connected_.load(); }
