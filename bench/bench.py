@@ -1493,6 +1493,12 @@ def write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end,
     L.append("```")
     L.append("")
     text = "\n".join(L)
+    # Keep the trace-mode section that bench/trace.sh maintains in the same file.
+    if os.path.exists(path):
+        old = open(path).read()
+        start, end = old.find("<!-- trace-bench:start"), old.find("<!-- trace-bench:end -->")
+        if start >= 0 and end > start:
+            text = text.rstrip("\n") + "\n\n" + old[start:end + len("<!-- trace-bench:end -->")] + "\n"
     with open(path, "w") as f:
         f.write(text)
     return text
