@@ -15,6 +15,10 @@ def test(s):
     s.start_all()
     s.start_workload(SECONDS)
     s.wait_workload()
+    # Once the load stops, the agent's own freezes must cover every write with a point (how many
+    # points it took during the load depends on the machine: busy cycles are skipped).
+    s.wait_for(lambda: s.status()["last_point_lsn"] == s.status()["captured_lsn"], 120,
+               "a consistency point covering the last write")
     s.assert_identical()
     s.fsck_target()
     st = s.status()
@@ -22,8 +26,7 @@ def test(s):
     t.log(f"trace stats: {tr}")
     assert st["capture_mode"] == "trace", st
     assert tr["lost_events"] == 0, f"events lost without a forced overrun: {tr}"
-    # Under this heavy load many freezes are abandoned (kept short), but points keep coming.
-    assert tr["freezes"] >= 3, f"too few consistency points: {tr}"
+    assert tr["freezes"] >= 1, f"no consistency point: {tr}"
     assert st["last_point_lsn"] > 0, st
     assert st["gaps"] == 0, f"no gap expected: {st}"
 
