@@ -236,24 +236,24 @@ class TraceScene(t.Scene):
             with contextlib.suppress(Exception):
                 os.killpg(self.workload.pid, signal.SIGKILL)
                 self.workload.wait(30)
-        agent = self.procs.pop("agent", None)
-        if agent is not None:
-            agent.kill9()  # the watchdog outlives it and thaws; it exits on its own
-        if self.mounted:
-            self.thaw()
-        super().close(failed)
-        # Watchdogs of killed agents exit when their pipe closes; give them a moment.
+        for p in self.procs.values():
+            with contextlib.suppress(Exception):
+                p.kill9()  # an agent's watchdog outlives it and thaws; it exits on its own
+        # Watchdogs of killed agents exit when their socket closes; make sure.
         subprocess.run(["pkill", "-9", "-f", f"cdp-thaw-watchdog --mount {self.mnt}"],
                        capture_output=True)
         if self.mounted:
             self.thaw()
             for _ in range(50):
                 if subprocess.run(["umount", self.mnt], capture_output=True).returncode == 0:
+                    self.mounted = False
                     break
                 time.sleep(0.2)
         remove_instance(self.instance)
         if self.loop:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+        # Last: logs (when failed) and the temp dir, now that nothing is mounted in it.
+        super().close(failed)
 
 
 class Proc(t.Proc):
