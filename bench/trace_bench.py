@@ -23,6 +23,10 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import proc_cpu_seconds as cpu_seconds  # noqa: E402
+from bench import proc_status_kib  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 nan = float("nan")
 MiB = 1 << 20
@@ -39,12 +43,6 @@ def pct(values, p):
     return v[min(len(v) - 1, int(p * len(v)))]
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def thread_cpu(pid):
     """CPU seconds per thread name (threads of the same name summed)."""
     out = {}
@@ -58,14 +56,6 @@ def thread_cpu(pid):
         except (OSError, IndexError):
             pass
     return out
-
-
-def vm_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 class Bench:
@@ -211,7 +201,7 @@ class Bench:
         stop.set()
         th.join()
         drain = self.wait_synced()
-        hwm = vm_kib(pid, "VmHWM")
+        hwm = proc_status_kib(pid, "VmHWM") or 0
         written = 0
         try:
             doc = json.loads(out[out.index("{"):])
@@ -250,7 +240,7 @@ class Bench:
         f.communicate()
         t1 = time.time()
         cpu1 = cpu_seconds(bt.pid)
-        hwm = vm_kib(bt.pid, "VmHWM")
+        hwm = proc_status_kib(bt.pid, "VmHWM") or 0
         bt.send_signal(signal.SIGINT)
         bt.wait(30)
         r = {"rate": rate_mb, "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "rss_mib": hwm / 1024}

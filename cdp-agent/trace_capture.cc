@@ -108,10 +108,7 @@ std::vector<Extent> TraceCapture::Stop() {
   if (tracker_.joinable()) tracker_.join();
   if (shipper_.joinable()) shipper_.join();
   if (tracer_) {
-    auto drained = tracer_->Drain([this](const BlockEvent& e) {
-      map_.Add(e.offset, e.length);
-      events_++;
-    });
+    auto drained = tracer_->Drain(event_sink_);
     if (!drained.ok()) {
       OnEventsLost("reading trace events at stop failed: " + drained.status().ToString());
     }
@@ -157,10 +154,6 @@ void TraceCapture::Wait(int ms) {
 }
 
 void TraceCapture::TrackerLoop() {
-  auto sink = [this](const BlockEvent& e) {
-    map_.Add(e.offset, e.length);
-    events_++;
-  };
   int64_t next_check = SteadyNanos() + 1000000000;
   while (!stop_) {
     Status waited = tracer_->WaitForEvents(100);
@@ -173,7 +166,7 @@ void TraceCapture::TrackerLoop() {
     // per burst rather than per event. A freeze drains on its own, so this adds no delay there.
     Wait(kEventCoalesceMs);
     reading_ = true;
-    auto n = tracer_->Drain(sink);
+    auto n = tracer_->Drain(event_sink_);
     reading_ = false;
     if (!n.ok()) {
       OnEventsLost("reading trace events failed: " + n.status().ToString());
@@ -510,10 +503,6 @@ void TraceCapture::FreezeCycle() {
   // writers (syncfs), ship what that wrote until the residual set is small, and repeat while the
   // writeback still took long — each round leaves only what was dirtied during the previous one,
   // which is what FIFREEZE's own flush then has to write with the writers blocked.
-  auto sink = [this](const BlockEvent& e) {
-    map_.Add(e.offset, e.length);
-    events_++;
-  };
   const int64_t precopy_deadline = SteadyNanos() + 2'000'000'000;
   // Bounded by an eighth of the send buffer: the residual must fit in it while frozen.
   const uint64_t residual_target = std::min<uint64_t>(
@@ -529,7 +518,7 @@ void TraceCapture::FreezeCycle() {
     }
     const int64_t sync_ns = SteadyNanos() - t_sync;
     while (!stop_ && SteadyNanos() < precopy_deadline) {
-      auto drained = tracer_->Drain(sink);
+      auto drained = tracer_->Drain(event_sink_);
       if (!drained.ok()) return;
       if (map_.bytes() <= residual_target) break;
       if (!sender_->WaitForSpace(options_.read_batch_bytes, 50)) continue;
@@ -573,7 +562,7 @@ void TraceCapture::FreezeCycle() {
     abandon = "FIFREEZE itself took " + std::to_string(ms(t_frozen - t0)) +
               " ms: the filesystem's own flush";
   }
-  auto drained = tracer_->Drain(sink);
+  auto drained = tracer_->Drain(event_sink_);
   if (!drained.ok()) abandon = "reading trace events failed: " + drained.status().ToString();
   auto lost = tracer_->LostEvents();
   if (abandon.empty() && (!lost.ok() || *lost > lost_seen_.load())) {

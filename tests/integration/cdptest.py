@@ -224,9 +224,10 @@ class Scene:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run(test_fn, **scene_args):
-    """Runs test_fn(scene) and exits 0 on success, 1 on failure, cleaning up either way."""
-    scene = Scene(**scene_args)
+def run(test_fn, scene_class=None, **scene_args):
+    """Runs test_fn(scene) and exits 0 on success, 1 on failure, cleaning up either way.
+    scene_class: a Scene subclass (default Scene)."""
+    scene = (scene_class or Scene)(**scene_args)
     failed = True
     try:
         test_fn(scene)

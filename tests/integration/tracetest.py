@@ -271,17 +271,5 @@ class Proc(t.Proc):
 
 
 def run(test_fn, **scene_args):
-    """Runs test_fn(scene) and exits 0 on success, 1 on failure, cleaning up either way."""
-    scene = TraceScene(**scene_args)
-    failed = True
-    try:
-        test_fn(scene)
-        failed = False
-        print("PASS")
-    except BaseException as e:  # noqa: BLE001 - report everything, clean up, exit 1
-        import traceback
-        traceback.print_exc()
-        print(f"FAIL: {e}")
-    finally:
-        scene.close(failed)
-    sys.exit(0 if not failed else 1)
+    """cdptest.run with a TraceScene."""
+    t.run(test_fn, scene_class=TraceScene, **scene_args)

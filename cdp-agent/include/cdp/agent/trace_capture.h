@@ -188,7 +188,12 @@ class TraceCapture {
   std::atomic<uint64_t> readback_bytes_{0};
   std::atomic<uint64_t> scan_read_bytes_{0};
   std::atomic<uint64_t> scan_sent_bytes_{0};
-  std::atomic<bool> reading_{false};  // the tracker is moving events from the pipe to the map
+  std::atomic<bool> reading_{false};
+  // Every trace event read, by whichever thread reads: into the map, counted.
+  const BlockTracer::Sink event_sink_ = [this](const BlockEvent& e) {
+    map_.Add(e.offset, e.length);
+    events_++;
+  };  // the tracker is moving events from the pipe to the map
 
   // Shipper thread only.
   int64_t next_freeze_ns_ = 0;  // steady-clock time of the next freeze cycle
