@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cdp/ctl/control_client.h"
+#include "cdp/failover/target_vm.h"
 
 namespace {
 
@@ -18,6 +19,16 @@ constexpr const char* kUsage =
     "      nothing left to send; exit 3 on timeout (default 300 s) with the reason (a volume\n"
     "      that is not known yet is waited for, and named in the timeout message)\n"
     "\n"
+    "  cdpctl target start  --config FILE\n"
+    "      boots the target VM into the PE (creating its qcow2 disks when absent) and returns\n"
+    "      once its pe-agent is ready; already running: nothing changes\n"
+    "  cdpctl target status --config FILE [--json]\n"
+    "      state (pe-ready, pe-error, booting, stopped), PE boot seconds, applied LSN per volume;\n"
+    "      exit 0 when pe-ready, 3 when stopped or booting, 1 on errors\n"
+    "  cdpctl target stop   --config FILE\n"
+    "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
+    "      (FILE: see deploy/examples/target.yaml)\n"
+    "\n"
     "Exit codes: 0 ok, 1 error (server unreachable), 2 bad usage, 3 timeout.\n";
 
 int Usage(const std::string& why) {
@@ -25,11 +36,43 @@ int Usage(const std::string& why) {
   return 2;
 }
 
+// cdpctl target start|stop|status --config FILE [--json]
+int RunTarget(const std::string& subcommand, const std::string& config_path, bool json) {
+  if (subcommand != "start" && subcommand != "stop" && subcommand != "status") {
+    return Usage("target needs start, stop or status (got '" + subcommand + "')");
+  }
+  if (config_path.empty()) return Usage("target " + subcommand + " needs --config FILE");
+  auto config = cdp::failover::LoadTargetConfig(config_path);
+  if (!config.ok()) {
+    std::cerr << "cdpctl: target " << subcommand << ": " << config.status().message() << "\n";
+    return 2;
+  }
+  cdp::failover::TargetVm vm(*config);
+  if (subcommand == "start" || subcommand == "stop") {
+    cdp::Status s = subcommand == "start" ? vm.Start(std::cout) : vm.Stop(std::cout);
+    if (!s.ok()) {
+      std::cerr << "cdpctl: target " << subcommand << ": " << s.message() << "\n";
+      return s.IsTimedOut() ? 3 : 1;
+    }
+    return 0;
+  }
+  auto status = vm.GetStatus();
+  if (!status.ok()) {
+    std::cerr << "cdpctl: target status: " << status.status().message() << "\n";
+    return 1;
+  }
+  std::cout << (json ? cdp::failover::TargetStatusJson(*status, *config) + "\n"
+                     : cdp::failover::TargetStatusText(*status, *config));
+  if (status->state == "pe-ready") return 0;
+  if (status->state == "pe-error") return 1;
+  return 3;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  std::string server, command, volume;
+  std::string server, command, subcommand, volume, config;
   bool json = false;
   double timeout = 300;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -46,6 +89,8 @@ int main(int argc, char** argv) {
         server = value("--server");
       } else if (a == "--json") {
         json = true;
+      } else if (a == "--config") {
+        config = value("--config");
       } else if (a == "--volume") {
         volume = value("--volume");
       } else if (a == "--timeout") {
@@ -59,6 +104,8 @@ int main(int argc, char** argv) {
         if (used != t.size() || timeout <= 0) return Usage("bad --timeout '" + t + "'");
       } else if (command.empty() && !a.empty() && a[0] != '-') {
         command = a;
+      } else if (command == "target" && subcommand.empty() && !a.empty() && a[0] != '-') {
+        subcommand = a;
       } else {
         return Usage("unknown argument '" + a + "'");
       }
@@ -67,6 +114,7 @@ int main(int argc, char** argv) {
     }
   }
   if (command.empty()) return Usage("no command given");
+  if (command == "target") return RunTarget(subcommand, config, json);
   if (server.empty()) return Usage("--server tcp://HOST:PORT is required");
   if (cdp::Status s = cdp::ValidateEndpoint(server); !s.ok()) return Usage(s.message());
 

@@ -20,6 +20,10 @@ packages=(
   e2fsprogs xfsprogs fdisk fio tar
   # trace-mode benchmark baseline: the standard block tracer
   blktrace
+  # semi-booted target: QEMU, the PE image builder (busybox, cpio, depmod, apt-get download of
+  # linux-image-amd64's kernel package), YAML configs
+  qemu-system-x86 qemu-utils busybox-static cpio kmod xz-utils gzip libyaml-cpp-dev
+  ipxe-qemu seabios
 )
 
 missing=()

@@ -1,10 +1,12 @@
 #include "cdp/replicator/image_sink.h"
 
 #include <filesystem>
-#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/core/logging.h"
+#include "cdp/core/transport.h"
+#include "cdp/replicator/replica_sink.h"
 
 namespace cdp::replicator {
 
@@ -25,47 +27,7 @@ Result<std::unique_ptr<ImageSink>> ImageSink::Open(const std::string& path, uint
   return std::unique_ptr<ImageSink>(new ImageSink(std::move(*dev)));
 }
 
-Status ImageSink::Apply(const std::vector<ApplyItem>& items) {
-  std::vector<WriteOp> run;
-  std::map<uint64_t, uint64_t> run_ranges;  // start -> end of writes in `run`
-  auto overlaps = [&](uint64_t start, uint64_t end) {
-    auto it = run_ranges.upper_bound(start);
-    if (it != run_ranges.end() && it->first < end) return true;
-    if (it != run_ranges.begin() && std::prev(it)->second > start) return true;
-    return false;
-  };
-  auto flush_run = [&]() -> Status {
-    if (run.empty()) return Status::Ok();
-    Status s = device_->WriteBatch(run);
-    run.clear();
-    run_ranges.clear();
-    return s;
-  };
-  for (const auto& item : items) {
-    const ChangeRecord& rec = item.rec;
-    const uint64_t end = rec.offset + rec.length;
-    switch (rec.kind) {
-      case RecordKind::kWrite:
-        if (overlaps(rec.offset, end)) CDP_RETURN_IF_ERROR(flush_run());
-        run.push_back(
-            WriteOp{rec.offset, std::span<const char>(item.payload.data(), item.payload.size())});
-        run_ranges[rec.offset] = std::max(run_ranges[rec.offset], end);
-        break;
-      case RecordKind::kDiscard:
-        CDP_RETURN_IF_ERROR(flush_run());
-        CDP_RETURN_IF_ERROR(device_->Discard(rec.offset, rec.length));
-        break;
-      case RecordKind::kWriteZeroes:
-        CDP_RETURN_IF_ERROR(flush_run());
-        CDP_RETURN_IF_ERROR(device_->WriteZeroes(rec.offset, rec.length));
-        break;
-      default:
-        return Status::InvalidArgument("record LSN " + std::to_string(rec.lsn) +
-                                       " has unknown kind " + RecordKindName(rec.kind));
-    }
-  }
-  return flush_run();
-}
+Status ImageSink::Apply(const std::vector<ApplyItem>& items) { return applier_.Apply(items); }
 
 Status ImageSink::Flush() { return device_->Flush(); }
 
@@ -99,6 +61,67 @@ Status ReplicaCursor::Save(uint64_t applied_lsn) const {
                       {"target", std::filesystem::absolute(target_).string()},
                       {"applied_lsn", applied_lsn}};
   return WriteFileAtomic(path(), j.dump() + "\n");
+}
+
+}  // namespace cdp::replicator
+
+namespace cdp::replicator {
+
+namespace {
+
+// The image-file sink: ImageSink for the data, ReplicaCursor for the cursor.
+class ImageFileSink : public ReplicaSink {
+ public:
+  explicit ImageFileSink(const SinkOptions& options)
+      : options_(options), cursor_(options.state_dir, options.volume, options.target) {}
+
+  Result<uint64_t> Open(uint64_t volume_size, bool* permanent) override {
+    *permanent = true;  // a target too small, a cursor that does not parse or is another's
+    if (!image_) {
+      CDP_ASSIGN_OR_RETURN(image_,
+                           ImageSink::Open(options_.target, volume_size, options_.io_engine));
+      CDP_LOG(info) << "replicator: target " << options_.target << " open (" << volume_size
+                    << " bytes, " << image_->engine_name() << "), cursor " << cursor_.path();
+    }
+    return cursor_.Load();
+  }
+
+  Status ApplyDurably(const std::vector<ApplyItem>& items, bool* permanent) override {
+    *permanent = false;
+    CDP_RETURN_IF_ERROR(image_->Apply(items));
+    CDP_RETURN_IF_ERROR(image_->Flush());
+    return cursor_.Save(items.back().rec.lsn);
+  }
+
+  std::string Describe() const override { return "image " + options_.target; }
+
+ private:
+  SinkOptions options_;
+  ReplicaCursor cursor_;
+  std::unique_ptr<ImageSink> image_;
+};
+
+}  // namespace
+
+std::unique_ptr<ReplicaSink> MakePeSink(const SinkOptions& options);
+
+bool IsPeTarget(const std::string& target) { return target.rfind("pe:", 0) == 0; }
+
+Status ValidateTarget(const std::string& target) {
+  if (target.empty()) return Status::InvalidArgument("--target is empty");
+  if (!IsPeTarget(target)) return Status::Ok();
+  const std::string endpoint = target.substr(3);
+  if (endpoint.rfind("tcp://", 0) != 0 || !ValidateEndpoint(endpoint).ok()) {
+    return Status::InvalidArgument("--target '" + target +
+                                   "': a pe-agent target is pe:tcp://HOST:PORT (for example "
+                                   "pe:tcp://127.0.0.1:7800)");
+  }
+  return Status::Ok();
+}
+
+std::unique_ptr<ReplicaSink> MakeReplicaSink(const SinkOptions& options) {
+  if (IsPeTarget(options.target)) return MakePeSink(options);
+  return std::make_unique<ImageFileSink>(options);
 }
 
 }  // namespace cdp::replicator

@@ -20,16 +20,19 @@ int main(int argc, char** argv) {
   std::string engine = "auto", log_level = "info";
   po::options_description desc(
       "replicator: tails a volume's journal from the journal-server and applies it, in LSN\n"
-      "order, to a raw image file (created with the volume's size when absent). The applied\n"
-      "LSN is saved after the data is stable; a restart resumes from it.\n\n"
-      "Usage: replicator --server tcp://HOST:PORT --volume NAME --target PATH [--state-dir DIR]"
-      "\n\nOptions");
+      "order, to a target: a raw image file (created with the volume's size when absent), or\n"
+      "the pe-agent of a target VM in its preinstallation environment (pe:tcp://HOST:PORT).\n"
+      "The applied LSN is saved after the data is stable (for a PE target, inside the target);\n"
+      "a restart or a reconnection resumes from it.\n\n"
+      "Usage: replicator --server tcp://HOST:PORT --volume NAME --target PATH|pe:tcp://HOST:PORT\n"
+      "                  [--state-dir DIR]\n\nOptions");
   desc.add_options()("server", po::value(&options.server)->required(),
                      "journal-server endpoint, tcp://HOST:PORT")(
       "volume", po::value(&options.volume)->required(), "volume to replicate")(
-      "target", po::value(&options.target)->required(), "raw image file or block device")(
+      "target", po::value(&options.target)->required(),
+      "raw image file or block device, or pe:tcp://HOST:PORT (a target VM's pe-agent)")(
       "state-dir", po::value(&options.state_dir),
-      "where the replica cursor is kept (default: the target's directory)")(
+      "image targets: where the replica cursor is kept (default: the target's directory)")(
       "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio");
   cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;

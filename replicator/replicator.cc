@@ -7,6 +7,7 @@
 #include "cdp/core/logging.h"
 #include "cdp/core/transport.h"
 #include "cdp/replicator/image_sink.h"
+#include "cdp/replicator/replica_sink.h"
 
 namespace cdp::replicator {
 
@@ -14,7 +15,7 @@ namespace v1 = wire::v1;
 using Clock = std::chrono::steady_clock;
 
 Replicator::Replicator(ReplicatorOptions options) : options_(std::move(options)) {
-  if (options_.state_dir.empty()) {
+  if (options_.state_dir.empty() && !IsPeTarget(options_.target)) {
     options_.state_dir = std::filesystem::absolute(options_.target).parent_path().string();
   }
 }
@@ -22,22 +23,36 @@ Replicator::Replicator(ReplicatorOptions options) : options_(std::move(options))
 Status Replicator::Run(const std::atomic<bool>* stop) {
   CDP_RETURN_IF_ERROR(wire::ValidateVolumeName(options_.volume));
   CDP_RETURN_IF_ERROR(ValidateEndpoint(options_.server).WithContext("--server"));
-  std::error_code ec;
-  std::filesystem::create_directories(options_.state_dir, ec);
-  if (ec) {
-    return Status::IOError("state dir " + options_.state_dir +
-                           " cannot be created: " + ec.message());
+  CDP_RETURN_IF_ERROR(ValidateTarget(options_.target));
+  if (!options_.state_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.state_dir, ec);
+    if (ec) {
+      return Status::IOError("state dir " + options_.state_dir +
+                             " cannot be created: " + ec.message());
+    }
   }
-  ReplicaCursor cursor(options_.state_dir, options_.volume, options_.target);
-  CDP_ASSIGN_OR_RETURN(uint64_t applied, cursor.Load());
-  CDP_LOG(info) << "replicator: volume " << options_.volume << " -> " << options_.target
-                << ", resuming after LSN " << applied << " (cursor " << cursor.path() << ")";
+  SinkOptions sink_options;
+  sink_options.volume = options_.volume;
+  sink_options.target = options_.target;
+  sink_options.state_dir = options_.state_dir;
+  sink_options.io_engine = options_.io_engine;
+  std::unique_ptr<ReplicaSink> sink = MakeReplicaSink(sink_options);
+  bool sink_open = false;
+  uint64_t applied = 0;
+  CDP_LOG(info) << "replicator: volume " << options_.volume << " -> " << sink->Describe();
 
   zmq::context_t ctx(1);
-  std::unique_ptr<ImageSink> sink;
   const std::string identity = wire::ProcessIdentity("replicator");
   uint64_t request_id = 0;
   auto last_complaint = Clock::now() - std::chrono::hours(1);
+  auto complain = [&](const std::string& what) {
+    if (Clock::now() - last_complaint > std::chrono::seconds(30)) {
+      last_complaint = Clock::now();
+      CDP_LOG(warning) << "replicator: volume " << options_.volume << ": " << what
+                       << "; retrying";
+    }
+  };
 
   while (!stop->load()) {
     CDP_ASSIGN_OR_RETURN(auto sock, Socket::Connect(ctx, options_.server));
@@ -45,25 +60,30 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
     auto reply = Handshake(*sock, hello, 2000);
     if (!reply.ok()) {
       if (reply.status().code() == StatusCode::kProtocolMismatch) return reply.status();
-      if (Clock::now() - last_complaint > std::chrono::seconds(30)) {
-        last_complaint = Clock::now();
-        CDP_LOG(warning) << "replicator: volume " << options_.volume << ": "
-                         << reply.status().ToString() << "; retrying";
-      }
+      complain(reply.status().ToString());
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
       continue;
     }
-    if (!sink) {
-      CDP_ASSIGN_OR_RETURN(
-          sink, ImageSink::Open(options_.target, reply->volume_size(), options_.io_engine));
-      CDP_LOG(info) << "replicator: target " << options_.target << " open (" << reply->volume_size()
-                    << " bytes, " << sink->engine_name() << ")";
+    if (!sink_open) {
+      bool permanent = false;
+      auto cursor = sink->Open(reply->volume_size(), &permanent);
+      if (!cursor.ok()) {
+        if (permanent) return cursor.status();
+        complain(sink->Describe() + ": " + cursor.status().ToString());
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      }
+      sink_open = true;
+      applied = *cursor;
+      CDP_LOG(info) << "replicator: volume " << options_.volume << ": " << sink->Describe()
+                    << " has applied LSN " << applied << "; resuming after it";
     }
     if (applied > reply->durable_lsn()) {
       return Status::FailedPrecondition(
           "volume " + options_.volume + ": the replica has applied LSN " + std::to_string(applied) +
           " but the journal only has " + std::to_string(reply->durable_lsn()) +
-          "; the journal was reset: start from an empty --target and remove " + cursor.path());
+          "; the journal was reset: start from an empty target (" + sink->Describe() +
+          ") and remove its cursor");
     }
     CDP_LOG(info) << "replicator: volume " << options_.volume << ": connected to "
                   << options_.server << " (journal at LSN " << reply->durable_lsn() << ", applied "
@@ -166,15 +186,15 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
       requested_from = last + 1;
       if (!send_request(requested_from).ok()) reconnect = true;
 
-      Status s = sink->Apply(items);
-      if (s.ok()) s = sink->Flush();
-      if (s.ok()) s = cursor.Save(last);
+      bool permanent = false;
+      Status s = sink->ApplyDurably(items, &permanent);
       if (!s.ok()) {
+        if (permanent) return s;
         CDP_LOG(error) << "replicator: volume " << options_.volume << ": applying LSN "
-                       << items.front().rec.lsn << ".." << last << " to " << options_.target << ": "
-                       << s.ToString() << "; retrying in 1 s";
+                       << items.front().rec.lsn << ".." << last << " to " << sink->Describe()
+                       << ": " << s.ToString() << "; retrying in 1 s";
         std::this_thread::sleep_for(std::chrono::seconds(1));
-        requested_from = applied + 1;
+        sink_open = false;  // re-read the cursor: the sink may have applied part of it
         reconnect = true;
         break;
       }

@@ -1,9 +1,5 @@
-// ImageSink: applies change records to a raw image file (or block device) in LSN order.
-//
-// Records of one Apply call are applied as the journal ordered them: consecutive writes that do
-// not overlap go to the device together (io_uring/libaio WriteBatch); an overlapping write, a
-// discard or a write-zeroes first waits for everything before it. Thread-compatible (one
-// thread at a time).
+// ImageSink: applies change records to a raw image file (or block device) in LSN order, through
+// the shared RecordApplier (core/record_apply.h). Thread-compatible (one thread at a time).
 #pragma once
 
 #include <memory>
@@ -13,14 +9,11 @@
 
 #include "cdp/core/block_device.h"
 #include "cdp/core/record.h"
+#include "cdp/core/record_apply.h"
 
 namespace cdp::replicator {
 
-// A record plus a view of its payload (which the caller keeps alive during Apply).
-struct ApplyItem {
-  ChangeRecord rec;
-  std::string_view payload;
-};
+using ::cdp::ApplyItem;
 
 class ImageSink {
  public:
@@ -38,8 +31,10 @@ class ImageSink {
   std::string_view engine_name() const { return device_->engine_name(); }
 
  private:
-  explicit ImageSink(std::unique_ptr<BlockDevice> device) : device_(std::move(device)) {}
+  explicit ImageSink(std::unique_ptr<BlockDevice> device)
+      : device_(std::move(device)), applier_(device_.get(), /*direct=*/false) {}
   std::unique_ptr<BlockDevice> device_;
+  RecordApplier applier_;
 };
 
 // The replica's cursor: the last LSN whose data is stable on the target.

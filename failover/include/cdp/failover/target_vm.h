@@ -1,0 +1,90 @@
+// TargetVm: the target VM of a migration, booted into the PE (preinstallation environment) and
+// waiting there, with the migrated disks attached, while the replicator keeps them up to date.
+// Behind `cdpctl target start|stop|status` (docs/target-vm.md).
+//
+// The VM is a qemu-system-x86_64 process, daemonized, with:
+//   - a QMP socket (config qmp_socket) — how it is stopped and asked for its state;
+//   - the PE kernel + initramfs (pe-boot/build-pe-image), the kernel command line carrying the
+//     pe-agent's port, the replication NIC's MAC and the volumes (cdp.listen, cdp.repl_mac,
+//     cdp.volumes);
+//   - one virtio-blk disk per volume (serial = volume name), qcow2, created with the volume's
+//     size when absent, plus a small metadata disk (serial cdp-pe-meta) for the pe-agent's
+//     durable cursors;
+//   - a replication NIC (user networking, restricted, the host's replication_endpoint forwarded
+//     to the pe-agent) and a service NIC (user, tap or none);
+//   - KVM when a KVM guest really runs here (ProbeAccelerator), TCG otherwise.
+// Files in state_dir: NAME.pid, NAME.console.log (the serial console, appended across boots),
+// NAME.state.json (how it was started: accel, pid, pe_boot_seconds).
+//
+// Not thread-safe; one cdpctl at a time per VM.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cdp/core/wire.h"
+#include "cdp/core/status.h"
+#include "cdp/failover/kvm_probe.h"
+#include "cdp/failover/target_config.h"
+
+namespace cdp::failover {
+
+struct TargetStatus {
+  // "pe-ready"  the pe-agent answers and its disks are in order;
+  // "pe-error"  the pe-agent answers but refuses to replicate (error says why);
+  // "booting"   QEMU runs but the pe-agent does not answer (yet);
+  // "stopped"   no QEMU process.
+  std::string state;
+  std::string vm_status;  // QMP query-status ("running", "paused", ...), "" when unknown
+  int pid = 0;
+  std::string accel;
+  double pe_boot_seconds = 0;  // QEMU start -> pe-agent ready, measured by cdpctl target start
+  double pe_kernel_to_ready_seconds = 0;  // the guest's uptime when the pe-agent was ready
+  std::string kernel_release;
+  std::string error;
+  std::vector<wire::v1::PeVolumeStatus> volumes;
+};
+
+class TargetVm {
+ public:
+  explicit TargetVm(TargetConfig config) : config_(std::move(config)) {}
+
+  // Boots the VM into the PE and returns once the pe-agent is ready (progress lines go to
+  // `progress`). Already running and ready: OK, nothing changes. Errors, each with nothing
+  // started or the VM stopped again: a missing PE image, a disk smaller than its volume or not
+  // qcow2/raw, a new disk next to an old metadata disk, QEMU refusing its command line (its
+  // message), the PE reporting pe-error (its reason), no ready within ready_timeout_seconds
+  // (the console's last lines).
+  Status Start(std::ostream& progress);
+
+  // Stops the VM: QMP "quit", then SIGKILL after timeout_s. Not running: OK. A qmp_socket that
+  // is not a QEMU monitor: ProtocolMismatch, nothing killed.
+  Status Stop(std::ostream& progress, double timeout_s = 15);
+
+  // The VM's state; Stopped is a state, not an error.
+  Result<TargetStatus> GetStatus();
+
+  // The QEMU command line for `accel` (exposed for tests and for --dry-run).
+  std::vector<std::string> QemuArgs(const std::string& accel) const;
+
+  const TargetConfig& config() const { return config_; }
+
+ private:
+  Status PrepareDisks(std::ostream& progress);
+  int RunningPid() const;
+  std::string ConsoleTail(size_t lines) const;
+
+  TargetConfig config_;
+};
+
+// `cdpctl target status --json`: {"name", "state", "vm_status", "pid", "accel",
+// "pe_boot_seconds", "pe_kernel_to_ready_seconds", "kernel_release", "error",
+// "replication_endpoint", "qmp_socket", "console_log",
+// "volumes": [{"name", "device", "size_bytes", "applied_lsn", "boot_applied_lsn",
+// "applied_bytes", "applied_records"}]}
+std::string TargetStatusJson(const TargetStatus& status, const TargetConfig& config);
+// The human form.
+std::string TargetStatusText(const TargetStatus& status, const TargetConfig& config);
+
+}  // namespace cdp::failover

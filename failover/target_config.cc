@@ -1,0 +1,309 @@
+#include "cdp/failover/target_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "cdp/core/transport.h"
+#include "cdp/core/wire.h"
+#include "cdp/pe/disk_finder.h"
+
+namespace cdp::failover {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Error context: "FILE:LINE: key 'K': ..."
+struct Loader {
+  std::string file;
+  fs::path dir;
+
+  Status Error(const YAML::Node& node, const std::string& key, const std::string& what) const {
+    std::string where = file;
+    if (node.IsDefined() && node.Mark().line >= 0) {
+      where += ":" + std::to_string(node.Mark().line + 1);
+    }
+    return Status::InvalidArgument(where + ": " + (key.empty() ? "" : "'" + key + "': ") + what);
+  }
+
+  // Rejects keys outside `known`.
+  Status CheckKeys(const YAML::Node& map, const std::string& context,
+                   const std::set<std::string>& known) const {
+    if (!map.IsMap()) return Error(map, context, "expected a mapping of keys");
+    for (const auto& kv : map) {
+      const std::string key = kv.first.as<std::string>("");
+      if (!known.count(key)) {
+        std::string list;
+        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+        return Error(kv.first, (context.empty() ? "" : context + ".") + key,
+                     "unknown key (known here: " + list + ")");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Result<std::string> String(const YAML::Node& map, const std::string& key,
+                             const std::string& context, bool required,
+                             const std::string& fallback = "") const {
+    const YAML::Node n = map[key];
+    const std::string full = context.empty() ? key : context + "." + key;
+    if (!n.IsDefined() || n.IsNull()) {
+      if (required) return Error(map, full, "missing (required)");
+      return fallback;
+    }
+    if (!n.IsScalar()) return Error(n, full, "expected a single value");
+    return n.as<std::string>();
+  }
+
+  Result<std::string> Path(const YAML::Node& map, const std::string& key,
+                           const std::string& context, bool required,
+                           const std::string& fallback = "") const {
+    CDP_ASSIGN_OR_RETURN(std::string p, String(map, key, context, required, fallback));
+    if (p.empty()) return p;
+    return (dir / p).lexically_normal().string();
+  }
+
+  Result<uint64_t> Number(const YAML::Node& map, const std::string& key,
+                          const std::string& context, uint64_t fallback, uint64_t min,
+                          uint64_t max) const {
+    const YAML::Node n = map[key];
+    const std::string full = context.empty() ? key : context + "." + key;
+    if (!n.IsDefined() || n.IsNull()) return fallback;
+    const std::string text = n.IsScalar() ? n.as<std::string>() : "";
+    size_t used = 0;
+    uint64_t v = 0;
+    try {
+      v = std::stoull(text, &used);
+    } catch (...) {
+      used = 0;
+    }
+    if (text.empty() || used != text.size() || v < min || v > max) {
+      return Error(n, full, "'" + text + "' is not a whole number in " + std::to_string(min) +
+                                ".." + std::to_string(max));
+    }
+    return v;
+  }
+};
+
+bool ValidMac(const std::string& mac) {
+  static const std::regex re("^[0-9a-f]{2}(:[0-9a-f]{2}){5}$");
+  if (!std::regex_match(mac, re)) return false;
+  const int first = std::stoi(mac.substr(0, 2), nullptr, 16);
+  return (first & 1) == 0;  // unicast
+}
+
+// 52:54:00 (QEMU's prefix) + three bytes from the VM name and the NIC index, so a VM keeps its
+// MACs across restarts without the config having to say them.
+std::string DefaultMac(const std::string& name, int index) {
+  const uint64_t h = std::hash<std::string>{}(name + "#" + std::to_string(index));
+  char buf[32];
+  snprintf(buf, sizeof(buf), "52:54:00:%02x:%02x:%02x", static_cast<unsigned>(h & 0xff),
+           static_cast<unsigned>((h >> 8) & 0xff), static_cast<unsigned>((h >> 16) & 0xff));
+  return buf;
+}
+
+}  // namespace
+
+std::string TargetConfig::VolumeSpecs() const {
+  std::string out;
+  for (const auto& d : disks) {
+    out += (out.empty() ? "" : ",") + d.volume + ":" + std::to_string(d.size);
+  }
+  return out;
+}
+
+Result<uint64_t> ParseSize(const std::string& text) {
+  std::string t = text;
+  for (const char* suffix : {"iB", "B"}) {
+    const std::string s(suffix);
+    if (t.size() > s.size() && t.compare(t.size() - s.size(), s.size(), s) == 0) {
+      t.resize(t.size() - s.size());
+      break;
+    }
+  }
+  uint64_t mult = 1;
+  if (!t.empty()) {
+    switch (t.back()) {
+      case 'K': case 'k': mult = 1ull << 10; break;
+      case 'M': case 'm': mult = 1ull << 20; break;
+      case 'G': case 'g': mult = 1ull << 30; break;
+      case 'T': case 't': mult = 1ull << 40; break;
+      default: break;
+    }
+    if (mult != 1) t.pop_back();
+  }
+  size_t used = 0;
+  uint64_t v = 0;
+  try {
+    v = std::stoull(t, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (t.empty() || used != t.size() || v == 0 || v > (UINT64_MAX / mult)) {
+    return Status::InvalidArgument("'" + text + "' is not a size (e.g. 1073741824, 512M, 10G)");
+  }
+  return v * mult;
+}
+
+Result<TargetConfig> LoadTargetConfig(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return Status::NotFound("target config " + path + " cannot be read (missing or no access)");
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) +
+                                   ": not valid YAML: " + e.msg);
+  }
+  Loader L{path, fs::absolute(path).parent_path()};
+  TargetConfig c;
+  c.file = path;
+  CDP_RETURN_IF_ERROR(L.CheckKeys(
+      root, "",
+      {"name", "memory_mib", "cpus", "pe", "qmp_socket", "replication_endpoint",
+       "replication_nic", "service_nic", "accel", "state_dir", "metadata_disk", "disks",
+       "ready_timeout_seconds", "qemu", "kernel_args"}));
+  CDP_ASSIGN_OR_RETURN(c.name, L.String(root, "name", "", true));
+  if (Status s = wire::ValidateVolumeName(c.name); !s.ok()) {
+    return L.Error(root["name"], "name",
+                   "'" + c.name + "' is not a valid VM name: 1..64 of [A-Za-z0-9._-]");
+  }
+  CDP_ASSIGN_OR_RETURN(c.memory_mib, L.Number(root, "memory_mib", "", 512, 128, 1 << 20));
+  CDP_ASSIGN_OR_RETURN(uint64_t cpus, L.Number(root, "cpus", "", 1, 1, 64));
+  c.cpus = static_cast<unsigned>(cpus);
+
+  const YAML::Node pe = root["pe"];
+  if (!pe.IsDefined()) return L.Error(root, "pe", "missing (required): {kernel, initrd}");
+  CDP_RETURN_IF_ERROR(L.CheckKeys(pe, "pe", {"kernel", "initrd"}));
+  CDP_ASSIGN_OR_RETURN(c.kernel, L.Path(pe, "kernel", "pe", true));
+  CDP_ASSIGN_OR_RETURN(c.initrd, L.Path(pe, "initrd", "pe", true));
+  CDP_ASSIGN_OR_RETURN(c.qmp_socket, L.Path(root, "qmp_socket", "", true));
+
+  CDP_ASSIGN_OR_RETURN(c.replication_endpoint,
+                       L.String(root, "replication_endpoint", "", true));
+  {
+    static const std::regex re("^tcp://([0-9.]+|localhost):([0-9]{1,5})$");
+    std::smatch m;
+    const int port = std::regex_match(c.replication_endpoint, m, re) ? std::stoi(m[2]) : 0;
+    if (port <= 0 || port > 65535) {
+      return L.Error(root["replication_endpoint"], "replication_endpoint",
+                     "'" + c.replication_endpoint +
+                         "' is not tcp://IPV4:PORT (the host-side address the replicator "
+                         "connects to, e.g. tcp://127.0.0.1:7800)");
+    }
+    c.replication_host = m[1] == "localhost" ? "127.0.0.1" : std::string(m[1]);
+    c.replication_port = static_cast<uint16_t>(port);
+  }
+
+  const YAML::Node rnic = root["replication_nic"];
+  c.replication_nic.mode = "user";
+  c.replication_nic.mac = DefaultMac(c.name, 0);
+  c.guest_port = c.replication_port;
+  if (rnic.IsDefined()) {
+    CDP_RETURN_IF_ERROR(L.CheckKeys(rnic, "replication_nic", {"mac", "guest_port"}));
+    CDP_ASSIGN_OR_RETURN(c.replication_nic.mac,
+                         L.String(rnic, "mac", "replication_nic", false, c.replication_nic.mac));
+    CDP_ASSIGN_OR_RETURN(uint64_t gp, L.Number(rnic, "guest_port", "replication_nic",
+                                               c.replication_port, 1, 65535));
+    c.guest_port = static_cast<uint16_t>(gp);
+  }
+  const YAML::Node snic = root["service_nic"];
+  c.service_nic.mode = "user";
+  c.service_nic.mac = DefaultMac(c.name, 1);
+  if (snic.IsDefined()) {
+    CDP_RETURN_IF_ERROR(L.CheckKeys(snic, "service_nic", {"mode", "mac", "tap"}));
+    CDP_ASSIGN_OR_RETURN(c.service_nic.mode, L.String(snic, "mode", "service_nic", false, "user"));
+    CDP_ASSIGN_OR_RETURN(c.service_nic.mac,
+                         L.String(snic, "mac", "service_nic", false, c.service_nic.mac));
+    CDP_ASSIGN_OR_RETURN(c.service_nic.tap, L.String(snic, "tap", "service_nic", false));
+    if (c.service_nic.mode != "user" && c.service_nic.mode != "tap" &&
+        c.service_nic.mode != "none") {
+      return L.Error(snic["mode"], "service_nic.mode",
+                     "'" + c.service_nic.mode + "' is not user, tap or none");
+    }
+    if (c.service_nic.mode == "tap" && c.service_nic.tap.empty()) {
+      return L.Error(snic, "service_nic.tap", "missing: mode tap needs the tap interface name");
+    }
+  }
+  for (const auto* nic : {&c.replication_nic, &c.service_nic}) {
+    if (!ValidMac(nic->mac)) {
+      return L.Error(nic == &c.replication_nic ? rnic : snic,
+                     nic == &c.replication_nic ? "replication_nic.mac" : "service_nic.mac",
+                     "'" + nic->mac + "' is not a unicast MAC in lower case (52:54:00:12:34:56)");
+    }
+  }
+  if (c.replication_nic.mac == c.service_nic.mac) {
+    return L.Error(snic, "service_nic.mac", "the same MAC as the replication NIC");
+  }
+
+  CDP_ASSIGN_OR_RETURN(c.accel, L.String(root, "accel", "", false, "auto"));
+  if (c.accel != "auto" && c.accel != "kvm" && c.accel != "tcg") {
+    return L.Error(root["accel"], "accel", "'" + c.accel + "' is not auto, kvm or tcg");
+  }
+  CDP_ASSIGN_OR_RETURN(
+      c.state_dir,
+      L.Path(root, "state_dir", "", false, fs::path(c.qmp_socket).parent_path().string()));
+  CDP_ASSIGN_OR_RETURN(c.qemu, L.String(root, "qemu", "", false, c.qemu));
+  CDP_ASSIGN_OR_RETURN(c.kernel_args, L.String(root, "kernel_args", "", false));
+  CDP_ASSIGN_OR_RETURN(uint64_t timeout,
+                       L.Number(root, "ready_timeout_seconds", "", 120, 5, 3600));
+  c.ready_timeout_seconds = static_cast<double>(timeout);
+
+  const YAML::Node disks = root["disks"];
+  if (!disks.IsDefined() || !disks.IsSequence() || disks.size() == 0) {
+    return L.Error(disks.IsDefined() ? disks : root, "disks",
+                   "missing or empty: a list of {volume, path, size}");
+  }
+  std::set<std::string> volumes, paths;
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const YAML::Node d = disks[i];
+    const std::string ctx = "disks[" + std::to_string(i) + "]";
+    CDP_RETURN_IF_ERROR(L.CheckKeys(d, ctx, {"volume", "path", "size"}));
+    TargetDisk disk;
+    CDP_ASSIGN_OR_RETURN(disk.volume, L.String(d, "volume", ctx, true));
+    if (Status s = wire::ValidateVolumeName(disk.volume); !s.ok()) {
+      return L.Error(d["volume"], ctx + ".volume", s.message());
+    }
+    if (disk.volume.size() > pe::kMaxSerialBytes) {
+      return L.Error(d["volume"], ctx + ".volume",
+                     "'" + disk.volume + "' has " + std::to_string(disk.volume.size()) +
+                         " characters; a virtio disk serial holds at most " +
+                         std::to_string(pe::kMaxSerialBytes) + ": use a shorter volume name");
+    }
+    if (disk.volume == pe::kDefaultMetaSerial) {
+      return L.Error(d["volume"], ctx + ".volume", "reserved for the metadata disk");
+    }
+    CDP_ASSIGN_OR_RETURN(disk.path, L.Path(d, "path", ctx, true));
+    CDP_ASSIGN_OR_RETURN(std::string size, L.String(d, "size", ctx, true));
+    auto bytes = ParseSize(size);
+    if (!bytes.ok() || *bytes % 512 != 0) {
+      return L.Error(d["size"], ctx + ".size",
+                     "'" + size + "' is not a size divisible by 512 (the source volume's size, "
+                     "e.g. 1073741824 or 10G)");
+    }
+    disk.size = *bytes;
+    if (!volumes.insert(disk.volume).second) {
+      return L.Error(d["volume"], ctx + ".volume", "volume " + disk.volume + " is listed twice");
+    }
+    if (!paths.insert(disk.path).second) {
+      return L.Error(d["path"], ctx + ".path", disk.path + " is used by two disks");
+    }
+    c.disks.push_back(std::move(disk));
+  }
+  CDP_ASSIGN_OR_RETURN(
+      c.metadata_disk,
+      L.Path(root, "metadata_disk", "", false,
+             (fs::path(c.disks.front().path).parent_path() / (c.name + "-pe-meta.qcow2"))
+                 .string()));
+  if (paths.count(c.metadata_disk)) {
+    return L.Error(root["metadata_disk"], "metadata_disk", "is also a volume's disk");
+  }
+  return c;
+}
+
+}  // namespace cdp::failover

@@ -1,0 +1,440 @@
+#include "cdp/failover/target_vm.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "cdp/core/atomic_file.h"
+#include "cdp/core/qmp_client.h"
+#include "cdp/core/record.h"
+#include "cdp/failover/host_command.h"
+#include "cdp/pe/disk_finder.h"
+#include "cdp/pe/pe_client.h"
+
+namespace cdp::failover {
+
+namespace fs = std::filesystem;
+namespace v1 = wire::v1;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint64_t kMetadataDiskBytes = 4 << 20;
+
+std::string FormatFor(const std::string& path) {
+  const std::string ext = fs::path(path).extension().string();
+  return (ext == ".img" || ext == ".raw") ? "raw" : "qcow2";
+}
+
+struct ImageInfo {
+  std::string format;
+  uint64_t virtual_size = 0;
+};
+
+Result<ImageInfo> InspectImage(const std::string& path) {
+  std::vector<std::string> argv = {"qemu-img", "info", "--output=json", "--force-share", path};
+  CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 30000));
+  if (r.exit_code != 0) {
+    return Status::FailedPrecondition("disk " + path + " cannot be inspected: " + r.output);
+  }
+  auto j = nlohmann::json::parse(r.output, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::Internal("qemu-img info " + path + " printed no JSON: " + r.output);
+  }
+  return ImageInfo{j.value("format", ""), j.value("virtual-size", uint64_t{0})};
+}
+
+Status CreateImage(const std::string& path, const std::string& format, uint64_t size,
+                   std::ostream& progress) {
+  std::error_code ec;
+  fs::create_directories(fs::path(path).parent_path(), ec);
+  std::vector<std::string> argv = {"qemu-img", "create", "-q", "-f", format, path,
+                                   std::to_string(size)};
+  CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
+  if (r.exit_code != 0) {
+    return Status::IOError("creating disk " + path + " failed: " + CommandLine(argv) + ": " +
+                           r.output);
+  }
+  progress << "created " << format << " disk " << path << " (" << size << " bytes)\n";
+  return Status::Ok();
+}
+
+bool ProcessAlive(int pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
+std::string Fixed(double v, int digits) {
+  std::ostringstream o;
+  o.setf(std::ios::fixed);
+  o.precision(digits);
+  o << v;
+  return o.str();
+}
+
+nlohmann::json ReadStateFile(const std::string& path) {
+  auto text = ReadWholeFile(path);
+  if (!text.ok()) return nlohmann::json::object();
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  return j.is_object() ? j : nlohmann::json::object();
+}
+
+}  // namespace
+
+std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
+  const TargetConfig& c = config_;
+  std::string append = "console=ttyS0 panic=-1 quiet cdp.listen=" + std::to_string(c.guest_port) +
+                       " cdp.repl_mac=" + c.replication_nic.mac +
+                       " cdp.volumes=" + c.VolumeSpecs() + " cdp.meta=" +
+                       std::string(pe::kDefaultMetaSerial);
+  if (!c.kernel_args.empty()) append += " " + c.kernel_args;
+  std::vector<std::string> a = {
+      c.qemu, "-name", c.name, "-machine", "q35", "-accel", accel, "-cpu",
+      accel == "kvm" ? "host" : "max", "-m", std::to_string(c.memory_mib), "-smp",
+      std::to_string(c.cpus), "-nodefaults", "-no-user-config", "-display", "none",
+      "-chardev", "file,id=console,append=on,path=" + c.console_log(), "-serial",
+      "chardev:console", "-qmp", "unix:" + c.qmp_socket + ",server=on,wait=off", "-pidfile",
+      c.pid_file(), "-daemonize", "-no-reboot", "-kernel", c.kernel, "-initrd", c.initrd,
+      "-append", append,
+      // The replication NIC: user networking, restricted (the guest reaches nothing), with the
+      // host's replication endpoint forwarded to the pe-agent.
+      "-netdev",
+      "user,id=repl,restrict=on,hostfwd=tcp:" + c.replication_host + ":" +
+          std::to_string(c.replication_port) + "-:" + std::to_string(c.guest_port),
+      "-device", "virtio-net-pci,netdev=repl,mac=" + c.replication_nic.mac};
+  if (c.service_nic.mode == "user") {
+    a.insert(a.end(), {"-netdev", "user,id=svc,restrict=on"});
+  } else if (c.service_nic.mode == "tap") {
+    a.insert(a.end(),
+             {"-netdev", "tap,id=svc,script=no,downscript=no,ifname=" + c.service_nic.tap});
+  }
+  if (c.service_nic.mode != "none") {
+    a.insert(a.end(), {"-device", "virtio-net-pci,netdev=svc,mac=" + c.service_nic.mac});
+  }
+  int i = 0;
+  for (const auto& d : c.disks) {
+    const std::string id = "disk" + std::to_string(i++);
+    a.insert(a.end(), {"-drive",
+                       "file=" + d.path + ",if=none,id=" + id + ",format=" + FormatFor(d.path) +
+                           ",cache=writeback,aio=threads,discard=unmap",
+                       "-device", "virtio-blk-pci,drive=" + id + ",serial=" + d.volume});
+  }
+  a.insert(a.end(), {"-drive",
+                     "file=" + c.metadata_disk + ",if=none,id=meta,format=" +
+                         FormatFor(c.metadata_disk) + ",cache=writeback,aio=threads",
+                     "-device",
+                     "virtio-blk-pci,drive=meta,serial=" + std::string(pe::kDefaultMetaSerial)});
+  return a;
+}
+
+Status TargetVm::PrepareDisks(std::ostream& progress) {
+  const TargetConfig& c = config_;
+  for (const auto& [key, path] : {std::pair{"pe.kernel", c.kernel}, {"pe.initrd", c.initrd}}) {
+    if (!fs::is_regular_file(path)) {
+      return Status::NotFound(c.file + ": " + key + " " + path +
+                              " does not exist; build the PE image first: "
+                              "pe-boot/build-pe-image " +
+                              fs::path(path).parent_path().string());
+    }
+  }
+  std::vector<const TargetDisk*> missing;
+  for (const auto& d : c.disks) {
+    if (!fs::exists(d.path)) {
+      missing.push_back(&d);
+      continue;
+    }
+    CDP_ASSIGN_OR_RETURN(ImageInfo info, InspectImage(d.path));
+    if (info.format != "qcow2" && info.format != "raw") {
+      return Status::FailedPrecondition("disk " + d.path + " (volume " + d.volume + ") is " +
+                                        info.format + "; only qcow2 or raw can be attached");
+    }
+    if (info.format != FormatFor(d.path)) {
+      return Status::FailedPrecondition("disk " + d.path + " (volume " + d.volume + ") is " +
+                                        info.format + " but its name says " +
+                                        FormatFor(d.path) + "; rename it (.qcow2, .img, .raw)");
+    }
+    if (info.virtual_size < d.size) {
+      return Status::FailedPrecondition(
+          "disk " + d.path + " (volume " + d.volume + ") has " +
+          std::to_string(info.virtual_size) + " bytes but the volume has " +
+          std::to_string(d.size) + "; nothing was started: grow it (qemu-img resize) or " +
+          "remove it so a new one is created");
+    }
+  }
+  const bool meta_exists = fs::exists(c.metadata_disk);
+  if (!missing.empty() && meta_exists) {
+    return Status::FailedPrecondition(
+        "disk " + missing.front()->path + " (volume " + missing.front()->volume +
+        ") is missing but the metadata disk " + c.metadata_disk +
+        " exists and may say that volume is already replicated; remove the metadata disk too "
+        "(the volume is then replicated from LSN 0), or restore the disk");
+  }
+  for (const TargetDisk* d : missing) {
+    CDP_RETURN_IF_ERROR(CreateImage(d->path, FormatFor(d->path), d->size, progress));
+  }
+  if (!meta_exists) {
+    CDP_RETURN_IF_ERROR(CreateImage(c.metadata_disk, FormatFor(c.metadata_disk),
+                                    kMetadataDiskBytes, progress));
+  }
+  return Status::Ok();
+}
+
+int TargetVm::RunningPid() const {
+  auto text = ReadWholeFile(config_.pid_file());
+  if (!text.ok()) return 0;
+  int pid = 0;
+  try {
+    pid = std::stoi(*text);
+  } catch (...) {
+    return 0;
+  }
+  if (!ProcessAlive(pid)) return 0;
+  // The pid file may be stale and the pid reused: it must be a QEMU with our QMP socket.
+  auto cmdline = ReadWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+  if (cmdline.ok() && cmdline->find(config_.qmp_socket) == std::string::npos) return 0;
+  return pid;
+}
+
+std::string TargetVm::ConsoleTail(size_t lines) const {
+  std::ifstream in(config_.console_log());
+  std::deque<std::string> tail;
+  std::string line;
+  while (std::getline(in, line)) {
+    tail.push_back(line);
+    if (tail.size() > lines) tail.pop_front();
+  }
+  std::string out;
+  for (const auto& l : tail) out += "  | " + l + "\n";
+  return out;
+}
+
+Status TargetVm::Start(std::ostream& progress) {
+  const TargetConfig& c = config_;
+  const auto t0 = Clock::now();
+  const int already = RunningPid();
+  std::string accel;
+  AccelChoice choice;
+  if (already == 0) {
+    std::error_code ec;
+    for (const auto& dir : {fs::path(c.state_dir), fs::path(c.qmp_socket).parent_path()}) {
+      fs::create_directories(dir, ec);
+      if (ec) return Status::IOError("cannot create " + dir.string() + ": " + ec.message());
+    }
+    CDP_RETURN_IF_ERROR(PrepareDisks(progress));
+    if (fs::exists(c.qmp_socket)) {
+      // A socket left by a QEMU that died: nothing listens (RunningPid found no process).
+      auto probe = QmpClient::Connect(c.qmp_socket, 1000);
+      if (probe.ok()) {
+        return Status::FailedPrecondition(
+            "a QEMU already serves " + c.qmp_socket + " but not with pid file " + c.pid_file() +
+            "; stop it (or use another qmp_socket)");
+      }
+      if (probe.status().code() == StatusCode::kProtocolMismatch) return probe.status();
+      fs::remove(c.qmp_socket, ec);
+    }
+    fs::remove(c.pid_file(), ec);
+    choice = c.accel == "tcg" ? AccelChoice{"tcg", "accel: tcg in the config"}
+                              : ProbeAccelerator();
+    if (c.accel == "kvm" && choice.accel != "kvm") {
+      return Status::FailedPrecondition(c.file + ": accel is kvm but KVM cannot run a guest here (" +
+                                        choice.reason + "); use accel: auto or tcg");
+    }
+    accel = choice.accel;
+    progress << "target " << c.name << ": booting the PE (" << accel << ": " << choice.reason
+             << ")\n";
+    const std::vector<std::string> argv = QemuArgs(accel);
+    CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
+    if (r.exit_code != 0) {
+      return Status::FailedPrecondition("qemu-system-x86_64 refused to start the target: " +
+                                        r.output + "(command: " + CommandLine(argv) + ")");
+    }
+  } else {
+    const nlohmann::json state = ReadStateFile(c.state_file());
+    accel = state.value("accel", "");
+    progress << "target " << c.name << ": already running (pid " << already << ")\n";
+  }
+
+  // Wait for the pe-agent through the forwarded replication endpoint.
+  const auto deadline = t0 + std::chrono::milliseconds(
+                                 static_cast<int64_t>(c.ready_timeout_seconds * 1000));
+  std::string last_error = "no answer yet";
+  v1::PeStatusReply ready;
+  while (true) {
+    const int pid = RunningPid();
+    if (pid == 0) {
+      return Status::Aborted("QEMU exited while the PE was booting; last console lines (" +
+                             c.console_log() + "):\n" + ConsoleTail(20));
+    }
+    auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1000);
+    if (client.ok()) {
+      auto st = (*client)->Status(3000);
+      if (st.ok() && st->state() == "pe-ready") {
+        ready = *st;
+        break;
+      }
+      if (st.ok() && st->state() == "pe-error") {
+        Status stop = Stop(progress);
+        return Status::FailedPrecondition("target " + c.name + ": the PE refused its disks: " +
+                                          st->error() + " (the VM was stopped" +
+                                          (stop.ok() ? "" : " — stop failed: " + stop.message()) +
+                                          "; console log " + c.console_log() + ")");
+      }
+      if (!st.ok()) last_error = st.status().message();
+    } else {
+      last_error = client.status().message();
+    }
+    if (Clock::now() > deadline) {
+      const std::string tail = ConsoleTail(20);
+      (void)Stop(progress);
+      return Status::TimedOut("target " + c.name + ": the pe-agent was not ready within " +
+                              Fixed(c.ready_timeout_seconds, 0) + " s (" + last_error +
+                              "); the VM was stopped. Last console lines (" + c.console_log() +
+                              "):\n" + tail);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  const double boot_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (already == 0) {
+    nlohmann::json state = {{"name", c.name},
+                            {"pid", RunningPid()},
+                            {"accel", accel},
+                            {"accel_reason", choice.reason},
+                            {"started_at_ns", NowNanos()},
+                            {"pe_boot_seconds", boot_seconds},
+                            {"pe_kernel_to_ready_seconds", ready.ready_seconds()}};
+    CDP_RETURN_IF_ERROR(WriteFileAtomic(c.state_file(), state.dump(2) + "\n"));
+  }
+  progress << "target " << c.name << ": pe-ready";
+  if (already == 0) progress << " in " << Fixed(boot_seconds, 1) << " s";
+  progress << " (" << accel << ", kernel " << ready.kernel_release() << "); pe-agent at "
+           << c.replication_endpoint << "; volumes:";
+  for (const auto& v : ready.volumes()) {
+    progress << " " << v.name() << "@" << v.applied_lsn();
+  }
+  progress << "\n";
+  return Status::Ok();
+}
+
+Status TargetVm::Stop(std::ostream& progress, double timeout_s) {
+  const TargetConfig& c = config_;
+  const int pid = RunningPid();
+  auto qmp = QmpClient::Connect(c.qmp_socket, 3000);
+  if (!qmp.ok()) {
+    if (qmp.status().code() == StatusCode::kProtocolMismatch) return qmp.status();
+    if (pid == 0) {
+      progress << "target " << c.name << " is not running\n";
+      std::error_code ec;
+      fs::remove(c.pid_file(), ec);
+      return Status::Ok();
+    }
+  } else {
+    auto r = (*qmp)->Execute("quit", nullptr, 5000);
+    if (!r.ok()) progress << "target " << c.name << ": quit: " << r.status().message() << "\n";
+  }
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  while (pid != 0 && ProcessAlive(pid) && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (pid != 0 && ProcessAlive(pid)) {
+    progress << "target " << c.name << ": QEMU (pid " << pid << ") did not quit within "
+             << Fixed(timeout_s, 0) << " s; killing it\n";
+    kill(pid, SIGKILL);
+    for (int i = 0; i < 100 && ProcessAlive(pid); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  std::error_code ec;
+  fs::remove(c.pid_file(), ec);
+  progress << "target " << c.name << " stopped\n";
+  return Status::Ok();
+}
+
+Result<TargetStatus> TargetVm::GetStatus() {
+  const TargetConfig& c = config_;
+  TargetStatus s;
+  s.pid = RunningPid();
+  const nlohmann::json state = ReadStateFile(c.state_file());
+  if (fs::exists(c.qmp_socket)) {
+    auto qmp = QmpClient::Connect(c.qmp_socket, 2000);
+    if (!qmp.ok() && qmp.status().code() == StatusCode::kProtocolMismatch) return qmp.status();
+    if (qmp.ok()) {
+      auto r = (*qmp)->Execute("query-status", nullptr, 2000);
+      if (r.ok()) s.vm_status = r->value("status", "");
+    }
+  }
+  if (s.pid == 0 && s.vm_status.empty()) {
+    s.state = "stopped";
+    return s;
+  }
+  s.accel = state.value("accel", "");
+  s.pe_boot_seconds = state.value("pe_boot_seconds", 0.0);
+  auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1500);
+  if (!client.ok()) {
+    s.state = "booting";
+    s.error = client.status().message();
+    return s;
+  }
+  auto st = (*client)->Status(3000);
+  if (!st.ok()) {
+    s.state = "booting";
+    s.error = st.status().message();
+    return s;
+  }
+  s.state = st->state();
+  s.error = st->error();
+  s.kernel_release = st->kernel_release();
+  s.pe_kernel_to_ready_seconds = st->ready_seconds();
+  for (const auto& v : st->volumes()) s.volumes.push_back(v);
+  return s;
+}
+
+std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
+  nlohmann::json volumes = nlohmann::json::array();
+  for (const auto& v : s.volumes) {
+    volumes.push_back({{"name", v.name()},
+                       {"device", v.device()},
+                       {"size_bytes", v.size_bytes()},
+                       {"applied_lsn", v.applied_lsn()},
+                       {"boot_applied_lsn", v.boot_applied_lsn()},
+                       {"applied_bytes", v.applied_bytes()},
+                       {"applied_records", v.applied_records()}});
+  }
+  nlohmann::json j = {{"name", c.name},
+                      {"state", s.state},
+                      {"vm_status", s.vm_status},
+                      {"pid", s.pid},
+                      {"accel", s.accel},
+                      {"pe_boot_seconds", s.pe_boot_seconds},
+                      {"pe_kernel_to_ready_seconds", s.pe_kernel_to_ready_seconds},
+                      {"kernel_release", s.kernel_release},
+                      {"error", s.error},
+                      {"replication_endpoint", c.replication_endpoint},
+                      {"qmp_socket", c.qmp_socket},
+                      {"console_log", c.console_log()},
+                      {"volumes", volumes}};
+  return j.dump();
+}
+
+std::string TargetStatusText(const TargetStatus& s, const TargetConfig& c) {
+  std::ostringstream o;
+  o << "target " << c.name << ": " << s.state;
+  if (!s.vm_status.empty()) o << " (VM " << s.vm_status << ", pid " << s.pid << ", " << s.accel << ")";
+  o << "\n";
+  if (s.pe_boot_seconds > 0) o << "  PE boot: " << Fixed(s.pe_boot_seconds, 1) << " s\n";
+  if (!s.error.empty()) o << "  " << s.error << "\n";
+  for (const auto& v : s.volumes) {
+    o << "  volume " << v.name() << " on " << v.device() << ": applied LSN " << v.applied_lsn()
+      << " (" << v.applied_bytes() << " bytes applied since the PE booted)\n";
+  }
+  o << "  pe-agent " << c.replication_endpoint << ", QMP " << c.qmp_socket << ", console "
+    << c.console_log() << "\n";
+  return o.str();
+}
+
+}  // namespace cdp::failover

@@ -1,0 +1,105 @@
+// PeAgent: the agent inside the semi-booted target VM. It finds the target's disks by serial,
+// serves one ZeroMQ ROUTER socket on the replication network, applies ApplyBatches to the disks
+// with O_DIRECT writes in LSN order, keeps each volume's applied LSN durable on the metadata
+// disk, and answers status and region-checksum queries (docs/pe-agent.md).
+//
+// Durability order for every batch: records written -> disk flushed -> cursor saved on the
+// metadata disk (write + flush) -> ApplyAck. So after any crash of the VM, the cursor on the
+// metadata disk never claims data that is not on the volume's disk, and replaying from it is
+// idempotent.
+//
+// When the disks do not match the volumes (a disk whose serial matches no volume, a disk
+// smaller than its volume, no metadata disk), the agent still serves status — state
+// "pe-error" with the reason — and refuses every replicator; nothing is written to any disk.
+//
+// Single-threaded: Run() serves everything on the calling thread.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "cdp/core/block_device.h"
+#include "cdp/core/record_apply.h"
+#include "cdp/core/transport.h"
+#include "cdp/pe/disk_finder.h"
+#include "cdp/pe/pe_metadata.h"
+
+namespace cdp::pe {
+
+struct PeAgentOptions {
+  std::string listen;  // tcp://IP:PORT on the replication network
+  std::vector<VolumeSpec> volumes;
+  std::string meta_serial = std::string(kDefaultMetaSerial);
+  // Host-side runs (tests): explicit paths instead of discovery by serial.
+  std::string meta_path;                         // overrides meta_serial
+  std::map<std::string, std::string> disk_paths;  // volume -> path; overrides discovery
+  std::string sys_root = "/sys";
+  std::string dev_root = "/dev";
+  IoEngine io_engine = IoEngine::kAuto;
+  std::string console;  // also write the ready line and fatal errors here ("" = only the log)
+  uint64_t max_checksum_bytes = 1ull << 30;  // per ChecksumRequest
+};
+
+class PeAgent {
+ public:
+  explicit PeAgent(PeAgentOptions options);
+  ~PeAgent();
+
+  // Binds the socket (an error here is fatal: nothing to serve on) and prepares the disks (an
+  // error there puts the agent in state "pe-error" and is returned by error()).
+  Status Start();
+
+  // Serves until *stop is true.
+  Status Run(const std::atomic<bool>* stop);
+
+  // "pe-ready" or "pe-error".
+  const std::string& state() const { return state_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  struct Volume {
+    VolumeSpec spec;
+    std::string device_path;
+    std::unique_ptr<BlockDevice> device;
+    bool direct = false;
+    std::unique_ptr<RecordApplier> applier;
+    uint64_t applied_lsn = 0;
+    uint64_t boot_applied_lsn = 0;
+    uint64_t applied_records = 0;
+  };
+  struct Session {
+    v1::Role role = v1::ROLE_UNSPECIFIED;
+    std::string volume;
+    std::string identity;
+  };
+
+  Status PrepareDisks();
+  Result<std::unique_ptr<BlockDevice>> OpenDisk(const std::string& path, bool* direct);
+  void Handle(wire::Message& msg);
+  void HandleHello(const wire::Message& msg);
+  void HandleApply(const wire::Message& msg);
+  void HandleStatus(const wire::Message& msg);
+  void HandleChecksum(const wire::Message& msg);
+  Status ApplyBatch(const wire::Message& msg, Volume* volume);
+  void SendError(const std::string& peer, const Status& status, bool permanent);
+  void Announce(const std::string& line);
+  std::string PeerName(const std::string& peer) const;
+
+  PeAgentOptions options_;
+  std::string state_ = "pe-error";
+  std::string error_ = "not started";
+  double ready_seconds_ = 0;
+  std::string kernel_release_;
+  std::string meta_device_;
+  std::unique_ptr<PeMetadata> meta_;
+  std::map<std::string, Volume> volumes_;
+  std::map<std::string, Session> sessions_;  // by ZeroMQ routing id
+  zmq::context_t ctx_{1};
+  std::unique_ptr<Socket> socket_;
+};
+
+}  // namespace cdp::pe

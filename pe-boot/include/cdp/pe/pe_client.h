@@ -1,0 +1,58 @@
+// PeClient: one connection to a pe-agent (the replicator's PE sink, cdpctl target status, the
+// failover engine's verification). Thread-compatible: one thread at a time.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "cdp/core/record_apply.h"
+#include "cdp/core/transport.h"
+
+namespace cdp::pe {
+
+class PeClient {
+ public:
+  // Connects to `endpoint` (tcp://HOST:PORT) and says Hello. As a replicator (`volume` set,
+  // role ROLE_REPLICATOR) the reply carries the volume's durable applied LSN. Unavailable when
+  // nothing answers within timeout_ms; the pe-agent's own refusal (ProtocolMismatch, NotFound
+  // for a volume it does not have, FailedPrecondition for a disk too small or a target in
+  // error) is returned as its Status.
+  static Result<std::unique_ptr<PeClient>> Connect(const std::string& endpoint,
+                                                   wire::v1::Role role, const std::string& volume,
+                                                   uint64_t volume_size, int timeout_ms);
+
+  const wire::v1::HelloReply& hello_reply() const { return hello_reply_; }
+  const std::string& endpoint() const { return socket_->endpoint(); }
+
+  // Sends the items (contiguous LSNs) as one ApplyBatch and waits for its ApplyAck: returns the
+  // volume's durable applied LSN. The pe-agent's Error comes back as its Status (with
+  // `permanent` set when retrying cannot help); TimedOut when no answer came.
+  Result<uint64_t> Apply(const std::string& volume, std::span<const ApplyItem> items,
+                         int timeout_ms, bool* permanent);
+
+  Result<wire::v1::PeStatusReply> Status(int timeout_ms);
+
+  // XXH3-64 of each region of the volume's disk on the target.
+  Result<wire::v1::ChecksumReply> Checksums(const std::string& volume,
+                                            const std::vector<wire::v1::Region>& regions,
+                                            int timeout_ms);
+
+ private:
+  PeClient() = default;
+  // Sends `request` and returns the first reply with the body `expect` (or an Error).
+  Result<wire::Message> Call(const wire::v1::Header& request,
+                             std::vector<zmq::message_t> payloads,
+                             wire::v1::Header::BodyCase expect, int timeout_ms, bool* permanent,
+                             uint64_t sequence = 0);
+
+  zmq::context_t ctx_{1};
+  std::unique_ptr<Socket> socket_;
+  zmq::socket_t monitor_;  // ZMQ_EVENT_DISCONNECTED of socket_
+  wire::v1::HelloReply hello_reply_;
+  uint64_t sequence_ = 0;
+};
+
+}  // namespace cdp::pe

@@ -1,0 +1,416 @@
+#include "cdp/pe/pe_agent.h"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "cdp/core/logging.h"
+
+namespace cdp::pe {
+
+namespace {
+
+double ProcUptimeSeconds() {
+  std::ifstream in("/proc/uptime");
+  double up = 0;
+  in >> up;
+  return up;
+}
+
+// An apply error that resending the same batch cannot fix.
+bool IsPermanentApplyError(const Status& s) {
+  return s.code() == StatusCode::kInvalidArgument || s.code() == StatusCode::kNotFound;
+}
+
+}  // namespace
+
+PeAgent::PeAgent(PeAgentOptions options) : options_(std::move(options)) {
+  struct utsname u;
+  if (uname(&u) == 0) kernel_release_ = u.release;
+}
+
+PeAgent::~PeAgent() = default;
+
+void PeAgent::Announce(const std::string& line) {
+  CDP_LOG(info) << line;
+  if (options_.console.empty()) return;
+  std::ofstream out(options_.console, std::ios::app);
+  out << "cdp-pe: " << line << "\n";
+}
+
+Status PeAgent::Start() {
+  CDP_RETURN_IF_ERROR(ValidateEndpoint(options_.listen).WithContext("--listen"));
+  CDP_ASSIGN_OR_RETURN(socket_, Socket::Bind(ctx_, options_.listen));
+  Status prepared = PrepareDisks();
+  if (!prepared.ok()) {
+    state_ = "pe-error";
+    error_ = prepared.message();
+    volumes_.clear();
+    meta_.reset();
+    Announce("pe-agent: FATAL: " + error_);
+    Announce("pe-agent: serving status only on " + options_.listen +
+             "; replicators are refused until the target's disks are fixed");
+    return Status::Ok();
+  }
+  state_ = "pe-ready";
+  error_.clear();
+  ready_seconds_ = ProcUptimeSeconds();
+  std::ostringstream line;
+  line << "pe-agent ready on " << options_.listen << " after " << ready_seconds_
+       << " s of uptime; volumes:";
+  for (const auto& [name, v] : volumes_) {
+    line << " " << name << "=" << v.device_path << "@" << v.applied_lsn;
+  }
+  line << "; metadata " << meta_device_;
+  Announce(line.str());
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<BlockDevice>> PeAgent::OpenDisk(const std::string& path, bool* direct) {
+  BlockDeviceOptions opts;
+  opts.writable = true;
+  opts.direct = true;
+  opts.engine = options_.io_engine;
+  auto dev = OpenBlockDevice(path, opts);
+  *direct = dev.ok();
+  if (!dev.ok() && dev.status().code() == StatusCode::kInvalidArgument) {
+    // A file system without O_DIRECT (tmpfs, in host-side tests): buffered writes, which the
+    // flush after every batch still makes durable.
+    CDP_LOG(warning) << "pe-agent: " << path << " cannot be opened with O_DIRECT ("
+                     << dev.status().message() << "); using buffered writes";
+    opts.direct = false;
+    dev = OpenBlockDevice(path, opts);
+  }
+  return dev;
+}
+
+Status PeAgent::PrepareDisks() {
+  DiskAssignment assignment;
+  if (!options_.disk_paths.empty() || !options_.meta_path.empty()) {
+    for (const auto& v : options_.volumes) {
+      auto it = options_.disk_paths.find(v.name);
+      if (it == options_.disk_paths.end()) {
+        return Status::FailedPrecondition("volume " + v.name + " has no --disk " + v.name +
+                                          "=PATH");
+      }
+      assignment.volumes[v.name].device = it->second;
+    }
+    for (const auto& [name, path] : options_.disk_paths) {
+      if (!assignment.volumes.count(name)) {
+        return Status::FailedPrecondition("--disk " + name + "=" + path +
+                                          " names no volume of this target");
+      }
+    }
+    if (options_.meta_path.empty()) {
+      return Status::FailedPrecondition("--disk needs --meta PATH for the metadata area");
+    }
+    assignment.meta.device = options_.meta_path;
+  } else {
+    CDP_ASSIGN_OR_RETURN(auto disks, ListSerialDisks(options_.sys_root, options_.dev_root));
+    CDP_ASSIGN_OR_RETURN(assignment, AssignDisks(options_.volumes, disks, options_.meta_serial));
+  }
+
+  // Open everything first (read-only checks), then nothing is written until a batch arrives.
+  std::map<std::string, Volume> volumes;
+  for (const auto& spec : options_.volumes) {
+    Volume v;
+    v.spec = spec;
+    v.device_path = assignment.volumes[spec.name].device;
+    CDP_ASSIGN_OR_RETURN(v.device, OpenDisk(v.device_path, &v.direct));
+    if (v.device->size() < spec.size) {
+      return Status::FailedPrecondition(
+          "disk " + v.device_path + " (volume " + spec.name + ") has " +
+          std::to_string(v.device->size()) + " bytes but the volume has " +
+          std::to_string(spec.size) + "; nothing was written: give the target a larger disk");
+    }
+    v.applier = std::make_unique<RecordApplier>(v.device.get(), v.direct);
+    volumes.emplace(spec.name, std::move(v));
+  }
+  bool meta_direct = false;
+  CDP_ASSIGN_OR_RETURN(auto meta_dev, OpenDisk(assignment.meta.device, &meta_direct));
+  CDP_ASSIGN_OR_RETURN(meta_, PeMetadata::Open(std::move(meta_dev)));
+  meta_device_ = assignment.meta.device;
+  for (auto& [name, v] : volumes) {
+    const VolumeCursor c = meta_->Get(name);
+    if (c.applied_lsn != 0 && c.volume_size != v.spec.size) {
+      return Status::FailedPrecondition(
+          "metadata disk " + meta_device_ + " holds a cursor for volume " + name + " of " +
+          std::to_string(c.volume_size) + " bytes, but the volume now has " +
+          std::to_string(v.spec.size) + "; this is another volume's replica: start from new disks");
+    }
+    v.applied_lsn = v.boot_applied_lsn = c.applied_lsn;
+  }
+  volumes_ = std::move(volumes);
+  return Status::Ok();
+}
+
+Status PeAgent::Run(const std::atomic<bool>* stop) {
+  while (!stop->load()) {
+    auto msg = socket_->Recv(200);
+    if (!msg.ok()) {
+      if (msg.status().IsTimedOut()) continue;
+      CDP_LOG(warning) << "pe-agent: dropped a message: " << msg.status().ToString();
+      continue;
+    }
+    Handle(*msg);
+  }
+  CDP_LOG(info) << "pe-agent: stopping";
+  return Status::Ok();
+}
+
+std::string PeAgent::PeerName(const std::string& peer) const {
+  auto it = sessions_.find(peer);
+  if (it != sessions_.end() && !it->second.identity.empty()) return it->second.identity;
+  return "a peer";
+}
+
+void PeAgent::SendError(const std::string& peer, const Status& status, bool permanent) {
+  (void)socket_->SendTo(peer, wire::MakeErrorHeader(status, permanent));
+}
+
+void PeAgent::Handle(wire::Message& msg) {
+  switch (msg.header.body_case()) {
+    case v1::Header::kHello:
+      return HandleHello(msg);
+    case v1::Header::kApplyBatch:
+      return HandleApply(msg);
+    case v1::Header::kPeStatusRequest:
+      return HandleStatus(msg);
+    case v1::Header::kChecksumRequest:
+      return HandleChecksum(msg);
+    default: {
+      Status s = Status::InvalidArgument("pe-agent: unexpected message (header case " +
+                                         std::to_string(msg.header.body_case()) + ") from " +
+                                         PeerName(msg.peer));
+      CDP_LOG(warning) << s.message();
+      SendError(msg.peer, s, true);
+    }
+  }
+}
+
+void PeAgent::HandleHello(const wire::Message& msg) {
+  const v1::Hello& hello = msg.header.hello();
+  const std::string who = hello.identity().empty() ? "a peer" : hello.identity();
+  auto version = wire::NegotiateVersion(hello, who);
+  auto refuse = [&](const Status& s, bool permanent) {
+    CDP_LOG(warning) << "pe-agent: refused " << who << " (volume '" << hello.volume()
+                     << "'): " << s.message();
+    SendError(msg.peer, s, permanent);
+  };
+  if (!version.ok()) return refuse(version.status(), true);
+  v1::Header reply;
+  auto* r = reply.mutable_hello_reply();
+  r->set_version(*version);
+  r->set_features(1u << v1::FEATURE_CHECKSUM);
+  r->set_server_id("pe-agent@" + wire::ProcessIdentity("pe-agent"));
+  if (hello.role() == v1::ROLE_REPLICATOR) {
+    if (state_ != "pe-ready") {
+      return refuse(Status::FailedPrecondition("pe-agent: the target is not ready: " + error_),
+                    true);
+    }
+    auto it = volumes_.find(hello.volume());
+    if (it == volumes_.end()) {
+      std::string known;
+      for (const auto& [name, v] : volumes_) known += (known.empty() ? "" : ", ") + name;
+      return refuse(Status::NotFound("pe-agent: this target has no volume '" + hello.volume() +
+                                     "' (it has: " + known +
+                                     "); point the replicator at the right target"),
+                    true);
+    }
+    Volume& v = it->second;
+    if (hello.volume_size() != v.spec.size) {
+      return refuse(Status::FailedPrecondition(
+                        "pe-agent: volume " + v.spec.name + " has " +
+                        std::to_string(hello.volume_size()) +
+                        " bytes in the journal but this target was started for " +
+                        std::to_string(v.spec.size) + " (disk " + v.device_path +
+                        "); nothing was written: fix the size in the target's config"),
+                    true);
+    }
+    r->set_volume_size(v.spec.size);
+    r->set_applied_lsn(v.applied_lsn);
+    CDP_LOG(info) << "pe-agent: replicator " << who << " attached to volume " << v.spec.name
+                  << " (applied LSN " << v.applied_lsn << ")";
+  } else if (hello.role() != v1::ROLE_CONTROL) {
+    return refuse(Status::InvalidArgument("pe-agent: Hello with role " +
+                                          std::to_string(hello.role()) +
+                                          "; only replicators and control clients connect here"),
+                  true);
+  }
+  sessions_[msg.peer] = Session{hello.role(), hello.volume(), who};
+  (void)socket_->SendTo(msg.peer, reply);
+}
+
+void PeAgent::HandleApply(const wire::Message& msg) {
+  const v1::ApplyBatch& batch = msg.header.apply_batch();
+  auto session = sessions_.find(msg.peer);
+  if (session == sessions_.end() || session->second.role != v1::ROLE_REPLICATOR ||
+      session->second.volume != batch.volume()) {
+    return SendError(msg.peer,
+                     Status::FailedPrecondition("pe-agent: a batch for volume '" +
+                                                batch.volume() +
+                                                "' from a peer that did not send Hello for it; "
+                                                "send Hello first"),
+                     false);
+  }
+  auto it = volumes_.find(batch.volume());
+  if (it == volumes_.end()) {
+    return SendError(msg.peer,
+                     Status::NotFound("pe-agent: this target has no volume '" + batch.volume() +
+                                      "'; nothing was written"),
+                     true);
+  }
+  Volume& v = it->second;
+  Status s = ApplyBatch(msg, &v);
+  if (!s.ok()) {
+    Status ctx = s.WithContext("pe-agent: volume " + v.spec.name);
+    CDP_LOG(error) << ctx.ToString();
+    return SendError(msg.peer, ctx, IsPermanentApplyError(s));
+  }
+  v1::Header h;
+  auto* ack = h.mutable_apply_ack();
+  ack->set_volume(v.spec.name);
+  ack->set_applied_lsn(v.applied_lsn);
+  ack->set_sequence(batch.sequence());
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
+  const v1::ApplyBatch& batch = msg.header.apply_batch();
+  if (batch.records_size() == 0) return Status::Ok();
+  if (batch.first_lsn() > v->applied_lsn + 1) {
+    return Status::OutOfRange("batch starts at LSN " + std::to_string(batch.first_lsn()) +
+                              " but the applied LSN is " + std::to_string(v->applied_lsn) +
+                              "; resend from " + std::to_string(v->applied_lsn + 1));
+  }
+  // Check the whole batch before writing anything.
+  std::vector<ApplyItem> items;
+  items.reserve(batch.records_size());
+  size_t frame = 0;
+  for (int i = 0; i < batch.records_size(); ++i) {
+    ApplyItem item;
+    item.rec = wire::RecordFromProto(batch.records(i));
+    if (item.rec.lsn != batch.first_lsn() + static_cast<uint64_t>(i)) {
+      return Status::InvalidArgument("batch is not contiguous: record " + std::to_string(i) +
+                                     " has LSN " + std::to_string(item.rec.lsn) + ", expected " +
+                                     std::to_string(batch.first_lsn() + i));
+    }
+    if (item.rec.has_payload()) {
+      if (frame >= msg.payloads.size()) {
+        return Status::InvalidArgument("record LSN " + std::to_string(item.rec.lsn) +
+                                       " has no payload frame");
+      }
+      item.payload = std::string_view(static_cast<const char*>(msg.payloads[frame].data()),
+                                      msg.payloads[frame].size());
+      ++frame;
+    }
+    CDP_RETURN_IF_ERROR(ValidateRecordRange(item.rec, v->spec.size));
+    CDP_RETURN_IF_ERROR(VerifyRecordPayload(item.rec, item.payload));
+    if (item.rec.lsn > v->applied_lsn) items.push_back(std::move(item));
+  }
+  if (frame != msg.payloads.size()) {
+    return Status::InvalidArgument("batch has " + std::to_string(msg.payloads.size()) +
+                                   " payload frames for " + std::to_string(frame) + " writes");
+  }
+  if (items.empty()) return Status::Ok();  // a replay of what is already applied
+  const uint64_t last = items.back().rec.lsn;
+  CDP_RETURN_IF_ERROR(v->applier->Apply(items).WithContext("writing " + v->device_path));
+  CDP_RETURN_IF_ERROR(v->device->Flush().WithContext("flushing " + v->device_path));
+  CDP_RETURN_IF_ERROR(meta_->Save(v->spec.name, v->spec.size, last));
+  v->applied_lsn = last;
+  v->applied_records += items.size();
+  return Status::Ok();
+}
+
+void PeAgent::HandleStatus(const wire::Message& msg) {
+  v1::Header h;
+  auto* r = h.mutable_pe_status_reply();
+  r->set_state(state_);
+  r->set_error(error_);
+  r->set_ready_seconds(ready_seconds_);
+  r->set_kernel_release(kernel_release_);
+  r->set_uptime_seconds(ProcUptimeSeconds());
+  r->set_listen(options_.listen);
+  r->set_meta_device(meta_device_);
+  for (const auto& [name, v] : volumes_) {
+    auto* s = r->add_volumes();
+    s->set_name(name);
+    s->set_device(v.device_path);
+    s->set_size_bytes(v.spec.size);
+    s->set_disk_bytes(v.device->size());
+    s->set_applied_lsn(v.applied_lsn);
+    s->set_applied_bytes(v.applier->applied_bytes());
+    s->set_applied_records(v.applied_records);
+    s->set_boot_applied_lsn(v.boot_applied_lsn);
+  }
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+void PeAgent::HandleChecksum(const wire::Message& msg) {
+  const v1::ChecksumRequest& req = msg.header.checksum_request();
+  auto it = volumes_.find(req.volume());
+  if (it == volumes_.end()) {
+    return SendError(msg.peer,
+                     Status::NotFound("pe-agent: this target has no volume '" + req.volume() + "'"),
+                     true);
+  }
+  Volume& v = it->second;
+  uint64_t total = 0;
+  for (const auto& region : req.regions()) {
+    if (region.length() == 0 || region.offset() > v.spec.size ||
+        region.length() > v.spec.size - region.offset()) {
+      return SendError(msg.peer,
+                       Status::InvalidArgument(
+                           "pe-agent: volume " + v.spec.name + ": region " +
+                           std::to_string(region.offset()) + "+" + std::to_string(region.length()) +
+                           " is empty or outside the volume's " + std::to_string(v.spec.size) +
+                           " bytes"),
+                       true);
+    }
+    total += region.length();
+  }
+  if (total > options_.max_checksum_bytes) {
+    return SendError(msg.peer,
+                     Status::InvalidArgument("pe-agent: a checksum request covers " +
+                                             std::to_string(total) + " bytes; at most " +
+                                             std::to_string(options_.max_checksum_bytes) +
+                                             " per request: split it"),
+                     true);
+  }
+  v1::Header h;
+  auto* r = h.mutable_checksum_reply();
+  r->set_volume(v.spec.name);
+  r->set_applied_lsn(v.applied_lsn);
+  const uint64_t block = std::max<uint64_t>(v.device->logical_block_size(), 4096);
+  constexpr uint64_t kChunk = 1 << 20;
+  AlignedBuffer buf(kChunk);
+  XXH3_state_t state;
+  for (const auto& region : req.regions()) {
+    XXH3_64bits_reset(&state);
+    uint64_t pos = region.offset();
+    const uint64_t end = region.offset() + region.length();
+    while (pos < end) {
+      const uint64_t start = pos / block * block;
+      const uint64_t read_end =
+          std::min<uint64_t>(std::min(start + kChunk, (end + block - 1) / block * block),
+                             v.device->size());
+      Status s = v.device->ReadAt(start, std::span<char>(buf.data(), read_end - start));
+      if (!s.ok()) {
+        return SendError(msg.peer, s.WithContext("pe-agent: reading " + v.device_path), false);
+      }
+      const uint64_t take = std::min(end, read_end) - pos;
+      XXH3_64bits_update(&state, buf.data() + (pos - start), take);
+      pos += take;
+    }
+    r->add_xxh3(XXH3_64bits_digest(&state));
+  }
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+}  // namespace cdp::pe
