@@ -154,10 +154,10 @@ def check_reproducible(d, agent):
                  f"lib/modules/{meta['kernel_version']}/modules.dep"):
         assert path in entries and entries[path][0] & 0o170000 == 0o100000, \
             f"file {path} missing from initrd.img"
-    for path in ("bin/sh", "sbin/modprobe", "sbin/udhcpc", "bin/ip"):
-        assert entries.get(path) == (0o120777, 0, 0, b"/bin/busybox"), \
+    for path in ("bin/sh", "sbin/modprobe", "sbin/udhcpc", "sbin/ip"):
+        assert entries.get(path, ())[:4] == (0o120777, 0, 0, b"/bin/busybox"), \
             f"{path} is not a symlink to /bin/busybox: {entries.get(path)}"
-    assert entries.get("dev/console") == (0o020600, 5, 1, b""), entries.get("dev/console")
+    assert entries.get("dev/console", ())[:4] == (0o020600, 5, 1, b""), entries.get("dev/console")
     owners = {(uid, gid, mtime) for uid, gid, mtime in (e[4:] for e in entries.values())}
     assert owners == {(0, 0, 0)}, f"uid, gid, mtime not all 0: {owners}"
     t.log(f"reproducible: two builds byte-identical; kernel {meta['kernel_version']}, "
