@@ -46,7 +46,8 @@ std::string CommandLine(const std::vector<std::string>& argv) {
 Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int timeout_ms) {
   if (argv.empty()) return Status::InvalidArgument("empty command");
   if (!InPath(argv[0])) {
-    return Status::NotFound(argv[0] + " is not installed (or not in PATH); install it: "
+    return Status::NotFound(argv[0] +
+                            " is not installed (or not in PATH); install it: "
                             "deploy/install-deps.sh");
   }
   int pipefd[2];

@@ -72,8 +72,8 @@ AccelChoice ProbeAccelerator(const std::string& device) {
   if (ioctl(vcpu.fd, KVM_SET_REGS, &regs) < 0) return {"tcg", Errno("KVM_SET_REGS")};
   if (ioctl(vcpu.fd, KVM_RUN, 0) < 0) return {"tcg", Errno("KVM_RUN")};
   if (run->exit_reason != KVM_EXIT_HLT) {
-    return {"tcg", "a KVM test guest did not run (exit reason " +
-                       std::to_string(run->exit_reason) + " instead of HLT)"};
+    return {"tcg", "a KVM test guest did not run (exit reason " + std::to_string(run->exit_reason) +
+                       " instead of HLT)"};
   }
   return {"kvm", "a KVM test guest ran"};
 }

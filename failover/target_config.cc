@@ -68,9 +68,8 @@ struct Loader {
     return (dir / p).lexically_normal().string();
   }
 
-  Result<uint64_t> Number(const YAML::Node& map, const std::string& key,
-                          const std::string& context, uint64_t fallback, uint64_t min,
-                          uint64_t max) const {
+  Result<uint64_t> Number(const YAML::Node& map, const std::string& key, const std::string& context,
+                          uint64_t fallback, uint64_t min, uint64_t max) const {
     const YAML::Node n = map[key];
     const std::string full = context.empty() ? key : context + "." + key;
     if (!n.IsDefined() || n.IsNull()) return fallback;
@@ -83,8 +82,9 @@ struct Loader {
       used = 0;
     }
     if (text.empty() || used != text.size() || v < min || v > max) {
-      return Error(n, full, "'" + text + "' is not a whole number in " + std::to_string(min) +
-                                ".." + std::to_string(max));
+      return Error(n, full,
+                   "'" + text + "' is not a whole number in " + std::to_string(min) + ".." +
+                       std::to_string(max));
     }
     return v;
   }
@@ -129,11 +129,24 @@ Result<uint64_t> ParseSize(const std::string& text) {
   uint64_t mult = 1;
   if (!t.empty()) {
     switch (t.back()) {
-      case 'K': case 'k': mult = 1ull << 10; break;
-      case 'M': case 'm': mult = 1ull << 20; break;
-      case 'G': case 'g': mult = 1ull << 30; break;
-      case 'T': case 't': mult = 1ull << 40; break;
-      default: break;
+      case 'K':
+      case 'k':
+        mult = 1ull << 10;
+        break;
+      case 'M':
+      case 'm':
+        mult = 1ull << 20;
+        break;
+      case 'G':
+      case 'g':
+        mult = 1ull << 30;
+        break;
+      case 'T':
+      case 't':
+        mult = 1ull << 40;
+        break;
+      default:
+        break;
     }
     if (mult != 1) t.pop_back();
   }
@@ -163,11 +176,11 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   Loader L{path, fs::absolute(path).parent_path()};
   TargetConfig c;
   c.file = path;
-  CDP_RETURN_IF_ERROR(L.CheckKeys(
-      root, "",
-      {"name", "memory_mib", "cpus", "pe", "qmp_socket", "replication_endpoint",
-       "replication_nic", "service_nic", "accel", "state_dir", "metadata_disk", "disks",
-       "ready_timeout_seconds", "qemu", "kernel_args"}));
+  CDP_RETURN_IF_ERROR(
+      L.CheckKeys(root, "",
+                  {"name", "memory_mib", "cpus", "pe", "qmp_socket", "replication_endpoint",
+                   "replication_nic", "service_nic", "accel", "state_dir", "metadata_disk", "disks",
+                   "ready_timeout_seconds", "qemu", "kernel_args"}));
   CDP_ASSIGN_OR_RETURN(c.name, L.String(root, "name", "", true));
   if (Status s = wire::ValidateVolumeName(c.name); !s.ok()) {
     return L.Error(root["name"], "name",
@@ -184,8 +197,7 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   CDP_ASSIGN_OR_RETURN(c.initrd, L.Path(pe, "initrd", "pe", true));
   CDP_ASSIGN_OR_RETURN(c.qmp_socket, L.Path(root, "qmp_socket", "", true));
 
-  CDP_ASSIGN_OR_RETURN(c.replication_endpoint,
-                       L.String(root, "replication_endpoint", "", true));
+  CDP_ASSIGN_OR_RETURN(c.replication_endpoint, L.String(root, "replication_endpoint", "", true));
   {
     static const std::regex re("^tcp://([0-9.]+|localhost):([0-9]{1,5})$");
     std::smatch m;
@@ -208,8 +220,8 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
     CDP_RETURN_IF_ERROR(L.CheckKeys(rnic, "replication_nic", {"mac", "guest_port"}));
     CDP_ASSIGN_OR_RETURN(c.replication_nic.mac,
                          L.String(rnic, "mac", "replication_nic", false, c.replication_nic.mac));
-    CDP_ASSIGN_OR_RETURN(uint64_t gp, L.Number(rnic, "guest_port", "replication_nic",
-                                               c.replication_port, 1, 65535));
+    CDP_ASSIGN_OR_RETURN(
+        uint64_t gp, L.Number(rnic, "guest_port", "replication_nic", c.replication_port, 1, 65535));
     c.guest_port = static_cast<uint16_t>(gp);
   }
   const YAML::Node snic = root["service_nic"];
@@ -245,13 +257,11 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   if (c.accel != "auto" && c.accel != "kvm" && c.accel != "tcg") {
     return L.Error(root["accel"], "accel", "'" + c.accel + "' is not auto, kvm or tcg");
   }
-  CDP_ASSIGN_OR_RETURN(
-      c.state_dir,
-      L.Path(root, "state_dir", "", false, fs::path(c.qmp_socket).parent_path().string()));
+  CDP_ASSIGN_OR_RETURN(c.state_dir, L.Path(root, "state_dir", "", false,
+                                           fs::path(c.qmp_socket).parent_path().string()));
   CDP_ASSIGN_OR_RETURN(c.qemu, L.String(root, "qemu", "", false, c.qemu));
   CDP_ASSIGN_OR_RETURN(c.kernel_args, L.String(root, "kernel_args", "", false));
-  CDP_ASSIGN_OR_RETURN(uint64_t timeout,
-                       L.Number(root, "ready_timeout_seconds", "", 120, 5, 3600));
+  CDP_ASSIGN_OR_RETURN(uint64_t timeout, L.Number(root, "ready_timeout_seconds", "", 120, 5, 3600));
   c.ready_timeout_seconds = static_cast<double>(timeout);
 
   const YAML::Node disks = root["disks"];
@@ -283,8 +293,9 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
     auto bytes = ParseSize(size);
     if (!bytes.ok() || *bytes % 512 != 0) {
       return L.Error(d["size"], ctx + ".size",
-                     "'" + size + "' is not a size divisible by 512 (the source volume's size, "
-                     "e.g. 1073741824 or 10G)");
+                     "'" + size +
+                         "' is not a size divisible by 512 (the source volume's size, "
+                         "e.g. 1073741824 or 10G)");
     }
     disk.size = *bytes;
     if (!volumes.insert(disk.volume).second) {
@@ -297,9 +308,9 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   }
   CDP_ASSIGN_OR_RETURN(
       c.metadata_disk,
-      L.Path(root, "metadata_disk", "", false,
-             (fs::path(c.disks.front().path).parent_path() / (c.name + "-pe-meta.qcow2"))
-                 .string()));
+      L.Path(
+          root, "metadata_disk", "", false,
+          (fs::path(c.disks.front().path).parent_path() / (c.name + "-pe-meta.qcow2")).string()));
   if (paths.count(c.metadata_disk)) {
     return L.Error(root["metadata_disk"], "metadata_disk", "is also a volume's disk");
   }

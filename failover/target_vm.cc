@@ -56,7 +56,7 @@ Status CreateImage(const std::string& path, const std::string& format, uint64_t 
                    std::ostream& progress) {
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
-  std::vector<std::string> argv = {"qemu-img", "create", "-q", "-f", format, path,
+  std::vector<std::string> argv = {"qemu-img",          "create", "-q", "-f", format, path,
                                    std::to_string(size)};
   CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
   if (r.exit_code != 0) {
@@ -90,17 +90,16 @@ std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
   const TargetConfig& c = config_;
   std::string append = "console=ttyS0 panic=-1 quiet cdp.listen=" + std::to_string(c.guest_port) +
                        " cdp.repl_mac=" + c.replication_nic.mac +
-                       " cdp.volumes=" + c.VolumeSpecs() + " cdp.meta=" +
-                       std::string(pe::kDefaultMetaSerial);
+                       " cdp.volumes=" + c.VolumeSpecs() +
+                       " cdp.meta=" + std::string(pe::kDefaultMetaSerial);
   if (!c.kernel_args.empty()) append += " " + c.kernel_args;
   std::vector<std::string> a = {
       c.qemu, "-name", c.name, "-machine", "q35", "-accel", accel, "-cpu",
       accel == "kvm" ? "host" : "max", "-m", std::to_string(c.memory_mib), "-smp",
-      std::to_string(c.cpus), "-nodefaults", "-no-user-config", "-display", "none",
-      "-chardev", "file,id=console,append=on,path=" + c.console_log(), "-serial",
-      "chardev:console", "-qmp", "unix:" + c.qmp_socket + ",server=on,wait=off", "-pidfile",
-      c.pid_file(), "-daemonize", "-no-reboot", "-kernel", c.kernel, "-initrd", c.initrd,
-      "-append", append,
+      std::to_string(c.cpus), "-nodefaults", "-no-user-config", "-display", "none", "-chardev",
+      "file,id=console,append=on,path=" + c.console_log(), "-serial", "chardev:console", "-qmp",
+      "unix:" + c.qmp_socket + ",server=on,wait=off", "-pidfile", c.pid_file(), "-daemonize",
+      "-no-reboot", "-kernel", c.kernel, "-initrd", c.initrd, "-append", append,
       // The replication NIC: user networking, restricted (the guest reaches nothing), with the
       // host's replication endpoint forwarded to the pe-agent.
       "-netdev",
@@ -124,11 +123,11 @@ std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
                            ",cache=writeback,aio=threads,discard=unmap",
                        "-device", "virtio-blk-pci,drive=" + id + ",serial=" + d.volume});
   }
-  a.insert(a.end(), {"-drive",
-                     "file=" + c.metadata_disk + ",if=none,id=meta,format=" +
-                         FormatFor(c.metadata_disk) + ",cache=writeback,aio=threads",
-                     "-device",
-                     "virtio-blk-pci,drive=meta,serial=" + std::string(pe::kDefaultMetaSerial)});
+  a.insert(a.end(),
+           {"-drive",
+            "file=" + c.metadata_disk + ",if=none,id=meta,format=" + FormatFor(c.metadata_disk) +
+                ",cache=writeback,aio=threads",
+            "-device", "virtio-blk-pci,drive=meta,serial=" + std::string(pe::kDefaultMetaSerial)});
   return a;
 }
 
@@ -155,15 +154,15 @@ Status TargetVm::PrepareDisks(std::ostream& progress) {
     }
     if (info.format != FormatFor(d.path)) {
       return Status::FailedPrecondition("disk " + d.path + " (volume " + d.volume + ") is " +
-                                        info.format + " but its name says " +
-                                        FormatFor(d.path) + "; rename it (.qcow2, .img, .raw)");
+                                        info.format + " but its name says " + FormatFor(d.path) +
+                                        "; rename it (.qcow2, .img, .raw)");
     }
     if (info.virtual_size < d.size) {
-      return Status::FailedPrecondition(
-          "disk " + d.path + " (volume " + d.volume + ") has " +
-          std::to_string(info.virtual_size) + " bytes but the volume has " +
-          std::to_string(d.size) + "; nothing was started: grow it (qemu-img resize) or " +
-          "remove it so a new one is created");
+      return Status::FailedPrecondition("disk " + d.path + " (volume " + d.volume + ") has " +
+                                        std::to_string(info.virtual_size) +
+                                        " bytes but the volume has " + std::to_string(d.size) +
+                                        "; nothing was started: grow it (qemu-img resize) or " +
+                                        "remove it so a new one is created");
     }
   }
   const bool meta_exists = fs::exists(c.metadata_disk);
@@ -178,8 +177,8 @@ Status TargetVm::PrepareDisks(std::ostream& progress) {
     CDP_RETURN_IF_ERROR(CreateImage(d->path, FormatFor(d->path), d->size, progress));
   }
   if (!meta_exists) {
-    CDP_RETURN_IF_ERROR(CreateImage(c.metadata_disk, FormatFor(c.metadata_disk),
-                                    kMetadataDiskBytes, progress));
+    CDP_RETURN_IF_ERROR(
+        CreateImage(c.metadata_disk, FormatFor(c.metadata_disk), kMetadataDiskBytes, progress));
   }
   return Status::Ok();
 }
@@ -230,18 +229,18 @@ Status TargetVm::Start(std::ostream& progress) {
       // A socket left by a QEMU that died: nothing listens (RunningPid found no process).
       auto probe = QmpClient::Connect(c.qmp_socket, 1000);
       if (probe.ok()) {
-        return Status::FailedPrecondition(
-            "a QEMU already serves " + c.qmp_socket + " but not with pid file " + c.pid_file() +
-            "; stop it (or use another qmp_socket)");
+        return Status::FailedPrecondition("a QEMU already serves " + c.qmp_socket +
+                                          " but not with pid file " + c.pid_file() +
+                                          "; stop it (or use another qmp_socket)");
       }
       if (probe.status().code() == StatusCode::kProtocolMismatch) return probe.status();
       fs::remove(c.qmp_socket, ec);
     }
     fs::remove(c.pid_file(), ec);
-    choice = c.accel == "tcg" ? AccelChoice{"tcg", "accel: tcg in the config"}
-                              : ProbeAccelerator();
+    choice = c.accel == "tcg" ? AccelChoice{"tcg", "accel: tcg in the config"} : ProbeAccelerator();
     if (c.accel == "kvm" && choice.accel != "kvm") {
-      return Status::FailedPrecondition(c.file + ": accel is kvm but KVM cannot run a guest here (" +
+      return Status::FailedPrecondition(c.file +
+                                        ": accel is kvm but KVM cannot run a guest here (" +
                                         choice.reason + "); use accel: auto or tcg");
     }
     accel = choice.accel;
@@ -260,8 +259,8 @@ Status TargetVm::Start(std::ostream& progress) {
   }
 
   // Wait for the pe-agent through the forwarded replication endpoint.
-  const auto deadline = t0 + std::chrono::milliseconds(
-                                 static_cast<int64_t>(c.ready_timeout_seconds * 1000));
+  const auto deadline =
+      t0 + std::chrono::milliseconds(static_cast<int64_t>(c.ready_timeout_seconds * 1000));
   std::string last_error = "no answer yet";
   v1::PeStatusReply ready;
   while (true) {
@@ -279,10 +278,10 @@ Status TargetVm::Start(std::ostream& progress) {
       }
       if (st.ok() && st->state() == "pe-error") {
         Status stop = Stop(progress);
-        return Status::FailedPrecondition("target " + c.name + ": the PE refused its disks: " +
-                                          st->error() + " (the VM was stopped" +
-                                          (stop.ok() ? "" : " — stop failed: " + stop.message()) +
-                                          "; console log " + c.console_log() + ")");
+        return Status::FailedPrecondition(
+            "target " + c.name + ": the PE refused its disks: " + st->error() +
+            " (the VM was stopped" + (stop.ok() ? "" : " — stop failed: " + stop.message()) +
+            "; console log " + c.console_log() + ")");
       }
       if (!st.ok()) last_error = st.status().message();
     } else {
@@ -424,7 +423,8 @@ std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
 std::string TargetStatusText(const TargetStatus& s, const TargetConfig& c) {
   std::ostringstream o;
   o << "target " << c.name << ": " << s.state;
-  if (!s.vm_status.empty()) o << " (VM " << s.vm_status << ", pid " << s.pid << ", " << s.accel << ")";
+  if (!s.vm_status.empty())
+    o << " (VM " << s.vm_status << ", pid " << s.pid << ", " << s.accel << ")";
   o << "\n";
   if (s.pe_boot_seconds > 0) o << "  PE boot: " << Fixed(s.pe_boot_seconds, 1) << " s\n";
   if (!s.error.empty()) o << "  " << s.error << "\n";

@@ -226,16 +226,23 @@ def check_boot(d, image):
     qemu = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        answer = None
+        # Connect once the agent says it listens: before that, slirp holds a host connection
+        # open while it retries the guest, and a poll would wait out its read timeout.
+        answer, listening = None, None
         while answer is None:
             if qemu.poll() is not None:
                 raise AssertionError(f"qemu exited with {qemu.returncode}: "
                                      f"{qemu.stdout.read().decode(errors='replace')}")
             if time.time() - t0 > BOOT_TIMEOUT:
                 raise AssertionError(f"no answer from the PE's agent within {BOOT_TIMEOUT}s")
-            answer = ask_agent(hostport)
+            if listening is None and os.path.exists(console):
+                with open(console, errors="replace") as f:
+                    if "standin-agent: listening on" in f.read():
+                        listening = time.time() - t0
+            if listening is not None:
+                answer = ask_agent(hostport)
             if answer is None:
-                time.sleep(0.5)
+                time.sleep(0.1)
         wall = time.time() - t0
         time.sleep(0.5)  # let "served a connection" reach the console file
         with open(console, errors="replace") as f:
@@ -243,7 +250,8 @@ def check_boot(d, image):
         check_console(log, port, answer)
         m = re.search(r"^cdp-pe: network \S+ \S+ \(dhcp\) after (\d+\.\d\d) s$", log, re.M)
         t.log(f"PE boot: network up and agent starting at {m.group(1)} s of guest uptime; "
-              f"agent answered {wall:.1f} s after qemu started (TCG); "
+              f"agent listening {listening:.1f} s and answering {wall:.1f} s after qemu "
+              f"started (TCG); "
               f"initrd.img {os.path.getsize(os.path.join(image, 'initrd.img'))} bytes")
     except BaseException:
         if os.path.exists(console):

@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "cdp/core/wire.h"
 #include "cdp/core/status.h"
+#include "cdp/core/wire.h"
 #include "cdp/failover/kvm_probe.h"
 #include "cdp/failover/target_config.h"
 

@@ -1,0 +1,737 @@
+// Tests of the pe-agent in-process: a PeAgent serving on loopback TCP over image files in a
+// temporary directory under /var/tmp (--disk / --meta style), driven by PeClient and, for
+// protocol edge cases, by a raw DEALER socket speaking cdp.v1.
+#include "cdp/pe/pe_agent.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "cdp/core/record.h"
+#include "cdp/core/transport.h"
+#include "cdp/core/wire.h"
+#include "cdp/pe/pe_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace cdp::pe {
+namespace {
+
+namespace v1 = wire::v1;
+using ::testing::HasSubstr;
+
+constexpr int kWaitMs = 10000;  // generous: only reached when something is broken
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+const std::string kSda = "db01-sda";
+constexpr uint64_t kSdaSize = 3 * kMiB;
+const std::string kSdb = "db01-sdb";
+constexpr uint64_t kSdbSize = 256 * 1024;
+constexpr uint64_t kSdbDiskSize = 512 * 1024;  // larger than its volume
+
+// mkdtemp under /var/tmp, removed with its contents on destruction (also when a test failed).
+class VarTmpDir {
+ public:
+  VarTmpDir() {
+    std::string pattern = "/var/tmp/pe_agent_test.XXXXXX";
+    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~VarTmpDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  VarTmpDir(const VarTmpDir&) = delete;
+  VarTmpDir& operator=(const VarTmpDir&) = delete;
+
+  bool ok() const { return !path_.empty(); }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void WriteWholeFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+// Writes `bytes` at `offset` of an existing file, as something outside the agent would.
+void PatchFile(const std::string& path, uint64_t offset, const std::string& bytes) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  ASSERT_EQ(pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset)),
+            static_cast<ssize_t>(bytes.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  close(fd);
+}
+
+// A port of 127.0.0.1 that was free a moment ago (0 if none could be found).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+std::string RandomBytes(std::mt19937_64& rng, size_t n) {
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// A batch of records with contiguous LSNs, and the image of the disk after it.
+class Batch {
+ public:
+  Batch(uint64_t first_lsn, std::string* image) : next_lsn_(first_lsn), image_(image) {}
+
+  Batch& Write(uint64_t offset, std::string data) {
+    auto bytes = std::make_shared<const std::string>(std::move(data));
+    ChangeRecord rec = MakeWriteRecord(next_lsn_++, NowNanos(), offset, bytes);
+    if (image_ != nullptr) image_->replace(offset, bytes->size(), *bytes);
+    items_.push_back(ApplyItem{rec, *bytes});
+    return *this;
+  }
+  Batch& Discard(uint64_t offset, uint32_t length) {
+    return Zero(RecordKind::kDiscard, offset, length);
+  }
+  Batch& WriteZeroes(uint64_t offset, uint32_t length) {
+    return Zero(RecordKind::kWriteZeroes, offset, length);
+  }
+
+  std::vector<ApplyItem>& items() { return items_; }
+  uint64_t last_lsn() const { return next_lsn_ - 1; }
+  uint64_t payload_bytes() const {
+    uint64_t n = 0;
+    for (const auto& item : items_) n += item.payload.size();
+    return n;
+  }
+
+ private:
+  Batch& Zero(RecordKind kind, uint64_t offset, uint32_t length) {
+    ChangeRecord rec;
+    rec.lsn = next_lsn_++;
+    rec.time_ns = NowNanos();
+    rec.offset = offset;
+    rec.length = length;
+    rec.kind = kind;
+    if (image_ != nullptr) image_->replace(offset, length, std::string(length, '\0'));
+    items_.push_back(ApplyItem{rec, {}});
+    return *this;
+  }
+
+  uint64_t next_lsn_;
+  std::string* image_;
+  std::vector<ApplyItem> items_;
+};
+
+// A PeAgent started and serving on its own thread; stopped and joined on destruction.
+class RunningAgent {
+ public:
+  explicit RunningAgent(std::unique_ptr<PeAgent> agent) : agent_(std::move(agent)) {
+    thread_ = std::thread([this] { run_status_ = agent_->Run(&stop_); });
+  }
+  ~RunningAgent() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    EXPECT_TRUE(run_status_.ok()) << run_status_;
+  }
+  RunningAgent(const RunningAgent&) = delete;
+  RunningAgent& operator=(const RunningAgent&) = delete;
+
+  PeAgent& agent() { return *agent_; }
+
+ private:
+  std::unique_ptr<PeAgent> agent_;
+  std::atomic<bool> stop_{false};
+  Status run_status_;
+  std::thread thread_;
+};
+
+class PeAgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok()) << "mkdtemp under /var/tmp: " << std::strerror(errno);
+    sda_path_ = dir_.File("sda.img");
+    sdb_path_ = dir_.File("sdb.img");
+    meta_path_ = dir_.File("meta.img");
+    MakeZeroFile(sda_path_, kSdaSize);
+    MakeZeroFile(sdb_path_, kSdbDiskSize);
+    MakeZeroFile(meta_path_, kMiB);
+    sda_image_.assign(kSdaSize, '\0');
+  }
+
+  void TearDown() override {
+    raw_.reset();
+    agent_.reset();
+  }
+
+  static void MakeZeroFile(const std::string& path, uint64_t size) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc).close();
+    std::filesystem::resize_file(path, size);
+  }
+
+  PeAgentOptions Options() const {
+    PeAgentOptions o;
+    o.volumes = {{kSda, kSdaSize}, {kSdb, kSdbSize}};
+    o.disk_paths = {{kSda, sda_path_}, {kSdb, sdb_path_}};
+    o.meta_path = meta_path_;
+    return o;
+  }
+
+  // Starts an agent with `options` on a free port (retrying if another process takes it).
+  void StartAgent(PeAgentOptions options) {
+    agent_.reset();
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      const int port = FreePort();
+      ASSERT_NE(port, 0) << "no free port on 127.0.0.1";
+      endpoint_ = "tcp://127.0.0.1:" + std::to_string(port);
+      options.listen = endpoint_;
+      auto agent = std::make_unique<PeAgent>(options);
+      Status s = agent->Start();
+      if (s.ok()) {
+        agent_ = std::make_unique<RunningAgent>(std::move(agent));
+        return;
+      }
+      ASSERT_THAT(s.message(), HasSubstr("already in use")) << s;
+    }
+    FAIL() << "could not bind a free port in 5 attempts";
+  }
+  void StartAgent() { StartAgent(Options()); }
+  void StopAgent() { agent_.reset(); }
+
+  std::unique_ptr<PeClient> ConnectReplicator(const std::string& volume = kSda,
+                                              uint64_t size = kSdaSize) {
+    auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, volume, size, kWaitMs);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(client).value() : nullptr;
+  }
+  std::unique_ptr<PeClient> ConnectControl() {
+    auto client = PeClient::Connect(endpoint_, v1::ROLE_CONTROL, "", 0, kWaitMs);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(client).value() : nullptr;
+  }
+
+  // Sends `header` (+ payloads) on a raw DEALER and returns the first answer.
+  Result<wire::Message> RawCall(const v1::Header& header,
+                                std::vector<zmq::message_t> payloads = {}) {
+    if (raw_ == nullptr) {
+      auto s = Socket::Connect(raw_ctx_, endpoint_);
+      if (!s.ok()) return s.status();
+      raw_ = std::move(s).value();
+    }
+    CDP_RETURN_IF_ERROR(raw_->Send(header, std::move(payloads), kWaitMs));
+    return raw_->Recv(kWaitMs);
+  }
+
+  static v1::Header HelloHeader(v1::Role role, const std::string& volume, uint64_t size) {
+    v1::Header h;
+    *h.mutable_hello() = wire::MakeHello(role, "pe_agent_test", volume);
+    h.mutable_hello()->set_volume_size(size);
+    return h;
+  }
+
+  // Checks that `msg` is an Error with `code`, `permanent`, and a message containing `parts`.
+  static void ExpectErrorReply(const Result<wire::Message>& msg, StatusCode code, bool permanent,
+                               const std::vector<std::string>& parts) {
+    ASSERT_TRUE(msg.ok()) << msg.status();
+    ASSERT_TRUE(msg->header.has_error()) << msg->header.DebugString();
+    const v1::Error& e = msg->header.error();
+    EXPECT_EQ(e.code(), static_cast<int32_t>(code)) << e.message();
+    EXPECT_EQ(e.permanent(), permanent) << e.message();
+    for (const auto& part : parts) EXPECT_THAT(e.message(), HasSubstr(part));
+  }
+
+  void ExpectSdaMatchesImage() {
+    const std::string file = ReadWholeFile(sda_path_);
+    ASSERT_EQ(file.size(), sda_image_.size());
+    for (size_t i = 0; i < file.size(); ++i) {
+      if (file[i] != sda_image_[i]) {
+        FAIL() << "sda.img first differs from the expected image at offset " << i;
+      }
+    }
+  }
+
+  VarTmpDir dir_;
+  std::string sda_path_, sdb_path_, meta_path_;
+  std::string sda_image_;  // what sda.img must hold
+  std::string endpoint_;
+  std::unique_ptr<RunningAgent> agent_;
+  zmq::context_t raw_ctx_{1};
+  std::unique_ptr<Socket> raw_;
+};
+
+TEST_F(PeAgentTest, HelloOnFreshDisksAndApplyWritesExactlyTheBatch) {
+  StartAgent();
+  EXPECT_EQ(agent_->agent().state(), "pe-ready");
+  EXPECT_EQ(agent_->agent().error(), "");
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  EXPECT_EQ(client->hello_reply().applied_lsn(), 0u);
+  EXPECT_EQ(client->hello_reply().version(), wire::kMaxVersion);
+  EXPECT_EQ(client->hello_reply().volume_size(), kSdaSize);
+
+  std::mt19937_64 rng(1);
+  Batch batch(1, &sda_image_);
+  batch.Write(0, RandomBytes(rng, 65536))
+      .Write(131072, RandomBytes(rng, 4096))
+      .Discard(8192, 16384)                 // inside the first write
+      .WriteZeroes(40960, 4096)             // inside the first write
+      .Write(10000, RandomBytes(rng, 3))    // unaligned, into the discarded range
+      .Write(kSdaSize - 4096, RandomBytes(rng, 4096))
+      .Write(65535, RandomBytes(rng, 2));   // unaligned, across the first write's end
+  bool permanent = true;
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 7u);
+  EXPECT_FALSE(permanent);
+  ExpectSdaMatchesImage();
+  // The other volume's disk and everything outside the volumes are untouched.
+  EXPECT_EQ(ReadWholeFile(sdb_path_), std::string(kSdbDiskSize, '\0'));
+
+  Batch next(8, &sda_image_);
+  next.Write(512, RandomBytes(rng, 1024)).Discard(131072, 512);
+  applied = client->Apply(kSda, next.items(), kWaitMs, &permanent);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 9u);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, AppliedLsnSurvivesARestart) {
+  StartAgent();
+  std::mt19937_64 rng(2);
+  {
+    auto client = ConnectReplicator();
+    ASSERT_NE(client, nullptr);
+    Batch batch(1, &sda_image_);
+    batch.Write(0, RandomBytes(rng, 4096)).Write(8192, RandomBytes(rng, 100)).Discard(0, 512);
+    auto applied = client->Apply(kSda, batch.items(), kWaitMs, nullptr);
+    ASSERT_TRUE(applied.ok()) << applied.status();
+    ASSERT_EQ(*applied, 3u);
+  }
+  StopAgent();
+
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  EXPECT_EQ(client->hello_reply().applied_lsn(), 3u);
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  ASSERT_EQ(status->volumes_size(), 2);
+  EXPECT_EQ(status->volumes(0).name(), kSda);
+  EXPECT_EQ(status->volumes(0).boot_applied_lsn(), 3u);
+  EXPECT_EQ(status->volumes(0).applied_lsn(), 3u);
+  EXPECT_EQ(status->volumes(0).applied_bytes(), 0u);  // nothing applied by this agent yet
+  EXPECT_EQ(status->volumes(1).name(), kSdb);
+  EXPECT_EQ(status->volumes(1).boot_applied_lsn(), 0u);
+
+  // The next batch continues from the restored cursor.
+  Batch next(4, &sda_image_);
+  next.Write(4096, RandomBytes(rng, 4096));
+  auto applied = client->Apply(kSda, next.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 4u);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, ReplayedBatchIsAcknowledgedWithoutRewriting) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch batch(1, &sda_image_);
+  batch.Write(0, std::string(4096, 'A')).Write(4096, std::string(4096, 'B'));
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  ASSERT_EQ(*applied, 2u);
+
+  // Someone else changes the disk under the agent; a replay must not write over it.
+  PatchFile(sda_path_, 0, "Z");
+  PatchFile(sda_path_, 4096, "Y");
+  sda_image_[0] = 'Z';
+  sda_image_[4096] = 'Y';
+  bool permanent = true;
+  applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 2u);
+  ExpectSdaMatchesImage();
+
+  // A batch that overlaps the applied LSN applies only what is new.
+  Batch overlap(2, nullptr);
+  overlap.Write(4096, std::string(4096, 'b'));  // LSN 2: already applied, skipped
+  overlap.Write(8192, std::string(512, 'C'));   // LSN 3: new
+  sda_image_.replace(8192, 512, std::string(512, 'C'));
+  applied = client->Apply(kSda, overlap.items(), kWaitMs, &permanent);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 3u);
+  ExpectSdaMatchesImage();
+
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->volumes(0).applied_records(), 3u);
+  EXPECT_EQ(status->volumes(0).applied_bytes(), 4096u + 4096u + 512u);
+}
+
+TEST_F(PeAgentTest, BatchStartingPastTheAppliedLsnIsOutOfRange) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch gap(3, nullptr);
+  gap.Write(0, std::string(512, 'x'));
+  bool permanent = true;
+  auto applied = client->Apply(kSda, gap.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), StatusCode::kOutOfRange) << applied.status();
+  EXPECT_THAT(applied.status().message(), HasSubstr("resend from 1"));
+  EXPECT_THAT(applied.status().message(), HasSubstr("LSN 3"));
+  EXPECT_FALSE(permanent);
+  ExpectSdaMatchesImage();
+
+  Batch first(1, &sda_image_);
+  first.Write(0, std::string(512, 'a')).Write(512, std::string(512, 'b'));
+  ASSERT_TRUE(client->Apply(kSda, first.items(), kWaitMs, nullptr).ok());
+  Batch later(5, nullptr);
+  later.Write(1024, std::string(512, 'c'));
+  applied = client->Apply(kSda, later.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), StatusCode::kOutOfRange) << applied.status();
+  EXPECT_THAT(applied.status().message(), HasSubstr("resend from 3"));
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, RecordWithAWrongCrcIsRefusedAndNothingOfTheBatchIsWritten) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch batch(1, nullptr);
+  batch.Write(0, std::string(4096, 'g'))
+      .Discard(4096, 4096)
+      .Write(8192, std::string(4096, 'h'))
+      .Write(16384, std::string(4096, 'i'));
+  batch.items()[2].rec.crc32c ^= 1;  // LSN 3
+  bool permanent = true;
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), StatusCode::kCorruption) << applied.status();
+  EXPECT_THAT(applied.status().message(), HasSubstr("volume " + kSda));
+  EXPECT_THAT(applied.status().message(), HasSubstr("3"));
+  ExpectSdaMatchesImage();  // still all zeroes: not even LSN 1 was written
+
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->volumes(0).applied_lsn(), 0u);
+  EXPECT_EQ(status->volumes(0).applied_bytes(), 0u);
+
+  // A payload whose bytes were damaged in flight (CRC of the original) is refused the same way.
+  Batch damaged(1, nullptr);
+  damaged.Write(0, std::string(512, 'd'));
+  std::string bad(512, 'd');
+  bad[100] = 'e';
+  damaged.items()[0].payload = bad;
+  applied = client->Apply(kSda, damaged.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), StatusCode::kCorruption) << applied.status();
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, RecordOutsideTheVolumeIsRefusedAndNothingIsWritten) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch batch(1, nullptr);
+  batch.Write(0, std::string(512, 'o')).Write(kSdaSize - 256, std::string(512, 'p'));
+  bool permanent = false;
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), StatusCode::kInvalidArgument) << applied.status();
+  EXPECT_TRUE(permanent);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, NonContiguousBatchIsRefused) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch batch(1, nullptr);
+  batch.Write(0, std::string(512, 'a')).Write(512, std::string(512, 'b'));
+  batch.items()[1].rec = MakeWriteRecord(5, NowNanos(), 512,
+                                         std::make_shared<const std::string>(512, 'b'));
+  bool permanent = false;
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(applied.ok());
+  EXPECT_EQ(applied.status().code(), StatusCode::kInvalidArgument) << applied.status();
+  EXPECT_THAT(applied.status().message(), HasSubstr("not contiguous"));
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, BatchWithoutHelloIsFailedPrecondition) {
+  StartAgent();
+  v1::Header h;
+  auto* batch = h.mutable_apply_batch();
+  batch->set_volume(kSda);
+  batch->set_first_lsn(1);
+  batch->set_sequence(1);
+  auto payload = std::make_shared<const std::string>(512, 'n');
+  *batch->add_records() = wire::RecordToProto(MakeWriteRecord(1, NowNanos(), 0, payload));
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(payload->data(), payload->size());
+  ExpectErrorReply(RawCall(h, std::move(frames)), StatusCode::kFailedPrecondition, false,
+                   {"send Hello first", "'" + kSda + "'"});
+
+  // A Hello as a control client, or for another volume, does not allow batches either.
+  auto hello = RawCall(HelloHeader(v1::ROLE_CONTROL, "", 0));
+  ASSERT_TRUE(hello.ok()) << hello.status();
+  ASSERT_TRUE(hello->header.has_hello_reply()) << hello->header.DebugString();
+  frames.clear();
+  frames.emplace_back(payload->data(), payload->size());
+  ExpectErrorReply(RawCall(h, std::move(frames)), StatusCode::kFailedPrecondition, false,
+                   {"send Hello first"});
+  hello = RawCall(HelloHeader(v1::ROLE_REPLICATOR, kSdb, kSdbSize));
+  ASSERT_TRUE(hello.ok()) << hello.status();
+  ASSERT_TRUE(hello->header.has_hello_reply()) << hello->header.DebugString();
+  frames.clear();
+  frames.emplace_back(payload->data(), payload->size());
+  ExpectErrorReply(RawCall(h, std::move(frames)), StatusCode::kFailedPrecondition, false,
+                   {"send Hello first"});
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, HelloForAnUnknownVolumeIsPermanentNotFound) {
+  StartAgent();
+  ExpectErrorReply(RawCall(HelloHeader(v1::ROLE_REPLICATOR, "db02-sdz", kSdaSize)),
+                   StatusCode::kNotFound, true,
+                   {"'db02-sdz'", "it has: " + kSda + ", " + kSdb});
+  auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, "db02-sdz", kSdaSize, kWaitMs);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), StatusCode::kNotFound) << client.status();
+  EXPECT_THAT(client.status().message(), HasSubstr("db02-sdz"));
+}
+
+TEST_F(PeAgentTest, HelloWithAnotherVersionRangeIsProtocolMismatch) {
+  StartAgent();
+  v1::Header h = HelloHeader(v1::ROLE_REPLICATOR, kSda, kSdaSize);
+  h.mutable_hello()->set_min_version(99);
+  h.mutable_hello()->set_max_version(99);
+  ExpectErrorReply(RawCall(h), StatusCode::kProtocolMismatch, true,
+                   {"99..99", std::to_string(wire::kMinVersion) + ".." +
+                                  std::to_string(wire::kMaxVersion)});
+}
+
+TEST_F(PeAgentTest, HelloWithAnotherVolumeSizeIsFailedPrecondition) {
+  StartAgent();
+  auto client =
+      PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize + 4096, kWaitMs);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), StatusCode::kFailedPrecondition) << client.status();
+  EXPECT_THAT(client.status().message(), HasSubstr(std::to_string(kSdaSize + 4096)));
+  EXPECT_THAT(client.status().message(), HasSubstr(std::to_string(kSdaSize)));
+  EXPECT_THAT(client.status().message(), HasSubstr(sda_path_));
+  ExpectErrorReply(RawCall(HelloHeader(v1::ROLE_REPLICATOR, kSda, kSdaSize - 512)),
+                   StatusCode::kFailedPrecondition, true, {std::to_string(kSdaSize - 512)});
+}
+
+TEST_F(PeAgentTest, DiskSmallerThanItsVolumePutsTheAgentInPeError) {
+  // sda.img holds some earlier content and is smaller than the volume.
+  std::string before(kSdaSize / 2, '\0');
+  for (size_t i = 0; i < before.size(); ++i) before[i] = static_cast<char>(i * 31 + 1);
+  WriteWholeFile(sda_path_, before);
+
+  StartAgent();
+  ASSERT_NE(agent_, nullptr);
+  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  const std::string error = agent_->agent().error();
+  EXPECT_THAT(error, HasSubstr(sda_path_));
+  EXPECT_THAT(error, HasSubstr(std::to_string(kSdaSize / 2)));
+  EXPECT_THAT(error, HasSubstr(std::to_string(kSdaSize)));
+
+  auto replicator = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize, kWaitMs);
+  ASSERT_FALSE(replicator.ok());
+  EXPECT_EQ(replicator.status().code(), StatusCode::kFailedPrecondition) << replicator.status();
+  EXPECT_THAT(replicator.status().message(), HasSubstr(sda_path_));
+
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->state(), "pe-error");
+  EXPECT_EQ(status->error(), error);
+  EXPECT_EQ(status->listen(), endpoint_);
+
+  // A batch sent anyway is refused too.
+  Batch batch(1, nullptr);
+  batch.Write(0, std::string(512, 'w'));
+  v1::Header h;
+  h.mutable_apply_batch()->set_volume(kSda);
+  h.mutable_apply_batch()->set_first_lsn(1);
+  *h.mutable_apply_batch()->add_records() = wire::RecordToProto(batch.items()[0].rec);
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(batch.items()[0].payload.data(), batch.items()[0].payload.size());
+  auto reply = RawCall(h, std::move(frames));
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_TRUE(reply->header.has_error()) << reply->header.DebugString();
+
+  StopAgent();
+  EXPECT_EQ(ReadWholeFile(sda_path_), before);
+  EXPECT_EQ(ReadWholeFile(sdb_path_), std::string(kSdbDiskSize, '\0'));
+  EXPECT_EQ(ReadWholeFile(meta_path_), std::string(kMiB, '\0'));
+}
+
+TEST_F(PeAgentTest, StatusReportsVolumesAndProgress) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  std::mt19937_64 rng(3);
+  Batch batch(1, &sda_image_);
+  batch.Write(0, RandomBytes(rng, 8192))
+      .Write(100000, RandomBytes(rng, 77))
+      .Discard(0, 4096)
+      .WriteZeroes(kMiB, 65536);
+  ASSERT_TRUE(client->Apply(kSda, batch.items(), kWaitMs, nullptr).ok());
+  Batch second(5, &sda_image_);
+  second.Write(2 * kMiB, RandomBytes(rng, 513));
+  ASSERT_TRUE(client->Apply(kSda, second.items(), kWaitMs, nullptr).ok());
+
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->state(), "pe-ready");
+  EXPECT_EQ(status->error(), "");
+  EXPECT_EQ(status->listen(), endpoint_);
+  EXPECT_EQ(status->meta_device(), meta_path_);
+  ASSERT_EQ(status->volumes_size(), 2);
+  const v1::PeVolumeStatus& sda = status->volumes(0);
+  EXPECT_EQ(sda.name(), kSda);
+  EXPECT_EQ(sda.device(), sda_path_);
+  EXPECT_EQ(sda.size_bytes(), kSdaSize);
+  EXPECT_EQ(sda.disk_bytes(), kSdaSize);
+  EXPECT_EQ(sda.applied_lsn(), 5u);
+  EXPECT_EQ(sda.applied_bytes(), 8192u + 77u + 513u);
+  EXPECT_EQ(sda.applied_records(), 5u);
+  EXPECT_EQ(sda.boot_applied_lsn(), 0u);
+  const v1::PeVolumeStatus& sdb = status->volumes(1);
+  EXPECT_EQ(sdb.name(), kSdb);
+  EXPECT_EQ(sdb.device(), sdb_path_);
+  EXPECT_EQ(sdb.size_bytes(), kSdbSize);
+  EXPECT_EQ(sdb.disk_bytes(), kSdbDiskSize);
+  EXPECT_EQ(sdb.applied_lsn(), 0u);
+  EXPECT_EQ(sdb.applied_bytes(), 0u);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, ChecksumsEqualXxh3OfTheDiskBytes) {
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  std::mt19937_64 rng(4);
+  Batch batch(1, &sda_image_);
+  batch.Write(0, RandomBytes(rng, 65536))
+      .Write(kMiB - 4096, RandomBytes(rng, 12288))
+      .Write(2 * kMiB + 1, RandomBytes(rng, 100001))
+      .Write(kSdaSize - 8192, RandomBytes(rng, 8192));
+  ASSERT_TRUE(client->Apply(kSda, batch.items(), kWaitMs, nullptr).ok());
+  ExpectSdaMatchesImage();
+
+  const std::vector<std::pair<uint64_t, uint64_t>> ranges = {
+      {0, 4096},       {1, 3},
+      {4095, 2},       {1000, 70000},
+      {0, kSdaSize},   {12345, 2 * kMiB + 777},
+      {kMiB - 1, 2},   {kSdaSize - 1, 1},
+      {kSdaSize - 5000, 5000}, {2 * kMiB, kMiB}};
+  std::vector<v1::Region> regions;
+  for (const auto& [offset, length] : ranges) {
+    v1::Region r;
+    r.set_offset(offset);
+    r.set_length(length);
+    regions.push_back(r);
+  }
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto reply = control->Checksums(kSda, regions, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->volume(), kSda);
+  EXPECT_EQ(reply->applied_lsn(), 4u);
+  ASSERT_EQ(reply->xxh3_size(), static_cast<int>(ranges.size()));
+  const std::string disk = ReadWholeFile(sda_path_);
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto [offset, length] = ranges[i];
+    EXPECT_EQ(reply->xxh3(static_cast<int>(i)), XXH3_64bits(disk.data() + offset, length))
+        << "region " << offset << "+" << length;
+  }
+
+  // A volume whose disk is larger than the volume: regions up to the volume's end.
+  std::vector<v1::Region> sdb_regions(2);
+  sdb_regions[0].set_offset(0);
+  sdb_regions[0].set_length(kSdbSize);
+  sdb_regions[1].set_offset(kSdbSize - 1);
+  sdb_regions[1].set_length(1);
+  auto sdb = control->Checksums(kSdb, sdb_regions, kWaitMs);
+  ASSERT_TRUE(sdb.ok()) << sdb.status();
+  ASSERT_EQ(sdb->xxh3_size(), 2);
+  const std::string zeroes(kSdbSize, '\0');
+  EXPECT_EQ(sdb->xxh3(0), XXH3_64bits(zeroes.data(), kSdbSize));
+  EXPECT_EQ(sdb->xxh3(1), XXH3_64bits(zeroes.data(), 1));
+}
+
+TEST_F(PeAgentTest, ChecksumOfARegionOutsideTheVolumeIsInvalidArgument) {
+  StartAgent();
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  const std::vector<std::pair<uint64_t, uint64_t>> bad = {
+      {kSdaSize, 1}, {kSdaSize - 512, 1024}, {0, kSdaSize + 1}, {100, 0}, {~uint64_t{0}, 2}};
+  for (const auto& [offset, length] : bad) {
+    SCOPED_TRACE(std::to_string(offset) + "+" + std::to_string(length));
+    std::vector<v1::Region> regions(2);
+    regions[0].set_offset(0);  // a good region first: the whole request is refused
+    regions[0].set_length(4096);
+    regions[1].set_offset(offset);
+    regions[1].set_length(length);
+    auto reply = control->Checksums(kSda, regions, kWaitMs);
+    ASSERT_FALSE(reply.ok());
+    EXPECT_EQ(reply.status().code(), StatusCode::kInvalidArgument) << reply.status();
+    EXPECT_THAT(reply.status().message(), HasSubstr("volume " + kSda));
+    EXPECT_THAT(reply.status().message(), HasSubstr(std::to_string(kSdaSize) + " bytes"));
+  }
+  auto unknown = control->Checksums("db02-sdz", {}, kWaitMs);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), StatusCode::kNotFound) << unknown.status();
+}
+
+}  // namespace
+}  // namespace cdp::pe
