@@ -16,6 +16,7 @@ import bisect
 import datetime
 import json
 import os
+import re
 import random
 import resource
 import shutil
@@ -1493,12 +1494,12 @@ def write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end,
     L.append("```")
     L.append("")
     text = "\n".join(L)
-    # Keep the trace-mode section that bench/trace.sh maintains in the same file.
+    # Keep the sections other benchmarks maintain in the same file (bench/trace.sh,
+    # bench/pe.sh): <!-- NAME-bench:start ... --> ... <!-- NAME-bench:end -->.
     if os.path.exists(path):
         old = open(path).read()
-        start, end = old.find("<!-- trace-bench:start"), old.find("<!-- trace-bench:end -->")
-        if start >= 0 and end > start:
-            text = text.rstrip("\n") + "\n\n" + old[start:end + len("<!-- trace-bench:end -->")] + "\n"
+        for m in re.finditer(r"<!-- ([a-z]+)-bench:start.*?<!-- \1-bench:end -->", old, re.S):
+            text = text.rstrip("\n") + "\n\n" + m.group(0) + "\n"
     with open(path, "w") as f:
         f.write(text)
     return text
