@@ -67,12 +67,9 @@ Status RecordApplier::Apply(std::span<const ApplyItem> items) {
         break;
       }
       case RecordKind::kDiscard:
-        CDP_RETURN_IF_ERROR(flush_run());
-        CDP_RETURN_IF_ERROR(device_->Discard(rec.offset, rec.length));
-        break;
       case RecordKind::kWriteZeroes:
         CDP_RETURN_IF_ERROR(flush_run());
-        CDP_RETURN_IF_ERROR(device_->WriteZeroes(rec.offset, rec.length));
+        CDP_RETURN_IF_ERROR(Zero(rec.offset, rec.length, rec.kind == RecordKind::kDiscard));
         break;
       default:
         return Status::InvalidArgument("record LSN " + std::to_string(rec.lsn) +
@@ -81,6 +78,30 @@ Status RecordApplier::Apply(std::span<const ApplyItem> items) {
     applied_bytes_ += item.payload.size();
   }
   return flush_run();
+}
+
+Status RecordApplier::Zero(uint64_t offset, uint64_t length, bool discard) {
+  auto zero = [&](uint64_t o, uint64_t n) {
+    return discard ? device_->Discard(o, n) : device_->WriteZeroes(o, n);
+  };
+  const uint64_t block = device_->logical_block_size();
+  const uint64_t end = offset + length;
+  if (!direct_ || (offset % block == 0 && length % block == 0)) return zero(offset, length);
+  // O_DIRECT takes only whole blocks: the blocks fully inside the range are zeroed by the
+  // device, the partial ones at either end are read-modify-written.
+  const uint64_t inner_start = AlignUp(offset, block);
+  const uint64_t inner_end = end / block * block;
+  if (inner_start >= inner_end) {
+    return ReadModifyWrite(offset, std::string(length, '\0'));
+  }
+  if (offset < inner_start) {
+    CDP_RETURN_IF_ERROR(ReadModifyWrite(offset, std::string(inner_start - offset, '\0')));
+  }
+  CDP_RETURN_IF_ERROR(zero(inner_start, inner_end - inner_start));
+  if (inner_end < end) {
+    CDP_RETURN_IF_ERROR(ReadModifyWrite(inner_end, std::string(end - inner_end, '\0')));
+  }
+  return Status::Ok();
 }
 
 Status RecordApplier::ReadModifyWrite(uint64_t offset, std::string_view payload) {

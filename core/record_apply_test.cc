@@ -254,9 +254,9 @@ TEST_P(RecordApplierTest, UnalignedWritesAreReadModifyWrittenInOrder) {
   ApplyAndCompare(fill);
 
   Batch batch(&model_);
-  batch.Write(1, "xyz");                      // offset 1, length 3
-  batch.Write(4095, "\x01\x02");              // crosses the block boundary at 4096
-  batch.Write(8192, Pattern(513, 'L'));       // one byte into the next block
+  batch.Write(1, "xyz");                        // offset 1, length 3
+  batch.Write(4095, "\x01\x02");                // crosses the block boundary at 4096
+  batch.Write(8192, Pattern(513, 'L'));         // one byte into the next block
   batch.Write(12288 + 100, Pattern(513, 'M'));  // unaligned on both ends
   ApplyAndCompare(batch);
   EXPECT_EQ(model_.substr(1, 3), "xyz");

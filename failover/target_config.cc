@@ -77,6 +77,7 @@ struct Loader {
     size_t used = 0;
     uint64_t v = 0;
     try {
+      if (text.find_first_not_of("0123456789") != std::string::npos) throw 0;
       v = std::stoull(text, &used);
     } catch (...) {
       used = 0;
@@ -153,6 +154,7 @@ Result<uint64_t> ParseSize(const std::string& text) {
   size_t used = 0;
   uint64_t v = 0;
   try {
+    if (t.find_first_not_of("0123456789") != std::string::npos) throw 0;
     v = std::stoull(t, &used);
   } catch (...) {
     used = 0;

@@ -142,6 +142,7 @@ TEST_F(TargetConfigTest, ParseSizeTakesBytesAndBinaryUnits) {
   EXPECT_FALSE(ParseSize("G").ok());
   EXPECT_FALSE(ParseSize("1.5G").ok());
   EXPECT_FALSE(ParseSize("0").ok());
+  EXPECT_FALSE(ParseSize("-512").ok()) << "stoull would wrap it";
   EXPECT_FALSE(ParseSize("99999999999T").ok());
 }
 

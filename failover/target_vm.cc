@@ -402,7 +402,12 @@ std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
                        {"applied_lsn", v.applied_lsn()},
                        {"boot_applied_lsn", v.boot_applied_lsn()},
                        {"applied_bytes", v.applied_bytes()},
-                       {"applied_records", v.applied_records()}});
+                       {"applied_records", v.applied_records()},
+                       {"batches", v.batches()},
+                       {"verify_seconds", v.verify_seconds()},
+                       {"write_seconds", v.write_seconds()},
+                       {"flush_seconds", v.flush_seconds()},
+                       {"cursor_seconds", v.cursor_seconds()}});
   }
   nlohmann::json j = {{"name", c.name},
                       {"state", s.state},

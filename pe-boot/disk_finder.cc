@@ -60,6 +60,8 @@ Result<std::vector<VolumeSpec>> ParseVolumeSpecs(std::string_view text,
     const std::string size = item.substr(colon + 1);
     size_t used = 0;
     try {
+      // stoull would take "-512" (and wrap it); only digits are a size.
+      if (size.find_first_not_of("0123456789") != std::string::npos) throw 0;
       spec.size = std::stoull(size, &used);
     } catch (...) {
       used = 0;

@@ -114,8 +114,8 @@ TEST(ParseVolumeSpecs, MetadataSerialAsAVolumeNameIsInvalidArgument) {
 }
 
 TEST(ParseVolumeSpecs, SizeThatIsNotAPositiveMultipleOf512IsInvalidArgument) {
-  for (const std::string size : {"", "0", "513", "1000", "abc", "4096x", "4k", "0x1000",
-                                 "99999999999999999999999"}) {
+  for (const std::string size :
+       {"", "0", "513", "1000", "abc", "4096x", "4k", "0x1000", "99999999999999999999999"}) {
     SCOPED_TRACE("size '" + size + "'");
     ExpectError(ParseVolumeSpecs("db01-sda:" + size, kMeta), StatusCode::kInvalidArgument,
                 {"volume 'db01-sda'", "size '" + size + "'", "divisible by 512"});
@@ -127,7 +127,8 @@ TEST(ParseVolumeSpecs, NegativeSizeIsInvalidArgument) {
   for (const std::string size : {"-512", "-4096", "  -512"}) {
     SCOPED_TRACE("size '" + size + "'");
     auto specs = ParseVolumeSpecs("db01-sda:" + size, kMeta);
-    if (specs.ok() && !specs->empty()) ADD_FAILURE() << "parsed as " << (*specs)[0].size << " bytes";
+    if (specs.ok() && !specs->empty())
+      ADD_FAILURE() << "parsed as " << (*specs)[0].size << " bytes";
     ExpectError(specs, StatusCode::kInvalidArgument,
                 {"volume 'db01-sda'", "size '" + size + "'", "divisible by 512"});
   }
@@ -163,10 +164,10 @@ class ListSerialDisksTest : public ::testing::Test {
 TEST_F(ListSerialDisksTest, ListsDisksWithASerialSortedByName) {
   AddDisk("vdc", "db01-sdb\n", "4096\n");
   AddDisk("vda", "db01-sda\n", "2048\n");
-  AddDisk("sda", nullptr, "1000\n");      // no serial attribute: not virtio-blk, ignored
-  AddDisk("loop0", nullptr, nullptr);     // ignored too
+  AddDisk("sda", nullptr, "1000\n");   // no serial attribute: not virtio-blk, ignored
+  AddDisk("loop0", nullptr, nullptr);  // ignored too
   AddDisk("vdb", "cdp-pe-meta\n", "2048\n");
-  AddDisk("vdaa", "db01-sdc", "8");       // no newline at all
+  AddDisk("vdaa", "db01-sdc", "8");  // no newline at all
 
   auto disks = ListSerialDisks(sys_, "/devroot");
   ASSERT_TRUE(disks.ok()) << disks.status();
@@ -230,9 +231,9 @@ TEST(AssignDisks, MatchesVolumesAndTheMetadataDiskBySerial) {
 }
 
 TEST(AssignDisks, DiskWhoseSerialMatchesNoVolumeIsRefused) {
-  const std::vector<FoundDisk> disks = {Disk("vda", "db01-sda", 8 * kMiB),
-                                        Disk("vdb", "db01-sdb", 2 * kMiB),
-                                        Disk("vdc", "stray-disk", 2 * kMiB), Disk("vdd", kMeta, kMiB)};
+  const std::vector<FoundDisk> disks = {
+      Disk("vda", "db01-sda", 8 * kMiB), Disk("vdb", "db01-sdb", 2 * kMiB),
+      Disk("vdc", "stray-disk", 2 * kMiB), Disk("vdd", kMeta, kMiB)};
   ExpectError(AssignDisks(TwoVolumes(), disks, kMeta), StatusCode::kFailedPrecondition,
               {"disk /dev/vdc", "serial 'stray-disk'", "matches no volume",
                "volumes: db01-sda, db01-sdb", "nothing was written"});
@@ -247,15 +248,16 @@ TEST(AssignDisks, DiskWithoutSerialTextMatchesNoVolume) {
 }
 
 TEST(AssignDisks, VolumeWithoutADiskIsRefused) {
-  const std::vector<FoundDisk> disks = {Disk("vda", "db01-sda", 8 * kMiB), Disk("vdb", kMeta, kMiB)};
+  const std::vector<FoundDisk> disks = {Disk("vda", "db01-sda", 8 * kMiB),
+                                        Disk("vdb", kMeta, kMiB)};
   ExpectError(AssignDisks(TwoVolumes(), disks, kMeta), StatusCode::kFailedPrecondition,
               {"volume db01-sdb has no disk", "serial 'db01-sdb'", "serial=db01-sdb"});
 }
 
 TEST(AssignDisks, TwoDisksWithOneSerialAreRefused) {
-  const std::vector<FoundDisk> disks = {Disk("vda", "db01-sda", 8 * kMiB),
-                                        Disk("vdb", "db01-sdb", 2 * kMiB),
-                                        Disk("vdc", "db01-sda", 8 * kMiB), Disk("vdd", kMeta, kMiB)};
+  const std::vector<FoundDisk> disks = {
+      Disk("vda", "db01-sda", 8 * kMiB), Disk("vdb", "db01-sdb", 2 * kMiB),
+      Disk("vdc", "db01-sda", 8 * kMiB), Disk("vdd", kMeta, kMiB)};
   ExpectError(AssignDisks(TwoVolumes(), disks, kMeta), StatusCode::kFailedPrecondition,
               {"disks /dev/vda and /dev/vdc", "serial 'db01-sda'", "detach one"});
 }
@@ -270,7 +272,8 @@ TEST(AssignDisks, TwoMetadataDisksAreRefused) {
 
 TEST(AssignDisks, DiskSmallerThanItsVolumeIsRefusedWithBothSizes) {
   const std::vector<FoundDisk> disks = {Disk("vda", "db01-sda", 4 * kMiB),
-                                        Disk("vdb", "db01-sdb", 2 * kMiB), Disk("vdc", kMeta, kMiB)};
+                                        Disk("vdb", "db01-sdb", 2 * kMiB),
+                                        Disk("vdc", kMeta, kMiB)};
   ExpectError(AssignDisks(TwoVolumes(), disks, kMeta), StatusCode::kFailedPrecondition,
               {"disk /dev/vda (volume db01-sda)", "has 4194304 bytes (4 MiB)",
                "the volume has 8388608 bytes (8 MiB)", "nothing was written"});

@@ -31,8 +31,7 @@ int main(int argc, char** argv) {
                      "endpoint to serve on, tcp://IP:PORT (the replication NIC's address)")(
       "volumes", po::value(&volumes)->required(),
       "the target's volumes, NAME:SIZE in bytes, comma-separated (cdp.volumes= of the kernel "
-      "command line)")("meta-serial",
-                       po::value(&options.meta_serial)->default_value("cdp-pe-meta"),
+      "command line)")("meta-serial", po::value(&options.meta_serial)->default_value("cdp-pe-meta"),
                        "serial of the metadata disk")(
       "meta", po::value(&options.meta_path),
       "metadata area at this path instead of a disk found by serial (host-side runs)")(
@@ -47,7 +46,8 @@ int main(int argc, char** argv) {
   cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
-  if (auto exit_code = cdp::ParseCommandLine("pe-agent", argc, argv, desc, &vm, log_level, &level)) {
+  if (auto exit_code =
+          cdp::ParseCommandLine("pe-agent", argc, argv, desc, &vm, log_level, &level)) {
     return *exit_code;
   }
   auto specs = cdp::pe::ParseVolumeSpecs(volumes, options.meta_serial);

@@ -3,6 +3,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -124,10 +125,10 @@ Status PeAgent::PrepareDisks() {
     v.device_path = assignment.volumes[spec.name].device;
     CDP_ASSIGN_OR_RETURN(v.device, OpenDisk(v.device_path, &v.direct));
     if (v.device->size() < spec.size) {
-      return Status::FailedPrecondition(
-          "disk " + v.device_path + " (volume " + spec.name + ") has " +
-          std::to_string(v.device->size()) + " bytes but the volume has " +
-          std::to_string(spec.size) + "; nothing was written: give the target a larger disk");
+      return Status::FailedPrecondition("disk " + v.device_path + " (volume " + spec.name +
+                                        ") has " + std::to_string(v.device->size()) +
+                                        " bytes but the volume has " + std::to_string(spec.size) +
+                                        "; nothing was written: give the target a larger disk");
     }
     v.applier = std::make_unique<RecordApplier>(v.device.get(), v.direct);
     volumes.emplace(spec.name, std::move(v));
@@ -218,30 +219,30 @@ void PeAgent::HandleHello(const wire::Message& msg) {
     if (it == volumes_.end()) {
       std::string known;
       for (const auto& [name, v] : volumes_) known += (known.empty() ? "" : ", ") + name;
-      return refuse(Status::NotFound("pe-agent: this target has no volume '" + hello.volume() +
-                                     "' (it has: " + known +
-                                     "); point the replicator at the right target"),
-                    true);
+      return refuse(
+          Status::NotFound("pe-agent: this target has no volume '" + hello.volume() +
+                           "' (it has: " + known + "); point the replicator at the right target"),
+          true);
     }
     Volume& v = it->second;
     if (hello.volume_size() != v.spec.size) {
-      return refuse(Status::FailedPrecondition(
-                        "pe-agent: volume " + v.spec.name + " has " +
-                        std::to_string(hello.volume_size()) +
-                        " bytes in the journal but this target was started for " +
-                        std::to_string(v.spec.size) + " (disk " + v.device_path +
-                        "); nothing was written: fix the size in the target's config"),
-                    true);
+      return refuse(
+          Status::FailedPrecondition("pe-agent: volume " + v.spec.name + " has " +
+                                     std::to_string(hello.volume_size()) +
+                                     " bytes in the journal but this target was started for " +
+                                     std::to_string(v.spec.size) + " (disk " + v.device_path +
+                                     "); nothing was written: fix the size in the target's config"),
+          true);
     }
     r->set_volume_size(v.spec.size);
     r->set_applied_lsn(v.applied_lsn);
     CDP_LOG(info) << "pe-agent: replicator " << who << " attached to volume " << v.spec.name
                   << " (applied LSN " << v.applied_lsn << ")";
   } else if (hello.role() != v1::ROLE_CONTROL) {
-    return refuse(Status::InvalidArgument("pe-agent: Hello with role " +
-                                          std::to_string(hello.role()) +
-                                          "; only replicators and control clients connect here"),
-                  true);
+    return refuse(
+        Status::InvalidArgument("pe-agent: Hello with role " + std::to_string(hello.role()) +
+                                "; only replicators and control clients connect here"),
+        true);
   }
   sessions_[msg.peer] = Session{hello.role(), hello.volume(), who};
   (void)socket_->SendTo(msg.peer, reply);
@@ -253,8 +254,7 @@ void PeAgent::HandleApply(const wire::Message& msg) {
   if (session == sessions_.end() || session->second.role != v1::ROLE_REPLICATOR ||
       session->second.volume != batch.volume()) {
     return SendError(msg.peer,
-                     Status::FailedPrecondition("pe-agent: a batch for volume '" +
-                                                batch.volume() +
+                     Status::FailedPrecondition("pe-agent: a batch for volume '" + batch.volume() +
                                                 "' from a peer that did not send Hello for it; "
                                                 "send Hello first"),
                      false);
@@ -290,6 +290,11 @@ Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
                               "; resend from " + std::to_string(v->applied_lsn + 1));
   }
   // Check the whole batch before writing anything.
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  auto t = Clock::now();
   std::vector<ApplyItem> items;
   items.reserve(batch.records_size());
   size_t frame = 0;
@@ -318,13 +323,21 @@ Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
     return Status::InvalidArgument("batch has " + std::to_string(msg.payloads.size()) +
                                    " payload frames for " + std::to_string(frame) + " writes");
   }
+  v->verify_seconds += seconds_since(t);
   if (items.empty()) return Status::Ok();  // a replay of what is already applied
   const uint64_t last = items.back().rec.lsn;
+  t = Clock::now();
   CDP_RETURN_IF_ERROR(v->applier->Apply(items).WithContext("writing " + v->device_path));
+  v->write_seconds += seconds_since(t);
+  t = Clock::now();
   CDP_RETURN_IF_ERROR(v->device->Flush().WithContext("flushing " + v->device_path));
+  v->flush_seconds += seconds_since(t);
+  t = Clock::now();
   CDP_RETURN_IF_ERROR(meta_->Save(v->spec.name, v->spec.size, last));
+  v->cursor_seconds += seconds_since(t);
   v->applied_lsn = last;
   v->applied_records += items.size();
+  ++v->batches;
   return Status::Ok();
 }
 
@@ -348,6 +361,11 @@ void PeAgent::HandleStatus(const wire::Message& msg) {
     s->set_applied_bytes(v.applier->applied_bytes());
     s->set_applied_records(v.applied_records);
     s->set_boot_applied_lsn(v.boot_applied_lsn);
+    s->set_verify_seconds(v.verify_seconds);
+    s->set_write_seconds(v.write_seconds);
+    s->set_flush_seconds(v.flush_seconds);
+    s->set_cursor_seconds(v.cursor_seconds);
+    s->set_batches(v.batches);
   }
   (void)socket_->SendTo(msg.peer, h);
 }
@@ -366,22 +384,22 @@ void PeAgent::HandleChecksum(const wire::Message& msg) {
     if (region.length() == 0 || region.offset() > v.spec.size ||
         region.length() > v.spec.size - region.offset()) {
       return SendError(msg.peer,
-                       Status::InvalidArgument(
-                           "pe-agent: volume " + v.spec.name + ": region " +
-                           std::to_string(region.offset()) + "+" + std::to_string(region.length()) +
-                           " is empty or outside the volume's " + std::to_string(v.spec.size) +
-                           " bytes"),
+                       Status::InvalidArgument("pe-agent: volume " + v.spec.name + ": region " +
+                                               std::to_string(region.offset()) + "+" +
+                                               std::to_string(region.length()) +
+                                               " is empty or outside the volume's " +
+                                               std::to_string(v.spec.size) + " bytes"),
                        true);
     }
     total += region.length();
   }
   if (total > options_.max_checksum_bytes) {
-    return SendError(msg.peer,
-                     Status::InvalidArgument("pe-agent: a checksum request covers " +
-                                             std::to_string(total) + " bytes; at most " +
-                                             std::to_string(options_.max_checksum_bytes) +
-                                             " per request: split it"),
-                     true);
+    return SendError(
+        msg.peer,
+        Status::InvalidArgument("pe-agent: a checksum request covers " + std::to_string(total) +
+                                " bytes; at most " + std::to_string(options_.max_checksum_bytes) +
+                                " per request: split it"),
+        true);
   }
   v1::Header h;
   auto* r = h.mutable_checksum_reply();
@@ -397,9 +415,10 @@ void PeAgent::HandleChecksum(const wire::Message& msg) {
     const uint64_t end = region.offset() + region.length();
     while (pos < end) {
       const uint64_t start = pos / block * block;
+      // Whole 512-byte sectors only (O_DIRECT); the volume itself is a multiple of 512.
       const uint64_t read_end =
           std::min<uint64_t>(std::min(start + kChunk, (end + block - 1) / block * block),
-                             v.device->size());
+                             v.device->size() / 512 * 512);
       Status s = v.device->ReadAt(start, std::span<char>(buf.data(), read_end - start));
       if (!s.ok()) {
         return SendError(msg.peer, s.WithContext("pe-agent: reading " + v.device_path), false);

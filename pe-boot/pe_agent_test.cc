@@ -306,11 +306,11 @@ TEST_F(PeAgentTest, HelloOnFreshDisksAndApplyWritesExactlyTheBatch) {
   Batch batch(1, &sda_image_);
   batch.Write(0, RandomBytes(rng, 65536))
       .Write(131072, RandomBytes(rng, 4096))
-      .Discard(8192, 16384)                 // inside the first write
-      .WriteZeroes(40960, 4096)             // inside the first write
-      .Write(10000, RandomBytes(rng, 3))    // unaligned, into the discarded range
+      .Discard(8192, 16384)               // inside the first write
+      .WriteZeroes(40960, 4096)           // inside the first write
+      .Write(10000, RandomBytes(rng, 3))  // unaligned, into the discarded range
       .Write(kSdaSize - 4096, RandomBytes(rng, 4096))
-      .Write(65535, RandomBytes(rng, 2));   // unaligned, across the first write's end
+      .Write(65535, RandomBytes(rng, 2));  // unaligned, across the first write's end
   bool permanent = true;
   auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
   ASSERT_TRUE(applied.ok()) << applied.status();
@@ -365,6 +365,13 @@ TEST_F(PeAgentTest, AppliedLsnSurvivesARestart) {
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, 4u);
   ExpectSdaMatchesImage();
+  // applied_records == applied_lsn - boot_applied_lsn: nothing was applied twice.
+  status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->volumes(0).applied_lsn(), 4u);
+  EXPECT_EQ(status->volumes(0).boot_applied_lsn(), 3u);
+  EXPECT_EQ(status->volumes(0).applied_records(), 1u);
+  EXPECT_EQ(status->volumes(0).applied_bytes(), 4096u);
 }
 
 TEST_F(PeAgentTest, ReplayedBatchIsAcknowledgedWithoutRewriting) {
@@ -490,8 +497,8 @@ TEST_F(PeAgentTest, NonContiguousBatchIsRefused) {
   ASSERT_NE(client, nullptr);
   Batch batch(1, nullptr);
   batch.Write(0, std::string(512, 'a')).Write(512, std::string(512, 'b'));
-  batch.items()[1].rec = MakeWriteRecord(5, NowNanos(), 512,
-                                         std::make_shared<const std::string>(512, 'b'));
+  batch.items()[1].rec =
+      MakeWriteRecord(5, NowNanos(), 512, std::make_shared<const std::string>(512, 'b'));
   bool permanent = false;
   auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
   ASSERT_FALSE(applied.ok());
@@ -535,8 +542,7 @@ TEST_F(PeAgentTest, BatchWithoutHelloIsFailedPrecondition) {
 TEST_F(PeAgentTest, HelloForAnUnknownVolumeIsPermanentNotFound) {
   StartAgent();
   ExpectErrorReply(RawCall(HelloHeader(v1::ROLE_REPLICATOR, "db02-sdz", kSdaSize)),
-                   StatusCode::kNotFound, true,
-                   {"'db02-sdz'", "it has: " + kSda + ", " + kSdb});
+                   StatusCode::kNotFound, true, {"'db02-sdz'", "it has: " + kSda + ", " + kSdb});
   auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, "db02-sdz", kSdaSize, kWaitMs);
   ASSERT_FALSE(client.ok());
   EXPECT_EQ(client.status().code(), StatusCode::kNotFound) << client.status();
@@ -548,15 +554,14 @@ TEST_F(PeAgentTest, HelloWithAnotherVersionRangeIsProtocolMismatch) {
   v1::Header h = HelloHeader(v1::ROLE_REPLICATOR, kSda, kSdaSize);
   h.mutable_hello()->set_min_version(99);
   h.mutable_hello()->set_max_version(99);
-  ExpectErrorReply(RawCall(h), StatusCode::kProtocolMismatch, true,
-                   {"99..99", std::to_string(wire::kMinVersion) + ".." +
-                                  std::to_string(wire::kMaxVersion)});
+  ExpectErrorReply(
+      RawCall(h), StatusCode::kProtocolMismatch, true,
+      {"99..99", std::to_string(wire::kMinVersion) + ".." + std::to_string(wire::kMaxVersion)});
 }
 
 TEST_F(PeAgentTest, HelloWithAnotherVolumeSizeIsFailedPrecondition) {
   StartAgent();
-  auto client =
-      PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize + 4096, kWaitMs);
+  auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize + 4096, kWaitMs);
   ASSERT_FALSE(client.ok());
   EXPECT_EQ(client.status().code(), StatusCode::kFailedPrecondition) << client.status();
   EXPECT_THAT(client.status().message(), HasSubstr(std::to_string(kSdaSize + 4096)));
@@ -610,6 +615,85 @@ TEST_F(PeAgentTest, DiskSmallerThanItsVolumePutsTheAgentInPeError) {
   EXPECT_EQ(ReadWholeFile(sda_path_), before);
   EXPECT_EQ(ReadWholeFile(sdb_path_), std::string(kSdbDiskSize, '\0'));
   EXPECT_EQ(ReadWholeFile(meta_path_), std::string(kMiB, '\0'));
+}
+
+TEST_F(PeAgentTest, ForeignMetadataDiskPutsTheAgentInPeErrorAndIsNotWritten) {
+  std::string foreign(kMiB, '\0');
+  foreign.replace(0, 12, "NOT-CDP-META");
+  WriteWholeFile(meta_path_, foreign);
+  StartAgent();
+  ASSERT_NE(agent_, nullptr);
+  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_THAT(agent_->agent().error(), HasSubstr(meta_path_));
+  EXPECT_THAT(agent_->agent().error(), HasSubstr("not a cdp metadata disk"));
+  auto replicator = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize, kWaitMs);
+  ASSERT_FALSE(replicator.ok());
+  EXPECT_EQ(replicator.status().code(), StatusCode::kFailedPrecondition) << replicator.status();
+  StopAgent();
+  EXPECT_EQ(ReadWholeFile(meta_path_), foreign);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, RestartForAVolumeOfAnotherSizeIsPeError) {
+  StartAgent();
+  {
+    auto client = ConnectReplicator();
+    ASSERT_NE(client, nullptr);
+    Batch batch(1, &sda_image_);
+    batch.Write(0, std::string(512, 's'));
+    ASSERT_TRUE(client->Apply(kSda, batch.items(), kWaitMs, nullptr).ok());
+  }
+  StopAgent();
+  PeAgentOptions options = Options();
+  options.volumes[0].size = kSdaSize - 4096;
+  StartAgent(options);
+  ASSERT_NE(agent_, nullptr);
+  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_THAT(agent_->agent().error(), HasSubstr("cursor for volume " + kSda));
+  EXPECT_THAT(agent_->agent().error(), HasSubstr(std::to_string(kSdaSize)));
+  EXPECT_THAT(agent_->agent().error(), HasSubstr(std::to_string(kSdaSize - 4096)));
+}
+
+TEST_F(PeAgentTest, UnalignedDiscardAndWriteZeroesAreApplied) {
+  // ValidateRecordRange accepts byte-granular ranges for every kind, so the agent must apply
+  // them on its O_DIRECT disks (writes get a read-modify-write; zeroing must work too).
+  StartAgent();
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch fill(1, &sda_image_);
+  fill.Write(0, std::string(16384, 'u'));
+  ASSERT_TRUE(client->Apply(kSda, fill.items(), kWaitMs, nullptr).ok());
+  Batch batch(2, &sda_image_);
+  batch.Discard(100, 200).WriteZeroes(4000, 1000);
+  bool permanent = false;
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, &permanent);
+  ASSERT_TRUE(applied.ok()) << applied.status() << (permanent ? " (permanent)" : "");
+  EXPECT_EQ(*applied, 3u);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, ChecksumAtTheEndOfADiskWithAPartialSector) {
+  // A volume that does not end on a 4 KiB boundary, on a disk image one partial sector larger.
+  constexpr uint64_t kVolume = kSdbSize + 512;
+  constexpr uint64_t kDisk = kVolume + 100;
+  std::filesystem::resize_file(sdb_path_, kDisk);
+  PeAgentOptions options = Options();
+  options.volumes[1].size = kVolume;
+  StartAgent(options);
+  ASSERT_EQ(agent_->agent().state(), "pe-ready") << agent_->agent().error();
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  std::vector<v1::Region> regions(2);
+  regions[0].set_offset(0);
+  regions[0].set_length(kVolume);
+  regions[1].set_offset(kVolume - 1);
+  regions[1].set_length(1);
+  auto reply = control->Checksums(kSdb, regions, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  ASSERT_EQ(reply->xxh3_size(), 2);
+  const std::string zeroes(kVolume, '\0');
+  EXPECT_EQ(reply->xxh3(0), XXH3_64bits(zeroes.data(), kVolume));
+  EXPECT_EQ(reply->xxh3(1), XXH3_64bits(zeroes.data(), 1));
 }
 
 TEST_F(PeAgentTest, StatusReportsVolumesAndProgress) {
@@ -668,12 +752,16 @@ TEST_F(PeAgentTest, ChecksumsEqualXxh3OfTheDiskBytes) {
   ASSERT_TRUE(client->Apply(kSda, batch.items(), kWaitMs, nullptr).ok());
   ExpectSdaMatchesImage();
 
-  const std::vector<std::pair<uint64_t, uint64_t>> ranges = {
-      {0, 4096},       {1, 3},
-      {4095, 2},       {1000, 70000},
-      {0, kSdaSize},   {12345, 2 * kMiB + 777},
-      {kMiB - 1, 2},   {kSdaSize - 1, 1},
-      {kSdaSize - 5000, 5000}, {2 * kMiB, kMiB}};
+  const std::vector<std::pair<uint64_t, uint64_t>> ranges = {{0, 4096},
+                                                             {1, 3},
+                                                             {4095, 2},
+                                                             {1000, 70000},
+                                                             {0, kSdaSize},
+                                                             {12345, 2 * kMiB + 777},
+                                                             {kMiB - 1, 2},
+                                                             {kSdaSize - 1, 1},
+                                                             {kSdaSize - 5000, 5000},
+                                                             {2 * kMiB, kMiB}};
   std::vector<v1::Region> regions;
   for (const auto& [offset, length] : ranges) {
     v1::Region r;

@@ -9,8 +9,8 @@ namespace cdp::pe {
 namespace v1 = wire::v1;
 
 Result<std::unique_ptr<PeClient>> PeClient::Connect(const std::string& endpoint, v1::Role role,
-                                                    const std::string& volume,
-                                                    uint64_t volume_size, int timeout_ms) {
+                                                    const std::string& volume, uint64_t volume_size,
+                                                    int timeout_ms) {
   CDP_RETURN_IF_ERROR(ValidateEndpoint(endpoint));
   std::unique_ptr<PeClient> c(new PeClient());
   CDP_ASSIGN_OR_RETURN(c->socket_, Socket::Connect(c->ctx_, endpoint));
@@ -52,8 +52,8 @@ Result<wire::Message> PeClient::Call(const v1::Header& request,
                           deadline - std::chrono::steady_clock::now())
                           .count();
     if (left <= 0) {
-      return Status::TimedOut("no answer from the pe-agent at " + socket_->endpoint() +
-                              " within " + std::to_string(timeout_ms) + " ms");
+      return Status::TimedOut("no answer from the pe-agent at " + socket_->endpoint() + " within " +
+                              std::to_string(timeout_ms) + " ms");
     }
     if (monitor_) {
       zmq::pollitem_t items[] = {{socket_->raw().handle(), 0, ZMQ_POLLIN, 0},
@@ -96,17 +96,15 @@ Result<uint64_t> PeClient::Apply(const std::string& volume, std::span<const Appl
       payloads.emplace_back(item.payload.data(), item.payload.size());
     }
   }
-  CDP_ASSIGN_OR_RETURN(
-      auto msg, Call(h, std::move(payloads), v1::Header::kApplyAck, timeout_ms, permanent,
-                     sequence_));
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, std::move(payloads), v1::Header::kApplyAck, timeout_ms,
+                                      permanent, sequence_));
   return msg.header.apply_ack().applied_lsn();
 }
 
 Result<v1::PeStatusReply> PeClient::Status(int timeout_ms) {
   v1::Header h;
   h.mutable_pe_status_request();
-  CDP_ASSIGN_OR_RETURN(auto msg,
-                       Call(h, {}, v1::Header::kPeStatusReply, timeout_ms, nullptr));
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, {}, v1::Header::kPeStatusReply, timeout_ms, nullptr));
   return msg.header.pe_status_reply();
 }
 
@@ -117,8 +115,7 @@ Result<v1::ChecksumReply> PeClient::Checksums(const std::string& volume,
   auto* req = h.mutable_checksum_request();
   req->set_volume(volume);
   for (const auto& r : regions) *req->add_regions() = r;
-  CDP_ASSIGN_OR_RETURN(auto msg,
-                       Call(h, {}, v1::Header::kChecksumReply, timeout_ms, nullptr));
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, {}, v1::Header::kChecksumReply, timeout_ms, nullptr));
   return msg.header.checksum_reply();
 }
 

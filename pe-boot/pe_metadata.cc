@@ -73,8 +73,7 @@ Result<std::unique_ptr<PeMetadata>> PeMetadata::Open(std::unique_ptr<BlockDevice
 }
 
 Status PeMetadata::Load() {
-  const size_t nslots =
-      std::min<uint64_t>(kMaxSlots, (device_->size() - kBlock) / (2 * kBlock));
+  const size_t nslots = std::min<uint64_t>(kMaxSlots, (device_->size() - kBlock) / (2 * kBlock));
   AlignedBuffer buf(kBlock * (1 + 2 * nslots));
   CDP_RETURN_IF_ERROR(device_->ReadAt(0, buf.span()).WithContext("metadata disk"));
   const char* label = buf.data();

@@ -20,13 +20,11 @@ class PeSink : public ReplicaSink {
   Result<uint64_t> Open(uint64_t volume_size, bool* permanent) override {
     *permanent = false;
     client_.reset();
-    auto client =
-        pe::PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, volume_, volume_size, 3000);
+    auto client = pe::PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, volume_, volume_size, 3000);
     if (!client.ok()) {
       const StatusCode code = client.status().code();
       *permanent = code == StatusCode::kProtocolMismatch || code == StatusCode::kNotFound ||
-                   code == StatusCode::kFailedPrecondition ||
-                   code == StatusCode::kInvalidArgument;
+                   code == StatusCode::kFailedPrecondition || code == StatusCode::kInvalidArgument;
       return client.status().IsUnavailable() ? client.status()
                                              : client.status().WithContext(Describe());
     }
@@ -62,8 +60,7 @@ class PeSink : public ReplicaSink {
 }  // namespace
 
 std::unique_ptr<ReplicaSink> MakePeSink(const SinkOptions& options) {
-  return std::make_unique<PeSink>(options.volume, options.target.substr(3),
-                                  options.pe_timeout_ms);
+  return std::make_unique<PeSink>(options.volume, options.target.substr(3), options.pe_timeout_ms);
 }
 
 }  // namespace cdp::replicator

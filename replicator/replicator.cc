@@ -49,8 +49,7 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
   auto complain = [&](const std::string& what) {
     if (Clock::now() - last_complaint > std::chrono::seconds(30)) {
       last_complaint = Clock::now();
-      CDP_LOG(warning) << "replicator: volume " << options_.volume << ": " << what
-                       << "; retrying";
+      CDP_LOG(warning) << "replicator: volume " << options_.volume << ": " << what << "; retrying";
     }
   };
 

@@ -7,13 +7,15 @@
 //
 // For a device opened with O_DIRECT (`direct`), payloads are copied into an aligned staging
 // buffer, and a write whose offset or length is not a multiple of the device's logical block
-// size becomes a read-modify-write of the blocks it covers (after everything before it).
+// size becomes a read-modify-write of the blocks it covers (after everything before it); so do
+// the partial blocks at the ends of an unaligned discard or write-zeroes.
 //
 // Thread-compatible: one thread at a time. Does not flush; the caller decides when data must be
 // stable (BlockDevice::Flush).
 #pragma once
 
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -43,6 +45,8 @@ class RecordApplier {
 
  private:
   Status ReadModifyWrite(uint64_t offset, std::string_view payload);
+  // Discard (`discard`) or write-zeroes of a range that may be unaligned.
+  Status Zero(uint64_t offset, uint64_t length, bool discard);
 
   BlockDevice* device_;
   bool direct_;

@@ -82,7 +82,8 @@ class TargetVm {
 // "pe_boot_seconds", "pe_kernel_to_ready_seconds", "kernel_release", "error",
 // "replication_endpoint", "qmp_socket", "console_log",
 // "volumes": [{"name", "device", "size_bytes", "applied_lsn", "boot_applied_lsn",
-// "applied_bytes", "applied_records"}]}
+// "applied_bytes", "applied_records", "batches", "verify_seconds", "write_seconds",
+// "flush_seconds", "cursor_seconds"}]}
 std::string TargetStatusJson(const TargetStatus& status, const TargetConfig& config);
 // The human form.
 std::string TargetStatusText(const TargetStatus& status, const TargetConfig& config);

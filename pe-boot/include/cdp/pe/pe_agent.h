@@ -35,7 +35,7 @@ struct PeAgentOptions {
   std::vector<VolumeSpec> volumes;
   std::string meta_serial = std::string(kDefaultMetaSerial);
   // Host-side runs (tests): explicit paths instead of discovery by serial.
-  std::string meta_path;                         // overrides meta_serial
+  std::string meta_path;                          // overrides meta_serial
   std::map<std::string, std::string> disk_paths;  // volume -> path; overrides discovery
   std::string sys_root = "/sys";
   std::string dev_root = "/dev";
@@ -70,6 +70,8 @@ class PeAgent {
     uint64_t applied_lsn = 0;
     uint64_t boot_applied_lsn = 0;
     uint64_t applied_records = 0;
+    uint64_t batches = 0;
+    double verify_seconds = 0, write_seconds = 0, flush_seconds = 0, cursor_seconds = 0;
   };
   struct Session {
     v1::Role role = v1::ROLE_UNSPECIFIED;

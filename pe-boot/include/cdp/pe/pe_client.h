@@ -20,9 +20,9 @@ class PeClient {
   // nothing answers within timeout_ms; the pe-agent's own refusal (ProtocolMismatch, NotFound
   // for a volume it does not have, FailedPrecondition for a disk too small or a target in
   // error) is returned as its Status.
-  static Result<std::unique_ptr<PeClient>> Connect(const std::string& endpoint,
-                                                   wire::v1::Role role, const std::string& volume,
-                                                   uint64_t volume_size, int timeout_ms);
+  static Result<std::unique_ptr<PeClient>> Connect(const std::string& endpoint, wire::v1::Role role,
+                                                   const std::string& volume, uint64_t volume_size,
+                                                   int timeout_ms);
 
   const wire::v1::HelloReply& hello_reply() const { return hello_reply_; }
   const std::string& endpoint() const { return socket_->endpoint(); }
@@ -43,8 +43,7 @@ class PeClient {
  private:
   PeClient() = default;
   // Sends `request` and returns the first reply with the body `expect` (or an Error).
-  Result<wire::Message> Call(const wire::v1::Header& request,
-                             std::vector<zmq::message_t> payloads,
+  Result<wire::Message> Call(const wire::v1::Header& request, std::vector<zmq::message_t> payloads,
                              wire::v1::Header::BodyCase expect, int timeout_ms, bool* permanent,
                              uint64_t sequence = 0);
 
