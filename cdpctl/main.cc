@@ -1,5 +1,7 @@
 // cdpctl: the operator's command line. Wiring only; the work is in cdp::ctl.
+#include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,10 @@ constexpr const char* kUsage =
     "  cdpctl target status --config FILE [--json]\n"
     "      state (pe-ready, pe-error, booting, stopped), PE boot seconds, applied LSN per volume;\n"
     "      exit 0 when pe-ready, 3 when stopped or booting, 1 on errors\n"
+    "  cdpctl target checksum --config FILE --volume NAME [--offset BYTES] [--length BYTES]\n"
+    "                       [--chunk BYTES] [--json]\n"
+    "      XXH3-64 of the volume's disk in the target VM, per chunk (default 64 MiB; the whole\n"
+    "      volume by default), computed by the pe-agent: one line 'OFFSET LENGTH XXH3' each\n"
     "  cdpctl target stop   --config FILE\n"
     "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
     "      (FILE: see deploy/examples/target.yaml)\n"
@@ -37,9 +43,23 @@ int Usage(const std::string& why) {
 }
 
 // cdpctl target start|stop|status --config FILE [--json]
-int RunTarget(const std::string& subcommand, const std::string& config_path, bool json) {
-  if (subcommand != "start" && subcommand != "stop" && subcommand != "status") {
-    return Usage("target needs start, stop or status (got '" + subcommand + "')");
+// Parses a byte count given on the command line (a number, or 64M, 1G...).
+bool ParseBytes(const std::string& text, uint64_t* out) {
+  auto v = cdp::failover::ParseSize(text);
+  if (!v.ok()) return false;
+  *out = *v;
+  return true;
+}
+
+struct ChecksumArgs {
+  std::string offset = "0", length = "0", chunk = "64M";
+};
+
+int RunTarget(const std::string& subcommand, const std::string& config_path, bool json,
+              const std::string& volume, const ChecksumArgs& range) {
+  if (subcommand != "start" && subcommand != "stop" && subcommand != "status" &&
+      subcommand != "checksum") {
+    return Usage("target needs start, stop, status or checksum (got '" + subcommand + "')");
   }
   if (config_path.empty()) return Usage("target " + subcommand + " needs --config FILE");
   auto config = cdp::failover::LoadTargetConfig(config_path);
@@ -48,6 +68,38 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
     return 2;
   }
   cdp::failover::TargetVm vm(*config);
+  if (subcommand == "checksum") {
+    if (volume.empty()) return Usage("target checksum needs --volume NAME");
+    uint64_t offset = 0, length = 0, chunk = 0;
+    if ((range.offset != "0" && !ParseBytes(range.offset, &offset)) ||
+        (range.length != "0" && !ParseBytes(range.length, &length)) ||
+        !ParseBytes(range.chunk, &chunk)) {
+      return Usage("bad --offset, --length or --chunk (bytes, or with K/M/G)");
+    }
+    uint64_t applied = 0;
+    auto sums = vm.Checksums(volume, offset, length, chunk, &applied);
+    if (!sums.ok()) {
+      std::cerr << "cdpctl: target checksum: " << sums.status().message() << "\n";
+      return 1;
+    }
+    char hex[17];
+    nlohmann::json regions = nlohmann::json::array();
+    for (const auto& r : *sums) {
+      snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(r.xxh3));
+      if (json) {
+        regions.push_back({{"offset", r.offset}, {"length", r.length}, {"xxh3", hex}});
+      } else {
+        std::cout << r.offset << " " << r.length << " " << hex << "\n";
+      }
+    }
+    if (json) {
+      std::cout << nlohmann::json(
+                       {{"volume", volume}, {"applied_lsn", applied}, {"regions", regions}})
+                       .dump()
+                << "\n";
+    }
+    return 0;
+  }
   if (subcommand == "start" || subcommand == "stop") {
     cdp::Status s = subcommand == "start" ? vm.Start(std::cout) : vm.Stop(std::cout);
     if (!s.ok()) {
@@ -73,6 +125,7 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string server, command, subcommand, volume, config;
+  ChecksumArgs range;
   bool json = false;
   double timeout = 300;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -89,6 +142,12 @@ int main(int argc, char** argv) {
         server = value("--server");
       } else if (a == "--json") {
         json = true;
+      } else if (a == "--offset") {
+        range.offset = value("--offset");
+      } else if (a == "--length") {
+        range.length = value("--length");
+      } else if (a == "--chunk") {
+        range.chunk = value("--chunk");
       } else if (a == "--config") {
         config = value("--config");
       } else if (a == "--volume") {
@@ -114,7 +173,7 @@ int main(int argc, char** argv) {
     }
   }
   if (command.empty()) return Usage("no command given");
-  if (command == "target") return RunTarget(subcommand, config, json);
+  if (command == "target") return RunTarget(subcommand, config, json, volume, range);
   if (server.empty()) return Usage("--server tcp://HOST:PORT is required");
   if (cdp::Status s = cdp::ValidateEndpoint(server); !s.ok()) return Usage(s.message());
 

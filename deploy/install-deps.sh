@@ -23,6 +23,8 @@ packages=(
   # semi-booted target: QEMU, the PE image builder (busybox, cpio, depmod, apt-get download of
   # linux-image-amd64's kernel package), YAML configs
   qemu-system-x86 qemu-utils busybox-static cpio kmod xz-utils gzip libyaml-cpp-dev
+  # xxhsum: tests compare the pe-agent's region checksums (XXH3-64) with the source's
+  xxhash
   ipxe-qemu seabios
 )
 

@@ -393,6 +393,58 @@ Result<TargetStatus> TargetVm::GetStatus() {
   return s;
 }
 
+Result<std::vector<RegionChecksum>> TargetVm::Checksums(const std::string& volume, uint64_t offset,
+                                                        uint64_t length, uint64_t chunk,
+                                                        uint64_t* applied_lsn) {
+  const TargetConfig& c = config_;
+  const TargetDisk* disk = nullptr;
+  for (const auto& d : c.disks) {
+    if (d.volume == volume) disk = &d;
+  }
+  if (disk == nullptr) {
+    return Status::NotFound("target " + c.name + " has no volume '" + volume + "' (" + c.file +
+                            ")");
+  }
+  if (length == 0 && offset < disk->size) length = disk->size - offset;
+  if (chunk == 0 || offset >= disk->size || length == 0 || length > disk->size - offset) {
+    return Status::InvalidArgument("range " + std::to_string(offset) + "+" +
+                                   std::to_string(length) + " (chunk " + std::to_string(chunk) +
+                                   ") is not inside volume " + volume + " of " +
+                                   std::to_string(disk->size) + " bytes");
+  }
+  CDP_ASSIGN_OR_RETURN(
+      auto client, pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000));
+  std::vector<RegionChecksum> out;
+  constexpr uint64_t kPerRequest = 256ull << 20;  // well under the pe-agent's 1 GiB
+  std::vector<v1::Region> batch;
+  uint64_t batch_bytes = 0;
+  auto send = [&]() -> Status {
+    if (batch.empty()) return Status::Ok();
+    CDP_ASSIGN_OR_RETURN(auto reply, client->Checksums(volume, batch, 600000));
+    if (reply.xxh3_size() != static_cast<int>(batch.size())) {
+      return Status::Internal("the pe-agent answered " + std::to_string(reply.xxh3_size()) +
+                              " checksums for " + std::to_string(batch.size()) + " regions");
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      out.push_back({batch[i].offset(), batch[i].length(), reply.xxh3(static_cast<int>(i))});
+    }
+    if (applied_lsn) *applied_lsn = reply.applied_lsn();
+    batch.clear();
+    batch_bytes = 0;
+    return Status::Ok();
+  };
+  for (uint64_t pos = offset; pos < offset + length; pos += chunk) {
+    v1::Region r;
+    r.set_offset(pos);
+    r.set_length(std::min(chunk, offset + length - pos));
+    if (batch_bytes + r.length() > kPerRequest) CDP_RETURN_IF_ERROR(send());
+    batch_bytes += r.length();
+    batch.push_back(r);
+  }
+  CDP_RETURN_IF_ERROR(send());
+  return out;
+}
+
 std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
   nlohmann::json volumes = nlohmann::json::array();
   for (const auto& v : s.volumes) {

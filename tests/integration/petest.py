@@ -18,7 +18,7 @@ from cdptest import BIN, Proc, Scene, binary, free_port, log
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 PE_TOOLS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "nbdcopy", "busybox", "cpio",
-            "depmod", "apt-get", "dpkg-deb")
+            "depmod", "apt-get", "dpkg-deb", "xxhsum")
 
 
 def pe_agent_binary():

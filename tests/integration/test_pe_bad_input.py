@@ -132,6 +132,10 @@ def test(s):
     assert (f"replicator: pe-agent {s.pe_endpoint}: pe-agent: this target has no volume "
             f"'{s.volume}' (it has: other); point the replicator at the right target") in out, out
     log("replicator for an unknown volume: refused")
+    expect_fail(s.ctl_target("checksum", "--volume", s.volume, check=False), 1,
+                f"target cdp-test-target has no volume '{s.volume}'")
+    expect_fail(s.ctl_target("checksum", "--volume", "other", "--offset", str(size), check=False),
+                1, f"is not inside volume other of {size} bytes")
 
     # --- a malformed pe: target -----------------------------------------------------------------
     r = subprocess.run([binary("replicator"), "--server", s.server, "--volume", s.volume,

@@ -1,8 +1,9 @@
 """The semi-booted target, end to end with real QEMU (TCG): a source image protected over NBD,
 the target VM booted into the PE, a replicator into its pe-agent.
 
-1. A qemu-io + nbdcopy workload, wait-synced, the VM stopped over QMP: `qemu-img compare` says
-   the target qcow2 and the source image are identical.
+1. A qemu-io + nbdcopy workload, wait-synced; the pe-agent's region checksums (XXH3-64, in the
+   VM) equal xxhsum's of the source; the VM stopped over QMP: `qemu-img compare` says the target
+   qcow2 and the source image are identical.
 2. The VM restarted (the cursor on its metadata disk is found), more writes, and QEMU killed
    with SIGKILL in the middle of them; the VM started again: replication resumes from the
    durable cursor — the pe-agent applies exactly the records after it, no full copy — and the
@@ -22,6 +23,25 @@ SIZE_MIB = 256
 
 def journal_durable_lsn(s):
     return s.status()["durable_lsn"]
+
+
+def xxh3(data):
+    """XXH3-64 of data, by xxhsum (the reference implementation's CLI)."""
+    r = subprocess.run(["xxhsum", "-H3", "-"], input=data, capture_output=True, check=True)
+    return r.stdout.decode().split("=")[-1].strip()
+
+
+def check_region_checksums(s):
+    """The pe-agent's checksums of the target's disk, in the VM, equal the source's."""
+    with open(s.source, "rb") as f:
+        src = f.read()
+    for args in (["--chunk", "32M"], ["--offset", "1000", "--length", "5000", "--chunk", "5000"]):
+        doc = json.loads(s.ctl_target("checksum", "--volume", s.volume, "--json", *args).stdout)
+        assert doc["applied_lsn"] == journal_durable_lsn(s), doc
+        for r in doc["regions"]:
+            want = xxh3(src[r["offset"]:r["offset"] + r["length"]])
+            assert r["xxh3"] == want, f"region {r}: the source has {want}"
+        log(f"checksums {' '.join(args)}: {len(doc['regions'])} regions equal the source's")
 
 
 def test(s):
@@ -51,6 +71,7 @@ def test(s):
     assert v["applied_lsn"] == durable, (v, durable)
     log(f"phase 1: target applied LSN {v['applied_lsn']} == journal durable LSN {durable}, "
         f"{v['applied_bytes'] >> 20} MiB applied in the VM")
+    check_region_checksums(s)
     s.ctl_target("stop")
     assert s.qemu_pid() == 0 or not os.path.exists(f"/proc/{s.qemu_pid()}"), "QEMU still runs"
     assert s.target_status()["state"] == "stopped"

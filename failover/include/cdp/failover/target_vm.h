@@ -30,6 +30,13 @@
 
 namespace cdp::failover {
 
+// The XXH3-64 of one region of a volume's disk, as the pe-agent computed it in the VM.
+struct RegionChecksum {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint64_t xxh3 = 0;
+};
+
 struct TargetStatus {
   // "pe-ready"  the pe-agent answers and its disks are in order;
   // "pe-error"  the pe-agent answers but refuses to replicate (error says why);
@@ -64,6 +71,15 @@ class TargetVm {
 
   // The VM's state; Stopped is a state, not an error.
   Result<TargetStatus> GetStatus();
+
+  // Checksums of [offset, offset + length) of `volume`'s disk in `chunk`-byte regions (the
+  // last one shorter), computed by the pe-agent inside the VM; *applied_lsn is the volume's
+  // applied LSN when the last region was read. length 0 means to the end of the volume.
+  // NotFound for a volume the target does not have; InvalidArgument for a range outside it;
+  // Unavailable when the pe-agent does not answer.
+  Result<std::vector<RegionChecksum>> Checksums(const std::string& volume, uint64_t offset,
+                                                uint64_t length, uint64_t chunk,
+                                                uint64_t* applied_lsn);
 
   // The QEMU command line for `accel` (exposed for tests and for --dry-run).
   std::vector<std::string> QemuArgs(const std::string& accel) const;
