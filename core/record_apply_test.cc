@@ -21,6 +21,7 @@
 
 #include "cdp/core/block_device.h"
 #include "cdp/core/record.h"
+#include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -29,31 +30,13 @@ namespace {
 
 constexpr uint64_t kVolumeSize = 256 * 1024;
 
-// mkdtemp under /var/tmp, removed with its contents on destruction (also when a test failed).
-class VarTmpDir {
+// Under /var/tmp, which takes O_DIRECT (/tmp may be a tmpfs); removed also when a test failed.
+class VarTmpDir : public testing::TempDir {
  public:
-  VarTmpDir() {
-    std::string pattern = "/var/tmp/record_apply_test.XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~VarTmpDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  VarTmpDir(const VarTmpDir&) = delete;
-  VarTmpDir& operator=(const VarTmpDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  VarTmpDir() : TempDir("record_apply_test", "/var/tmp") {}
 };
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+std::string ReadWholeFile(const std::string& path) { return testing::TempDir::Read(path); }
 
 std::string Pattern(size_t n, char seed) {
   std::string s(n, '\0');

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -24,25 +25,10 @@ using ::testing::HasSubstr;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 const std::string kMeta(kDefaultMetaSerial);
 
-// mkdtemp under /var/tmp, removed with its contents on destruction (also when a test failed).
-class VarTmpDir {
+// Under /var/tmp, which takes O_DIRECT (/tmp may be a tmpfs); removed also when a test failed.
+class VarTmpDir : public testing::TempDir {
  public:
-  VarTmpDir() {
-    std::string pattern = "/var/tmp/disk_finder_test.XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~VarTmpDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  VarTmpDir(const VarTmpDir&) = delete;
-  VarTmpDir& operator=(const VarTmpDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  VarTmpDir() : TempDir("disk_finder_test", "/var/tmp") {}
 };
 
 // Expects `r` to have failed with `code` and a message containing every one of `parts`.

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cdp/core/record.h"
+#include "cdp/core/testing/temp_dir.h"
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
 #include "cdp/pe/pe_client.h"
@@ -46,31 +47,13 @@ const std::string kSdb = "db01-sdb";
 constexpr uint64_t kSdbSize = 256 * 1024;
 constexpr uint64_t kSdbDiskSize = 512 * 1024;  // larger than its volume
 
-// mkdtemp under /var/tmp, removed with its contents on destruction (also when a test failed).
-class VarTmpDir {
+// Under /var/tmp, which takes O_DIRECT (/tmp may be a tmpfs); removed also when a test failed.
+class VarTmpDir : public testing::TempDir {
  public:
-  VarTmpDir() {
-    std::string pattern = "/var/tmp/pe_agent_test.XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~VarTmpDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  VarTmpDir(const VarTmpDir&) = delete;
-  VarTmpDir& operator=(const VarTmpDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  VarTmpDir() : TempDir("pe_agent_test", "/var/tmp") {}
 };
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+std::string ReadWholeFile(const std::string& path) { return testing::TempDir::Read(path); }
 
 void WriteWholeFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -19,6 +19,7 @@
 
 #include "cdp/core/block_device.h"
 #include "cdp/core/record.h"
+#include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -31,31 +32,13 @@ constexpr uint64_t kBlock = PeMetadata::kBlock;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr char kLabel[] = "CDP-PE-META v1\n";
 
-// mkdtemp under /var/tmp, removed with its contents on destruction (also when a test failed).
-class VarTmpDir {
+// Under /var/tmp, which takes O_DIRECT (/tmp may be a tmpfs); removed also when a test failed.
+class VarTmpDir : public testing::TempDir {
  public:
-  VarTmpDir() {
-    std::string pattern = "/var/tmp/pe_metadata_test.XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~VarTmpDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  VarTmpDir(const VarTmpDir&) = delete;
-  VarTmpDir& operator=(const VarTmpDir&) = delete;
-
-  bool ok() const { return !path_.empty(); }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  VarTmpDir() : TempDir("pe_metadata_test", "/var/tmp") {}
 };
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+std::string ReadWholeFile(const std::string& path) { return testing::TempDir::Read(path); }
 
 // Overwrites bytes of `path` at `offset` (the file keeps its size).
 void Overwrite(const std::string& path, uint64_t offset, const std::string& bytes) {

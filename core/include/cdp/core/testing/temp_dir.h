@@ -5,6 +5,8 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <system_error>
 
@@ -12,9 +14,12 @@ namespace cdp::testing {
 
 class TempDir {
  public:
-  // Creates $TMPDIR/PREFIX.XXXXXX (or /tmp/...). ok() is false if that failed.
-  explicit TempDir(const std::string& prefix = "cdp_test") {
-    std::string pattern = (std::filesystem::temp_directory_path() / (prefix + ".XXXXXX")).string();
+  // Creates BASE/PREFIX.XXXXXX; BASE defaults to $TMPDIR (or /tmp). ok() is false if that
+  // failed. Tests of O_DIRECT pass "/var/tmp": /tmp may be a tmpfs, which refuses O_DIRECT.
+  explicit TempDir(const std::string& prefix = "cdp_test", const std::string& base = "") {
+    const std::filesystem::path dir =
+        base.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(base);
+    std::string pattern = (dir / (prefix + ".XXXXXX")).string();
     if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
   }
   ~TempDir() {
@@ -27,6 +32,12 @@ class TempDir {
   bool ok() const { return !path_.empty(); }
   const std::string& path() const { return path_; }
   std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+  // The whole content of a file ("" when it cannot be read).
+  static std::string Read(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
 
  private:
   std::string path_;
