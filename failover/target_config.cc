@@ -108,6 +108,18 @@ std::string DefaultMac(const std::string& name, int index) {
   return buf;
 }
 
+// A stable SMBIOS UUID for a VM that has none in its config (the service's WHO tells VMs
+// apart by it).
+std::string DefaultUuid(const std::string& name) {
+  const uint64_t a = std::hash<std::string>{}(name + "#uuid-a");
+  const uint64_t b = std::hash<std::string>{}(name + "#uuid-b");
+  char buf[40];
+  snprintf(buf, sizeof(buf), "%08x-%04x-4%03x-8%03x-%012llx", static_cast<unsigned>(a >> 32),
+           static_cast<unsigned>((a >> 16) & 0xffff), static_cast<unsigned>(a & 0xfff),
+           static_cast<unsigned>(b >> 52), static_cast<unsigned long long>(b & 0xffffffffffffull));
+  return buf;
+}
+
 }  // namespace
 
 std::string TargetConfig::VolumeSpecs() const {
@@ -180,7 +192,7 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   c.file = path;
   CDP_RETURN_IF_ERROR(
       L.CheckKeys(root, "",
-                  {"name", "memory_mib", "cpus", "pe", "qmp_socket", "replication_endpoint",
+                  {"name", "memory_mib", "cpus", "pe", "uuid", "qmp_socket", "replication_endpoint",
                    "replication_nic", "service_nic", "accel", "state_dir", "metadata_disk", "disks",
                    "ready_timeout_seconds", "qemu", "kernel_args"}));
   CDP_ASSIGN_OR_RETURN(c.name, L.String(root, "name", "", true));
@@ -255,6 +267,16 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
     return L.Error(snic, "service_nic.mac", "the same MAC as the replication NIC");
   }
 
+  CDP_ASSIGN_OR_RETURN(c.uuid, L.String(root, "uuid", "", false, DefaultUuid(c.name)));
+  {
+    static const std::regex re(
+        "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$");
+    if (!std::regex_match(c.uuid, re)) {
+      return L.Error(root["uuid"], "uuid",
+                     "'" + c.uuid + "' is not a UUID in lower case "
+                     "(11111111-2222-3333-4444-555555555555)");
+    }
+  }
   CDP_ASSIGN_OR_RETURN(c.accel, L.String(root, "accel", "", false, "auto"));
   if (c.accel != "auto" && c.accel != "kvm" && c.accel != "tcg") {
     return L.Error(root["accel"], "accel", "'" + c.accel + "' is not auto, kvm or tcg");

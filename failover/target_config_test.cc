@@ -71,6 +71,7 @@ TEST_F(TargetConfigTest, LoadsAMinimalConfigWithDefaults) {
   EXPECT_EQ(c->service_nic.mode, "user");
   EXPECT_NE(c->replication_nic.mac, c->service_nic.mac);
   EXPECT_EQ(c->replication_nic.mac.rfind("52:54:00:", 0), 0u);
+  EXPECT_EQ(c->uuid.size(), 36u) << c->uuid;
   // The MACs are stable: the same name gives the same MACs.
   auto again =
       LoadTargetConfig(Write(Base() + "disks:\n  - {volume: vol0, path: x.qcow2, size: 1M}\n"));
@@ -94,7 +95,10 @@ TEST_F(TargetConfigTest, ErrorsNameTheLineAndTheKey) {
   ExpectError(Base() + "colour: blue\n" + disk,
               ":5: 'colour': unknown key (known here: accel, cpus, disks, kernel_args, "
               "memory_mib, metadata_disk, name, pe, qemu, qmp_socket, ready_timeout_seconds, "
-              "replication_endpoint, replication_nic, service_nic, state_dir)");
+              "replication_endpoint, replication_nic, service_nic, state_dir, uuid)");
+  ExpectError(Base() + "uuid: not-a-uuid\n" + disk,
+              ":5: 'uuid': 'not-a-uuid' is not a UUID in lower case "
+              "(11111111-2222-3333-4444-555555555555)");
   ExpectError(Base(), ":1: 'disks': missing or empty: a list of {volume, path, size}");
   ExpectError(Base() + "disks:\n  - {volume: v, path: v.qcow2}\n",
               ":6: 'disks[0].size': missing (required)");
@@ -166,6 +170,7 @@ TEST_F(TargetConfigTest, QemuCommandLineCarriesThePeContract) {
   EXPECT_THAT(line, HasSubstr("virtio-blk-pci,drive=meta,serial=cdp-pe-meta\n"));
   EXPECT_THAT(line, ::testing::Not(HasSubstr("id=svc")));
   EXPECT_THAT(line, HasSubstr("-daemonize\n"));
+  EXPECT_THAT(line, HasSubstr("-uuid\n" + c->uuid + "\n"));
   const auto kvm = vm.QemuArgs("kvm");
   EXPECT_NE(std::find(kvm.begin(), kvm.end(), "host"), kvm.end());
 }

@@ -94,7 +94,7 @@ std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
                        " cdp.meta=" + std::string(pe::kDefaultMetaSerial);
   if (!c.kernel_args.empty()) append += " " + c.kernel_args;
   std::vector<std::string> a = {
-      c.qemu, "-name", c.name, "-machine", "q35", "-accel", accel, "-cpu",
+      c.qemu, "-name", c.name, "-uuid", c.uuid, "-machine", "q35", "-accel", accel, "-cpu",
       accel == "kvm" ? "host" : "max", "-m", std::to_string(c.memory_mib), "-smp",
       std::to_string(c.cpus), "-nodefaults", "-no-user-config", "-display", "none", "-chardev",
       "file,id=console,append=on,path=" + c.console_log(), "-serial", "chardev:console", "-qmp",

@@ -35,6 +35,7 @@ struct TargetConfig {
   uint16_t guest_port = 0;  // where the pe-agent listens inside the VM (default: the same)
   TargetNic replication_nic;
   TargetNic service_nic;
+  std::string uuid;            // SMBIOS system UUID (QEMU -uuid); default derived from name
   std::string accel = "auto";  // auto|kvm|tcg
   std::string state_dir;       // pid file, console log, state.json
   std::string metadata_disk;   // the pe-agent's metadata disk (qcow2)
