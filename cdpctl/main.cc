@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cdp/ctl/control_client.h"
+#include "cdp/failover/cutover.h"
 #include "cdp/failover/target_vm.h"
 
 namespace {
@@ -34,6 +35,11 @@ constexpr const char* kUsage =
     "  cdpctl target stop   --config FILE\n"
     "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
     "      (FILE: see deploy/examples/target.yaml)\n"
+    "  cdpctl cutover --plan FILE [--json]\n"
+    "      moves the service to the target: precheck, quiesce the source, drain, verify, fence,\n"
+    "      promote (switch_root into the migrated OS), health check; a timeline on stderr and\n"
+    "      the report (with --json as JSON) on stdout; exit 0 only on success. A failure before\n"
+    "      the fence resumes the source (docs/cutover.md; plan keys: docs/cutover-plan.md)\n"
     "\n"
     "Exit codes: 0 ok, 1 error (server unreachable), 2 bad usage, 3 timeout.\n";
 
@@ -120,11 +126,38 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
   return 3;
 }
 
+// cdpctl cutover --plan FILE [--json]
+int RunCutover(const std::string& plan_path, bool json) {
+  if (plan_path.empty()) return Usage("cutover needs --plan FILE");
+  auto plan = cdp::failover::LoadCutoverPlan(plan_path);
+  if (!plan.ok()) {
+    std::cerr << "cdpctl: cutover: " << plan.status().message() << "\n";
+    return 2;
+  }
+  cdp::failover::CutoverEngine engine(*plan, &std::cerr);
+  const cdp::failover::CutoverReport report = engine.Run();
+  if (json) {
+    std::cout << cdp::failover::CutoverReportJson(report) << "\n";
+  } else {
+    for (const auto& s : report.steps) {
+      std::printf("%-9s %7.2f %7.2f  %s  %s\n", s.name.c_str(), s.start, s.end,
+                  s.ok ? "ok    " : "FAILED", s.result.c_str());
+    }
+    if (report.ok) {
+      std::printf("cutover ok: downtime %.2f s\n", report.downtime_seconds);
+    } else {
+      std::printf("cutover FAILED: %s%s%s\n", report.error.c_str(),
+                  report.rollback.empty() ? "" : "; ", report.rollback.c_str());
+    }
+  }
+  return report.ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  std::string server, command, subcommand, volume, config;
+  std::string server, command, subcommand, volume, config, plan;
   ChecksumArgs range;
   bool json = false;
   double timeout = 300;
@@ -148,6 +181,8 @@ int main(int argc, char** argv) {
         range.length = value("--length");
       } else if (a == "--chunk") {
         range.chunk = value("--chunk");
+      } else if (a == "--plan") {
+        plan = value("--plan");
       } else if (a == "--config") {
         config = value("--config");
       } else if (a == "--volume") {
@@ -174,6 +209,7 @@ int main(int argc, char** argv) {
   }
   if (command.empty()) return Usage("no command given");
   if (command == "target") return RunTarget(subcommand, config, json, volume, range);
+  if (command == "cutover") return RunCutover(plan, json);
   if (server.empty()) return Usage("--server tcp://HOST:PORT is required");
   if (cdp::Status s = cdp::ValidateEndpoint(server); !s.ok()) return Usage(s.message());
 

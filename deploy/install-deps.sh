@@ -11,6 +11,8 @@ packages=(
   libprotobuf-dev protobuf-compiler
   libboost-log-dev libboost-program-options-dev
   libzstd-dev nlohmann-json3-dev libxxhash-dev
+  # pe-agent takeover: reads the migrated OS's gzip'd initramfs
+  zlib1g-dev
   libgtest-dev libgmock-dev
   # real NBD clients and image tools used by tests and benchmarks
   qemu-utils libnbd-bin
@@ -23,6 +25,8 @@ packages=(
   # semi-booted target: QEMU, the PE image builder (busybox, cpio, depmod, apt-get download of
   # linux-image-amd64's kernel package), YAML configs
   qemu-system-x86 qemu-utils busybox-static cpio kmod xz-utils gzip libyaml-cpp-dev
+  # the lab: network namespaces, bridge, veth, taps
+  iproute2
   # xxhsum: tests compare the pe-agent's region checksums (XXH3-64) with the source's
   xxhash
   ipxe-qemu seabios

@@ -4,99 +4,19 @@
 
 #include <filesystem>
 #include <functional>
-#include <map>
 #include <regex>
 #include <set>
 
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
 #include "cdp/pe/disk_finder.h"
+#include "yaml_loader.h"
 
 namespace cdp::failover {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-// Error context: "FILE:LINE: key 'K': ..."
-struct Loader {
-  std::string file;
-  fs::path dir;
-
-  Status Error(const YAML::Node& node, const std::string& key, const std::string& what) const {
-    std::string where = file;
-    if (node.IsDefined() && node.Mark().line >= 0) {
-      where += ":" + std::to_string(node.Mark().line + 1);
-    }
-    return Status::InvalidArgument(where + ": " + (key.empty() ? "" : "'" + key + "': ") + what);
-  }
-
-  // Rejects keys outside `known`.
-  Status CheckKeys(const YAML::Node& map, const std::string& context,
-                   const std::set<std::string>& known) const {
-    if (!map.IsMap()) return Error(map, context, "expected a mapping of keys");
-    for (const auto& kv : map) {
-      const std::string key = kv.first.as<std::string>("");
-      if (!known.count(key)) {
-        std::string list;
-        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-        return Error(kv.first, (context.empty() ? "" : context + ".") + key,
-                     "unknown key (known here: " + list + ")");
-      }
-    }
-    return Status::Ok();
-  }
-
-  Result<std::string> String(const YAML::Node& map, const std::string& key,
-                             const std::string& context, bool required,
-                             const std::string& fallback = "") const {
-    const YAML::Node n = map[key];
-    const std::string full = context.empty() ? key : context + "." + key;
-    if (!n.IsDefined() || n.IsNull()) {
-      if (required) return Error(map, full, "missing (required)");
-      return fallback;
-    }
-    if (!n.IsScalar()) return Error(n, full, "expected a single value");
-    return n.as<std::string>();
-  }
-
-  Result<std::string> Path(const YAML::Node& map, const std::string& key,
-                           const std::string& context, bool required,
-                           const std::string& fallback = "") const {
-    CDP_ASSIGN_OR_RETURN(std::string p, String(map, key, context, required, fallback));
-    if (p.empty()) return p;
-    return (dir / p).lexically_normal().string();
-  }
-
-  Result<uint64_t> Number(const YAML::Node& map, const std::string& key, const std::string& context,
-                          uint64_t fallback, uint64_t min, uint64_t max) const {
-    const YAML::Node n = map[key];
-    const std::string full = context.empty() ? key : context + "." + key;
-    if (!n.IsDefined() || n.IsNull()) return fallback;
-    const std::string text = n.IsScalar() ? n.as<std::string>() : "";
-    size_t used = 0;
-    uint64_t v = 0;
-    try {
-      if (text.find_first_not_of("0123456789") != std::string::npos) throw 0;
-      v = std::stoull(text, &used);
-    } catch (...) {
-      used = 0;
-    }
-    if (text.empty() || used != text.size() || v < min || v > max) {
-      return Error(n, full,
-                   "'" + text + "' is not a whole number in " + std::to_string(min) + ".." +
-                       std::to_string(max));
-    }
-    return v;
-  }
-};
-
-bool ValidMac(const std::string& mac) {
-  static const std::regex re("^[0-9a-f]{2}(:[0-9a-f]{2}){5}$");
-  if (!std::regex_match(mac, re)) return false;
-  const int first = std::stoi(mac.substr(0, 2), nullptr, 16);
-  return (first & 1) == 0;  // unicast
-}
 
 // 52:54:00 (QEMU's prefix) + three bytes from the VM name and the NIC index, so a VM keeps its
 // MACs across restarts without the config having to say them.
@@ -178,16 +98,8 @@ Result<uint64_t> ParseSize(const std::string& text) {
 }
 
 Result<TargetConfig> LoadTargetConfig(const std::string& path) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    return Status::NotFound("target config " + path + " cannot be read (missing or no access)");
-  } catch (const YAML::Exception& e) {
-    return Status::InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) +
-                                   ": not valid YAML: " + e.msg);
-  }
-  Loader L{path, fs::absolute(path).parent_path()};
+  CDP_ASSIGN_OR_RETURN(YAML::Node root, LoadYamlFile(path, "target config"));
+  YamlLoader L{path, fs::absolute(path).parent_path()};
   TargetConfig c;
   c.file = path;
   CDP_RETURN_IF_ERROR(

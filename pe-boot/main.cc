@@ -82,5 +82,6 @@ int main(int argc, char** argv) {
     std::cerr << "pe-agent: " << s.message() << "\n";
     return 1;
   }
-  return 0;
+  // The PE's /init switch_roots into the migrated OS on this status (docs/pe-image.md §3).
+  return agent.handed_over() ? cdp::pe::PeAgent::kTakeoverExitStatus : 0;
 }

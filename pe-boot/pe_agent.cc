@@ -1,17 +1,27 @@
 #include "cdp/pe/pe_agent.h"
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
+#include "cdp/pe/boot_adaptation.h"
 
 namespace cdp::pe {
 
@@ -22,6 +32,62 @@ double ProcUptimeSeconds() {
   double up = 0;
   in >> up;
   return up;
+}
+
+// Re-reads the partition table of `disk`: the kernel scanned it when the PE booted, before the
+// replicator wrote the partition table, so the partitions appear only now. A regular file
+// (ENOTTY) or a disk without partition scanning (EINVAL: a loop device without -P) has none to
+// re-read. Returns "" or a note on what went wrong.
+std::string RereadPartitions(const std::string& disk) {
+  const int fd = ::open(disk.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "cannot open " + disk + ": " + std::strerror(errno);
+  std::string note;
+  if (::ioctl(fd, BLKRRPART) != 0 && errno != ENOTTY && errno != EINVAL) {
+    note = "partition table of " + disk + " not re-read: " + std::strerror(errno);
+  }
+  ::close(fd);
+  return note;
+}
+
+// The partition devices of `disk` that exist, in order: DISK1.. (DISKp1.. when the disk's name
+// ends in a digit, as the kernel names them: nvme0n1p1, loop0p1).
+std::vector<std::string> PartitionsOf(const std::string& disk) {
+  std::vector<std::string> parts;
+  if (disk.empty()) return parts;
+  const bool digit = disk.back() >= '0' && disk.back() <= '9';
+  for (int n = 1; n <= 128; ++n) {
+    const std::string p = disk + (digit ? "p" : "") + std::to_string(n);
+    struct stat st;
+    if (::stat(p.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) parts.push_back(p);
+  }
+  return parts;
+}
+
+// Drops the page cache of a block device (BLKFLSBUF), so a mount reads what the O_DIRECT writes
+// put on the disk. Files have none (ENOTTY).
+std::string DropBufferCache(const std::string& disk) {
+  const int fd = ::open(disk.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "cannot open " + disk + ": " + std::strerror(errno);
+  std::string note;
+  if (::ioctl(fd, BLKFLSBUF, 0) != 0 && errno != ENOTTY && errno != EINVAL) {
+    note = "cache of " + disk + " not dropped: " + std::strerror(errno);
+  }
+  ::close(fd);
+  return note;
+}
+
+// True when `dir` is the root of a mount (its device differs from its parent's, or it is /).
+bool IsMountPoint(const std::string& dir) {
+  struct stat st, parent;
+  if (::stat(dir.c_str(), &st) != 0) return false;
+  if (::stat((dir + "/..").c_str(), &parent) != 0) return false;
+  return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
+}
+
+std::string Seconds(double s, int decimals = 3) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(decimals) << s;
+  return out.str();
 }
 
 // An apply error that resending the same batch cannot fix.
@@ -152,8 +218,19 @@ Status PeAgent::PrepareDisks() {
 }
 
 Status PeAgent::Run(const std::atomic<bool>* stop) {
-  while (!stop->load()) {
-    auto msg = socket_->Recv(200);
+  while (!stop->load() && !handed_over_) {
+    int wait_ms = 200;
+    if (handover_deadline_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            *handover_deadline_ - std::chrono::steady_clock::now())
+                            .count();
+      if (left <= 0) {
+        FinishHandover();
+        break;
+      }
+      wait_ms = static_cast<int>(std::min<int64_t>(left, wait_ms));
+    }
+    auto msg = socket_->Recv(wait_ms);
     if (!msg.ok()) {
       if (msg.status().IsTimedOut()) continue;
       CDP_LOG(warning) << "pe-agent: dropped a message: " << msg.status().ToString();
@@ -161,7 +238,10 @@ Status PeAgent::Run(const std::atomic<bool>* stop) {
     }
     Handle(*msg);
   }
-  CDP_LOG(info) << "pe-agent: stopping";
+  // Stopped during the grace period: the migrated OS's root is mounted and adapted; hand over.
+  if (handover_deadline_ && !handed_over_) FinishHandover();
+  CDP_LOG(info) << (handed_over_ ? "pe-agent: handed over to the migrated OS"
+                                 : "pe-agent: stopping");
   return Status::Ok();
 }
 
@@ -185,6 +265,8 @@ void PeAgent::Handle(wire::Message& msg) {
       return HandleStatus(msg);
     case v1::Header::kChecksumRequest:
       return HandleChecksum(msg);
+    case v1::Header::kTakeoverRequest:
+      return HandleTakeover(msg);
     default: {
       Status s = Status::InvalidArgument("pe-agent: unexpected message (header case " +
                                          std::to_string(msg.header.body_case()) + ") from " +
@@ -265,6 +347,12 @@ void PeAgent::HandleApply(const wire::Message& msg) {
                      Status::NotFound("pe-agent: this target has no volume '" + batch.volume() +
                                       "'; nothing was written"),
                      true);
+  }
+  if (takeover_in_progress_) {
+    return SendError(msg.peer,
+                     Status::FailedPrecondition("pe-agent: takeover in progress; volume " +
+                                                batch.volume() + ": nothing was written"),
+                     false);
   }
   Volume& v = it->second;
   Status s = ApplyBatch(msg, &v);
@@ -430,6 +518,223 @@ void PeAgent::HandleChecksum(const wire::Message& msg) {
     r->add_xxh3(XXH3_64bits_digest(&state));
   }
   (void)socket_->SendTo(msg.peer, h);
+}
+
+// ---- takeover ----
+
+void PeAgent::HandleTakeover(const wire::Message& msg) {
+  auto session = sessions_.find(msg.peer);
+  if (session == sessions_.end() || session->second.role != v1::ROLE_CONTROL) {
+    return SendError(
+        msg.peer,
+        Status::FailedPrecondition("pe-agent: a takeover request from " + PeerName(msg.peer) +
+                                   ", which is not a control client; only a session "
+                                   "that said Hello with role CONTROL may ask"),
+        true);
+  }
+  if (handover_deadline_) {
+    return SendError(msg.peer,
+                     Status::FailedPrecondition(
+                         "pe-agent: the target is already handed over to the migrated OS"),
+                     true);
+  }
+  const v1::TakeoverRequest& request = msg.header.takeover_request();
+  const std::string init = request.init().empty() ? "/sbin/init" : request.init();
+  const std::string what = request.dry_run() ? "takeover dry run" : "takeover";
+  Announce("pe-agent: " + what + " of root volume '" + request.root_volume() + "' requested by " +
+           PeerName(msg.peer) + " at " + Seconds(ProcUptimeSeconds(), 2) + " s of uptime");
+  v1::Header h;
+  v1::TakeoverReply* reply = h.mutable_takeover_reply();
+  reply->set_kernel_release(kernel_release_);
+  Status s = Takeover(request, reply);
+  if (s.ok() && !request.dry_run()) {
+    const auto start = std::chrono::steady_clock::now();
+    s = WriteTakeoverFile(init);
+    v1::TakeoverStep* step = reply->add_steps();
+    step->set_name("handover");
+    step->set_seconds(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    step->set_result(
+        s.ok() ? "the pe-agent exits with status " + std::to_string(kTakeoverExitStatus) +
+                     "; the PE's /init switch_roots into " + options_.newroot + " (" + init + ")"
+               : "failed: " + s.message());
+  }
+  if (!s.ok() || request.dry_run()) {
+    std::string error = s.ok() ? "" : s.message();
+    const std::string unmount = UnmountNewroot();
+    if (!unmount.empty()) error += (error.empty() ? "" : "; ") + unmount;
+    takeover_in_progress_ = false;
+    reply->set_ok(error.empty());
+    reply->set_error(error);
+    Announce("pe-agent: " + what + (error.empty() ? " passed" : " failed: " + error) +
+             "; serving again");
+    (void)socket_->SendTo(msg.peer, h);
+    return;
+  }
+  reply->set_ok(true);
+  Announce("pe-agent: takeover: handing over to " + init + " on " + reply->root_device() + " at " +
+           options_.newroot + " at " + Seconds(ProcUptimeSeconds(), 2) + " s of uptime");
+  Status sent = socket_->SendTo(msg.peer, h);
+  if (!sent.ok()) CDP_LOG(warning) << "pe-agent: takeover reply not sent: " << sent.message();
+  // Run() keeps serving (batches refused, status answered) for kHandoverGraceMs before
+  // FinishHandover closes the socket: libzmq can drop a message sent just before zmq_close even
+  // with a linger (zeromq/libzmq#1264, #3774) — here 1 reply in 4 on loopback.
+  handover_deadline_ =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kHandoverGraceMs);
+}
+
+void PeAgent::FinishHandover() {
+  // Give ZeroMQ up to a second more to put the reply on the wire: closing the context waits for
+  // what is queued.
+  socket_->raw().set(zmq::sockopt::linger, 1000);
+  socket_.reset();
+  ctx_.close();
+  handed_over_ = true;
+}
+
+Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply) {
+  using Clock = std::chrono::steady_clock;
+  // Runs one step: times it, records its result (or its failure) in the reply, and announces it.
+  auto step = [&](const std::string& name, auto&& fn) -> Status {
+    const auto start = Clock::now();
+    Result<std::string> result = fn();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    v1::TakeoverStep* s = reply->add_steps();
+    s->set_name(name);
+    s->set_seconds(seconds);
+    s->set_result(result.ok() ? *result : "failed: " + result.status().message());
+    Announce("pe-agent: takeover step " + name + " (" + Seconds(seconds) + " s): " + s->result());
+    return result.ok() ? Status::Ok() : result.status();
+  };
+
+  Volume* root_volume = nullptr;
+  CDP_RETURN_IF_ERROR(step("check", [&]() -> Result<std::string> {
+    if (state_ != "pe-ready") {
+      return Status::FailedPrecondition("pe-agent: the target is not ready: " + error_ +
+                                        "; a takeover needs a pe-ready target");
+    }
+    if (newroot_mounted_ || IsMountPoint(options_.newroot)) {
+      return Status::FailedPrecondition(
+          "pe-agent: " + options_.newroot +
+          " is already a mount point (a takeover left over?); unmount it first");
+    }
+    auto it = volumes_.find(request.root_volume());
+    if (it == volumes_.end()) {
+      std::string known;
+      for (const auto& [name, v] : volumes_) known += (known.empty() ? "" : ", ") + name;
+      return Status::NotFound("pe-agent: this target has no volume '" + request.root_volume() +
+                              "' (it has: " + known +
+                              "); name the volume that holds the migrated OS's root filesystem");
+    }
+    root_volume = &it->second;
+    return "pe-ready; root volume " + it->first + " on " + root_volume->device_path;
+  }));
+
+  CDP_RETURN_IF_ERROR(step("flush", [&]() -> Result<std::string> {
+    takeover_in_progress_ = true;  // no batch is applied from here on
+    std::string disks, notes;
+    for (auto& [name, v] : volumes_) {
+      CDP_RETURN_IF_ERROR(v.device->Flush().WithContext("pe-agent: volume " + name + ": flushing " +
+                                                        v.device_path));
+      const std::string note = DropBufferCache(v.device_path);
+      if (!note.empty()) notes += "; " + note;
+      disks += (disks.empty() ? "" : ", ") + v.device_path;
+    }
+    return "flushed " + disks + "; batches are refused from now on" + notes;
+  }));
+
+  std::string root_device, root_uuid;
+  UuidMap disk_uuids;
+  CDP_RETURN_IF_ERROR(step("mount", [&]() -> Result<std::string> {
+    std::string notes;
+    // Partitions written by the replicator since the PE booted appear only once the kernel
+    // re-reads the partition tables; the fstab check needs every disk's, not only the root's.
+    for (auto& [name, v] : volumes_) {
+      const std::string note = RereadPartitions(v.device_path);
+      if (!note.empty()) notes += "; " + note;
+      for (const std::string& dev : [&] {
+             std::vector<std::string> devs{v.device_path};
+             for (auto& p : PartitionsOf(v.device_path)) devs.push_back(std::move(p));
+             return devs;
+           }()) {
+        auto id = ReadFsId(dev);
+        if (id.ok()) disk_uuids.emplace(id->uuid, dev);
+        if (&v == root_volume && root_device.empty() && id.ok() && id->type == "ext4") {
+          root_device = dev;
+          root_uuid = id->uuid;
+        }
+      }
+    }
+    if (root_device.empty()) {
+      std::string found;
+      for (const auto& [uuid, dev] : disk_uuids) found += (found.empty() ? "" : ", ") + dev;
+      return Status::NotFound("pe-agent: volume " + root_volume->spec.name +
+                              ": no ext4 filesystem on " + root_volume->device_path +
+                              " nor on its partitions (filesystems found on the target: " +
+                              (found.empty() ? std::string("none") : found) +
+                              "); the migrated OS's root must be ext4: check root_volume" + notes);
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(options_.newroot, ec);
+    if (ec) return Status::IOError("cannot create " + options_.newroot + ": " + ec.message());
+    // A dry run must not write to the replica: read-only, and without replaying the journal
+    // (a live source's filesystem always needs recovery), which even a read-only mount does.
+    const unsigned long flags = request.dry_run() ? MS_RDONLY : 0;
+    const char* data = request.dry_run() ? "noload" : "";
+    if (::mount(root_device.c_str(), options_.newroot.c_str(), "ext4", flags, data) != 0) {
+      const int err = errno;
+      return Status::FromErrno(err, "pe-agent: mount -t ext4 " + root_device + " " +
+                                        options_.newroot +
+                                        (err == ENODEV ? " (is the ext4 module loaded?)" : ""));
+    }
+    newroot_mounted_ = true;
+    reply->set_root_device(root_device);
+    std::string all;
+    for (const auto& [uuid, dev] : disk_uuids) all += (all.empty() ? "" : ", ") + dev + "=" + uuid;
+    return root_device + " (ext4 UUID " + root_uuid + ") at " + options_.newroot +
+           (request.dry_run() ? " read-only" : " read-write") +
+           "; filesystems on the target: " + all + notes;
+  }));
+
+  return step("adapt", [&]() -> Result<std::string> {
+    AdaptRequest adapt;
+    adapt.root = options_.newroot;
+    adapt.root_device = root_device;
+    adapt.root_uuid = root_uuid;
+    adapt.kernel_release = kernel_release_;
+    adapt.init = request.init().empty() ? "/sbin/init" : request.init();
+    adapt.disk_uuids = disk_uuids;
+    adapt.dry_run = request.dry_run();
+    for (const auto& n : request.nics()) adapt.nics.push_back({n.mac(), n.address(), n.gateway()});
+    if (!adapt.nics.empty()) {
+      CDP_ASSIGN_OR_RETURN(adapt.present_nics, ListNics(options_.sys_root + "/class/net"));
+    }
+    CDP_ASSIGN_OR_RETURN(auto notes, AdaptRoot(std::move(adapt)));
+    std::string out;
+    for (const auto& n : notes) out += (out.empty() ? "" : "; ") + n;
+    return out;
+  });
+}
+
+Status PeAgent::WriteTakeoverFile(const std::string& init) {
+  return WriteFileAtomic(options_.takeover_file,
+                         "root " + options_.newroot + "\ninit " + init + "\n")
+      .WithContext("pe-agent: writing the takeover file");
+}
+
+std::string PeAgent::UnmountNewroot() {
+  if (!newroot_mounted_) return "";
+  if (::umount2(options_.newroot.c_str(), 0) != 0) {
+    const int err = errno;
+    // Something still uses it: detach it, so it goes once unused and the disk is free again.
+    if (::umount2(options_.newroot.c_str(), MNT_DETACH) != 0) {
+      return "cannot unmount " + options_.newroot + ": " + std::strerror(errno);
+    }
+    CDP_LOG(warning) << "pe-agent: " << options_.newroot << " was busy (" << std::strerror(err)
+                     << "); detached";
+  }
+  newroot_mounted_ = false;
+  return "";
 }
 
 }  // namespace cdp::pe

@@ -7,7 +7,10 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -18,6 +21,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <system_error>
@@ -154,6 +158,11 @@ class RunningAgent {
   RunningAgent& operator=(const RunningAgent&) = delete;
 
   PeAgent& agent() { return *agent_; }
+
+  // Waits until Run() returned (after a takeover handed over; otherwise blocks).
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
 
  private:
   std::unique_ptr<PeAgent> agent_;
@@ -802,6 +811,384 @@ TEST_F(PeAgentTest, ChecksumOfARegionOutsideTheVolumeIsInvalidArgument) {
   auto unknown = control->Checksums("db02-sdz", {}, kWaitMs);
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), StatusCode::kNotFound) << unknown.status();
+}
+
+// ---- takeover ----
+
+TEST_F(PeAgentTest, TakeoverOfAnUnknownVolumeIsRefusedAndBatchesGoOn) {
+  StartAgent();
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  v1::TakeoverRequest request;
+  request.set_root_volume("db02-sdz");
+  auto reply = control->Takeover(request, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_FALSE(reply->ok());
+  EXPECT_THAT(reply->error(), HasSubstr("no volume 'db02-sdz' (it has: " + kSda + ", " + kSdb));
+  ASSERT_EQ(reply->steps_size(), 1);
+  EXPECT_EQ(reply->steps(0).name(), "check");
+  EXPECT_EQ(reply->steps(0).result(), "failed: " + reply->error());
+  EXPECT_EQ(agent_->agent().state(), "pe-ready");
+
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch batch(1, &sda_image_);
+  batch.Write(0, std::string(512, 't'));
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, TakeoverOnlyFromAControlSession) {
+  StartAgent();
+  auto replicator = ConnectReplicator();
+  ASSERT_NE(replicator, nullptr);
+  v1::TakeoverRequest request;
+  request.set_root_volume(kSda);
+  auto reply = replicator->Takeover(request, kWaitMs);
+  ASSERT_FALSE(reply.ok());
+  EXPECT_EQ(reply.status().code(), StatusCode::kFailedPrecondition) << reply.status();
+  EXPECT_THAT(reply.status().message(), HasSubstr("not a control client"));
+  // Without any Hello either.
+  v1::Header h;
+  h.mutable_takeover_request()->set_root_volume(kSda);
+  ExpectErrorReply(RawCall(h), StatusCode::kFailedPrecondition, true, {"role CONTROL"});
+}
+
+TEST_F(PeAgentTest, TakeoverOfAVolumeWithoutExt4IsRefused) {
+  // Image files hold no filesystem: the mount step finds no ext4 and nothing is mounted.
+  PeAgentOptions options = Options();
+  options.newroot = dir_.File("newroot");
+  options.takeover_file = dir_.File("cdp-takeover");
+  StartAgent(options);
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  v1::TakeoverRequest request;
+  request.set_root_volume(kSda);
+  auto reply = control->Takeover(request, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_FALSE(reply->ok());
+  EXPECT_THAT(reply->error(), HasSubstr("volume " + kSda + ": no ext4 filesystem on " + sda_path_));
+  ASSERT_EQ(reply->steps_size(), 3);
+  EXPECT_EQ(reply->steps(0).name(), "check");
+  EXPECT_EQ(reply->steps(1).name(), "flush");
+  EXPECT_EQ(reply->steps(2).name(), "mount");
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
+  // Batches are allowed again.
+  auto client = ConnectReplicator();
+  ASSERT_NE(client, nullptr);
+  Batch batch(1, &sda_image_);
+  batch.Write(4096, std::string(4096, 'u'));
+  auto applied = client->Apply(kSda, batch.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  ExpectSdaMatchesImage();
+}
+
+// ---- takeover on a real ext4 filesystem, through a loop device (root only) ----
+
+// Runs `command` with sh; its stdout, or nullopt when it failed.
+std::optional<std::string> Shell(const std::string& command) {
+  FILE* p = ::popen(command.c_str(), "r");
+  if (p == nullptr) return std::nullopt;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  if (::pclose(p) != 0) return std::nullopt;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+// Why loop devices cannot be used here ("" when they can).
+std::string LoopUnavailableReason() {
+  if (::geteuid() != 0) return "not root";
+  if (::access("/dev/loop-control", F_OK) != 0) return "no /dev/loop-control";
+  if (!Shell("command -v losetup && command -v mkfs.ext4 && command -v sfdisk")) {
+    return "losetup, mkfs.ext4 or sfdisk missing (util-linux, e2fsprogs, fdisk)";
+  }
+  return "";
+}
+
+// Skips the test where loop devices cannot be used, except under CI (env CI set): there it fails.
+#define REQUIRE_LOOP_DEVICES()                                                             \
+  do {                                                                                     \
+    const std::string why = LoopUnavailableReason();                                       \
+    if (!why.empty()) {                                                                    \
+      if (std::getenv("CI") != nullptr) FAIL() << "loop devices needed under CI: " << why; \
+      GTEST_SKIP() << "needs loop devices: " << why;                                       \
+    }                                                                                      \
+  } while (0)
+
+// A loop device over an image file, detached on destruction (lazily when still open: the
+// kernel frees it once the last user closes it).
+class LoopDevice {
+ public:
+  LoopDevice(const std::string& image, bool partitions) {
+    auto dev =
+        Shell("losetup --find --show " + std::string(partitions ? "--partscan " : "") + image);
+    if (dev) path_ = *dev;
+  }
+  ~LoopDevice() {
+    if (!path_.empty()) (void)Shell("losetup -d " + path_);
+  }
+  LoopDevice(const LoopDevice&) = delete;
+  LoopDevice& operator=(const LoopDevice&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Unmounts `dir` on destruction if something is mounted there (a failed test, a handover).
+class UnmountOnExit {
+ public:
+  explicit UnmountOnExit(std::string dir) : dir_(std::move(dir)) {}
+  ~UnmountOnExit() {
+    while (IsMounted(dir_)) {
+      if (::umount2(dir_.c_str(), MNT_DETACH) != 0) break;
+    }
+  }
+  UnmountOnExit(const UnmountOnExit&) = delete;
+  UnmountOnExit& operator=(const UnmountOnExit&) = delete;
+
+  static bool IsMounted(const std::string& dir) {
+    struct stat st, parent;
+    return ::stat(dir.c_str(), &st) == 0 && ::stat((dir + "/..").c_str(), &parent) == 0 &&
+           st.st_dev != parent.st_dev;
+  }
+
+ private:
+  std::string dir_;
+};
+
+class PeAgentTakeoverTest : public PeAgentTest {
+ protected:
+  static constexpr uint64_t kImageSize = 32 * kMiB;
+  static constexpr const char* kRootUuid = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+  static constexpr const char* kMac = "52:54:00:12:34:56";
+  static constexpr const char* kNetConf = "iface 02:00:00:00:00:01 192.168.1.10/24\n";
+
+  void SetUp() override {
+    PeAgentTest::SetUp();
+    struct utsname u;
+    ASSERT_EQ(uname(&u), 0);
+    kver_ = u.release;
+    stage_ = dir_.File("stage");
+    WriteStaged("etc/fstab", std::string("UUID=") + kRootUuid + " / ext4 defaults 0 1\n");
+    WriteStaged("etc/cdp/net.conf", kNetConf);
+    WriteStaged("boot/initrd.img-" + kver_ + ".modules",
+                "virtio_blk.ko\nvirtio_pci.ko\n"
+                "virtio_net.ko\n");
+    WriteStaged("lib/modules/" + kver_ + "/modules.dep", "");
+    WriteStaged("sbin/init", "#!/bin/sh\necho NEW ROOT UP\n");
+    std::filesystem::permissions(stage_ + "/sbin/init", std::filesystem::perms(0755));
+    WriteStaged("sys/class/net/eth0/address", std::string(kMac) + "\n", dir_.File(""));
+    newroot_ = dir_.File("newroot");
+  }
+
+  void WriteStaged(const std::string& path, const std::string& content, std::string base = "") {
+    const std::string full = (base.empty() ? stage_ + "/" : base) + path;
+    std::filesystem::create_directories(std::filesystem::path(full).parent_path());
+    WriteWholeFile(full, content);
+  }
+
+  // An ext4 image of the staging tree: the whole image, or partition 1 (at 1 MiB) of an MBR.
+  std::string MakeImage(bool partitioned) {
+    const std::string image = dir_.File("root.img");
+    MakeZeroFile(image, kImageSize);
+    std::string cmd;
+    if (partitioned) {
+      cmd = "echo 'start=2048, type=83' | sfdisk -q " + image +
+            " && mkfs.ext4 -q -F -E offset=" + std::to_string(kMiB) + " -U " + kRootUuid + " -d " +
+            stage_ + " " + image + " " + std::to_string((kImageSize - kMiB) / 1024) + "k";
+    } else {
+      cmd = "mkfs.ext4 -q -F -U " + std::string(kRootUuid) + " -d " + stage_ + " " + image;
+    }
+    EXPECT_TRUE(Shell(cmd + " 2>&1")) << cmd;
+    return image;
+  }
+
+  PeAgentOptions TakeoverOptions(const std::string& root_disk) {
+    PeAgentOptions o = Options();
+    o.volumes[0].size = kImageSize;
+    o.disk_paths[kSda] = root_disk;
+    o.newroot = newroot_;
+    o.takeover_file = dir_.File("cdp-takeover");
+    o.sys_root = dir_.File("sys");
+    return o;
+  }
+
+  static v1::TakeoverRequest Request(bool dry_run) {
+    v1::TakeoverRequest r;
+    r.set_root_volume(kSda);
+    r.set_dry_run(dry_run);
+    auto* nic = r.add_nics();
+    nic->set_mac(kMac);
+    nic->set_address("10.0.0.5/24");
+    nic->set_gateway("10.0.0.1");
+    return r;
+  }
+
+  static std::vector<std::string> StepNames(const v1::TakeoverReply& reply) {
+    std::vector<std::string> names;
+    for (const auto& s : reply.steps()) names.push_back(s.name());
+    return names;
+  }
+
+  // The content of `path` inside the ext4 image, read by mounting it read-only.
+  std::string ReadFromImage(const std::string& dev, const std::string& path) {
+    const std::string mnt = dir_.File("check");
+    std::filesystem::create_directories(mnt);
+    UnmountOnExit unmount(mnt);
+    if (::mount(dev.c_str(), mnt.c_str(), "ext4", MS_RDONLY, "noload") != 0) {
+      ADD_FAILURE() << "mount " << dev << ": " << std::strerror(errno);
+      return "";
+    }
+    return ReadWholeFile(mnt + "/" + path);
+  }
+
+  std::string kver_, stage_, newroot_;
+};
+
+TEST_F(PeAgentTakeoverTest, DryRunOnAnExt4ImageChecksEverythingAndChangesNothing) {
+  REQUIRE_LOOP_DEVICES();
+  const std::string image = MakeImage(false);
+  LoopDevice loop(image, false);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  const std::string before = ReadWholeFile(image);
+  StartAgent(TakeoverOptions(loop.path()));
+  ASSERT_EQ(agent_->agent().state(), "pe-ready") << agent_->agent().error();
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto reply = control->Takeover(Request(true), kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_TRUE(reply->ok()) << reply->error() << "\n" << reply->DebugString();
+  EXPECT_EQ(reply->error(), "");
+  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "adapt"));
+  EXPECT_EQ(reply->root_device(), loop.path());
+  EXPECT_EQ(reply->kernel_release(), kver_);
+  ASSERT_EQ(reply->steps_size(), 4);
+  EXPECT_THAT(reply->steps(2).result(),
+              HasSubstr(loop.path() + " (ext4 UUID " + std::string(kRootUuid) + ") at " + newroot_ +
+                        " read-only"));
+  EXPECT_THAT(reply->steps(3).result(),
+              HasSubstr("net.conf: would be rewritten with: iface 52:54:00:12:34:56 "
+                        "10.0.0.5/24 10.0.0.1"));
+  EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
+  StopAgent();
+  // Not one byte of the replica changed (no journal replay, no net.conf, no superblock write).
+  EXPECT_TRUE(ReadWholeFile(image) == before);
+  EXPECT_EQ(ReadFromImage(loop.path(), "etc/cdp/net.conf"), kNetConf);
+}
+
+TEST_F(PeAgentTakeoverTest, FstabUuidOnNoDiskFailsAndBatchesAreAppliedAgain) {
+  REQUIRE_LOOP_DEVICES();
+  WriteStaged("etc/fstab",
+              std::string("UUID=") + kRootUuid +
+                  " / ext4 defaults 0 1\n"
+                  "UUID=11111111-2222-3333-4444-555555555555 /data ext4 defaults 0 2\n");
+  LoopDevice loop(MakeImage(false), false);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  StartAgent(TakeoverOptions(loop.path()));
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  for (bool dry_run : {true, false}) {
+    SCOPED_TRACE(dry_run ? "dry run" : "takeover");
+    auto reply = control->Takeover(Request(dry_run), kWaitMs);
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_FALSE(reply->ok());
+    EXPECT_EQ(reply->error(),
+              "fstab line 2: UUID=11111111-2222-3333-4444-555555555555 (/data) is on no disk of "
+              "this target; the migrated OS would not mount it");
+    EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "adapt"));
+    EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
+    EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
+  }
+  // Serving again: a batch lands (in the unused first sector of the filesystem).
+  auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kImageSize, kWaitMs);
+  ASSERT_TRUE(client.ok()) << client.status();
+  Batch batch(1, nullptr);
+  batch.Write(0, std::string(512, 'r'));
+  auto applied = (*client)->Apply(kSda, batch.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 1u);
+  StopAgent();
+  EXPECT_EQ(ReadFromImage(loop.path(), "etc/cdp/net.conf"), kNetConf);  // never rewritten
+}
+
+TEST_F(PeAgentTakeoverTest, TakeoverRewritesNetConfAndHandsOver) {
+  REQUIRE_LOOP_DEVICES();
+  LoopDevice loop(MakeImage(false), false);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  StartAgent(TakeoverOptions(loop.path()));
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto reply = control->Takeover(Request(false), kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  ASSERT_TRUE(reply->ok()) << reply->error();
+  EXPECT_THAT(StepNames(*reply),
+              ::testing::ElementsAre("check", "flush", "mount", "adapt", "handover"));
+  EXPECT_EQ(reply->root_device(), loop.path());
+  EXPECT_THAT(reply->steps(3).result(),
+              HasSubstr("net.conf: rewritten with 1 line(s) (the previous one kept as "
+                        "/etc/cdp/net.conf.pre-cutover)"));
+  agent_->Join();  // Run() returns after the handover
+  EXPECT_TRUE(agent_->agent().handed_over());
+  // The new root stays mounted read-write for the PE's /init, with the new net.conf.
+  EXPECT_TRUE(UnmountOnExit::IsMounted(newroot_));
+  EXPECT_EQ(ReadWholeFile(newroot_ + "/etc/cdp/net.conf"),
+            "# written by the cdp pe-agent at takeover; the previous file is "
+            "net.conf.pre-cutover\n"
+            "iface 52:54:00:12:34:56 10.0.0.5/24 10.0.0.1\n");
+  EXPECT_EQ(ReadWholeFile(newroot_ + "/etc/cdp/net.conf.pre-cutover"), kNetConf);
+  EXPECT_EQ(ReadWholeFile(dir_.File("cdp-takeover")), "root " + newroot_ + "\ninit /sbin/init\n");
+  // The socket is closed: nothing answers any more.
+  auto late = PeClient::Connect(endpoint_, v1::ROLE_CONTROL, "", 0, 500);
+  EXPECT_FALSE(late.ok());
+}
+
+TEST_F(PeAgentTakeoverTest, PartitionTableWrittenAfterStartIsReadAgain) {
+  // As in the PE: the disk was blank when the kernel scanned it; the replicator then wrote a
+  // partition table and a root filesystem in partition 1. The takeover must re-read the table.
+  REQUIRE_LOOP_DEVICES();
+  const std::string content = ReadWholeFile(MakeImage(true));
+  {
+    LoopDevice probe(dir_.File("root.img"), true);
+    ASSERT_FALSE(probe.path().empty());
+    struct stat st;
+    if (::stat((probe.path() + "p1").c_str(), &st) != 0) {
+      GTEST_SKIP() << "this kernel does not parse MBR partition tables (CONFIG_MSDOS_PARTITION)";
+    }
+  }
+  const std::string blank = dir_.File("blank.img");
+  MakeZeroFile(blank, kImageSize);
+  LoopDevice loop(blank, true);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  StartAgent(TakeoverOptions(loop.path()));
+  {
+    auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kImageSize, kWaitMs);
+    ASSERT_TRUE(client.ok()) << client.status();
+    Batch batch(1, nullptr);
+    for (uint64_t off = 0; off < 4 * kMiB; off += kMiB) batch.Write(off, content.substr(off, kMiB));
+    ASSERT_TRUE((*client)->Apply(kSda, batch.items(), kWaitMs, nullptr).ok());
+    Batch rest(5, nullptr);
+    for (uint64_t off = 4 * kMiB; off < kImageSize; off += kMiB) {
+      rest.Write(off, content.substr(off, kMiB));
+    }
+    ASSERT_TRUE((*client)->Apply(kSda, rest.items(), kWaitMs, nullptr).ok());
+  }
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto reply = control->Takeover(Request(true), kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_TRUE(reply->ok()) << reply->error();
+  EXPECT_EQ(reply->root_device(), loop.path() + "p1");
+  EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
 }
 
 }  // namespace

@@ -119,4 +119,11 @@ Result<v1::ChecksumReply> PeClient::Checksums(const std::string& volume,
   return msg.header.checksum_reply();
 }
 
+Result<v1::TakeoverReply> PeClient::Takeover(const v1::TakeoverRequest& request, int timeout_ms) {
+  v1::Header h;
+  *h.mutable_takeover_request() = request;
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, {}, v1::Header::kTakeoverReply, timeout_ms, nullptr));
+  return msg.header.takeover_reply();
+}
+
 }  // namespace cdp::pe

@@ -29,7 +29,8 @@ def pe_agent_binary():
 
 
 def pe_image():
-    """Builds the PE image into BIN/pe-image once (rebuilt when the pe-agent is newer), under
+    """Builds the PE image into BIN/pe-image once (rebuilt when the pe-agent, the builder or the
+    initramfs files are newer), under
     a lock so parallel tests share one build. Returns (kernel, initrd)."""
     out = os.path.join(BIN, "pe-image")
     kernel, initrd = os.path.join(out, "vmlinuz"), os.path.join(out, "initrd.img")
@@ -37,8 +38,11 @@ def pe_image():
     os.makedirs(BIN, exist_ok=True)
     with open(os.path.join(BIN, "pe-image.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        pe = os.path.join(REPO, "pe-boot")
+        inputs = [agent, os.path.join(pe, "build-pe-image"), os.path.join(pe, "lib-image.sh")]
+        inputs += [os.path.join(pe, "initramfs", f) for f in os.listdir(os.path.join(pe, "initramfs"))]
         if (not os.path.exists(initrd) or
-                os.path.getmtime(initrd) < os.path.getmtime(agent)):
+                os.path.getmtime(initrd) < max(os.path.getmtime(p) for p in inputs)):
             log(f"building the PE image into {out}")
             t0 = time.time()
             r = subprocess.run([os.path.join(REPO, "pe-boot", "build-pe-image"), "--pe-agent",

@@ -12,12 +12,23 @@
 // smaller than its volume, no metadata disk), the agent still serves status — state
 // "pe-error" with the reason — and refuses every replicator; nothing is written to any disk.
 //
+// Takeover (TakeoverRequest from a control client, docs/pe-agent.md §5): check -> flush every
+// volume disk (batches are refused from here on) -> mount the migrated OS's ext4 root from the
+// root volume's disk at options.newroot -> adapt it (boot_adaptation.h) -> handover: write
+// options.takeover_file, send the ok reply, serve kHandoverGraceMs more (status only), close the
+// socket and return from Run() with handed_over() true; the process then exits with
+// kTakeoverExitStatus and the PE's /init switch_roots into the new root. A failure before handover
+// unmounts, replies ok=false and goes back to serving (batches allowed again); a dry run does the
+// same after a read-only mount.
+//
 // Single-threaded: Run() serves everything on the calling thread.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -42,6 +53,11 @@ struct PeAgentOptions {
   IoEngine io_engine = IoEngine::kAuto;
   std::string console;  // also write the ready line and fatal errors here ("" = only the log)
   uint64_t max_checksum_bytes = 1ull << 30;  // per ChecksumRequest
+  // Takeover: where the migrated OS's root filesystem is mounted (created when absent), and the
+  // file that tells the PE's /init to switch_root into it (docs/pe-image.md §3). sys_root's
+  // class/net lists the NICs a NIC mapping may name.
+  std::string newroot = "/newroot";
+  std::string takeover_file = "/run/cdp-takeover";
 };
 
 class PeAgent {
@@ -53,12 +69,23 @@ class PeAgent {
   // error there puts the agent in state "pe-error" and is returned by error()).
   Status Start();
 
-  // Serves until *stop is true.
+  // The exit status of a pe-agent process that handed the VM over to the migrated OS: the PE's
+  // /init switch_roots when the agent exits with it and the takeover file exists.
+  static constexpr int kTakeoverExitStatus = 100;
+  // How long the agent keeps its socket open after the takeover reply, so ZeroMQ sends it.
+  static constexpr int kHandoverGraceMs = 100;
+
+  // Serves until *stop is true, or until a takeover handed over (then handed_over() is true).
   Status Run(const std::atomic<bool>* stop);
 
   // "pe-ready" or "pe-error".
   const std::string& state() const { return state_; }
   const std::string& error() const { return error_; }
+
+  // True once a takeover handed over: its reply was sent, the socket is closed, the new root
+  // stays mounted at options.newroot and options.takeover_file is written. The process must
+  // exit with kTakeoverExitStatus.
+  bool handed_over() const { return handed_over_; }
 
  private:
   struct Volume {
@@ -86,6 +113,15 @@ class PeAgent {
   void HandleApply(const wire::Message& msg);
   void HandleStatus(const wire::Message& msg);
   void HandleChecksum(const wire::Message& msg);
+  void HandleTakeover(const wire::Message& msg);
+  // Steps check, flush, mount and adapt of a takeover, each appended to reply->steps.
+  Status Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply);
+  // Closes the socket (waiting up to 1 s for the reply to go out) and sets handed_over_.
+  void FinishHandover();
+  // Writes the takeover file (the handover step before the reply).
+  Status WriteTakeoverFile(const std::string& init);
+  // Unmounts options_.newroot if this agent mounted it; "" or what went wrong.
+  std::string UnmountNewroot();
   Status ApplyBatch(const wire::Message& msg, Volume* volume);
   void SendError(const std::string& peer, const Status& status, bool permanent);
   void Announce(const std::string& line);
@@ -100,6 +136,11 @@ class PeAgent {
   std::unique_ptr<PeMetadata> meta_;
   std::map<std::string, Volume> volumes_;
   std::map<std::string, Session> sessions_;  // by ZeroMQ routing id
+  bool takeover_in_progress_ = false;        // batches are refused while set
+  bool newroot_mounted_ = false;             // options_.newroot is mounted by this agent
+  // Set once the ok takeover reply was sent: Run() calls FinishHandover at this time.
+  std::optional<std::chrono::steady_clock::time_point> handover_deadline_;
+  bool handed_over_ = false;
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
 };

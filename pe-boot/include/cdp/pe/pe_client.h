@@ -40,6 +40,16 @@ class PeClient {
                                             const std::vector<wire::v1::Region>& regions,
                                             int timeout_ms);
 
+  // Asks the pe-agent to take over (docs/pe-agent.md §5): REQUIRES a connection made with role
+  // ROLE_CONTROL. The reply says whether it went through (ok) and carries every step; a refused
+  // takeover is a reply with ok=false and the error, not an error Status. Error Statuses are the
+  // pe-agent's Error (FailedPrecondition for a session that is not a control client), TimedOut
+  // when no reply came within timeout_ms (steps can take seconds under TCG: give it 60 s), and
+  // Unavailable when the connection dropped first. After ok=true without dry_run the pe-agent
+  // is gone: the connection drops and the VM runs the migrated OS.
+  Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
+                                           int timeout_ms);
+
  private:
   PeClient() = default;
   // Sends `request` and returns the first reply with the body `expect` (or an Error).

@@ -1,0 +1,409 @@
+#include "cdp/failover/cutover.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "cdp/core/block_device.h"
+#include "cdp/core/qmp_client.h"
+#include "cdp/ctl/control_client.h"
+#include "cdp/failover/host_command.h"
+#include "cdp/failover/target_vm.h"
+#include "cdp/pe/pe_client.h"
+
+namespace cdp::failover {
+
+namespace v1 = wire::v1;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint64_t kVerifyChunk = 64ull << 20;
+
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+// One request line to host:port, the first reply line back ("" for a connect-only check).
+Result<std::string> Ask(const std::string& host, uint16_t port, const std::string& request,
+                        int timeout_ms) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto wait = [&](short events) -> bool {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    pollfd p{fd, events, 0};
+    return left > 0 && poll(&p, 1, static_cast<int>(left)) == 1 && !(p.revents & POLLERR);
+  };
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno != EINPROGRESS) {
+    return Status::Unavailable("connect: " + std::string(strerror(errno)));
+  }
+  if (!wait(POLLOUT)) return Status::Unavailable("no connection");
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) return Status::Unavailable("connect: " + std::string(strerror(err)));
+  if (request.empty()) return std::string();
+  const std::string line = request + "\n";
+  if (send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
+    return Status::Unavailable("send failed");
+  }
+  std::string reply;
+  char buf[512];
+  while (reply.find('\n') == std::string::npos) {
+    if (!wait(POLLIN)) return Status::TimedOut("no reply");
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return Status::Unavailable("closed before a reply");
+    reply.append(buf, n);
+  }
+  reply.resize(reply.find('\n'));
+  if (!reply.empty() && reply.back() == '\r') reply.pop_back();
+  return reply;
+}
+
+}  // namespace
+
+class CutoverEngine::Impl {
+ public:
+  Impl(const CutoverPlan& plan, std::ostream* timeline) : plan_(plan), timeline_(timeline) {}
+
+  CutoverReport Run() {
+    report_.plan = plan_.file;
+    t0_ = Clock::now();
+    Line("cutover of " + plan_.name + " (" + std::to_string(plan_.volumes.size()) +
+         " volume(s)) to target " + plan_.target.name);
+    bool ok = Step("precheck", [&] { return Precheck(); }) &&
+              Step("quiesce", [&] { return Quiesce(); }) &&
+              Step("drain", [&] { return Drain(); }) && Step("verify", [&] { return Verify(); });
+    if (!ok) {
+      Rollback();
+      return Finish();
+    }
+    ok = Step("fence", [&] { return Fence(); }) && Step("promote", [&] { return Promote(); }) &&
+         Step("health", [&] { return Health(); });
+    report_.ok = ok;
+    if (ok) report_.downtime_seconds = Since() - quiesce_start_;
+    return Finish();
+  }
+
+ private:
+  double Since() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+
+  void Line(const std::string& text) {
+    if (timeline_) *timeline_ << "[" << Fixed(Since(), 2) << " s] " << text << std::endl;
+  }
+
+  // Runs one step: timed, reported, its result line printed.
+  bool Step(const std::string& name, const std::function<Result<std::string>()>& fn) {
+    StepReport step;
+    step.name = name;
+    step.start = Since();
+    Line(name + " ...");
+    auto r = fn();
+    step.end = Since();
+    step.ok = r.ok();
+    step.result = r.ok() ? *r : r.status().message();
+    Line(name + (r.ok() ? " ok" : " FAILED") + " in " + Fixed(step.end - step.start, 2) +
+         " s: " + step.result);
+    if (!r.ok()) report_.error = name + ": " + step.result;
+    report_.steps.push_back(step);
+    return r.ok();
+  }
+
+  CutoverReport Finish() {
+    Line(report_.ok ? "cutover done: downtime " + Fixed(report_.downtime_seconds, 2) + " s"
+                    : "cutover FAILED: " + report_.error +
+                          (report_.rollback.empty() ? "" : "; " + report_.rollback));
+    return report_;
+  }
+
+  Result<std::unique_ptr<QmpClient>> SourceQmp() {
+    return QmpClient::Connect(plan_.source_qmp_socket, 5000);
+  }
+
+  Result<v1::VolumeStatus> JournalVolume(const std::string& volume) {
+    CDP_ASSIGN_OR_RETURN(auto client, ctl::ControlClient::Connect(plan_.journal, 5000));
+    CDP_ASSIGN_OR_RETURN(auto reply, client->Status(5000));
+    for (const auto& v : reply.volumes()) {
+      if (v.name() == volume) return v;
+    }
+    return Status::NotFound("the journal-server at " + plan_.journal + " has no volume " + volume);
+  }
+
+  Result<v1::PeStatusReply> TargetStatus() {
+    CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(plan_.target.replication_endpoint,
+                                                            v1::ROLE_CONTROL, "", 0, 3000));
+    return client->Status(5000);
+  }
+
+  Result<std::string> Precheck() {
+    if (!plan_.source_qmp_socket.empty()) {
+      CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
+      CDP_ASSIGN_OR_RETURN(auto st, qmp->Execute("query-status"));
+      if (!st.value("running", false)) {
+        return Status::FailedPrecondition("the source VM is not running (QMP status " +
+                                          st.value("status", "?") + ")");
+      }
+    }
+    CDP_ASSIGN_OR_RETURN(auto pe, TargetStatus());
+    if (pe.state() != "pe-ready") {
+      return Status::FailedPrecondition("the target is " + pe.state() + ": " + pe.error());
+    }
+    std::string lags;
+    for (const auto& volume : plan_.volumes) {
+      CDP_ASSIGN_OR_RETURN(auto v, JournalVolume(volume));
+      if (!v.agent_connected()) {
+        return Status::FailedPrecondition("volume " + volume + ": its agent is not connected");
+      }
+      if (v.lag_seconds() > plan_.budgets.lag_seconds) {
+        return Status::FailedPrecondition("volume " + volume + " lags " +
+                                          Fixed(v.lag_seconds(), 1) + " s, over the budget of " +
+                                          Fixed(plan_.budgets.lag_seconds, 1) + " s");
+      }
+      lags += (lags.empty() ? "" : ", ") + volume + " lag " + Fixed(v.lag_seconds(), 2) + " s";
+    }
+    return "source running, target pe-ready, " + lags;
+  }
+
+  Result<std::string> Quiesce() {
+    quiesce_start_ = Since();
+    if (plan_.quiesce.method == "qmp-pause") {
+      CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
+      CDP_RETURN_IF_ERROR(qmp->Execute("stop", nullptr, 10000).status());
+      paused_ = true;
+    } else if (plan_.quiesce.method == "command") {
+      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(plan_.quiesce.command, 60000));
+      if (r.exit_code != 0) {
+        return Status::FailedPrecondition(CommandLine(plan_.quiesce.command) + " exited " +
+                                          std::to_string(r.exit_code) + ": " + r.output);
+      }
+      quiesced_by_command_ = true;
+    } else {
+      return Status::NotSupported("quiesce method " + plan_.quiesce.method + " is not built");
+    }
+    // Everything the source wrote is captured; wait until the journal has all of it, as a
+    // report newer than the quiesce says.
+    const auto deadline =
+        Clock::now() +
+        std::chrono::milliseconds(static_cast<int64_t>(plan_.budgets.drain_seconds * 1000));
+    std::string out;
+    for (const auto& volume : plan_.volumes) {
+      CDP_ASSIGN_OR_RETURN(auto first, JournalVolume(volume));
+      while (true) {
+        CDP_ASSIGN_OR_RETURN(auto v, JournalVolume(volume));
+        if (v.report_sequence() > first.report_sequence() + 1 && v.pending_bytes() == 0 &&
+            v.dirty_bytes() == 0 && v.captured_lsn() == v.durable_lsn()) {
+          report_.final_lsn.push_back({volume, v.durable_lsn()});
+          out +=
+              (out.empty() ? "" : ", ") + volume + " final LSN " + std::to_string(v.durable_lsn());
+          break;
+        }
+        if (Clock::now() > deadline) {
+          return Status::TimedOut("volume " + volume + ": the journal did not get everything " +
+                                  "within the drain budget (captured " +
+                                  std::to_string(v.captured_lsn()) + ", durable " +
+                                  std::to_string(v.durable_lsn()) + ")");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+    return std::string(paused_ ? "source paused (QMP stop); " : "source quiesced; ") + out;
+  }
+
+  Result<std::string> Drain() {
+    const auto deadline =
+        Clock::now() +
+        std::chrono::milliseconds(static_cast<int64_t>(plan_.budgets.drain_seconds * 1000));
+    while (true) {
+      CDP_ASSIGN_OR_RETURN(auto pe, TargetStatus());
+      bool all = true;
+      std::string out;
+      for (const auto& [volume, lsn] : report_.final_lsn) {
+        uint64_t applied = 0;
+        for (const auto& v : pe.volumes()) {
+          if (v.name() == volume) applied = v.applied_lsn();
+        }
+        if (applied < lsn) all = false;
+        out += (out.empty() ? "" : ", ") + volume + " applied " + std::to_string(applied) + "/" +
+               std::to_string(lsn);
+      }
+      if (all) return "target applied every final LSN: " + out;
+      if (Clock::now() > deadline) {
+        return Status::TimedOut("the target did not apply the final LSN within " +
+                                Fixed(plan_.budgets.drain_seconds, 0) + " s: " + out);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  Result<std::string> Verify() {
+    if (plan_.source_devices.empty()) return std::string("skipped: the plan names no devices");
+    TargetVm target(plan_.target);
+    uint64_t regions = 0, bytes = 0;
+    for (size_t i = 0; i < plan_.volumes.size(); ++i) {
+      const std::string& volume = plan_.volumes[i];
+      uint64_t applied = 0;
+      CDP_ASSIGN_OR_RETURN(auto sums, target.Checksums(volume, 0, 0, kVerifyChunk, &applied));
+      BlockDeviceOptions opts;
+      CDP_ASSIGN_OR_RETURN(auto dev, OpenBlockDevice(plan_.source_devices[i], opts));
+      AlignedBuffer buf(kVerifyChunk);
+      for (const auto& r : sums) {
+        CDP_RETURN_IF_ERROR(dev->ReadAt(r.offset, std::span<char>(buf.data(), r.length)));
+        const uint64_t h = XXH3_64bits(buf.data(), r.length);
+        if (h != r.xxh3) {
+          char text[160];
+          snprintf(text, sizeof(text),
+                   "volume %s: region %llu+%llu differs (source %016llx, target %016llx)",
+                   volume.c_str(), static_cast<unsigned long long>(r.offset),
+                   static_cast<unsigned long long>(r.length), static_cast<unsigned long long>(h),
+                   static_cast<unsigned long long>(r.xxh3));
+          return Status::Corruption(text);
+        }
+        ++regions;
+        bytes += r.length;
+      }
+    }
+    report_.verify =
+        std::to_string(regions) + " regions (" + std::to_string(bytes >> 20) + " MiB) equal";
+    return report_.verify;
+  }
+
+  Result<std::string> Fence() {
+    if (plan_.fence.method == "qmp-poweroff") {
+      CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
+      CDP_RETURN_IF_ERROR(qmp->Execute("quit", nullptr, 10000).status());
+      return std::string("source powered off (QMP quit)");
+    }
+    if (plan_.fence.method == "qmp-pause") return std::string("source stays paused");
+    CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(plan_.fence.command, 60000));
+    if (r.exit_code != 0) {
+      return Status::FailedPrecondition(CommandLine(plan_.fence.command) + " exited " +
+                                        std::to_string(r.exit_code) + ": " + r.output);
+    }
+    return "fenced by " + CommandLine(plan_.fence.command);
+  }
+
+  Result<std::string> Promote() {
+    CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(plan_.target.replication_endpoint,
+                                                            v1::ROLE_CONTROL, "", 0, 3000));
+    v1::TakeoverRequest req;
+    req.set_root_volume(plan_.root_volume);
+    for (const auto& n : plan_.network) {
+      auto* m = req.add_nics();
+      m->set_mac(n.target_mac);
+      m->set_address(n.address);
+      m->set_gateway(n.gateway);
+    }
+    CDP_ASSIGN_OR_RETURN(auto reply, client->Takeover(req, 120000));
+    std::string steps;
+    for (const auto& s : reply.steps()) {
+      steps += (steps.empty() ? "" : ", ") + s.name() + " " + Fixed(s.seconds(), 2) + " s";
+    }
+    if (!reply.ok()) {
+      return Status::FailedPrecondition("the pe-agent refused the takeover: " + reply.error() +
+                                        " (" + steps + ")");
+    }
+    return "switch_root into the migrated OS on " + reply.root_device() + " (" + steps + ")";
+  }
+
+  Result<std::string> Health() {
+    const HealthCheck& h = plan_.health;
+    const std::string expect = plan_.ExpectedReply();
+    const auto deadline =
+        Clock::now() +
+        std::chrono::milliseconds(static_cast<int64_t>(plan_.budgets.takeover_seconds * 1000));
+    std::string last = "no answer yet";
+    while (Clock::now() < deadline) {
+      auto reply = Ask(h.host, h.port, h.request, 1000);
+      if (reply.ok() && (expect.empty() || *reply == expect)) {
+        return h.host + ":" + std::to_string(h.port) + " answers" +
+               (h.request.empty() ? "" : " '" + h.request + "' with '" + *reply + "'");
+      }
+      last = reply.ok() ? "answered '" + *reply + "', expected '" + expect + "'"
+                        : reply.status().message();
+      std::this_thread::sleep_for(
+          std::chrono::milliseconds(static_cast<int64_t>(h.interval_seconds * 1000)));
+    }
+    return Status::TimedOut("the service at " + h.host + ":" + std::to_string(h.port) +
+                            " did not answer as expected within " +
+                            Fixed(plan_.budgets.takeover_seconds, 0) + " s: " + last);
+  }
+
+  void Rollback() {
+    if (plan_.rollback == "none") {
+      report_.rollback = "no rollback (plan says none)";
+      return;
+    }
+    if (paused_) {
+      auto qmp = SourceQmp();
+      Status s = qmp.ok() ? (*qmp)->Execute("cont").status() : qmp.status();
+      report_.rollback = s.ok() ? "rolled back: the source VM runs again (QMP cont)"
+                                : "ROLLBACK FAILED: QMP cont: " + s.message();
+    } else if (quiesced_by_command_ && !plan_.quiesce.resume_command.empty()) {
+      auto r = RunHostCommand(plan_.quiesce.resume_command, 60000);
+      report_.rollback = r.ok() && r->exit_code == 0
+                             ? "rolled back: " + CommandLine(plan_.quiesce.resume_command)
+                             : "ROLLBACK FAILED: " + CommandLine(plan_.quiesce.resume_command);
+    } else {
+      report_.rollback = "nothing to roll back: the source was not touched";
+    }
+    Line(report_.rollback);
+  }
+
+  const CutoverPlan& plan_;
+  std::ostream* timeline_;
+  CutoverReport report_;
+  Clock::time_point t0_;
+  double quiesce_start_ = 0;
+  bool paused_ = false;
+  bool quiesced_by_command_ = false;
+};
+
+CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline)
+    : plan_(std::move(plan)), timeline_(timeline) {}
+
+CutoverReport CutoverEngine::Run() { return Impl(plan_, timeline_).Run(); }
+
+std::string CutoverReportJson(const CutoverReport& r) {
+  nlohmann::json steps = nlohmann::json::array();
+  for (const auto& s : r.steps) {
+    steps.push_back(
+        {{"name", s.name}, {"start", s.start}, {"end", s.end}, {"ok", s.ok}, {"result", s.result}});
+  }
+  nlohmann::json lsn = nlohmann::json::object();
+  for (const auto& [v, l] : r.final_lsn) lsn[v] = l;
+  return nlohmann::json({{"ok", r.ok},
+                         {"plan", r.plan},
+                         {"error", r.error},
+                         {"rollback", r.rollback},
+                         {"downtime_seconds", r.downtime_seconds},
+                         {"final_lsn", lsn},
+                         {"verify", r.verify},
+                         {"steps", steps}})
+      .dump();
+}
+
+}  // namespace cdp::failover

@@ -1,0 +1,372 @@
+#include "cdp/failover/cutover_plan.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+
+#include "cdp/core/transport.h"
+#include "cdp/core/wire.h"
+#include "yaml_loader.h"
+
+namespace cdp::failover {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kTargetUuid[] = "${TARGET_UUID}";
+
+bool ValidIpv4(const std::string& text) {
+  in_addr addr{};
+  return inet_pton(AF_INET, text.c_str(), &addr) == 1;
+}
+
+// "ADDR/PREFIX" with an IPv4 address and a prefix of 0..32.
+bool ValidIpv4Prefix(const std::string& text) {
+  static const std::regex re("^([^/]+)/([0-9]{1,2})$");
+  std::smatch m;
+  return std::regex_match(text, m, re) && ValidIpv4(m[1]) && std::stoi(m[2]) <= 32;
+}
+
+std::string JoinList(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
+  return out;
+}
+
+// source.quiesce / source.fence: {method, command[, resume_command]}. `methods` are the ones
+// this step takes; fsfreeze (quiesce only) is known but refused.
+struct StepMethod {
+  std::string method;
+  std::vector<std::string> command, resume_command;
+};
+
+Result<StepMethod> LoadStepMethod(const YamlLoader& L, const YAML::Node& source,
+                                  const std::string& key, const std::vector<std::string>& methods,
+                                  bool has_resume, const std::string& qmp_socket) {
+  const std::string ctx = "source." + key;
+  const YAML::Node n = source[key];
+  const std::string one_of = JoinList(methods);
+  if (!n.IsDefined() || n.IsNull()) {
+    return L.Error(source, ctx, "missing (required): {method: M} with M one of " + one_of);
+  }
+  std::set<std::string> known = {"method", "command"};
+  if (has_resume) known.insert("resume_command");
+  CDP_RETURN_IF_ERROR(L.CheckKeys(n, ctx, known));
+  StepMethod m;
+  CDP_ASSIGN_OR_RETURN(m.method, L.String(n, "method", ctx, true));
+  if (has_resume && m.method == "fsfreeze") {
+    return L.Error(n["method"], ctx + ".method",
+                   "fsfreeze is not built yet (use qmp-pause, or command with the freeze "
+                   "command)");
+  }
+  if (std::find(methods.begin(), methods.end(), m.method) == methods.end()) {
+    return L.Error(n["method"], ctx + ".method", "'" + m.method + "' is not one of " + one_of);
+  }
+  CDP_ASSIGN_OR_RETURN(m.command, L.List(n, "command", ctx, false));
+  if (has_resume) {
+    CDP_ASSIGN_OR_RETURN(m.resume_command, L.List(n, "resume_command", ctx, false));
+  }
+  if (m.method == "command") {
+    if (m.command.empty()) {
+      return L.Error(n["command"].IsDefined() ? n["command"] : n, ctx + ".command",
+                     "missing or empty: method command needs the command to run, as a list "
+                     "([ARGV0, ARG...])");
+    }
+    for (const auto* list : {&m.command, &m.resume_command}) {
+      const std::string which = list == &m.command ? "command" : "resume_command";
+      for (size_t i = 0; i < list->size(); ++i) {
+        if ((*list)[i].empty()) {
+          return L.Error(n[which][i], ctx + "." + which + "[" + std::to_string(i) + "]",
+                         "an empty argument");
+        }
+      }
+    }
+  } else {
+    for (const char* which : {"command", "resume_command"}) {
+      if (n[which].IsDefined()) {
+        return L.Error(n[which], ctx + "." + which,
+                       "only for method command (the method is " + m.method + ")");
+      }
+    }
+  }
+  if (m.method.rfind("qmp-", 0) == 0 && qmp_socket.empty()) {
+    return L.Error(n["method"], ctx + ".method",
+                   m.method + " needs source.qmp_socket (the source VM's QMP socket)");
+  }
+  return m;
+}
+
+// YAML ends a plain value inside [ ] or { } at "}", so `[${VAR}/x]` does not parse, with a
+// message that does not say why. Returns " (line N: ...)" for the first ${ outside quotes inside
+// [ ] or { }, or "" (a rough scan, only to explain a parse error).
+std::string UnquotedVariableHint(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  int depth = 0;
+  for (int n = 1; std::getline(in, line); ++n) {
+    char quote = 0;
+    for (size_t i = 0; i < line.size(); ++i) {
+      const char c = line[i];
+      if (quote) {
+        if (c == quote) quote = 0;
+      } else if (c == '"' || c == '\'') {
+        quote = c;
+      } else if (c == '#' && (i == 0 || line[i - 1] == ' ')) {
+        break;
+      } else if (c == '[' || c == '{') {
+        ++depth;
+      } else if (c == ']' || c == '}') {
+        depth = depth > 0 ? depth - 1 : 0;
+      }
+      if (!quote && depth > 0 && line.compare(i, 2, "${") == 0) {
+        return " (line " + std::to_string(n) +
+               ": inside [ ] or { } a value with ${VAR} must be quoted, \"${VAR}/...\")";
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string CutoverPlan::ExpectedReply() const {
+  std::string out = health.expect;
+  const std::string token = kTargetUuid;
+  for (size_t pos = out.find(token); pos != std::string::npos;
+       pos = out.find(token, pos + target.uuid.size())) {
+    out.replace(pos, token.size(), target.uuid);
+  }
+  return out;
+}
+
+Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
+  auto loaded = LoadYamlFile(path, "cutover plan");
+  if (!loaded.ok()) {
+    if (loaded.status().code() != StatusCode::kInvalidArgument) return loaded.status();
+    return Status::InvalidArgument(loaded.status().message() + UnquotedVariableHint(path));
+  }
+  YAML::Node root = std::move(*loaded);
+  const YamlLoader L{path, fs::absolute(path).parent_path()};
+  // First, so that every check below sees the values as they will be used.
+  CDP_RETURN_IF_ERROR(L.ExpandEnvironment(root, "", {{"TARGET_UUID", "health_check.expect"}}));
+  CutoverPlan p;
+  p.file = path;
+  CDP_RETURN_IF_ERROR(L.CheckKeys(root, "",
+                                  {"name", "journal", "volumes", "root_volume", "source", "target",
+                                   "network", "health_check", "budgets", "rollback", "drill"}));
+
+  CDP_ASSIGN_OR_RETURN(p.name, L.String(root, "name", "", true));
+  if (!wire::ValidateVolumeName(p.name).ok()) {
+    return L.Error(root["name"], "name",
+                   "'" + p.name +
+                       "' is not a valid protection group name: 1..64 of "
+                       "[A-Za-z0-9._-]");
+  }
+  CDP_ASSIGN_OR_RETURN(p.journal, L.String(root, "journal", "", true));
+  if (Status s = ValidateEndpoint(p.journal); !s.ok()) {
+    return L.Error(root["journal"], "journal", s.message());
+  }
+
+  // Volumes: names here; that the target has a disk for each, once the target is loaded.
+  const YAML::Node volumes = root["volumes"];
+  CDP_ASSIGN_OR_RETURN(p.volumes, L.List(root, "volumes", "", false));
+  if (p.volumes.empty()) {
+    return L.Error(volumes.IsDefined() ? volumes : root, "volumes",
+                   "missing or empty: a list of the protected volumes' names");
+  }
+  {
+    std::set<std::string> seen;
+    for (size_t i = 0; i < p.volumes.size(); ++i) {
+      const std::string key = "volumes[" + std::to_string(i) + "]";
+      if (Status s = wire::ValidateVolumeName(p.volumes[i]); !s.ok()) {
+        return L.Error(volumes[i], key, s.message());
+      }
+      if (!seen.insert(p.volumes[i]).second) {
+        return L.Error(volumes[i], key, "volume " + p.volumes[i] + " is listed twice");
+      }
+    }
+  }
+  CDP_ASSIGN_OR_RETURN(p.root_volume, L.String(root, "root_volume", "", false, p.volumes[0]));
+  if (std::find(p.volumes.begin(), p.volumes.end(), p.root_volume) == p.volumes.end()) {
+    return L.Error(root["root_volume"], "root_volume",
+                   p.root_volume + " is not one of the volumes (" + JoinList(p.volumes) + ")");
+  }
+
+  const YAML::Node source = root["source"];
+  if (!source.IsDefined() || source.IsNull()) {
+    return L.Error(root, "source", "missing (required): {qmp_socket, devices, quiesce, fence}");
+  }
+  CDP_RETURN_IF_ERROR(L.CheckKeys(source, "source", {"qmp_socket", "devices", "quiesce", "fence"}));
+  CDP_ASSIGN_OR_RETURN(p.source_qmp_socket, L.Path(source, "qmp_socket", "source", false));
+  CDP_ASSIGN_OR_RETURN(p.source_devices, L.List(source, "devices", "source", false));
+  if (source["devices"].IsDefined() && p.source_devices.size() != p.volumes.size()) {
+    return L.Error(source["devices"], "source.devices",
+                   std::to_string(p.source_devices.size()) + " device(s) for " +
+                       std::to_string(p.volumes.size()) +
+                       " volume(s): give one device or image per volume, in the order of "
+                       "volumes");
+  }
+  for (size_t i = 0; i < p.source_devices.size(); ++i) {
+    if (p.source_devices[i].empty()) {
+      return L.Error(
+          source["devices"][i], "source.devices[" + std::to_string(i) + "]",
+          "empty (expected the source's device or image path of volume " + p.volumes[i] + ")");
+    }
+    p.source_devices[i] = L.Absolute(p.source_devices[i]);
+  }
+  CDP_ASSIGN_OR_RETURN(StepMethod quiesce,
+                       LoadStepMethod(L, source, "quiesce", {"qmp-pause", "command", "fsfreeze"},
+                                      true, p.source_qmp_socket));
+  p.quiesce = {quiesce.method, quiesce.command, quiesce.resume_command};
+  CDP_ASSIGN_OR_RETURN(StepMethod fence,
+                       LoadStepMethod(L, source, "fence", {"qmp-poweroff", "qmp-pause", "command"},
+                                      false, p.source_qmp_socket));
+  p.fence = {fence.method, fence.command};
+
+  const YAML::Node target = root["target"];
+  if (!target.IsDefined() || target.IsNull()) {
+    return L.Error(root, "target", "missing (required): {config: FILE} (a `cdpctl target` config)");
+  }
+  CDP_RETURN_IF_ERROR(L.CheckKeys(target, "target", {"config"}));
+  CDP_ASSIGN_OR_RETURN(p.target_config, L.Path(target, "config", "target", true));
+  {
+    auto t = LoadTargetConfig(p.target_config);
+    if (!t.ok()) {
+      const Status wrapped = L.Error(target["config"], "target.config", t.status().message());
+      return Status(t.status().code(), wrapped.message());  // NotFound stays NotFound
+    }
+    p.target = std::move(*t);
+  }
+  for (size_t i = 0; i < p.volumes.size(); ++i) {
+    bool found = false;
+    std::vector<std::string> has;
+    for (const auto& d : p.target.disks) {
+      found = found || d.volume == p.volumes[i];
+      has.push_back(d.volume);
+    }
+    if (!found) {
+      return L.Error(volumes[i], "volumes[" + std::to_string(i) + "]",
+                     "volume " + p.volumes[i] + " is not a disk of target " + p.target.name +
+                         " (it has: " + JoinList(has) + ")");
+    }
+  }
+
+  const YAML::Node network = root["network"];
+  if (!network.IsDefined() || !network.IsSequence() || network.size() == 0) {
+    return L.Error(network.IsDefined() ? network : root, "network",
+                   "missing or empty: a list of {source_mac, target_mac, address, gateway}");
+  }
+  for (size_t i = 0; i < network.size(); ++i) {
+    const YAML::Node n = network[i];
+    const std::string ctx = "network[" + std::to_string(i) + "]";
+    CDP_RETURN_IF_ERROR(L.CheckKeys(n, ctx, {"source_mac", "target_mac", "address", "gateway"}));
+    NicMappingPlan m;
+    CDP_ASSIGN_OR_RETURN(m.source_mac, L.String(n, "source_mac", ctx, true));
+    CDP_ASSIGN_OR_RETURN(m.target_mac, L.String(n, "target_mac", ctx, true));
+    CDP_ASSIGN_OR_RETURN(m.address, L.String(n, "address", ctx, true));
+    CDP_ASSIGN_OR_RETURN(m.gateway, L.String(n, "gateway", ctx, false));
+    for (const char* key : {"source_mac", "target_mac"}) {
+      const std::string& mac = std::string(key) == "source_mac" ? m.source_mac : m.target_mac;
+      if (!ValidMac(mac)) {
+        return L.Error(n[key], ctx + "." + key,
+                       "'" + mac + "' is not a unicast MAC in lower case (52:54:00:12:34:56)");
+      }
+    }
+    const TargetNic& service = p.target.service_nic;
+    const TargetNic& replication = p.target.replication_nic;
+    if (m.target_mac != service.mac && m.target_mac != replication.mac) {
+      return L.Error(n["target_mac"], ctx + ".target_mac",
+                     m.target_mac + " is no NIC of target " + p.target.name + " (service " +
+                         service.mac + ", replication " + replication.mac + ")");
+    }
+    if (m.target_mac == service.mac && service.mode == "none") {
+      return L.Error(n["target_mac"], ctx + ".target_mac",
+                     m.target_mac + " is the service NIC of target " + p.target.name +
+                         ", which has service_nic.mode none in " + p.target_config +
+                         " (give it mode tap or user)");
+    }
+    if (!ValidIpv4Prefix(m.address)) {
+      return L.Error(n["address"], ctx + ".address",
+                     "'" + m.address +
+                         "' is not IPV4/PREFIX with a prefix of 0..32 "
+                         "(e.g. 192.0.2.10/24)");
+    }
+    if (!m.gateway.empty() && !ValidIpv4(m.gateway)) {
+      return L.Error(n["gateway"], ctx + ".gateway",
+                     "'" + m.gateway + "' is not an IPv4 address (e.g. 192.0.2.1)");
+    }
+    p.network.push_back(std::move(m));
+  }
+
+  const YAML::Node hc = root["health_check"];
+  if (!hc.IsDefined() || hc.IsNull()) {
+    return L.Error(root, "health_check",
+                   "missing (required): {host, port, request, expect, interval_seconds}");
+  }
+  CDP_RETURN_IF_ERROR(
+      L.CheckKeys(hc, "health_check", {"host", "port", "request", "expect", "interval_seconds"}));
+  CDP_ASSIGN_OR_RETURN(p.health.host, L.String(hc, "host", "health_check", true));
+  if (!ValidIpv4(p.health.host)) {
+    return L.Error(hc["host"], "health_check.host",
+                   "'" + p.health.host + "' is not an IPv4 address (e.g. 192.0.2.10)");
+  }
+  CDP_RETURN_IF_ERROR(L.String(hc, "port", "health_check", true).status());
+  CDP_ASSIGN_OR_RETURN(uint64_t port, L.Number(hc, "port", "health_check", 0, 1, 65535));
+  p.health.port = static_cast<uint16_t>(port);
+  CDP_ASSIGN_OR_RETURN(p.health.request, L.String(hc, "request", "health_check", false));
+  CDP_ASSIGN_OR_RETURN(p.health.expect, L.String(hc, "expect", "health_check", false));
+  CDP_ASSIGN_OR_RETURN(p.health.interval_seconds, L.Seconds(hc, "interval_seconds", "health_check",
+                                                            p.health.interval_seconds));
+
+  const YAML::Node budgets = root["budgets"];
+  if (budgets.IsDefined() && !budgets.IsNull()) {
+    CDP_RETURN_IF_ERROR(L.CheckKeys(
+        budgets, "budgets",
+        {"lag_seconds", "drain_seconds", "verify_seconds", "takeover_seconds", "total_seconds"}));
+    Budgets& b = p.budgets;
+    CDP_ASSIGN_OR_RETURN(b.lag_seconds,
+                         L.Seconds(budgets, "lag_seconds", "budgets", b.lag_seconds));
+    CDP_ASSIGN_OR_RETURN(b.drain_seconds,
+                         L.Seconds(budgets, "drain_seconds", "budgets", b.drain_seconds));
+    CDP_ASSIGN_OR_RETURN(b.verify_seconds,
+                         L.Seconds(budgets, "verify_seconds", "budgets", b.verify_seconds));
+    CDP_ASSIGN_OR_RETURN(b.takeover_seconds,
+                         L.Seconds(budgets, "takeover_seconds", "budgets", b.takeover_seconds));
+    CDP_ASSIGN_OR_RETURN(b.total_seconds,
+                         L.Seconds(budgets, "total_seconds", "budgets", b.total_seconds));
+  }
+
+  CDP_ASSIGN_OR_RETURN(p.rollback, L.String(root, "rollback", "", false, p.rollback));
+  if (p.rollback != "resume-source" && p.rollback != "none") {
+    return L.Error(root["rollback"], "rollback",
+                   "'" + p.rollback + "' is not resume-source or none");
+  }
+  if (p.rollback == "resume-source" && p.quiesce.method == "command" &&
+      p.quiesce.resume_command.empty()) {
+    const YAML::Node q = source["quiesce"];
+    return L.Error(q, "source.quiesce.resume_command",
+                   "missing: rollback resume-source needs the command that undoes the quiesce "
+                   "command (or rollback: none)");
+  }
+
+  p.drill_namespace = "cdp-drill";
+  const YAML::Node drill = root["drill"];
+  if (drill.IsDefined() && !drill.IsNull()) {
+    CDP_RETURN_IF_ERROR(L.CheckKeys(drill, "drill", {"namespace"}));
+    CDP_ASSIGN_OR_RETURN(p.drill_namespace,
+                         L.String(drill, "namespace", "drill", false, p.drill_namespace));
+    if (!wire::ValidateVolumeName(p.drill_namespace).ok()) {
+      return L.Error(drill["namespace"], "drill.namespace",
+                     "'" + p.drill_namespace +
+                         "' is not a valid network namespace name: 1..64 of [A-Za-z0-9._-]");
+    }
+  }
+  return p;
+}
+
+}  // namespace cdp::failover

@@ -1,0 +1,63 @@
+// CutoverEngine: the steps of DESIGN.md §7, each timed, with a human timeline and a JSON report
+// (`cdpctl cutover --plan FILE [--json]`, docs/cutover.md).
+//
+//   precheck  the plan is valid, the source's QMP answers, the target is pe-ready, the replica's
+//             lag is within budget
+//   quiesce   the source stops writing (QMP stop: its block layer drains), then the agent has
+//             journaled everything: the final LSN of each volume
+//   drain     the target applied every final LSN
+//   verify    XXH3-64 of every region of each volume: the source's device vs the pe-agent's
+//   fence     the source can no longer answer (QMP quit, or pause, or a command)
+//   promote   the pe-agent's takeover: final flush, boot adaptation (net.conf for the target's
+//             NIC, fstab, virtio drivers), switch_root into the migrated OS
+//   health    the service answers at its address (IP drift: the migrated OS announced it)
+//
+// A failure before `fence` rolls back: the source is resumed and keeps its IP; the report says
+// which step failed and why. Not thread-safe; one cutover at a time.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cdp/failover/cutover_plan.h"
+
+namespace cdp::failover {
+
+struct StepReport {
+  std::string name;
+  double start = 0;  // seconds since the cutover began
+  double end = 0;
+  bool ok = false;
+  std::string result;  // what happened, or why it failed
+};
+
+struct CutoverReport {
+  bool ok = false;
+  std::string plan;
+  std::string error;     // the failed step's reason
+  std::string rollback;  // what the rollback did ("" when none was needed)
+  std::vector<StepReport> steps;
+  double downtime_seconds = 0;  // estimate: quiesce start -> health check passed
+  std::vector<std::pair<std::string, uint64_t>> final_lsn;  // per volume
+  std::string verify;                                       // e.g. "4 regions of 64 MiB equal"
+};
+
+class CutoverEngine {
+ public:
+  // `timeline` gets one human line per step as it happens.
+  CutoverEngine(CutoverPlan plan, std::ostream* timeline);
+
+  CutoverReport Run();
+
+ private:
+  class Impl;
+  CutoverPlan plan_;
+  std::ostream* timeline_;
+};
+
+// The JSON report: {"ok", "plan", "error", "rollback", "downtime_seconds", "final_lsn":
+// {VOLUME: LSN}, "verify", "steps": [{"name", "start", "end", "result", "ok"}]}.
+std::string CutoverReportJson(const CutoverReport& report);
+
+}  // namespace cdp::failover

@@ -1,0 +1,89 @@
+// CutoverPlan: what `cdpctl cutover|drill --plan FILE` does, read from a YAML file
+// (docs/cutover-plan.md; the lab's plans are deploy/lab/plans/cutover.yaml and drill.yaml).
+//
+// Every value may use ${VAR} for an environment variable (the lab's plans use ${CDP_LAB_DIR});
+// an unset variable is an error naming it. Relative paths are from the plan file's directory.
+// ${TARGET_UUID} is no environment variable: it may stand only in health_check.expect, where it
+// is kept as written and the engine puts the target config's uuid in its place
+// (CutoverPlan::ExpectedReply()).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cdp/core/status.h"
+#include "cdp/failover/target_config.h"
+
+namespace cdp::failover {
+
+struct QuiesceMethod {
+  // "qmp-pause": QMP `stop` of the source VM (its block layer drains first);
+  // "command":   run `command` (argv) and expect exit 0; `resume_command` undoes it;
+  // "fsfreeze":  the source's agent freezes the filesystem (not built yet: refused).
+  std::string method;
+  std::vector<std::string> command;
+  std::vector<std::string> resume_command;
+};
+
+struct FenceMethod {
+  // "qmp-poweroff": QMP `quit` of the source VM; "qmp-pause": leave it paused;
+  // "command": run `command` (e.g. remove the service IP over ssh).
+  std::string method;
+  std::vector<std::string> command;
+};
+
+struct NicMappingPlan {
+  std::string source_mac;  // informational: the source NIC that held the address
+  std::string target_mac;  // the target VM's NIC that takes it
+  std::string address;     // ADDR/PREFIX; the same as the source's = IP drift
+  std::string gateway;
+};
+
+struct HealthCheck {
+  std::string host;  // IPv4
+  uint16_t port = 0;
+  std::string request;  // "" = a TCP connect is enough
+  std::string expect;   // the reply line expected ("" = any reply); "${TARGET_UUID}" allowed
+  double interval_seconds = 0.2;
+};
+
+struct Budgets {
+  double lag_seconds = 30;    // precheck: the replica may be at most this far behind
+  double drain_seconds = 60;  // quiesce -> target applied the final LSN
+  double verify_seconds = 120;
+  double takeover_seconds = 60;  // promote -> health check passes
+  double total_seconds = 300;
+};
+
+struct CutoverPlan {
+  std::string file;
+  std::string name;     // protection group
+  std::string journal;  // journal-server endpoint, tcp://HOST:PORT
+  std::vector<std::string> volumes;
+  std::string root_volume;  // the volume holding the migrated OS's root filesystem
+  std::string source_qmp_socket;
+  std::vector<std::string> source_devices;  // per volume, for verification: the source's device
+                                            // or image path (same order as volumes)
+  QuiesceMethod quiesce;
+  FenceMethod fence;
+  std::string target_config;  // the `cdpctl target` config of the target VM
+  TargetConfig target;        // loaded from it
+  std::vector<NicMappingPlan> network;
+  HealthCheck health;
+  Budgets budgets;
+  std::string rollback = "resume-source";  // or "none"
+  // Drills only: the isolated namespace the drill VM runs in, and its service network.
+  std::string drill_namespace;  // "cdp-drill" unless the plan says otherwise
+
+  // health.expect with every "${TARGET_UUID}" replaced by target.uuid: the reply line the health
+  // check waits for ("" = any reply).
+  std::string ExpectedReply() const;
+};
+
+// Loads and checks `path`. Every error names the file, the line and the key (an unknown key, a
+// missing one, a bad IP, a MAC the target has no NIC for, a volume the target config lacks, a
+// root volume not among the volumes, an unset ${VAR}). Touches nothing but the two files.
+Result<CutoverPlan> LoadCutoverPlan(const std::string& path);
+
+}  // namespace cdp::failover

@@ -1,0 +1,664 @@
+// Tests of the boot adaptation at takeover over fake root trees in temporary directories: fake
+// superblocks, fstab, net.conf, /lib/modules and initramfs images (newc cpio archives built
+// here, gzip'd with zlib or compressed with zstd).
+#include "cdp/pe/boot_adaptation.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "cdp/core/testing/temp_dir.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace cdp::pe {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+const std::string kKver = "6.1.0-56-amd64";
+const std::string kRootUuid = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+const std::string kDataUuid = "11111111-2222-3333-4444-555555555555";
+const std::string kMac = "52:54:00:12:34:56";
+const std::string kOtherMac = "52:54:00:ab:cd:ef";
+
+void WriteFile(const std::string& path, const std::string& bytes, mode_t mode = 0644) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  ASSERT_TRUE(out.good()) << path;
+  ASSERT_EQ(::chmod(path.c_str(), mode), 0) << path;
+}
+
+std::string ReadFile(const std::string& path) { return testing::TempDir::Read(path); }
+
+// 16 bytes of a UUID in its textual form.
+std::string UuidBytes(const std::string& text) {
+  std::string hex;
+  for (char c : text) {
+    if (c != '-') hex += c;
+  }
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  }
+  return out;
+}
+
+// The first 4 KiB of an ext4 filesystem with `uuid`: magic 0xEF53 at 1024 + 0x38, the UUID at
+// 1024 + 0x68.
+std::string FakeExt4(const std::string& uuid) {
+  std::string b(4096, '\0');
+  b[1024 + 0x38] = '\x53';
+  b[1024 + 0x39] = '\xef';
+  b.replace(1024 + 0x68, 16, UuidBytes(uuid));
+  return b;
+}
+
+// One newc cpio entry (a regular file when mode is 0100644).
+std::string NewcEntry(const std::string& name, const std::string& data, uint32_t mode = 0100644) {
+  static uint32_t ino = 1;
+  char header[111];
+  std::snprintf(header, sizeof(header),
+                "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X", ino++, mode, 0u, 0u,
+                1u, 0u, static_cast<uint32_t>(data.size()), 0u, 0u, 0u, 0u,
+                static_cast<uint32_t>(name.size() + 1), 0u);
+  std::string out(header, 110);
+  out += name;
+  out += '\0';
+  out.append((4 - out.size() % 4) % 4, '\0');
+  out += data;
+  out.append((4 - out.size() % 4) % 4, '\0');
+  return out;
+}
+
+// A newc archive holding `files` (directories of their paths not listed), with its trailer.
+std::string NewcArchive(const std::vector<std::string>& files) {
+  std::string out = NewcEntry("usr", "", 040755);
+  for (const auto& f : files) out += NewcEntry(f, "content of " + f);
+  out += NewcEntry("TRAILER!!!", "", 0);
+  return out;
+}
+
+std::string Gzip(const std::string& data) {
+  z_stream zs{};
+  EXPECT_EQ(deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(deflateBound(&zs, data.size()) + 64, '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  zs.avail_in = static_cast<uInt>(data.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return out;
+}
+
+std::string Zstd(const std::string& data) {
+  std::string out(ZSTD_compressBound(data.size()), '\0');
+  const size_t n = ZSTD_compress(out.data(), out.size(), data.data(), data.size(), 3);
+  EXPECT_FALSE(ZSTD_isError(n));
+  out.resize(n);
+  return out;
+}
+
+std::string ModulePath(const std::string& name) {
+  return "usr/lib/modules/" + kKver + "/kernel/drivers/" + name + ".ko";
+}
+
+std::string Joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : " | ") + s;
+  return out;
+}
+
+// A fake root tree of a migrated OS that passes every check.
+class BootAdaptationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    root_ = dir_.File("root");
+    WriteFile(Path("/etc/fstab"),
+              "# <file system> <mount point> <type> <options> <dump> <pass>\n"
+              "UUID=" +
+                  kRootUuid +
+                  " / ext4 errors=remount-ro 0 1\n"
+                  "\n"
+                  "proc /proc proc defaults 0 0\n");
+    WriteFile(Path("/etc/cdp/net.conf"),
+              "# the source's network\niface 02:00:00:00:00:01 "
+              "192.168.1.10/24 192.168.1.1\n",
+              0640);
+    WriteFile(Path("/lib/modules/" + kKver + "/modules.dep"), "");
+    WriteFile(Path("/boot/initrd.img-" + kKver + ".modules"),
+              "virtio_blk.ko\nvirtio_pci.ko\nvirtio_net.ko\next4.ko\n");
+    WriteFile(Path("/sbin/init"), "#!/bin/sh\n", 0755);
+    uuids_ = {{kRootUuid, "/dev/vda1"}};
+    present_ = {{kMac, "eth0"}, {kOtherMac, "eth1"}};
+  }
+
+  std::string Path(const std::string& in_root) const { return root_ + in_root; }
+
+  AdaptRequest Request() const {
+    AdaptRequest r;
+    r.root = root_;
+    r.root_device = "/dev/vda1";
+    r.root_uuid = kRootUuid;
+    r.kernel_release = kKver;
+    r.nics = {{kMac, "10.0.0.5/24", "10.0.0.1"}};
+    r.present_nics = present_;
+    r.disk_uuids = uuids_;
+    return r;
+  }
+
+  testing::TempDir dir_{"boot_adaptation_test"};
+  std::string root_;
+  UuidMap uuids_;
+  std::map<std::string, std::string> present_;
+};
+
+// ---- filesystems ----
+
+TEST(IdentifyFilesystem, Ext4UuidFromTheSuperblock) {
+  auto id = IdentifyFilesystem(FakeExt4(kRootUuid));
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->type, "ext4");
+  EXPECT_EQ(id->uuid, kRootUuid);
+}
+
+TEST(IdentifyFilesystem, XfsSwapAndFatUuids) {
+  std::string xfs(4096, '\0');
+  xfs.replace(0, 4, "XFSB");
+  xfs.replace(32, 16, UuidBytes(kDataUuid));
+  auto id = IdentifyFilesystem(xfs);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->type, "xfs");
+  EXPECT_EQ(id->uuid, kDataUuid);
+
+  std::string swap(4096, '\0');
+  swap.replace(4086, 10, "SWAPSPACE2");
+  swap.replace(1024 + 12, 16, UuidBytes(kDataUuid));
+  id = IdentifyFilesystem(swap);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->type, "swap");
+  EXPECT_EQ(id->uuid, kDataUuid);
+
+  // FAT32 (16-bit FAT size 0): serial 0xABCD1234 after the extended boot signature at 66.
+  std::string fat(4096, '\0');
+  fat[11] = 0x00;  // 512 bytes per sector
+  fat[12] = 0x02;
+  fat[66] = 0x29;
+  fat[67] = 0x34;
+  fat[68] = 0x12;
+  fat[69] = static_cast<char>(0xcd);
+  fat[70] = static_cast<char>(0xab);
+  fat[510] = 0x55;
+  fat[511] = static_cast<char>(0xaa);
+  id = IdentifyFilesystem(fat);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->type, "vfat");
+  EXPECT_EQ(id->uuid, "abcd-1234");
+}
+
+TEST(IdentifyFilesystem, ZeroesAndShortDataAreNotFound) {
+  EXPECT_TRUE(IdentifyFilesystem(std::string(4096, '\0')).status().IsNotFound());
+  EXPECT_TRUE(IdentifyFilesystem(FakeExt4(kRootUuid).substr(0, 1100)).status().IsNotFound());
+}
+
+TEST(ReadFsId, ReadsAnImageFileAndNamesItOnError) {
+  testing::TempDir dir("boot_adaptation_test");
+  WriteFile(dir.File("disk.img"), FakeExt4(kRootUuid) + std::string(8192, '\0'));
+  auto id = ReadFsId(dir.File("disk.img"));
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->uuid, kRootUuid);
+  WriteFile(dir.File("zero.img"), std::string(8192, '\0'));
+  auto none = ReadFsId(dir.File("zero.img"));
+  EXPECT_TRUE(none.status().IsNotFound());
+  EXPECT_THAT(none.status().message(), HasSubstr(dir.File("zero.img")));
+  EXPECT_EQ(ReadFsId(dir.File("absent.img")).status().code(), StatusCode::kIOError);
+}
+
+// ---- paths ----
+
+TEST_F(BootAdaptationTest, ResolveInRootKeepsAbsoluteSymlinksInsideTheRoot) {
+  WriteFile(Path("/lib/systemd/systemd"), "elf", 0755);
+  fs::remove(Path("/sbin/init"));
+  fs::create_symlink("/lib/systemd/systemd", Path("/sbin/init"));
+  fs::create_symlink("../../etc", Path("/boot/etc-link"));  // relative, through ..
+  auto init = ResolveInRoot(root_, "/sbin/init");
+  ASSERT_TRUE(init.ok()) << init.status();
+  EXPECT_EQ(*init, root_ + "/lib/systemd/systemd");
+  auto fstab = ResolveInRoot(root_, "/boot/etc-link/fstab");
+  ASSERT_TRUE(fstab.ok()) << fstab.status();
+  EXPECT_EQ(*fstab, root_ + "/etc/fstab");
+  // ".." at the root stays at the root; missing components are kept as they are.
+  auto missing = ResolveInRoot(root_, "/../../etc/none/x");
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_EQ(*missing, root_ + "/etc/none/x");
+  fs::create_symlink("/loop-b", Path("/loop-a"));
+  fs::create_symlink("/loop-a", Path("/loop-b"));
+  EXPECT_EQ(ResolveInRoot(root_, "/loop-a/x").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(BootAdaptationTest, InitMustBeAnExecutableInTheMigratedOs) {
+  std::vector<std::string> errors;
+  CheckInit(root_, "/sbin/init", &errors);
+  EXPECT_THAT(errors, IsEmpty());
+  CheckInit(root_, "/sbin/nothing", &errors);
+  CheckInit(root_, "sbin/init", &errors);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0],
+            "the migrated OS has no executable /sbin/nothing; switch_root would fail: check "
+            "root_volume and the takeover's init");
+  EXPECT_EQ(errors[1], "init 'sbin/init' is not an absolute path without spaces");
+}
+
+// ---- fstab ----
+
+TEST(ParseFstab, SkipsCommentsAndBlankLinesAndRemovesQuotes) {
+  const auto entries = ParseFstab(
+      "# c\n\nUUID=\"AbC\" /data ext4 defaults 0 2\n  short line\n"
+      "/dev/vdb1\t/srv  xfs defaults\n");
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[0].line, 3);
+  EXPECT_EQ(entries[0].spec, "UUID=AbC");
+  EXPECT_EQ(entries[0].mount_point, "/data");
+  EXPECT_EQ(entries[0].type, "ext4");
+  EXPECT_EQ(entries[1].line, 5);
+  EXPECT_EQ(entries[1].spec, "/dev/vdb1");
+  EXPECT_EQ(entries[1].mount_point, "/srv");
+}
+
+TEST_F(BootAdaptationTest, FstabUuidsOnTheTargetsDisksPass) {
+  WriteFile(Path("/etc/fstab"), "UUID=" + kRootUuid +
+                                    " / ext4 defaults 0 1\n"
+                                    "UUID=" +
+                                    kDataUuid +
+                                    " /data ext4 defaults 0 2\n"
+                                    "LABEL=backup /backup ext4 noauto 0 0\n"
+                                    "tmpfs /tmp tmpfs defaults 0 0\n");
+  uuids_[kDataUuid] = "/dev/vdb";
+  std::vector<std::string> errors, notes;
+  CheckFstab(root_, uuids_, kRootUuid, &errors, &notes);
+  EXPECT_THAT(errors, IsEmpty());
+  EXPECT_THAT(notes, ElementsAre("fstab line 3: LABEL=backup (/backup) is not by UUID; not checked",
+                                 "fstab: / on /dev/vda1, /data on /dev/vdb"));
+}
+
+TEST_F(BootAdaptationTest, FstabUuidOnNoDiskIsAnErrorNamingTheLine) {
+  // Upper case in the file; UUIDs compare without case.
+  std::string upper = kDataUuid;
+  upper[0] = 'A';
+  WriteFile(Path("/etc/fstab"), "UUID=" + kRootUuid +
+                                    " / ext4 defaults 0 1\n"
+                                    "# data\n"
+                                    "UUID=" +
+                                    upper +
+                                    " /data ext4 defaults 0 2\n"
+                                    "UUID=" +
+                                    kDataUuid + " none swap sw 0 0\n");
+  std::vector<std::string> errors, notes;
+  CheckFstab(root_, uuids_, kRootUuid, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("fstab line 3: UUID=" + upper +
+                                      " (/data) is on no disk of this target; the migrated OS "
+                                      "would not mount it",
+                                  "fstab line 4: UUID=" + kDataUuid +
+                                      " (swap) is on no disk of this target; the migrated OS "
+                                      "would not mount it"));
+}
+
+TEST_F(BootAdaptationTest, FstabRootOfAnotherFilesystemAndMissingFstab) {
+  uuids_[kDataUuid] = "/dev/vdb";
+  std::vector<std::string> errors, notes;
+  CheckFstab(root_, uuids_, kDataUuid, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("fstab line 2: UUID=" + kRootUuid +
+                                  " (/) is not the root filesystem the takeover mounted (UUID " +
+                                  kDataUuid +
+                                  "); the migrated OS would mount another root: check "
+                                  "root_volume"));
+  errors.clear();
+  fs::remove(Path("/etc/fstab"));
+  CheckFstab(root_, uuids_, kRootUuid, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("the migrated OS has no /etc/fstab; is root_volume the volume "
+                                  "of its root filesystem?"));
+}
+
+// ---- network ----
+
+TEST_F(BootAdaptationTest, NetConfIsRewrittenAtomicallyWithABackup) {
+  const std::string before = ReadFile(Path("/etc/cdp/net.conf"));
+  std::vector<NicConfig> nics = {{"52:54:00:12:34:56", "10.0.0.5/24", "10.0.0.1"},
+                                 {"52:54:00:AB:CD:EF", "fd00::5/64", ""}};
+  std::vector<std::string> errors;
+  ValidateNics(&nics, present_, &errors);
+  ASSERT_THAT(errors, IsEmpty());
+  EXPECT_EQ(nics[1].mac, kOtherMac);  // normalized
+  auto note = RewriteNetConf(root_, nics);
+  ASSERT_TRUE(note.ok()) << note.status();
+  EXPECT_EQ(*note,
+            "net.conf: rewritten with 2 line(s) (the previous one kept as "
+            "/etc/cdp/net.conf.pre-cutover)");
+  EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf")),
+            "# written by the cdp pe-agent at takeover; the previous file is "
+            "net.conf.pre-cutover\n"
+            "iface 52:54:00:12:34:56 10.0.0.5/24 10.0.0.1\n"
+            "iface 52:54:00:ab:cd:ef fd00::5/64\n");
+  EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf.pre-cutover")), before);
+  struct stat st;
+  ASSERT_EQ(::stat(Path("/etc/cdp/net.conf").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);  // the previous file's mode
+  // Nothing else is left in the directory (no temporary file).
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(Path("/etc/cdp"))) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_THAT(names, ElementsAre("net.conf", "net.conf.pre-cutover"));
+
+  // The same request again changes nothing (and keeps the first backup).
+  note = RewriteNetConf(root_, nics);
+  ASSERT_TRUE(note.ok()) << note.status();
+  EXPECT_EQ(*note, "net.conf: already as requested (2 line(s)); unchanged");
+  EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf.pre-cutover")), before);
+}
+
+TEST_F(BootAdaptationTest, NetConfIsCreatedWhenThereWasNone) {
+  fs::remove_all(Path("/etc/cdp"));
+  auto note = RewriteNetConf(root_, {{kMac, "10.0.0.5/24", ""}});
+  ASSERT_TRUE(note.ok()) << note.status();
+  EXPECT_EQ(*note, "net.conf: created with 1 line(s) (there was none)");
+  EXPECT_THAT(ReadFile(Path("/etc/cdp/net.conf")),
+              HasSubstr("\niface 52:54:00:12:34:56 10.0.0.5/24\n"));
+  EXPECT_FALSE(fs::exists(Path("/etc/cdp/net.conf.pre-cutover")));
+}
+
+TEST_F(BootAdaptationTest, UnknownMacAndBadAddressesAreRefused) {
+  std::vector<NicConfig> nics = {{"52:54:00:99:99:99", "10.0.0.5/24", ""},
+                                 {kMac, "10.0.0.5", ""},
+                                 {kOtherMac, "10.0.0.6/24", "fd00::1"},
+                                 {kMac, "10.0.0.7/33", ""},
+                                 {"52-54-00-12-34-56", "10.0.0.8/24", ""}};
+  std::vector<std::string> errors;
+  ValidateNics(&nics, present_, &errors);
+  EXPECT_THAT(errors,
+              ElementsAre("NIC mapping 1: MAC 52:54:00:99:99:99 is not a NIC of this target (it "
+                          "has: eth0 52:54:00:12:34:56, eth1 52:54:00:ab:cd:ef); fix the NIC "
+                          "mapping or give the target VM that NIC",
+                          "NIC mapping 2 (MAC 52:54:00:12:34:56): address '10.0.0.5' is not "
+                          "ADDR/PREFIX, e.g. 10.0.0.5/24",
+                          "NIC mapping 3 (MAC 52:54:00:ab:cd:ef): gateway 'fd00::1' is not an "
+                          "address of the same family as 10.0.0.6/24",
+                          "NIC mapping 4: MAC 52:54:00:12:34:56 is mapped twice",
+                          "NIC mapping 5: MAC '52-54-00-12-34-56' is not of the form "
+                          "aa:bb:cc:dd:ee:ff"));
+}
+
+TEST(ListNics, ReadsAddressesAndSkipsLoopback) {
+  testing::TempDir dir("boot_adaptation_test");
+  WriteFile(dir.File("lo/address"), "00:00:00:00:00:00\n");
+  WriteFile(dir.File("eth0/address"), "52:54:00:12:34:56\n");
+  WriteFile(dir.File("ens4/address"), "52:54:00:AB:CD:EF\n");
+  auto nics = ListNics(dir.path());
+  ASSERT_TRUE(nics.ok()) << nics.status();
+  EXPECT_EQ(*nics, (std::map<std::string, std::string>{{kMac, "eth0"}, {kOtherMac, "ens4"}}));
+  EXPECT_EQ(ListNics(dir.File("absent")).status().code(), StatusCode::kIOError);
+}
+
+// ---- drivers and kernel ----
+
+TEST(ModuleNameOf, StripsDirectoriesAndSuffixes) {
+  EXPECT_EQ(ModuleNameOf("kernel/drivers/block/virtio_blk.ko"), "virtio_blk");
+  EXPECT_EQ(ModuleNameOf("virtio-pci.ko.xz"), "virtio_pci");
+  EXPECT_EQ(ModuleNameOf("/x/virtio_net.ko.zst"), "virtio_net");
+  EXPECT_EQ(ModuleNameOf("a.ko.gz"), "a");
+  EXPECT_EQ(ModuleNameOf("modules.dep"), "");
+  EXPECT_EQ(ModuleNameOf(".ko"), "");
+}
+
+TEST_F(BootAdaptationTest, ModulesListWithTheVirtioDriversPasses) {
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, IsEmpty());
+  EXPECT_THAT(
+      notes,
+      ElementsAre("drivers: virtio_blk, virtio_pci, virtio_net in /boot/initrd.img-" + kKver));
+}
+
+TEST_F(BootAdaptationTest, ModulesListWithoutVirtioBlkIsAClearFailure) {
+  WriteFile(Path("/boot/initrd.img-" + kKver + ".modules"),
+            "# lsinitramfs | grep ko\nkernel/drivers/virtio/virtio_pci.ko\nvirtio_net\n");
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("the migrated OS's initramfs /boot/initrd.img-" + kKver +
+                                  " has no virtio_blk; it would not find its disk on the target: "
+                                  "rebuild it with virtio drivers (update-initramfs) before the "
+                                  "cutover"));
+}
+
+TEST_F(BootAdaptationTest, GzippedCpioWithTheVirtioDriversPasses) {
+  fs::remove(Path("/boot/initrd.img-" + kKver + ".modules"));
+  WriteFile(Path("/boot/initrd.img-" + kKver),
+            Gzip(NewcArchive({"init", ModulePath("block/virtio_blk"),
+                              ModulePath("virtio/virtio_pci"), ModulePath("net/virtio_net")})));
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, IsEmpty());
+  EXPECT_THAT(
+      notes,
+      ElementsAre("drivers: virtio_blk, virtio_pci, virtio_net in /boot/initrd.img-" + kKver));
+}
+
+TEST_F(BootAdaptationTest, GzippedCpioWithoutVirtioBlkIsAClearFailure) {
+  fs::remove(Path("/boot/initrd.img-" + kKver + ".modules"));
+  WriteFile(Path("/boot/initrd.img-" + kKver),
+            Gzip(NewcArchive({"init", ModulePath("scsi/sd_mod"), ModulePath("virtio/virtio_pci"),
+                              ModulePath("net/virtio_net")})));
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("the migrated OS's initramfs /boot/initrd.img-" + kKver +
+                                  " has no virtio_blk; it would not find its disk on the target: "
+                                  "rebuild it with virtio drivers (update-initramfs) before the "
+                                  "cutover"));
+}
+
+TEST_F(BootAdaptationTest, OnlyVirtioNetMissingSaysNetwork) {
+  WriteFile(Path("/boot/initrd.img-" + kKver + ".modules"), "virtio_blk.ko\nvirtio_pci.ko\n");
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("the migrated OS's initramfs /boot/initrd.img-" + kKver +
+                                  " has no virtio_net; it would have no network on the target: "
+                                  "rebuild it with virtio drivers (update-initramfs) before the "
+                                  "cutover"));
+}
+
+TEST_F(BootAdaptationTest, ModulesBuiltIntoTheKernelCount) {
+  WriteFile(Path("/boot/initrd.img-" + kKver + ".modules"), "virtio_net.ko\n");
+  WriteFile(Path("/lib/modules/" + kKver + "/modules.builtin"),
+            "kernel/drivers/block/virtio_blk.ko\nkernel/drivers/virtio/virtio_pci.ko\n");
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, IsEmpty());
+  EXPECT_THAT(notes, ElementsAre("drivers: virtio_net in /boot/initrd.img-" + kKver +
+                                 " (built into " + kKver + ": virtio_blk, virtio_pci)"));
+  // All three built in: no initramfs needed at all.
+  fs::remove(Path("/boot/initrd.img-" + kKver + ".modules"));
+  WriteFile(Path("/lib/modules/" + kKver + "/modules.builtin"),
+            "kernel/drivers/block/virtio_blk.ko\nkernel/drivers/virtio/virtio_pci.ko\n"
+            "kernel/drivers/net/virtio_net.ko\n");
+  errors.clear();
+  notes.clear();
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, IsEmpty());
+  EXPECT_THAT(
+      notes, ElementsAre("drivers: virtio_blk, virtio_pci, virtio_net built into kernel " + kKver));
+}
+
+TEST_F(BootAdaptationTest, NoInitramfsAtAll) {
+  fs::remove(Path("/boot/initrd.img-" + kKver + ".modules"));
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  EXPECT_THAT(errors, ElementsAre("the migrated OS has no initramfs /boot/initrd.img-" + kKver +
+                                  " and its kernel " + kKver +
+                                  " does not build in virtio_blk, virtio_pci, virtio_net; it would "
+                                  "not find its disk on the target: build one with virtio drivers "
+                                  "(update-initramfs -c -k " +
+                                  kKver + ") before the cutover"));
+}
+
+TEST(ListInitramfs, ConcatenatedPlainGzipAndZstdArchives) {
+  // Like Debian's: an uncompressed early archive (microcode), zero padding, then the main one.
+  std::string image = NewcArchive({"kernel/x86/microcode/GenuineIntel.bin"});
+  image.append(512, '\0');
+  image += Gzip(NewcArchive({"init", ModulePath("block/virtio_blk")}));
+  image.append(3, '\0');
+  image += Zstd(NewcArchive({"etc/zstd-part"}));
+  auto names = ListInitramfs(image);
+  ASSERT_TRUE(names.ok()) << names.status();
+  EXPECT_EQ(Joined(*names), "usr | kernel/x86/microcode/GenuineIntel.bin | usr | init | " +
+                                ModulePath("block/virtio_blk") + " | usr | etc/zstd-part");
+}
+
+TEST(ListInitramfs, OneArchiveSplitAcrossGzipMembersAndZstdFrames) {
+  // gzip -c a b >c and zstd -T0 write several members/frames; they decompress as one stream.
+  const std::string archive = NewcArchive({"init", ModulePath("net/virtio_net")});
+  const size_t half = archive.size() / 2 + 1;  // inside an entry
+  for (const std::string& image : {Gzip(archive.substr(0, half)) + Gzip(archive.substr(half)),
+                                   Zstd(archive.substr(0, half)) + Zstd(archive.substr(half))}) {
+    auto names = ListInitramfs(image);
+    ASSERT_TRUE(names.ok()) << names.status();
+    EXPECT_EQ(Joined(*names), "usr | init | " + ModulePath("net/virtio_net"));
+  }
+  const std::string zst = Zstd(archive);
+  auto cut = ListInitramfs(zst.substr(0, zst.size() - 8));
+  EXPECT_TRUE(cut.status().IsCorruption()) << cut.status();
+}
+
+TEST(ListInitramfs, TruncatedAndUnknownCompressionAreErrors) {
+  const std::string archive = NewcArchive({"init", ModulePath("block/virtio_blk")});
+  auto truncated = ListInitramfs(archive.substr(0, archive.size() - 150));
+  EXPECT_TRUE(truncated.status().IsCorruption()) << truncated.status();
+  const std::string gz = Gzip(archive);
+  auto cut = ListInitramfs(gz.substr(0, gz.size() / 2));
+  EXPECT_TRUE(cut.status().IsCorruption()) << cut.status();
+  auto xz =
+      ListInitramfs(std::string("\xfd"
+                                "7zXZ\0\0\0",
+                                8));
+  EXPECT_EQ(xz.status().code(), StatusCode::kNotSupported) << xz.status();
+  EXPECT_THAT(xz.status().message(), HasSubstr("compressed with xz"));
+  auto junk = ListInitramfs("0707zzzz");
+  EXPECT_TRUE(junk.status().IsCorruption()) << junk.status();
+}
+
+TEST_F(BootAdaptationTest, UnreadableInitramfsSaysHowToListItsModules) {
+  fs::remove(Path("/boot/initrd.img-" + kKver + ".modules"));
+  WriteFile(Path("/boot/initrd.img-" + kKver), std::string("\xfd"
+                                                           "7zXZ\0\0\0",
+                                                           8));
+  std::vector<std::string> errors, notes;
+  CheckInitramfsDrivers(root_, kKver, &errors, &notes);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("compressed with xz"));
+  EXPECT_THAT(errors[0],
+              HasSubstr("write the list of its modules to /boot/initrd.img-" + kKver + ".modules"));
+}
+
+TEST_F(BootAdaptationTest, KernelWithoutModulesInTheMigratedOsIsAnExactError) {
+  fs::remove_all(Path("/lib/modules/" + kKver));
+  fs::create_directories(Path("/lib/modules/6.1.0-9-amd64"));
+  fs::create_directories(Path("/lib/modules/5.10.0-28-amd64"));
+  std::vector<std::string> errors;
+  EXPECT_FALSE(CheckKernelModules(root_, kKver, &errors));
+  EXPECT_THAT(errors, ElementsAre("the PE runs kernel " + kKver +
+                                  " but the migrated OS has no modules for it (it has: "
+                                  "5.10.0-28-amd64, 6.1.0-9-amd64); rebuild the PE from the "
+                                  "replica's /boot and /lib/modules (build-pe-image "
+                                  "--kernel-from)"));
+  errors.clear();
+  fs::remove_all(Path("/lib/modules"));
+  EXPECT_FALSE(CheckKernelModules(root_, kKver, &errors));
+  EXPECT_THAT(errors, ElementsAre(HasSubstr("(it has: none)")));
+}
+
+TEST_F(BootAdaptationTest, MergedUsrModulesAreFound) {
+  // /lib -> usr/lib, as on Debian 12.
+  fs::rename(Path("/lib"), Path("/usr-lib-tmp"));
+  fs::create_directories(Path("/usr"));
+  fs::rename(Path("/usr-lib-tmp"), Path("/usr/lib"));
+  fs::create_symlink("usr/lib", Path("/lib"));
+  std::vector<std::string> errors;
+  EXPECT_TRUE(CheckKernelModules(root_, kKver, &errors));
+  EXPECT_THAT(errors, IsEmpty());
+}
+
+// ---- the whole step ----
+
+TEST_F(BootAdaptationTest, AdaptRootRewritesNetConfWhenEverythingPasses) {
+  auto notes = AdaptRoot(Request());
+  ASSERT_TRUE(notes.ok()) << notes.status();
+  EXPECT_EQ(Joined(*notes),
+            "fstab: / on /dev/vda1 | drivers: virtio_blk, virtio_pci, virtio_net in "
+            "/boot/initrd.img-" +
+                kKver + " | kernel " + kKver +
+                ": modules present | net.conf: rewritten with 1 line(s) (the previous one kept "
+                "as /etc/cdp/net.conf.pre-cutover)");
+  EXPECT_THAT(ReadFile(Path("/etc/cdp/net.conf")),
+              HasSubstr("\niface 52:54:00:12:34:56 10.0.0.5/24 10.0.0.1\n"));
+}
+
+TEST_F(BootAdaptationTest, DryRunChangesNothing) {
+  const std::string before = ReadFile(Path("/etc/cdp/net.conf"));
+  AdaptRequest r = Request();
+  r.dry_run = true;
+  auto notes = AdaptRoot(r);
+  ASSERT_TRUE(notes.ok()) << notes.status();
+  EXPECT_EQ(notes->back(),
+            "net.conf: would be rewritten with: iface 52:54:00:12:34:56 10.0.0.5/24 10.0.0.1");
+  EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf")), before);
+  EXPECT_FALSE(fs::exists(Path("/etc/cdp/net.conf.pre-cutover")));
+}
+
+TEST_F(BootAdaptationTest, AnyFailureReportsEveryProblemAndChangesNothing) {
+  const std::string before = ReadFile(Path("/etc/cdp/net.conf"));
+  WriteFile(Path("/etc/fstab"), "UUID=" + kRootUuid +
+                                    " / ext4 defaults 0 1\n"
+                                    "UUID=" +
+                                    kDataUuid + " /data ext4 defaults 0 2\n");
+  AdaptRequest r = Request();
+  r.nics.push_back({"52:54:00:99:99:99", "10.0.1.5/24", ""});
+  auto notes = AdaptRoot(r);
+  ASSERT_FALSE(notes.ok());
+  EXPECT_EQ(notes.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(notes.status().message(),
+            "fstab line 2: UUID=" + kDataUuid +
+                " (/data) is on no disk of this target; the migrated OS would not mount it; NIC "
+                "mapping 2: MAC 52:54:00:99:99:99 is not a NIC of this target (it has: eth0 "
+                "52:54:00:12:34:56, eth1 52:54:00:ab:cd:ef); fix the NIC mapping or give the "
+                "target VM that NIC");
+  EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf")), before);
+  EXPECT_FALSE(fs::exists(Path("/etc/cdp/net.conf.pre-cutover")));
+}
+
+TEST_F(BootAdaptationTest, NoNicMappingsLeavesNetConfAlone) {
+  const std::string before = ReadFile(Path("/etc/cdp/net.conf"));
+  AdaptRequest r = Request();
+  r.nics.clear();
+  auto notes = AdaptRoot(r);
+  ASSERT_TRUE(notes.ok()) << notes.status();
+  EXPECT_EQ(notes->back(), "net.conf: no NIC mappings in the request; left as it is");
+  EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf")), before);
+}
+
+}  // namespace
+}  // namespace cdp::pe

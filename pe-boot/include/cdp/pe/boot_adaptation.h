@@ -1,0 +1,171 @@
+// Boot adaptation of the migrated OS at takeover (docs/pe-agent.md §5): the checks and the one
+// change the pe-agent makes to the replica's root filesystem before the PE's /init switch_roots
+// into it. Pure functions over the directory where that filesystem is mounted (/newroot in the
+// PE, a temporary directory in tests) and over what the caller found on the target (its disks'
+// filesystem UUIDs, its NICs, the running kernel), so every rule is testable without a VM.
+//
+// The migrated OS's contract (the lab's source image follows it):
+//   - /etc/fstab names its filesystems by UUID (`UUID=<uuid> / ext4 ...`);
+//   - /etc/cdp/net.conf lists its interfaces, `iface MAC ADDR/PREFIX [GATEWAY]` per line;
+//   - /boot/initrd.img-KVER and /lib/modules/KVER for the kernel it runs.
+//
+// Paths inside the migrated OS are resolved as if its root were `/` (absolute symlinks such as
+// /sbin/init -> /lib/systemd/systemd stay inside it): see ResolveInRoot.
+//
+// Thread-safety: every function is reentrant; none keeps state.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cdp/core/status.h"
+
+namespace cdp::pe {
+
+// ---- filesystems on the target's disks ----
+
+// What a superblock says about a filesystem.
+struct FsId {
+  std::string type;  // "ext4" (any of ext2/3/4), "xfs" or "vfat"
+  std::string uuid;  // lowercase, as fstab and blkid write it ("0a1b...-..." or "abcd-1234")
+};
+
+// Identifies the filesystem whose first bytes are `head` (at least 2048 bytes are needed for
+// ext4): ext2/3/4 by the superblock magic 0xEF53 at 1024 + 0x38, UUID at 1024 + 0x68 (16
+// bytes); XFS by "XFSB" at 0, UUID at 32; FAT by the boot sector signature and its volume
+// serial. NotFound when it is none of these (or `head` is too short to tell).
+Result<FsId> IdentifyFilesystem(std::string_view head);
+
+// Reads the first 4 KiB of `path` (a block device or an image file) and identifies it. IOError
+// when it cannot be read; NotFound when it holds no filesystem IdentifyFilesystem knows.
+Result<FsId> ReadFsId(const std::string& path);
+
+// ---- paths inside the migrated OS ----
+
+// The host path of `path` inside the tree at `root`, following symlinks as if `root` were `/`
+// (an absolute link target restarts at `root`; ".." never leaves it). Components that do not
+// exist are appended as they are, so the result of a missing file is a path that does not
+// exist. InvalidArgument for a symlink loop (more than 40 links).
+Result<std::string> ResolveInRoot(const std::string& root, std::string_view path);
+
+// ---- fstab ----
+
+struct FstabEntry {
+  int line = 0;             // 1-based line number in the file
+  std::string spec;         // "UUID=..." (quotes removed), "/dev/vda1", "LABEL=..."
+  std::string mount_point;  // "/", "/data", "none"
+  std::string type;         // "ext4", "swap"
+};
+
+// Parses fstab text: one entry per non-blank, non-comment line with at least 3 fields.
+std::vector<FstabEntry> ParseFstab(std::string_view text);
+
+// Filesystem UUIDs (lowercase) found on the target's disks and partitions -> where
+// ("/dev/vda1").
+using UuidMap = std::map<std::string, std::string>;
+
+// Checks ROOT/etc/fstab against the filesystems on the target's disks: every `UUID=` entry with
+// a mount point (not swap, not "none") must name a UUID in `on_disks`, and the entry for `/`,
+// when it is by UUID, must name `root_uuid` (the filesystem mounted at ROOT). Errors, one per
+// bad line, are appended to *errors, e.g.
+//   fstab line 3: UUID=... (/data) is on no disk of this target; the migrated OS would not
+//   mount it
+// Entries by device path or LABEL cannot be checked here; each adds a note to *notes.
+// A missing /etc/fstab is an error (the root volume is probably the wrong one).
+void CheckFstab(const std::string& root, const UuidMap& on_disks, const std::string& root_uuid,
+                std::vector<std::string>* errors, std::vector<std::string>* notes);
+
+// ---- network ----
+
+// One interface as the migrated OS must configure it (a line of /etc/cdp/net.conf).
+struct NicConfig {
+  std::string mac;      // aa:bb:cc:dd:ee:ff (normalized to lowercase by ValidateNics)
+  std::string address;  // ADDR/PREFIX
+  std::string gateway;  // optional
+};
+
+// The NICs of this machine: MAC (lowercase) -> interface name, from SYS_CLASS_NET/*/address
+// (loopback and all-zero addresses left out). IOError when the directory cannot be read.
+Result<std::map<std::string, std::string>> ListNics(const std::string& sys_class_net);
+
+// Checks the mappings and normalizes their MACs to lowercase: each MAC well formed and on a
+// NIC in `present` (MAC -> interface), no MAC twice, each address ADDR/PREFIX (IPv4 or IPv6),
+// each gateway (when set) an address of the same family. Errors, naming the mapping, are
+// appended to *errors.
+void ValidateNics(std::vector<NicConfig>* nics, const std::map<std::string, std::string>& present,
+                  std::vector<std::string>* errors);
+
+// The net.conf the takeover writes: a comment line, then `iface MAC ADDRESS[ GATEWAY]` per NIC.
+std::string FormatNetConf(const std::vector<NicConfig>& nics);
+
+// Replaces ROOT/etc/cdp/net.conf with FormatNetConf(nics): the previous file is first copied to
+// net.conf.pre-cutover, then the new one is written beside it, fsynced and renamed over it (and
+// the directory fsynced), so after a crash the file is either the old or the new one, never a
+// mix. The file keeps the previous one's mode. Returns what changed, for the step's result.
+// REQUIRES: ValidateNics accepted `nics`, and `nics` is not empty.
+Result<std::string> RewriteNetConf(const std::string& root, const std::vector<NicConfig>& nics);
+
+// ---- drivers and kernel ----
+
+// The module name of a path or file name: "kernel/drivers/block/virtio_blk.ko.xz" ->
+// "virtio_blk" ('-' read as '_', as modprobe does). Empty when it is not a .ko[.gz|.xz|.zst].
+std::string ModuleNameOf(std::string_view path);
+
+// The names of every entry of an initramfs image: concatenated newc ("070701"/"070702") cpio
+// archives, each optionally compressed with gzip or zstd, as the kernel unpacks them (zero
+// padding between archives skipped). Corruption for a truncated or malformed archive;
+// NotSupported naming the compression for other compressions (xz, lz4, bzip2, lzma).
+Result<std::vector<std::string>> ListInitramfs(std::string_view image);
+
+// The modules in the migrated OS's initramfs for kernel `kver`: the lines of
+// ROOT/boot/initrd.img-KVER.modules when present (names or paths of .ko files), else the .ko
+// entries of ROOT/boot/initrd.img-KVER. NotFound when neither exists; ListInitramfs' errors.
+Result<std::set<std::string>> InitramfsModules(const std::string& root, const std::string& kver);
+
+// The modules built into kernel `kver` of the migrated OS (ROOT/lib/modules/KVER/
+// modules.builtin); empty when that file is absent.
+std::set<std::string> BuiltinModules(const std::string& root, const std::string& kver);
+
+// Checks that the migrated OS's initramfs for `kver` has virtio_blk, virtio_pci and virtio_net
+// (or that its kernel builds them in). Appends one error naming what is missing, e.g.
+//   the migrated OS's initramfs /boot/initrd.img-KVER has no virtio_blk; it would not find its
+//   disk on the target: rebuild it with virtio drivers (update-initramfs) before the cutover
+void CheckInitramfsDrivers(const std::string& root, const std::string& kver,
+                           std::vector<std::string>* errors, std::vector<std::string>* notes);
+
+// Checks that the migrated OS has modules for the kernel it will run after switch_root (the
+// PE's, `kver`): ROOT/lib/modules/KVER is a directory. Appends, otherwise:
+//   the PE runs kernel X but the migrated OS has no modules for it (it has: Y); rebuild the PE
+//   from the replica's /boot and /lib/modules (build-pe-image --kernel-from)
+// Returns whether it passed.
+bool CheckKernelModules(const std::string& root, const std::string& kver,
+                        std::vector<std::string>* errors);
+
+// Checks that `init` is an absolute path (no whitespace) to an executable file in the migrated
+// OS. Appends an error otherwise.
+void CheckInit(const std::string& root, const std::string& init, std::vector<std::string>* errors);
+
+// ---- the whole step ----
+
+struct AdaptRequest {
+  std::string root;            // where the migrated OS's root filesystem is mounted
+  std::string root_device;     // where it was mounted from, for messages
+  std::string root_uuid;       // its UUID
+  std::string kernel_release;  // the running (PE) kernel, which the migrated OS will run
+  std::string init = "/sbin/init";
+  std::vector<NicConfig> nics;                      // the mappings of the takeover request
+  std::map<std::string, std::string> present_nics;  // ListNics of the PE
+  UuidMap disk_uuids;                               // every filesystem on the target's disks
+  bool dry_run = false;                             // check only; change nothing
+};
+
+// Runs every check (kernel modules, init, fstab, NIC mappings, initramfs drivers) and, only
+// when all pass and not dry_run, rewrites net.conf (when there are NIC mappings). Returns the
+// notes (what was checked, changed, or would change) for the step's result, or
+// FailedPrecondition with every problem found, joined by "; ". On error nothing was changed.
+Result<std::vector<std::string>> AdaptRoot(AdaptRequest request);
+
+}  // namespace cdp::pe
