@@ -57,7 +57,12 @@ def one_cutover(i):
         r = subprocess.run([LAB, "exec", "lab", "--", os.path.join(BIN, "cdpctl", "cdpctl"),
                             "cutover", "--plan", PLAN, "--json"], capture_output=True, text=True,
                            timeout=600)
-        report = json.loads(r.stdout.strip().splitlines()[-1])
+        try:
+            report = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            report = {"ok": False, "downtime_seconds": float("nan"), "steps": [],
+                      "error": f"cdpctl cutover exited {r.returncode} without a report: "
+                               f"{r.stderr.strip()[-300:]}"}
         time.sleep(3)
         client.terminate()
         client.wait(10)
@@ -85,7 +90,9 @@ def one_cutover(i):
     finally:
         if client is not None:
             client.kill()
-        subprocess.run([LAB, "down"], capture_output=True, text=True, timeout=300)
+        d = subprocess.run([LAB, "down"], capture_output=True, text=True, timeout=300)
+        if d.returncode != 0:
+            log(f"lab down failed: {d.stdout}{d.stderr}")
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -317,7 +317,15 @@ class CutoverEngine::Impl {
       m->set_address(n.address);
       m->set_gateway(n.gateway);
     }
-    CDP_ASSIGN_OR_RETURN(auto reply, client->Takeover(req, 120000));
+    auto taken = client->Takeover(req, 120000);
+    if (!taken.ok() && taken.status().IsUnavailable()) {
+      // The pe-agent exits right after replying and ZeroMQ may drop that last reply
+      // (docs/pe-agent.md §5): the connection dropping is what a takeover looks like from here.
+      // The health check decides.
+      return "the pe-agent left without its reply (" + taken.status().message() +
+             "); the health check decides";
+    }
+    CDP_ASSIGN_OR_RETURN(auto reply, std::move(taken));
     std::string steps;
     for (const auto& s : reply.steps()) {
       steps += (steps.empty() ? "" : ", ") + s.name() + " " + Fixed(s.seconds(), 2) + " s";
