@@ -12,17 +12,11 @@ import sys
 import tempfile
 
 import cdptest
+import labtest
 import petest
 from cdptest import log
 
-LAB = os.path.join(petest.REPO, "deploy", "lab", "lab")
-
-
-def lab(*args, check=True, timeout=900):
-    r = subprocess.run([LAB] + list(args), capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"lab {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
-    return r
+lab = labtest.lab
 
 
 def netns():
@@ -36,8 +30,7 @@ def main():
             raise SystemExit("FAIL: the lab needs root (network namespaces, taps)")
         print("SKIP: the lab needs root")
         sys.exit(77)
-    if "cdp-lab" in netns():
-        raise SystemExit("FAIL: a lab is already up on this machine (deploy/lab/lab down)")
+    labtest.require_no_lab()
     lab_dir = tempfile.mkdtemp(prefix="cdp-lab-it-", dir="/var/tmp")
     os.environ["CDP_LAB_DIR"] = lab_dir
     failed = True

@@ -19,21 +19,12 @@ import tempfile
 import time
 
 import cdptest
+import labtest
 import petest
 from cdptest import log
 
-REPO = petest.REPO
-LAB = os.path.join(REPO, "deploy", "lab", "lab")
-PLAN = os.path.join(REPO, "deploy", "lab", "plans", "cutover.yaml")
-SRC_UUID = "5eed0000-0000-4000-8000-000000000010"
-TGT_UUID = "7a76e700-0000-4000-8000-000000000020"
-
-
-def lab(*args, check=True, timeout=900):
-    r = subprocess.run([LAB] + list(args), capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"lab {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
-    return r
+PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover.yaml")
+lab, SRC_UUID, TGT_UUID = labtest.lab, labtest.SRC_UUID, labtest.TGT_UUID
 
 
 def cutover(plan):
@@ -47,22 +38,6 @@ def cutover(plan):
     return r.returncode, report
 
 
-def has_all(ns_values):
-    """Asks HAS n for every n over one connection, from cdp-client; returns the ones not YES."""
-    code = ("import socket,sys,json\n"
-            "s=socket.create_connection(('192.0.2.10',7000),timeout=10)\n"
-            "f=s.makefile('rw')\n"
-            "missing=[]\n"
-            "for n in json.load(sys.stdin):\n"
-            "    f.write(f'HAS {n}\\n'); f.flush()\n"
-            "    if f.readline().strip()!='YES': missing.append(n)\n"
-            "print(json.dumps(missing))\n")
-    r = subprocess.run(["ip", "netns", "exec", "cdp-client", sys.executable, "-c", code],
-                       input=json.dumps(ns_values), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def main():
     cdptest.require_tools(*petest.PE_TOOLS, "ip")
     if os.geteuid() != 0:
@@ -70,6 +45,7 @@ def main():
             raise SystemExit("FAIL: the lab needs root")
         print("SKIP: the lab needs root")
         sys.exit(77)
+    labtest.require_no_lab()
     lab_dir = tempfile.mkdtemp(prefix="cdp-lab-it-", dir="/var/tmp")
     os.environ["CDP_LAB_DIR"] = lab_dir
     acked_file = os.path.join(tempfile.mkdtemp(prefix="cdp-lab-client-"), "acked.txt")
@@ -102,7 +78,7 @@ def main():
 
         # --- 2. cutover under load --------------------------------------------------------------
         client = subprocess.Popen(["ip", "netns", "exec", "cdp-client", sys.executable,
-                                   os.path.join(os.path.dirname(__file__), "lab_client.py"),
+                                   labtest.CLIENT,
                                    "192.0.2.10", "7000", acked_file, "0.02"])
         time.sleep(3)
         rc, report = cutover(PLAN)
@@ -116,13 +92,11 @@ def main():
         client.wait(10)
         client = None
         assert lab("probe", "WHO").stdout.strip() == TGT_UUID, "192.0.2.10 is not the target"
-        with open(acked_file) as f:
-            acked = [tuple(map(int, line.split())) for line in f if line.strip()]
+        acked = labtest.read_acked(acked_file)
         assert len(acked) > 100, f"the client got only {len(acked)} acknowledgements"
-        missing = has_all([n for n, _ in acked])
+        missing = labtest.missing_on_service(n for n, _ in acked)
         assert not missing, f"acknowledged but lost: {missing[:20]} ({len(missing)} in all)"
-        gaps = [(acked[i + 1][1] - acked[i][1]) / 1e9 for i in range(len(acked) - 1)]
-        outage = max(gaps)
+        outage = labtest.outage_seconds(acked)
         log(f"client: {len(acked)} PUTs acknowledged (last n {acked[-1][0]}), every one HAS YES "
             f"on the target; client-measured outage {outage:.2f} s")
         failed = False

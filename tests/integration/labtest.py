@@ -1,0 +1,71 @@
+"""Helpers for tests, benchmarks and demos that use the lab (deploy/lab/lab): running it,
+refusing to touch a lab that is already up, and checking a client's acknowledged writes.
+
+  python3 labtest.py check-acked FILE    # from the host: every n of lab_client.py's FILE is
+                                         # HAS YES at 192.0.2.10; prints the outage; exit 1 if not
+"""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
+LAB = os.path.join(REPO, "deploy", "lab", "lab")
+CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab_client.py")
+SRC_UUID = "5eed0000-0000-4000-8000-000000000010"
+TGT_UUID = "7a76e700-0000-4000-8000-000000000020"
+
+
+def lab(*args, check=True, timeout=900):
+    r = subprocess.run([LAB] + list(args), capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"lab {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+    return r
+
+
+def require_no_lab():
+    """Exits (FAIL) when a lab is already up: a test must not take someone's lab down."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    if "cdp-lab" in out or "cdp-client" in out:
+        raise SystemExit("FAIL: a lab is already up on this machine (deploy/lab/lab down)")
+
+
+def read_acked(path):
+    """[(n, time_ns)] acknowledged by lab_client.py."""
+    with open(path) as f:
+        return [tuple(map(int, line.split())) for line in f if line.strip()]
+
+
+def outage_seconds(acked):
+    """The largest gap between two consecutive acknowledgements."""
+    gaps = [(acked[i + 1][1] - acked[i][1]) / 1e9 for i in range(len(acked) - 1)]
+    return max(gaps) if gaps else float("nan")
+
+
+def missing_on_service(numbers):
+    """Asks HAS n for every n over one connection from cdp-client; returns those not YES."""
+    code = ("import socket,sys,json\n"
+            "s=socket.create_connection(('192.0.2.10',7000),timeout=10)\n"
+            "f=s.makefile('rw')\n"
+            "missing=[]\n"
+            "for n in json.load(sys.stdin):\n"
+            "    f.write(f'HAS {n}\\n'); f.flush()\n"
+            "    if f.readline().strip()!='YES': missing.append(n)\n"
+            "print(json.dumps(missing))\n")
+    r = subprocess.run(["ip", "netns", "exec", "cdp-client", sys.executable, "-c", code],
+                       input=json.dumps(list(numbers)), capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0:
+        raise AssertionError(f"HAS check failed: {r.stderr}")
+    return json.loads(r.stdout)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "check-acked":
+        rows = read_acked(sys.argv[2])
+        missing = missing_on_service(n for n, _ in rows)
+        print(f"client: {len(rows)} writes acknowledged, {len(missing)} of them missing on the "
+              f"target; outage seen by the client: {outage_seconds(rows):.2f} s")
+        sys.exit(1 if missing else 0)
+    print(__doc__)
+    sys.exit(2)
