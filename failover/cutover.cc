@@ -140,23 +140,29 @@ class CutoverEngine::Impl {
     return report_;
   }
 
+  // Errors name the plan key, so an operator knows what to fix.
   Result<std::unique_ptr<QmpClient>> SourceQmp() {
-    return QmpClient::Connect(plan_.source_qmp_socket, 5000);
+    auto qmp = QmpClient::Connect(plan_.source_qmp_socket, 5000);
+    if (!qmp.ok()) return qmp.status().WithContext("source.qmp_socket " + plan_.source_qmp_socket);
+    return qmp;
   }
 
   Result<v1::VolumeStatus> JournalVolume(const std::string& volume) {
-    CDP_ASSIGN_OR_RETURN(auto client, ctl::ControlClient::Connect(plan_.journal, 5000));
-    CDP_ASSIGN_OR_RETURN(auto reply, client->Status(5000));
+    auto client = ctl::ControlClient::Connect(plan_.journal, 5000);
+    if (!client.ok()) return client.status().WithContext("journal");
+    CDP_ASSIGN_OR_RETURN(auto reply, (*client)->Status(5000));
     for (const auto& v : reply.volumes()) {
       if (v.name() == volume) return v;
     }
-    return Status::NotFound("the journal-server at " + plan_.journal + " has no volume " + volume);
+    return Status::NotFound("volumes: the journal-server at " + plan_.journal + " has no volume " +
+                            volume + "; is it protected (its cdp-agent)?");
   }
 
   Result<v1::PeStatusReply> TargetStatus() {
-    CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(plan_.target.replication_endpoint,
-                                                            v1::ROLE_CONTROL, "", 0, 3000));
-    return client->Status(5000);
+    auto client =
+        pe::PeClient::Connect(plan_.target.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
+    if (!client.ok()) return client.status().WithContext("target.config " + plan_.target_config);
+    return (*client)->Status(5000);
   }
 
   Result<std::string> Precheck() {

@@ -1,5 +1,7 @@
 """Cutover in the lab, under client load (TCG emulation):
 
+0. A plan whose source QMP socket does not answer is refused at precheck, naming the key, and
+   nothing is touched.
 1. Rollback: a plan whose verification must fail (its source device is a wrong, zero-filled
    image) — the cutover fails at `verify`, the source VM is resumed, and the service still
    answers at 192.0.2.10 as the source (WHO), with its records.
@@ -54,6 +56,20 @@ def main():
     try:
         lab("up")
 
+        # --- 0. a source QMP socket that does not answer: refused at precheck, nothing touched --
+        with open(PLAN) as f:
+            text = f.read()
+        no_qmp = os.path.join(lab_dir, "cutover-no-qmp.yaml")
+        with open(no_qmp, "w") as f:
+            f.write(text.replace("${CDP_LAB_DIR}/source.qmp", os.path.join(lab_dir, "nope.qmp")))
+        rc, report = cutover(no_qmp)
+        assert rc == 1 and not report["ok"], report
+        assert report["error"].startswith(
+            f"precheck: source.qmp_socket {lab_dir}/nope.qmp: "), report["error"]
+        assert report["rollback"] == "nothing to roll back: the source was not touched", report
+        assert lab("probe", "WHO").stdout.strip() == SRC_UUID
+        log("a source QMP socket that does not answer: refused at precheck, source untouched")
+
         # --- 1. rollback: verification fails, the source keeps serving ------------------------
         for n in range(1, 11):
             assert lab("probe", f"PUT {n}").stdout.strip() == f"OK {n}"
@@ -61,8 +77,6 @@ def main():
         with open(wrong, "wb") as f:
             f.truncate(os.path.getsize(os.path.join(lab_dir, "source.img")))
         bad_plan = os.path.join(lab_dir, "cutover-bad-verify.yaml")
-        with open(PLAN) as f:
-            text = f.read()
         assert "${CDP_LAB_DIR}/source.img" in text, text
         with open(bad_plan, "w") as f:
             f.write(text.replace("${CDP_LAB_DIR}/source.img", wrong))
