@@ -224,13 +224,12 @@ class Scene:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run(test_fn, scene_class=None, **scene_args):
-    """Runs test_fn(scene) and exits 0 on success, 1 on failure, cleaning up either way.
-    scene_class: a Scene subclass (default Scene)."""
-    scene = (scene_class or Scene)(**scene_args)
+def guarded(test_fn, cleanup):
+    """Runs test_fn() and exits 0 on success, 1 on failure (with the traceback), calling
+    cleanup(failed) either way."""
     failed = True
     try:
-        test_fn(scene)
+        test_fn()
         failed = False
         print("PASS")
     except BaseException as e:  # noqa: BLE001 - report everything, clean up, exit 1
@@ -238,5 +237,18 @@ def run(test_fn, scene_class=None, **scene_args):
         traceback.print_exc()
         print(f"FAIL: {e}")
     finally:
-        scene.close(failed)
+        cleanup(failed)
     sys.exit(1 if failed else 0)
+
+
+def run(test_fn, scene_class=None, **scene_args):
+    """Runs test_fn(scene) and exits 0 on success, 1 on failure, cleaning up either way.
+    scene_class: a Scene subclass (default Scene)."""
+    scene = (scene_class or Scene)(**scene_args)
+    guarded(lambda: test_fn(scene), scene.close)
+
+
+def run_in_temp_dir(test_fn, prefix):
+    """Runs test_fn(dir) in a fresh temp dir, removed afterwards; exits 0 or 1 like run()."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    guarded(lambda: test_fn(d), lambda failed: shutil.rmtree(d, ignore_errors=True))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 LAB = os.path.join(REPO, "deploy", "lab", "lab")
@@ -28,6 +29,23 @@ def require_no_lab():
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     if "cdp-lab" in out or "cdp-client" in out:
         raise SystemExit("FAIL: a lab is already up on this machine (deploy/lab/lab down)")
+
+
+def prepare_lab_test():
+    """For a test that brings a lab up: fails (never skips silently under CI) when a tool or
+    root is missing or a lab is already up; returns a fresh lab dir, set as CDP_LAB_DIR."""
+    import cdptest
+    import petest
+    cdptest.require_tools(*petest.PE_TOOLS, "ip")
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            raise SystemExit("FAIL: the lab needs root (network namespaces, taps)")
+        print("SKIP: the lab needs root")
+        sys.exit(77)
+    require_no_lab()
+    lab_dir = tempfile.mkdtemp(prefix="cdp-lab-it-", dir="/var/tmp")
+    os.environ["CDP_LAB_DIR"] = lab_dir
+    return lab_dir
 
 
 def read_acked(path):

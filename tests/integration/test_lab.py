@@ -9,11 +9,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import cdptest
 import labtest
-import petest
 from cdptest import log
 
 lab = labtest.lab
@@ -24,15 +22,7 @@ def netns():
 
 
 def main():
-    cdptest.require_tools(*petest.PE_TOOLS, "ip")
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            raise SystemExit("FAIL: the lab needs root (network namespaces, taps)")
-        print("SKIP: the lab needs root")
-        sys.exit(77)
-    labtest.require_no_lab()
-    lab_dir = tempfile.mkdtemp(prefix="cdp-lab-it-", dir="/var/tmp")
-    os.environ["CDP_LAB_DIR"] = lab_dir
+    lab_dir = labtest.prepare_lab_test()
     failed = True
     try:
         r = lab("up")

@@ -22,7 +22,6 @@ import time
 
 import cdptest
 import labtest
-import petest
 from cdptest import log
 
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover.yaml")
@@ -41,15 +40,7 @@ def cutover(plan):
 
 
 def main():
-    cdptest.require_tools(*petest.PE_TOOLS, "ip")
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            raise SystemExit("FAIL: the lab needs root")
-        print("SKIP: the lab needs root")
-        sys.exit(77)
-    labtest.require_no_lab()
-    lab_dir = tempfile.mkdtemp(prefix="cdp-lab-it-", dir="/var/tmp")
-    os.environ["CDP_LAB_DIR"] = lab_dir
+    lab_dir = labtest.prepare_lab_test()
     acked_file = os.path.join(tempfile.mkdtemp(prefix="cdp-lab-client-"), "acked.txt")
     client = None
     failed = True

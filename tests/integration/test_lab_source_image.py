@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -497,19 +496,7 @@ def test(d):
 def main():
     t.require_tools("qemu-system-x86_64", "busybox", "cc", "mkfs.ext4", "e2fsck", "debugfs", "dumpe2fs", "cpio",
                     "gzip", "depmod", "sha256sum")
-    d = tempfile.mkdtemp(prefix="cdp-lab-src-")
-    failed = True
-    try:
-        test(d)
-        failed = False
-        print("PASS")
-    except BaseException as e:  # noqa: BLE001 - report everything, clean up, exit 1
-        import traceback
-        traceback.print_exc()
-        print(f"FAIL: {e}")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    raise SystemExit(1 if failed else 0)
+    t.run_in_temp_dir(test, "cdp-lab-src-")
 
 
 if __name__ == "__main__":

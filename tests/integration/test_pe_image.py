@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import cdptest as t
@@ -332,19 +331,7 @@ def test(d):
 def main():
     t.require_tools("qemu-system-x86_64", "qemu-img", "cc", "cpio", "gzip", "depmod", "cmp",
                     "mkfs.ext4", "sha256sum")
-    d = tempfile.mkdtemp(prefix="cdp-pe-it-")
-    failed = True
-    try:
-        test(d)
-        failed = False
-        print("PASS")
-    except BaseException as e:  # noqa: BLE001 - report everything, clean up, exit 1
-        import traceback
-        traceback.print_exc()
-        print(f"FAIL: {e}")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    raise SystemExit(1 if failed else 0)
+    t.run_in_temp_dir(test, "cdp-pe-it-")
 
 
 if __name__ == "__main__":
