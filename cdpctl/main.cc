@@ -1,4 +1,6 @@
 // cdpctl: the operator's command line. Wiring only; the work is in cdp::ctl.
+#include <signal.h>
+
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -7,6 +9,7 @@
 
 #include "cdp/ctl/control_client.h"
 #include "cdp/failover/cutover.h"
+#include "cdp/failover/drill.h"
 #include "cdp/failover/target_vm.h"
 
 namespace {
@@ -153,6 +156,36 @@ int RunCutover(const std::string& plan_path, bool json) {
   return report.ok ? 0 : 1;
 }
 
+volatile bool g_drill_cancel = false;
+
+void CancelDrill(int) { g_drill_cancel = true; }
+
+int RunDrill(const std::string& plan_path, bool json) {
+  if (plan_path.empty()) return Usage("drill needs --plan FILE");
+  auto plan = cdp::failover::LoadCutoverPlan(plan_path);
+  if (!plan.ok()) {
+    std::cerr << "cdpctl: drill: " << plan.status().message() << "\n";
+    return 2;
+  }
+  struct sigaction sa {};
+  sa.sa_handler = CancelDrill;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  cdp::failover::DrillEngine engine(*plan, &std::cerr, &g_drill_cancel);
+  const cdp::failover::DrillReport report = engine.Run();
+  if (json) {
+    std::cout << cdp::failover::DrillReportJson(report) << "\n";
+  } else {
+    for (const auto& s : report.steps) {
+      std::printf("%-11s %7.2f %7.2f  %s  %s\n", s.name.c_str(), s.start, s.end,
+                  s.ok ? "ok    " : "FAILED", s.result.c_str());
+    }
+    std::printf(report.ok ? "drill ok\n" : "drill FAILED: %s\n", report.error.c_str());
+  }
+  return report.ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,6 +243,7 @@ int main(int argc, char** argv) {
   if (command.empty()) return Usage("no command given");
   if (command == "target") return RunTarget(subcommand, config, json, volume, range);
   if (command == "cutover") return RunCutover(plan, json);
+  if (command == "drill") return RunDrill(plan, json);
   if (server.empty()) return Usage("--server tcp://HOST:PORT is required");
   if (cdp::Status s = cdp::ValidateEndpoint(server); !s.ok()) return Usage(s.message());
 

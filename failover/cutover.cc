@@ -1,16 +1,7 @@
 #include "cdp/failover/cutover.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
-#include <cstdio>
-#include <functional>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
 #define XXH_INLINE_ALL
@@ -22,6 +13,8 @@
 #include "cdp/failover/host_command.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
+#include "service_probe.h"
+#include "step_timeline.h"
 
 namespace cdp::failover {
 
@@ -32,109 +25,36 @@ namespace {
 
 constexpr uint64_t kVerifyChunk = 64ull << 20;
 
-std::string Fixed(double v, int digits) {
-  char buf[64];
-  snprintf(buf, sizeof(buf), "%.*f", digits, v);
-  return buf;
-}
-
-// One request line to host:port, the first reply line back ("" for a connect-only check).
-Result<std::string> Ask(const std::string& host, uint16_t port, const std::string& request,
-                        int timeout_ms) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return Status::FromErrno(errno, "socket");
-  struct Closer {
-    int fd;
-    ~Closer() { close(fd); }
-  } closer{fd};
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  auto wait = [&](short events) -> bool {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    pollfd p{fd, events, 0};
-    return left > 0 && poll(&p, 1, static_cast<int>(left)) == 1 && !(p.revents & POLLERR);
-  };
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno != EINPROGRESS) {
-    return Status::Unavailable("connect: " + std::string(strerror(errno)));
-  }
-  if (!wait(POLLOUT)) return Status::Unavailable("no connection");
-  int err = 0;
-  socklen_t len = sizeof(err);
-  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-  if (err != 0) return Status::Unavailable("connect: " + std::string(strerror(err)));
-  if (request.empty()) return std::string();
-  const std::string line = request + "\n";
-  if (send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
-    return Status::Unavailable("send failed");
-  }
-  std::string reply;
-  char buf[512];
-  while (reply.find('\n') == std::string::npos) {
-    if (!wait(POLLIN)) return Status::TimedOut("no reply");
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) return Status::Unavailable("closed before a reply");
-    reply.append(buf, n);
-  }
-  reply.resize(reply.find('\n'));
-  if (!reply.empty() && reply.back() == '\r') reply.pop_back();
-  return reply;
-}
+std::string Fixed(double v, int digits) { return FixedSeconds(v, digits); }
 
 }  // namespace
 
 class CutoverEngine::Impl {
  public:
-  Impl(const CutoverPlan& plan, std::ostream* timeline) : plan_(plan), timeline_(timeline) {}
+  Impl(const CutoverPlan& plan, std::ostream* timeline) : plan_(plan), steps_(timeline) {}
 
   CutoverReport Run() {
     report_.plan = plan_.file;
-    t0_ = Clock::now();
-    Line("cutover of " + plan_.name + " (" + std::to_string(plan_.volumes.size()) +
+    steps_.Line("cutover of " + plan_.name + " (" + std::to_string(plan_.volumes.size()) +
          " volume(s)) to target " + plan_.target.name);
-    bool ok = Step("precheck", [&] { return Precheck(); }) &&
-              Step("quiesce", [&] { return Quiesce(); }) &&
-              Step("drain", [&] { return Drain(); }) && Step("verify", [&] { return Verify(); });
+    bool ok = steps_.Step("precheck", [&] { return Precheck(); }, &report_.error) &&
+              steps_.Step("quiesce", [&] { return Quiesce(); }, &report_.error) &&
+              steps_.Step("drain", [&] { return Drain(); }, &report_.error) && steps_.Step("verify", [&] { return Verify(); }, &report_.error);
     if (!ok) {
       Rollback();
       return Finish();
     }
-    ok = Step("fence", [&] { return Fence(); }) && Step("promote", [&] { return Promote(); }) &&
-         Step("health", [&] { return Health(); });
+    ok = steps_.Step("fence", [&] { return Fence(); }, &report_.error) && steps_.Step("promote", [&] { return Promote(); }, &report_.error) &&
+         steps_.Step("health", [&] { return Health(); }, &report_.error);
     report_.ok = ok;
-    if (ok) report_.downtime_seconds = Since() - quiesce_start_;
+    if (ok) report_.downtime_seconds = steps_.Since() - quiesce_start_;
     return Finish();
   }
 
  private:
-  double Since() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
-
-  void Line(const std::string& text) {
-    if (timeline_) *timeline_ << "[" << Fixed(Since(), 2) << " s] " << text << std::endl;
-  }
-
-  // Runs one step: timed, reported, its result line printed.
-  bool Step(const std::string& name, const std::function<Result<std::string>()>& fn) {
-    StepReport step;
-    step.name = name;
-    step.start = Since();
-    Line(name + " ...");
-    auto r = fn();
-    step.end = Since();
-    step.ok = r.ok();
-    step.result = r.ok() ? *r : r.status().message();
-    Line(name + (r.ok() ? " ok" : " FAILED") + " in " + Fixed(step.end - step.start, 2) +
-         " s: " + step.result);
-    if (!r.ok()) report_.error = name + ": " + step.result;
-    report_.steps.push_back(step);
-    return r.ok();
-  }
-
   CutoverReport Finish() {
-    Line(report_.ok ? "cutover done: downtime " + Fixed(report_.downtime_seconds, 2) + " s"
+    report_.steps = steps_.steps();
+    steps_.Line(report_.ok ? "cutover done: downtime " + Fixed(report_.downtime_seconds, 2) + " s"
                     : "cutover FAILED: " + report_.error +
                           (report_.rollback.empty() ? "" : "; " + report_.rollback));
     return report_;
@@ -195,7 +115,7 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Quiesce() {
-    quiesce_start_ = Since();
+    quiesce_start_ = steps_.Since();
     if (plan_.quiesce.method == "qmp-pause") {
       CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
       CDP_RETURN_IF_ERROR(qmp->Execute("stop", nullptr, 10000).status());
@@ -313,58 +233,10 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Promote() {
-    CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(plan_.target.replication_endpoint,
-                                                            v1::ROLE_CONTROL, "", 0, 3000));
-    v1::TakeoverRequest req;
-    req.set_root_volume(plan_.root_volume);
-    for (const auto& n : plan_.network) {
-      auto* m = req.add_nics();
-      m->set_mac(n.target_mac);
-      m->set_address(n.address);
-      m->set_gateway(n.gateway);
-    }
-    auto taken = client->Takeover(req, 120000);
-    if (!taken.ok() && taken.status().IsUnavailable()) {
-      // The pe-agent exits right after replying and ZeroMQ may drop that last reply
-      // (docs/pe-agent.md §5): the connection dropping is what a takeover looks like from here.
-      // The health check decides.
-      return "the pe-agent left without its reply (" + taken.status().message() +
-             "); the health check decides";
-    }
-    CDP_ASSIGN_OR_RETURN(auto reply, std::move(taken));
-    std::string steps;
-    for (const auto& s : reply.steps()) {
-      steps += (steps.empty() ? "" : ", ") + s.name() + " " + Fixed(s.seconds(), 2) + " s";
-    }
-    if (!reply.ok()) {
-      return Status::FailedPrecondition("the pe-agent refused the takeover: " + reply.error() +
-                                        " (" + steps + ")");
-    }
-    return "switch_root into the migrated OS on " + reply.root_device() + " (" + steps + ")";
+    return RequestTakeover(plan_.target.replication_endpoint, plan_);
   }
 
-  Result<std::string> Health() {
-    const HealthCheck& h = plan_.health;
-    const std::string expect = plan_.ExpectedReply();
-    const auto deadline =
-        Clock::now() +
-        std::chrono::milliseconds(static_cast<int64_t>(plan_.budgets.takeover_seconds * 1000));
-    std::string last = "no answer yet";
-    while (Clock::now() < deadline) {
-      auto reply = Ask(h.host, h.port, h.request, 1000);
-      if (reply.ok() && (expect.empty() || *reply == expect)) {
-        return h.host + ":" + std::to_string(h.port) + " answers" +
-               (h.request.empty() ? "" : " '" + h.request + "' with '" + *reply + "'");
-      }
-      last = reply.ok() ? "answered '" + *reply + "', expected '" + expect + "'"
-                        : reply.status().message();
-      std::this_thread::sleep_for(
-          std::chrono::milliseconds(static_cast<int64_t>(h.interval_seconds * 1000)));
-    }
-    return Status::TimedOut("the service at " + h.host + ":" + std::to_string(h.port) +
-                            " did not answer as expected within " +
-                            Fixed(plan_.budgets.takeover_seconds, 0) + " s: " + last);
-  }
+  Result<std::string> Health() { return WaitForService(plan_, plan_.budgets.takeover_seconds); }
 
   void Rollback() {
     if (plan_.rollback == "none") {
@@ -384,13 +256,12 @@ class CutoverEngine::Impl {
     } else {
       report_.rollback = "nothing to roll back: the source was not touched";
     }
-    Line(report_.rollback);
+    steps_.Line(report_.rollback);
   }
 
   const CutoverPlan& plan_;
-  std::ostream* timeline_;
+  StepTimeline steps_;
   CutoverReport report_;
-  Clock::time_point t0_;
   double quiesce_start_ = 0;
   bool paused_ = false;
   bool quiesced_by_command_ = false;

@@ -32,6 +32,38 @@ bool ValidIpv4Prefix(const std::string& text) {
   return std::regex_match(text, m, re) && ValidIpv4(m[1]) && std::stoi(m[2]) <= 32;
 }
 
+// plan.drill_address when the plan does not say: see cutover_plan.h.
+std::string DefaultDrillAddress(const CutoverPlan& plan) {
+  if (plan.network.empty()) return "";
+  const std::string& first = plan.network.front().address;
+  const size_t slash = first.find('/');
+  in_addr addr{};
+  if (slash == std::string::npos || inet_pton(AF_INET, first.substr(0, slash).c_str(), &addr) != 1) {
+    return "";
+  }
+  const int prefix = std::stoi(first.substr(slash + 1));
+  const uint32_t mask = prefix == 0 ? 0 : ~uint32_t{0} << (32 - prefix);
+  const uint32_t net = ntohl(addr.s_addr) & mask;
+  std::set<uint32_t> taken;
+  for (const std::string& a :
+       [&] {
+         std::vector<std::string> all = {plan.health.host};
+         for (const auto& n : plan.network) all.push_back(n.address.substr(0, n.address.find('/')));
+         return all;
+       }()) {
+    in_addr t{};
+    if (inet_pton(AF_INET, a.c_str(), &t) == 1) taken.insert(ntohl(t.s_addr));
+  }
+  for (uint32_t host = net + 1; (host & mask) == net && host != (net | ~mask); ++host) {
+    if (taken.count(host) != 0) continue;
+    in_addr out{htonl(host)};
+    char text[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &out, text, sizeof(text));
+    return std::string(text) + "/" + std::to_string(prefix);
+  }
+  return "";
+}
+
 std::string JoinList(const std::vector<std::string>& items) {
   std::string out;
   for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
@@ -355,9 +387,17 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
   }
 
   p.drill_namespace = "cdp-drill";
+  p.drill_address = DefaultDrillAddress(p);
   const YAML::Node drill = root["drill"];
   if (drill.IsDefined() && !drill.IsNull()) {
-    CDP_RETURN_IF_ERROR(L.CheckKeys(drill, "drill", {"namespace"}));
+    CDP_RETURN_IF_ERROR(L.CheckKeys(drill, "drill", {"namespace", "address"}));
+    CDP_ASSIGN_OR_RETURN(p.drill_address,
+                         L.String(drill, "address", "drill", false, p.drill_address));
+    if (drill["address"].IsDefined() && !ValidIpv4Prefix(p.drill_address)) {
+      return L.Error(drill["address"], "drill.address",
+                     "'" + p.drill_address +
+                         "' is not IPV4/PREFIX with a prefix of 0..32 (e.g. 192.0.2.1/24)");
+    }
     CDP_ASSIGN_OR_RETURN(p.drill_namespace,
                          L.String(drill, "namespace", "drill", false, p.drill_namespace));
     if (!wire::ValidateVolumeName(p.drill_namespace).ok()) {

@@ -178,6 +178,21 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
   EXPECT_DOUBLE_EQ(p->budgets.total_seconds, 90);
   EXPECT_EQ(p->rollback, "none");
   EXPECT_EQ(p->drill_namespace, "db01-drill");
+  EXPECT_EQ(p->drill_address, "192.0.2.1/24");  // the first free host of network[0]'s subnet
+}
+
+TEST_F(CutoverPlanTest, DrillAddressIsTheFirstFreeHostUnlessThePlanSaysOtherwise) {
+  auto p = LoadCutoverPlan(Write(
+      Plan({{"network",
+             "network: [{source_mac: '52:54:00:00:00:10', target_mac: '52:54:00:00:00:20', "
+             "address: 198.51.100.1/25}]"},
+            {"health_check", "health_check: {host: 198.51.100.2, port: 7000}"}})));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->drill_address, "198.51.100.3/25");
+  auto q = LoadCutoverPlan(Write(Plan({}, "drill: {address: 192.0.2.254/24}\n")));
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->drill_address, "192.0.2.254/24");
+  EXPECT_EQ(q->drill_namespace, "cdp-drill");
 }
 
 TEST_F(CutoverPlanTest, OptionalKeysTakeTheirDefaults) {
@@ -345,6 +360,9 @@ TEST_F(CutoverPlanTest, ValuesAreCheckedWithTheirLines) {
               "volume vol1)");
   ExpectError(Plan({}, "rollback: later\n"),
               ":8: 'rollback': 'later' is not resume-source or none");
+  ExpectError(Plan({}, "drill: {address: 192.0.2.300/24}\n"),
+              ":8: 'drill.address': '192.0.2.300/24' is not IPV4/PREFIX with a prefix of 0..32 "
+              "(e.g. 192.0.2.1/24)");
   ExpectError(Plan({}, "drill: {namespace: 'a b'}\n"),
               ":8: 'drill.namespace': 'a b' is not a valid network namespace name: 1..64 of "
               "[A-Za-z0-9._-]");

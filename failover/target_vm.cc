@@ -34,10 +34,7 @@ std::string FormatFor(const std::string& path) {
   return (ext == ".img" || ext == ".raw") ? "raw" : "qcow2";
 }
 
-struct ImageInfo {
-  std::string format;
-  uint64_t virtual_size = 0;
-};
+}  // namespace
 
 Result<ImageInfo> InspectImage(const std::string& path) {
   std::vector<std::string> argv = {"qemu-img", "info", "--output=json", "--force-share", path};
@@ -51,6 +48,8 @@ Result<ImageInfo> InspectImage(const std::string& path) {
   }
   return ImageInfo{j.value("format", ""), j.value("virtual-size", uint64_t{0})};
 }
+
+namespace {
 
 Status CreateImage(const std::string& path, const std::string& format, uint64_t size,
                    std::ostream& progress) {
@@ -86,6 +85,8 @@ nlohmann::json ReadStateFile(const std::string& path) {
 
 }  // namespace
 
+std::string TargetDriveId(size_t index) { return "disk" + std::to_string(index); }
+
 std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
   const TargetConfig& c = config_;
   std::string append = "console=ttyS0 panic=-1 quiet cdp.listen=" + std::to_string(c.guest_port) +
@@ -117,7 +118,7 @@ std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
   }
   int i = 0;
   for (const auto& d : c.disks) {
-    const std::string id = "disk" + std::to_string(i++);
+    const std::string id = TargetDriveId(i++);
     a.insert(a.end(), {"-drive",
                        "file=" + d.path + ",if=none,id=" + id + ",format=" + FormatFor(d.path) +
                            ",cache=writeback,aio=threads,discard=unmap",
@@ -125,9 +126,11 @@ std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
   }
   a.insert(a.end(),
            {"-drive",
-            "file=" + c.metadata_disk + ",if=none,id=meta,format=" + FormatFor(c.metadata_disk) +
+            "file=" + c.metadata_disk + ",if=none,id=" + std::string(kTargetMetaDriveId) + ",format=" + FormatFor(c.metadata_disk) +
                 ",cache=writeback,aio=threads",
-            "-device", "virtio-blk-pci,drive=meta,serial=" + std::string(pe::kDefaultMetaSerial)});
+            "-device",
+            "virtio-blk-pci,drive=" + std::string(kTargetMetaDriveId) +
+                ",serial=" + std::string(pe::kDefaultMetaSerial)});
   return a;
 }
 

@@ -220,6 +220,16 @@ Status PeAgent::PrepareDisks() {
 Status PeAgent::Run(const std::atomic<bool>* stop) {
   while (!stop->load() && !handed_over_) {
     int wait_ms = 200;
+    if (hold_until_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            *hold_until_ - std::chrono::steady_clock::now())
+                            .count();
+      if (left <= 0) {
+        ReleaseHold("its max_ms ran out");
+        continue;
+      }
+      wait_ms = static_cast<int>(std::min<int64_t>(left, wait_ms));
+    }
     if (handover_deadline_) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                             *handover_deadline_ - std::chrono::steady_clock::now())
@@ -260,7 +270,13 @@ void PeAgent::Handle(wire::Message& msg) {
     case v1::Header::kHello:
       return HandleHello(msg);
     case v1::Header::kApplyBatch:
+      if (hold_until_) {
+        held_batches_.push_back(std::move(msg));
+        return;
+      }
       return HandleApply(msg);
+    case v1::Header::kApplyHoldRequest:
+      return HandleHold(msg);
     case v1::Header::kPeStatusRequest:
       return HandleStatus(msg);
     case v1::Header::kChecksumRequest:
@@ -522,22 +538,26 @@ void PeAgent::HandleChecksum(const wire::Message& msg) {
 
 // ---- takeover ----
 
-void PeAgent::HandleTakeover(const wire::Message& msg) {
+bool PeAgent::FromControlClient(const wire::Message& msg, const std::string& what) {
   auto session = sessions_.find(msg.peer);
-  if (session == sessions_.end() || session->second.role != v1::ROLE_CONTROL) {
-    return SendError(
-        msg.peer,
-        Status::FailedPrecondition("pe-agent: a takeover request from " + PeerName(msg.peer) +
-                                   ", which is not a control client; only a session "
-                                   "that said Hello with role CONTROL may ask"),
-        true);
-  }
+  if (session != sessions_.end() && session->second.role == v1::ROLE_CONTROL) return true;
+  SendError(msg.peer,
+            Status::FailedPrecondition("pe-agent: " + what + " from " + PeerName(msg.peer) +
+                                       ", which is not a control client; only a session "
+                                       "that said Hello with role CONTROL may ask"),
+            true);
+  return false;
+}
+
+void PeAgent::HandleTakeover(const wire::Message& msg) {
+  if (!FromControlClient(msg, "a takeover request")) return;
   if (handover_deadline_) {
     return SendError(msg.peer,
                      Status::FailedPrecondition(
                          "pe-agent: the target is already handed over to the migrated OS"),
                      true);
   }
+  if (hold_until_) ReleaseHold("a takeover was requested");
   const v1::TakeoverRequest& request = msg.header.takeover_request();
   const std::string init = request.init().empty() ? "/sbin/init" : request.init();
   const std::string what = request.dry_run() ? "takeover dry run" : "takeover";
@@ -581,6 +601,37 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
   // with a linger (zeromq/libzmq#1264, #3774) — here 1 reply in 4 on loopback.
   handover_deadline_ =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(kHandoverGraceMs);
+}
+
+void PeAgent::HandleHold(const wire::Message& msg) {
+  if (!FromControlClient(msg, "an apply hold request")) return;
+  const v1::ApplyHoldRequest& request = msg.header.apply_hold_request();
+  size_t released = 0;
+  if (request.hold()) {
+    const uint32_t max_ms = request.max_ms() == 0 ? 10000 : request.max_ms();
+    hold_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(max_ms);
+    Announce("pe-agent: apply held for at most " + std::to_string(max_ms) + " ms by " +
+             PeerName(msg.peer));
+  } else if (hold_until_) {
+    released = ReleaseHold("released by " + PeerName(msg.peer));
+  }
+  v1::Header h;
+  auto* reply = h.mutable_apply_hold_reply();
+  reply->set_held(hold_until_.has_value());
+  reply->set_queued_batches(
+      static_cast<uint32_t>(request.hold() ? held_batches_.size() : released));
+  for (const auto& [name, v] : volumes_) (*reply->mutable_applied_lsn())[name] = v.applied_lsn;
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+size_t PeAgent::ReleaseHold(const std::string& why) {
+  hold_until_.reset();
+  std::deque<wire::Message> queued;
+  queued.swap(held_batches_);
+  Announce("pe-agent: apply hold ended (" + why + "); applying " +
+           std::to_string(queued.size()) + " queued batch(es)");
+  for (auto& m : queued) HandleApply(m);
+  return queued.size();
 }
 
 void PeAgent::FinishHandover() {

@@ -855,6 +855,88 @@ TEST_F(PeAgentTest, TakeoverOnlyFromAControlSession) {
   ExpectErrorReply(RawCall(h), StatusCode::kFailedPrecondition, true, {"role CONTROL"});
 }
 
+TEST_F(PeAgentTest, HeldBatchesWaitUntilReleaseAndTheDiskStaysAtTheBoundary) {
+  StartAgent();
+  auto replicator = ConnectReplicator();
+  auto control = ConnectControl();
+  ASSERT_NE(replicator, nullptr);
+  ASSERT_NE(control, nullptr);
+  std::mt19937_64 rng(11);
+  Batch first(1, &sda_image_);
+  first.Write(0, RandomBytes(rng, 8192)).Write(65536, RandomBytes(rng, 4096));
+  ASSERT_TRUE(replicator->Apply(kSda, first.items(), kWaitMs, nullptr).ok());
+  const std::string after_first = sda_image_;
+
+  auto held = control->Hold(true, 60000, kWaitMs);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_TRUE(held->held());
+  EXPECT_EQ(held->applied_lsn().at(kSda), 2u);
+  EXPECT_EQ(held->applied_lsn().at(kSdb), 0u);
+
+  Batch second(3, &sda_image_);
+  second.Write(4096, RandomBytes(rng, 4096)).Write(kSdaSize - 512, RandomBytes(rng, 512));
+  Result<uint64_t> applied = Status::Internal("not yet");
+  std::thread sender([&] { applied = replicator->Apply(kSda, second.items(), kWaitMs, nullptr); });
+  // The batch is queued, not applied: the disk and the cursor stay at LSN 2.
+  for (int i = 0; i < 50; ++i) {
+    auto again = control->Hold(true, 60000, kWaitMs);
+    ASSERT_TRUE(again.ok()) << again.status();
+    if (again->queued_batches() == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(ReadWholeFile(sda_path_), after_first);
+  auto st = control->Status(kWaitMs);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->volumes(0).applied_lsn(), 2u);
+
+  auto released = control->Hold(false, 0, kWaitMs);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_FALSE(released->held());
+  EXPECT_EQ(released->queued_batches(), 1u);
+  EXPECT_EQ(released->applied_lsn().at(kSda), 4u);
+  sender.join();
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 4u);
+  ExpectSdaMatchesImage();
+}
+
+TEST_F(PeAgentTest, HoldEndsByItselfAfterMaxMs) {
+  StartAgent();
+  auto replicator = ConnectReplicator();
+  auto control = ConnectControl();
+  ASSERT_NE(replicator, nullptr);
+  ASSERT_NE(control, nullptr);
+  auto held = control->Hold(true, 300, kWaitMs);
+  ASSERT_TRUE(held.ok()) << held.status();
+  Batch batch(1, &sda_image_);
+  batch.Write(512, std::string(1024, 'h'));
+  // Nobody releases: the control client could have died. The batch is applied all the same.
+  auto applied = replicator->Apply(kSda, batch.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 1u);
+  ExpectSdaMatchesImage();
+  auto status = control->Hold(false, 0, kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_FALSE(status->held());
+  EXPECT_EQ(status->queued_batches(), 0u);
+}
+
+TEST_F(PeAgentTest, HoldOnlyFromAControlSession) {
+  StartAgent();
+  auto replicator = ConnectReplicator();
+  ASSERT_NE(replicator, nullptr);
+  auto reply = replicator->Hold(true, 1000, kWaitMs);
+  ASSERT_FALSE(reply.ok());
+  EXPECT_EQ(reply.status().code(), StatusCode::kFailedPrecondition) << reply.status();
+  EXPECT_THAT(reply.status().message(), HasSubstr("apply hold request"));
+  EXPECT_THAT(reply.status().message(), HasSubstr("not a control client"));
+  Batch batch(1, &sda_image_);
+  batch.Write(0, std::string(512, 'r'));
+  auto applied = replicator->Apply(kSda, batch.items(), kWaitMs, nullptr);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  ExpectSdaMatchesImage();
+}
+
 TEST_F(PeAgentTest, TakeoverOfAVolumeWithoutExt4IsRefused) {
   // Image files hold no filesystem: the mount step finds no ext4 and nothing is mounted.
   PeAgentOptions options = Options();

@@ -119,6 +119,15 @@ Result<v1::ChecksumReply> PeClient::Checksums(const std::string& volume,
   return msg.header.checksum_reply();
 }
 
+Result<v1::ApplyHoldReply> PeClient::Hold(bool hold, uint32_t max_ms, int timeout_ms) {
+  v1::Header h;
+  auto* req = h.mutable_apply_hold_request();
+  req->set_hold(hold);
+  req->set_max_ms(max_ms);
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, {}, v1::Header::kApplyHoldReply, timeout_ms, nullptr));
+  return msg.header.apply_hold_reply();
+}
+
 Result<v1::TakeoverReply> PeClient::Takeover(const v1::TakeoverRequest& request, int timeout_ms) {
   v1::Header h;
   *h.mutable_takeover_request() = request;

@@ -1,10 +1,10 @@
 """A client of the lab's test service, run inside the cdp-client namespace:
 
-  python3 lab_client.py HOST PORT OUT_FILE [PERIOD_S]
+  python3 lab_client.py HOST PORT OUT_FILE [PERIOD_S [TIMEOUT_S]]
 
 Sends `PUT n` (n = 1, 2, ...) every PERIOD_S (default 0.02 s) and appends one line per
-acknowledged n to OUT_FILE: "n time_ns". A request that fails or gets no `OK n` within 1 s is
-not acknowledged (its n may or may not have been committed); the client reconnects and goes on
+acknowledged n to OUT_FILE: "n time_ns". A request that fails or gets no `OK n` within
+TIMEOUT_S (default 1 s) is not acknowledged (its n may or may not have been committed); the client reconnects and goes on
 with n + 1. Stops cleanly on SIGTERM. The outage a client sees is the largest gap between two
 consecutive acknowledgements.
 """
@@ -15,6 +15,7 @@ import time
 
 host, port, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 period = float(sys.argv[4]) if len(sys.argv) > 4 else 0.02
+timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
 stop = False
 
 
@@ -31,7 +32,7 @@ while not stop:
     n += 1
     try:
         if sock is None:
-            sock = socket.create_connection((host, port), timeout=1.0)
+            sock = socket.create_connection((host, port), timeout=timeout)
             buf = b""
         sock.sendall(f"PUT {n}\n".encode())
         while b"\n" not in buf:

@@ -6,9 +6,11 @@ refusing to touch a lab that is already up, and checking a client's acknowledged
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 LAB = os.path.join(REPO, "deploy", "lab", "lab")
@@ -24,10 +26,14 @@ def lab(*args, check=True, timeout=900):
     return r
 
 
+def netns_exists(name):
+    return os.path.exists(f"/run/netns/{name}")
+
+
 def require_no_lab():
     """Exits (FAIL) when a lab is already up: a test must not take someone's lab down."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    if "cdp-lab" in out or "cdp-client" in out:
+    if "cdp-lab" in out or "cdp-client" in out or "cdp-drill" in out:
         raise SystemExit("FAIL: a lab is already up on this machine (deploy/lab/lab down)")
 
 
@@ -76,6 +82,68 @@ def missing_on_service(numbers):
     if r.returncode != 0:
         raise AssertionError(f"HAS check failed: {r.stderr}")
     return json.loads(r.stdout)
+
+
+_clients = []  # started by start_client, killed by run_lab_test
+
+
+def start_client(acked_file, period=0.02, timeout=1.0):
+    """Starts lab_client.py in cdp-client against 192.0.2.10:7000 (killed at the test's end)."""
+    p = subprocess.Popen(["ip", "netns", "exec", "cdp-client", sys.executable, CLIENT,
+                          "192.0.2.10", "7000", acked_file, str(period), str(timeout)])
+    _clients.append(p)
+    return p
+
+
+def stop_client(p):
+    p.terminate()
+    p.wait(10)
+
+
+def run_plan(command, plan):
+    """`cdpctl COMMAND --plan PLAN --json` in the lab namespace: (exit code, JSON report). The
+    timeline (stderr) is printed."""
+    import cdptest
+    r = lab("exec", "lab", "--", os.path.join(cdptest.BIN, "cdpctl", "cdpctl"), command,
+            "--plan", plan, "--json", check=False, timeout=600)
+    print(r.stderr, flush=True)
+    try:
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise AssertionError(f"{command} printed no JSON report (exit {r.returncode}):\n{r.stdout}")
+    return r.returncode, report
+
+
+def run_lab_test(body):
+    """The frame of a lab test: a fresh lab dir, `lab up`, body(lab_dir, work_dir), and always
+    `lab down` and the clients killed. An AssertionError fails the test (FAIL, exit 1) after the
+    last lines of the lab's logs are printed; otherwise PASS."""
+    lab_dir = prepare_lab_test()
+    work = tempfile.mkdtemp(prefix="cdp-lab-test-")
+    failed = True
+    try:
+        lab("up")
+        body(lab_dir, work)
+        failed = False
+    except AssertionError as e:
+        traceback.print_exc()
+        print(f"FAIL: {e}")
+    finally:
+        for p in _clients:
+            if p.poll() is None:
+                p.kill()
+        if failed and os.path.isdir(lab_dir):
+            for name in sorted(os.listdir(lab_dir)):
+                if name.endswith(".log"):
+                    print(f"----- {name} (last 30 lines) -----")
+                    with open(os.path.join(lab_dir, name), errors="replace") as f:
+                        print("".join(f.readlines()[-30:]))
+        r = lab("down", check=False)
+        print(r.stdout + r.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        sys.exit(1)
+    print("PASS")
 
 
 if __name__ == "__main__":

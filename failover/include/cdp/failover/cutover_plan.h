@@ -75,6 +75,10 @@ struct CutoverPlan {
   std::string rollback = "resume-source";  // or "none"
   // Drills only: the isolated namespace the drill VM runs in, and its service network.
   std::string drill_namespace;  // "cdp-drill" unless the plan says otherwise
+  // ADDR/PREFIX the drill namespace holds on its copy of the service network (where the health
+  // check comes from). Default: the first host address of network[0]'s subnet that no mapping
+  // and not health_check.host use ("" when the plan maps no address).
+  std::string drill_address;
 
   // health.expect with every "${TARGET_UUID}" replaced by target.uuid: the reply line the health
   // check waits for ("" = any reply).

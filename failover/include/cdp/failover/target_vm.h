@@ -94,6 +94,20 @@ class TargetVm {
   TargetConfig config_;
 };
 
+// QEMU's drive id (QMP "device") of config.disks[index]: "disk<index>"; the metadata disk's is
+// kTargetMetaDriveId.
+std::string TargetDriveId(size_t index);
+inline constexpr char kTargetMetaDriveId[] = "meta";
+
+struct ImageInfo {
+  std::string format;  // "qcow2", "raw", ...
+  uint64_t virtual_size = 0;
+};
+
+// What qemu-img info --force-share says of an image (so a running VM's disk can be read).
+// FailedPrecondition with qemu-img's message when it cannot be inspected.
+Result<ImageInfo> InspectImage(const std::string& path);
+
 // `cdpctl target status --json`: {"name", "state", "vm_status", "pid", "accel",
 // "pe_boot_seconds", "pe_kernel_to_ready_seconds", "kernel_release", "error",
 // "replication_endpoint", "qmp_socket", "console_log",

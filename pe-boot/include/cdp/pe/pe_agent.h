@@ -21,11 +21,17 @@
 // unmounts, replies ok=false and goes back to serving (batches allowed again); a dry run does the
 // same after a read-only mount.
 //
+// Apply hold (ApplyHoldRequest from a control client, docs/pe-agent.md §6): batches that arrive
+// while held are queued in order, not applied, so the disks stay at a batch boundary while the
+// host snapshots them; a release (or the hold's max_ms running out, or a takeover) applies the
+// queue in order and acks each batch then.
+//
 // Single-threaded: Run() serves everything on the calling thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -114,6 +120,12 @@ class PeAgent {
   void HandleStatus(const wire::Message& msg);
   void HandleChecksum(const wire::Message& msg);
   void HandleTakeover(const wire::Message& msg);
+  void HandleHold(const wire::Message& msg);
+  // True when msg's session said Hello as a control client; else answers a permanent
+  // FailedPrecondition naming `what` and returns false.
+  bool FromControlClient(const wire::Message& msg, const std::string& what);
+  // Ends a hold: applies the queued batches in order (each acked as usual). Returns how many.
+  size_t ReleaseHold(const std::string& why);
   // Steps check, flush, mount and adapt of a takeover, each appended to reply->steps.
   Status Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply);
   // Closes the socket (waiting up to 1 s for the reply to go out) and sets handed_over_.
@@ -141,6 +153,9 @@ class PeAgent {
   // Set once the ok takeover reply was sent: Run() calls FinishHandover at this time.
   std::optional<std::chrono::steady_clock::time_point> handover_deadline_;
   bool handed_over_ = false;
+  // Set while an apply hold is in force: when it ends by itself. Batches wait in held_batches_.
+  std::optional<std::chrono::steady_clock::time_point> hold_until_;
+  std::deque<wire::Message> held_batches_;
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
 };

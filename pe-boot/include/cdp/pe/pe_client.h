@@ -47,6 +47,11 @@ class PeClient {
   // when no reply came within timeout_ms (steps can take seconds under TCG: give it 60 s), and
   // Unavailable when the connection dropped first. After ok=true without dry_run the pe-agent
   // is gone: the connection drops and the VM runs the migrated OS.
+  // Holds (hold=true, for at most max_ms) or releases the apply of batches (docs/pe-agent.md
+  // §6): REQUIRES role ROLE_CONTROL. When the reply comes, a hold is in force and the disks are
+  // at a batch boundary whose LSNs the reply carries; a release has applied the queued batches.
+  Result<wire::v1::ApplyHoldReply> Hold(bool hold, uint32_t max_ms, int timeout_ms);
+
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                            int timeout_ms);
 

@@ -1,0 +1,555 @@
+#include "cdp/failover/drill.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "cdp/core/atomic_file.h"
+#include "cdp/core/qmp_client.h"
+#include "cdp/ctl/control_client.h"
+#include "cdp/failover/host_command.h"
+#include "cdp/failover/target_vm.h"
+#include "cdp/pe/pe_client.h"
+#include "service_probe.h"
+#include "step_timeline.h"
+
+namespace cdp::failover {
+
+namespace fs = std::filesystem;
+namespace v1 = wire::v1;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr char kTap[] = "tap-drill";
+constexpr char kBridge[] = "br-drill";
+constexpr uint32_t kHoldMs = 10000;   // the pe-agent lets go by itself after this
+constexpr int kCommitTimeoutMs = 300000;
+
+// Puts the calling thread into another network namespace until destroyed. Sockets it makes and
+// processes it starts meanwhile live there (ZeroMQ's I/O threads too: a PeClient makes its
+// context, and so its threads, when it connects).
+class NetnsGuard {
+ public:
+  static Result<std::unique_ptr<NetnsGuard>> Enter(const std::string& name) {
+    const int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (self < 0) return Status::FromErrno(errno, "/proc/thread-self/ns/net");
+    const std::string path = "/run/netns/" + name;
+    const int target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (target < 0) {
+      Status s = Status::FromErrno(errno, "network namespace " + path);
+      close(self);
+      return s;
+    }
+    const int rc = setns(target, CLONE_NEWNET);
+    const int err = errno;
+    close(target);
+    if (rc != 0) {
+      close(self);
+      return Status::FromErrno(err, "entering network namespace " + name);
+    }
+    return std::unique_ptr<NetnsGuard>(new NetnsGuard(self));
+  }
+  ~NetnsGuard() {
+    if (setns(self_, CLONE_NEWNET) != 0) {
+      // Everything after this would talk to the wrong network: stop here.
+      std::fprintf(stderr, "cdpctl: cannot return to the original network namespace: %s\n",
+                   std::strerror(errno));
+      std::abort();
+    }
+    close(self_);
+  }
+  NetnsGuard(const NetnsGuard&) = delete;
+  NetnsGuard& operator=(const NetnsGuard&) = delete;
+
+ private:
+  explicit NetnsGuard(int self) : self_(self) {}
+  int self_;
+};
+
+bool NamespaceExists(const std::string& name) { return fs::exists("/run/netns/" + name); }
+
+// One disk of the target as a drill sees it: the target's file (frozen during the drill), the
+// delta the target writes into meanwhile, and the drill VM's overlay of the frozen file.
+struct DrillDrive {
+  std::string id;  // the target's QEMU drive id
+  std::string base, delta, overlay;
+};
+
+std::vector<DrillDrive> DrillDrives(const TargetConfig& t) {
+  std::vector<DrillDrive> out;
+  auto add = [&](const std::string& id, const std::string& base, const std::string& label) {
+    out.push_back({id, base, t.state_dir + "/" + t.name + ".drill-delta." + label + ".qcow2",
+                   t.state_dir + "/" + t.name + "-drill." + label + ".qcow2"});
+  };
+  for (size_t i = 0; i < t.disks.size(); ++i) add(TargetDriveId(i), t.disks[i].path, t.disks[i].volume);
+  add(kTargetMetaDriveId, t.metadata_disk, "meta");
+  return out;
+}
+
+// The drill VM: the target's config on the overlays, in the drill namespace, its service NIC on
+// the namespace's tap; same UUID and MACs (nothing else shares that network).
+TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<DrillDrive>& drives) {
+  TargetConfig c = t;
+  c.name = t.name + "-drill";
+  c.qmp_socket = t.state_dir + "/" + c.name + ".qmp";
+  for (size_t i = 0; i < c.disks.size(); ++i) c.disks[i].path = drives[i].overlay;
+  c.metadata_disk = drives.back().overlay;
+  c.replication_host = "127.0.0.1";
+  c.replication_endpoint = "tcp://127.0.0.1:" + std::to_string(t.replication_port);
+  c.service_nic.mode = "tap";
+  c.service_nic.tap = kTap;
+  return c;
+}
+
+std::string LsnList(const std::vector<std::pair<std::string, uint64_t>>& lsns) {
+  std::string out;
+  for (const auto& [v, l] : lsns) out += (out.empty() ? "" : ", ") + v + " " + std::to_string(l);
+  return out;
+}
+
+// The file each drive id of a running QEMU has on top ("inserted" -> "file").
+Result<std::map<std::string, std::string>> ActiveFiles(QmpClient* qmp) {
+  CDP_ASSIGN_OR_RETURN(nlohmann::json blocks, qmp->Execute("query-block", nullptr, 10000));
+  std::map<std::string, std::string> out;
+  for (const auto& b : blocks) {
+    if (b.contains("inserted")) out[b.value("device", "")] = b["inserted"].value("file", "");
+  }
+  return out;
+}
+
+}  // namespace
+
+class DrillEngine::Impl {
+ public:
+  Impl(const CutoverPlan& plan, std::ostream* timeline, const volatile bool* cancel)
+      : plan_(plan),
+        target_(plan.target),
+        drives_(DrillDrives(plan.target)),
+        drill_vm_(DrillVmConfig(plan.target, drives_)),
+        steps_(timeline),
+        cancel_(cancel) {}
+
+  DrillReport Run() {
+    report_.plan = plan_.file;
+    steps_.Line("drill of " + plan_.name + ": target " + target_.name + " booted as " +
+                drill_vm_.name + " in network namespace " + plan_.drill_namespace +
+                "; the source is not touched");
+    bool ok = Step("precheck", [&] { return Precheck(); }) &&
+              Step("snapshot", [&] { return Snapshot(); }) &&
+              Step("network", [&] { return Network(); }) && Step("boot", [&] { return Boot(); }) &&
+              Step("promote", [&] { return Promote(); }) &&
+              Step("health", [&] { return Health(); }) &&
+              Step("replication", [&] { return Replication(); });
+    // Teardown always runs (unless precheck found a foreign namespace: nothing was made).
+    if (!refused_) {
+      const bool torn_down =
+          steps_.Step("teardown", [&] { return Teardown(); }, &report_.error);
+      ok = ok && torn_down;
+    }
+    report_.ok = ok;
+    report_.steps = steps_.steps();
+    steps_.Line(ok ? "drill passed; the target stays in the PE, replicating"
+                   : "drill FAILED: " + report_.error);
+    return report_;
+  }
+
+ private:
+  bool Step(const std::string& name, const std::function<Result<std::string>()>& fn) {
+    return steps_.Step(
+        name,
+        [&]() -> Result<std::string> {
+          if (cancel_ != nullptr && *cancel_) {
+            return Status::Aborted("stopped by a signal before " + name);
+          }
+          return fn();
+        },
+        &report_.error);
+  }
+
+  Result<v1::PeStatusReply> TargetPeStatus() {
+    auto client = pe::PeClient::Connect(target_.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
+    if (!client.ok()) return client.status().WithContext("target.config " + plan_.target_config);
+    return (*client)->Status(5000);
+  }
+
+  Result<std::unique_ptr<QmpClient>> TargetQmp() {
+    auto qmp = QmpClient::Connect(target_.qmp_socket, 5000);
+    if (!qmp.ok()) {
+      return qmp.status().WithContext("target.config " + plan_.target_config + ": qmp_socket " +
+                                      target_.qmp_socket);
+    }
+    return qmp;
+  }
+
+  bool LeftoversExist() {
+    for (const auto& d : drives_) {
+      if (fs::exists(d.delta) || fs::exists(d.overlay)) return true;
+    }
+    return fs::exists(drill_vm_.pid_file());
+  }
+
+  Result<std::string> Precheck() {
+    if (target_.service_nic.mode == "none") {
+      refused_ = true;
+      return Status::FailedPrecondition(
+          "target.config " + plan_.target_config + ": target " + target_.name +
+          " has service_nic.mode none; a drill boots its copy on a copy of the service network "
+          "and needs the service NIC (mode tap or user)");
+    }
+    if (plan_.drill_address.empty()) {
+      refused_ = true;
+      return Status::FailedPrecondition(
+          "drill.address: the plan maps no address (network) to derive one from; set "
+          "drill.address to ADDR/PREFIX on the service network");
+    }
+    std::string cleaned;
+    if (LeftoversExist()) {
+      steps_.Line("a drill that did not finish left files in " + target_.state_dir +
+                  "; cleaning up first");
+      auto r = Teardown();
+      if (!r.ok()) {
+        return Status::FailedPrecondition("cleaning up after a drill that did not finish: " +
+                                          r.status().message());
+      }
+      cleaned = "; cleaned up after a drill that did not finish (" + *r + ")";
+    } else if (NamespaceExists(plan_.drill_namespace)) {
+      refused_ = true;
+      return Status::FailedPrecondition(
+          "drill.namespace: network namespace " + plan_.drill_namespace +
+          " exists but no drill of target " + target_.name + " left it (no drill files in " +
+          target_.state_dir + "); remove it (ip netns del " + plan_.drill_namespace +
+          ") or choose another drill.namespace");
+    }
+    CDP_ASSIGN_OR_RETURN(auto qmp, TargetQmp());
+    CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
+    for (const auto& d : drives_) {
+      auto it = active.find(d.id);
+      if (it == active.end()) {
+        return Status::FailedPrecondition("target " + target_.name + " has no drive " + d.id +
+                                          " (for " + d.base + "); was it started by cdpctl "
+                                          "target start with " + plan_.target_config + "?");
+      }
+      if (it->second != d.base) {
+        return Status::FailedPrecondition("target " + target_.name + "'s drive " + d.id +
+                                          " runs on " + it->second + ", not on " + d.base +
+                                          " as " + plan_.target_config + " says");
+      }
+    }
+    CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
+    if (pe.state() != "pe-ready") {
+      return Status::FailedPrecondition("the target is " + pe.state() + ": " + pe.error());
+    }
+    std::string lsns;
+    for (const auto& v : pe.volumes()) {
+      lsns += (lsns.empty() ? "" : ", ") + v.name() + " " + std::to_string(v.applied_lsn());
+    }
+    return "target " + target_.name + " pe-ready on its own disks (applied LSN " + lsns +
+           "); namespace " + plan_.drill_namespace + " free" + cleaned;
+  }
+
+  Result<std::string> Snapshot() {
+    CDP_ASSIGN_OR_RETURN(auto qmp, TargetQmp());
+    CDP_ASSIGN_OR_RETURN(auto pe, pe::PeClient::Connect(target_.replication_endpoint,
+                                                        v1::ROLE_CONTROL, "", 0, 3000));
+    const auto held_at = Clock::now();
+    CDP_ASSIGN_OR_RETURN(auto held, pe->Hold(true, kHoldMs, 5000));
+    nlohmann::json actions = nlohmann::json::array();
+    for (const auto& d : drives_) {
+      actions.push_back({{"type", "blockdev-snapshot-sync"},
+                         {"data",
+                          {{"device", d.id},
+                           {"snapshot-file", d.delta},
+                           {"format", "qcow2"},
+                           {"mode", "absolute-paths"}}}});
+    }
+    auto snap = qmp->Execute("transaction", {{"actions", actions}}, 30000);
+    auto released = pe->Hold(false, 0, 5000);
+    const double held_seconds = std::chrono::duration<double>(Clock::now() - held_at).count();
+    if (!snap.ok()) {
+      for (const auto& d : drives_) {
+        std::error_code ec;
+        fs::remove(d.delta, ec);  // QEMU rolled the transaction back: nothing uses them
+      }
+      return snap.status().WithContext("snapshot of the target's disks (QMP transaction "
+                                       "blockdev-snapshot-sync); nothing changed on the target");
+    }
+    for (const auto& v : plan_.volumes) {
+      auto it = held.applied_lsn().find(v);
+      report_.snapshot_lsn.push_back({v, it == held.applied_lsn().end() ? uint64_t{0} : it->second});
+    }
+    std::string out = "target disks frozen at LSN " + LsnList(report_.snapshot_lsn) +
+                      " (apply held " + FixedSeconds(held_seconds, 2) + " s";
+    if (released.ok()) {
+      out += ", " + std::to_string(released->queued_batches()) + " batch(es) waited";
+    } else {
+      out += "; the release failed (" + released.status().message() +
+             "), the hold ends by itself after " + std::to_string(kHoldMs / 1000) + " s";
+    }
+    return out + "); the target applies into " + std::to_string(drives_.size()) + " delta(s)";
+  }
+
+  Result<std::string> Network() {
+    const std::string& ns = plan_.drill_namespace;
+    const std::vector<std::vector<std::string>> commands = {
+        {"ip", "netns", "add", ns},
+        {"ip", "-n", ns, "link", "set", "lo", "up"},
+        {"ip", "-n", ns, "link", "add", kBridge, "type", "bridge"},
+        {"ip", "-n", ns, "addr", "add", plan_.drill_address, "dev", kBridge},
+        {"ip", "-n", ns, "link", "set", kBridge, "up"},
+        {"ip", "-n", ns, "tuntap", "add", "dev", kTap, "mode", "tap"},
+        {"ip", "-n", ns, "link", "set", kTap, "master", kBridge, "up"}};
+    for (const auto& argv : commands) {
+      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 30000));
+      if (r.exit_code != 0) {
+        return Status::FailedPrecondition(CommandLine(argv) + " failed: " + r.output);
+      }
+    }
+    return "namespace " + ns + ": bridge " + kBridge + " with " + plan_.drill_address + ", tap " +
+           kTap + " for the drill VM";
+  }
+
+  Result<std::string> Boot() {
+    for (const auto& d : drives_) {
+      CDP_ASSIGN_OR_RETURN(ImageInfo info, InspectImage(d.base));
+      const std::vector<std::string> argv = {"qemu-img", "create", "-q",          "-f",
+                                             "qcow2",    "-u",     "-b",          d.base,
+                                             "-F",       info.format, d.overlay,
+                                             std::to_string(info.virtual_size)};
+      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
+      if (r.exit_code != 0) {
+        return Status::IOError(CommandLine(argv) + " failed: " + r.output);
+      }
+    }
+    std::ostringstream progress;
+    Status started;
+    {
+      CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
+      started = TargetVm(drill_vm_).Start(progress);
+    }
+    if (!started.ok()) return started.WithContext("drill VM " + drill_vm_.name);
+    auto text = ReadWholeFile(drill_vm_.state_file());
+    const nlohmann::json state =
+        nlohmann::json::parse(text.ok() ? *text : std::string("{}"), nullptr, false);
+    const double boot = state.is_object() ? state.value("pe_boot_seconds", 0.0) : 0.0;
+    return "drill VM " + drill_vm_.name + " pe-ready in " + FixedSeconds(boot, 1) +
+           " s on overlays of the frozen disks (console " + drill_vm_.console_log() + ")";
+  }
+
+  Result<std::string> Promote() {
+    CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
+    return RequestTakeover(drill_vm_.replication_endpoint, plan_);
+  }
+
+  Result<std::string> Health() {
+    CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
+    CDP_ASSIGN_OR_RETURN(std::string answer,
+                         WaitForService(plan_, plan_.budgets.takeover_seconds, cancel_));
+    return answer + " in namespace " + plan_.drill_namespace;
+  }
+
+  Result<std::string> Replication() {
+    CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
+    if (pe.state() != "pe-ready") {
+      return Status::FailedPrecondition("the target is " + pe.state() + " after the drill: " +
+                                        pe.error());
+    }
+    std::string out;
+    for (const auto& [volume, snapshot] : report_.snapshot_lsn) {
+      uint64_t now = 0;
+      for (const auto& v : pe.volumes()) {
+        if (v.name() == volume) now = v.applied_lsn();
+      }
+      report_.applied_lsn_after.push_back({volume, now});
+      out += (out.empty() ? "" : ", ") + volume + " " + std::to_string(snapshot) + " -> " +
+             std::to_string(now);
+    }
+    std::string replicators;
+    if (auto client = ctl::ControlClient::Connect(plan_.journal, 3000); client.ok()) {
+      if (auto st = (*client)->Status(3000); st.ok()) {
+        for (const auto& v : st->volumes()) {
+          for (const auto& name : plan_.volumes) {
+            if (v.name() == name) {
+              replicators += std::string(replicators.empty() ? "" : ", ") + name + " " +
+                             (v.replicator_connected() ? "connected" : "NOT connected");
+            }
+          }
+        }
+      }
+    }
+    return "the target went on applying during the drill: " + out +
+           (replicators.empty() ? "" : " (replicator " + replicators + ")");
+  }
+
+  // Idempotent: removes whatever a drill of this target made, in an order that leaves a state
+  // it can resume from if it dies midway (deltas go last).
+  Result<std::string> Teardown() {
+    std::vector<std::string> done, failed;
+    std::ostringstream progress;
+    TargetVm drill(drill_vm_);
+    if (Status s = drill.Stop(progress, 15); s.ok()) {
+      done.push_back("drill VM stopped");
+    } else {
+      failed.push_back("stopping the drill VM: " + s.message());
+    }
+    std::error_code ec;
+    fs::remove(drill_vm_.qmp_socket, ec);
+    fs::remove(drill_vm_.state_file(), ec);
+    if (NamespaceExists(plan_.drill_namespace)) {
+      const std::vector<std::string> argv = {"ip", "netns", "del", plan_.drill_namespace};
+      auto r = RunHostCommand(argv, 30000);
+      if (r.ok() && r->exit_code == 0) {
+        done.push_back("namespace " + plan_.drill_namespace + " removed");
+      } else {
+        failed.push_back(CommandLine(argv) + ": " + (r.ok() ? r->output : r.status().message()));
+      }
+    }
+    if (failed.empty()) {
+      for (const auto& d : drives_) fs::remove(d.overlay, ec);
+    }
+    if (Status s = CommitDeltas(&done); !s.ok()) failed.push_back(s.message());
+    std::string out;
+    for (const auto& d : done) out += (out.empty() ? "" : "; ") + d;
+    report_.teardown = out;
+    if (!failed.empty()) {
+      std::string why;
+      for (const auto& f : failed) why += (why.empty() ? "" : "; ") + f;
+      report_.teardown += (out.empty() ? "" : "; ") + std::string("FAILED: ") + why;
+      return Status::FailedPrecondition(why + " (done: " + (out.empty() ? "nothing" : out) +
+                                        "); run the drill again to finish the cleanup");
+    }
+    return out.empty() ? std::string("nothing to remove") : out;
+  }
+
+  // Puts the target back on its own files: deltas committed into them and deleted.
+  Status CommitDeltas(std::vector<std::string>* done) {
+    std::vector<const DrillDrive*> present;
+    for (const auto& d : drives_) {
+      if (fs::exists(d.delta)) present.push_back(&d);
+    }
+    if (present.empty()) return Status::Ok();
+    TargetVm target(target_);
+    auto status = target.GetStatus();
+    const bool running = status.ok() && status->state != "stopped";
+    if (!running) {
+      // The target VM is down: commit offline, the same result.
+      for (const DrillDrive* d : present) {
+        const std::vector<std::string> argv = {"qemu-img", "commit", "-q", d->delta};
+        CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kCommitTimeoutMs));
+        if (r.exit_code != 0) return Status::IOError(CommandLine(argv) + " failed: " + r.output);
+        std::error_code ec;
+        fs::remove(d->delta, ec);
+      }
+      done->push_back(std::to_string(present.size()) +
+                      " delta(s) committed into the stopped target's disks (qemu-img commit)");
+      return Status::Ok();
+    }
+    CDP_ASSIGN_OR_RETURN(auto qmp, TargetQmp());
+    CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
+    std::vector<const DrillDrive*> jobs;
+    for (const DrillDrive* d : present) {
+      if (active[d->id] != d->delta) continue;  // not in use (a restarted target): just delete
+      nlohmann::json args = {{"device", d->id}, {"job-id", "drill-commit-" + d->id}};
+      CDP_RETURN_IF_ERROR(qmp->Execute("block-commit", args, 10000).status().WithContext(
+          "committing " + d->delta + " into " + d->base));
+      jobs.push_back(d);
+    }
+    const auto deadline = Clock::now() + std::chrono::milliseconds(kCommitTimeoutMs);
+    std::set<std::string> completing;
+    while (completing.size() < jobs.size()) {
+      CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-block-jobs", nullptr, 10000));
+      std::set<std::string> listed;
+      for (const auto& j : list) {
+        const std::string id = j.value("device", "");
+        listed.insert(id);
+        if (j.value("ready", false) && completing.count(id) == 0) {
+          CDP_RETURN_IF_ERROR(
+              qmp->Execute("block-job-complete", {{"device", id}}, 10000).status());
+          completing.insert(id);
+        }
+      }
+      for (const DrillDrive* d : jobs) {
+        const std::string id = "drill-commit-" + d->id;
+        if (listed.count(id) == 0 && completing.count(id) == 0) {
+          return Status::IOError("the commit of " + d->delta + " into " + d->base +
+                                 " ended without becoming ready (see the target's QMP events); "
+                                 "the target keeps running on the delta");
+        }
+      }
+      if (Clock::now() > deadline) {
+        return Status::TimedOut("committing the deltas took more than " +
+                                std::to_string(kCommitTimeoutMs / 1000) + " s");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    // Completed jobs pivot the drive back onto its base file.
+    while (true) {
+      CDP_ASSIGN_OR_RETURN(auto now, ActiveFiles(qmp.get()));
+      bool all = true;
+      for (const DrillDrive* d : jobs) all = all && now[d->id] == d->base;
+      if (all) break;
+      if (Clock::now() > deadline) {
+        return Status::TimedOut("the target's drives did not return to their own files");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    for (const DrillDrive* d : present) {
+      std::error_code ec;
+      fs::remove(d->delta, ec);
+    }
+    done->push_back(std::to_string(jobs.size()) +
+                    " delta(s) committed into the target's disks (QMP block-commit) and removed");
+    return Status::Ok();
+  }
+
+  const CutoverPlan& plan_;
+  const TargetConfig& target_;
+  const std::vector<DrillDrive> drives_;
+  const TargetConfig drill_vm_;
+  StepTimeline steps_;
+  const volatile bool* cancel_;
+  DrillReport report_;
+  bool refused_ = false;  // precheck refused before making anything: no teardown
+};
+
+DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const volatile bool* cancel)
+    : plan_(std::move(plan)), timeline_(timeline), cancel_(cancel) {}
+
+DrillReport DrillEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }
+
+std::string DrillReportJson(const DrillReport& r) {
+  nlohmann::json steps = nlohmann::json::array();
+  for (const auto& s : r.steps) {
+    steps.push_back(
+        {{"name", s.name}, {"start", s.start}, {"end", s.end}, {"ok", s.ok}, {"result", s.result}});
+  }
+  auto lsns = [](const std::vector<std::pair<std::string, uint64_t>>& v) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [name, lsn] : v) j[name] = lsn;
+    return j;
+  };
+  return nlohmann::json({{"ok", r.ok},
+                         {"plan", r.plan},
+                         {"error", r.error},
+                         {"downtime_seconds", 0.0},
+                         {"snapshot_lsn", lsns(r.snapshot_lsn)},
+                         {"applied_lsn_after", lsns(r.applied_lsn_after)},
+                         {"teardown", r.teardown},
+                         {"steps", steps}})
+      .dump();
+}
+
+}  // namespace cdp::failover

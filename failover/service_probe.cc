@@ -1,0 +1,125 @@
+#include "service_probe.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "cdp/pe/pe_client.h"
+#include "step_timeline.h"
+
+namespace cdp::failover {
+
+namespace v1 = wire::v1;
+using Clock = std::chrono::steady_clock;
+
+Result<std::string> AskService(const std::string& host, uint16_t port, const std::string& request,
+                        int timeout_ms) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto wait = [&](short events) -> bool {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    pollfd p{fd, events, 0};
+    return left > 0 && poll(&p, 1, static_cast<int>(left)) == 1 && !(p.revents & POLLERR);
+  };
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno != EINPROGRESS) {
+    return Status::Unavailable("connect: " + std::string(strerror(errno)));
+  }
+  if (!wait(POLLOUT)) return Status::Unavailable("no connection");
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) return Status::Unavailable("connect: " + std::string(strerror(err)));
+  if (request.empty()) return std::string();
+  const std::string line = request + "\n";
+  if (send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
+    return Status::Unavailable("send failed");
+  }
+  std::string reply;
+  char buf[512];
+  while (reply.find('\n') == std::string::npos) {
+    if (!wait(POLLIN)) return Status::TimedOut("no reply");
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return Status::Unavailable("closed before a reply");
+    reply.append(buf, n);
+  }
+  reply.resize(reply.find('\n'));
+  if (!reply.empty() && reply.back() == '\r') reply.pop_back();
+  return reply;
+}
+
+
+Result<std::string> WaitForService(const CutoverPlan& plan, double budget_seconds,
+                                   const volatile bool* cancel) {
+  const HealthCheck& h = plan.health;
+  const std::string expect = plan.ExpectedReply();
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(budget_seconds * 1000));
+  std::string last = "no answer yet";
+  while (Clock::now() < deadline) {
+    if (cancel != nullptr && *cancel) {
+      return Status::Aborted("stopped by a signal while waiting for " + h.host + ":" +
+                             std::to_string(h.port) + " (" + last + ")");
+    }
+    auto reply = AskService(h.host, h.port, h.request, 1000);
+    if (reply.ok() && (expect.empty() || *reply == expect)) {
+      return h.host + ":" + std::to_string(h.port) + " answers" +
+             (h.request.empty() ? "" : " '" + h.request + "' with '" + *reply + "'");
+    }
+    last = reply.ok() ? "answered '" + *reply + "', expected '" + expect + "'"
+                      : reply.status().message();
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(static_cast<int64_t>(h.interval_seconds * 1000)));
+  }
+  return Status::TimedOut("the service at " + h.host + ":" + std::to_string(h.port) +
+                          " did not answer as expected within " +
+                          FixedSeconds(budget_seconds, 0) + " s: " + last);
+}
+
+Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan) {
+  CDP_ASSIGN_OR_RETURN(auto client,
+                       pe::PeClient::Connect(endpoint, v1::ROLE_CONTROL, "", 0, 3000));
+  v1::TakeoverRequest req;
+  req.set_root_volume(plan.root_volume);
+  for (const auto& n : plan.network) {
+    auto* m = req.add_nics();
+    m->set_mac(n.target_mac);
+    m->set_address(n.address);
+    m->set_gateway(n.gateway);
+  }
+  auto taken = client->Takeover(req, 120000);
+  if (!taken.ok() && taken.status().IsUnavailable()) {
+    // The pe-agent exits right after replying and ZeroMQ may drop that last reply
+    // (docs/pe-agent.md §5): the connection dropping is what a takeover looks like from here.
+    // The health check decides.
+    return "the pe-agent left without its reply (" + taken.status().message() +
+           "); the health check decides";
+  }
+  CDP_ASSIGN_OR_RETURN(auto reply, std::move(taken));
+  std::string steps;
+  for (const auto& s : reply.steps()) {
+    steps += (steps.empty() ? "" : ", ") + s.name() + " " + FixedSeconds(s.seconds(), 2) + " s";
+  }
+  if (!reply.ok()) {
+    return Status::FailedPrecondition("the pe-agent refused the takeover: " + reply.error() +
+                                      " (" + steps + ")");
+  }
+  return "switch_root into the migrated OS on " + reply.root_device() + " (" + steps + ")";
+}
+
+}  // namespace cdp::failover

@@ -1,0 +1,34 @@
+// Internal to cdp_failover: asking the migrated service whether it answers (the health check of
+// a cutover or a drill), and handing a target VM over to its migrated OS (the promote step).
+// Sockets are made on the calling thread, so a caller inside another network namespace
+// (NetnsGuard, drill.cc) probes that namespace.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cdp/core/status.h"
+#include "cdp/failover/cutover_plan.h"
+
+namespace cdp::failover {
+
+// Sends one `request` line to host:port and returns the first reply line (without the line end);
+// an empty request only connects and returns "". Unavailable when nothing accepts or the peer
+// closes first, TimedOut when no reply line came within timeout_ms.
+Result<std::string> AskService(const std::string& host, uint16_t port, const std::string& request,
+                               int timeout_ms);
+
+// Asks plan.health every interval until the reply is plan.ExpectedReply() (any reply when that
+// is ""), for at most budget_seconds: "HOST:PORT answers 'REQ' with 'REPLY'", or TimedOut naming
+// the last answer. Stops early (Aborted) when *cancel becomes true.
+Result<std::string> WaitForService(const CutoverPlan& plan, double budget_seconds,
+                                   const volatile bool* cancel = nullptr);
+
+// Sends the pe-agent at `endpoint` a takeover of plan.root_volume with plan.network and returns
+// what happened ("switch_root into the migrated OS on /dev/vda (check 0.01 s, ...)"). A refused
+// takeover is FailedPrecondition with the pe-agent's reason; a connection that drops before the
+// reply is reported as a takeover that probably went through (docs/pe-agent.md §5): the health
+// check decides.
+Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan);
+
+}  // namespace cdp::failover
