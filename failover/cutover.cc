@@ -1,6 +1,8 @@
 #include "cdp/failover/cutover.h"
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -37,15 +39,19 @@ class CutoverEngine::Impl {
     report_.plan = plan_.file;
     steps_.Line("cutover of " + plan_.name + " (" + std::to_string(plan_.volumes.size()) +
          " volume(s)) to target " + plan_.target.name);
-    bool ok = steps_.Step("precheck", [&] { return Precheck(); }, &report_.error) &&
-              steps_.Step("quiesce", [&] { return Quiesce(); }, &report_.error) &&
-              steps_.Step("drain", [&] { return Drain(); }, &report_.error) && steps_.Step("verify", [&] { return Verify(); }, &report_.error);
+    auto step = [&](const std::string& name, const std::function<Result<std::string>()>& fn) {
+      return steps_.Step(name, fn, &report_.error);
+    };
+    bool ok = step("precheck", [&] { return Precheck(); }) &&
+              step("quiesce", [&] { return Quiesce(); }) && step("drain", [&] { return Drain(); }) &&
+              step("verify", [&] { return Verify(); });
     if (!ok) {
       Rollback();
       return Finish();
     }
-    ok = steps_.Step("fence", [&] { return Fence(); }, &report_.error) && steps_.Step("promote", [&] { return Promote(); }, &report_.error) &&
-         steps_.Step("health", [&] { return Health(); }, &report_.error);
+    ok = step("fence", [&] { return Fence(); }) && step("promote", [&] { return Promote(); }) &&
+         step("health", [&] { return Health(); });
+    if (!ok) AfterFenceFailure();
     report_.ok = ok;
     if (ok) report_.downtime_seconds = steps_.Since() - quiesce_start_;
     return Finish();
@@ -63,25 +69,35 @@ class CutoverEngine::Impl {
   // Errors name the plan key, so an operator knows what to fix.
   Result<std::unique_ptr<QmpClient>> SourceQmp() {
     auto qmp = QmpClient::Connect(plan_.source_qmp_socket, 5000);
-    if (!qmp.ok()) return qmp.status().WithContext("source.qmp_socket " + plan_.source_qmp_socket);
+    if (!qmp.ok()) {
+      return qmp.status().WithContext(plan_.Where("source.qmp_socket") + ": " +
+                                      plan_.source_qmp_socket);
+    }
     return qmp;
   }
 
   Result<v1::VolumeStatus> JournalVolume(const std::string& volume) {
     auto client = ctl::ControlClient::Connect(plan_.journal, 5000);
-    if (!client.ok()) return client.status().WithContext("journal");
+    if (!client.ok()) {
+      return client.status().WithContext(plan_.Where("journal") + ": " + plan_.journal);
+    }
     CDP_ASSIGN_OR_RETURN(auto reply, (*client)->Status(5000));
     for (const auto& v : reply.volumes()) {
       if (v.name() == volume) return v;
     }
-    return Status::NotFound("volumes: the journal-server at " + plan_.journal + " has no volume " +
-                            volume + "; is it protected (its cdp-agent)?");
+    const auto at = std::find(plan_.volumes.begin(), plan_.volumes.end(), volume);
+    return Status::NotFound(
+        plan_.Where("volumes[" + std::to_string(at - plan_.volumes.begin()) + "]") +
+        ": the journal-server at " + plan_.journal + " has no volume " + volume +
+        ": it is not protected; start its cdp-agent (or fix the name); nothing was touched");
   }
 
   Result<v1::PeStatusReply> TargetStatus() {
     auto client =
         pe::PeClient::Connect(plan_.target.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
-    if (!client.ok()) return client.status().WithContext("target.config " + plan_.target_config);
+    if (!client.ok()) {
+      return client.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config);
+    }
     return (*client)->Status(5000);
   }
 
@@ -218,6 +234,7 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Fence() {
+    fence_started_ = true;
     if (plan_.fence.method == "qmp-poweroff") {
       CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
       CDP_RETURN_IF_ERROR(qmp->Execute("quit", nullptr, 10000).status());
@@ -233,7 +250,10 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Promote() {
-    return RequestTakeover(plan_.target.replication_endpoint, plan_);
+    CDP_ASSIGN_OR_RETURN(std::string result,
+                         RequestTakeover(plan_.target.replication_endpoint, plan_));
+    promoted_ = true;
+    return result;
   }
 
   Result<std::string> Health() { return WaitForService(plan_, plan_.budgets.takeover_seconds); }
@@ -259,12 +279,45 @@ class CutoverEngine::Impl {
     steps_.Line(report_.rollback);
   }
 
+  // A step from the fence on failed. Before the promotion the target is still in the PE and the
+  // source can serve again if the fence left it able to (QMP pause); after it, the migrated OS
+  // runs on the target and may hold the service address, so nothing is undone automatically.
+  void AfterFenceFailure() {
+    const std::string console = plan_.target.console_log();
+    if (promoted_) {
+      report_.rollback =
+          "NO ROLLBACK after the promotion: the migrated OS runs on the target (console " +
+          console + ") and may hold the service address; the source is " +
+          (plan_.fence.method == "qmp-poweroff" ? "powered off"
+           : plan_.fence.method == "qmp-pause"  ? "paused"
+                                                : "fenced by " + CommandLine(plan_.fence.command)) +
+          ". Fix the target's service, or stop the target (cdpctl target stop) before "
+          "bringing the source back";
+    } else if (plan_.fence.method == "qmp-pause" || !fence_started_) {
+      Rollback();
+      if (report_.rollback.rfind("rolled back", 0) == 0) {
+        report_.rollback += "; the target stays in the PE";
+      }
+    } else {
+      report_.rollback =
+          "ROLLBACK IMPOSSIBLE: the source was " +
+          (plan_.fence.method == "qmp-poweroff"
+               ? std::string("powered off at the fence (QMP quit)")
+               : "fenced by " + CommandLine(plan_.fence.command) + ", which has no undo") +
+          "; the target is still in the PE, not promoted: start the source again (its disk is "
+          "intact and protected) or run the cutover again";
+    }
+    steps_.Line(report_.rollback);
+  }
+
   const CutoverPlan& plan_;
   StepTimeline steps_;
   CutoverReport report_;
   double quiesce_start_ = 0;
   bool paused_ = false;
   bool quiesced_by_command_ = false;
+  bool fence_started_ = false;
+  bool promoted_ = false;  // the takeover was sent and not refused: the target left the PE
 };
 
 CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline)

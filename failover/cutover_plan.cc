@@ -166,6 +166,11 @@ std::string UnquotedVariableHint(const std::string& path) {
 
 }  // namespace
 
+std::string CutoverPlan::Where(const std::string& key) const {
+  auto it = lines.find(key);
+  return file + (it == lines.end() ? "" : ":" + std::to_string(it->second)) + ": '" + key + "'";
+}
+
 std::string CutoverPlan::ExpectedReply() const {
   std::string out = health.expect;
   const std::string token = kTargetUuid;
@@ -386,6 +391,20 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
                    "command (or rollback: none)");
   }
 
+  auto note = [&p](const std::string& key, const YAML::Node& node) {
+    if (node.IsDefined() && node.Mark().line >= 0) p.lines[key] = node.Mark().line + 1;
+  };
+  note("journal", root["journal"]);
+  note("volumes", volumes);
+  for (size_t i = 0; i < p.volumes.size(); ++i) {
+    note("volumes[" + std::to_string(i) + "]", volumes[i]);
+  }
+  note("source.qmp_socket", source["qmp_socket"]);
+  for (size_t i = 0; i < p.source_devices.size(); ++i) {
+    note("source.devices[" + std::to_string(i) + "]", source["devices"][i]);
+  }
+  note("target.config", target["config"]);
+
   p.drill_namespace = "cdp-drill";
   p.drill_address = DefaultDrillAddress(p);
   const YAML::Node drill = root["drill"];
@@ -400,6 +419,7 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
     }
     CDP_ASSIGN_OR_RETURN(p.drill_namespace,
                          L.String(drill, "namespace", "drill", false, p.drill_namespace));
+    note("drill.namespace", drill["namespace"]);
     if (!wire::ValidateVolumeName(p.drill_namespace).ok()) {
       return L.Error(drill["namespace"], "drill.namespace",
                      "'" + p.drill_namespace +

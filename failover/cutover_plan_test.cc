@@ -179,6 +179,14 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
   EXPECT_EQ(p->rollback, "none");
   EXPECT_EQ(p->drill_namespace, "db01-drill");
   EXPECT_EQ(p->drill_address, "192.0.2.1/24");  // the first free host of network[0]'s subnet
+  // Where the engines' errors point.
+  EXPECT_EQ(p->Where("journal"), dir_ + "/plan.yaml:2: 'journal'");
+  EXPECT_EQ(p->Where("volumes[1]"), dir_ + "/plan.yaml:3: 'volumes[1]'");
+  EXPECT_EQ(p->Where("source.qmp_socket"), dir_ + "/plan.yaml:6: 'source.qmp_socket'");
+  EXPECT_EQ(p->Where("source.devices[0]"), dir_ + "/plan.yaml:7: 'source.devices[0]'");
+  EXPECT_EQ(p->Where("target.config"), dir_ + "/plan.yaml:14: 'target.config'");
+  EXPECT_EQ(p->Where("drill.namespace"), dir_ + "/plan.yaml:29: 'drill.namespace'");
+  EXPECT_EQ(p->Where("drill.address"), dir_ + "/plan.yaml: 'drill.address'");  // not in the file
 }
 
 TEST_F(CutoverPlanTest, DrillAddressIsTheFirstFreeHostUnlessThePlanSaysOtherwise) {

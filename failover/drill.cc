@@ -182,14 +182,17 @@ class DrillEngine::Impl {
 
   Result<v1::PeStatusReply> TargetPeStatus() {
     auto client = pe::PeClient::Connect(target_.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
-    if (!client.ok()) return client.status().WithContext("target.config " + plan_.target_config);
+    if (!client.ok()) {
+      return client.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config);
+    }
     return (*client)->Status(5000);
   }
 
   Result<std::unique_ptr<QmpClient>> TargetQmp() {
     auto qmp = QmpClient::Connect(target_.qmp_socket, 5000);
     if (!qmp.ok()) {
-      return qmp.status().WithContext("target.config " + plan_.target_config + ": qmp_socket " +
+      return qmp.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config +
+                                      ": qmp_socket " +
                                       target_.qmp_socket);
     }
     return qmp;
@@ -206,15 +209,16 @@ class DrillEngine::Impl {
     if (target_.service_nic.mode == "none") {
       refused_ = true;
       return Status::FailedPrecondition(
-          "target.config " + plan_.target_config + ": target " + target_.name +
+          plan_.Where("target.config") + ": " + plan_.target_config + ": target " + target_.name +
           " has service_nic.mode none; a drill boots its copy on a copy of the service network "
           "and needs the service NIC (mode tap or user)");
     }
     if (plan_.drill_address.empty()) {
       refused_ = true;
       return Status::FailedPrecondition(
-          "drill.address: the plan maps no address (network) to derive one from; set "
-          "drill.address to ADDR/PREFIX on the service network");
+          plan_.Where("drill.address") +
+          ": the plan maps no address (network) to derive one from; set drill.address to "
+          "ADDR/PREFIX on the service network");
     }
     std::string cleaned;
     if (LeftoversExist()) {
@@ -229,7 +233,7 @@ class DrillEngine::Impl {
     } else if (NamespaceExists(plan_.drill_namespace)) {
       refused_ = true;
       return Status::FailedPrecondition(
-          "drill.namespace: network namespace " + plan_.drill_namespace +
+          plan_.Where("drill.namespace") + ": network namespace " + plan_.drill_namespace +
           " exists but no drill of target " + target_.name + " left it (no drill files in " +
           target_.state_dir + "); remove it (ip netns del " + plan_.drill_namespace +
           ") or choose another drill.namespace");

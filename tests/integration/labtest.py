@@ -84,6 +84,13 @@ def missing_on_service(numbers):
     return json.loads(r.stdout)
 
 
+def line_of(path, key):
+    """The 1-based number of the first line of file `path` that starts (after spaces) with
+    `key`: where the engines' errors point."""
+    with open(path) as f:
+        return next(i for i, line in enumerate(f, 1) if line.strip().startswith(key))
+
+
 _clients = []  # started by start_client, killed by run_lab_test
 
 

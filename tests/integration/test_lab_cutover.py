@@ -1,7 +1,8 @@
 """Cutover in the lab, under client load (TCG emulation):
 
-0. A plan whose source QMP socket does not answer is refused at precheck, naming the key, and
-   nothing is touched.
+0. Plans that cannot work are refused at precheck, naming the file, line and key, and nothing is
+   touched: a source QMP socket that does not answer; a volume the journal does not protect
+   (the target has a disk for it, but no cdp-agent sends it).
 1. Rollback: a plan whose verification must fail (its source device is a wrong, zero-filled
    image) — the cutover fails at `verify`, the source VM is resumed, and the service still
    answers at 192.0.2.10 as the source (WHO), with its records.
@@ -37,10 +38,34 @@ def main(lab_dir, work):
     rc, report = cutover(no_qmp)
     assert rc == 1 and not report["ok"], report
     assert report["error"].startswith(
-        f"precheck: source.qmp_socket {lab_dir}/nope.qmp: "), report["error"]
+        f"precheck: {no_qmp}:{labtest.line_of(PLAN, 'qmp_socket:')}: 'source.qmp_socket': "
+        f"{lab_dir}/nope.qmp: "), report["error"]
     assert report["rollback"] == "nothing to roll back: the source was not touched", report
     assert lab("probe", "WHO").stdout.strip() == SRC_UUID
     log("a source QMP socket that does not answer: refused at precheck, source untouched")
+
+    # --- 0b. a volume that is not protected: refused at precheck, naming volumes[1] ----------
+    with open(os.path.join(lab_dir, "target.yaml")) as f:
+        target = f.read()
+    extra_target = os.path.join(lab_dir, "target-extra.yaml")
+    with open(extra_target, "w") as f:
+        f.write(target + f"  - {{volume: extra, path: {lab_dir}/extra.qcow2, size: 1M}}\n")
+    unprotected = os.path.join(lab_dir, "cutover-unprotected.yaml")
+    with open(unprotected, "w") as f:
+        f.write(text.replace("volumes: [src-root]", "volumes: [src-root, extra]")
+                .replace('devices: ["${CDP_LAB_DIR}/source.img"]',
+                         'devices: ["${CDP_LAB_DIR}/source.img", "${CDP_LAB_DIR}/source.img"]')
+                .replace("${CDP_LAB_DIR}/target.yaml", extra_target))
+    rc, report = cutover(unprotected)
+    assert rc == 1 and not report["ok"], report
+    assert report["error"] == (
+        f"precheck: {unprotected}:{labtest.line_of(PLAN, 'volumes:')}: 'volumes[1]': the "
+        "journal-server at tcp://127.0.0.1:7700 has no volume extra: it is not protected; start "
+        "its cdp-agent (or fix the name); nothing was touched"), report["error"]
+    assert [s["name"] for s in report["steps"]] == ["precheck"], report
+    assert not os.path.exists(os.path.join(lab_dir, "extra.qcow2"))
+    assert lab("probe", "WHO").stdout.strip() == SRC_UUID
+    log("a volume that is not protected: refused at precheck naming volumes[1], source untouched")
 
     # --- 1. rollback: verification fails, the source keeps serving ------------------------
     for n in range(1, 11):

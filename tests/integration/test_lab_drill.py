@@ -11,9 +11,12 @@
    overlay or delta file, the target pe-ready on its own disks.
 2. `kill -9` of cdpctl in the middle of a drill (drill VM booting): the next drill cleans up what
    the dead one left (its VM, namespace, overlays, deltas) and passes.
-3. A cutover after the drills: verification (XXH3 of every region, source vs target) passes, so
-   the target's disks, put back together from the drills' deltas, equal the source; every PUT
-   acknowledged before the cutover is `HAS YES` on the target.
+3. A cutover after the drills whose target never passes its health check (the plan expects
+   another reply, with a 5 s budget): verification (XXH3 of every region, source vs target)
+   passes, so the target's disks, put back together from the drills' deltas, equal the source;
+   the health step fails within its budget and the report says plainly that nothing is rolled
+   back after the promotion, and what to do. The migrated OS does answer at 192.0.2.10 as the
+   target, and every PUT acknowledged before the cutover is `HAS YES` there.
 """
 import glob
 import json
@@ -55,7 +58,8 @@ def main(lab_dir, work):
         rc, report = labtest.run_plan("drill", DRILL)
         assert rc == 1 and not report["ok"], report
         assert report["error"] == (
-            "precheck: drill.namespace: network namespace cdp-drill exists but no drill of "
+            f"precheck: {DRILL}:{labtest.line_of(DRILL, 'namespace:')}: 'drill.namespace': "
+            "network namespace cdp-drill exists but no drill of "
             f"target cdp-lab-target left it (no drill files in {lab_dir}); remove it (ip netns "
             "del cdp-drill) or choose another drill.namespace"), report["error"]
         assert [s["name"] for s in report["steps"]] == ["precheck"], report
@@ -113,15 +117,34 @@ def main(lab_dir, work):
 
     # --- 3. a cutover after the drills: the target equals the source -----------------------
     labtest.stop_client(client)
-    rc, report = labtest.run_plan("cutover", CUTOVER)
-    assert rc == 0 and report["ok"], report
+    with open(CUTOVER) as f:
+        text = f.read()
+    assert 'expect: "${TARGET_UUID}"' in text and "takeover_seconds: 120" in text, text
+    unhealthy = os.path.join(lab_dir, "cutover-unhealthy.yaml")
+    with open(unhealthy, "w") as f:
+        f.write(text.replace('expect: "${TARGET_UUID}"', "expect: someone-else")
+                .replace("takeover_seconds: 120", "takeover_seconds: 5"))
+    rc, report = labtest.run_plan("cutover", unhealthy)
+    assert rc == 1 and not report["ok"], report
+    assert [(s["name"], s["ok"]) for s in report["steps"]] == [
+        ("precheck", True), ("quiesce", True), ("drain", True), ("verify", True), ("fence", True),
+        ("promote", True), ("health", False)], report
     assert report["verify"].endswith("equal"), report
+    assert report["error"] == (
+        "health: the service at 192.0.2.10:7000 did not answer as expected within 5 s: "
+        f"answered '{TGT_UUID}', expected 'someone-else'"), report["error"]
+    assert report["rollback"] == (
+        "NO ROLLBACK after the promotion: the migrated OS runs on the target (console "
+        f"{lab_dir}/cdp-lab-target.console.log) and may hold the service address; the source "
+        "is powered off. Fix the target's service, or stop the target (cdpctl target stop) "
+        "before bringing the source back"), report["rollback"]
     assert lab("probe", "WHO").stdout.strip() == TGT_UUID, "192.0.2.10 is not the target"
     acked = labtest.read_acked(acked_file)
     missing = labtest.missing_on_service(n for n, _ in acked)
     assert not missing, f"acknowledged but lost: {missing[:20]} ({len(missing)} in all)"
-    log(f"cutover after the drills: verify {report['verify']}; all {len(acked)} "
-        "acknowledged PUTs HAS YES on the target")
+    log(f"cutover after the drills: verify {report['verify']}; health failed within its budget "
+        f"with a clear report ({report['rollback'][:40]}...); all {len(acked)} acknowledged "
+        "PUTs HAS YES on the target")
 
 
 if __name__ == "__main__":

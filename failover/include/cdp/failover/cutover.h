@@ -13,7 +13,11 @@
 //   health    the service answers at its address (IP drift: the migrated OS announced it)
 //
 // A failure before `fence` rolls back: the source is resumed and keeps its IP; the report says
-// which step failed and why. Not thread-safe; one cutover at a time.
+// which step failed and why. A failure at `fence`, or a takeover the pe-agent refused, rolls back
+// too when the fence left the source paused (else the report says the rollback is impossible
+// and why); after the promotion nothing is undone and the report says what state each side is
+// in. Precheck errors name the plan's file, line and key (CutoverPlan::Where). Not
+// thread-safe; one cutover at a time.
 #pragma once
 
 #include <ostream>

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,14 @@ struct CutoverPlan {
   // check comes from). Default: the first host address of network[0]'s subnet that no mapping
   // and not health_check.host use ("" when the plan maps no address).
   std::string drill_address;
+
+  // The line (1-based) of each key the engines name in their errors: "journal", "volumes",
+  // "volumes[I]", "source.qmp_socket", "source.devices[I]", "target.config", "drill.namespace";
+  // absent when the key is not in the file.
+  std::map<std::string, int> lines;
+
+  // How the engines' errors name a plan key: "FILE:LINE: 'KEY'" ("FILE: 'KEY'" without a line).
+  std::string Where(const std::string& key) const;
 
   // health.expect with every "${TARGET_UUID}" replaced by target.uuid: the reply line the health
   // check waits for ("" = any reply).
