@@ -195,7 +195,8 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
   p.file = path;
   CDP_RETURN_IF_ERROR(L.CheckKeys(root, "",
                                   {"name", "journal", "volumes", "root_volume", "source", "target",
-                                   "network", "health_check", "budgets", "rollback", "drill"}));
+                                   "network", "health_check", "budgets", "rollback", "drill",
+                                   "takeover"}));
 
   CDP_ASSIGN_OR_RETURN(p.name, L.String(root, "name", "", true));
   if (!wire::ValidateVolumeName(p.name).ok()) {
@@ -389,6 +390,20 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
     return L.Error(q, "source.quiesce.resume_command",
                    "missing: rollback resume-source needs the command that undoes the quiesce "
                    "command (or rollback: none)");
+  }
+
+  const YAML::Node takeover = root["takeover"];
+  if (takeover.IsDefined() && !takeover.IsNull()) {
+    CDP_RETURN_IF_ERROR(L.CheckKeys(takeover, "takeover", {"boot", "kernel_args"}));
+    CDP_ASSIGN_OR_RETURN(p.takeover_boot,
+                         L.String(takeover, "boot", "takeover", false, p.takeover_boot));
+    if (p.takeover_boot != "auto" && p.takeover_boot != "switch-root" &&
+        p.takeover_boot != "kexec") {
+      return L.Error(takeover["boot"], "takeover.boot",
+                     "'" + p.takeover_boot + "' is not auto, switch-root or kexec");
+    }
+    CDP_ASSIGN_OR_RETURN(p.takeover_kernel_args,
+                         L.String(takeover, "kernel_args", "takeover", false));
   }
 
   auto note = [&p](const std::string& key, const YAML::Node& node) {

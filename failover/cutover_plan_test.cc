@@ -138,7 +138,8 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
       "budgets: {lag_seconds: 5, drain_seconds: 10.5, verify_seconds: 20, takeover_seconds: 30, "
       "total_seconds: 90}\n"
       "rollback: none\n"
-      "drill: {namespace: db01-drill}\n"));
+      "drill: {namespace: db01-drill}\n"
+      "takeover: {boot: kexec, kernel_args: 'console=ttyS0 rw'}\n"));
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->file, dir_ + "/plan.yaml");
   EXPECT_EQ(p->name, "db01");
@@ -179,6 +180,8 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
   EXPECT_EQ(p->rollback, "none");
   EXPECT_EQ(p->drill_namespace, "db01-drill");
   EXPECT_EQ(p->drill_address, "192.0.2.1/24");  // the first free host of network[0]'s subnet
+  EXPECT_EQ(p->takeover_boot, "kexec");
+  EXPECT_EQ(p->takeover_kernel_args, "console=ttyS0 rw");
   // Where the engines' errors point.
   EXPECT_EQ(p->Where("journal"), dir_ + "/plan.yaml:2: 'journal'");
   EXPECT_EQ(p->Where("volumes[1]"), dir_ + "/plan.yaml:3: 'volumes[1]'");
@@ -223,6 +226,8 @@ TEST_F(CutoverPlanTest, OptionalKeysTakeTheirDefaults) {
   EXPECT_DOUBLE_EQ(p->budgets.total_seconds, 300);
   EXPECT_EQ(p->rollback, "resume-source");
   EXPECT_EQ(p->drill_namespace, "cdp-drill");
+  EXPECT_EQ(p->takeover_boot, "auto");
+  EXPECT_EQ(p->takeover_kernel_args, "");
   // Without a QMP socket, command methods still load; a command quiesce with rollback none needs
   // no resume command.
   auto q = LoadCutoverPlan(Write(Plan({{"source",
@@ -293,7 +298,7 @@ TEST_F(CutoverPlanTest, VariableErrorsNameTheKeyAndComeBeforeOtherChecks) {
 TEST_F(CutoverPlanTest, KeysAreCheckedWithTheirLines) {
   ExpectError(Plan({}, "colour: blue\n"),
               ":8: 'colour': unknown key (known here: budgets, drill, health_check, journal, "
-              "name, network, rollback, root_volume, source, target, volumes)");
+              "name, network, rollback, root_volume, source, takeover, target, volumes)");
   ExpectError(Plan({{"source",
                      "source: {qmp_socket: q, quiesce: {method: qmp-pause}, fence: {method: "
                      "qmp-poweroff}, host: db01}"}}),
@@ -366,6 +371,8 @@ TEST_F(CutoverPlanTest, ValuesAreCheckedWithTheirLines) {
                      "fence: {method: qmp-poweroff}}"}}),
               ":4: 'source.devices[1]': empty (expected the source's device or image path of "
               "volume vol1)");
+  ExpectError(Plan({}, "takeover: {boot: pxe}\n"),
+              ":8: 'takeover.boot': 'pxe' is not auto, switch-root or kexec");
   ExpectError(Plan({}, "rollback: later\n"),
               ":8: 'rollback': 'later' is not resume-source or none");
   ExpectError(Plan({}, "drill: {address: 192.0.2.300/24}\n"),

@@ -96,6 +96,8 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
                        pe::PeClient::Connect(endpoint, v1::ROLE_CONTROL, "", 0, 3000));
   v1::TakeoverRequest req;
   req.set_root_volume(plan.root_volume);
+  req.set_boot(plan.takeover_boot);
+  req.set_kernel_args(plan.takeover_kernel_args);
   for (const auto& n : plan.network) {
     auto* m = req.add_nics();
     m->set_mac(n.target_mac);
@@ -118,6 +120,10 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
   if (!reply.ok()) {
     return Status::FailedPrecondition("the pe-agent refused the takeover: " + reply.error() +
                                       " (" + steps + ")");
+  }
+  if (reply.boot() == "kexec") {
+    return "kexec into the migrated OS's own kernel " + reply.kernel_release() + " on " +
+           reply.root_device() + " (" + steps + ")";
   }
   return "switch_root into the migrated OS on " + reply.root_device() + " (" + steps + ")";
 }

@@ -762,6 +762,36 @@ bool CheckKernelModules(const std::string& root, const std::string& kver,
   return false;
 }
 
+Result<std::string> ChooseOwnKernel(const std::string& root) {
+  std::vector<std::string> found, usable;
+  std::error_code ec;
+  auto boot = ResolveInRoot(root, "/boot");
+  if (boot.ok()) {
+    for (const auto& entry : fs::directory_iterator(*boot, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("vmlinuz-", 0) != 0 || !entry.is_regular_file(ec)) continue;
+      found.push_back(name);
+      const std::string kver = name.substr(8);
+      auto initrd = ResolveInRoot(root, InitrdName(kver));
+      auto modules = ResolveInRoot(root, "/lib/modules/" + kver);
+      if (initrd.ok() && fs::is_regular_file(*initrd, ec) && modules.ok() &&
+          fs::is_directory(*modules, ec)) {
+        usable.push_back(kver);
+      }
+    }
+  }
+  if (usable.empty()) {
+    std::sort(found.begin(), found.end());
+    return Status::NotFound(
+        "the migrated OS has no kernel to kexec into: no /boot/vmlinuz-KVER with its "
+        "/boot/initrd.img-KVER and /lib/modules/KVER (it has: " +
+        (found.empty() ? std::string("none") : Join(found, ", ")) + ")");
+  }
+  return *std::max_element(usable.begin(), usable.end(), [](const auto& a, const auto& b) {
+    return strverscmp(a.c_str(), b.c_str()) < 0;
+  });
+}
+
 void CheckInit(const std::string& root, const std::string& init, std::vector<std::string>* errors) {
   if (init.empty() || init[0] != '/' || std::any_of(init.begin(), init.end(), [](char c) {
         return std::isspace(static_cast<unsigned char>(c)) != 0;

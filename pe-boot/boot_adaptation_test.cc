@@ -591,6 +591,30 @@ TEST_F(BootAdaptationTest, KernelWithoutModulesInTheMigratedOsIsAnExactError) {
   EXPECT_THAT(errors, ElementsAre(HasSubstr("(it has: none)")));
 }
 
+TEST_F(BootAdaptationTest, OwnKernelIsTheNewestWithInitrdAndModules) {
+  // 6.1.0-10 sorts after 6.1.0-9 only in version order; 6.5.0-1 has no initrd and kKver (the
+  // fixture's) no vmlinuz: neither is bootable.
+  for (const std::string kver : {"6.1.0-9-amd64", "6.1.0-10-amd64", "6.5.0-1-amd64"}) {
+    WriteFile(Path("/boot/vmlinuz-" + kver), "kernel");
+    WriteFile(Path("/lib/modules/" + kver + "/modules.dep"), "");
+  }
+  WriteFile(Path("/boot/initrd.img-6.1.0-10-amd64"), "initrd");
+  WriteFile(Path("/boot/initrd.img-6.1.0-9-amd64"), "initrd");
+  auto kver = ChooseOwnKernel(root_);
+  ASSERT_TRUE(kver.ok()) << kver.status();
+  EXPECT_EQ(*kver, "6.1.0-10-amd64");
+}
+
+TEST_F(BootAdaptationTest, NoKernelToKexecIntoIsAnExactError) {
+  WriteFile(Path("/boot/vmlinuz-6.1.0-9-amd64"), "kernel");  // no initrd, no modules
+  auto kver = ChooseOwnKernel(root_);
+  ASSERT_FALSE(kver.ok());
+  EXPECT_EQ(kver.status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(kver.status().message(),
+            "the migrated OS has no kernel to kexec into: no /boot/vmlinuz-KVER with its "
+            "/boot/initrd.img-KVER and /lib/modules/KVER (it has: vmlinuz-6.1.0-9-amd64)");
+}
+
 TEST_F(BootAdaptationTest, MergedUsrModulesAreFound) {
   // /lib -> usr/lib, as on Debian 12.
   fs::rename(Path("/lib"), Path("/usr-lib-tmp"));

@@ -42,7 +42,10 @@ int main(int argc, char** argv) {
       "dev-root", po::value(&options.dev_root)->default_value("/dev"), "where device nodes are")(
       "console", po::value(&options.console),
       "also write the ready line and fatal errors here (the PE passes /dev/console)")(
-      "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio");
+      "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio")(
+      "allow-kexec", po::bool_switch(&options.allow_kexec),
+      "a takeover may reboot this machine into the migrated OS's own kernel (kexec); the PE's "
+      "/init sets it, host-side runs must not");
   cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;

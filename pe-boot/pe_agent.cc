@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/reboot.h>
+#include <sys/syscall.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -567,7 +569,13 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
   v1::TakeoverReply* reply = h.mutable_takeover_reply();
   reply->set_kernel_release(kernel_release_);
   Status s = Takeover(request, reply);
-  if (s.ok() && !request.dry_run()) {
+  if (s.ok() && !request.dry_run() && reply->boot() == "kexec") {
+    v1::TakeoverStep* step = reply->add_steps();
+    step->set_name("handover");
+    step->set_result("after this reply the pe-agent unmounts " + options_.newroot +
+                     ", flushes the disks and reboots into kernel " + reply->kernel_release() +
+                     " (kexec)");
+  } else if (s.ok() && !request.dry_run()) {
     const auto start = std::chrono::steady_clock::now();
     s = WriteTakeoverFile(init);
     v1::TakeoverStep* step = reply->add_steps();
@@ -641,6 +649,20 @@ void PeAgent::FinishHandover() {
   socket_.reset();
   ctx_.close();
   handed_over_ = true;
+  if (kexec_loaded_) RebootIntoLoadedKernel();
+}
+
+void PeAgent::RebootIntoLoadedKernel() {
+  Announce("pe-agent: kexec: unmounting " + options_.newroot + ", flushing, rebooting at " +
+           Seconds(ProcUptimeSeconds(), 2) + " s of uptime");
+  ::sync();
+  const std::string unmount = UnmountNewroot();
+  if (!unmount.empty()) Announce("pe-agent: kexec: " + unmount + " (synced; rebooting anyway)");
+  for (auto& [name, v] : volumes_) (void)v.device->Flush();
+  ::sync();
+  ::syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, nullptr);
+  Announce(std::string("pe-agent: FATAL: kexec reboot failed: ") + std::strerror(errno) +
+           " ; the target stays in the PE with the migrated OS unmounted: reboot the target VM");
 }
 
 Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply) {
@@ -676,6 +698,11 @@ Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* 
       return Status::NotFound("pe-agent: this target has no volume '" + request.root_volume() +
                               "' (it has: " + known +
                               "); name the volume that holds the migrated OS's root filesystem");
+    }
+    if (!request.boot().empty() && request.boot() != "auto" && request.boot() != "switch-root" &&
+        request.boot() != "kexec") {
+      return Status::InvalidArgument("pe-agent: boot '" + request.boot() +
+                                     "' is not auto, switch-root or kexec");
     }
     root_volume = &it->second;
     return "pe-ready; root volume " + it->first + " on " + root_volume->device_path;
@@ -747,12 +774,30 @@ Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* 
            "; filesystems on the target: " + all + notes;
   }));
 
-  return step("adapt", [&]() -> Result<std::string> {
+  // How the migrated OS will start: on the PE's kernel (switch_root) when it has modules for it,
+  // else (or when asked) on its own newest kernel (kexec, loaded before anything is changed).
+  std::string boot = request.boot().empty() ? "auto" : request.boot();
+  if (boot == "auto") {
+    auto modules = ResolveInRoot(options_.newroot, "/lib/modules/" + kernel_release_);
+    std::error_code ec;
+    boot = modules.ok() && std::filesystem::is_directory(*modules, ec) ? "switch-root" : "kexec";
+  }
+  reply->set_boot(boot);
+  std::string kver = kernel_release_;
+  if (boot == "kexec") {
+    CDP_RETURN_IF_ERROR(step("kexec-load", [&]() -> Result<std::string> {
+      CDP_ASSIGN_OR_RETURN(kver, ChooseOwnKernel(options_.newroot));
+      reply->set_kernel_release(kver);
+      return LoadOwnKernel(kver, root_uuid, request);
+    }));
+  }
+
+  Status adapted = step("adapt", [&]() -> Result<std::string> {
     AdaptRequest adapt;
     adapt.root = options_.newroot;
     adapt.root_device = root_device;
     adapt.root_uuid = root_uuid;
-    adapt.kernel_release = kernel_release_;
+    adapt.kernel_release = kver;
     adapt.init = request.init().empty() ? "/sbin/init" : request.init();
     adapt.disk_uuids = disk_uuids;
     adapt.dry_run = request.dry_run();
@@ -761,10 +806,65 @@ Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* 
       CDP_ASSIGN_OR_RETURN(adapt.present_nics, ListNics(options_.sys_root + "/class/net"));
     }
     CDP_ASSIGN_OR_RETURN(auto notes, AdaptRoot(std::move(adapt)));
-    std::string out;
-    for (const auto& n : notes) out += (out.empty() ? "" : "; ") + n;
+    std::string out = boot == "kexec" ? "boot: kexec into its own kernel " + kver
+                                      : "boot: switch_root on the PE's kernel " + kver;
+    for (const auto& n : notes) out += "; " + n;
     return out;
   });
+  if (!adapted.ok() && kexec_loaded_) {
+    ::syscall(SYS_kexec_file_load, -1, -1, 0UL, nullptr, 0x1UL /* KEXEC_FILE_UNLOAD */);
+    kexec_loaded_ = false;
+  }
+  return adapted;
+}
+
+Result<std::string> PeAgent::LoadOwnKernel(const std::string& kver, const std::string& root_uuid,
+                                           const v1::TakeoverRequest& request) {
+  const std::string kernel = "/boot/vmlinuz-" + kver, initrd = "/boot/initrd.img-" + kver;
+  const std::string cmdline =
+      "root=UUID=" + root_uuid + " " +
+      (request.kernel_args().empty() ? std::string("ro") : request.kernel_args());
+  if (request.dry_run()) {
+    return "would kexec_file_load " + kernel + " with " + initrd + ", command line '" + cmdline +
+           "'";
+  }
+  if (!options_.allow_kexec) {
+    return Status::FailedPrecondition(
+        "pe-agent: kexec is not allowed in this run (only the PE's agent, started with "
+        "--allow-kexec, may reboot the machine); ask for boot switch-root");
+  }
+  CDP_ASSIGN_OR_RETURN(const std::string kernel_path, ResolveInRoot(options_.newroot, kernel));
+  CDP_ASSIGN_OR_RETURN(const std::string initrd_path, ResolveInRoot(options_.newroot, initrd));
+  const int kfd = ::open(kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (kfd < 0) return Status::FromErrno(errno, "pe-agent: opening " + kernel);
+  const int ifd = ::open(initrd_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (ifd < 0) {
+    const int err = errno;
+    ::close(kfd);
+    return Status::FromErrno(err, "pe-agent: opening " + initrd);
+  }
+  const long rc =
+      ::syscall(SYS_kexec_file_load, kfd, ifd, cmdline.size() + 1, cmdline.c_str(), 0UL);
+  const int err = errno;
+  ::close(kfd);
+  ::close(ifd);
+  if (rc != 0) {
+    std::string hint =
+        "; use boot switch-root (rebuild the PE from the replica: build-pe-image --kernel-from)";
+    if (err == EPERM || err == EKEYREJECTED) {
+      hint = " (kernel lockdown, or a signature the PE's kernel does not accept)" + hint;
+    } else if (err == ENOEXEC) {
+      hint = " (" + kernel + " is not a bzImage this kernel can load)" + hint;
+    }
+    return Status::FromErrno(err, "pe-agent: kexec_file_load of " + kernel + hint);
+  }
+  kexec_loaded_ = true;
+  std::error_code ec;
+  const auto mib = [&](const std::string& p) {
+    return std::to_string(std::filesystem::file_size(p, ec) >> 20) + " MiB";
+  };
+  return "loaded " + kernel + " (" + mib(kernel_path) + ") and " + initrd + " (" +
+         mib(initrd_path) + "); command line '" + cmdline + "'";
 }
 
 Status PeAgent::WriteTakeoverFile(const std::string& init) {

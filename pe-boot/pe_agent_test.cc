@@ -1165,6 +1165,62 @@ TEST_F(PeAgentTakeoverTest, DryRunOnAnExt4ImageChecksEverythingAndChangesNothing
   EXPECT_EQ(ReadFromImage(loop.path(), "etc/cdp/net.conf"), kNetConf);
 }
 
+TEST_F(PeAgentTakeoverTest, WithoutModulesForThePeKernelItKexecsIntoItsOwnKernel) {
+  REQUIRE_LOOP_DEVICES();
+  // The migrated OS runs kernel 9.9.9-own only: no modules for the PE's (the host's) kernel.
+  std::filesystem::remove_all(stage_ + "/lib/modules/" + kver_);
+  WriteStaged("boot/vmlinuz-9.9.9-own", "not really a kernel");
+  WriteStaged("boot/initrd.img-9.9.9-own", "initrd");
+  WriteStaged("boot/initrd.img-9.9.9-own.modules", "virtio_blk.ko\nvirtio_pci.ko\nvirtio_net.ko\n");
+  WriteStaged("lib/modules/9.9.9-own/modules.dep", "");
+  const std::string image = MakeImage(false);
+  LoopDevice loop(image, false);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  StartAgent(TakeoverOptions(loop.path()));  // allow_kexec stays false: a test never reboots
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  v1::TakeoverRequest request = Request(true);
+  request.set_kernel_args("console=ttyS0 rw");
+  auto reply = control->Takeover(request, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_TRUE(reply->ok()) << reply->error();
+  EXPECT_EQ(reply->boot(), "kexec");
+  EXPECT_EQ(reply->kernel_release(), "9.9.9-own");
+  EXPECT_THAT(StepNames(*reply),
+              ::testing::ElementsAre("check", "flush", "mount", "kexec-load", "adapt"));
+  EXPECT_EQ(reply->steps(3).result(),
+            "would kexec_file_load /boot/vmlinuz-9.9.9-own with /boot/initrd.img-9.9.9-own, "
+            "command line 'root=UUID=" + std::string(kRootUuid) + " console=ttyS0 rw'");
+  EXPECT_THAT(reply->steps(4).result(), HasSubstr("boot: kexec into its own kernel 9.9.9-own"));
+
+  // For real: refused here (no --allow-kexec) before anything changed; the agent serves again.
+  reply = control->Takeover(Request(false), kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_FALSE(reply->ok());
+  EXPECT_EQ(reply->error(),
+            "pe-agent: kexec is not allowed in this run (only the PE's agent, started with "
+            "--allow-kexec, may reboot the machine); ask for boot switch-root");
+  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "kexec-load"));
+  EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
+  StopAgent();
+  EXPECT_EQ(ReadFromImage(loop.path(), "etc/cdp/net.conf"), kNetConf);
+}
+
+TEST_F(PeAgentTakeoverTest, AnUnknownBootIsRefusedAtCheck) {
+  StartAgent();
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  v1::TakeoverRequest request = Request(true);
+  request.set_boot("pxe");
+  auto reply = control->Takeover(request, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_FALSE(reply->ok());
+  EXPECT_EQ(reply->error(), "pe-agent: boot 'pxe' is not auto, switch-root or kexec");
+  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check"));
+}
+
 TEST_F(PeAgentTakeoverTest, FstabUuidOnNoDiskFailsAndBatchesAreAppliedAgain) {
   REQUIRE_LOOP_DEVICES();
   WriteStaged("etc/fstab",

@@ -300,7 +300,8 @@ def check_console(log, port, answer):
     repl_if = net.group(1)
     expect(rf"^cdp-pe: starting pe-agent \(listen tcp://10\.0\.2\.15:{port}\)$", "agent start")
     expect(rf"^standin-agent: argv: --listen tcp://10\.0\.2\.15:{port} --volumes {VOLUMES} "
-           rf"--meta-serial cdp-pe-meta --console /dev/console$", "the agent's exact arguments")
+           rf"--meta-serial cdp-pe-meta --console /dev/console --allow-kexec$",
+           "the agent's exact arguments")
     expect(r"^standin-agent: vda serial=vol-a ext4 hello=hello from vol-a$",
            "the agent reading the disk's serial and its ext4")
     assert answer == "standin-agent serial=vol-a hello=hello from vol-a", answer

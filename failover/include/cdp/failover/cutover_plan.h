@@ -74,6 +74,11 @@ struct CutoverPlan {
   HealthCheck health;
   Budgets budgets;
   std::string rollback = "resume-source";  // or "none"
+  // How the migrated OS starts at promote (docs/pe-agent.md §5): "auto" (switch_root on the PE's
+  // kernel when the migrated OS has its modules, else kexec), "switch-root" or "kexec"; and,
+  // for kexec, the kernel command line after root=UUID=... ("" = "ro").
+  std::string takeover_boot = "auto";
+  std::string takeover_kernel_args;
   // Drills only: the isolated namespace the drill VM runs in, and its service network.
   std::string drill_namespace;  // "cdp-drill" unless the plan says otherwise
   // ADDR/PREFIX the drill namespace holds on its copy of the service network (where the health

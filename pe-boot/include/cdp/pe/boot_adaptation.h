@@ -144,6 +144,13 @@ void CheckInitramfsDrivers(const std::string& root, const std::string& kver,
 bool CheckKernelModules(const std::string& root, const std::string& kver,
                         std::vector<std::string>* errors);
 
+// The kernel a kexec boots when the migrated OS is not to run on the PE's kernel: the newest
+// KVER (version order, as `sort -V`) for which ROOT/boot/vmlinuz-KVER, ROOT/boot/initrd.img-KVER
+// and ROOT/lib/modules/KVER all exist. NotFound otherwise:
+//   the migrated OS has no kernel to kexec into: no /boot/vmlinuz-KVER with its
+//   /boot/initrd.img-KVER and /lib/modules/KVER (it has: vmlinuz-A, vmlinuz-B)
+Result<std::string> ChooseOwnKernel(const std::string& root);
+
 // Checks that `init` is an absolute path (no whitespace) to an executable file in the migrated
 // OS. Appends an error otherwise.
 void CheckInit(const std::string& root, const std::string& init, std::vector<std::string>* errors);

@@ -19,7 +19,10 @@
 // socket and return from Run() with handed_over() true; the process then exits with
 // kTakeoverExitStatus and the PE's /init switch_roots into the new root. A failure before handover
 // unmounts, replies ok=false and goes back to serving (batches allowed again); a dry run does the
-// same after a read-only mount.
+// same after a read-only mount. With boot kexec (asked for, or "auto" when the migrated OS has
+// no modules for the PE's kernel) a kexec-load step before adapt loads the migrated OS's own
+// kernel and initramfs (only with options.allow_kexec), and instead of exiting, the agent
+// unmounts, flushes and reboots into them after the reply.
 //
 // Apply hold (ApplyHoldRequest from a control client, docs/pe-agent.md §6): batches that arrive
 // while held are queued in order, not applied, so the disks stay at a batch boundary while the
@@ -64,6 +67,9 @@ struct PeAgentOptions {
   // class/net lists the NICs a NIC mapping may name.
   std::string newroot = "/newroot";
   std::string takeover_file = "/run/cdp-takeover";
+  // A takeover with boot kexec reboots this machine into the migrated OS's kernel: allowed only
+  // for the PE's agent (pe-agent --allow-kexec, set by the PE's /init), never in tests.
+  bool allow_kexec = false;
 };
 
 class PeAgent {
@@ -128,8 +134,17 @@ class PeAgent {
   size_t ReleaseHold(const std::string& why);
   // Steps check, flush, mount and adapt of a takeover, each appended to reply->steps.
   Status Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply);
-  // Closes the socket (waiting up to 1 s for the reply to go out) and sets handed_over_.
+  // Closes the socket (waiting up to 1 s for the reply to go out) and sets handed_over_; after a
+  // kexec takeover, then reboots into the loaded kernel.
   void FinishHandover();
+  // The kexec-load step: kexec_file_load of the migrated OS's /boot/vmlinuz-KVER and
+  // /boot/initrd.img-KVER with "root=UUID=<root_uuid> <kernel_args or ro>" (a dry run only says
+  // so). FailedPrecondition unless options.allow_kexec; the syscall's errno otherwise.
+  Result<std::string> LoadOwnKernel(const std::string& kver, const std::string& root_uuid,
+                                    const v1::TakeoverRequest& request);
+  // Unmounts the new root, flushes every disk and reboots into the kernel kexec_file_load
+  // loaded. Returns only when the reboot failed (announced as FATAL).
+  void RebootIntoLoadedKernel();
   // Writes the takeover file (the handover step before the reply).
   Status WriteTakeoverFile(const std::string& init);
   // Unmounts options_.newroot if this agent mounted it; "" or what went wrong.
@@ -150,6 +165,7 @@ class PeAgent {
   std::map<std::string, Session> sessions_;  // by ZeroMQ routing id
   bool takeover_in_progress_ = false;        // batches are refused while set
   bool newroot_mounted_ = false;             // options_.newroot is mounted by this agent
+  bool kexec_loaded_ = false;                // a takeover loaded the migrated OS's kernel
   // Set once the ok takeover reply was sent: Run() calls FinishHandover at this time.
   std::optional<std::chrono::steady_clock::time_point> handover_deadline_;
   bool handed_over_ = false;
