@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cdp/ctl/control_client.h"
+#include "cdp/failover/boot_export.h"
 #include "cdp/failover/cutover.h"
 #include "cdp/failover/drill.h"
 #include "cdp/failover/target_vm.h"
@@ -35,6 +36,11 @@ constexpr const char* kUsage =
     "                       [--chunk BYTES] [--json]\n"
     "      XXH3-64 of the volume's disk in the target VM, per chunk (default 64 MiB; the whole\n"
     "      volume by default), computed by the pe-agent: one line 'OFFSET LENGTH XXH3' each\n"
+    "  cdpctl target export-boot --config FILE --volume NAME --out DIR [--json]\n"
+    "      copies the migrated OS's newest kernel (boot/vmlinuz-KVER, boot/initrd.img-KVER,\n"
+    "      lib/modules/KVER) out of the running target's replica of NAME into DIR, for\n"
+    "      pe-boot/build-pe-image --kernel-from DIR: a PE on that kernel takes over by\n"
+    "      switch_root (docs/target-vm.md); root\n"
     "  cdpctl target stop   --config FILE\n"
     "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
     "      (FILE: see deploy/examples/target.yaml)\n"
@@ -65,10 +71,11 @@ struct ChecksumArgs {
 };
 
 int RunTarget(const std::string& subcommand, const std::string& config_path, bool json,
-              const std::string& volume, const ChecksumArgs& range) {
+              const std::string& volume, const ChecksumArgs& range, const std::string& out) {
   if (subcommand != "start" && subcommand != "stop" && subcommand != "status" &&
-      subcommand != "checksum") {
-    return Usage("target needs start, stop, status or checksum (got '" + subcommand + "')");
+      subcommand != "checksum" && subcommand != "export-boot") {
+    return Usage("target needs start, stop, status, checksum or export-boot (got '" + subcommand +
+                 "')");
   }
   if (config_path.empty()) return Usage("target " + subcommand + " needs --config FILE");
   auto config = cdp::failover::LoadTargetConfig(config_path);
@@ -77,6 +84,33 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
     return 2;
   }
   cdp::failover::TargetVm vm(*config);
+  if (subcommand == "export-boot") {
+    if (volume.empty() || out.empty()) return Usage("target export-boot needs --volume and --out");
+    auto exported = cdp::failover::ExportBoot(*config, volume, out, std::cerr);
+    if (!exported.ok()) {
+      std::cerr << "cdpctl: target export-boot: " << exported.status().message() << "\n";
+      return 1;
+    }
+    const auto& e = *exported;
+    if (json) {
+      std::cout << nlohmann::json({{"kernel_release", e.kernel_release},
+                                   {"lsn", e.lsn},
+                                   {"fs_offset", e.fs_offset},
+                                   {"fs_uuid", e.fs_uuid},
+                                   {"out", e.out_dir},
+                                   {"module_files", e.module_files}})
+                       .dump()
+                << "\n";
+    } else {
+      std::cout << "kernel " << e.kernel_release << " of volume " << volume << " (LSN " << e.lsn
+                << ", ext4 " << e.fs_uuid << " at offset " << e.fs_offset << ") exported to "
+                << e.out_dir << " with " << e.module_files
+                << " module files; next: pe-boot/build-pe-image --kernel-from " << e.out_dir
+                << " PEDIR, point the config's pe: at it, cdpctl target stop, cdpctl target "
+                   "start\n";
+    }
+    return 0;
+  }
   if (subcommand == "checksum") {
     if (volume.empty()) return Usage("target checksum needs --volume NAME");
     uint64_t offset = 0, length = 0, chunk = 0;
@@ -190,7 +224,7 @@ int RunDrill(const std::string& plan_path, bool json) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  std::string server, command, subcommand, volume, config, plan;
+  std::string server, command, subcommand, volume, config, plan, out;
   ChecksumArgs range;
   bool json = false;
   double timeout = 300;
@@ -218,6 +252,8 @@ int main(int argc, char** argv) {
         plan = value("--plan");
       } else if (a == "--config") {
         config = value("--config");
+      } else if (a == "--out") {
+        out = value("--out");
       } else if (a == "--volume") {
         volume = value("--volume");
       } else if (a == "--timeout") {
@@ -241,7 +277,7 @@ int main(int argc, char** argv) {
     }
   }
   if (command.empty()) return Usage("no command given");
-  if (command == "target") return RunTarget(subcommand, config, json, volume, range);
+  if (command == "target") return RunTarget(subcommand, config, json, volume, range, out);
   if (command == "cutover") return RunCutover(plan, json);
   if (command == "drill") return RunDrill(plan, json);
   if (server.empty()) return Usage("--server tcp://HOST:PORT is required");

@@ -13,7 +13,6 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 #include <thread>
 
@@ -21,6 +20,7 @@
 #include "cdp/core/qmp_client.h"
 #include "cdp/ctl/control_client.h"
 #include "cdp/failover/host_command.h"
+#include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
 #include "service_probe.h"
@@ -36,8 +36,6 @@ namespace {
 
 constexpr char kTap[] = "tap-drill";
 constexpr char kBridge[] = "br-drill";
-constexpr uint32_t kHoldMs = 10000;   // the pe-agent lets go by itself after this
-constexpr int kCommitTimeoutMs = 300000;
 
 // Puts the calling thread into another network namespace until destroyed. Sockets it makes and
 // processes it starts meanwhile live there (ZeroMQ's I/O threads too: a PeClient makes its
@@ -82,32 +80,19 @@ class NetnsGuard {
 
 bool NamespaceExists(const std::string& name) { return fs::exists("/run/netns/" + name); }
 
-// One disk of the target as a drill sees it: the target's file (frozen during the drill), the
-// delta the target writes into meanwhile, and the drill VM's overlay of the frozen file.
-struct DrillDrive {
-  std::string id;  // the target's QEMU drive id
-  std::string base, delta, overlay;
-};
-
-std::vector<DrillDrive> DrillDrives(const TargetConfig& t) {
-  std::vector<DrillDrive> out;
-  auto add = [&](const std::string& id, const std::string& base, const std::string& label) {
-    out.push_back({id, base, t.state_dir + "/" + t.name + ".drill-delta." + label + ".qcow2",
-                   t.state_dir + "/" + t.name + "-drill." + label + ".qcow2"});
-  };
-  for (size_t i = 0; i < t.disks.size(); ++i) add(TargetDriveId(i), t.disks[i].path, t.disks[i].volume);
-  add(kTargetMetaDriveId, t.metadata_disk, "meta");
-  return out;
+// The drill VM's overlay of a frozen drive: STATE_DIR/NAME-drill.LABEL.qcow2.
+std::string OverlayOf(const TargetConfig& t, const FrozenDrive& d) {
+  return t.state_dir + "/" + t.name + "-drill." + d.label + ".qcow2";
 }
 
 // The drill VM: the target's config on the overlays, in the drill namespace, its service NIC on
 // the namespace's tap; same UUID and MACs (nothing else shares that network).
-TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<DrillDrive>& drives) {
+TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<FrozenDrive>& drives) {
   TargetConfig c = t;
   c.name = t.name + "-drill";
   c.qmp_socket = t.state_dir + "/" + c.name + ".qmp";
-  for (size_t i = 0; i < c.disks.size(); ++i) c.disks[i].path = drives[i].overlay;
-  c.metadata_disk = drives.back().overlay;
+  for (size_t i = 0; i < c.disks.size(); ++i) c.disks[i].path = OverlayOf(t, drives[i]);
+  c.metadata_disk = OverlayOf(t, drives.back());
   c.replication_host = "127.0.0.1";
   c.replication_endpoint = "tcp://127.0.0.1:" + std::to_string(t.replication_port);
   c.service_nic.mode = "tap";
@@ -115,21 +100,6 @@ TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<DrillDrive>&
   return c;
 }
 
-std::string LsnList(const std::vector<std::pair<std::string, uint64_t>>& lsns) {
-  std::string out;
-  for (const auto& [v, l] : lsns) out += (out.empty() ? "" : ", ") + v + " " + std::to_string(l);
-  return out;
-}
-
-// The file each drive id of a running QEMU has on top ("inserted" -> "file").
-Result<std::map<std::string, std::string>> ActiveFiles(QmpClient* qmp) {
-  CDP_ASSIGN_OR_RETURN(nlohmann::json blocks, qmp->Execute("query-block", nullptr, 10000));
-  std::map<std::string, std::string> out;
-  for (const auto& b : blocks) {
-    if (b.contains("inserted")) out[b.value("device", "")] = b["inserted"].value("file", "");
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -138,8 +108,8 @@ class DrillEngine::Impl {
   Impl(const CutoverPlan& plan, std::ostream* timeline, const volatile bool* cancel)
       : plan_(plan),
         target_(plan.target),
-        drives_(DrillDrives(plan.target)),
-        drill_vm_(DrillVmConfig(plan.target, drives_)),
+        snapshot_(plan.target, "drill-delta"),
+        drill_vm_(DrillVmConfig(plan.target, snapshot_.drives())),
         steps_(timeline),
         cancel_(cancel) {}
 
@@ -199,10 +169,10 @@ class DrillEngine::Impl {
   }
 
   bool LeftoversExist() {
-    for (const auto& d : drives_) {
-      if (fs::exists(d.delta) || fs::exists(d.overlay)) return true;
+    for (const auto& d : snapshot_.drives()) {
+      if (fs::exists(OverlayOf(target_, d))) return true;
     }
-    return fs::exists(drill_vm_.pid_file());
+    return snapshot_.DeltasExist() || fs::exists(drill_vm_.pid_file());
   }
 
   Result<std::string> Precheck() {
@@ -238,21 +208,7 @@ class DrillEngine::Impl {
           target_.state_dir + "); remove it (ip netns del " + plan_.drill_namespace +
           ") or choose another drill.namespace");
     }
-    CDP_ASSIGN_OR_RETURN(auto qmp, TargetQmp());
-    CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
-    for (const auto& d : drives_) {
-      auto it = active.find(d.id);
-      if (it == active.end()) {
-        return Status::FailedPrecondition("target " + target_.name + " has no drive " + d.id +
-                                          " (for " + d.base + "); was it started by cdpctl "
-                                          "target start with " + plan_.target_config + "?");
-      }
-      if (it->second != d.base) {
-        return Status::FailedPrecondition("target " + target_.name + "'s drive " + d.id +
-                                          " runs on " + it->second + ", not on " + d.base +
-                                          " as " + plan_.target_config + " says");
-      }
-    }
+    CDP_RETURN_IF_ERROR(TargetQmp().status());  // the snapshot needs it
     CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
     if (pe.state() != "pe-ready") {
       return Status::FailedPrecondition("the target is " + pe.state() + ": " + pe.error());
@@ -261,49 +217,15 @@ class DrillEngine::Impl {
     for (const auto& v : pe.volumes()) {
       lsns += (lsns.empty() ? "" : ", ") + v.name() + " " + std::to_string(v.applied_lsn());
     }
-    return "target " + target_.name + " pe-ready on its own disks (applied LSN " + lsns +
+    return "target " + target_.name + " pe-ready (applied LSN " + lsns +
            "); namespace " + plan_.drill_namespace + " free" + cleaned;
   }
 
   Result<std::string> Snapshot() {
-    CDP_ASSIGN_OR_RETURN(auto qmp, TargetQmp());
-    CDP_ASSIGN_OR_RETURN(auto pe, pe::PeClient::Connect(target_.replication_endpoint,
-                                                        v1::ROLE_CONTROL, "", 0, 3000));
-    const auto held_at = Clock::now();
-    CDP_ASSIGN_OR_RETURN(auto held, pe->Hold(true, kHoldMs, 5000));
-    nlohmann::json actions = nlohmann::json::array();
-    for (const auto& d : drives_) {
-      actions.push_back({{"type", "blockdev-snapshot-sync"},
-                         {"data",
-                          {{"device", d.id},
-                           {"snapshot-file", d.delta},
-                           {"format", "qcow2"},
-                           {"mode", "absolute-paths"}}}});
-    }
-    auto snap = qmp->Execute("transaction", {{"actions", actions}}, 30000);
-    auto released = pe->Hold(false, 0, 5000);
-    const double held_seconds = std::chrono::duration<double>(Clock::now() - held_at).count();
-    if (!snap.ok()) {
-      for (const auto& d : drives_) {
-        std::error_code ec;
-        fs::remove(d.delta, ec);  // QEMU rolled the transaction back: nothing uses them
-      }
-      return snap.status().WithContext("snapshot of the target's disks (QMP transaction "
-                                       "blockdev-snapshot-sync); nothing changed on the target");
-    }
-    for (const auto& v : plan_.volumes) {
-      auto it = held.applied_lsn().find(v);
-      report_.snapshot_lsn.push_back({v, it == held.applied_lsn().end() ? uint64_t{0} : it->second});
-    }
-    std::string out = "target disks frozen at LSN " + LsnList(report_.snapshot_lsn) +
-                      " (apply held " + FixedSeconds(held_seconds, 2) + " s";
-    if (released.ok()) {
-      out += ", " + std::to_string(released->queued_batches()) + " batch(es) waited";
-    } else {
-      out += "; the release failed (" + released.status().message() +
-             "), the hold ends by itself after " + std::to_string(kHoldMs / 1000) + " s";
-    }
-    return out + "); the target applies into " + std::to_string(drives_.size()) + " delta(s)";
+    std::map<std::string, uint64_t> lsn;
+    CDP_ASSIGN_OR_RETURN(std::string out, snapshot_.Freeze(&lsn));
+    for (const auto& v : plan_.volumes) report_.snapshot_lsn.push_back({v, lsn[v]});
+    return out;
   }
 
   Result<std::string> Network() {
@@ -327,12 +249,11 @@ class DrillEngine::Impl {
   }
 
   Result<std::string> Boot() {
-    for (const auto& d : drives_) {
+    for (const auto& d : snapshot_.drives()) {
       CDP_ASSIGN_OR_RETURN(ImageInfo info, InspectImage(d.base));
-      const std::vector<std::string> argv = {"qemu-img", "create", "-q",          "-f",
-                                             "qcow2",    "-u",     "-b",          d.base,
-                                             "-F",       info.format, d.overlay,
-                                             std::to_string(info.virtual_size)};
+      const std::vector<std::string> argv = {
+          "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", d.base, "-F", info.format,
+          OverlayOf(target_, d), std::to_string(info.virtual_size)};
       CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
       if (r.exit_code != 0) {
         return Status::IOError(CommandLine(argv) + " failed: " + r.output);
@@ -422,9 +343,9 @@ class DrillEngine::Impl {
       }
     }
     if (failed.empty()) {
-      for (const auto& d : drives_) fs::remove(d.overlay, ec);
+      for (const auto& d : snapshot_.drives()) fs::remove(OverlayOf(target_, d), ec);
     }
-    if (Status s = CommitDeltas(&done); !s.ok()) failed.push_back(s.message());
+    if (Status s = snapshot_.Thaw(&done); !s.ok()) failed.push_back(s.message());
     std::string out;
     for (const auto& d : done) out += (out.empty() ? "" : "; ") + d;
     report_.teardown = out;
@@ -438,90 +359,9 @@ class DrillEngine::Impl {
     return out.empty() ? std::string("nothing to remove") : out;
   }
 
-  // Puts the target back on its own files: deltas committed into them and deleted.
-  Status CommitDeltas(std::vector<std::string>* done) {
-    std::vector<const DrillDrive*> present;
-    for (const auto& d : drives_) {
-      if (fs::exists(d.delta)) present.push_back(&d);
-    }
-    if (present.empty()) return Status::Ok();
-    TargetVm target(target_);
-    auto status = target.GetStatus();
-    const bool running = status.ok() && status->state != "stopped";
-    if (!running) {
-      // The target VM is down: commit offline, the same result.
-      for (const DrillDrive* d : present) {
-        const std::vector<std::string> argv = {"qemu-img", "commit", "-q", d->delta};
-        CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kCommitTimeoutMs));
-        if (r.exit_code != 0) return Status::IOError(CommandLine(argv) + " failed: " + r.output);
-        std::error_code ec;
-        fs::remove(d->delta, ec);
-      }
-      done->push_back(std::to_string(present.size()) +
-                      " delta(s) committed into the stopped target's disks (qemu-img commit)");
-      return Status::Ok();
-    }
-    CDP_ASSIGN_OR_RETURN(auto qmp, TargetQmp());
-    CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
-    std::vector<const DrillDrive*> jobs;
-    for (const DrillDrive* d : present) {
-      if (active[d->id] != d->delta) continue;  // not in use (a restarted target): just delete
-      nlohmann::json args = {{"device", d->id}, {"job-id", "drill-commit-" + d->id}};
-      CDP_RETURN_IF_ERROR(qmp->Execute("block-commit", args, 10000).status().WithContext(
-          "committing " + d->delta + " into " + d->base));
-      jobs.push_back(d);
-    }
-    const auto deadline = Clock::now() + std::chrono::milliseconds(kCommitTimeoutMs);
-    std::set<std::string> completing;
-    while (completing.size() < jobs.size()) {
-      CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-block-jobs", nullptr, 10000));
-      std::set<std::string> listed;
-      for (const auto& j : list) {
-        const std::string id = j.value("device", "");
-        listed.insert(id);
-        if (j.value("ready", false) && completing.count(id) == 0) {
-          CDP_RETURN_IF_ERROR(
-              qmp->Execute("block-job-complete", {{"device", id}}, 10000).status());
-          completing.insert(id);
-        }
-      }
-      for (const DrillDrive* d : jobs) {
-        const std::string id = "drill-commit-" + d->id;
-        if (listed.count(id) == 0 && completing.count(id) == 0) {
-          return Status::IOError("the commit of " + d->delta + " into " + d->base +
-                                 " ended without becoming ready (see the target's QMP events); "
-                                 "the target keeps running on the delta");
-        }
-      }
-      if (Clock::now() > deadline) {
-        return Status::TimedOut("committing the deltas took more than " +
-                                std::to_string(kCommitTimeoutMs / 1000) + " s");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    // Completed jobs pivot the drive back onto its base file.
-    while (true) {
-      CDP_ASSIGN_OR_RETURN(auto now, ActiveFiles(qmp.get()));
-      bool all = true;
-      for (const DrillDrive* d : jobs) all = all && now[d->id] == d->base;
-      if (all) break;
-      if (Clock::now() > deadline) {
-        return Status::TimedOut("the target's drives did not return to their own files");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    for (const DrillDrive* d : present) {
-      std::error_code ec;
-      fs::remove(d->delta, ec);
-    }
-    done->push_back(std::to_string(jobs.size()) +
-                    " delta(s) committed into the target's disks (QMP block-commit) and removed");
-    return Status::Ok();
-  }
-
   const CutoverPlan& plan_;
   const TargetConfig& target_;
-  const std::vector<DrillDrive> drives_;
+  TargetSnapshot snapshot_;
   const TargetConfig drill_vm_;
   StepTimeline steps_;
   const volatile bool* cancel_;

@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 
-BIN = os.environ.get("CDP_BIN_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+BIN = os.path.abspath(os.environ.get("CDP_BIN_DIR",
+                                     os.path.join(os.path.dirname(__file__), "../../build")))
 
 
 def binary(name):

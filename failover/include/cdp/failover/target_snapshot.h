@@ -1,0 +1,61 @@
+// TargetSnapshot: the target VM's disk files frozen at a batch boundary while the VM keeps
+// running and applying (docs/drill.md, "Why the snapshot is consistent"). Used by drills (a
+// second VM boots overlays of the frozen files) and by `cdpctl target export-boot` (the
+// migrated OS's kernel is read from them).
+//
+// Freeze(): the pe-agent holds its apply (ApplyHoldRequest, at most 10 s), one QMP transaction
+// of blockdev-snapshot-sync puts a qcow2 delta STATE_DIR/NAME.<tag>.<VOLUME|meta>.qcow2 on top of
+// every drive (the volume disks and the metadata disk together, so data and cursors agree), the
+// hold is released; from then on the target writes into the deltas and the files its config
+// names do not change. Thaw(): every delta committed back into its file (QMP block-commit while
+// the VM runs, qemu-img commit when it is stopped) and deleted; idempotent, so it also cleans up
+// after a process that died between the two.
+//
+// Not thread-safe; one snapshot per (target, tag) at a time.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cdp/core/status.h"
+#include "cdp/failover/target_config.h"
+
+namespace cdp::failover {
+
+struct FrozenDrive {
+  std::string id;     // the target's QEMU drive id ("disk0".., "meta")
+  std::string label;  // the volume name, or "meta"
+  std::string base;   // the file the target config names: frozen between Freeze and Thaw
+  std::string delta;  // where the target writes meanwhile
+};
+
+class TargetSnapshot {
+ public:
+  // `tag` names the deltas ("drill-delta", "boot-delta"): different users never share them.
+  TargetSnapshot(const TargetConfig& target, const std::string& tag);
+
+  const std::vector<FrozenDrive>& drives() const { return drives_; }
+
+  // True when a delta file exists (a snapshot taken and not thawed, maybe by a process that
+  // died).
+  bool DeltasExist() const;
+
+  // Checks the target runs every drive on its own file (not on a delta), then freezes as above.
+  // *lsn gets each volume's applied LSN at the freeze (what the frozen files hold). Returns a
+  // description for a report ("target disks frozen at LSN v 12 (apply held 0.05 s, 1 batch(es)
+  // waited)"). On error nothing changed on the target (a failed transaction is rolled back by
+  // QEMU and its files removed).
+  Result<std::string> Freeze(std::map<std::string, uint64_t>* lsn);
+
+  // Commits every existing delta back and deletes it; appends what it did to *done. Errors:
+  // the target's QMP socket does not answer while the VM runs, a block job fails (the target
+  // keeps running on the delta, which is safe; Thaw again later).
+  Status Thaw(std::vector<std::string>* done);
+
+ private:
+  const TargetConfig& target_;
+  std::vector<FrozenDrive> drives_;
+};
+
+}  // namespace cdp::failover
