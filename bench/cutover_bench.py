@@ -112,7 +112,9 @@ def report(a, runs):
                   f"{sum(max(r['lost'], 0) for r in runs)} "
                   f"(of {sum(r['acked'] for r in runs)} acknowledged).", ""]
     if typical:
-        lines += ["A typical cutover (the median one), seconds per step:", "",
+        lines += ["A typical cutover (the median one), seconds per step (`pre-verify` runs before "
+                  "the quiesce, while the source still serves: it is not part of the outage):",
+                  "",
                   "| " + " | ".join(typical["steps"]) + " |",
                   "|" + "---|" * len(typical["steps"]),
                   "| " + " | ".join(f"{v:.2f}" for v in typical["steps"].values()) + " |", ""]

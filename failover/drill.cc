@@ -4,17 +4,15 @@
 #include <sched.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <thread>
 
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/qmp_client.h"
@@ -30,7 +28,6 @@ namespace cdp::failover {
 
 namespace fs = std::filesystem;
 namespace v1 = wire::v1;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 

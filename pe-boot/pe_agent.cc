@@ -279,6 +279,8 @@ void PeAgent::Handle(wire::Message& msg) {
       return HandleApply(msg);
     case v1::Header::kApplyHoldRequest:
       return HandleHold(msg);
+    case v1::Header::kWrittenRegionsRequest:
+      return HandleWrittenRegions(msg);
     case v1::Header::kPeStatusRequest:
       return HandleStatus(msg);
     case v1::Header::kChecksumRequest:
@@ -441,6 +443,14 @@ Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
   t = Clock::now();
   CDP_RETURN_IF_ERROR(meta_->Save(v->spec.name, v->spec.size, last));
   v->cursor_seconds += seconds_since(t);
+  if (v->mark_region_bytes > 0) {
+    for (const auto& item : items) {
+      if (item.rec.length == 0) continue;
+      const uint64_t first = item.rec.offset / v->mark_region_bytes;
+      const uint64_t end = (item.rec.offset + item.rec.length - 1) / v->mark_region_bytes;
+      for (uint64_t r = first; r <= end; ++r) v->written_regions.insert(r);
+    }
+  }
   v->applied_lsn = last;
   v->applied_records += items.size();
   ++v->batches;
@@ -629,6 +639,45 @@ void PeAgent::HandleHold(const wire::Message& msg) {
   reply->set_queued_batches(
       static_cast<uint32_t>(request.hold() ? held_batches_.size() : released));
   for (const auto& [name, v] : volumes_) (*reply->mutable_applied_lsn())[name] = v.applied_lsn;
+  (void)socket_->SendTo(msg.peer, h);
+}
+
+void PeAgent::HandleWrittenRegions(const wire::Message& msg) {
+  if (!FromControlClient(msg, "a written-regions request")) return;
+  const v1::WrittenRegionsRequest& request = msg.header.written_regions_request();
+  auto it = volumes_.find(request.volume());
+  if (it == volumes_.end()) {
+    return SendError(msg.peer,
+                     Status::NotFound("pe-agent: this target has no volume '" + request.volume() +
+                                      "'"),
+                     true);
+  }
+  Volume& v = it->second;
+  if (request.reset()) {
+    if (request.region_bytes() == 0 || request.region_bytes() % 512 != 0) {
+      return SendError(msg.peer,
+                       Status::InvalidArgument("pe-agent: region_bytes " +
+                                               std::to_string(request.region_bytes()) +
+                                               " is not a positive multiple of 512"),
+                       true);
+    }
+    v.mark_lsn = v.applied_lsn;
+    v.mark_region_bytes = request.region_bytes();
+    v.written_regions.clear();
+  } else if (v.mark_region_bytes == 0) {
+    return SendError(msg.peer,
+                     Status::FailedPrecondition("pe-agent: volume " + v.spec.name +
+                                                " has no written-regions mark (set one with "
+                                                "reset; a restarted pe-agent has none)"),
+                     false);
+  }
+  v1::Header h;
+  auto* reply = h.mutable_written_regions_reply();
+  reply->set_volume(v.spec.name);
+  reply->set_mark_lsn(v.mark_lsn);
+  reply->set_applied_lsn(v.applied_lsn);
+  reply->set_region_bytes(v.mark_region_bytes);
+  for (uint64_t r : v.written_regions) reply->add_regions(r);
   (void)socket_->SendTo(msg.peer, h);
 }
 

@@ -921,6 +921,50 @@ TEST_F(PeAgentTest, HoldEndsByItselfAfterMaxMs) {
   EXPECT_EQ(status->queued_batches(), 0u);
 }
 
+TEST_F(PeAgentTest, WrittenRegionsSinceTheMark) {
+  StartAgent();
+  auto replicator = ConnectReplicator();
+  auto control = ConnectControl();
+  ASSERT_NE(replicator, nullptr);
+  ASSERT_NE(control, nullptr);
+  Batch before(1, &sda_image_);
+  before.Write(8 * 65536, std::string(512, 'b'));  // before the mark: not in the set
+  ASSERT_TRUE(replicator->Apply(kSda, before.items(), kWaitMs, nullptr).ok());
+
+  auto mark = control->WrittenRegions(kSda, 65536, true, kWaitMs);
+  ASSERT_TRUE(mark.ok()) << mark.status();
+  EXPECT_EQ(mark->mark_lsn(), 1u);
+  EXPECT_EQ(mark->region_bytes(), 65536u);
+  EXPECT_EQ(mark->regions_size(), 0);
+
+  Batch after(2, &sda_image_);
+  after.Write(0, std::string(4096, 'a'))
+      .Write(130000, std::string(100, 'c'))  // inside region 1
+      .Discard(196608, 131072)               // regions 3 and 4 exactly
+      .WriteZeroes(65535, 2);                // the last byte of region 0, the first of 1
+  ASSERT_TRUE(replicator->Apply(kSda, after.items(), kWaitMs, nullptr).ok());
+  auto set = control->WrittenRegions(kSda, 0, false, kWaitMs);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->mark_lsn(), 1u);
+  EXPECT_EQ(set->applied_lsn(), 5u);
+  EXPECT_THAT(std::vector<uint64_t>(set->regions().begin(), set->regions().end()),
+              ::testing::ElementsAre(0u, 1u, 3u, 4u));
+  ExpectSdaMatchesImage();
+
+  // The other volume has no mark; a bad granularity is refused.
+  auto none = control->WrittenRegions(kSdb, 0, false, kWaitMs);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(none.status().message(), HasSubstr("volume " + kSdb + " has no written-regions mark"));
+  auto bad = control->WrittenRegions(kSda, 1000, true, kWaitMs);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("region_bytes 1000 is not a positive multiple"));
+  // The refused reset left the mark alone.
+  set = control->WrittenRegions(kSda, 0, false, kWaitMs);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->regions_size(), 4);
+}
+
 TEST_F(PeAgentTest, HoldOnlyFromAControlSession) {
   StartAgent();
   auto replicator = ConnectReplicator();

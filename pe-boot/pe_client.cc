@@ -128,6 +128,19 @@ Result<v1::ApplyHoldReply> PeClient::Hold(bool hold, uint32_t max_ms, int timeou
   return msg.header.apply_hold_reply();
 }
 
+Result<v1::WrittenRegionsReply> PeClient::WrittenRegions(const std::string& volume,
+                                                         uint64_t region_bytes, bool reset,
+                                                         int timeout_ms) {
+  v1::Header h;
+  auto* req = h.mutable_written_regions_request();
+  req->set_volume(volume);
+  req->set_region_bytes(region_bytes);
+  req->set_reset(reset);
+  CDP_ASSIGN_OR_RETURN(auto msg,
+                       Call(h, {}, v1::Header::kWrittenRegionsReply, timeout_ms, nullptr));
+  return msg.header.written_regions_reply();
+}
+
 Result<v1::TakeoverReply> PeClient::Takeover(const v1::TakeoverRequest& request, int timeout_ms) {
   v1::Header h;
   *h.mutable_takeover_request() = request;

@@ -98,7 +98,8 @@ def main(lab_dir, work):
         text = f.read()
     plan = os.path.join(lab_dir, "cutover-kexec.yaml")
     with open(plan, "w") as f:
-        f.write(text + '\ntakeover: {boot: kexec, kernel_args: "console=ttyS0 rw panic=-1 quiet"}\n')
+        f.write(text +
+                '\ntakeover: {boot: kexec, kernel_args: "console=ttyS0 rw panic=-1 quiet"}\n')
     console = os.path.join(lab_dir, "cdp-lab-target.console.log")
     with open(console, errors="replace") as f:
         assert OS_INITRAMFS not in f.read(), "the migrated OS's initramfs ran before the cutover?"

@@ -3,10 +3,13 @@
 //
 //   precheck  the plan is valid, the source's QMP answers, the target is pe-ready, the replica's
 //             lag is within budget
+//   pre-verify  before the outage: a written-regions mark on the target, then every 4 MiB region
+//             compared (source device vs pe-agent), the differing ones remembered
 //   quiesce   the source stops writing (QMP stop: its block layer drains), then the agent has
 //             journaled everything: the final LSN of each volume
 //   drain     the target applied every final LSN
-//   verify    XXH3-64 of every region of each volume: the source's device vs the pe-agent's
+//   verify    XXH3-64 of the regions written since the mark or differing then (every region
+//             without a usable mark): the source's device vs the pe-agent's
 //   fence     the source can no longer answer (QMP quit, or pause, or a command)
 //   promote   the pe-agent's takeover: final flush, boot adaptation (net.conf for the target's
 //             NIC, fstab, virtio drivers), switch_root into the migrated OS
@@ -44,7 +47,7 @@ struct CutoverReport {
   std::vector<StepReport> steps;
   double downtime_seconds = 0;  // estimate: quiesce start -> health check passed
   std::vector<std::pair<std::string, uint64_t>> final_lsn;  // per volume
-  std::string verify;                                       // e.g. "4 regions of 64 MiB equal"
+  std::string verify;  // e.g. "64 regions (256 MiB) equal: v: 2 of 64 in the window, ..."
 };
 
 class CutoverEngine {

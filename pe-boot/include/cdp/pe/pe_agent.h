@@ -38,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -111,6 +112,10 @@ class PeAgent {
     uint64_t applied_records = 0;
     uint64_t batches = 0;
     double verify_seconds = 0, write_seconds = 0, flush_seconds = 0, cursor_seconds = 0;
+    // Written-regions mark (WrittenRegionsRequest): set when mark_region_bytes > 0.
+    uint64_t mark_lsn = 0;
+    uint64_t mark_region_bytes = 0;
+    std::set<uint64_t> written_regions;
   };
   struct Session {
     v1::Role role = v1::ROLE_UNSPECIFIED;
@@ -127,6 +132,7 @@ class PeAgent {
   void HandleChecksum(const wire::Message& msg);
   void HandleTakeover(const wire::Message& msg);
   void HandleHold(const wire::Message& msg);
+  void HandleWrittenRegions(const wire::Message& msg);
   // True when msg's session said Hello as a control client; else answers a permanent
   // FailedPrecondition naming `what` and returns false.
   bool FromControlClient(const wire::Message& msg, const std::string& what);

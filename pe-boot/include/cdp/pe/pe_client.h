@@ -52,6 +52,14 @@ class PeClient {
   // at a batch boundary whose LSNs the reply carries; a release has applied the queued batches.
   Result<wire::v1::ApplyHoldReply> Hold(bool hold, uint32_t max_ms, int timeout_ms);
 
+  // The regions of `volume` written since its mark (docs/pe-agent.md §7): REQUIRES role
+  // ROLE_CONTROL. reset=true sets a new mark (region_bytes: the granularity) and returns the
+  // empty set; reset=false returns the set (FailedPrecondition when there is no mark, e.g.
+  // after a restart of the pe-agent).
+  Result<wire::v1::WrittenRegionsReply> WrittenRegions(const std::string& volume,
+                                                       uint64_t region_bytes, bool reset,
+                                                       int timeout_ms);
+
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                            int timeout_ms);
 
