@@ -1,10 +1,12 @@
 // cdpctl: the operator's command line. Wiring only; the work is in cdp::ctl.
+#include <pthread.h>
 #include <signal.h>
 
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cdp/ctl/control_client.h"
@@ -45,10 +47,18 @@ constexpr const char* kUsage =
     "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
     "      (FILE: see deploy/examples/target.yaml)\n"
     "  cdpctl cutover --plan FILE [--json]\n"
-    "      moves the service to the target: precheck, quiesce the source, drain, verify, fence,\n"
-    "      promote (switch_root into the migrated OS), health check; a timeline on stderr and\n"
-    "      the report (with --json as JSON) on stdout; exit 0 only on success. A failure before\n"
-    "      the fence resumes the source (docs/cutover.md; plan keys: docs/cutover-plan.md)\n"
+    "      moves the service to the target: precheck, pre-verify (while the source serves),\n"
+    "      quiesce the source, drain, verify, fence, promote (switch_root or kexec into the\n"
+    "      migrated OS), health check; a timeline on stderr and the report (with --json as\n"
+    "      JSON) on stdout; exit 0 only on success. A failure before the promotion resumes the\n"
+    "      source where it can (docs/cutover.md; plan keys: docs/cutover-plan.md).\n"
+    "      SIGINT/SIGTERM before the fence stop it and resume the source; after the fence they\n"
+    "      only cut the wait for the health check short\n"
+    "  cdpctl drill --plan FILE [--json]\n"
+    "      boots a copy-on-write copy of the target's disks as a second VM in the isolated\n"
+    "      namespace drill.namespace, promotes it, runs the health check there and tears it all\n"
+    "      down; replication goes on and the source is never touched. SIGINT/SIGTERM stop the\n"
+    "      drill and tear it down; exit 0 only on success (docs/drill.md); root\n"
     "\n"
     "Exit codes: 0 ok, 1 error (server unreachable), 2 bad usage, 3 timeout.\n";
 
@@ -164,6 +174,24 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
 }
 
 // cdpctl cutover --plan FILE [--json]
+// Set by SIGINT/SIGTERM during a cutover or a drill: the engines stop safely (they poll it).
+volatile bool g_cancel = false;
+
+// SIGINT and SIGTERM are blocked in every thread (ZeroMQ's included: they start later and
+// inherit the mask) and taken by one thread with sigwait, so no system call of the engines is
+// ever interrupted (cppzmq throws on EINTR) and the engines see only the flag.
+void CancelOnSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    int sig = 0;
+    while (sigwait(&set, &sig) == 0) g_cancel = true;
+  }).detach();
+}
+
 int RunCutover(const std::string& plan_path, bool json) {
   if (plan_path.empty()) return Usage("cutover needs --plan FILE");
   auto plan = cdp::failover::LoadCutoverPlan(plan_path);
@@ -171,7 +199,8 @@ int RunCutover(const std::string& plan_path, bool json) {
     std::cerr << "cdpctl: cutover: " << plan.status().message() << "\n";
     return 2;
   }
-  cdp::failover::CutoverEngine engine(*plan, &std::cerr);
+  CancelOnSignals();
+  cdp::failover::CutoverEngine engine(*plan, &std::cerr, &g_cancel);
   const cdp::failover::CutoverReport report = engine.Run();
   if (json) {
     std::cout << cdp::failover::CutoverReportJson(report) << "\n";
@@ -190,9 +219,6 @@ int RunCutover(const std::string& plan_path, bool json) {
   return report.ok ? 0 : 1;
 }
 
-volatile bool g_drill_cancel = false;
-
-void CancelDrill(int) { g_drill_cancel = true; }
 
 int RunDrill(const std::string& plan_path, bool json) {
   if (plan_path.empty()) return Usage("drill needs --plan FILE");
@@ -201,12 +227,8 @@ int RunDrill(const std::string& plan_path, bool json) {
     std::cerr << "cdpctl: drill: " << plan.status().message() << "\n";
     return 2;
   }
-  struct sigaction sa {};
-  sa.sa_handler = CancelDrill;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  cdp::failover::DrillEngine engine(*plan, &std::cerr, &g_drill_cancel);
+  CancelOnSignals();
+  cdp::failover::DrillEngine engine(*plan, &std::cerr, &g_cancel);
   const cdp::failover::DrillReport report = engine.Run();
   if (json) {
     std::cout << cdp::failover::DrillReportJson(report) << "\n";

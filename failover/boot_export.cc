@@ -109,14 +109,24 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
 
   BootExport result;
   result.out_dir = out_dir;
+  CDP_ASSIGN_OR_RETURN(auto lock, TargetLock::Acquire(target, "an export-boot"));
+  // What an export killed midway left: its mount (and loop device), its copy, its deltas.
+  if (fs::exists(mnt)) {
+    (void)RunHostCommand({"umount", mnt}, 60000);
+    fs::remove(mnt, ec);
+    if (fs::exists(mnt)) {
+      return Status::FailedPrecondition(mnt + " is left by an export that died and cannot be "
+                                              "removed (still mounted?); unmount it first");
+    }
+  }
+  fs::remove(raw, ec);
+  CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(target));
+  if (!own.empty()) progress << "committed what an earlier run left: " << own << "\n";
+  Cleanup remove_raw{[&] { fs::remove(raw, ec); }};
   TargetSnapshot snapshot(target, "boot-delta");
   {
     // 1-2: freeze, copy the frozen file, thaw — thawing whatever happens.
     std::vector<std::string> done;
-    if (snapshot.DeltasExist()) {
-      progress << "a previous export left deltas; committing them first\n";
-      CDP_RETURN_IF_ERROR(snapshot.Thaw(&done));
-    }
     auto client = pe::PeClient::Connect(target.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
     if (!client.ok()) return client.status().WithContext("target " + target.name);
     CDP_ASSIGN_OR_RETURN(auto st, (*client)->Status(5000));
@@ -130,15 +140,15 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
     result.lsn = lsn[volume];
     Status copied = Run({"qemu-img", "convert", "-O", "raw", disk->path, raw}, 3600000);
     Status thawed = snapshot.Thaw(&done);
-    if (!copied.ok()) {
-      fs::remove(raw, ec);
-      return copied;
+    if (!thawed.ok()) {
+      return thawed.WithContext(std::string("thawing the target after the copy") +
+                                (copied.ok() ? "" : " (the copy failed too: " +
+                                                        copied.message() + ")"));
     }
-    CDP_RETURN_IF_ERROR(thawed);
-    progress << "volume " << volume << " copied at LSN " << result.lsn << "; " << done.front()
-             << "\n";
+    CDP_RETURN_IF_ERROR(copied);
+    progress << "volume " << volume << " copied at LSN " << result.lsn << "; "
+             << (done.empty() ? std::string("thawed") : done.front()) << "\n";
   }
-  Cleanup remove_raw{[&] { fs::remove(raw, ec); }};
 
   // 3: find and mount the ext4 filesystem that holds /boot.
   CDP_ASSIGN_OR_RETURN(auto offsets, CandidateFilesystemOffsets(raw));
@@ -165,8 +175,10 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
                             looked + "); export-boot reads /boot from an ext4 root");
   }
   fs::create_directories(mnt, ec);
+  // Read-write, so ext4 replays its journal (a kernel installed just now may sit only there);
+  // the copy is private and thrown away.
   CDP_RETURN_IF_ERROR(Run({"mount", "-t", "ext4", "-o",
-                           "ro,noload,loop,offset=" + std::to_string(result.fs_offset), raw, mnt},
+                           "loop,offset=" + std::to_string(result.fs_offset), raw, mnt},
                           60000));
   Cleanup unmount{[&] {
     (void)RunHostCommand({"umount", mnt}, 60000);

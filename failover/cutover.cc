@@ -15,6 +15,7 @@
 #include "cdp/core/qmp_client.h"
 #include "cdp/ctl/control_client.h"
 #include "cdp/failover/host_command.h"
+#include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
 #include "service_probe.h"
@@ -38,14 +39,27 @@ std::string Fixed(double v, int digits) { return FixedSeconds(v, digits); }
 
 class CutoverEngine::Impl {
  public:
-  Impl(const CutoverPlan& plan, std::ostream* timeline) : plan_(plan), steps_(timeline) {}
+  Impl(const CutoverPlan& plan, std::ostream* timeline, const volatile bool* cancel)
+      : plan_(plan), steps_(timeline), cancel_(cancel) {}
 
   CutoverReport Run() {
     report_.plan = plan_.file;
     steps_.Line("cutover of " + plan_.name + " (" + std::to_string(plan_.volumes.size()) +
          " volume(s)) to target " + plan_.target.name);
     auto step = [&](const std::string& name, const std::function<Result<std::string>()>& fn) {
-      return steps_.Step(name, fn, &report_.error);
+      return steps_.Step(
+          name,
+          [&]() -> Result<std::string> {
+            // From the fence on there is no way back: a signal no longer stops a step.
+            if (!fence_started_ && name != "fence" && Cancelled()) {
+              return Status::Aborted("stopped by a signal before " + name);
+            }
+            if (name == "fence" && Cancelled()) {
+              return Status::Aborted("stopped by a signal before the fence");
+            }
+            return fn();
+          },
+          &report_.error);
     };
     bool ok = step("precheck", [&] { return Precheck(); }) &&
               step("pre-verify", [&] { return PreVerify(); }) &&
@@ -108,12 +122,20 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Precheck() {
+    CDP_ASSIGN_OR_RETURN(lock_, TargetLock::Acquire(plan_.target, "a cutover"));
+    // A drill or export-boot killed midway leaves the target writing into deltas; promoting
+    // that would drop them. Commit them back (and check every drive) first.
+    CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(plan_.target));
     if (!plan_.source_qmp_socket.empty()) {
       CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
       CDP_ASSIGN_OR_RETURN(auto st, qmp->Execute("query-status"));
       if (!st.value("running", false)) {
-        return Status::FailedPrecondition("the source VM is not running (QMP status " +
-                                          st.value("status", "?") + ")");
+        const std::string status = st.value("status", "?");
+        return Status::FailedPrecondition(
+            "the source VM is not running (QMP status " + status + ")" +
+            (status == "paused" ? "; a cutover stopped hard after its quiesce leaves it paused: "
+                                  "resume it with QMP cont if it should serve"
+                                : ""));
       }
     }
     CDP_ASSIGN_OR_RETURN(auto pe, TargetStatus());
@@ -133,7 +155,7 @@ class CutoverEngine::Impl {
       }
       lags += (lags.empty() ? "" : ", ") + volume + " lag " + Fixed(v.lag_seconds(), 2) + " s";
     }
-    return "source running, target pe-ready, " + lags;
+    return "source running, target pe-ready, " + lags + (own.empty() ? "" : "; " + own);
   }
 
   Result<std::string> Quiesce() {
@@ -169,6 +191,7 @@ class CutoverEngine::Impl {
               (out.empty() ? "" : ", ") + volume + " final LSN " + std::to_string(v.durable_lsn());
           break;
         }
+        if (Cancelled()) return Status::Aborted("stopped by a signal while waiting for the journal");
         if (Clock::now() > deadline) {
           return Status::TimedOut("volume " + volume + ": the journal did not get everything " +
                                   "within the drain budget (captured " +
@@ -199,6 +222,7 @@ class CutoverEngine::Impl {
                std::to_string(lsn);
       }
       if (all) return "target applied every final LSN: " + out;
+      if (Cancelled()) return Status::Aborted("stopped by a signal while the target drained: " + out);
       if (Clock::now() > deadline) {
         return Status::TimedOut("the target did not apply the final LSN within " +
                                 Fixed(plan_.budgets.drain_seconds, 0) + " s: " + out);
@@ -263,6 +287,14 @@ class CutoverEngine::Impl {
   // written after the mark nor differing holds, on both sides, what it held during this pass.
   Result<std::string> PreVerify() {
     if (plan_.source_devices.empty()) return std::string("skipped: the plan names no devices");
+    auto r = BackgroundPass();
+    if (r.ok()) return r;
+    // Not worth failing the cutover for: verify compares every region in the window instead.
+    background_.clear();
+    return "skipped (" + r.status().message() + "); verify compares every region in the window";
+  }
+
+  Result<std::string> BackgroundPass() {
     CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(plan_.target.replication_endpoint,
                                                             v1::ROLE_CONTROL, "", 0, 3000));
     std::string out;
@@ -299,7 +331,8 @@ class CutoverEngine::Impl {
       if (bg != background_.end() && client.ok()) {
         written = (*client)->WrittenRegions(volume, 0, false, 5000);
       }
-      if (written.ok() && written->mark_lsn() == bg->second.mark_lsn) {
+      if (written.ok() && written->mark_lsn() == bg->second.mark_lsn &&
+          written->region_bytes() == kVerifyChunk) {
         std::set<uint64_t> todo = bg->second.differ;
         todo.insert(written->regions().begin(), written->regions().end());
         CDP_ASSIGN_OR_RETURN(uint64_t n, CompareRegions(i, &todo, true, &differ, &bytes));
@@ -345,13 +378,20 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Promote() {
-    CDP_ASSIGN_OR_RETURN(std::string result,
-                         RequestTakeover(plan_.target.replication_endpoint, plan_));
-    promoted_ = true;
+    bool sent = false;
+    auto result = RequestTakeover(plan_.target.replication_endpoint, plan_, &sent);
+    // Sent and not plainly refused: the target may be handing over. Treat it as promoted, so
+    // the source is never resumed beside it.
+    promoted_ = sent && !(result.status().code() == StatusCode::kFailedPrecondition &&
+                          result.status().message().rfind("the pe-agent refused", 0) == 0);
     return result;
   }
 
-  Result<std::string> Health() { return WaitForService(plan_, plan_.budgets.takeover_seconds); }
+  Result<std::string> Health() {
+    return WaitForService(plan_, plan_.budgets.takeover_seconds, cancel_);
+  }
+
+  bool Cancelled() const { return cancel_ != nullptr && *cancel_; }
 
   void Rollback() {
     if (plan_.rollback == "none") {
@@ -400,13 +440,15 @@ class CutoverEngine::Impl {
                ? std::string("powered off at the fence (QMP quit)")
                : "fenced by " + CommandLine(plan_.fence.command) + ", which has no undo") +
           "; the target is still in the PE, not promoted: start the source again (its disk is "
-          "intact and protected) or run the cutover again";
+          "intact and protected; the target keeps replicating once its agent reconnects), then "
+          "cut over again";
     }
     steps_.Line(report_.rollback);
   }
 
   const CutoverPlan& plan_;
   StepTimeline steps_;
+  const volatile bool* cancel_;
   CutoverReport report_;
   double quiesce_start_ = 0;
   bool paused_ = false;
@@ -419,13 +461,15 @@ class CutoverEngine::Impl {
     std::set<uint64_t> differ;
   };
   std::map<std::string, Background> background_;
+  std::unique_ptr<TargetLock> lock_;
   bool promoted_ = false;  // the takeover was sent and not refused: the target left the PE
 };
 
-CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline)
-    : plan_(std::move(plan)), timeline_(timeline) {}
+CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline,
+                             const volatile bool* cancel)
+    : plan_(std::move(plan)), timeline_(timeline), cancel_(cancel) {}
 
-CutoverReport CutoverEngine::Run() { return Impl(plan_, timeline_).Run(); }
+CutoverReport CutoverEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }
 
 std::string CutoverReportJson(const CutoverReport& r) {
   nlohmann::json steps = nlohmann::json::array();

@@ -265,6 +265,13 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
                        LoadStepMethod(L, source, "fence", {"qmp-poweroff", "qmp-pause", "command"},
                                       false, p.source_qmp_socket));
   p.fence = {fence.method, fence.command};
+  if (p.fence.method == "qmp-pause" && p.quiesce.method != "qmp-pause") {
+    return L.Error(source["fence"], "source.fence",
+                   "qmp-pause only keeps the source paused, and quiesce method " +
+                       p.quiesce.method +
+                       " never paused it: both would serve; use fence qmp-poweroff or command "
+                       "(or quiesce qmp-pause)");
+  }
 
   const YAML::Node target = root["target"];
   if (!target.IsDefined() || target.IsNull()) {

@@ -371,6 +371,12 @@ TEST_F(CutoverPlanTest, ValuesAreCheckedWithTheirLines) {
                      "fence: {method: qmp-poweroff}}"}}),
               ":4: 'source.devices[1]': empty (expected the source's device or image path of "
               "volume vol1)");
+  ExpectError(Plan({{"source",
+                     "source: {qmp_socket: q, quiesce: {method: command, command: [stop-db], "
+                     "resume_command: [start-db]}, fence: {method: qmp-pause}}"}}),
+              ":4: 'source.fence': qmp-pause only keeps the source paused, and quiesce method "
+              "command never paused it: both would serve; use fence qmp-poweroff or command (or "
+              "quiesce qmp-pause)");
   ExpectError(Plan({}, "takeover: {boot: pxe}\n"),
               ":8: 'takeover.boot': 'pxe' is not auto, switch-root or kexec");
   ExpectError(Plan({}, "rollback: later\n"),
@@ -416,7 +422,7 @@ TEST_F(CutoverPlanTest, QuiesceAndFenceMethodsAreChecked) {
                      "fence: {method: qmp-pause}"),
               ":4: 'source.quiesce.command': only for method command (the method is qmp-pause)");
   ExpectError(source("qmp_socket: q, quiesce: {method: command, command: [a]}, "
-                     "fence: {method: qmp-pause}"),
+                     "fence: {method: qmp-poweroff}"),
               ":4: 'source.quiesce.resume_command': missing: rollback resume-source needs the "
               "command that undoes the quiesce command (or rollback: none)");
 }

@@ -173,6 +173,12 @@ class DrillEngine::Impl {
   }
 
   Result<std::string> Precheck() {
+    auto lock = TargetLock::Acquire(target_, "a drill");
+    if (!lock.ok()) {
+      refused_ = true;  // another cutover, drill or export-boot runs: touch nothing of it
+      return lock.status();
+    }
+    lock_ = std::move(*lock);
     if (target_.service_nic.mode == "none") {
       refused_ = true;
       return Status::FailedPrecondition(
@@ -206,6 +212,10 @@ class DrillEngine::Impl {
           ") or choose another drill.namespace");
     }
     CDP_RETURN_IF_ERROR(TargetQmp().status());  // the snapshot needs it
+    // Deltas an export-boot left (killed midway) are committed back; every drive must run on
+    // the file the config names.
+    CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(target_));
+    if (!own.empty()) cleaned += "; " + own;
     CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
     if (pe.state() != "pe-ready") {
       return Status::FailedPrecondition("the target is " + pe.state() + ": " + pe.error());
@@ -364,6 +374,7 @@ class DrillEngine::Impl {
   const volatile bool* cancel_;
   DrillReport report_;
   bool refused_ = false;  // precheck refused before making anything: no teardown
+  std::unique_ptr<TargetLock> lock_;
 };
 
 DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const volatile bool* cancel)

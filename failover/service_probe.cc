@@ -91,9 +91,12 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
                           FixedSeconds(budget_seconds, 0) + " s: " + last);
 }
 
-Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan) {
+Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan,
+                                    bool* sent) {
+  if (sent != nullptr) *sent = false;
   CDP_ASSIGN_OR_RETURN(auto client,
                        pe::PeClient::Connect(endpoint, v1::ROLE_CONTROL, "", 0, 3000));
+  if (sent != nullptr) *sent = true;
   v1::TakeoverRequest req;
   req.set_root_volume(plan.root_volume);
   req.set_boot(plan.takeover_boot);

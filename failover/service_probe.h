@@ -29,6 +29,8 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
 // takeover is FailedPrecondition with the pe-agent's reason; a connection that drops before the
 // reply is reported as a takeover that probably went through (docs/pe-agent.md §5): the health
 // check decides.
-Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan);
+// *sent (when given) tells whether the request went out at all.
+Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan,
+                                    bool* sent = nullptr);
 
 }  // namespace cdp::failover

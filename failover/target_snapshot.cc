@@ -1,5 +1,9 @@
 #include "cdp/failover/target_snapshot.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -93,16 +97,48 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
                          {"format", "qcow2"},
                          {"mode", "absolute-paths"}}}});
   }
-  auto snap = qmp->Execute("transaction", {{"actions", actions}}, 30000);
+  // Well inside the hold: a transaction that outlived it could split a batch.
+  const int transaction_ms = static_cast<int>(kHoldMs) / 2;
+  auto snap = qmp->Execute("transaction", {{"actions", actions}}, transaction_ms);
   auto released = pe->Hold(false, 0, 5000);
   const double held_seconds = std::chrono::duration<double>(Clock::now() - held_at).count();
   if (!snap.ok()) {
+    // A refused transaction is rolled back by QEMU; one that timed out may have run after all.
+    // Delete only the deltas no drive uses; if any is in use, thaw it.
+    auto again = Qmp(target_);
+    auto active = again.ok() ? ActiveFiles(again->get())
+                             : Result<std::map<std::string, std::string>>(again.status());
+    if (!active.ok()) {
+      return snap.status().WithContext(
+          "snapshot of the target's disks (QMP transaction blockdev-snapshot-sync); whether it "
+          "ran is unknown (" + active.status().message() + "): run again to clean up");
+    }
+    bool in_use = false;
     for (const auto& d : drives_) {
-      std::error_code ec;
-      fs::remove(d.delta, ec);  // QEMU rolled the transaction back: nothing uses them
+      if ((*active)[d.id] == d.delta) {
+        in_use = true;
+      } else {
+        std::error_code ec;
+        fs::remove(d.delta, ec);
+      }
+    }
+    if (in_use) {
+      std::vector<std::string> done;
+      Status thawed = Thaw(&done);
+      return snap.status().WithContext(
+          "snapshot of the target's disks: the QMP transaction answered late; its deltas were " +
+          std::string(thawed.ok() ? "committed back" : "NOT committed back: " + thawed.message()));
     }
     return snap.status().WithContext("snapshot of the target's disks (QMP transaction "
                                      "blockdev-snapshot-sync); nothing changed on the target");
+  }
+  if (held_seconds * 1000 >= kHoldMs) {
+    std::vector<std::string> done;
+    Status thawed = Thaw(&done);
+    return Status::TimedOut("the snapshot took " + FixedSeconds(held_seconds, 1) +
+                            " s, longer than the pe-agent's apply hold; it may split a batch and "
+                            "was undone" +
+                            (thawed.ok() ? "" : " — NOT committed back: " + thawed.message()));
   }
   std::string lsns;
   for (const auto& [volume, applied] : held.applied_lsn()) {
@@ -127,10 +163,12 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
   }
   if (present.empty()) return Status::Ok();
   TargetVm target(target_);
-  auto status = target.GetStatus();
-  const bool running = status.ok() && status->state != "stopped";
-  if (!running) {
-    // The target VM is down: commit offline, the same result.
+  // An unknown state is not "stopped": committing offline beside a running QEMU is refused.
+  CDP_ASSIGN_OR_RETURN(auto status, target.GetStatus());
+  if (status.state == "stopped") {
+    // The target VM is down: commit offline, the same result. Deltas are deleted as soon as
+    // they are committed (drives first, the metadata disk last: a cursor is never ahead of the
+    // data it describes), so a delta that is still here was never committed.
     for (const FrozenDrive* d : present) {
       const std::vector<std::string> argv = {"qemu-img", "commit", "-q", d->delta};
       CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kCommitTimeoutMs));
@@ -143,60 +181,120 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
     return Status::Ok();
   }
   CDP_ASSIGN_OR_RETURN(auto qmp, Qmp(target_));
-  CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
-  std::vector<const FrozenDrive*> jobs;
+  size_t committed = 0;
+  // One drive at a time, in config order: the volume disks, then the metadata disk (drives_
+  // ends with it), each delta deleted as soon as its drive is back on its own file.
   for (const FrozenDrive* d : present) {
-    if (active[d->id] != d->delta) continue;  // not in use (a restarted target): just delete
-    nlohmann::json args = {{"device", d->id}, {"job-id", "commit-" + d->id}};
-    CDP_RETURN_IF_ERROR(qmp->Execute("block-commit", args, 10000).status().WithContext(
-        "committing " + d->delta + " into " + d->base));
-    jobs.push_back(d);
-  }
-  const auto deadline = Clock::now() + std::chrono::milliseconds(kCommitTimeoutMs);
-  std::set<std::string> completing;
-  while (completing.size() < jobs.size()) {
-    CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-block-jobs", nullptr, 10000));
-    std::set<std::string> listed;
-    for (const auto& j : list) {
-      const std::string id = j.value("device", "");
-      listed.insert(id);
-      if (j.value("ready", false) && completing.count(id) == 0) {
-        CDP_RETURN_IF_ERROR(qmp->Execute("block-job-complete", {{"device", id}}, 10000).status());
-        completing.insert(id);
+    CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
+    if (active[d->id] != d->delta) {
+      // Not in use: the drive is already back on its file (a thaw that died after the pivot)
+      // or the target was restarted from its files. Either way the delta is stale.
+      std::error_code ec;
+      fs::remove(d->delta, ec);
+      continue;
+    }
+    const std::string job = "commit-" + d->id;
+    CDP_ASSIGN_OR_RETURN(auto jobs, qmp->Execute("query-block-jobs", nullptr, 10000));
+    bool running = false;
+    for (const auto& j : jobs) running = running || j.value("device", "") == job;
+    if (!running) {  // else a thaw that died left it: take it over
+      nlohmann::json args = {
+          {"device", d->id}, {"job-id", job}, {"base", d->base}, {"auto-dismiss", false}};
+      CDP_RETURN_IF_ERROR(qmp->Execute("block-commit", args, 10000).status().WithContext(
+          "committing " + d->delta + " into " + d->base));
+    }
+    const auto deadline = Clock::now() + std::chrono::milliseconds(kCommitTimeoutMs);
+    bool completing = false;
+    while (true) {
+      CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-jobs", nullptr, 10000));
+      std::string state = "absent", error;
+      for (const auto& j : list) {
+        if (j.value("id", "") != job) continue;
+        state = j.value("status", "");
+        error = j.value("error", "");
       }
-    }
-    for (const FrozenDrive* d : jobs) {
-      const std::string id = "commit-" + d->id;
-      if (listed.count(id) == 0 && completing.count(id) == 0) {
-        return Status::IOError("the commit of " + d->delta + " into " + d->base +
-                               " ended without becoming ready (see the target's QMP events); "
-                               "the target keeps running on the delta");
+      if (state == "ready" && !completing) {
+        CDP_RETURN_IF_ERROR(qmp->Execute("job-complete", {{"id", job}}, 10000).status());
+        completing = true;
+      } else if (state == "concluded") {
+        (void)qmp->Execute("job-dismiss", {{"id", job}}, 10000);
+        if (!error.empty()) {
+          return Status::IOError("the commit of " + d->delta + " into " + d->base +
+                                 " failed: " + error + "; the target keeps running on the delta");
+        }
+        break;
+      } else if (state == "absent") {
+        break;  // dismissed by someone else: the pivot check below decides
       }
+      if (Clock::now() > deadline) {
+        return Status::TimedOut("committing " + d->delta + " took more than " +
+                                std::to_string(kCommitTimeoutMs / 1000) +
+                                " s; the target keeps running on it (thaw again later)");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (Clock::now() > deadline) {
-      return Status::TimedOut("committing the deltas took more than " +
-                              std::to_string(kCommitTimeoutMs / 1000) + " s");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  // Completed jobs pivot the drive back onto its base file.
-  while (true) {
     CDP_ASSIGN_OR_RETURN(auto now, ActiveFiles(qmp.get()));
-    bool all = true;
-    for (const FrozenDrive* d : jobs) all = all && now[d->id] == d->base;
-    if (all) break;
-    if (Clock::now() > deadline) {
-      return Status::TimedOut("the target's drives did not return to their own files");
+    if (now[d->id] != d->base) {
+      return Status::IOError("drive " + d->id + " runs on " + now[d->id] + " after committing " +
+                             d->delta + ", not on " + d->base);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  for (const FrozenDrive* d : present) {
     std::error_code ec;
     fs::remove(d->delta, ec);
+    ++committed;
   }
-  done->push_back(std::to_string(jobs.size()) +
+  done->push_back(std::to_string(committed) +
                   " delta(s) committed into the target's disks (QMP block-commit) and removed");
   return Status::Ok();
+}
+
+Result<std::unique_ptr<TargetLock>> TargetLock::Acquire(const TargetConfig& target,
+                                                         const std::string& what) {
+  std::error_code ec;
+  fs::create_directories(target.state_dir, ec);
+  const std::string path = target.state_dir + "/" + target.name + ".lock";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "opening " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char holder[256] = {0};
+    const ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
+    ::close(fd);
+    std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "another cdpctl";
+    while (!who.empty() && who.back() == '\n') who.pop_back();
+    return Status::FailedPrecondition("target " + target.name + " is busy: " + who +
+                                      " holds " + path + "; wait for it to finish");
+  }
+  const std::string me = what + " (pid " + std::to_string(::getpid()) + ")\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) < 0) {
+    // The lock holds without the note; only the message of a waiting process is poorer.
+  }
+  return std::unique_ptr<TargetLock>(new TargetLock(fd));
+}
+
+TargetLock::~TargetLock() { ::close(fd_); }
+
+Result<std::string> PutTargetOnOwnFiles(const TargetConfig& target) {
+  std::vector<std::string> done;
+  for (const std::string tag : {"drill-delta", "boot-delta"}) {
+    TargetSnapshot snapshot(target, tag);
+    if (snapshot.DeltasExist()) CDP_RETURN_IF_ERROR(snapshot.Thaw(&done));
+  }
+  TargetVm vm(target);
+  CDP_ASSIGN_OR_RETURN(auto status, vm.GetStatus());
+  if (status.state != "stopped") {
+    CDP_ASSIGN_OR_RETURN(auto qmp, Qmp(target));
+    CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
+    const TargetSnapshot drives(target, "check");
+    for (const auto& d : drives.drives()) {
+      if (active.count(d.id) != 0 && active[d.id] != d.base) {
+        return Status::FailedPrecondition("target " + target.name + "'s drive " + d.id +
+                                          " runs on " + active[d.id] + ", not on " + d.base +
+                                          " as " + target.file + " says; commit it back first");
+      }
+    }
+  }
+  std::string out;
+  for (const auto& d : done) out += (out.empty() ? "" : "; ") + d;
+  return out;
 }
 
 }  // namespace cdp::failover

@@ -16,6 +16,7 @@
 #include "cdp/core/qmp_client.h"
 #include "cdp/core/record.h"
 #include "cdp/failover/host_command.h"
+#include "cdp/failover/target_snapshot.h"
 #include "cdp/pe/disk_finder.h"
 #include "cdp/pe/pe_client.h"
 
@@ -228,6 +229,10 @@ Status TargetVm::Start(std::ostream& progress) {
       if (ec) return Status::IOError("cannot create " + dir.string() + ": " + ec.message());
     }
     CDP_RETURN_IF_ERROR(PrepareDisks(progress));
+    // A drill or export-boot killed while the VM ran left deltas holding its newest writes:
+    // commit them into the disks before booting from them.
+    CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(c));
+    if (!own.empty()) progress << "target " << c.name << ": " << own << "\n";
     if (fs::exists(c.qmp_socket)) {
       // A socket left by a QEMU that died: nothing listens (RunningPid found no process).
       auto probe = QmpClient::Connect(c.qmp_socket, 1000);

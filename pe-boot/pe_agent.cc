@@ -434,6 +434,15 @@ Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
   v->verify_seconds += seconds_since(t);
   if (items.empty()) return Status::Ok();  // a replay of what is already applied
   const uint64_t last = items.back().rec.lsn;
+  // Marked before writing: a batch that fails halfway has still changed these regions.
+  if (v->mark_region_bytes > 0) {
+    for (const auto& item : items) {
+      if (item.rec.length == 0) continue;
+      const uint64_t first = item.rec.offset / v->mark_region_bytes;
+      const uint64_t end = (item.rec.offset + item.rec.length - 1) / v->mark_region_bytes;
+      for (uint64_t r = first; r <= end; ++r) v->written_regions.insert(r);
+    }
+  }
   t = Clock::now();
   CDP_RETURN_IF_ERROR(v->applier->Apply(items).WithContext("writing " + v->device_path));
   v->write_seconds += seconds_since(t);
@@ -443,14 +452,6 @@ Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
   t = Clock::now();
   CDP_RETURN_IF_ERROR(meta_->Save(v->spec.name, v->spec.size, last));
   v->cursor_seconds += seconds_since(t);
-  if (v->mark_region_bytes > 0) {
-    for (const auto& item : items) {
-      if (item.rec.length == 0) continue;
-      const uint64_t first = item.rec.offset / v->mark_region_bytes;
-      const uint64_t end = (item.rec.offset + item.rec.length - 1) / v->mark_region_bytes;
-      for (uint64_t r = first; r <= end; ++r) v->written_regions.insert(r);
-    }
-  }
   v->applied_lsn = last;
   v->applied_records += items.size();
   ++v->batches;

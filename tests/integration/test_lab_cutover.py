@@ -6,6 +6,9 @@
 1. Rollback: a plan whose verification must fail (its source device is a wrong, zero-filled
    image) — the cutover fails at `verify`, the source VM is resumed, and the service still
    answers at 192.0.2.10 as the source (WHO), with its records.
+1b. SIGTERM to cdpctl while its background verification runs: the cutover stops before the
+   quiesce ("stopped by a signal before quiesce"), prints its report, and the source was never
+   paused: it answers at 192.0.2.10.
 2. Cutover while a client in cdp-client sends `PUT n` every 20 ms and records every `OK n`:
    `cdpctl cutover --plan deploy/lab/plans/cutover.yaml --json` exits 0 with ok, every step
    and the downtime; afterwards 192.0.2.10 answers `WHO` with the target's UUID, and every
@@ -13,14 +16,19 @@
    The client-measured outage (the largest gap between two acknowledgements) is reported;
    it is not asserted (wall-clock), only that nothing acknowledged was lost.
 """
+import json
 import os
 import re
+import signal
+import subprocess
 import time
 
+import cdptest
 import labtest
 from cdptest import log
 
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover.yaml")
+CDPCTL = os.path.join(cdptest.BIN, "cdpctl", "cdpctl")
 lab, SRC_UUID, TGT_UUID = labtest.lab, labtest.SRC_UUID, labtest.TGT_UUID
 
 
@@ -92,6 +100,26 @@ def main(lab_dir, work):
     assert lab("probe", "LAST").stdout.strip() == "10"
     assert lab("probe", "PUT 11").stdout.strip() == "OK 11", "the source must serve again"
     log("rollback: verification failed, the source serves again at 192.0.2.10")
+
+    # --- 1b. SIGTERM during the background verification: stopped before the quiesce ---------
+    p = subprocess.Popen(["ip", "netns", "exec", "cdp-lab", CDPCTL, "cutover", "--plan", PLAN,
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timeline = []
+    for line in p.stderr:
+        timeline.append(line)
+        if "pre-verify ..." in line:
+            p.send_signal(signal.SIGTERM)  # to `ip netns exec`, which passes it on by exec
+            break
+    rest_out, rest_err = p.communicate(timeout=120)
+    print("".join(timeline) + rest_err, flush=True)
+    report = json.loads(rest_out.strip().splitlines()[-1])
+    assert p.returncode == 1 and not report["ok"], report
+    assert report["error"] == "quiesce: stopped by a signal before quiesce", report["error"]
+    assert [s["name"] for s in report["steps"]] == [
+        "precheck", "pre-verify", "quiesce"], report
+    assert report["rollback"] == "nothing to roll back: the source was not touched", report
+    assert lab("probe", "PUT 12").stdout.strip() == "OK 12", "the source must serve"
+    log("SIGTERM during pre-verify: stopped before the quiesce, the source never paused")
 
     # --- 2. cutover under load --------------------------------------------------------------
     client = labtest.start_client(acked_file)

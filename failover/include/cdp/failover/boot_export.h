@@ -7,12 +7,14 @@
 //      (qemu-img convert) and the snapshot is thawed at once — the target is held for
 //      milliseconds and on deltas only for the copy;
 //   3. the ext4 filesystem holding /boot is found in the copy (the whole disk, or an MBR or GPT
-//      partition) and mounted read-only without journal replay (loop, offset);
+//      partition) and mounted (loop, offset) read-write, so its journal is replayed into the
+//      private copy and a kernel installed just before is seen;
 //   4. the newest kernel with /boot/vmlinuz-KVER, /boot/initrd.img-KVER and /lib/modules/KVER
 //      (pe::ChooseOwnKernel) is copied to OUT as boot/vmlinuz-KVER, boot/initrd.img-KVER,
 //      boot/config-KVER (when present) and lib/modules/KVER — the layout
 //      `pe-boot/build-pe-image --kernel-from OUT` reads;
-//   5. everything temporary is removed (also on failure): mount, loop device, raw copy.
+//   5. everything temporary is removed (also on failure): mount, loop device, raw copy; what a
+//      killed export left is removed by the next. A TargetLock keeps drills and cutovers out.
 #pragma once
 
 #include <cstdint>

@@ -52,8 +52,11 @@ struct CutoverReport {
 
 class CutoverEngine {
  public:
-  // `timeline` gets one human line per step as it happens.
-  CutoverEngine(CutoverPlan plan, std::ostream* timeline);
+  // `timeline` gets one human line per step as it happens. Once *cancel is true (cdpctl sets it
+  // on SIGINT/SIGTERM) the cutover stops: before the fence it fails with Aborted ("stopped by a
+  // signal") and rolls back like any failure there; from the fence on only the wait for the
+  // health check is cut short (nothing can be undone then).
+  CutoverEngine(CutoverPlan plan, std::ostream* timeline, const volatile bool* cancel = nullptr);
 
   CutoverReport Run();
 
@@ -61,6 +64,7 @@ class CutoverEngine {
   class Impl;
   CutoverPlan plan_;
   std::ostream* timeline_;
+  const volatile bool* cancel_;
 };
 
 // The JSON report: {"ok", "plan", "error", "rollback", "downtime_seconds", "final_lsn":

@@ -13,7 +13,8 @@ struct CommandResult {
   std::string output;  // stdout and stderr, interleaved
 };
 
-// Runs argv[0] (looked up in PATH) with stdin from /dev/null, waiting at most timeout_ms
+// Runs argv[0] (looked up in PATH) with stdin from /dev/null, no signal blocked and SIGINT and
+// SIGTERM at their default actions (whatever the caller blocked), waiting at most timeout_ms
 // (then SIGKILL). NotFound when the program is not installed ("install it: deploy/
 // install-deps.sh"); a non-zero exit is not an error here — check exit_code.
 Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int timeout_ms);

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -57,5 +58,28 @@ class TargetSnapshot {
   const TargetConfig& target_;
   std::vector<FrozenDrive> drives_;
 };
+
+// An exclusive lock on one target for a cutover, a drill or an export-boot (flock on
+// STATE_DIR/NAME.lock, released when the object goes away or the process dies): they freeze,
+// thaw and promote the same disks and must not overlap.
+class TargetLock {
+ public:
+  // FailedPrecondition naming the holder ("a drill (pid 123)") when another process holds it.
+  static Result<std::unique_ptr<TargetLock>> Acquire(const TargetConfig& target,
+                                                     const std::string& what);
+  ~TargetLock();
+  TargetLock(const TargetLock&) = delete;
+  TargetLock& operator=(const TargetLock&) = delete;
+
+ private:
+  explicit TargetLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+// Makes sure the target runs on the files its config names before anything relies on them (a
+// cutover's precheck, `cdpctl target start`): the deltas a drill or an export-boot left behind
+// (killed midway) are committed back first. Returns what it did ("" when nothing was needed);
+// FailedPrecondition when a drive still runs on another file.
+Result<std::string> PutTargetOnOwnFiles(const TargetConfig& target);
 
 }  // namespace cdp::failover
