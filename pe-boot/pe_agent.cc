@@ -117,6 +117,17 @@ Status PeAgent::Start() {
   CDP_RETURN_IF_ERROR(ValidateEndpoint(options_.listen).WithContext("--listen"));
   CDP_ASSIGN_OR_RETURN(socket_, Socket::Bind(ctx_, options_.listen));
   Status prepared = PrepareDisks();
+  if (prepared.ok()) {
+    // An earlier agent of this boot adapted the migrated OS's root for a kexec that then failed:
+    // the disks are no longer a plain replica, so nothing more is applied to them.
+    auto failed = ReadWholeFile(KexecFailedFile());
+    if (failed.ok()) {
+      prepared = Status::FailedPrecondition(
+          "a kexec takeover in this boot failed (" + *failed +
+          "); the migrated OS's root was adapted, so replication stays off: reboot the target "
+          "VM into the PE, or start it again (cdpctl target stop, start)");
+    }
+  }
   if (!prepared.ok()) {
     state_ = "pe-error";
     error_ = prepared.message();
@@ -711,9 +722,13 @@ void PeAgent::RebootIntoLoadedKernel() {
   for (auto& [name, v] : volumes_) (void)v.device->Flush();
   ::sync();
   ::syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, nullptr);
-  Announce(std::string("pe-agent: FATAL: kexec reboot failed: ") + std::strerror(errno) +
+  const std::string why = std::string("kexec reboot failed: ") + std::strerror(errno);
+  (void)WriteFileAtomic(KexecFailedFile(), why);  // the next agent of this boot refuses to apply
+  Announce("pe-agent: FATAL: " + why +
            " ; the target stays in the PE with the migrated OS unmounted: reboot the target VM");
 }
+
+std::string PeAgent::KexecFailedFile() const { return options_.takeover_file + ".kexec-failed"; }
 
 Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply) {
   using Clock = std::chrono::steady_clock;

@@ -1252,6 +1252,20 @@ TEST_F(PeAgentTakeoverTest, WithoutModulesForThePeKernelItKexecsIntoItsOwnKernel
   EXPECT_EQ(ReadFromImage(loop.path(), "etc/cdp/net.conf"), kNetConf);
 }
 
+TEST_F(PeAgentTakeoverTest, AfterAFailedKexecRebootTheNextAgentIsInPeError) {
+  WriteWholeFile(dir_.File("cdp-takeover.kexec-failed"), "kexec reboot failed: Invalid argument");
+  PeAgentOptions options = Options();
+  options.takeover_file = dir_.File("cdp-takeover");
+  StartAgent(options);
+  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_EQ(agent_->agent().error(),
+            "a kexec takeover in this boot failed (kexec reboot failed: Invalid argument); the "
+            "migrated OS's root was adapted, so replication stays off: reboot the target VM into "
+            "the PE, or start it again (cdpctl target stop, start)");
+  auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize, kWaitMs);
+  EXPECT_FALSE(client.ok());
+}
+
 TEST_F(PeAgentTakeoverTest, AnUnknownBootIsRefusedAtCheck) {
   StartAgent();
   auto control = ConnectControl();

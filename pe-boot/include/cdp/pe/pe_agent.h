@@ -148,6 +148,9 @@ class PeAgent {
   // so). FailedPrecondition unless options.allow_kexec; the syscall's errno otherwise.
   Result<std::string> LoadOwnKernel(const std::string& kver, const std::string& root_uuid,
                                     const v1::TakeoverRequest& request);
+  // Written when a kexec reboot failed (beside options.takeover_file, in /run: this boot only);
+  // an agent that finds it at Start serves in pe-error.
+  std::string KexecFailedFile() const;
   // Unmounts the new root, flushes every disk and reboots into the kernel kexec_file_load
   // loaded. Returns only when the reboot failed (announced as FATAL).
   void RebootIntoLoadedKernel();
