@@ -1,6 +1,7 @@
 #include "cdp/ctl/control_client.h"
 
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -26,24 +27,102 @@ Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string&
   return c;
 }
 
-Result<v1::StatusReply> ControlClient::Status(int timeout_ms) {
-  v1::Header h;
-  h.mutable_status_request();
-  CDP_RETURN_IF_ERROR(socket_->Send(h, {}, timeout_ms));
+Result<wire::Message> ControlClient::Call(const v1::Header& request,
+                                          v1::Header::BodyCase expect, int timeout_ms) {
+  CDP_RETURN_IF_ERROR(socket_->Send(request, {}, timeout_ms));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
                           .count();
-    if (left <= 0) return ::cdp::Status::TimedOut("no status reply from " + socket_->endpoint());
+    if (left <= 0) return ::cdp::Status::TimedOut("no reply from " + socket_->endpoint());
     auto msg = socket_->Recv(static_cast<int>(left));
     if (!msg.ok()) {
       if (msg.status().IsTimedOut()) continue;
       return msg.status();
     }
     if (msg->header.has_error()) return wire::StatusFromError(msg->header.error());
-    if (msg->header.has_status_reply()) return msg->header.status_reply();
+    if (msg->header.body_case() == expect) return std::move(*msg);
   }
+}
+
+Result<v1::StatusReply> ControlClient::Status(int timeout_ms) {
+  v1::Header h;
+  h.mutable_status_request();
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, v1::Header::kStatusReply, timeout_ms));
+  return msg.header.status_reply();
+}
+
+Result<std::vector<v1::ConsistencyPoint>> ControlClient::Points(const std::string& volume,
+                                                                int timeout_ms) {
+  std::vector<v1::ConsistencyPoint> out;
+  uint64_t from = 0;
+  while (true) {
+    v1::Header h;
+    h.mutable_points_request()->set_volume(volume);
+    h.mutable_points_request()->set_from_lsn(from);
+    CDP_ASSIGN_OR_RETURN(auto msg, Call(h, v1::Header::kPointsReply, timeout_ms));
+    const v1::PointsReply& reply = msg.header.points_reply();
+    for (const auto& p : reply.points()) out.push_back(p);
+    if (!reply.truncated() || reply.points_size() == 0) return out;
+    from = reply.points(reply.points_size() - 1).lsn() + 1;
+  }
+}
+
+namespace {
+
+std::string OriginName(v1::PointOrigin origin) {
+  switch (origin) {
+    case v1::POINT_FLUSH:
+      return "flush";
+    case v1::POINT_FREEZE:
+      return "freeze";
+    case v1::POINT_OPERATOR:
+      return "operator";
+    case v1::POINT_CUTOVER:
+      return "cutover";
+    case v1::POINT_SYNC_DONE:
+      return "sync";
+    default:
+      return "unknown";
+  }
+}
+
+std::string Rfc3339(uint64_t time_ns) {
+  const time_t secs = static_cast<time_t>(time_ns / 1000000000ull);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  const size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(buf + n, sizeof(buf) - n, ".%09lluZ",
+           static_cast<unsigned long long>(time_ns % 1000000000ull));
+  return buf;
+}
+
+}  // namespace
+
+std::string PointsJson(const std::vector<v1::ConsistencyPoint>& points) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& p : points) {
+    out.push_back({{"lsn", p.lsn()},
+                   {"time", Rfc3339(p.time_ns())},
+                   {"origin", OriginName(p.origin())},
+                   {"label", p.label()}});
+  }
+  return out.dump();
+}
+
+std::string PointsTable(const std::vector<v1::ConsistencyPoint>& points) {
+  std::ostringstream o;
+  o << "LSN                  TIME (UTC)                      ORIGIN    LABEL\n";
+  for (const auto& p : points) {
+    char line[160];
+    snprintf(line, sizeof(line), "%-20llu %-31s %-9s ", static_cast<unsigned long long>(p.lsn()),
+             Rfc3339(p.time_ns()).c_str(), OriginName(p.origin()).c_str());
+    o << line << p.label() << "\n";
+  }
+  o << points.size() << " point(s)\n";
+  return o.str();
 }
 
 std::string StatusJson(const v1::StatusReply& reply) {

@@ -23,6 +23,10 @@ constexpr const char* kUsage =
     "Usage:\n"
     "  cdpctl --server tcp://HOST:PORT status [--json]\n"
     "      per volume: captured, durable and applied LSN, lag in seconds, bytes received\n"
+    "  cdpctl --server tcp://HOST:PORT points --volume NAME [--json]\n"
+    "      the volume's consistency points, oldest first: LSN, time (UTC), origin (flush,\n"
+    "      freeze, operator, cutover, sync) and label; --json: [{\"lsn\", \"time\", \"origin\",\n"
+    "      \"label\"}]\n"
     "  cdpctl --server tcp://HOST:PORT wait-synced --volume NAME [--timeout SECONDS]\n"
     "      exit 0 once the replica has applied every write the agent captured and the agent has\n"
     "      nothing left to send; exit 3 on timeout (default 300 s) with the reason (a volume\n"
@@ -317,6 +321,21 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::cout << (json ? cdp::ctl::StatusJson(*reply) + "\n" : cdp::ctl::StatusTable(*reply));
+    return 0;
+  }
+  if (command == "points") {
+    if (volume.empty()) return Usage("points needs --volume NAME");
+    auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+    if (!client.ok()) {
+      std::cerr << "cdpctl: " << client.status().message() << "\n";
+      return 1;
+    }
+    auto points = (*client)->Points(volume, 10000);
+    if (!points.ok()) {
+      std::cerr << "cdpctl: points: " << points.status().message() << "\n";
+      return 1;
+    }
+    std::cout << (json ? cdp::ctl::PointsJson(*points) + "\n" : cdp::ctl::PointsTable(*points));
     return 0;
   }
   if (command == "wait-synced") {

@@ -131,6 +131,9 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
     case v1::Header::kStatusRequest:
       HandleStatus(msg);
       return;
+    case v1::Header::kPointsRequest:
+      HandlePoints(msg);
+      return;
     default: {
       Status s =
           Status::InvalidArgument("journal-server: unexpected message (header case " +
@@ -424,6 +427,34 @@ void JournalServer::ServeParkedTails(bool expire_only) {
     }
     it = served ? parked_.erase(it) : std::next(it);
   }
+}
+
+void JournalServer::HandlePoints(const wire::Message& msg) {
+  const v1::PointsRequest& request = msg.header.points_request();
+  std::string known;
+  bool found = false;
+  for (const auto& v : store_->ListVolumes()) {
+    known += (known.empty() ? "" : ", ") + v.name;
+    found = found || v.name == request.volume();
+  }
+  if (!found) {
+    return SendError(msg.peer,
+                     Status::NotFound("journal-server: no volume '" + request.volume() +
+                                      "' (it has: " + (known.empty() ? "none" : known) + ")"),
+                     true);
+  }
+  constexpr uint32_t kDefaultMaxPoints = 100000;
+  const uint32_t max = request.max_points() == 0 ? kDefaultMaxPoints : request.max_points();
+  std::vector<v1::ConsistencyPoint> points;
+  Status s = store_->ReadPoints(request.volume(), request.from_lsn(),
+                                request.to_lsn() == 0 ? UINT64_MAX : request.to_lsn(), &points);
+  if (!s.ok()) return SendError(msg.peer, s.WithContext("journal-server: reading points"), false);
+  v1::Header h;
+  auto* reply = h.mutable_points_reply();
+  reply->set_volume(request.volume());
+  for (size_t i = 0; i < points.size() && i < max; ++i) *reply->add_points() = points[i];
+  reply->set_truncated(points.size() > max);
+  (void)socket_->SendTo(msg.peer, h);
 }
 
 void JournalServer::HandleStatus(const wire::Message& msg) {

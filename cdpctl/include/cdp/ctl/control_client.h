@@ -4,9 +4,11 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 #include <zmq.hpp>
 
 #include "cdp/core/transport.h"
+#include "cdp/core/wire.h"
 
 namespace cdp::ctl {
 
@@ -19,11 +21,25 @@ class ControlClient {
   // One StatusRequest round trip.
   Result<wire::v1::StatusReply> Status(int timeout_ms);
 
+  // Every consistency point of `volume`, oldest first (as many PointsRequests as it takes).
+  // NotFound naming the known volumes for an unknown one.
+  Result<std::vector<wire::v1::ConsistencyPoint>> Points(const std::string& volume,
+                                                          int timeout_ms);
+
  private:
   ControlClient() = default;
+  // Sends `request` and returns the first reply with body `expect` (an Error as its Status).
+  Result<wire::Message> Call(const wire::v1::Header& request,
+                             wire::v1::Header::BodyCase expect, int timeout_ms);
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
 };
+
+// `cdpctl points --json`: [{"lsn", "time" (RFC 3339 UTC with nanoseconds), "origin" (flush,
+// freeze, operator, cutover, sync), "label"}], oldest first.
+std::string PointsJson(const std::vector<wire::v1::ConsistencyPoint>& points);
+// The human table: LSN, time, origin, label.
+std::string PointsTable(const std::vector<wire::v1::ConsistencyPoint>& points);
 
 // The status --json document: {"volumes": [{"name", "size_bytes", ...}], "server_id"}.
 std::string StatusJson(const wire::v1::StatusReply& reply);

@@ -80,6 +80,8 @@ class JournalServer {
   void HandleReport(const wire::Message& msg);
   void HandleTail(const wire::Message& msg);
   void HandleStatus(const wire::Message& msg);
+  // PointsRequest: the consistency points of a volume (NotFound for an unknown one).
+  void HandlePoints(const wire::Message& msg);
   // Sends records >= from to the peer; false if there were none to send yet.
   bool ServeTail(const std::string& peer, const wire::v1::TailRequest& req, bool send_empty);
   void ServeParkedTails(bool expire_only);
