@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -196,23 +197,36 @@ void CancelOnSignals() {
   }).detach();
 }
 
-int RunCutover(const std::string& plan_path, bool json) {
-  if (plan_path.empty()) return Usage("cutover needs --plan FILE");
+// Loads the plan of `command` (cutover, drill); prints why not and returns nullopt otherwise.
+std::optional<cdp::failover::CutoverPlan> LoadPlan(const std::string& command,
+                                                   const std::string& plan_path) {
   auto plan = cdp::failover::LoadCutoverPlan(plan_path);
   if (!plan.ok()) {
-    std::cerr << "cdpctl: cutover: " << plan.status().message() << "\n";
-    return 2;
+    std::cerr << "cdpctl: " << command << ": " << plan.status().message() << "\n";
+    return std::nullopt;
   }
+  return std::move(*plan);
+}
+
+// The human table of a cutover's or a drill's steps.
+void PrintSteps(const std::vector<cdp::failover::StepReport>& steps) {
+  for (const auto& s : steps) {
+    std::printf("%-11s %7.2f %7.2f  %s  %s\n", s.name.c_str(), s.start, s.end,
+                s.ok ? "ok    " : "FAILED", s.result.c_str());
+  }
+}
+
+int RunCutover(const std::string& plan_path, bool json) {
+  if (plan_path.empty()) return Usage("cutover needs --plan FILE");
+  auto plan = LoadPlan("cutover", plan_path);
+  if (!plan) return 2;
   CancelOnSignals();
-  cdp::failover::CutoverEngine engine(*plan, &std::cerr, &g_cancel);
+  cdp::failover::CutoverEngine engine(std::move(*plan), &std::cerr, &g_cancel);
   const cdp::failover::CutoverReport report = engine.Run();
   if (json) {
     std::cout << cdp::failover::CutoverReportJson(report) << "\n";
   } else {
-    for (const auto& s : report.steps) {
-      std::printf("%-9s %7.2f %7.2f  %s  %s\n", s.name.c_str(), s.start, s.end,
-                  s.ok ? "ok    " : "FAILED", s.result.c_str());
-    }
+    PrintSteps(report.steps);
     if (report.ok) {
       std::printf("cutover ok: downtime %.2f s\n", report.downtime_seconds);
     } else {
@@ -223,24 +237,17 @@ int RunCutover(const std::string& plan_path, bool json) {
   return report.ok ? 0 : 1;
 }
 
-
 int RunDrill(const std::string& plan_path, bool json) {
   if (plan_path.empty()) return Usage("drill needs --plan FILE");
-  auto plan = cdp::failover::LoadCutoverPlan(plan_path);
-  if (!plan.ok()) {
-    std::cerr << "cdpctl: drill: " << plan.status().message() << "\n";
-    return 2;
-  }
+  auto plan = LoadPlan("drill", plan_path);
+  if (!plan) return 2;
   CancelOnSignals();
-  cdp::failover::DrillEngine engine(*plan, &std::cerr, &g_cancel);
+  cdp::failover::DrillEngine engine(std::move(*plan), &std::cerr, &g_cancel);
   const cdp::failover::DrillReport report = engine.Run();
   if (json) {
     std::cout << cdp::failover::DrillReportJson(report) << "\n";
   } else {
-    for (const auto& s : report.steps) {
-      std::printf("%-11s %7.2f %7.2f  %s  %s\n", s.name.c_str(), s.start, s.end,
-                  s.ok ? "ok    " : "FAILED", s.result.c_str());
-    }
+    PrintSteps(report.steps);
     std::printf(report.ok ? "drill ok\n" : "drill FAILED: %s\n", report.error.c_str());
   }
   return report.ok ? 0 : 1;

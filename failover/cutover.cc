@@ -472,21 +472,14 @@ CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline,
 CutoverReport CutoverEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }
 
 std::string CutoverReportJson(const CutoverReport& r) {
-  nlohmann::json steps = nlohmann::json::array();
-  for (const auto& s : r.steps) {
-    steps.push_back(
-        {{"name", s.name}, {"start", s.start}, {"end", s.end}, {"ok", s.ok}, {"result", s.result}});
-  }
-  nlohmann::json lsn = nlohmann::json::object();
-  for (const auto& [v, l] : r.final_lsn) lsn[v] = l;
   return nlohmann::json({{"ok", r.ok},
                          {"plan", r.plan},
                          {"error", r.error},
                          {"rollback", r.rollback},
                          {"downtime_seconds", r.downtime_seconds},
-                         {"final_lsn", lsn},
+                         {"final_lsn", LsnsJson(r.final_lsn)},
                          {"verify", r.verify},
-                         {"steps", steps}})
+                         {"steps", StepsJson(r.steps)}})
       .dump();
 }
 

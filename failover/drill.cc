@@ -383,24 +383,14 @@ DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const volatil
 DrillReport DrillEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }
 
 std::string DrillReportJson(const DrillReport& r) {
-  nlohmann::json steps = nlohmann::json::array();
-  for (const auto& s : r.steps) {
-    steps.push_back(
-        {{"name", s.name}, {"start", s.start}, {"end", s.end}, {"ok", s.ok}, {"result", s.result}});
-  }
-  auto lsns = [](const std::vector<std::pair<std::string, uint64_t>>& v) {
-    nlohmann::json j = nlohmann::json::object();
-    for (const auto& [name, lsn] : v) j[name] = lsn;
-    return j;
-  };
   return nlohmann::json({{"ok", r.ok},
                          {"plan", r.plan},
                          {"error", r.error},
                          {"downtime_seconds", 0.0},
-                         {"snapshot_lsn", lsns(r.snapshot_lsn)},
-                         {"applied_lsn_after", lsns(r.applied_lsn_after)},
+                         {"snapshot_lsn", LsnsJson(r.snapshot_lsn)},
+                         {"applied_lsn_after", LsnsJson(r.applied_lsn_after)},
                          {"teardown", r.teardown},
-                         {"steps", steps}})
+                         {"steps", StepsJson(r.steps)}})
       .dump();
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -18,6 +19,23 @@ inline std::string FixedSeconds(double v, int digits) {
   char buf[64];
   snprintf(buf, sizeof(buf), "%.*f", digits, v);
   return buf;
+}
+
+// The "steps" array of a JSON report: [{"name", "start", "end", "ok", "result"}].
+inline nlohmann::json StepsJson(const std::vector<StepReport>& steps) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& s : steps) {
+    out.push_back(
+        {{"name", s.name}, {"start", s.start}, {"end", s.end}, {"ok", s.ok}, {"result", s.result}});
+  }
+  return out;
+}
+
+// {VOLUME: LSN} of a JSON report.
+inline nlohmann::json LsnsJson(const std::vector<std::pair<std::string, uint64_t>>& lsns) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [volume, lsn] : lsns) out[volume] = lsn;
+  return out;
 }
 
 class StepTimeline {
