@@ -117,6 +117,7 @@ Status Agent::StartNbd() {
   // Decide the sync plan from what the last run left.
   SyncPlan plan;
   std::string gap_reason;
+  std::string gap_ends_at = "full sync";
   auto loaded = LoadAgentState(options.state_dir);
   agent->dirty_ = std::make_unique<DirtyBitmap>(size);
   if (!loaded.ok() && !loaded.status().IsNotFound()) return loaded.status();
@@ -136,6 +137,13 @@ Status Agent::StartNbd() {
         CDP_LOG(warning) << "cdp-agent: volume " << options.volume << ": " << b.message()
                          << "; resyncing the whole device";
         agent->dirty_->MarkAll();
+      }
+      if (agent->dirty_->dirty_bytes() > 0) {
+        // What the bitmap holds was never journaled: the journal's history is incomplete from
+        // its durable LSN until the resync of those regions (docs/journal-format.md, section 9).
+        gap_reason = "agent restarted with " + std::to_string(agent->dirty_->dirty_bytes()) +
+                     " bytes its last run did not journal; resync";
+        gap_ends_at = "resync";
       }
       plan.full_sync = !s.initial_sync_done;
       plan.cursor = s.sync_cursor;
@@ -179,6 +187,7 @@ Status Agent::StartNbd() {
     v1::Gap gap;
     gap.set_time_ns(NowNanos());
     gap.set_reason(gap_reason);
+    gap.set_ends_at(gap_ends_at);
     agent->sender_->AddGap(gap);
   }
 

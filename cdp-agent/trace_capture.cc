@@ -616,6 +616,11 @@ void TraceCapture::FreezeCycle() {
     abandon = thawed.ToString();
     CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << thawed.ToString();
   }
+  // A gap recorded since the scan stopped (events lost during this freeze) is closed only by a
+  // freeze after the checksum resync it asked for: no point until that resync is done.
+  if (abandon.empty() && (scan_restart_.load() || scan_active_.load())) {
+    abandon = "history gap: a checksum resync of the device is pending";
+  }
   uint64_t point = 0;
   if (abandon.empty()) {
     // Only this thread queues records, so the last LSN is still the one the frozen state

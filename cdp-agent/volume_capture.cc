@@ -57,6 +57,7 @@ void VolumeCapture::RebaseAfterJournalLoss(uint64_t durable_lsn) {
   gap.set_after_lsn(durable_lsn);
   gap.set_time_ns(NowNanos());
   gap.set_reason("journal lost records it had acknowledged; full resync");
+  gap.set_ends_at("resync");  // the bitmap is all dirty: the resync sends everything
   sender_->AddGap(gap);
 }
 
@@ -73,6 +74,7 @@ void VolumeCapture::MarkDirtyLocked(uint64_t offset, uint64_t length, const char
   gap.set_after_lsn(lsn_known_.load() ? last_lsn_.load() : 0);
   gap.set_time_ns(NowNanos());
   gap.set_reason(why);
+  gap.set_ends_at("resync");
   sender_->AddGap(gap);
   CDP_LOG(warning) << "cdp-agent: volume " << volume_ << ": " << why
                    << "; tracking dirty regions for a resync (history gap after LSN "
@@ -213,6 +215,7 @@ void VolumeCapture::RecordGap(const std::string& reason) {
   gap.set_after_lsn(lsn_known_.load() ? last_lsn_.load() : 0);
   gap.set_time_ns(NowNanos());
   gap.set_reason(reason);
+  gap.set_ends_at("freeze");  // trace mode: the first freeze after the checksum resync
   sender_->AddGap(gap);
   CDP_LOG(warning) << "cdp-agent: volume " << volume_ << ": " << reason
                    << " (history gap after LSN " << gap.after_lsn() << ")";
@@ -221,7 +224,11 @@ void VolumeCapture::RecordGap(const std::string& reason) {
 uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t lsn = last_lsn_.load();
-  if (!lsn_known_.load() || lsn == 0 || lsn == last_point_lsn_) return 0;
+  // A sync-done point replaces a point already at its LSN (same key in the journal): it is what
+  // ends a history gap (docs/journal-format.md, section 9), so it must not be dropped.
+  if (!lsn_known_.load() || lsn == 0 || (lsn == last_point_lsn_ && origin != v1::POINT_SYNC_DONE)) {
+    return 0;
+  }
   last_point_lsn_ = lsn;
   v1::ConsistencyPoint p;
   p.set_lsn(lsn);
@@ -238,12 +245,7 @@ Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(uint64_t offset
   auto buf = std::make_shared<std::string>(length, '\0');
   std::lock_guard<std::mutex> lock(mu_);
   CDP_RETURN_IF_ERROR(device_->ReadAt(offset, std::span<char>(buf->data(), length)));
-  bool zero = true;
-  for (size_t i = 0; i < buf->size() && zero; i += 8) {
-    uint64_t w = 0;
-    std::memcpy(&w, buf->data() + i, std::min<size_t>(8, buf->size() - i));
-    zero = w == 0;
-  }
+  const bool zero = IsAllZero(*buf);
   if (zero && skip_zero) return RegionResult::kSkippedZero;
   ChangeRecord rec;
   if (zero) {

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <thread>
 
+#include "cdp/core/time_text.h"
+
 namespace cdp::ctl {
 
 namespace v1 = wire::v1;
@@ -30,6 +32,10 @@ Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string&
 Result<wire::Message> ControlClient::Call(const v1::Header& request,
                                           v1::Header::BodyCase expect, int timeout_ms) {
   CDP_RETURN_IF_ERROR(socket_->Send(request, {}, timeout_ms));
+  return Receive(expect, timeout_ms);
+}
+
+Result<wire::Message> ControlClient::Receive(v1::Header::BodyCase expect, int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -69,7 +75,43 @@ Result<std::vector<v1::ConsistencyPoint>> ControlClient::Points(const std::strin
   }
 }
 
-namespace {
+Result<v1::ImageOpenReply> ControlClient::OpenImage(const std::string& volume, uint64_t at_lsn,
+                                                    uint64_t at_time_ns, int timeout_ms) {
+  v1::Header h;
+  auto* request = h.mutable_image_open_request();
+  request->set_volume(volume);
+  request->set_at_lsn(at_lsn);
+  request->set_at_time_ns(at_time_ns);
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, v1::Header::kImageOpenReply, timeout_ms));
+  return msg.header.image_open_reply();
+}
+
+::cdp::Status ControlClient::SendImageRead(uint64_t image_id, uint64_t offset, uint32_t length,
+                                           int timeout_ms) {
+  v1::Header h;
+  auto* request = h.mutable_image_read_request();
+  request->set_image_id(image_id);
+  request->set_offset(offset);
+  request->set_length(length);
+  return socket_->Send(h, {}, timeout_ms);
+}
+
+Result<v1::ImageReadReply> ControlClient::ReceiveImageRead(std::string* data, int timeout_ms) {
+  data->clear();
+  CDP_ASSIGN_OR_RETURN(wire::Message msg, Receive(v1::Header::kImageReadReply, timeout_ms));
+  const v1::ImageReadReply& reply = msg.header.image_read_reply();
+  if (!reply.zero()) {
+    if (msg.payloads.size() != 1 || msg.payloads[0].size() != reply.length()) {
+      return ::cdp::Status::Corruption("image read reply at offset " +
+                                       std::to_string(reply.offset()) + " carries " +
+                                       std::to_string(msg.payloads.size()) +
+                                       " frame(s), not the " + std::to_string(reply.length()) +
+                                       " bytes it announces");
+    }
+    data->assign(static_cast<const char*>(msg.payloads[0].data()), msg.payloads[0].size());
+  }
+  return reply;
+}
 
 std::string OriginName(v1::PointOrigin origin) {
   switch (origin) {
@@ -88,24 +130,11 @@ std::string OriginName(v1::PointOrigin origin) {
   }
 }
 
-std::string Rfc3339(uint64_t time_ns) {
-  const time_t secs = static_cast<time_t>(time_ns / 1000000000ull);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  const size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(buf + n, sizeof(buf) - n, ".%09lluZ",
-           static_cast<unsigned long long>(time_ns % 1000000000ull));
-  return buf;
-}
-
-}  // namespace
-
 std::string PointsJson(const std::vector<v1::ConsistencyPoint>& points) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& p : points) {
     out.push_back({{"lsn", p.lsn()},
-                   {"time", Rfc3339(p.time_ns())},
+                   {"time", FormatRfc3339(p.time_ns())},
                    {"origin", OriginName(p.origin())},
                    {"label", p.label()}});
   }
@@ -118,7 +147,7 @@ std::string PointsTable(const std::vector<v1::ConsistencyPoint>& points) {
   for (const auto& p : points) {
     char line[160];
     snprintf(line, sizeof(line), "%-20llu %-31s %-9s ", static_cast<unsigned long long>(p.lsn()),
-             Rfc3339(p.time_ns()).c_str(), OriginName(p.origin()).c_str());
+             FormatRfc3339(p.time_ns()).c_str(), OriginName(p.origin()).c_str());
     o << line << p.label() << "\n";
   }
   o << points.size() << " point(s)\n";

@@ -1,6 +1,7 @@
 // cdpctl: the operator's command line. Wiring only; the work is in cdp::ctl.
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <iostream>
@@ -11,6 +12,8 @@
 #include <vector>
 
 #include "cdp/ctl/control_client.h"
+#include "cdp/ctl/restore.h"
+#include "cdp/core/time_text.h"
 #include "cdp/failover/boot_export.h"
 #include "cdp/failover/cutover.h"
 #include "cdp/failover/drill.h"
@@ -28,6 +31,14 @@ constexpr const char* kUsage =
     "      the volume's consistency points, oldest first: LSN, time (UTC), origin (flush,\n"
     "      freeze, operator, cutover, sync) and label; --json: [{\"lsn\", \"time\", \"origin\",\n"
     "      \"label\"}]\n"
+    "  cdpctl --server tcp://HOST:PORT restore --volume NAME --at TIME|LSN --output PATH\n"
+    "                                          [--force]\n"
+    "      writes the volume as it was at the latest consistency point at or before TIME or LSN\n"
+    "      (an integer is an LSN; TIME is RFC 3339, e.g. 2026-11-26T17:39:40Z, or relative:\n"
+    "      -90s, -15m, -2h, -1d) to PATH: qcow2 when PATH ends in .qcow2, raw otherwise, sparse,\n"
+    "      with progress on stderr. An existing PATH is refused without --force. A point inside\n"
+    "      a history gap is refused, naming the nearest restorable points. The file appears\n"
+    "      under PATH only once complete and synced (docs/restore.md)\n"
     "  cdpctl --server tcp://HOST:PORT wait-synced --volume NAME [--timeout SECONDS]\n"
     "      exit 0 once the replica has applied every write the agent captured and the agent has\n"
     "      nothing left to send; exit 3 on timeout (default 300 s) with the reason (a volume\n"
@@ -253,13 +264,39 @@ int RunDrill(const std::string& plan_path, bool json) {
   return report.ok ? 0 : 1;
 }
 
+int RunRestore(const std::string& server, const std::string& volume, const std::string& at,
+               const std::string& output, bool force) {
+  if (volume.empty() || at.empty() || output.empty()) {
+    return Usage("restore needs --volume NAME, --at TIME|LSN and --output PATH");
+  }
+  auto spec = cdp::ctl::ParseAt(at, cdp::NowNanos());
+  if (!spec.ok()) return Usage(spec.status().message());
+  CancelOnSignals();
+  cdp::ctl::RestoreOptions options{server, volume, *spec, output, force, &g_cancel};
+  auto result = cdp::ctl::Restore(options, std::cerr, isatty(STDERR_FILENO) == 1);
+  if (!result.ok()) {
+    std::cerr << "cdpctl: restore: " << result.status().message() << "\n";
+    return 1;
+  }
+  const auto& r = *result;
+  std::printf("restored volume %s at LSN %llu (%s, %s) to %s: %s, %llu bytes, %llu bytes of data, "
+              "%.2f s\n",
+              volume.c_str(), static_cast<unsigned long long>(r.point.lsn()),
+              cdp::FormatRfc3339(r.point.time_ns()).c_str(),
+              cdp::ctl::OriginName(r.point.origin()).c_str(), output.c_str(),
+              r.format == cdp::ctl::ImageFormat::kQcow2 ? "qcow2" : "raw",
+              static_cast<unsigned long long>(r.size_bytes),
+              static_cast<unsigned long long>(r.data_bytes), r.seconds);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  std::string server, command, subcommand, volume, config, plan, out;
+  std::string server, command, subcommand, volume, config, plan, out, at, output;
   ChecksumArgs range;
-  bool json = false;
+  bool json = false, force = false;
   double timeout = 300;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -275,6 +312,12 @@ int main(int argc, char** argv) {
         server = value("--server");
       } else if (a == "--json") {
         json = true;
+      } else if (a == "--force") {
+        force = true;
+      } else if (a == "--at") {
+        at = value("--at");
+      } else if (a == "--output") {
+        output = value("--output");
       } else if (a == "--offset") {
         range.offset = value("--offset");
       } else if (a == "--length") {
@@ -345,6 +388,7 @@ int main(int argc, char** argv) {
     std::cout << (json ? cdp::ctl::PointsJson(*points) + "\n" : cdp::ctl::PointsTable(*points));
     return 0;
   }
+  if (command == "restore") return RunRestore(server, volume, at, output, force);
   if (command == "wait-synced") {
     if (volume.empty()) return Usage("wait-synced needs --volume NAME");
     cdp::Status s = cdp::ctl::WaitSynced(server, volume, timeout, std::cerr);

@@ -34,6 +34,19 @@
 #include "cdp/core/logging.h"
 
 namespace cdp {
+
+bool IsAllZero(std::span<const char> bytes) {
+  size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, bytes.data() + i, 8);
+    if (w != 0) return false;
+  }
+  for (; i < bytes.size(); ++i) {
+    if (bytes[i] != 0) return false;
+  }
+  return true;
+}
 namespace {
 
 // Largest piece handed to the kernel in one request. Linux transfers at most 0x7ffff000 bytes

@@ -8,7 +8,7 @@
 #include <functional>
 #include <map>
 
-#include "cdp/failover/host_command.h"
+#include "cdp/core/host_command.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/boot_adaptation.h"

@@ -14,7 +14,7 @@
 #include "cdp/core/block_device.h"
 #include "cdp/core/qmp_client.h"
 #include "cdp/ctl/control_client.h"
-#include "cdp/failover/host_command.h"
+#include "cdp/core/host_command.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"

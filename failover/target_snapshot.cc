@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "cdp/core/qmp_client.h"
-#include "cdp/failover/host_command.h"
+#include "cdp/core/host_command.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
 #include "step_timeline.h"

@@ -15,7 +15,7 @@
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/qmp_client.h"
 #include "cdp/core/record.h"
-#include "cdp/failover/host_command.h"
+#include "cdp/core/host_command.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/pe/disk_finder.h"
 #include "cdp/pe/pe_client.h"

@@ -19,6 +19,19 @@ Status FromRocks(const rocksdb::Status& s, const std::string& what) {
   return Status::IOError(what + ": " + s.ToString());
 }
 
+// The record header an `index` iterator points at, checked against its key's LSN.
+Result<ChangeRecord> DecodeIndexEntry(const rocksdb::Iterator& ix, const std::string& where) {
+  CDP_ASSIGN_OR_RETURN(
+      ChangeRecord rec,
+      DecodeRecordHeader(std::string_view(ix.value().data(), ix.value().size()), where));
+  const uint64_t key_lsn = GetBigEndian64(ix.key().data() + 4);
+  if (rec.lsn != key_lsn) {
+    return Status::Corruption(where + ": index key LSN " + std::to_string(key_lsn) +
+                              " holds record LSN " + std::to_string(rec.lsn));
+  }
+  return rec;
+}
+
 const char* kCfNames[] = {"default", "volumes", "index", "payload", "points", "gaps", "replicas"};
 
 }  // namespace
@@ -263,14 +276,7 @@ Status JournalStore::ReadRecords(const std::string& name, uint64_t from_lsn, uin
   uint64_t bytes = 0;
   for (ix->Seek(JournalKey(v.id, from_lsn)); ix->Valid(); ix->Next()) {
     if (out->size() >= max_records || (bytes >= max_bytes && !out->empty())) break;
-    CDP_ASSIGN_OR_RETURN(
-        ChangeRecord rec,
-        DecodeRecordHeader(std::string_view(ix->value().data(), ix->value().size()), where));
-    const uint64_t key_lsn = GetBigEndian64(ix->key().data() + 4);
-    if (rec.lsn != key_lsn) {
-      return Status::Corruption(where + ": index key LSN " + std::to_string(key_lsn) +
-                                " holds record LSN " + std::to_string(rec.lsn));
-    }
+    CDP_ASSIGN_OR_RETURN(ChangeRecord rec, DecodeIndexEntry(*ix, where));
     // The payload total stays within max_bytes; only a first record may exceed it alone.
     if (rec.has_payload() && !out->empty() && bytes + rec.length > max_bytes) break;
     if (rec.has_payload()) {
@@ -303,6 +309,57 @@ Status JournalStore::ReadPoints(const std::string& name, uint64_t from_lsn, uint
     out->push_back(std::move(p));
   }
   return FromRocks(it->status(), "journal volume " + name + ": reading points");
+}
+
+Status JournalStore::ReadGaps(const std::string& name, std::vector<v1::Gap>* out) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  rocksdb::ReadOptions ro;
+  const std::string upper = JournalKey(v.id + 1, 0);
+  rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, gaps_cf_));
+  for (it->Seek(JournalKey(v.id, 0)); it->Valid(); it->Next()) {
+    v1::Gap g;
+    if (!g.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Status::Corruption("journal volume " + name + ": history gap record does not parse");
+    }
+    out->push_back(std::move(g));
+  }
+  return FromRocks(it->status(), "journal volume " + name + ": reading gaps");
+}
+
+Status JournalStore::ScanRecordHeaders(const std::string& name, uint64_t from_lsn,
+                                       uint64_t to_lsn,
+                                       const std::function<Status(const ChangeRecord&)>& fn) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  const std::string where = "journal volume " + name;
+  rocksdb::ReadOptions ro;
+  const std::string upper = to_lsn == UINT64_MAX ? JournalKey(v.id + 1, 0) : JournalKey(v.id, to_lsn + 1);
+  rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  ro.fill_cache = false;  // one pass over old history must not evict the tails' blocks
+  std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(ro, index_cf_));
+  for (ix->Seek(JournalKey(v.id, from_lsn)); ix->Valid(); ix->Next()) {
+    CDP_ASSIGN_OR_RETURN(ChangeRecord rec, DecodeIndexEntry(*ix, where));
+    CDP_RETURN_IF_ERROR(fn(rec));
+  }
+  return FromRocks(ix->status(), where + ": reading record headers");
+}
+
+Result<SharedBytes> JournalStore::ReadPayload(const std::string& name,
+                                              const ChangeRecord& header) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  const std::string where = "journal volume " + name;
+  auto payload = std::make_shared<std::string>();
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  rocksdb::Status s = db_->Get(ro, payload_cf_, JournalKey(v.id, header.lsn), payload.get());
+  if (!s.ok()) {
+    return Status::Corruption(where + ": payload of LSN " + std::to_string(header.lsn) +
+                              " is missing: " + s.ToString());
+  }
+  CDP_RETURN_IF_ERROR(VerifyRecordPayload(header, *payload).WithContext(where));
+  return SharedBytes(std::move(payload));
 }
 
 Result<uint64_t> JournalStore::RecordTime(const std::string& name, uint64_t lsn) const {

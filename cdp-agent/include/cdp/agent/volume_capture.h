@@ -67,7 +67,9 @@ class VolumeCapture : public CaptureTarget {
   // were queued (their lsn fields are set); 0 when the LSN base is not known yet.
   size_t QueueRecords(std::span<ChangeRecord> records);
 
-  // Records a history gap after the last LSN handed out (trace mode: events were lost).
+  // Records a history gap after the last LSN handed out (trace mode: events were lost). The
+  // window ends at the first freeze point after it (Gap.ends_at "freeze"): the caller makes no
+  // freeze point until the checksum resync the gap asks for has finished.
   void RecordGap(const std::string& reason);
 
   // Records a consistency point at the last LSN handed out (if any record came since the last

@@ -26,14 +26,31 @@ class ControlClient {
   Result<std::vector<wire::v1::ConsistencyPoint>> Points(const std::string& volume,
                                                           int timeout_ms);
 
+  // Opens the image of `volume` at the latest consistency point at or before at_lsn (when
+  // nonzero) or at_time_ns; the server's worded error otherwise (docs/restore.md, section 2).
+  Result<wire::v1::ImageOpenReply> OpenImage(const std::string& volume, uint64_t at_lsn,
+                                             uint64_t at_time_ns, int timeout_ms);
+
+  // One read of an open image, in two halves so several can be in flight: replies come back in
+  // the order the requests were sent. `data` gets the bytes, or stays empty when the reply says
+  // the range is all zeroes.
+  ::cdp::Status SendImageRead(uint64_t image_id, uint64_t offset, uint32_t length,
+                              int timeout_ms);
+  Result<wire::v1::ImageReadReply> ReceiveImageRead(std::string* data, int timeout_ms);
+
  private:
   ControlClient() = default;
   // Sends `request` and returns the first reply with body `expect` (an Error as its Status).
   Result<wire::Message> Call(const wire::v1::Header& request,
                              wire::v1::Header::BodyCase expect, int timeout_ms);
+  // The next reply with body `expect` (others are dropped; an Error is returned as its Status).
+  Result<wire::Message> Receive(wire::v1::Header::BodyCase expect, int timeout_ms);
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
 };
+
+// "flush", "freeze", "operator", "cutover", "sync" ("unknown" for anything else).
+std::string OriginName(wire::v1::PointOrigin origin);
 
 // `cdpctl points --json`: [{"lsn", "time" (RFC 3339 UTC with nanoseconds), "origin" (flush,
 // freeze, operator, cutover, sync), "label"}], oldest first.

@@ -15,6 +15,9 @@
 
 namespace cdp {
 
+// True when every byte of `bytes` is 0 (an empty span too).
+bool IsAllZero(std::span<const char> bytes);
+
 enum class IoEngine {
   kAuto,  // io_uring if io_uring_queue_init works here, else libaio
   kIoUring,

@@ -14,6 +14,7 @@
 #include <rocksdb/db.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -100,6 +101,19 @@ class JournalStore {
   // Consistency points of `name` with from_lsn <= LSN <= to_lsn.
   Status ReadPoints(const std::string& name, uint64_t from_lsn, uint64_t to_lsn,
                     std::vector<v1::ConsistencyPoint>* out) const;
+
+  // Every history gap of `name`, by after_lsn.
+  Status ReadGaps(const std::string& name, std::vector<v1::Gap>* out) const;
+
+  // Calls `fn` with the header of each record of `name` with from_lsn <= LSN <= to_lsn, in LSN
+  // order, payloads not read (rec.payload stays null). Stops at the first error `fn` returns.
+  // Corruption if a stored header fails its checks.
+  Status ScanRecordHeaders(const std::string& name, uint64_t from_lsn, uint64_t to_lsn,
+                           const std::function<Status(const ChangeRecord&)>& fn) const;
+
+  // The payload of the write record `header` (as ScanRecordHeaders gave it), checked against
+  // the header's length and CRC. Corruption when it is missing or does not match.
+  Result<SharedBytes> ReadPayload(const std::string& name, const ChangeRecord& header) const;
 
   // Capture time of record `lsn` (NotFound if it is not in the journal).
   Result<uint64_t> RecordTime(const std::string& name, uint64_t lsn) const;

@@ -19,6 +19,7 @@
 
 #include "cdp/core/transport.h"
 #include "cdp/journal/journal_store.h"
+#include "cdp/journal/point_image.h"
 
 namespace cdp::journal {
 
@@ -60,6 +61,11 @@ class JournalServer {
     std::string agent_peer;
     std::string replicator_peer;
   };
+  // An image opened by ImageOpenRequest (a restore or an export reading it).
+  struct OpenImage {
+    std::unique_ptr<PointImage> image;
+    Clock::time_point last_used;
+  };
   // A tail request waiting for records (long poll).
   struct ParkedTail {
     wire::v1::TailRequest request;
@@ -82,6 +88,12 @@ class JournalServer {
   void HandleStatus(const wire::Message& msg);
   // PointsRequest: the consistency points of a volume (NotFound for an unknown one).
   void HandlePoints(const wire::Message& msg);
+  // ImageOpenRequest: chooses the point (point_choice.h) and builds its PointImage.
+  void HandleImageOpen(const wire::Message& msg);
+  // ImageReadRequest: bytes of an open image, or `zero` when they are all zeroes.
+  void HandleImageRead(const wire::Message& msg);
+  // NotFound naming `volume` and the volumes the journal has, OK when it has `volume`.
+  Status CheckVolumeKnown(const std::string& volume) const;
   // Sends records >= from to the peer; false if there were none to send yet.
   bool ServeTail(const std::string& peer, const wire::v1::TailRequest& req, bool send_empty);
   void ServeParkedTails(bool expire_only);
@@ -96,6 +108,8 @@ class JournalServer {
   std::map<std::string, std::unique_ptr<Session>> sessions_;  // by routing id
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
   std::map<std::string, ParkedTail> parked_;                  // by routing id
+  std::map<uint64_t, OpenImage> images_;                      // by image id
+  uint64_t next_image_ = 1;
   uint64_t next_session_ = 1;
 };
 

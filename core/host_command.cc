@@ -1,4 +1,4 @@
-#include "cdp/failover/host_command.h"
+#include "cdp/core/host_command.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -14,7 +14,7 @@
 
 extern char** environ;
 
-namespace cdp::failover {
+namespace cdp {
 
 namespace {
 bool InPath(const std::string& program) {
@@ -116,4 +116,4 @@ Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int t
   return result;
 }
 
-}  // namespace cdp::failover
+}  // namespace cdp

@@ -6,7 +6,7 @@
 
 #include "cdp/core/status.h"
 
-namespace cdp::failover {
+namespace cdp {
 
 struct CommandResult {
   int exit_code = -1;  // -1 when killed by a signal (timeout)
@@ -22,4 +22,4 @@ Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int t
 // "qemu-img info ..." as one line, shell-quoted where needed, for messages.
 std::string CommandLine(const std::vector<std::string>& argv);
 
-}  // namespace cdp::failover
+}  // namespace cdp

@@ -1,0 +1,83 @@
+#include "cdp/journal/point_image.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+namespace cdp::journal {
+
+Result<std::unique_ptr<PointImage>> PointImage::Build(const JournalStore* store,
+                                                      const std::string& volume, uint64_t lsn) {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, store->GetVolume(volume));
+  std::unique_ptr<PointImage> image(new PointImage(store, volume, v.size_bytes, lsn));
+  if (lsn == 0) return image;
+  CDP_RETURN_IF_ERROR(store->ScanRecordHeaders(volume, 1, lsn, [&](const ChangeRecord& rec) {
+    CDP_RETURN_IF_ERROR(ValidateRecordRange(rec, v.size_bytes));
+    image->Overwrite(rec);
+    return Status::Ok();
+  }));
+  return image;
+}
+
+void PointImage::Overwrite(const ChangeRecord& rec) {
+  const uint64_t start = rec.offset;
+  const uint64_t end = rec.offset + rec.length;
+  auto it = extents_.lower_bound(start);
+  if (it != extents_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end > start) {
+      if (prev->second.end > end) {  // the new record lands inside prev: keep prev's tail
+        Extent tail = prev->second;
+        extents_.emplace(end, tail);
+      }
+      prev->second.end = start;
+    }
+  }
+  it = extents_.lower_bound(start);
+  while (it != extents_.end() && it->first < end) {
+    if (it->second.end > end) {  // partly covered: keep what lies past the new record
+      Extent tail = it->second;
+      extents_.erase(it);
+      extents_.emplace(end, tail);
+      break;
+    }
+    it = extents_.erase(it);
+  }
+  extents_.emplace(start,
+                   Extent{end, rec.lsn, rec.offset, rec.length, rec.crc32c, rec.kind});
+}
+
+Status PointImage::Read(uint64_t offset, std::span<char> buf) const {
+  if (offset > size_bytes_ || buf.size() > size_bytes_ - offset) {
+    return Status::InvalidArgument("volume " + volume_ + ": read of " +
+                                   std::to_string(buf.size()) + " bytes at offset " +
+                                   std::to_string(offset) + " leaves the volume (" +
+                                   std::to_string(size_bytes_) + " bytes)");
+  }
+  std::memset(buf.data(), 0, buf.size());
+  const uint64_t end = offset + buf.size();
+  auto it = extents_.upper_bound(offset);
+  if (it != extents_.begin()) --it;
+  std::unordered_map<uint64_t, SharedBytes> payloads;  // a record split in pieces is read once
+  for (; it != extents_.end() && it->first < end; ++it) {
+    const Extent& e = it->second;
+    const uint64_t from = std::max(it->first, offset);
+    const uint64_t to = std::min(e.end, end);
+    if (from >= to || e.kind != RecordKind::kWrite) continue;
+    SharedBytes& payload = payloads[e.lsn];
+    if (!payload) {
+      ChangeRecord header;
+      header.lsn = e.lsn;
+      header.offset = e.record_offset;
+      header.length = e.record_length;
+      header.crc32c = e.crc32c;
+      header.kind = e.kind;
+      CDP_ASSIGN_OR_RETURN(payload, store_->ReadPayload(volume_, header));
+    }
+    std::memcpy(buf.data() + (from - offset), payload->data() + (from - e.record_offset),
+                to - from);
+  }
+  return Status::Ok();
+}
+
+}  // namespace cdp::journal
