@@ -225,8 +225,10 @@ uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& labe
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t lsn = last_lsn_.load();
   // A sync-done point replaces a point already at its LSN (same key in the journal): it is what
-  // ends a history gap (docs/journal-format.md, section 9), so it must not be dropped.
-  if (!lsn_known_.load() || lsn == 0 || (lsn == last_point_lsn_ && origin != v1::POINT_SYNC_DONE)) {
+  // ends a history gap or the initial sync (docs/journal-format.md, section 9), so it is never
+  // dropped, even at LSN 0 (an initial sync of an all-zero volume sends nothing).
+  const bool sync_done = origin == v1::POINT_SYNC_DONE;
+  if (!lsn_known_.load() || (lsn == 0 && !sync_done) || (lsn == last_point_lsn_ && !sync_done)) {
     return 0;
   }
   last_point_lsn_ = lsn;

@@ -11,8 +11,11 @@
 #include <thread>
 #include <vector>
 
+#include "cdp/agent/nbd_server.h"
 #include "cdp/ctl/control_client.h"
+#include "cdp/ctl/image_export.h"
 #include "cdp/ctl/restore.h"
+#include "cdp/core/logging.h"
 #include "cdp/core/time_text.h"
 #include "cdp/failover/boot_export.h"
 #include "cdp/failover/cutover.h"
@@ -39,6 +42,11 @@ constexpr const char* kUsage =
     "      with progress on stderr. An existing PATH is refused without --force. A point inside\n"
     "      a history gap is refused, naming the nearest restorable points. The file appears\n"
     "      under PATH only once complete and synced (docs/restore.md)\n"
+    "  cdpctl --server tcp://HOST:PORT export --volume NAME --at TIME|LSN\n"
+    "                                         --nbd unix:PATH|tcp:HOST:PORT\n"
+    "      serves the volume as it was at that point (chosen as for restore) read-only over NBD,\n"
+    "      export name NAME, until SIGINT/SIGTERM: mount it (nbd-client, qemu-nbd), boot it or\n"
+    "      copy it (qemu-img, nbdcopy) without restoring it first\n"
     "  cdpctl --server tcp://HOST:PORT wait-synced --volume NAME [--timeout SECONDS]\n"
     "      exit 0 once the replica has applied every write the agent captured and the agent has\n"
     "      nothing left to send; exit 3 on timeout (default 300 s) with the reason (a volume\n"
@@ -290,11 +298,42 @@ int RunRestore(const std::string& server, const std::string& volume, const std::
   return 0;
 }
 
+int RunExport(const std::string& server, const std::string& volume, const std::string& at,
+              const std::string& nbd) {
+  if (volume.empty() || at.empty() || nbd.empty()) {
+    return Usage("export needs --volume NAME, --at TIME|LSN and --nbd unix:PATH|tcp:HOST:PORT");
+  }
+  auto spec = cdp::ctl::ParseAt(at, cdp::NowNanos());
+  if (!spec.ok()) return Usage(spec.status().message());
+  if (auto address = cdp::agent::ParseNbdListenAddress(nbd); !address.ok()) {
+    return Usage(address.status().message());
+  }
+  CancelOnSignals();
+  cdp::ctl::ExportOptions options{server, volume, *spec, nbd};
+  cdp::Status s = cdp::ctl::ServeExport(
+      options, &g_cancel, [&](const cdp::v1::ConsistencyPoint& p, const std::string& bound) {
+        std::printf("exporting volume %s at LSN %llu (%s, %s) read-only on %s, export name '%s'; "
+                    "stop with SIGINT or SIGTERM\n",
+                    volume.c_str(), static_cast<unsigned long long>(p.lsn()),
+                    cdp::FormatRfc3339(p.time_ns()).c_str(),
+                    cdp::ctl::OriginName(p.origin()).c_str(), bound.c_str(), volume.c_str());
+        std::fflush(stdout);
+      });
+  if (!s.ok()) {
+    std::cerr << "cdpctl: export: " << s.message() << "\n";
+    return 1;
+  }
+  std::printf("export of volume %s stopped\n", volume.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Library warnings (the NBD server of `export`) go to stderr; stdout stays the command's.
+  cdp::InitLogging("cdpctl", cdp::LogLevel::kWarning);
   std::vector<std::string> args(argv + 1, argv + argc);
-  std::string server, command, subcommand, volume, config, plan, out, at, output;
+  std::string server, command, subcommand, volume, config, plan, out, at, output, nbd;
   ChecksumArgs range;
   bool json = false, force = false;
   double timeout = 300;
@@ -318,6 +357,8 @@ int main(int argc, char** argv) {
         at = value("--at");
       } else if (a == "--output") {
         output = value("--output");
+      } else if (a == "--nbd") {
+        nbd = value("--nbd");
       } else if (a == "--offset") {
         range.offset = value("--offset");
       } else if (a == "--length") {
@@ -389,6 +430,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "restore") return RunRestore(server, volume, at, output, force);
+  if (command == "export") return RunExport(server, volume, at, nbd);
   if (command == "wait-synced") {
     if (volume.empty()) return Usage("wait-synced needs --volume NAME");
     cdp::Status s = cdp::ctl::WaitSynced(server, volume, timeout, std::cerr);

@@ -7,14 +7,18 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <atomic>
 #include <deque>
 #include <filesystem>
+#include <thread>
 
+#include "cdp/agent/nbd_server.h"
 #include "cdp/core/block_device.h"
 #include "cdp/core/host_command.h"
 #include "cdp/core/record.h"
 #include "cdp/core/time_text.h"
 #include "cdp/ctl/control_client.h"
+#include "cdp/ctl/image_export.h"
 
 namespace cdp::ctl {
 
@@ -127,6 +131,22 @@ class ProgressBar {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// Renames the complete, synced temporary file to `output` and syncs the directory.
+Status Publish(TempFile* file, const std::string& output) {
+  if (rename(file->path().c_str(), output.c_str()) != 0) {
+    return Status::FromErrno(errno, "renaming " + file->path() + " to " + output);
+  }
+  file->Keep();
+  const std::filesystem::path out(output);
+  const std::string dir = out.has_parent_path() ? out.parent_path().string() : ".";
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+  return Status::Ok();
+}
+
 // Checks the output path before anything is asked of the server.
 Status CheckOutput(const RestoreOptions& o) {
   const std::filesystem::path out(o.output);
@@ -199,8 +219,97 @@ ImageFormat FormatForPath(const std::string& path) {
              : ImageFormat::kRaw;
 }
 
+namespace {
+
+void PrintStart(std::ostream& progress, const RestoreOptions& o, const v1::ConsistencyPoint& p,
+                uint64_t size) {
+  progress << "restore: volume " << o.volume << " at LSN " << p.lsn() << " ("
+           << FormatRfc3339(p.time_ns()) << "), " << Mib(size) << ", to " << o.output << "\n";
+}
+
+// DIR/.NAME.restore-PID: the temporary files' common prefix, beside the output.
+std::string TempStem(const std::string& output) {
+  const std::filesystem::path out(output);
+  const std::string dir = out.has_parent_path() ? out.parent_path().string() + "/" : "";
+  return dir + "." + out.filename().string() + ".restore-" + std::to_string(getpid());
+}
+
+// qcow2: qemu-img convert reads the image from a private read-only NBD export of it (the same
+// one `cdpctl export` serves) and writes the qcow2, sparse, to the temporary file.
+Result<RestoreResult> RestoreQcow2(const RestoreOptions& o, std::ostream& progress,
+                                   bool progress_tty) {
+  const auto started = std::chrono::steady_clock::now();
+  CDP_ASSIGN_OR_RETURN(auto target, RemoteImageTarget::Open(o.server, o.volume, o.at));
+  target->set_cancel(o.cancel);
+  RestoreResult result;
+  result.point = target->point();
+  result.size_bytes = target->size();
+  result.format = ImageFormat::kQcow2;
+  PrintStart(progress, o, result.point, result.size_bytes);
+
+  char sock_dir[] = "/tmp/cdpctl-restore.XXXXXX";
+  if (mkdtemp(sock_dir) == nullptr) return Status::FromErrno(errno, "creating a socket dir in /tmp");
+  const std::string sock = std::string(sock_dir) + "/nbd.sock";
+  struct RemoveDir {
+    std::string path;
+    ~RemoveDir() { std::error_code ec; std::filesystem::remove_all(path, ec); }
+  } remove_sock_dir{sock_dir};
+  agent::NbdServer::Options nbd;
+  nbd.listen_address = "unix:" + sock;
+  nbd.export_name = o.volume;
+  nbd.target = target.get();
+  nbd.read_only = true;
+  nbd.max_block_size = 8u << 20;
+  nbd.unix_socket_mode = 0600;
+  CDP_ASSIGN_OR_RETURN(auto server, agent::NbdServer::Start(nbd));
+
+  TempFile qcow2(TempStem(o.output) + ".qcow2");
+  const std::vector<std::string> argv = {
+      "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
+      "nbd+unix:///" + o.volume + "?socket=" + sock, qcow2.path()};
+  Result<CommandResult> converted = Status::Internal("not run");
+  std::thread convert([&] { converted = RunHostCommand(argv, 24 * 3600 * 1000); });
+  ProgressBar bar(progress, progress_tty, result.size_bytes);
+  std::atomic<bool> finished{false};
+  std::thread ticker([&] {
+    while (!finished) {
+      bar.Update(target->bytes_read(), false);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  convert.join();
+  finished = true;
+  ticker.join();
+  server->Stop();
+  if (o.cancel != nullptr && *o.cancel) {
+    return Status::Aborted("interrupted at " + Mib(target->bytes_read()) + " of " +
+                           Mib(result.size_bytes) + "; nothing was left under " + o.output);
+  }
+  if (!converted.ok()) return converted.status();
+  if (converted->exit_code != 0) {
+    return Status::IOError(CommandLine(argv) + " failed: " + converted->output);
+  }
+  bar.Update(result.size_bytes, true);
+  const int fd = open(qcow2.path().c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fsync(fd) != 0 || fstat(fd, &st) != 0) {
+    const int err = errno;
+    if (fd >= 0) close(fd);
+    return Status::FromErrno(err, "syncing " + qcow2.path());
+  }
+  close(fd);
+  result.data_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
+  CDP_RETURN_IF_ERROR(Publish(&qcow2, o.output));
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return result;
+}
+
+}  // namespace
+
 Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, bool progress_tty) {
   CDP_RETURN_IF_ERROR(CheckOutput(o));
+  if (FormatForPath(o.output) == ImageFormat::kQcow2) return RestoreQcow2(o, progress, progress_tty);
   const auto started = std::chrono::steady_clock::now();
   CDP_ASSIGN_OR_RETURN(auto client, ControlClient::Connect(o.server, 5000));
   CDP_ASSIGN_OR_RETURN(v1::ImageOpenReply image,
@@ -208,16 +317,10 @@ Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, b
   RestoreResult result;
   result.point = image.point();
   result.size_bytes = image.size_bytes();
-  result.format = FormatForPath(o.output);
-  progress << "restore: volume " << o.volume << " at LSN " << image.point().lsn() << " ("
-           << FormatRfc3339(image.point().time_ns()) << "), " << Mib(image.size_bytes())
-           << ", to " << o.output << "\n";
+  result.format = ImageFormat::kRaw;
+  PrintStart(progress, o, result.point, result.size_bytes);
 
-  const std::filesystem::path out(o.output);
-  const std::string dir = out.has_parent_path() ? out.parent_path().string() + "/" : "";
-  const std::string stem = dir + "." + out.filename().string() + ".restore-" +
-                           std::to_string(getpid());
-  TempFile raw(stem + ".raw");
+  TempFile raw(TempStem(o.output) + ".raw");
   CDP_RETURN_IF_ERROR(raw.Create());
   if (ftruncate(raw.fd(), static_cast<off_t>(image.size_bytes())) != 0) {
     return Status::FromErrno(errno, "sizing " + raw.path());
@@ -254,35 +357,7 @@ Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, b
   }
   CDP_RETURN_IF_ERROR(raw.SyncAndClose());
   bar.Update(done, true);
-
-  TempFile qcow2(stem + ".qcow2");
-  TempFile* final_file = &raw;
-  if (result.format == ImageFormat::kQcow2) {
-    progress << "restore: converting to qcow2\n";
-    const std::vector<std::string> argv = {"qemu-img", "convert", "-q",        "-f", "raw",
-                                           "-O",       "qcow2",   raw.path(), qcow2.path()};
-    CDP_ASSIGN_OR_RETURN(CommandResult converted, RunHostCommand(argv, 24 * 3600 * 1000));
-    if (converted.exit_code != 0) {
-      return Status::IOError(CommandLine(argv) + " failed: " + converted.output);
-    }
-    const int fd = open(qcow2.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0) {
-      const int err = errno;
-      if (fd >= 0) close(fd);
-      return Status::FromErrno(err, "syncing " + qcow2.path());
-    }
-    close(fd);
-    final_file = &qcow2;
-  }
-  if (rename(final_file->path().c_str(), o.output.c_str()) != 0) {
-    return Status::FromErrno(errno, "renaming " + final_file->path() + " to " + o.output);
-  }
-  final_file->Keep();
-  const int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
-  }
+  CDP_RETURN_IF_ERROR(Publish(&raw, o.output));
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;

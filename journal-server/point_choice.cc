@@ -30,18 +30,20 @@ std::string DescribePoint(const v1::ConsistencyPoint& p) {
 std::vector<HistoryWindow> UnrestorableWindows(const std::vector<v1::ConsistencyPoint>& points,
                                                const std::vector<v1::Gap>& gaps) {
   std::vector<HistoryWindow> windows;
-  HistoryWindow initial{0, 0, "the initial full sync had not finished"};
+  HistoryWindow initial{0, false, 0, "the initial full sync had not finished"};
   for (const auto& p : points) {
     if (InitialSyncEnd(p)) {
+      initial.ended = true;
       initial.end_lsn = p.lsn();
       break;
     }
   }
   windows.push_back(initial);
   for (const auto& g : gaps) {
-    HistoryWindow w{g.after_lsn(), 0, g.reason()};
+    HistoryWindow w{g.after_lsn(), false, 0, g.reason()};
     for (const auto& p : points) {
       if (p.lsn() > g.after_lsn() && EndsGap(g, p)) {
+        w.ended = true;
         w.end_lsn = p.lsn();
         break;
       }
@@ -53,7 +55,7 @@ std::vector<HistoryWindow> UnrestorableWindows(const std::vector<v1::Consistency
 
 const HistoryWindow* WindowContaining(const std::vector<HistoryWindow>& windows, uint64_t lsn) {
   for (const auto& w : windows) {
-    if (lsn > w.after_lsn && (w.end_lsn == 0 || lsn < w.end_lsn)) return &w;
+    if (lsn > w.after_lsn && (!w.ended || lsn < w.end_lsn)) return &w;
   }
   return nullptr;
 }
@@ -113,7 +115,7 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
   std::string msg = what + "the latest point at or before " + DescribeTarget(target) + ", " +
                     DescribePoint(*chosen) + ", is inside a history gap (" + inside->reason +
                     ": history after LSN " + std::to_string(inside->after_lsn) + " is incomplete " +
-                    (inside->end_lsn == 0
+                    (!inside->ended
                          ? std::string("and the resync has not finished yet")
                          : "until LSN " + std::to_string(inside->end_lsn)) +
                     "); nearest restorable points: ";

@@ -112,6 +112,18 @@ TEST(PointChoice, OldJournalGapsEndAtAnySyncPoint) {
   EXPECT_EQ(r->lsn(), 50u);
 }
 
+TEST(PointChoice, AnInitialSyncThatSentNothingEndsAtLsnZero) {
+  std::vector<v1::ConsistencyPoint> points = {Point(0, v1::POINT_SYNC_DONE, "full sync"),
+                                              Point(4, v1::POINT_FLUSH)};
+  auto w = UnrestorableWindows(points, {});
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_TRUE(w[0].ended);
+  EXPECT_EQ(w[0].end_lsn, 0u);
+  auto r = ChoosePoint("db01", points, {}, PointTarget{4, 0}, 4, 100'000'000'000ull);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lsn(), 4u);
+}
+
 TEST(PointChoice, TraceGapsEndAtAFreeze) {
   std::vector<v1::ConsistencyPoint> points = {Point(3, v1::POINT_FREEZE),
                                               Point(8, v1::POINT_FREEZE)};

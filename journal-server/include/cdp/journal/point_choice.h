@@ -22,9 +22,10 @@
 
 namespace cdp::journal {
 
-// LSNs in (after_lsn, end_lsn) are not restorable; end_lsn 0: not ended yet.
+// LSNs in (after_lsn, end_lsn) are not restorable; !ended: every LSN after after_lsn.
 struct HistoryWindow {
   uint64_t after_lsn = 0;
+  bool ended = false;
   uint64_t end_lsn = 0;
   std::string reason;  // "initial sync not finished" or the gap's reason
 };
