@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "cdp/core/time_text.h"
+#include "cdp/core/units.h"
 
 namespace cdp::ctl {
 
@@ -75,6 +76,48 @@ Result<std::vector<v1::ConsistencyPoint>> ControlClient::Points(const std::strin
   }
 }
 
+Result<v1::RetentionReply> ControlClient::Retention(const std::string& volume,
+                                                    std::optional<uint64_t> window_s,
+                                                    std::optional<uint64_t> max_bytes,
+                                                    int timeout_ms) {
+  v1::Header h;
+  auto* request = h.mutable_retention_request();
+  request->set_volume(volume);
+  if (window_s) request->set_window_s(*window_s);
+  if (max_bytes) request->set_max_bytes(*max_bytes);
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, v1::Header::kRetentionReply, timeout_ms));
+  return msg.header.retention_reply();
+}
+
+std::string RetentionText(const v1::RetentionReply& r) {
+  auto bytes = [](uint64_t b) {
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(b) / (1 << 20));
+    return std::string(buf);
+  };
+  std::ostringstream o;
+  o << "volume " << r.volume() << "\n"
+    << "  window:        " << (r.window_s() == 0 ? "keep everything" : FormatDuration(r.window_s()))
+    << (r.window_default() ? " (server default)" : "") << "\n"
+    << "  max bytes:     " << (r.max_bytes() == 0 ? "no cap" : bytes(r.max_bytes()))
+    << (r.max_bytes_default() ? " (server default)" : "") << "\n"
+    << "  journal:       " << bytes(r.journal_bytes()) << ", LSN " << r.base_lsn() + 1 << ".."
+    << r.durable_lsn() << " (base image holds LSN " << r.base_lsn() << ")\n"
+    << "  oldest point:  "
+    << (r.oldest_point_lsn() == 0 && r.oldest_point_time_ns() == 0
+            ? std::string("none")
+            : "LSN " + std::to_string(r.oldest_point_lsn()) + " (" +
+                  FormatRfc3339(r.oldest_point_time_ns()) + ")")
+    << "\n"
+    << "  early folds:   " << r.early_folds();
+  if (r.early_folds() > 0) {
+    o << " (the size cap folded history inside the window; history before "
+      << FormatRfc3339(r.early_fold_time_ns()) << ", LSN " << r.early_fold_lsn() << ", is lost)";
+  }
+  o << "\n";
+  return o.str();
+}
+
 Result<v1::ImageOpenReply> ControlClient::OpenImage(const std::string& volume, uint64_t at_lsn,
                                                     uint64_t at_time_ns, int timeout_ms) {
   v1::Header h;
@@ -94,6 +137,12 @@ Result<v1::ImageOpenReply> ControlClient::OpenImage(const std::string& volume, u
   request->set_offset(offset);
   request->set_length(length);
   return socket_->Send(h, {}, timeout_ms);
+}
+
+void ControlClient::CloseImage(uint64_t image_id) {
+  v1::Header h;
+  h.mutable_image_close_request()->set_image_id(image_id);
+  (void)Call(h, v1::Header::kImageCloseReply, 2000);
 }
 
 Result<v1::ImageReadReply> ControlClient::ReceiveImageRead(std::string* data, int timeout_ms) {
@@ -177,7 +226,14 @@ std::string StatusJson(const v1::StatusReply& reply) {
                        {"ack_mode", v.ack_mode()},
                        {"gaps", v.gaps()},
                        {"last_point_lsn", v.last_point_lsn()},
-                       {"capture_mode", v.capture_mode()}});
+                       {"capture_mode", v.capture_mode()},
+                       {"base_lsn", v.base_lsn()},
+                       {"journal_bytes", v.journal_bytes()},
+                       {"retention_window_s", v.retention_window_s()},
+                       {"retention_max_bytes", v.retention_max_bytes()},
+                       {"early_folds", v.early_folds()},
+                       {"history_lost_before",
+                        v.early_folds() > 0 ? FormatRfc3339(v.early_fold_time_ns()) : ""}});
     if (v.has_trace()) {
       const auto& t = v.trace();
       volumes.back()["trace"] = {{"freezes", t.freezes()},

@@ -26,6 +26,10 @@ Result<std::unique_ptr<RemoteImageTarget>> RemoteImageTarget::Open(const std::st
   return t;
 }
 
+RemoteImageTarget::~RemoteImageTarget() {
+  if (client_) client_->CloseImage(image_id_);
+}
+
 Status RemoteImageTarget::ReadOnce(uint64_t offset, std::span<char> buf) {
   std::string data;
   for (size_t done = 0; done < buf.size();) {

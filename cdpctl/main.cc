@@ -17,6 +17,7 @@
 #include "cdp/ctl/restore.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/time_text.h"
+#include "cdp/core/units.h"
 #include "cdp/failover/boot_export.h"
 #include "cdp/failover/cutover.h"
 #include "cdp/failover/drill.h"
@@ -47,6 +48,12 @@ constexpr const char* kUsage =
     "      serves the volume as it was at that point (chosen as for restore) read-only over NBD,\n"
     "      export name NAME, until SIGINT/SIGTERM: mount it (nbd-client, qemu-nbd), boot it or\n"
     "      copy it (qemu-img, nbdcopy) without restoring it first\n"
+    "  cdpctl --server tcp://HOST:PORT retention --volume NAME [--window DURATION]\n"
+    "                                            [--max-bytes SIZE] [--json]\n"
+    "      sets (when given) and shows the volume's retention: history older than the window\n"
+    "      (90s, 15m, 2h, 7d; 0 = keep everything) is folded into its base image; over\n"
+    "      max-bytes (512M, 10G; 0 = no cap) the oldest history is folded early, and reported\n"
+    "      (docs/retention.md)\n"
     "  cdpctl --server tcp://HOST:PORT wait-synced --volume NAME [--timeout SECONDS]\n"
     "      exit 0 once the replica has applied every write the agent captured and the agent has\n"
     "      nothing left to send; exit 3 on timeout (default 300 s) with the reason (a volume\n"
@@ -298,6 +305,55 @@ int RunRestore(const std::string& server, const std::string& volume, const std::
   return 0;
 }
 
+int RunRetention(const std::string& server, const std::string& volume,
+                 const std::optional<std::string>& window,
+                 const std::optional<std::string>& max_bytes, bool json) {
+  if (volume.empty()) return Usage("retention needs --volume NAME");
+  std::optional<uint64_t> window_s, max;
+  if (window) {
+    auto w = cdp::ParseDuration(*window);
+    if (!w.ok()) return Usage("--window " + w.status().message());
+    window_s = *w;
+  }
+  if (max_bytes) {
+    if (*max_bytes == "0") {
+      max = 0;
+    } else {
+      auto m = cdp::ParseSize(*max_bytes);
+      if (!m.ok()) return Usage("--max-bytes " + m.status().message() + " (or 0 for no cap)");
+      max = *m;
+    }
+  }
+  auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+  if (!client.ok()) {
+    std::cerr << "cdpctl: " << client.status().message() << "\n";
+    return 1;
+  }
+  auto r = (*client)->Retention(volume, window_s, max, 10000);
+  if (!r.ok()) {
+    std::cerr << "cdpctl: retention: " << r.status().message() << "\n";
+    return 1;
+  }
+  if (json) {
+    std::cout << nlohmann::json({{"volume", r->volume()},
+                                 {"window_s", r->window_s()},
+                                 {"max_bytes", r->max_bytes()},
+                                 {"window_default", r->window_default()},
+                                 {"max_bytes_default", r->max_bytes_default()},
+                                 {"base_lsn", r->base_lsn()},
+                                 {"durable_lsn", r->durable_lsn()},
+                                 {"journal_bytes", r->journal_bytes()},
+                                 {"oldest_point_lsn", r->oldest_point_lsn()},
+                                 {"early_folds", r->early_folds()},
+                                 {"early_fold_lsn", r->early_fold_lsn()}})
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << cdp::ctl::RetentionText(*r);
+  }
+  return 0;
+}
+
 int RunExport(const std::string& server, const std::string& volume, const std::string& at,
               const std::string& nbd) {
   if (volume.empty() || at.empty() || nbd.empty()) {
@@ -334,6 +390,7 @@ int main(int argc, char** argv) {
   cdp::InitLogging("cdpctl", cdp::LogLevel::kWarning);
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string server, command, subcommand, volume, config, plan, out, at, output, nbd;
+  std::optional<std::string> window, max_bytes;
   ChecksumArgs range;
   bool json = false, force = false;
   double timeout = 300;
@@ -359,6 +416,10 @@ int main(int argc, char** argv) {
         output = value("--output");
       } else if (a == "--nbd") {
         nbd = value("--nbd");
+      } else if (a == "--window") {
+        window = value("--window");
+      } else if (a == "--max-bytes") {
+        max_bytes = value("--max-bytes");
       } else if (a == "--offset") {
         range.offset = value("--offset");
       } else if (a == "--length") {
@@ -431,6 +492,7 @@ int main(int argc, char** argv) {
   }
   if (command == "restore") return RunRestore(server, volume, at, output, force);
   if (command == "export") return RunExport(server, volume, at, nbd);
+  if (command == "retention") return RunRetention(server, volume, window, max_bytes, json);
   if (command == "wait-synced") {
     if (volume.empty()) return Usage("wait-synced needs --volume NAME");
     cdp::Status s = cdp::ctl::WaitSynced(server, volume, timeout, std::cerr);

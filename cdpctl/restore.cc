@@ -314,6 +314,11 @@ Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, b
   CDP_ASSIGN_OR_RETURN(auto client, ControlClient::Connect(o.server, 5000));
   CDP_ASSIGN_OR_RETURN(v1::ImageOpenReply image,
                        client->OpenImage(o.volume, o.at.lsn, o.at.time_ns, kTimeoutMs));
+  struct CloseOnExit {
+    ControlClient* client;
+    uint64_t id;
+    ~CloseOnExit() { client->CloseImage(id); }
+  } close_image{client.get(), image.image_id()};
   RestoreResult result;
   result.point = image.point();
   result.size_bytes = image.size_bytes();

@@ -50,53 +50,6 @@ std::string TargetConfig::VolumeSpecs() const {
   return out;
 }
 
-Result<uint64_t> ParseSize(const std::string& text) {
-  std::string t = text;
-  for (const char* suffix : {"iB", "B"}) {
-    const std::string s(suffix);
-    if (t.size() > s.size() && t.compare(t.size() - s.size(), s.size(), s) == 0) {
-      t.resize(t.size() - s.size());
-      break;
-    }
-  }
-  uint64_t mult = 1;
-  if (!t.empty()) {
-    switch (t.back()) {
-      case 'K':
-      case 'k':
-        mult = 1ull << 10;
-        break;
-      case 'M':
-      case 'm':
-        mult = 1ull << 20;
-        break;
-      case 'G':
-      case 'g':
-        mult = 1ull << 30;
-        break;
-      case 'T':
-      case 't':
-        mult = 1ull << 40;
-        break;
-      default:
-        break;
-    }
-    if (mult != 1) t.pop_back();
-  }
-  size_t used = 0;
-  uint64_t v = 0;
-  try {
-    if (t.find_first_not_of("0123456789") != std::string::npos) throw 0;
-    v = std::stoull(t, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (t.empty() || used != t.size() || v == 0 || v > (UINT64_MAX / mult)) {
-    return Status::InvalidArgument("'" + text + "' is not a size (e.g. 1073741824, 512M, 10G)");
-  }
-  return v * mult;
-}
-
 Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   CDP_ASSIGN_OR_RETURN(YAML::Node root, LoadYamlFile(path, "target config"));
   YamlLoader L{path, fs::absolute(path).parent_path()};

@@ -132,6 +132,13 @@ Status JournalStore::LoadVolumes() {
     v.size_bytes = meta.size_bytes();
     v.block_size = meta.block_size();
     v.created_ns = meta.created_ns();
+    v.base_lsn = meta.base_lsn();
+    v.fold_target = std::max(meta.fold_target(), meta.base_lsn());
+    if (meta.has_retention_window_s()) v.window_s = meta.retention_window_s();
+    if (meta.has_retention_max_bytes()) v.max_bytes = meta.retention_max_bytes();
+    v.early_folds = meta.early_folds();
+    v.early_fold_lsn = meta.early_fold_lsn();
+    v.early_fold_time_ns = meta.early_fold_time_ns();
 
     // Durable LSN = the last index key of this volume.
     std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(rocksdb::ReadOptions(), index_cf_));
@@ -139,6 +146,8 @@ Status JournalStore::LoadVolumes() {
     if (ix->Valid() && ix->key().size() == 12 && GetBigEndian32(ix->key().data()) == v.id) {
       v.durable_lsn = GetBigEndian64(ix->key().data() + 4);
     }
+    // Every record may have been folded: the base image then holds the history.
+    v.durable_lsn = std::max(v.durable_lsn, v.base_lsn);
     std::unique_ptr<rocksdb::Iterator> px(db_->NewIterator(rocksdb::ReadOptions(), points_cf_));
     px->SeekForPrev(JournalKey(v.id, UINT64_MAX));
     if (px->Valid() && px->key().size() == 12 && GetBigEndian32(px->key().data()) == v.id) {
@@ -149,12 +158,145 @@ Status JournalStore::LoadVolumes() {
       v1::ReplicaProgress p;
       if (p.ParseFromString(progress)) v.applied_lsn = p.applied_lsn();
     }
-    CDP_LOG(info) << "journal: volume " << name << " (id " << v.id << ", " << v.size_bytes
-                  << " bytes): durable LSN " << v.durable_lsn << ", applied LSN " << v.applied_lsn;
     names_[v.id] = name;
     volumes_[name] = std::move(v);
   }
-  return FromRocks(it->status(), "journal " + dir_ + ": reading volumes");
+  CDP_RETURN_IF_ERROR(FromRocks(it->status(), "journal " + dir_ + ": reading volumes"));
+  // What the kept records cost, for the size cap: one pass over their headers, reading the kind
+  // and length fields without checking them (a damaged record is reported when it is read, not
+  // here: it must not keep the server from starting).
+  for (auto& [name, v] : volumes_) {
+    uint64_t bytes = 0;
+    rocksdb::ReadOptions ro;
+    const std::string upper = JournalKey(v.id + 1, 0);
+    rocksdb::Slice upper_slice(upper);
+    ro.iterate_upper_bound = &upper_slice;
+    ro.fill_cache = false;
+    std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(ro, index_cf_));
+    for (ix->Seek(JournalKey(v.id, v.base_lsn + 1)); ix->Valid(); ix->Next()) {
+      bytes += kRecordOverhead;
+      const rocksdb::Slice h = ix->value();
+      if (h.size() == kRecordHeaderSize && h[1] == static_cast<char>(RecordKind::kWrite)) {
+        bytes += GetBigEndian32(h.data() + 28);
+      }
+    }
+    CDP_RETURN_IF_ERROR(FromRocks(ix->status(), "journal " + dir_ + ": volume " + name));
+    v.journal_bytes = bytes;
+    CDP_LOG(info) << "journal: volume " << name << " (id " << v.id << ", " << v.size_bytes
+                  << " bytes): durable LSN " << v.durable_lsn << ", applied LSN " << v.applied_lsn
+                  << ", base LSN " << v.base_lsn << ", " << bytes << " journal bytes"
+                  << (v.fold_target > v.base_lsn
+                          ? ", unfinished fold to LSN " + std::to_string(v.fold_target)
+                          : std::string());
+  }
+  return Status::Ok();
+}
+
+v1::VolumeMeta JournalStore::MetaOf(const VolumeInfo& v) {
+  v1::VolumeMeta meta;
+  meta.set_id(v.id);
+  meta.set_size_bytes(v.size_bytes);
+  meta.set_block_size(v.block_size);
+  meta.set_created_ns(v.created_ns);
+  meta.set_base_lsn(v.base_lsn);
+  meta.set_fold_target(v.fold_target);
+  if (v.window_s) meta.set_retention_window_s(*v.window_s);
+  if (v.max_bytes) meta.set_retention_max_bytes(*v.max_bytes);
+  meta.set_early_folds(v.early_folds);
+  meta.set_early_fold_lsn(v.early_fold_lsn);
+  meta.set_early_fold_time_ns(v.early_fold_time_ns);
+  return meta;
+}
+
+Status JournalStore::PutMeta(const VolumeInfo& v, rocksdb::WriteBatch* batch) {
+  return FromRocks(batch->Put(volumes_cf_, v.name, MetaOf(v).SerializeAsString()),
+                   "journal " + dir_ + ": volume " + v.name);
+}
+
+Status JournalStore::CompactBefore(uint32_t volume_id, uint64_t lsn) {
+  const std::string first = JournalKey(volume_id, 0);
+  const std::string past = JournalKey(volume_id, lsn);
+  rocksdb::Slice begin(first), end(past);
+  rocksdb::CompactRangeOptions options;
+  options.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  for (auto* cf : {index_cf_, payload_cf_}) {
+    CDP_RETURN_IF_ERROR(FromRocks(db_->CompactRange(options, cf, &begin, &end),
+                                  "journal " + dir_ + ": compacting folded records"));
+  }
+  return Status::Ok();
+}
+
+std::string JournalStore::BaseImagePath(uint32_t volume_id) const {
+  return dir_ + "/base/" + std::to_string(volume_id) + ".img";
+}
+
+Status JournalStore::UpdateMeta(const std::string& name,
+                                const std::function<void(VolumeInfo*)>& change,
+                                const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(name);
+  if (it == volumes_.end()) return Status::NotFound("journal: no volume " + name);
+  VolumeInfo v = it->second;
+  change(&v);
+  rocksdb::WriteBatch batch;
+  CDP_RETURN_IF_ERROR(PutMeta(v, &batch));
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  CDP_RETURN_IF_ERROR(
+      FromRocks(db_->Write(wo, &batch), "journal " + dir_ + ": " + what + " of " + name));
+  it->second = v;
+  return Status::Ok();
+}
+
+Status JournalStore::SetRetention(const std::string& name, std::optional<uint64_t> window_s,
+                                  std::optional<uint64_t> max_bytes) {
+  return UpdateMeta(
+      name,
+      [&](VolumeInfo* v) {
+        v->window_s = window_s;
+        v->max_bytes = max_bytes;
+      },
+      "retention");
+}
+
+Status JournalStore::BeginFold(const std::string& name, uint64_t target) {
+  return UpdateMeta(name, [&](VolumeInfo* v) { v->fold_target = target; }, "fold");
+}
+
+Status JournalStore::FinishFold(const std::string& name, const std::vector<v1::Gap>& carried,
+                                uint64_t freed_bytes, bool early, uint64_t target_time_ns) {
+  std::unique_lock<std::shared_mutex> fold_lock(fold_mu_);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(name);
+  if (it == volumes_.end()) return Status::NotFound("journal: no volume " + name);
+  VolumeInfo v = it->second;
+  const uint64_t target = v.fold_target;
+  v.base_lsn = target;
+  if (early) {
+    v.early_folds++;
+    v.early_fold_lsn = target;
+    v.early_fold_time_ns = target_time_ns;
+  }
+  rocksdb::WriteBatch batch;
+  CDP_RETURN_IF_ERROR(PutMeta(v, &batch));
+  const std::string first = JournalKey(v.id, 0);
+  const std::string past = JournalKey(v.id, target + 1);
+  const std::string at = JournalKey(v.id, target);
+  const std::string where = "journal " + dir_ + ": fold of " + name;
+  CDP_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(index_cf_, first, past), where));
+  CDP_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(payload_cf_, first, past), where));
+  CDP_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(points_cf_, first, at), where));
+  CDP_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(gaps_cf_, first, at), where));
+  for (const auto& g : carried) {
+    CDP_RETURN_IF_ERROR(FromRocks(
+        batch.Put(gaps_cf_, JournalKey(v.id, g.after_lsn()), g.SerializeAsString()), where));
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  CDP_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), where));
+  v.journal_bytes -= std::min(v.journal_bytes, freed_bytes);
+  it->second = v;
+  return Status::Ok();
 }
 
 Result<VolumeInfo> JournalStore::RegisterVolume(const std::string& name, uint64_t size_bytes,
@@ -256,6 +398,7 @@ Status JournalStore::Commit(WriteGroup* group) {
     if (name == names_.end()) continue;
     VolumeInfo& v = volumes_[name->second];
     v.durable_lsn = std::max(v.durable_lsn, d.last_lsn);
+    v.journal_bytes += d.bytes + d.records * kRecordOverhead;
     v.records += d.records;
     v.bytes_received += d.bytes;
     v.last_point_lsn = std::max(v.last_point_lsn, d.last_point_lsn);

@@ -7,6 +7,7 @@
 #include "cdp/core/command_line.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/process.h"
+#include "cdp/core/units.h"
 #include "cdp/journal/server.h"
 
 namespace po = boost::program_options;
@@ -18,7 +19,7 @@ void OnSignal(int) { g_stop = true; }
 
 int main(int argc, char** argv) {
   cdp::journal::ServerOptions options;
-  std::string log_level = "info";
+  std::string log_level = "info", window, max_bytes;
   po::options_description desc(
       "journal-server: journals the change records of cdp-agents in RocksDB (acked only once\n"
       "synced to disk) and serves them to replicators in LSN order.\n\nUsage: journal-server "
@@ -28,13 +29,39 @@ int main(int argc, char** argv) {
       "listen", po::value(&options.listen)->required(),
       "ZeroMQ endpoint to serve, tcp://HOST:PORT")(
       "server-id", po::value(&options.server_id)->default_value("journal-server"),
-      "name reported to peers and in status");
+      "name reported to peers and in status")(
+      "retention-window", po::value(&window)->default_value("0"),
+      "default history kept per volume (90s, 15m, 2h, 7d; 0 = everything); older records are "
+      "folded into the volume's base image (cdpctl retention sets it per volume)")(
+      "retention-max-bytes", po::value(&max_bytes)->default_value("0"),
+      "default cap on a volume's journal bytes (512M, 10G; 0 = none); over it the oldest "
+      "history is folded early, even inside the window, and that is reported")(
+      "fold-mbps", po::value(&options.retention.fold_mb_per_s)->default_value(0),
+      "MB/s (10^6 bytes) of payload folded into base images; 0 = unlimited");
   cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
   if (auto exit_code =
           cdp::ParseCommandLine("journal-server", argc, argv, desc, &vm, log_level, &level)) {
     return *exit_code;
+  }
+  auto window_s = cdp::ParseDuration(window);
+  if (!window_s.ok()) {
+    std::cerr << "journal-server: --retention-window: " << window_s.status().message() << "\n";
+    return 2;
+  }
+  options.retention.default_window_s = *window_s;
+  if (max_bytes != "0") {
+    auto bytes = cdp::ParseSize(max_bytes);
+    if (!bytes.ok()) {
+      std::cerr << "journal-server: --retention-max-bytes: " << bytes.status().message() << "\n";
+      return 2;
+    }
+    options.retention.default_max_bytes = *bytes;
+  }
+  if (options.retention.fold_mb_per_s < 0) {
+    std::cerr << "journal-server: --fold-mbps must be 0 or more\n";
+    return 2;
   }
   cdp::InitLogging("journal-server", level);
   std::signal(SIGTERM, OnSignal);

@@ -8,6 +8,8 @@ namespace cdp::journal {
 
 
 
+const char* const kInitialSyncReason = "the initial full sync had not finished";
+
 namespace {
 
 bool InitialSyncEnd(const v1::ConsistencyPoint& p) {
@@ -18,6 +20,7 @@ bool InitialSyncEnd(const v1::ConsistencyPoint& p) {
 bool EndsGap(const v1::Gap& gap, const v1::ConsistencyPoint& p) {
   if (gap.ends_at().empty()) return p.origin() == v1::POINT_SYNC_DONE;
   if (gap.ends_at() == "freeze") return p.origin() == v1::POINT_FREEZE;
+  if (gap.ends_at() == "initial") return InitialSyncEnd(p);
   return p.origin() == v1::POINT_SYNC_DONE && p.label() == gap.ends_at();
 }
 
@@ -28,17 +31,20 @@ std::string DescribePoint(const v1::ConsistencyPoint& p) {
 }  // namespace
 
 std::vector<HistoryWindow> UnrestorableWindows(const std::vector<v1::ConsistencyPoint>& points,
-                                               const std::vector<v1::Gap>& gaps) {
+                                               const std::vector<v1::Gap>& gaps,
+                                               uint64_t base_lsn) {
   std::vector<HistoryWindow> windows;
-  HistoryWindow initial{0, false, 0, "the initial full sync had not finished"};
-  for (const auto& p : points) {
-    if (InitialSyncEnd(p)) {
-      initial.ended = true;
-      initial.end_lsn = p.lsn();
-      break;
+  if (base_lsn == 0) {
+    HistoryWindow initial{0, false, 0, kInitialSyncReason};
+    for (const auto& p : points) {
+      if (InitialSyncEnd(p)) {
+        initial.ended = true;
+        initial.end_lsn = p.lsn();
+        break;
+      }
     }
+    windows.push_back(initial);
   }
-  windows.push_back(initial);
   for (const auto& g : gaps) {
     HistoryWindow w{g.after_lsn(), false, 0, g.reason()};
     for (const auto& p : points) {
@@ -69,7 +75,7 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
                                          const std::vector<v1::ConsistencyPoint>& points,
                                          const std::vector<v1::Gap>& gaps,
                                          const PointTarget& target, uint64_t durable_lsn,
-                                         uint64_t now_ns) {
+                                         uint64_t now_ns, uint64_t base_lsn) {
   const std::string what = "volume " + volume + ": ";
   if (target.lsn == 0 && target.time_ns == 0) {
     return Status::InvalidArgument(what + "no LSN or time given (LSNs start at 1)");
@@ -101,7 +107,7 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
                               DescribeTarget(target) + "; the oldest kept is " +
                               DescribePoint(points.front()));
   }
-  const auto windows = UnrestorableWindows(points, gaps);
+  const auto windows = UnrestorableWindows(points, gaps, base_lsn);
   const HistoryWindow* inside = WindowContaining(windows, chosen->lsn());
   if (inside == nullptr) return *chosen;
 

@@ -10,13 +10,31 @@ Result<std::unique_ptr<PointImage>> PointImage::Build(const JournalStore* store,
                                                       const std::string& volume, uint64_t lsn) {
   CDP_ASSIGN_OR_RETURN(VolumeInfo v, store->GetVolume(volume));
   std::unique_ptr<PointImage> image(new PointImage(store, volume, v.size_bytes, lsn));
-  if (lsn == 0) return image;
-  CDP_RETURN_IF_ERROR(store->ScanRecordHeaders(volume, 1, lsn, [&](const ChangeRecord& rec) {
-    CDP_RETURN_IF_ERROR(ValidateRecordRange(rec, v.size_bytes));
-    image->Overwrite(rec);
-    return Status::Ok();
-  }));
+  auto lock = store->FoldReadLock();
+  CDP_RETURN_IF_ERROR(image->Load());
   return image;
+}
+
+Status PointImage::Load() {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, store_->GetVolume(volume_));
+  if (lsn_ < v.base_lsn) {
+    return Status::FailedPrecondition("volume " + volume_ + ": LSN " + std::to_string(lsn_) +
+                                      " is folded into the base image (base LSN " +
+                                      std::to_string(v.base_lsn) + ")");
+  }
+  extents_.clear();
+  base_.reset();
+  base_lsn_ = v.base_lsn;
+  if (base_lsn_ > 0) {
+    BlockDeviceOptions o;
+    CDP_ASSIGN_OR_RETURN(base_, OpenBlockDevice(store_->BaseImagePath(v.id), o));
+  }
+  if (lsn_ == base_lsn_) return Status::Ok();
+  return store_->ScanRecordHeaders(volume_, base_lsn_ + 1, lsn_, [&](const ChangeRecord& rec) {
+    CDP_RETURN_IF_ERROR(ValidateRecordRange(rec, v.size_bytes));
+    Overwrite(rec);
+    return Status::Ok();
+  });
 }
 
 void PointImage::Overwrite(const ChangeRecord& rec) {
@@ -47,14 +65,21 @@ void PointImage::Overwrite(const ChangeRecord& rec) {
                    Extent{end, rec.lsn, rec.offset, rec.length, rec.crc32c, rec.kind});
 }
 
-Status PointImage::Read(uint64_t offset, std::span<char> buf) const {
+Status PointImage::Read(uint64_t offset, std::span<char> buf) {
   if (offset > size_bytes_ || buf.size() > size_bytes_ - offset) {
     return Status::InvalidArgument("volume " + volume_ + ": read of " +
                                    std::to_string(buf.size()) + " bytes at offset " +
                                    std::to_string(offset) + " leaves the volume (" +
                                    std::to_string(size_bytes_) + " bytes)");
   }
-  std::memset(buf.data(), 0, buf.size());
+  auto lock = store_->FoldReadLock();
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, store_->GetVolume(volume_));
+  if (v.base_lsn != base_lsn_) CDP_RETURN_IF_ERROR(Load());
+  if (base_) {
+    CDP_RETURN_IF_ERROR(base_->ReadAt(offset, buf));
+  } else {
+    std::memset(buf.data(), 0, buf.size());
+  }
   const uint64_t end = offset + buf.size();
   auto it = extents_.upper_bound(offset);
   if (it != extents_.begin()) --it;
@@ -63,7 +88,11 @@ Status PointImage::Read(uint64_t offset, std::span<char> buf) const {
     const Extent& e = it->second;
     const uint64_t from = std::max(it->first, offset);
     const uint64_t to = std::min(e.end, end);
-    if (from >= to || e.kind != RecordKind::kWrite) continue;
+    if (from >= to) continue;
+    if (e.kind != RecordKind::kWrite) {
+      std::memset(buf.data() + (from - offset), 0, to - from);
+      continue;
+    }
     SharedBytes& payload = payloads[e.lsn];
     if (!payload) {
       ChangeRecord header;

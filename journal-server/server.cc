@@ -24,6 +24,8 @@ Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions&
   std::unique_ptr<JournalServer> server(new JournalServer(options));
   CDP_ASSIGN_OR_RETURN(server->store_, JournalStore::Open(options.data_dir));
   CDP_ASSIGN_OR_RETURN(server->socket_, Socket::Bind(server->ctx_, options.listen));
+  server->retention_ = std::make_unique<RetentionWorker>(server->store_.get(), options.retention);
+  server->retention_->Start();
   CDP_LOG(info) << "journal-server: serving " << options.listen << " with journal in "
                 << options.data_dir << " (protocol v" << wire::kMinVersion << ".."
                 << wire::kMaxVersion << ")";
@@ -31,6 +33,8 @@ Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions&
 }
 
 JournalServer::~JournalServer() {
+  images_.clear();
+  if (retention_) retention_->Stop();
   socket_.reset();
   ctx_.close();
 }
@@ -148,6 +152,17 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
     case v1::Header::kImageReadRequest:
       HandleImageRead(msg);
       return;
+    case v1::Header::kRetentionRequest:
+      HandleRetention(msg);
+      return;
+    case v1::Header::kImageCloseRequest: {
+      const uint64_t id = msg.header.image_close_request().image_id();
+      images_.erase(id);
+      v1::Header reply;
+      reply.mutable_image_close_reply()->set_image_id(id);
+      (void)socket_->SendTo(msg.peer, reply);
+      return;
+    }
     default: {
       Status s =
           Status::InvalidArgument("journal-server: unexpected message (header case " +
@@ -382,6 +397,18 @@ void JournalServer::HandleTail(const wire::Message& msg) {
     SendError(msg.peer, Status::InvalidArgument("tail from LSN 0: LSNs start at 1"), true);
     return;
   }
+  if (req.from_lsn() <= v->base_lsn) {
+    SendError(msg.peer,
+              Status::FailedPrecondition(
+                  "journal-server: volume " + req.volume() + ": records up to LSN " +
+                  std::to_string(v->base_lsn) +
+                  " were folded into the base image by retention, and this replica asks from LSN " +
+                  std::to_string(req.from_lsn()) +
+                  "; reseed it from `cdpctl restore --at " + std::to_string(v->base_lsn) +
+                  "` or a full copy (docs/retention.md)"),
+              true);
+    return;
+  }
   if (!ServeTail(msg.peer, req, req.wait_ms() == 0)) {
     parked_[msg.peer] = ParkedTail{req, Clock::now() + std::chrono::milliseconds(req.wait_ms())};
   } else {
@@ -461,13 +488,19 @@ void JournalServer::HandleImageOpen(const wire::Message& msg) {
   if (!v.ok()) return SendError(msg.peer, v.status(), false);
   std::vector<v1::ConsistencyPoint> points;
   std::vector<v1::Gap> gaps;
-  Status read = store_->ReadPoints(request.volume(), 0, UINT64_MAX, &points);
+  // Points below the history start are folded, or being folded, into the base image.
+  Status read = store_->ReadPoints(request.volume(), retention_->HistoryStart(request.volume()),
+                                   UINT64_MAX, &points);
   if (read.ok()) read = store_->ReadGaps(request.volume(), &gaps);
   if (!read.ok()) return SendError(msg.peer, read, false);
   auto point = ChoosePoint(request.volume(), points, gaps,
                            PointTarget{request.at_lsn(), request.at_time_ns()}, v->durable_lsn,
-                           NowNanos());
+                           NowNanos(), v->base_lsn);
   if (!point.ok()) return SendError(msg.peer, point.status(), true);
+  auto token = retention_->Pin(request.volume(), point->lsn());
+  if (!token.ok()) return SendError(msg.peer, token.status(), false);
+  RetentionWorker* worker = retention_.get();
+  std::shared_ptr<void> pin(nullptr, [worker, t = *token](void*) { worker->Unpin(t); });
   const auto started = Clock::now();
   auto image = PointImage::Build(store_.get(), request.volume(), point->lsn());
   if (!image.ok()) {
@@ -492,7 +525,7 @@ void JournalServer::HandleImageOpen(const wire::Message& msg) {
   reply->set_image_id(id);
   reply->set_size_bytes((*image)->size_bytes());
   *reply->mutable_point() = *point;
-  images_[id] = OpenImage{std::move(*image), Clock::now()};
+  images_[id] = OpenImage{std::move(*image), Clock::now(), std::move(pin)};
   (void)socket_->SendTo(msg.peer, h);
 }
 
@@ -538,6 +571,46 @@ void JournalServer::HandleImageRead(const wire::Message& msg) {
   if (!sent.ok()) CDP_LOG(debug) << "journal-server: image reply to " << PeerName(msg.peer) << ": " << sent;
 }
 
+void JournalServer::HandleRetention(const wire::Message& msg) {
+  const v1::RetentionRequest& request = msg.header.retention_request();
+  Status known = CheckVolumeKnown(request.volume());
+  if (!known.ok()) return SendError(msg.peer, known, true);
+  auto v = store_->GetVolume(request.volume());
+  if (!v.ok()) return SendError(msg.peer, v.status(), false);
+  if (request.has_window_s() || request.has_max_bytes()) {
+    std::optional<uint64_t> window = v->window_s, max_bytes = v->max_bytes;
+    if (request.has_window_s()) window = request.window_s();
+    if (request.has_max_bytes()) max_bytes = request.max_bytes();
+    Status s = store_->SetRetention(request.volume(), window, max_bytes);
+    if (!s.ok()) return SendError(msg.peer, s, false);
+    CDP_LOG(info) << "journal-server: volume " << request.volume() << ": retention window "
+                  << (window ? std::to_string(*window) + " s" : "default") << ", max bytes "
+                  << (max_bytes ? std::to_string(*max_bytes) : "default") << " (set by "
+                  << PeerName(msg.peer) << ")";
+    v = store_->GetVolume(request.volume());
+    if (!v.ok()) return SendError(msg.peer, v.status(), false);
+  }
+  v1::Header h;
+  auto* reply = h.mutable_retention_reply();
+  reply->set_volume(v->name);
+  reply->set_window_s(retention_->WindowSeconds(*v));
+  reply->set_max_bytes(retention_->MaxBytes(*v));
+  reply->set_window_default(!v->window_s.has_value());
+  reply->set_max_bytes_default(!v->max_bytes.has_value());
+  reply->set_base_lsn(v->base_lsn);
+  reply->set_journal_bytes(v->journal_bytes);
+  reply->set_durable_lsn(v->durable_lsn);
+  reply->set_early_folds(v->early_folds);
+  reply->set_early_fold_lsn(v->early_fold_lsn);
+  reply->set_early_fold_time_ns(v->early_fold_time_ns);
+  std::vector<v1::ConsistencyPoint> points;
+  if (store_->ReadPoints(v->name, v->base_lsn, UINT64_MAX, &points).ok() && !points.empty()) {
+    reply->set_oldest_point_lsn(points.front().lsn());
+    reply->set_oldest_point_time_ns(points.front().time_ns());
+  }
+  (void)socket_->SendTo(msg.peer, h);
+}
+
 void JournalServer::HandlePoints(const wire::Message& msg) {
   const v1::PointsRequest& request = msg.header.points_request();
   Status known = CheckVolumeKnown(request.volume());
@@ -573,6 +646,12 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
     vs->set_records(v.records);
     vs->set_gaps(v.gaps);
     vs->set_last_point_lsn(v.last_point_lsn);
+    vs->set_base_lsn(v.base_lsn);
+    vs->set_journal_bytes(v.journal_bytes);
+    vs->set_retention_window_s(retention_->WindowSeconds(v));
+    vs->set_retention_max_bytes(retention_->MaxBytes(v));
+    vs->set_early_folds(v.early_folds);
+    vs->set_early_fold_time_ns(v.early_fold_time_ns);
     auto rt = runtime_.find(v.name);
     uint64_t captured = v.durable_lsn;
     if (rt != runtime_.end() && rt->second.report_sequence > 0) {

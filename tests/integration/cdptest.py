@@ -46,6 +46,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def parse_time(text):
+    """Seconds since the epoch of an RFC 3339 UTC time as cdpctl prints it (...Z, 9 digits)."""
+    import datetime
+    whole, _, frac = text.rstrip("Z").partition(".")
+    t = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+    return t.timestamp() + (int(frac.ljust(9, "0")) / 1e9 if frac else 0)
+
+
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -83,9 +91,11 @@ class Proc:
 class Scene:
     """One journal-server, one protected volume, one replicator, in a temp dir."""
 
-    def __init__(self, volume="vol0", size_mib=512, ack="async", agent_args=(), keep=False):
+    def __init__(self, volume="vol0", size_mib=512, ack="async", agent_args=(), keep=False,
+                 journal_args=()):
         self.dir = tempfile.mkdtemp(prefix="cdp-it-")
         self.volume, self.ack, self.agent_args = volume, ack, list(agent_args)
+        self.journal_args = list(journal_args)
         self.port = free_port()
         self.server = f"tcp://127.0.0.1:{self.port}"
         self.source = os.path.join(self.dir, "source.img")
@@ -101,7 +111,8 @@ class Scene:
     def start_journal(self):
         self.procs["journal"] = Proc("journal-server", [
             binary("journal-server"), "--data-dir", os.path.join(self.dir, "journal"),
-            "--listen", self.server], os.path.join(self.dir, "journal-server.log"))
+            "--listen", self.server] + self.journal_args,
+            os.path.join(self.dir, "journal-server.log"))
 
     def start_agent(self, wait=True):
         self.procs["agent"] = Proc("cdp-agent", [

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -26,6 +27,12 @@ class ControlClient {
   Result<std::vector<wire::v1::ConsistencyPoint>> Points(const std::string& volume,
                                                           int timeout_ms);
 
+  // Sets the window and/or the cap when given (0 = keep everything / no cap) and returns the
+  // retention in effect. NotFound naming the known volumes for an unknown one.
+  Result<wire::v1::RetentionReply> Retention(const std::string& volume,
+                                             std::optional<uint64_t> window_s,
+                                             std::optional<uint64_t> max_bytes, int timeout_ms);
+
   // Opens the image of `volume` at the latest consistency point at or before at_lsn (when
   // nonzero) or at_time_ns; the server's worded error otherwise (docs/restore.md, section 2).
   Result<wire::v1::ImageOpenReply> OpenImage(const std::string& volume, uint64_t at_lsn,
@@ -37,6 +44,8 @@ class ControlClient {
   ::cdp::Status SendImageRead(uint64_t image_id, uint64_t offset, uint32_t length,
                               int timeout_ms);
   Result<wire::v1::ImageReadReply> ReceiveImageRead(std::string* data, int timeout_ms);
+  // Tells the server the image is no longer needed (waits up to 2 s; errors ignored).
+  void CloseImage(uint64_t image_id);
 
  private:
   ControlClient() = default;
@@ -57,6 +66,9 @@ std::string OriginName(wire::v1::PointOrigin origin);
 std::string PointsJson(const std::vector<wire::v1::ConsistencyPoint>& points);
 // The human table: LSN, time, origin, label.
 std::string PointsTable(const std::vector<wire::v1::ConsistencyPoint>& points);
+
+// `cdpctl retention`: the settings in effect and the state of the history kept.
+std::string RetentionText(const wire::v1::RetentionReply& reply);
 
 // The status --json document: {"volumes": [{"name", "size_bytes", ...}], "server_id"}.
 std::string StatusJson(const wire::v1::StatusReply& reply);

@@ -32,6 +32,8 @@ class RemoteImageTarget : public agent::CaptureTarget {
                                                          const std::string& volume,
                                                          const AtSpec& at);
 
+  ~RemoteImageTarget() override;  // closes the image on the server
+
   const v1::ConsistencyPoint& point() const { return point_; }
   uint64_t bytes_read() const { return bytes_read_.load(); }
   // Reads fail with Aborted once *cancel is true (a stopped restore stops its qemu-img).

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cdp/core/status.h"
+#include "cdp/core/units.h"
 
 namespace cdp::failover {
 
@@ -58,7 +59,6 @@ struct TargetConfig {
 // Relative paths are taken from the config file's directory. Nothing on disk is touched.
 Result<TargetConfig> LoadTargetConfig(const std::string& path);
 
-// Parses "1073741824", "512M", "10G", "1T" (binary units; an optional trailing "iB"/"B").
-Result<uint64_t> ParseSize(const std::string& text);
+using ::cdp::ParseSize;  // cdp/core/units.h
 
 }  // namespace cdp::failover

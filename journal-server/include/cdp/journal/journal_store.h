@@ -15,6 +15,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <shared_mutex>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,7 +41,19 @@ struct VolumeInfo {
   uint64_t gaps = 0;
   uint64_t records = 0;         // records committed since the server started
   uint64_t bytes_received = 0;  // payload bytes committed since the server started
+  // Retention (docs/retention.md).
+  uint64_t base_lsn = 0;       // records <= base_lsn are folded into the base image
+  uint64_t fold_target = 0;    // > base_lsn while a fold is unfinished
+  uint64_t journal_bytes = 0;  // payload + kRecordOverhead per record, of the records kept
+  std::optional<uint64_t> window_s;   // nullopt: the server's default
+  std::optional<uint64_t> max_bytes;  // nullopt: the server's default
+  uint64_t early_folds = 0;
+  uint64_t early_fold_lsn = 0;
+  uint64_t early_fold_time_ns = 0;
 };
+
+// What one record costs the journal beyond its payload: two 12-byte keys and the 40-byte header.
+inline constexpr uint64_t kRecordOverhead = 64;
 
 // A set of appends that commit together.
 class WriteGroup {
@@ -118,6 +132,35 @@ class JournalStore {
   // Capture time of record `lsn` (NotFound if it is not in the journal).
   Result<uint64_t> RecordTime(const std::string& name, uint64_t lsn) const;
 
+  // Sets the volume's retention (nullopt: the server's default); a synced write.
+  Status SetRetention(const std::string& name, std::optional<uint64_t> window_s,
+                      std::optional<uint64_t> max_bytes);
+
+  // DATA_DIR/base/ID.img: the base image of the volume with that id.
+  std::string BaseImagePath(uint32_t volume_id) const;
+
+  // Records, with a synced write, that a fold of `name` up to `target` begins: from then on the
+  // base image may hold any state in (base_lsn, target]. REQUIRES: base_lsn < target <= durable.
+  Status BeginFold(const std::string& name, uint64_t target);
+
+  // Ends the fold begun by BeginFold, once the base image holds the state at fold_target and is
+  // synced. One atomic synced write: base_lsn = fold_target; the records up to it and the points
+  // before it deleted; every gap with after_lsn < fold_target replaced by `carried`.
+  // `freed_bytes` leaves journal_bytes; `early` counts an early fold whose target record has
+  // capture time `target_time_ns`. Takes the fold lock exclusively (see FoldLock).
+  Status FinishFold(const std::string& name, const std::vector<v1::Gap>& carried,
+                    uint64_t freed_bytes, bool early, uint64_t target_time_ns);
+
+  // Compacts the records of volume `volume_id` below `lsn` away (after a fold), so their space
+  // (blob files included) is given back now rather than at RocksDB's next compaction.
+  Status CompactBefore(uint32_t volume_id, uint64_t lsn);
+
+  // Held (shared) by readers of records that may be folded: FinishFold deletes records only
+  // while no reader holds it, and readers see base_lsn change only between their holds.
+  std::shared_lock<std::shared_mutex> FoldReadLock() const {
+    return std::shared_lock<std::shared_mutex>(fold_mu_);
+  }
+
   // Records the replica's applied LSN (not synced: it is a report, the replicator holds the
   // authoritative cursor).
   Status SetApplied(const std::string& name, uint64_t applied_lsn);
@@ -125,6 +168,13 @@ class JournalStore {
  private:
   JournalStore() = default;
   Status LoadVolumes();
+  // The VolumeMeta of `v` as stored. REQUIRES: mu_ held.
+  static v1::VolumeMeta MetaOf(const VolumeInfo& v);
+  Status PutMeta(const VolumeInfo& v, rocksdb::WriteBatch* batch);
+  // Applies `change` to the volume and stores its VolumeMeta with a synced write; the in-memory
+  // copy changes only once that succeeded. `what` names the change in errors.
+  Status UpdateMeta(const std::string& name, const std::function<void(VolumeInfo*)>& change,
+                    const std::string& what);
 
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
@@ -140,6 +190,7 @@ class JournalStore {
   std::map<std::string, VolumeInfo> volumes_;  // GUARDED_BY(mu_)
   std::map<uint32_t, std::string> names_;      // id -> name, GUARDED_BY(mu_)
   std::mutex commit_mu_;                       // serializes Commit
+  mutable std::shared_mutex fold_mu_;          // see FoldReadLock
 };
 
 // [volume id][lsn] big-endian.

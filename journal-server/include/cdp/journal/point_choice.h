@@ -7,7 +7,8 @@
 //     point labelled "full sync" (NBD mode) or the first POINT_FREEZE point (trace mode);
 //   - each history gap, from after its after_lsn until the first point after it that ends it
 //     (Gap.ends_at: "full sync" / "resync" = a POINT_SYNC_DONE point with that label, "freeze" =
-//     a POINT_FREEZE point; empty = any POINT_SYNC_DONE point). A gap not ended yet is open.
+//     a POINT_FREEZE point, "initial" = what ends the initial sync; empty = any POINT_SYNC_DONE
+//     point). A gap not ended yet is open.
 // A point exactly at a window's end is restorable: it is the one that closes it.
 //
 // Pure functions over the points and gaps of one volume; no I/O.
@@ -22,6 +23,9 @@
 
 namespace cdp::journal {
 
+// The reason of the initial-sync window (and of the gap a fold carries it as).
+extern const char* const kInitialSyncReason;
+
 // LSNs in (after_lsn, end_lsn) are not restorable; !ended: every LSN after after_lsn.
 struct HistoryWindow {
   uint64_t after_lsn = 0;
@@ -31,9 +35,11 @@ struct HistoryWindow {
 };
 
 // The unrestorable windows of a volume. `points` and `gaps` sorted by LSN (as the journal
-// returns them).
+// returns them). With base_lsn > 0 (retention folded history) the initial-sync window is not
+// implied: a fold that happened before it ended carried it as a gap with ends_at "initial".
 std::vector<HistoryWindow> UnrestorableWindows(const std::vector<v1::ConsistencyPoint>& points,
-                                               const std::vector<v1::Gap>& gaps);
+                                               const std::vector<v1::Gap>& gaps,
+                                               uint64_t base_lsn = 0);
 
 // The window `lsn` lies in, or nullptr.
 const HistoryWindow* WindowContaining(const std::vector<HistoryWindow>& windows, uint64_t lsn);
@@ -58,6 +64,6 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
                                                const std::vector<v1::ConsistencyPoint>& points,
                                                const std::vector<v1::Gap>& gaps,
                                                const PointTarget& target, uint64_t durable_lsn,
-                                               uint64_t now_ns);
+                                               uint64_t now_ns, uint64_t base_lsn = 0);
 
 }  // namespace cdp::journal

@@ -20,6 +20,7 @@
 #include "cdp/core/transport.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/point_image.h"
+#include "cdp/journal/retention.h"
 
 namespace cdp::journal {
 
@@ -29,6 +30,7 @@ struct ServerOptions {
   std::string server_id = "journal-server";
   uint64_t max_tail_bytes = 16ull << 20;   // cap of one TailBatch
   uint64_t max_group_bytes = 64ull << 20;  // cap of one group commit
+  RetentionOptions retention;
 };
 
 class JournalServer {
@@ -65,6 +67,7 @@ class JournalServer {
   struct OpenImage {
     std::unique_ptr<PointImage> image;
     Clock::time_point last_used;
+    std::shared_ptr<void> pin;  // RetentionWorker::Pin of the image's LSN, unpinned on erase
   };
   // A tail request waiting for records (long poll).
   struct ParkedTail {
@@ -92,6 +95,8 @@ class JournalServer {
   void HandleImageOpen(const wire::Message& msg);
   // ImageReadRequest: bytes of an open image, or `zero` when they are all zeroes.
   void HandleImageRead(const wire::Message& msg);
+  // RetentionRequest: sets and/or reports a volume's retention.
+  void HandleRetention(const wire::Message& msg);
   // NotFound naming `volume` and the volumes the journal has, OK when it has `volume`.
   Status CheckVolumeKnown(const std::string& volume) const;
   // Sends records >= from to the peer; false if there were none to send yet.
@@ -104,6 +109,7 @@ class JournalServer {
   ServerOptions options_;
   zmq::context_t ctx_{1};
   std::unique_ptr<JournalStore> store_;
+  std::unique_ptr<RetentionWorker> retention_;  // stopped before store_ goes
   std::unique_ptr<Socket> socket_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;  // by routing id
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
