@@ -1,6 +1,7 @@
 #include "cdp/journal/journal_store.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -44,7 +45,8 @@ std::string JournalKey(uint32_t volume_id, uint64_t lsn) {
   return key;
 }
 
-Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir) {
+Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir,
+                                                         uint64_t reserve_bytes) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {
@@ -61,6 +63,9 @@ Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir)
   db_options.IncreaseParallelism(2);
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
+  // WAL files live until every column family with data in them is flushed; bound them so the
+  // free-space reserve (Commit) bounds what a full disk can take.
+  db_options.max_total_wal_size = 128ull << 20;
 
   rocksdb::ColumnFamilyOptions index;
   index.write_buffer_size = 32 << 20;
@@ -86,6 +91,7 @@ Result<std::unique_ptr<JournalStore>> JournalStore::Open(const std::string& dir)
 
   std::unique_ptr<JournalStore> store(new JournalStore());
   store->dir_ = dir;
+  store->reserve_bytes_ = reserve_bytes;
   rocksdb::DB* raw = nullptr;
   const std::string db_path = dir + "/journal";
   rocksdb::Status s = rocksdb::DB::Open(db_options, db_path, cfs, &store->handles_, &raw);
@@ -388,10 +394,52 @@ void JournalStore::AppendGap(WriteGroup* group, const VolumeInfo& volume, const 
 Status JournalStore::Commit(WriteGroup* group) {
   if (group->empty()) return Status::Ok();
   std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  if (reserve_bytes_ > 0) {
+    struct statvfs fs;
+    if (statvfs(dir_.c_str(), &fs) == 0) {
+      const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+      const bool below = free_bytes < reserve_bytes_ + group->byte_size();
+      if (below != below_reserve_) {
+        below_reserve_ = below;
+        if (below) {
+          CDP_LOG(error) << "journal " << dir_ << ": its filesystem has " << (free_bytes >> 20)
+                         << " MiB free, under the reserve of " << (reserve_bytes_ >> 20)
+                         << " MiB: journaling stops (nothing is acked; agents fall back to their "
+                            "dirty bitmaps) until space is freed";
+        } else {
+          CDP_LOG(warning) << "journal " << dir_ << ": " << (free_bytes >> 20)
+                           << " MiB free again: journaling resumes";
+        }
+      }
+      if (below) {
+        return Status::ResourceExhausted(
+            "journal " + dir_ + ": its filesystem has " + std::to_string(free_bytes >> 20) +
+            " MiB free, under the reserve of " + std::to_string(reserve_bytes_ >> 20) +
+            " MiB (journal-server --reserve-bytes); free space or set retention");
+      }
+    }
+  }
+  if (stopped_by_error_) {
+    // A failed WAL write (a full disk) stops RocksDB's writes until it is resumed; try that at
+    // most once a second, and refuse the group until it works.
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_resume_ < std::chrono::seconds(1)) return last_error_;
+    last_resume_ = now;
+    Status resumed = FromRocks(db_->Resume(), "journal " + dir_ + ": resuming after " +
+                                                  last_error_.message());
+    if (!resumed.ok()) return resumed;
+    CDP_LOG(warning) << "journal " << dir_ << ": writes resumed after: " << last_error_.message();
+    stopped_by_error_ = false;
+  }
   rocksdb::WriteOptions wo;
   wo.sync = true;
   Status s = FromRocks(db_->Write(wo, &group->batch_), "journal " + dir_ + ": commit");
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    stopped_by_error_ = true;
+    last_error_ = s;
+    last_resume_ = std::chrono::steady_clock::now();
+    return s;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, d] : group->deltas_) {
     auto name = names_.find(id);

@@ -19,7 +19,7 @@ void OnSignal(int) { g_stop = true; }
 
 int main(int argc, char** argv) {
   cdp::journal::ServerOptions options;
-  std::string log_level = "info", window, max_bytes;
+  std::string log_level = "info", window, max_bytes, reserve;
   po::options_description desc(
       "journal-server: journals the change records of cdp-agents in RocksDB (acked only once\n"
       "synced to disk) and serves them to replicators in LSN order.\n\nUsage: journal-server "
@@ -36,6 +36,10 @@ int main(int argc, char** argv) {
       "retention-max-bytes", po::value(&max_bytes)->default_value("0"),
       "default cap on a volume's journal bytes (512M, 10G; 0 = none); over it the oldest "
       "history is folded early, even inside the window, and that is reported")(
+      "reserve-bytes", po::value(&reserve)->default_value("256M"),
+      "free space kept on the journal's filesystem (RocksDB cannot recover from a full WAL "
+      "disk): below it nothing is journaled or acked, agents fall back to dirty bitmaps, and "
+      "journaling resumes once space is freed")(
       "fold-mbps", po::value(&options.retention.fold_mb_per_s)->default_value(0),
       "MB/s (10^6 bytes) of payload folded into base images; 0 = unlimited");
   cdp::AddCommonFlags(&desc, &log_level);
@@ -59,6 +63,12 @@ int main(int argc, char** argv) {
     }
     options.retention.default_max_bytes = *bytes;
   }
+  auto reserve_bytes = cdp::ParseSize(reserve);
+  if (!reserve_bytes.ok()) {
+    std::cerr << "journal-server: --reserve-bytes: " << reserve_bytes.status().message() << "\n";
+    return 2;
+  }
+  options.reserve_bytes = *reserve_bytes;
   if (options.retention.fold_mb_per_s < 0) {
     std::cerr << "journal-server: --fold-mbps must be 0 or more\n";
     return 2;

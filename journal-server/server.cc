@@ -22,7 +22,7 @@ constexpr uint32_t kMaxImageRead = 8u << 20;
 
 Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions& options) {
   std::unique_ptr<JournalServer> server(new JournalServer(options));
-  CDP_ASSIGN_OR_RETURN(server->store_, JournalStore::Open(options.data_dir));
+  CDP_ASSIGN_OR_RETURN(server->store_, JournalStore::Open(options.data_dir, options.reserve_bytes));
   CDP_ASSIGN_OR_RETURN(server->socket_, Socket::Bind(server->ctx_, options.listen));
   server->retention_ = std::make_unique<RetentionWorker>(server->store_.get(), options.retention);
   server->retention_->Start();

@@ -240,6 +240,8 @@ def guarded(test_fn, cleanup):
     """Runs test_fn() and exits 0 on success, 1 on failure (with the traceback), calling
     cleanup(failed) either way."""
     failed = True
+    # A SIGTERM (a timeout) ends the test through the cleanup below, not around it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("FAIL: terminated by SIGTERM"))
     try:
         test_fn()
         failed = False

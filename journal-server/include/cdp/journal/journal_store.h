@@ -13,6 +13,7 @@
 
 #include <rocksdb/db.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -79,7 +80,10 @@ class JournalStore {
  public:
   // Opens (creating when absent) the journal in `dir`. A directory that cannot be created or
   // written, or a RocksDB that does not open, is an error naming the directory.
-  static Result<std::unique_ptr<JournalStore>> Open(const std::string& dir);
+  // `reserve_bytes`: Commit refuses groups while the filesystem of `dir` has less free space
+  // than this (see Commit).
+  static Result<std::unique_ptr<JournalStore>> Open(const std::string& dir,
+                                                    uint64_t reserve_bytes = 0);
   ~JournalStore();
 
   // Registers a new volume, or checks an existing one: a different size is
@@ -102,7 +106,11 @@ class JournalStore {
   void AppendGap(WriteGroup* group, const VolumeInfo& volume, const v1::Gap& gap);
 
   // Writes the group with a synced WAL write; on OK the appends are durable and the in-memory
-  // durable LSNs advance. On error nothing of the group is visible.
+  // durable LSNs advance. On error nothing of the group is visible. A full disk: while the
+  // journal's filesystem has less free space than the reserve, groups are refused with
+  // ResourceExhausted before RocksDB sees them (RocksDB must never meet ENOSPC in its WAL: it
+  // cannot recover from that), and taken again once space returns. After any other failed
+  // write, later commits first resume RocksDB (DB::Resume, at most once a second).
   Status Commit(WriteGroup* group);
 
   // Reads records of `name` with LSN >= from_lsn in order, payloads included, until
@@ -190,6 +198,12 @@ class JournalStore {
   std::map<std::string, VolumeInfo> volumes_;  // GUARDED_BY(mu_)
   std::map<uint32_t, std::string> names_;      // id -> name, GUARDED_BY(mu_)
   std::mutex commit_mu_;                       // serializes Commit
+  // After a failed commit: RocksDB needs Resume() before it takes writes again.
+  bool stopped_by_error_ = false;                       // GUARDED_BY(commit_mu_)
+  uint64_t reserve_bytes_ = 0;
+  bool below_reserve_ = false;                          // GUARDED_BY(commit_mu_)
+  Status last_error_;                                   // GUARDED_BY(commit_mu_)
+  std::chrono::steady_clock::time_point last_resume_;  // GUARDED_BY(commit_mu_)
   mutable std::shared_mutex fold_mu_;          // see FoldReadLock
 };
 

@@ -31,6 +31,7 @@ struct ServerOptions {
   uint64_t max_tail_bytes = 16ull << 20;   // cap of one TailBatch
   uint64_t max_group_bytes = 64ull << 20;  // cap of one group commit
   RetentionOptions retention;
+  uint64_t reserve_bytes = 256ull << 20;  // free space the journal's filesystem keeps
 };
 
 class JournalServer {
