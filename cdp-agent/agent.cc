@@ -183,6 +183,9 @@ Status Agent::StartNbd() {
   agent->sync_ =
       std::make_unique<SyncEngine>(options.volume, agent->capture_.get(), agent->sender_.get(),
                                    agent->dirty_.get(), std::move(probe), plan);
+  VolumeCapture* capture = agent->capture_.get();
+  agent->sender_->SetCheckpointCallback(
+      [capture](const std::string& label) { return capture->AddOperatorPoint(label); });
   if (!gap_reason.empty()) {
     v1::Gap gap;
     gap.set_time_ns(NowNanos());
@@ -348,6 +351,11 @@ Status Agent::StartTrace() {
 
   dirty_ = std::make_unique<DirtyBitmap>(size);
   MakeSender(size, reader->logical_block_size());
+  sender_->SetCheckpointCallback([](const std::string&) -> Result<uint64_t> {
+    return Status::NotSupported(
+        "checkpoints in trace mode come from filesystem freezes (--freeze PATH, every "
+        "--checkpoint-interval); cdpctl checkpoint is not supported there yet");
+  });
   capture_ = std::make_unique<VolumeCapture>(o.volume, std::move(capture_dev),
                                              std::move(capture_read_dev), sender_.get(),
                                              dirty_.get(), AckMode::kAsync);

@@ -434,6 +434,24 @@ void Sender::Loop() {
         // Everything is durable: tell the server now, so wait-synced need not wait a period.
         if (trimmed && queue_.empty()) last_report = Clock::now() - std::chrono::hours(1);
         durable_cv_.notify_all();
+      } else if (h.has_checkpoint_request()) {
+        const auto& request = h.checkpoint_request();
+        v1::Header reply;
+        auto* r = reply.mutable_checkpoint_reply();
+        r->set_volume(options_.volume);
+        r->set_request_id(request.request_id());
+        auto lsn = on_checkpoint_ ? on_checkpoint_(request.label())
+                                  : Result<uint64_t>(Status::NotSupported(
+                                        "this agent does not take checkpoints"));
+        if (lsn.ok()) {
+          r->set_lsn(*lsn);
+          CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": checkpoint '"
+                        << request.label() << "' at LSN " << *lsn;
+        } else {
+          r->set_error(lsn.status().message());
+        }
+        Status sent = sock->Send(reply, {}, 1000);
+        if (!sent.ok()) CDP_LOG(warning) << "cdp-agent: checkpoint reply: " << sent.ToString();
       } else if (h.has_error()) {
         const Status err = wire::StatusFromError(h.error());
         if (err.code() == StatusCode::kFailedPrecondition && !h.error().permanent()) {

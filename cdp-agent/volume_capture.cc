@@ -221,6 +221,25 @@ void VolumeCapture::RecordGap(const std::string& reason) {
                    << " (history gap after LSN " << gap.after_lsn() << ")";
 }
 
+Result<uint64_t> VolumeCapture::AddOperatorPoint(const std::string& label) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!lsn_known_.load()) {
+    return Status::Unavailable("volume " + volume_ +
+                               ": the agent has not reached the journal-server since it started");
+  }
+  const uint64_t lsn = last_lsn_.load();
+  if (lsn == 0) return Status::FailedPrecondition("volume " + volume_ + ": nothing written yet");
+  if (lsn == last_point_lsn_) return lsn;
+  last_point_lsn_ = lsn;
+  v1::ConsistencyPoint p;
+  p.set_lsn(lsn);
+  p.set_time_ns(NowNanos());
+  p.set_origin(v1::POINT_OPERATOR);
+  p.set_label(label);
+  sender_->AddPoint(p);
+  return lsn;
+}
+
 uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t lsn = last_lsn_.load();

@@ -76,6 +76,15 @@ Result<std::vector<v1::ConsistencyPoint>> ControlClient::Points(const std::strin
   }
 }
 
+Result<v1::ConsistencyPoint> ControlClient::Checkpoint(const std::string& volume,
+                                                      const std::string& label, int timeout_ms) {
+  v1::Header h;
+  h.mutable_checkpoint_request()->set_volume(volume);
+  h.mutable_checkpoint_request()->set_label(label);
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, v1::Header::kCheckpointReply, timeout_ms));
+  return msg.header.checkpoint_reply().point();
+}
+
 Result<v1::RetentionReply> ControlClient::Retention(const std::string& volume,
                                                     std::optional<uint64_t> window_s,
                                                     std::optional<uint64_t> max_bytes,

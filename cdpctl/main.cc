@@ -35,6 +35,10 @@ constexpr const char* kUsage =
     "      the volume's consistency points, oldest first: LSN, time (UTC), origin (flush,\n"
     "      freeze, operator, cutover, sync) and label; --json: [{\"lsn\", \"time\", \"origin\",\n"
     "      \"label\"}]\n"
+    "  cdpctl --server tcp://HOST:PORT checkpoint --volume NAME [--label TEXT]\n"
+    "      asks the volume's agent for a consistency point now (origin operator) and prints\n"
+    "      its LSN once it is durable in the journal (NBD mode; a point already at the last\n"
+    "      LSN is returned as it is)\n"
     "  cdpctl --server tcp://HOST:PORT restore --volume NAME --at TIME|LSN --output PATH\n"
     "                                          [--force]\n"
     "      writes the volume as it was at the latest consistency point at or before TIME or LSN\n"
@@ -391,6 +395,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string server, command, subcommand, volume, config, plan, out, at, output, nbd;
   std::optional<std::string> window, max_bytes;
+  std::string label;
   ChecksumArgs range;
   bool json = false, force = false;
   double timeout = 300;
@@ -416,6 +421,8 @@ int main(int argc, char** argv) {
         output = value("--output");
       } else if (a == "--nbd") {
         nbd = value("--nbd");
+      } else if (a == "--label") {
+        label = value("--label");
       } else if (a == "--window") {
         window = value("--window");
       } else if (a == "--max-bytes") {
@@ -492,6 +499,25 @@ int main(int argc, char** argv) {
   }
   if (command == "restore") return RunRestore(server, volume, at, output, force);
   if (command == "export") return RunExport(server, volume, at, nbd);
+  if (command == "checkpoint") {
+    if (volume.empty()) return Usage("checkpoint needs --volume NAME");
+    auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+    if (!client.ok()) {
+      std::cerr << "cdpctl: " << client.status().message() << "\n";
+      return 1;
+    }
+    auto point = (*client)->Checkpoint(volume, label, 15000);
+    if (!point.ok()) {
+      std::cerr << "cdpctl: checkpoint: " << point.status().message() << "\n";
+      return point.status().IsTimedOut() ? 3 : 1;
+    }
+    std::cerr << "checkpoint of volume " << volume << " at LSN " << point->lsn() << " ("
+              << cdp::FormatRfc3339(point->time_ns()) << ", "
+              << cdp::ctl::OriginName(point->origin())
+              << (point->label().empty() ? "" : ", '" + point->label() + "'") << ")\n";
+    std::cout << point->lsn() << "\n";
+    return 0;
+  }
   if (command == "retention") return RunRetention(server, volume, window, max_bytes, json);
   if (command == "wait-synced") {
     if (volume.empty()) return Usage("wait-synced needs --volume NAME");

@@ -68,6 +68,7 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
   while (!stop->load()) {
     if (!socket_->Readable(50)) {
       ServeParkedTails(/*expire_only=*/true);
+      ServeCheckpoints();
     } else {
       WriteGroup group;
       std::vector<PendingAck> acks;
@@ -106,6 +107,7 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
                        << committed.ToString();
       }
       ServeParkedTails(/*expire_only=*/false);
+      ServeCheckpoints();
     }
     if (Clock::now() - last_sweep > std::chrono::seconds(5)) {
       last_sweep = Clock::now();
@@ -151,6 +153,12 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
       return;
     case v1::Header::kImageReadRequest:
       HandleImageRead(msg);
+      return;
+    case v1::Header::kCheckpointRequest:
+      HandleCheckpoint(msg);
+      return;
+    case v1::Header::kCheckpointReply:
+      HandleCheckpointReply(msg);
       return;
     case v1::Header::kRetentionRequest:
       HandleRetention(msg);
@@ -569,6 +577,79 @@ void JournalServer::HandleImageRead(const wire::Message& msg) {
   }
   Status sent = socket_->SendTo(msg.peer, h, std::move(frames));
   if (!sent.ok()) CDP_LOG(debug) << "journal-server: image reply to " << PeerName(msg.peer) << ": " << sent;
+}
+
+void JournalServer::HandleCheckpoint(const wire::Message& msg) {
+  const v1::CheckpointRequest& request = msg.header.checkpoint_request();
+  Status known = CheckVolumeKnown(request.volume());
+  if (!known.ok()) return SendError(msg.peer, known, true);
+  auto rt = runtime_.find(request.volume());
+  if (rt == runtime_.end() || rt->second.agent_peer.empty() ||
+      Clock::now() - rt->second.report_time > kAgentAliveWindow) {
+    return SendError(msg.peer,
+                     Status::Unavailable("journal-server: volume " + request.volume() +
+                                         ": no agent connected; a checkpoint is made by the "
+                                         "volume's agent: start it, or restore a point that "
+                                         "exists (cdpctl points)"),
+                     false);
+  }
+  const uint64_t id = next_checkpoint_++;
+  v1::Header forward;
+  auto* f = forward.mutable_checkpoint_request();
+  f->set_volume(request.volume());
+  f->set_label(request.label());
+  f->set_request_id(id);
+  Status s = socket_->SendTo(rt->second.agent_peer, forward);
+  if (!s.ok()) return SendError(msg.peer, s.WithContext("journal-server: relaying to the agent"), false);
+  checkpoints_[id] = PendingCheckpoint{msg.peer, request.volume(), 0,
+                                       Clock::now() + std::chrono::seconds(10)};
+}
+
+void JournalServer::HandleCheckpointReply(const wire::Message& msg) {
+  const v1::CheckpointReply& reply = msg.header.checkpoint_reply();
+  auto it = checkpoints_.find(reply.request_id());
+  if (it == checkpoints_.end()) return;  // expired
+  if (!reply.error().empty() || reply.lsn() == 0) {
+    SendError(it->second.peer,
+              Status::FailedPrecondition("journal-server: the agent of volume " +
+                                         it->second.volume + " made no point: " +
+                                         (reply.error().empty() ? "no LSN" : reply.error())),
+              true);
+    checkpoints_.erase(it);
+    return;
+  }
+  it->second.lsn = reply.lsn();
+}
+
+void JournalServer::ServeCheckpoints() {
+  const auto now = Clock::now();
+  for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
+    PendingCheckpoint& c = it->second;
+    std::vector<v1::ConsistencyPoint> points;
+    auto v = store_->GetVolume(c.volume);
+    if (c.lsn != 0 && v.ok() && v->durable_lsn >= c.lsn &&
+        store_->ReadPoints(c.volume, c.lsn, c.lsn, &points).ok() && !points.empty()) {
+      v1::Header h;
+      auto* r = h.mutable_checkpoint_reply();
+      r->set_volume(c.volume);
+      r->set_request_id(it->first);
+      r->set_lsn(c.lsn);
+      *r->mutable_point() = points.front();
+      (void)socket_->SendTo(c.peer, h);
+      it = checkpoints_.erase(it);
+    } else if (now > c.deadline) {
+      SendError(c.peer,
+                Status::TimedOut("journal-server: volume " + c.volume + ": " +
+                                 (c.lsn == 0 ? std::string("the agent did not answer")
+                                             : "the point at LSN " + std::to_string(c.lsn) +
+                                                   " did not reach the journal") +
+                                 " within 10 s (is the agent falling back to its dirty bitmap?)"),
+                false);
+      it = checkpoints_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void JournalServer::HandleRetention(const wire::Message& msg) {

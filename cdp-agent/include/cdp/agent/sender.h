@@ -63,6 +63,13 @@ class Sender {
     on_journal_loss_ = std::move(callback);
   }
 
+  // Called on the sender thread when the journal-server relays `cdpctl checkpoint`: makes an
+  // operator point and returns its LSN (the point must be queued with AddPoint before it
+  // returns). Unset: checkpoints are refused. Set before Start().
+  void SetCheckpointCallback(std::function<Result<uint64_t>(const std::string& label)> callback) {
+    on_checkpoint_ = std::move(callback);
+  }
+
   // Starts the sender thread. Connection happens in the background.
   void Start();
   // Stops the thread after trying, until `drain_ms` has passed, to get every queued record
@@ -115,6 +122,7 @@ class Sender {
   HandshakeCallback on_handshake_;
   ReportCallback on_report_;
   std::function<void(uint64_t)> on_journal_loss_;
+  std::function<Result<uint64_t>(const std::string& label)> on_checkpoint_;
 
   mutable std::mutex mu_;
   std::condition_variable space_cv_;    // signalled when the buffer shrinks

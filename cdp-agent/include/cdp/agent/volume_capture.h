@@ -72,6 +72,12 @@ class VolumeCapture : public CaptureTarget {
   // freeze point until the checksum resync the gap asks for has finished.
   void RecordGap(const std::string& reason);
 
+  // `cdpctl checkpoint`: an operator point (label `label`) at the last LSN handed out, which is
+  // crash-consistent in NBD mode (writes are journaled in the order they completed). When a
+  // point already sits at that LSN it is that point's LSN that is returned (no second point).
+  // Unavailable before the first handshake; FailedPrecondition when nothing was captured yet.
+  Result<uint64_t> AddOperatorPoint(const std::string& label);
+
   // Records a consistency point at the last LSN handed out (if any record came since the last
   // point). Returns that LSN (0 when none).
   uint64_t AddPoint(v1::PointOrigin origin, const std::string& label);

@@ -27,6 +27,11 @@ class ControlClient {
   Result<std::vector<wire::v1::ConsistencyPoint>> Points(const std::string& volume,
                                                           int timeout_ms);
 
+  // `cdpctl checkpoint`: asks the volume's agent, through the server, for an operator point
+  // now; returns it once durable in the journal. The server's worded errors otherwise.
+  Result<wire::v1::ConsistencyPoint> Checkpoint(const std::string& volume,
+                                                const std::string& label, int timeout_ms);
+
   // Sets the window and/or the cap when given (0 = keep everything / no cap) and returns the
   // retention in effect. NotFound naming the known volumes for an unknown one.
   Result<wire::v1::RetentionReply> Retention(const std::string& volume,

@@ -70,6 +70,13 @@ class JournalServer {
     Clock::time_point last_used;
     std::shared_ptr<void> pin;  // RetentionWorker::Pin of the image's LSN, unpinned on erase
   };
+  // A `cdpctl checkpoint` relayed to the volume's agent, answered once its point is durable.
+  struct PendingCheckpoint {
+    std::string peer;  // the control client
+    std::string volume;
+    uint64_t lsn = 0;  // 0 until the agent answered
+    Clock::time_point deadline;
+  };
   // A tail request waiting for records (long poll).
   struct ParkedTail {
     wire::v1::TailRequest request;
@@ -96,6 +103,12 @@ class JournalServer {
   void HandleImageOpen(const wire::Message& msg);
   // ImageReadRequest: bytes of an open image, or `zero` when they are all zeroes.
   void HandleImageRead(const wire::Message& msg);
+  // CheckpointRequest from a control client: relayed to the volume's agent.
+  void HandleCheckpoint(const wire::Message& msg);
+  // CheckpointReply from an agent: the point's LSN (or why none was made).
+  void HandleCheckpointReply(const wire::Message& msg);
+  // Answers the checkpoints whose points are durable now, and those past their deadline.
+  void ServeCheckpoints();
   // RetentionRequest: sets and/or reports a volume's retention.
   void HandleRetention(const wire::Message& msg);
   // NotFound naming `volume` and the volumes the journal has, OK when it has `volume`.
@@ -116,6 +129,8 @@ class JournalServer {
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
   std::map<std::string, ParkedTail> parked_;                  // by routing id
   std::map<uint64_t, OpenImage> images_;                      // by image id
+  std::map<uint64_t, PendingCheckpoint> checkpoints_;         // by request id
+  uint64_t next_checkpoint_ = 1;
   uint64_t next_image_ = 1;
   uint64_t next_session_ = 1;
 };
