@@ -75,7 +75,8 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
                                          const std::vector<v1::ConsistencyPoint>& points,
                                          const std::vector<v1::Gap>& gaps,
                                          const PointTarget& target, uint64_t durable_lsn,
-                                         uint64_t now_ns, uint64_t base_lsn) {
+                                         uint64_t now_ns, uint64_t base_lsn,
+                                         uint64_t history_start) {
   const std::string what = "volume " + volume + ": ";
   if (target.lsn == 0 && target.time_ns == 0) {
     return Status::InvalidArgument(what + "no LSN or time given (LSNs start at 1)");
@@ -96,16 +97,19 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
   // Points are in LSN order; times follow LSNs (one agent clock), so the last match is the
   // latest one.
   const v1::ConsistencyPoint* chosen = nullptr;
+  const v1::ConsistencyPoint* oldest = nullptr;
   for (const auto& p : points) {
+    if (p.lsn() < history_start) continue;
+    if (oldest == nullptr) oldest = &p;
     if (at_or_before(p)) chosen = &p;
   }
   if (chosen == nullptr) {
-    if (points.empty()) {
+    if (oldest == nullptr) {
       return Status::OutOfRange(what + "the journal holds no consistency point yet");
     }
     return Status::OutOfRange(what + "no consistency point at or before " +
                               DescribeTarget(target) + "; the oldest kept is " +
-                              DescribePoint(points.front()));
+                              DescribePoint(*oldest));
   }
   const auto windows = UnrestorableWindows(points, gaps, base_lsn);
   const HistoryWindow* inside = WindowContaining(windows, chosen->lsn());
@@ -114,7 +118,7 @@ Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
   const v1::ConsistencyPoint* before = nullptr;
   const v1::ConsistencyPoint* after = nullptr;
   for (const auto& p : points) {
-    if (WindowContaining(windows, p.lsn()) != nullptr) continue;
+    if (p.lsn() < history_start || WindowContaining(windows, p.lsn()) != nullptr) continue;
     if (p.lsn() < chosen->lsn()) before = &p;
     if (p.lsn() > chosen->lsn() && after == nullptr) after = &p;
   }

@@ -124,6 +124,19 @@ TEST(PointChoice, AnInitialSyncThatSentNothingEndsAtLsnZero) {
   EXPECT_EQ(r->lsn(), 4u);
 }
 
+TEST(PointChoice, PointsBeingFoldedAreNotOfferedButStillEndWindows) {
+  // A fold to 12 is in progress: 5 and 10 are no longer offered, but the full sync at 10 still
+  // ends the initial window.
+  auto r = ChoosePoint("db01", Points(), Gaps(), PointTarget{13, 0}, 75, 100'000'000'000ull, 0, 12);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lsn(), 12u);
+  auto early = ChoosePoint("db01", Points(), Gaps(), PointTarget{11, 0}, 75, 100'000'000'000ull, 0,
+                           12);
+  EXPECT_EQ(early.status().message(),
+            "volume db01: no consistency point at or before LSN 11; the oldest kept is LSN 12 "
+            "(1970-01-01T00:00:12.000000000Z)");
+}
+
 TEST(PointChoice, TraceGapsEndAtAFreeze) {
   std::vector<v1::ConsistencyPoint> points = {Point(3, v1::POINT_FREEZE),
                                               Point(8, v1::POINT_FREEZE)};

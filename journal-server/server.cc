@@ -496,14 +496,15 @@ void JournalServer::HandleImageOpen(const wire::Message& msg) {
   if (!v.ok()) return SendError(msg.peer, v.status(), false);
   std::vector<v1::ConsistencyPoint> points;
   std::vector<v1::Gap> gaps;
-  // Points below the history start are folded, or being folded, into the base image.
-  Status read = store_->ReadPoints(request.volume(), retention_->HistoryStart(request.volume()),
-                                   UINT64_MAX, &points);
+  // Points below the history start are folded, or being folded, into the base image: they are
+  // not offered, but they still say where the windows end.
+  const uint64_t history_start = retention_->HistoryStart(request.volume());
+  Status read = store_->ReadPoints(request.volume(), v->base_lsn, UINT64_MAX, &points);
   if (read.ok()) read = store_->ReadGaps(request.volume(), &gaps);
   if (!read.ok()) return SendError(msg.peer, read, false);
   auto point = ChoosePoint(request.volume(), points, gaps,
                            PointTarget{request.at_lsn(), request.at_time_ns()}, v->durable_lsn,
-                           NowNanos(), v->base_lsn);
+                           NowNanos(), v->base_lsn, history_start);
   if (!point.ok()) return SendError(msg.peer, point.status(), true);
   auto token = retention_->Pin(request.volume(), point->lsn());
   if (!token.ok()) return SendError(msg.peer, token.status(), false);

@@ -60,10 +60,13 @@ std::string DescribeTarget(const PointTarget& target);
 //                    future), a target before the oldest point (outside the history kept);
 //   FailedPrecondition  the point is inside an unrestorable window; the message names the window
 //                    and the nearest restorable points before and after it.
+// Points below `history_start` (being folded by retention) are not offered, but still count for
+// the windows.
 Result<v1::ConsistencyPoint> ChoosePoint(const std::string& volume,
                                                const std::vector<v1::ConsistencyPoint>& points,
                                                const std::vector<v1::Gap>& gaps,
                                                const PointTarget& target, uint64_t durable_lsn,
-                                               uint64_t now_ns, uint64_t base_lsn = 0);
+                                               uint64_t now_ns, uint64_t base_lsn = 0,
+                                               uint64_t history_start = 0);
 
 }  // namespace cdp::journal
