@@ -351,10 +351,9 @@ Status Agent::StartTrace() {
 
   dirty_ = std::make_unique<DirtyBitmap>(size);
   MakeSender(size, reader->logical_block_size());
-  sender_->SetCheckpointCallback([](const std::string&) -> Result<uint64_t> {
-    return Status::NotSupported(
-        "checkpoints in trace mode come from filesystem freezes (--freeze PATH, every "
-        "--checkpoint-interval); cdpctl checkpoint is not supported there yet");
+  sender_->SetCheckpointCallback([this](const std::string& label) -> Result<uint64_t> {
+    if (!trace_) return Status::Unavailable("volume " + state_.volume + ": tracing not started");
+    return trace_->Checkpoint(label, 8000);
   });
   capture_ = std::make_unique<VolumeCapture>(o.volume, std::move(capture_dev),
                                              std::move(capture_read_dev), sender_.get(),

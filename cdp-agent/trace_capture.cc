@@ -208,6 +208,33 @@ void TraceCapture::CheckLostEvents() {
   }
 }
 
+Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_ms) {
+  if (!freezer_) {
+    return Status::FailedPrecondition(
+        "volume " + options_.volume +
+        ": trace mode without --freeze makes no consistency points; restart the agent with "
+        "--freeze MOUNTPOINT");
+  }
+  if (scan_pending()) {
+    return Status::FailedPrecondition(
+        "volume " + options_.volume +
+        ": a checksum resync of the device is in progress; the first point after it comes "
+        "when it finishes");
+  }
+  std::unique_lock<std::mutex> lock(checkpoint_mu_);
+  checkpoint_label_ = label;
+  checkpoint_done_ = false;
+  checkpoint_wanted_ = true;
+  if (!checkpoint_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                               [&] { return checkpoint_done_ || stop_.load(); }) ||
+      !checkpoint_done_) {
+    checkpoint_wanted_ = false;
+    return Status::TimedOut("volume " + options_.volume + ": no freeze within " +
+                            std::to_string(timeout_ms) + " ms");
+  }
+  return checkpoint_result_;
+}
+
 void TraceCapture::OnEventsLost(const std::string& reason) {
   capture_->RecordGap(reason + "; checksum resync of the whole device");
   scan_restart_ = true;
@@ -233,10 +260,33 @@ void TraceCapture::ShipperLoop() {
                       << ": checksum resync of the whole device (" << size_ << " bytes)";
       }
     }
-    if (freezer_ && !scan_active_.load() && SteadyNanos() >= next_freeze_ns_) {
+    const bool checkpoint = checkpoint_wanted_.load();
+    if (freezer_ && !scan_active_.load() && (checkpoint || SteadyNanos() >= next_freeze_ns_)) {
       const int64_t start = SteadyNanos();
       const int64_t interval = int64_t{options_.checkpoint_interval_ms} * 1000000;
+      if (checkpoint) {
+        std::lock_guard<std::mutex> lock(checkpoint_mu_);
+        freeze_label_ = checkpoint_label_;
+        checkpoint_wanted_ = false;
+      }
+      const uint64_t point_before = capture_->last_point_lsn();
       FreezeCycle();
+      if (checkpoint) {
+        const uint64_t point = capture_->last_point_lsn();
+        std::lock_guard<std::mutex> lock(checkpoint_mu_);
+        freeze_label_.clear();
+        if (point != point_before ||
+            (events_.load() == events_at_last_point_ && map_.empty() && point != 0)) {
+          checkpoint_result_ = point;  // a new freeze point, or nothing changed since the last
+        } else {
+          checkpoint_result_ = Status::Aborted(
+              "volume " + options_.volume +
+              ": the freeze for the checkpoint was abandoned or put off (the agent's log says "
+              "why); try again");
+        }
+        checkpoint_done_ = true;
+        checkpoint_cv_.notify_all();
+      }
       // One interval from the start, but at least 200 ms (or the interval) after the end: a
       // cycle that gave up (busy) must not starve the read-back of what it left in the map.
       next_freeze_ns_ =
@@ -625,7 +675,7 @@ void TraceCapture::FreezeCycle() {
   if (abandon.empty()) {
     // Only this thread queues records, so the last LSN is still the one the frozen state
     // ended at; the successful thaw proves the filesystem stayed frozen until now.
-    point = capture_->AddPoint(v1::POINT_FREEZE, "");
+    point = capture_->AddPoint(v1::POINT_FREEZE, freeze_label_);
     events_at_last_point_ = events_frozen;
     point_taken_once_ = true;
   }

@@ -221,6 +221,11 @@ void VolumeCapture::RecordGap(const std::string& reason) {
                    << " (history gap after LSN " << gap.after_lsn() << ")";
 }
 
+uint64_t VolumeCapture::last_point_lsn() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_point_lsn_;
+}
+
 Result<uint64_t> VolumeCapture::AddOperatorPoint(const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!lsn_known_.load()) {

@@ -2,7 +2,9 @@
 """Trace mode on a mounted ext4 (loop device): a minute of real workload (fio --verify, tar
 extraction, renames, deletes, fsync-heavy small files) while the agent captures from the block
 tracepoints and freezes every second; then the replica equals the device byte for byte, e2fsck -n
-of the replica is clean, and the agent took consistency points without losing an event."""
+of the replica is clean, and the agent took consistency points without losing an event.
+`cdpctl checkpoint` then makes a freeze point at once, carrying its label."""
+import json
 import os
 
 import cdptest as t
@@ -29,6 +31,24 @@ def test(s):
     assert tr["freezes"] >= 1, f"no consistency point: {tr}"
     assert st["last_point_lsn"] > 0, st
     assert st["gaps"] == 0, f"no gap expected: {st}"
+
+    # A checkpoint right after a write: a freeze now, its point labelled. (When the agent's own
+    # freeze took the write first, the answer is that unlabelled point: write and ask again.)
+    for attempt in range(5):
+        with open(os.path.join(s.mnt, f"checkpoint-{attempt}"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        r = s.cdpctl("checkpoint", "--volume", s.volume, "--label", "before deploy")
+        lsn = int(r.stdout)
+        pts = json.loads(s.cdpctl("points", "--volume", s.volume, "--json").stdout)
+        point = next(p for p in pts if p["lsn"] == lsn)
+        assert point["origin"] == "freeze", point
+        if point["label"] == "before deploy":
+            break
+    assert point["label"] == "before deploy", pts[-5:]
+    assert "operator" not in r.stderr and "freeze, 'before deploy')" in r.stderr, r.stderr
+    t.log(f"trace checkpoint: {point}")
 
 
 tt.run(test, fs="ext4")

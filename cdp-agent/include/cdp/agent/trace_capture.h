@@ -99,6 +99,13 @@ class TraceCapture {
 
   void FillReport(v1::AgentReport* report);
 
+  // `cdpctl checkpoint` in trace mode: runs a freeze cycle now and returns the LSN of its point,
+  // which is a freeze point carrying `label` (or the last point, when nothing changed since it).
+  // FailedPrecondition without --freeze or while a checksum resync is pending (no point may be
+  // made then); Aborted when the freeze was abandoned; TimedOut after timeout_ms.
+  // Thread-safe; not from the shipper thread.
+  Result<uint64_t> Checkpoint(const std::string& label, int timeout_ms);
+
   // The scan still to do, for the state saved at a clean stop: whether one is pending (running
   // or requested) and the offset it would resume from.
   bool scan_pending() const { return scan_active_.load() || scan_restart_.load(); }
@@ -150,6 +157,15 @@ class TraceCapture {
   DirtyExtentMap map_;
 
   std::atomic<bool> stop_{false};
+  // Checkpoint requests, taken by the shipper before its next freeze cycle.
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  std::atomic<bool> checkpoint_wanted_{false};
+  std::string checkpoint_label_;                                       // GUARDED_BY(checkpoint_mu_)
+  bool checkpoint_done_ = false;                                       // GUARDED_BY(checkpoint_mu_)
+  Result<uint64_t> checkpoint_result_{Status::Internal("no result")};  // GUARDED_BY(checkpoint_mu_)
+  std::string freeze_label_;  // shipper thread only: the label of the next freeze point
+
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
   std::thread tracker_;

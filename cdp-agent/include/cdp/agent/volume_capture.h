@@ -78,6 +78,9 @@ class VolumeCapture : public CaptureTarget {
   // Unavailable before the first handshake; FailedPrecondition when nothing was captured yet.
   Result<uint64_t> AddOperatorPoint(const std::string& label);
 
+  // LSN of the last point made (0 when none). Thread-safe.
+  uint64_t last_point_lsn() const;
+
   // Records a consistency point at the last LSN handed out (if any record came since the last
   // point). Returns that LSN (0 when none).
   uint64_t AddPoint(v1::PointOrigin origin, const std::string& label);
@@ -112,7 +115,7 @@ class VolumeCapture : public CaptureTarget {
   DirtyBitmap* const dirty_;
   const AckMode mode_;
 
-  std::mutex mu_;                        // the capture lock: device writes + LSN order
+  mutable std::mutex mu_;                     // the capture lock: device writes + LSN order
   std::unique_ptr<BlockDevice> device_;  // GUARDED_BY(mu_)
   std::condition_variable lsn_cv_;       // signalled when the LSN base becomes known
   std::mutex read_mu_;
