@@ -223,6 +223,7 @@ Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_
   }
   std::unique_lock<std::mutex> lock(checkpoint_mu_);
   checkpoint_label_ = label;
+  checkpoint_seq_++;
   checkpoint_done_ = false;
   checkpoint_wanted_ = true;
   if (!checkpoint_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
@@ -267,6 +268,7 @@ void TraceCapture::ShipperLoop() {
       if (checkpoint) {
         std::lock_guard<std::mutex> lock(checkpoint_mu_);
         freeze_label_ = checkpoint_label_;
+        checkpoint_taken_seq_ = checkpoint_seq_;
         checkpoint_wanted_ = false;
       }
       const uint64_t point_before = capture_->last_point_lsn();
@@ -284,7 +286,8 @@ void TraceCapture::ShipperLoop() {
               ": the freeze for the checkpoint was abandoned or put off (the agent's log says "
               "why); try again");
         }
-        checkpoint_done_ = true;
+        // A request that timed out meanwhile gets nothing: only the one this cycle was for.
+        checkpoint_done_ = checkpoint_taken_seq_ == checkpoint_seq_;
         checkpoint_cv_.notify_all();
       }
       // One interval from the start, but at least 200 ms (or the interval) after the end: a

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "cdp/agent/nbd_server.h"
+#include "cdp/core/logging.h"
 
 namespace cdp::ctl {
 
@@ -95,7 +96,18 @@ Status ServeExport(const ExportOptions& options, const volatile bool* stop,
   auto server = agent::NbdServer::Start(nbd);
   if (!server.ok()) return server.status().WithContext("--nbd " + options.nbd);
   ready(target->point(), (*server)->bound_address());
-  while (!*stop) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // An image unused for 5 minutes is closed by the server, and its point may then be folded by
+  // retention: keep it in use while the export is up.
+  auto last_touch = std::chrono::steady_clock::now();
+  while (!*stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (std::chrono::steady_clock::now() - last_touch > std::chrono::seconds(60)) {
+      last_touch = std::chrono::steady_clock::now();
+      char byte;
+      Status s = target->Read(0, std::span<char>(&byte, 1));
+      if (!s.ok()) CDP_LOG(warning) << "cdpctl: export: keeping the image open: " << s.ToString();
+    }
+  }
   (*server)->Stop();
   return Status::Ok();
 }

@@ -348,8 +348,12 @@ int RunRetention(const std::string& server, const std::string& volume,
                                  {"durable_lsn", r->durable_lsn()},
                                  {"journal_bytes", r->journal_bytes()},
                                  {"oldest_point_lsn", r->oldest_point_lsn()},
+                                 {"oldest_point_time",
+                                  r->oldest_point_time_ns() ? cdp::FormatRfc3339(r->oldest_point_time_ns()) : ""},
                                  {"early_folds", r->early_folds()},
-                                 {"early_fold_lsn", r->early_fold_lsn()}})
+                                 {"early_fold_lsn", r->early_fold_lsn()},
+                                 {"history_lost_before",
+                                  r->early_folds() ? cdp::FormatRfc3339(r->early_fold_time_ns()) : ""}})
                      .dump()
               << "\n";
   } else {

@@ -131,9 +131,18 @@ class ProgressBar {
   std::chrono::steady_clock::time_point last_{};
 };
 
-// Renames the complete, synced temporary file to `output` and syncs the directory.
-Status Publish(TempFile* file, const std::string& output) {
-  if (rename(file->path().c_str(), output.c_str()) != 0) {
+// Renames the complete, synced temporary file to `output` and syncs the directory. Without
+// `force` an output that appeared meanwhile is not replaced (AlreadyExists).
+Status Publish(TempFile* file, const std::string& output, bool force) {
+  const int rc = force ? rename(file->path().c_str(), output.c_str())
+                       : renameat2(AT_FDCWD, file->path().c_str(), AT_FDCWD, output.c_str(),
+                                   RENAME_NOREPLACE);
+  if (rc != 0 && errno == EEXIST) {
+    return Status::AlreadyExists("output " + output +
+                                 " appeared while restoring; pass --force to replace it (nothing "
+                                 "was written under that name)");
+  }
+  if (rc != 0) {
     return Status::FromErrno(errno, "renaming " + file->path() + " to " + output);
   }
   file->Keep();
@@ -201,11 +210,11 @@ Result<AtSpec> ParseAt(std::string_view text, uint64_t now_ns) {
       return Status::InvalidArgument("--at " + std::string(text) +
                                      " is not a relative time" + forms);
     }
-    const uint64_t back_ns = std::stoull(std::string(number)) * scale * 1000000000ull;
-    if (back_ns >= now_ns) {
+    const uint64_t back_s = std::stoull(std::string(number)) * scale;  // < 10^9 * 86400
+    if (back_s >= now_ns / 1000000000ull) {
       return Status::InvalidArgument("--at " + std::string(text) + " is before 1970" + forms);
     }
-    return AtSpec{0, now_ns - back_ns};
+    return AtSpec{0, now_ns - back_s * 1000000000ull};
   }
   auto t = ParseRfc3339(text);
   if (!t.ok()) return Status::InvalidArgument("--at " + t.status().message() + forms);
@@ -299,7 +308,7 @@ Result<RestoreResult> RestoreQcow2(const RestoreOptions& o, std::ostream& progre
   }
   close(fd);
   result.data_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
-  CDP_RETURN_IF_ERROR(Publish(&qcow2, o.output));
+  CDP_RETURN_IF_ERROR(Publish(&qcow2, o.output, o.force));
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;
@@ -348,7 +357,8 @@ Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, b
       next += len;
     }
     CDP_ASSIGN_OR_RETURN(v1::ImageReadReply reply, client->ReceiveImageRead(&data, kTimeoutMs));
-    if (reply.offset() != in_flight.front()) {
+    const uint64_t expected_len = std::min<uint64_t>(kReadChunk, image.size_bytes() - reply.offset());
+    if (reply.offset() != in_flight.front() || reply.length() != expected_len) {
       return Status::Corruption("image read reply for offset " + std::to_string(reply.offset()) +
                                 ", expected " + std::to_string(in_flight.front()));
     }
@@ -362,7 +372,7 @@ Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, b
   }
   CDP_RETURN_IF_ERROR(raw.SyncAndClose());
   bar.Update(done, true);
-  CDP_RETURN_IF_ERROR(Publish(&raw, o.output));
+  CDP_RETURN_IF_ERROR(Publish(&raw, o.output, o.force));
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;

@@ -127,7 +127,8 @@ Result<uint64_t> RetentionWorker::ChooseTarget(const VolumeInfo& v, bool* early)
   uint64_t by_window = 0;
   if (window > 0) {
     const uint64_t now = NowNanos();
-    const uint64_t cutoff = now > window * 1'000'000'000ull ? now - window * 1'000'000'000ull : 0;
+    const uint64_t now_s = now / 1'000'000'000ull;
+    const uint64_t cutoff = window < now_s ? now - window * 1'000'000'000ull : 0;
     std::vector<v1::ConsistencyPoint> points;
     std::vector<v1::Gap> gaps;
     Status read = store_->ReadPoints(v.name, v.base_lsn, UINT64_MAX, &points);
@@ -157,6 +158,14 @@ Result<uint64_t> RetentionWorker::ChooseTarget(const VolumeInfo& v, bool* early)
     if (!scan.ok() && scan.code() != StatusCode::kAborted) {
       release(0);
       return scan;
+    }
+    // A gap recorded right after the target would share its key with a gap the fold carries
+    // over to the target: fold one record less instead.
+    std::vector<v1::Gap> gaps;
+    if (store_->ReadGaps(v.name, &gaps).ok()) {
+      for (auto g = gaps.rbegin(); g != gaps.rend(); ++g) {
+        if (g->after_lsn() == by_cap && by_cap > v.base_lsn + 1) --by_cap;
+      }
     }
     if (freed < need) {
       CDP_LOG(warning) << "retention: volume " << v.name << ": journal at " << v.journal_bytes

@@ -610,6 +610,12 @@ void JournalServer::HandleCheckpointReply(const wire::Message& msg) {
   const v1::CheckpointReply& reply = msg.header.checkpoint_reply();
   auto it = checkpoints_.find(reply.request_id());
   if (it == checkpoints_.end()) return;  // expired
+  auto rt = runtime_.find(it->second.volume);
+  if (rt == runtime_.end() || rt->second.agent_peer != msg.peer) {
+    CDP_LOG(warning) << "journal-server: checkpoint reply from " << PeerName(msg.peer)
+                     << ", not the agent of volume " << it->second.volume << "; ignored";
+    return;
+  }
   if (!reply.error().empty() || reply.lsn() == 0) {
     SendError(it->second.peer,
               Status::FailedPrecondition("journal-server: the agent of volume " +

@@ -162,6 +162,8 @@ class TraceCapture {
   std::condition_variable checkpoint_cv_;
   std::atomic<bool> checkpoint_wanted_{false};
   std::string checkpoint_label_;                                       // GUARDED_BY(checkpoint_mu_)
+  uint64_t checkpoint_seq_ = 0;        // the request waiting, GUARDED_BY(checkpoint_mu_)
+  uint64_t checkpoint_taken_seq_ = 0;  // the one the shipper took, GUARDED_BY(checkpoint_mu_)
   bool checkpoint_done_ = false;                                       // GUARDED_BY(checkpoint_mu_)
   Result<uint64_t> checkpoint_result_{Status::Internal("no result")};  // GUARDED_BY(checkpoint_mu_)
   std::string freeze_label_;  // shipper thread only: the label of the next freeze point
