@@ -39,6 +39,49 @@ void Sender::Start() {
   });
 }
 
+void Sender::StartCheckpoint(const v1::CheckpointRequest& request) {
+  v1::Header reply;
+  auto* r = reply.mutable_checkpoint_reply();
+  r->set_volume(options_.volume);
+  r->set_request_id(request.request_id());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!on_checkpoint_ || checkpoint_busy_) {
+      r->set_error(!on_checkpoint_ ? "this agent does not take checkpoints"
+                                   : "volume " + options_.volume +
+                                         ": another checkpoint is being taken; try again "
+                                         "when it is done");
+      replies_.push_back(std::move(reply));
+      return;
+    }
+    checkpoint_busy_ = true;
+  }
+  JoinCheckpoint();  // the last one has finished (it cleared checkpoint_busy_)
+  checkpoint_thread_ = std::thread([this, reply = std::move(reply),
+                                    label = request.label()]() mutable {
+    pthread_setname_np(pthread_self(), "checkpoint");
+    auto lsn = on_checkpoint_(label);
+    auto* r = reply.mutable_checkpoint_reply();
+    if (lsn.ok()) {
+      r->set_lsn(*lsn);
+      CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": checkpoint '" << label
+                    << "' at LSN " << *lsn;
+    } else {
+      r->set_error(lsn.status().message());
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_.push_back(std::move(reply));
+      checkpoint_busy_ = false;
+    }
+    Wake();
+  });
+}
+
+void Sender::JoinCheckpoint() {
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+}
+
 void Sender::Wake() {
   const uint64_t one = 1;
   ssize_t n = ::write(wake_fd_, &one, sizeof(one));
@@ -52,6 +95,9 @@ std::vector<ChangeRecord> Sender::Stop(int drain_ms) {
     Wake();
     thread_.join();
   }
+  // A trace-mode checkpoint returns once the capture stops (Agent::StopTrace stops it first)
+  // or after its own timeout.
+  JoinCheckpoint();
   std::lock_guard<std::mutex> lock(mu_);
   stopping_ = true;
   space_cv_.notify_all();
@@ -270,6 +316,19 @@ void Sender::Loop() {
       }
     }
 
+    // Checkpoint replies: on this session's socket (a reply to a request of an earlier session
+    // is ignored by the server, which timed it out).
+    std::vector<v1::Header> replies;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies.swap(replies_);
+    }
+    for (const auto& reply : replies) {
+      Status sent = handshaken ? sock->Send(reply, {}, 1000)
+                               : Status::Unavailable("not connected to the journal-server");
+      if (!sent.ok()) CDP_LOG(warning) << "cdp-agent: checkpoint reply: " << sent.ToString();
+    }
+
     // Send what the window (and the bandwidth limit) allows.
     throttled = false;
     while (handshaken) {
@@ -435,23 +494,7 @@ void Sender::Loop() {
         if (trimmed && queue_.empty()) last_report = Clock::now() - std::chrono::hours(1);
         durable_cv_.notify_all();
       } else if (h.has_checkpoint_request()) {
-        const auto& request = h.checkpoint_request();
-        v1::Header reply;
-        auto* r = reply.mutable_checkpoint_reply();
-        r->set_volume(options_.volume);
-        r->set_request_id(request.request_id());
-        auto lsn = on_checkpoint_ ? on_checkpoint_(request.label())
-                                  : Result<uint64_t>(Status::NotSupported(
-                                        "this agent does not take checkpoints"));
-        if (lsn.ok()) {
-          r->set_lsn(*lsn);
-          CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": checkpoint '"
-                        << request.label() << "' at LSN " << *lsn;
-        } else {
-          r->set_error(lsn.status().message());
-        }
-        Status sent = sock->Send(reply, {}, 1000);
-        if (!sent.ok()) CDP_LOG(warning) << "cdp-agent: checkpoint reply: " << sent.ToString();
+        StartCheckpoint(h.checkpoint_request());
       } else if (h.has_error()) {
         const Status err = wire::StatusFromError(h.error());
         if (err.code() == StatusCode::kFailedPrecondition && !h.error().permanent()) {

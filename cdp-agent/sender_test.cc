@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "cdp/core/testing/temp_dir.h"
+#include "cdp/core/transport.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/server.h"
 #include "cdp/journal/testing/running_server.h"
@@ -70,8 +72,11 @@ class SenderTest : public ::testing::Test {
     return o;
   }
 
-  // A started sender whose handshakes are recorded in handshakes().
-  std::unique_ptr<Sender> StartSender(SenderOptions options) {
+  // A started sender whose handshakes are recorded in handshakes(); `on_checkpoint`, when set,
+  // is its checkpoint callback.
+  std::unique_ptr<Sender> StartSender(
+      SenderOptions options,
+      std::function<Result<uint64_t>(const std::string&)> on_checkpoint = nullptr) {
     auto sender = std::make_unique<Sender>(
         std::move(options),
         [this](uint64_t durable) {
@@ -79,6 +84,7 @@ class SenderTest : public ::testing::Test {
           handshakes_.push_back(durable);
         },
         [](v1::AgentReport* report) { report->set_ack_mode("async"); });
+    if (on_checkpoint) sender->SetCheckpointCallback(std::move(on_checkpoint));
     sender->Start();
     return sender;
   }
@@ -281,6 +287,101 @@ TEST_F(SenderTest, RecordsTheServerAlreadyHasAreDroppedAtHandshake) {
   EXPECT_TRUE(second->Stop(kWaitMs).empty());
   StopServer();
   ExpectJournaled(6);
+}
+
+// A control client's checkpoint request, relayed by the server: its own socket, handshaken.
+class CheckpointClient {
+ public:
+  explicit CheckpointClient(const std::string& server) {
+    auto socket = Socket::Connect(ctx_, server);
+    EXPECT_TRUE(socket.ok()) << socket.status();
+    if (!socket.ok()) return;
+    socket_ = std::move(*socket);
+    auto reply = Handshake(*socket_, wire::MakeHello(v1::ROLE_CONTROL, "checkpoint-client"), kWaitMs);
+    EXPECT_TRUE(reply.ok()) << reply.status();
+  }
+
+  void Ask(const std::string& label) {
+    v1::Header h;
+    h.mutable_checkpoint_request()->set_volume(kVolume);
+    h.mutable_checkpoint_request()->set_label(label);
+    ASSERT_TRUE(socket_ && socket_->Send(h, {}, kWaitMs).ok());
+  }
+
+  // The reply's point, or the relayed error.
+  Result<v1::ConsistencyPoint> Answer() {
+    while (true) {
+      auto msg = socket_->Recv(kWaitMs);
+      if (!msg.ok()) return msg.status();
+      if (msg->header.has_error()) return wire::StatusFromError(msg->header.error());
+      if (msg->header.has_checkpoint_reply()) return msg->header.checkpoint_reply().point();
+    }
+  }
+
+ private:
+  zmq::context_t ctx_;
+  std::unique_ptr<Socket> socket_;
+};
+
+// A checkpoint that takes its time (a trace-mode freeze waits for its records to fit in the
+// buffer, so for acks) runs beside the sender thread: records keep becoming durable while it
+// waits, a second request meanwhile is refused, and the first one's reply comes once it is done.
+TEST_F(SenderTest, ASlowCheckpointDoesNotHoldUpAcks) {
+  StartServer();
+  std::mutex m;
+  std::condition_variable cv;
+  bool entered = false;  // GUARDED_BY(m)
+  bool release = false;  // GUARDED_BY(m)
+  Sender* raw = nullptr;
+  auto sender = StartSender(Options(), [&](const std::string& label) -> Result<uint64_t> {
+    std::unique_lock<std::mutex> lock(m);
+    entered = true;
+    cv.notify_all();
+    if (!cv.wait_for(lock, std::chrono::milliseconds(kWaitMs), [&] { return release; })) {
+      return Status::TimedOut("the test never released the checkpoint");
+    }
+    v1::ConsistencyPoint p;
+    p.set_lsn(20);
+    p.set_origin(v1::POINT_OPERATOR);
+    p.set_label(label);
+    raw->AddPoint(p);
+    return uint64_t{20};
+  });
+  raw = sender.get();
+  for (uint64_t lsn = 1; lsn <= 10; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(sender->WaitDurable(10, kWaitMs).ok());
+
+  CheckpointClient first(server_options_.listen);
+  first.Ask("before-upgrade");
+  {
+    std::unique_lock<std::mutex> lock(m);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::milliseconds(kWaitMs), [&] { return entered; }));
+  }
+  for (uint64_t lsn = 11; lsn <= 20; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  Status s = sender->WaitDurable(20, kWaitMs);
+  EXPECT_TRUE(s.ok()) << "acks stopped while the checkpoint waited: " << s;
+
+  CheckpointClient second(server_options_.listen);
+  second.Ask("impatient");
+  auto refused = second.Answer();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("volume db01-sda: another checkpoint is being taken; try again when it "
+                        "is done"));
+
+  {
+    std::lock_guard<std::mutex> lock(m);
+    release = true;
+    cv.notify_all();
+  }
+  auto point = first.Answer();
+  ASSERT_TRUE(point.ok()) << point.status();
+  EXPECT_EQ(point->lsn(), 20u);
+  EXPECT_EQ(point->origin(), v1::POINT_OPERATOR);
+  EXPECT_EQ(point->label(), "before-upgrade");
+  EXPECT_TRUE(sender->Stop(kWaitMs).empty());
+  StopServer();
+  ExpectJournaled(20);
 }
 
 }  // namespace

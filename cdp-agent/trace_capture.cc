@@ -81,6 +81,10 @@ TraceCapture::TraceCapture(TraceCaptureOptions options, VolumeCapture* capture, 
 TraceCapture::~TraceCapture() {
   stop_ = true;
   wake_cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mu_);  // a waiting Checkpoint returns now
+    checkpoint_cv_.notify_all();
+  }
   if (tracker_.joinable()) tracker_.join();
   if (shipper_.joinable()) shipper_.join();
 }
@@ -105,6 +109,10 @@ void TraceCapture::Start() {
 std::vector<Extent> TraceCapture::Stop() {
   stop_ = true;
   wake_cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mu_);  // a waiting Checkpoint returns now
+    checkpoint_cv_.notify_all();
+  }
   if (tracker_.joinable()) tracker_.join();
   if (shipper_.joinable()) shipper_.join();
   if (tracer_) {

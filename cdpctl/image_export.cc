@@ -82,7 +82,7 @@ Status RemoteImageTarget::WriteZeroes(uint64_t, uint32_t, bool) {
   return Status::NotSupported("the export of a point in time is read-only");
 }
 
-Status ServeExport(const ExportOptions& options, const volatile bool* stop,
+Status ServeExport(const ExportOptions& options, const std::atomic<bool>* stop,
                    const std::function<void(const v1::ConsistencyPoint&, const std::string&)>& ready) {
   CDP_ASSIGN_OR_RETURN(auto target, RemoteImageTarget::Open(options.server, options.volume,
                                                             options.at));

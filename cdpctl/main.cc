@@ -1,4 +1,5 @@
 // cdpctl: the operator's command line. Wiring only; the work is in cdp::ctl.
+#include <atomic>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -210,7 +211,7 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
 
 // cdpctl cutover --plan FILE [--json]
 // Set by SIGINT/SIGTERM during a cutover or a drill: the engines stop safely (they poll it).
-volatile bool g_cancel = false;
+std::atomic<bool> g_cancel{false};
 
 // SIGINT and SIGTERM are blocked in every thread (ZeroMQ's included: they start later and
 // inherit the mask) and taken by one thread with sigwait, so no system call of the engines is

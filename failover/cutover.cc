@@ -39,7 +39,7 @@ std::string Fixed(double v, int digits) { return FixedSeconds(v, digits); }
 
 class CutoverEngine::Impl {
  public:
-  Impl(const CutoverPlan& plan, std::ostream* timeline, const volatile bool* cancel)
+  Impl(const CutoverPlan& plan, std::ostream* timeline, const std::atomic<bool>* cancel)
       : plan_(plan), steps_(timeline), cancel_(cancel) {}
 
   CutoverReport Run() {
@@ -448,7 +448,7 @@ class CutoverEngine::Impl {
 
   const CutoverPlan& plan_;
   StepTimeline steps_;
-  const volatile bool* cancel_;
+  const std::atomic<bool>* cancel_;
   CutoverReport report_;
   double quiesce_start_ = 0;
   bool paused_ = false;
@@ -466,7 +466,7 @@ class CutoverEngine::Impl {
 };
 
 CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline,
-                             const volatile bool* cancel)
+                             const std::atomic<bool>* cancel)
     : plan_(std::move(plan)), timeline_(timeline), cancel_(cancel) {}
 
 CutoverReport CutoverEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }

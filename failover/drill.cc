@@ -102,7 +102,7 @@ TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<FrozenDrive>
 
 class DrillEngine::Impl {
  public:
-  Impl(const CutoverPlan& plan, std::ostream* timeline, const volatile bool* cancel)
+  Impl(const CutoverPlan& plan, std::ostream* timeline, const std::atomic<bool>* cancel)
       : plan_(plan),
         target_(plan.target),
         snapshot_(plan.target, "drill-delta"),
@@ -371,13 +371,13 @@ class DrillEngine::Impl {
   TargetSnapshot snapshot_;
   const TargetConfig drill_vm_;
   StepTimeline steps_;
-  const volatile bool* cancel_;
+  const std::atomic<bool>* cancel_;
   DrillReport report_;
   bool refused_ = false;  // precheck refused before making anything: no teardown
   std::unique_ptr<TargetLock> lock_;
 };
 
-DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const volatile bool* cancel)
+DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const std::atomic<bool>* cancel)
     : plan_(std::move(plan)), timeline_(timeline), cancel_(cancel) {}
 
 DrillReport DrillEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }

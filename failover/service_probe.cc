@@ -65,7 +65,7 @@ Result<std::string> AskService(const std::string& host, uint16_t port, const std
 
 
 Result<std::string> WaitForService(const CutoverPlan& plan, double budget_seconds,
-                                   const volatile bool* cancel) {
+                                   const std::atomic<bool>* cancel) {
   const HealthCheck& h = plan.health;
   const std::string expect = plan.ExpectedReply();
   const auto deadline =

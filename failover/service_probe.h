@@ -4,6 +4,7 @@
 // (NetnsGuard, drill.cc) probes that namespace.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -22,7 +23,7 @@ Result<std::string> AskService(const std::string& host, uint16_t port, const std
 // is ""), for at most budget_seconds: "HOST:PORT answers 'REQ' with 'REPLY'", or TimedOut naming
 // the last answer. Stops early (Aborted) when *cancel becomes true.
 Result<std::string> WaitForService(const CutoverPlan& plan, double budget_seconds,
-                                   const volatile bool* cancel = nullptr);
+                                   const std::atomic<bool>* cancel = nullptr);
 
 // Sends the pe-agent at `endpoint` a takeover of plan.root_volume with plan.network and returns
 // what happened ("switch_root into the migrated OS on /dev/vda (check 0.01 s, ...)"). A refused

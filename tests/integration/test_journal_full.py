@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The journal's filesystem fills under load (docs/operator-guide.md, section 5; docs/retention.md).
 
-The journal-server's --data-dir is a 1 GiB ext4 filesystem on a loop device, most of it taken
-by a ballast file that leaves the free-space reserve (--reserve-bytes 256M) and 64 MiB. A client writes 160 MiB through the agent (async mode) while it fills:
-below the free-space reserve (--reserve-bytes) commits are refused and nothing is acked; the server keeps answering
-status; the agent keeps serving its client (the copy finishes) and falls back to its dirty
-bitmap, recording a history gap. Then the ballast is removed: the server resumes its writes, the
-agent resends only the dirty regions, the replica ends identical to the source, and the gap is
-in the journal's points and status. The mount and the loop device are removed however the test
-ends.
+The journal-server's --data-dir is a 512 MiB ext4 filesystem on a loop device, most of it taken
+by a ballast file that leaves the free-space reserve (--reserve-bytes 256M) and 64 MiB. A client
+writes 160 MiB through the agent (async mode) while it fills: below the reserve commits are
+refused and nothing is acked; the server keeps answering status; the agent keeps serving its
+client (the copy finishes) and falls back to its dirty bitmap, recording a history gap. Then
+the ballast is removed: the server resumes its writes, the agent resends only the dirty regions,
+the replica ends identical to the source, and the gap is in the journal's points and status.
+The mount and the loop device are removed however the test ends.
 """
 import json
 import os
@@ -25,7 +25,7 @@ class FullScene(t.Scene):
         self.mnt = os.path.join(self.dir, "jfs")
         os.makedirs(self.mnt)
         with open(self.fs_image, "wb") as f:
-            f.truncate(1 << 30)
+            f.truncate(512 << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", self.fs_image], check=True)
         subprocess.run(["mount", "-o", "loop", self.fs_image, self.mnt], check=True)
         self.mounted = True

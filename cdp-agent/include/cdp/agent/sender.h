@@ -63,9 +63,12 @@ class Sender {
     on_journal_loss_ = std::move(callback);
   }
 
-  // Called on the sender thread when the journal-server relays `cdpctl checkpoint`: makes an
-  // operator point and returns its LSN (the point must be queued with AddPoint before it
-  // returns). Unset: checkpoints are refused. Set before Start().
+  // Called when the journal-server relays `cdpctl checkpoint`: makes an operator point and
+  // returns its LSN (the point must be queued with AddPoint before it returns). It runs on a
+  // checkpoint thread of its own, one request at a time, so it may block (a trace-mode freeze
+  // waits for its records to fit in this buffer) while the sender thread goes on sending and
+  // taking acks; a request arriving while one runs is refused ("try again"). The reply goes
+  // back on the sender thread. Unset: checkpoints are refused. Set before Start().
   void SetCheckpointCallback(std::function<Result<uint64_t>(const std::string& label)> callback) {
     on_checkpoint_ = std::move(callback);
   }
@@ -117,6 +120,10 @@ class Sender {
   };
   void Loop();
   void Wake();
+  // Runs on_checkpoint_ for `request` on checkpoint_thread_, or queues a refusal at once when
+  // one is running or none is set. Called on the sender thread.
+  void StartCheckpoint(const v1::CheckpointRequest& request);
+  void JoinCheckpoint();
 
   const SenderOptions options_;
   HandshakeCallback on_handshake_;
@@ -124,7 +131,11 @@ class Sender {
   std::function<void(uint64_t)> on_journal_loss_;
   std::function<Result<uint64_t>(const std::string& label)> on_checkpoint_;
 
+  std::thread checkpoint_thread_;  // touched by the sender thread, and by Stop after it ends
+
   mutable std::mutex mu_;
+  bool checkpoint_busy_ = false;          // GUARDED_BY(mu_): checkpoint_thread_ is working
+  std::vector<v1::Header> replies_;       // GUARDED_BY(mu_): checkpoint replies to send
   std::condition_variable space_cv_;    // signalled when the buffer shrinks
   std::condition_variable durable_cv_;  // signalled when durable_lsn_ advances
   std::deque<Entry> queue_;             // GUARDED_BY(mu_), ascending contiguous LSNs

@@ -37,7 +37,7 @@ class RemoteImageTarget : public agent::CaptureTarget {
   const v1::ConsistencyPoint& point() const { return point_; }
   uint64_t bytes_read() const { return bytes_read_.load(); }
   // Reads fail with Aborted once *cancel is true (a stopped restore stops its qemu-img).
-  void set_cancel(const volatile bool* cancel) { cancel_ = cancel; }
+  void set_cancel(const std::atomic<bool>* cancel) { cancel_ = cancel; }
 
   uint64_t size() const override { return size_; }
   uint32_t block_size() const override { return 512; }
@@ -58,7 +58,7 @@ class RemoteImageTarget : public agent::CaptureTarget {
   uint64_t size_ = 0;
   v1::ConsistencyPoint point_;
   std::atomic<uint64_t> bytes_read_{0};
-  const volatile bool* cancel_ = nullptr;
+  const std::atomic<bool>* cancel_ = nullptr;
 };
 
 struct ExportOptions {
@@ -71,7 +71,7 @@ struct ExportOptions {
 // Serves the export until *stop is true (checked every 200 ms), then closes it (the unix socket
 // file is removed). `ready` is called once it listens, with the point and the bound address.
 // Errors: the server's refusals, the NBD server's (address syntax, busy port or socket).
-Status ServeExport(const ExportOptions& options, const volatile bool* stop,
+Status ServeExport(const ExportOptions& options, const std::atomic<bool>* stop,
                    const std::function<void(const v1::ConsistencyPoint&, const std::string&)>& ready);
 
 }  // namespace cdp::ctl

@@ -4,6 +4,7 @@
 // under a temporary name that becomes the output's name only once it is complete and synced.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <ostream>
 #include <string>
@@ -37,7 +38,7 @@ struct RestoreOptions {
   std::string output;
   bool force = false;  // replace an existing output file
   // Polled between reads; when it turns true the restore stops with Aborted.
-  const volatile bool* cancel = nullptr;
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct RestoreResult {

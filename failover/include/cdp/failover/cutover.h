@@ -23,6 +23,7 @@
 // thread-safe; one cutover at a time.
 #pragma once
 
+#include <atomic>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -56,7 +57,7 @@ class CutoverEngine {
   // on SIGINT/SIGTERM) the cutover stops: before the fence it fails with Aborted ("stopped by a
   // signal") and rolls back like any failure there; from the fence on only the wait for the
   // health check is cut short (nothing can be undone then).
-  CutoverEngine(CutoverPlan plan, std::ostream* timeline, const volatile bool* cancel = nullptr);
+  CutoverEngine(CutoverPlan plan, std::ostream* timeline, const std::atomic<bool>* cancel = nullptr);
 
   CutoverReport Run();
 
@@ -64,7 +65,7 @@ class CutoverEngine {
   class Impl;
   CutoverPlan plan_;
   std::ostream* timeline_;
-  const volatile bool* cancel_;
+  const std::atomic<bool>* cancel_;
 };
 
 // The JSON report: {"ok", "plan", "error", "rollback", "downtime_seconds", "final_lsn":

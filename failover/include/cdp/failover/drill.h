@@ -26,6 +26,7 @@
 // one drill per target at a time.
 #pragma once
 
+#include <atomic>
 #include <ostream>
 #include <string>
 #include <utility>
@@ -50,7 +51,7 @@ class DrillEngine {
  public:
   // `timeline` gets one human line per step as it happens. The drill stops early (and tears
   // down) once *cancel is true: cdpctl sets it on SIGINT/SIGTERM.
-  DrillEngine(CutoverPlan plan, std::ostream* timeline, const volatile bool* cancel = nullptr);
+  DrillEngine(CutoverPlan plan, std::ostream* timeline, const std::atomic<bool>* cancel = nullptr);
 
   DrillReport Run();
 
@@ -58,7 +59,7 @@ class DrillEngine {
   class Impl;
   CutoverPlan plan_;
   std::ostream* timeline_;
-  const volatile bool* cancel_;
+  const std::atomic<bool>* cancel_;
 };
 
 // The JSON report: {"ok", "plan", "error", "downtime_seconds" (always 0: the source is not
