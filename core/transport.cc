@@ -121,14 +121,15 @@ Status Socket::SendTo(const std::string& peer, const v1::Header& header,
   return Status::Ok();
 }
 
-bool Socket::Readable(int timeout_ms) {
-  zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+bool Socket::Readable(int timeout_ms, int wake_fd) {
+  zmq::pollitem_t items[2] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                              {nullptr, wake_fd, ZMQ_POLLIN, 0}};
   try {
-    zmq::poll(&item, 1, std::chrono::milliseconds(timeout_ms));
+    zmq::poll(items, wake_fd >= 0 ? 2 : 1, std::chrono::milliseconds(timeout_ms));
   } catch (const zmq::error_t&) {
     return false;
   }
-  return (item.revents & ZMQ_POLLIN) != 0;
+  return (items[0].revents & ZMQ_POLLIN) != 0;
 }
 
 Result<wire::Message> Socket::Recv(int timeout_ms) {

@@ -360,6 +360,16 @@ std::vector<VolumeInfo> JournalStore::ListVolumes() const {
   return out;
 }
 
+Status CheckVolumeKnown(const JournalStore& store, const std::string& volume) {
+  std::string known;
+  for (const auto& v : store.ListVolumes()) {
+    if (v.name == volume) return Status::Ok();
+    known += (known.empty() ? "" : ", ") + v.name;
+  }
+  return Status::NotFound("journal-server: no volume '" + volume + "' (it has: " +
+                          (known.empty() ? "none" : known) + ")");
+}
+
 uint64_t JournalStore::LastLsn(const std::string& name, const WriteGroup& group) const {
   std::lock_guard<std::mutex> lock(mu_);
   const VolumeInfo& v = volumes_.at(name);

@@ -15,9 +15,6 @@ constexpr auto kAgentAliveWindow = std::chrono::seconds(3);
 constexpr auto kSessionExpiry = std::chrono::seconds(60);
 constexpr size_t kMaxTailRecords = 4096;
 constexpr size_t kMaxDrainMessages = 512;
-constexpr auto kImageIdle = std::chrono::minutes(5);
-constexpr size_t kMaxOpenImages = 8;
-constexpr uint32_t kMaxImageRead = 8u << 20;
 }  // namespace
 
 Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions& options) {
@@ -26,6 +23,8 @@ Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions&
   CDP_ASSIGN_OR_RETURN(server->socket_, Socket::Bind(server->ctx_, options.listen));
   server->retention_ = std::make_unique<RetentionWorker>(server->store_.get(), options.retention);
   server->retention_->Start();
+  CDP_ASSIGN_OR_RETURN(server->images_,
+                       ImageService::Start(server->store_.get(), server->retention_.get()));
   CDP_LOG(info) << "journal-server: serving " << options.listen << " with journal in "
                 << options.data_dir << " (protocol v" << wire::kMinVersion << ".."
                 << wire::kMaxVersion << ")";
@@ -33,7 +32,7 @@ Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions&
 }
 
 JournalServer::~JournalServer() {
-  images_.clear();
+  images_.reset();
   if (retention_) retention_->Stop();
   socket_.reset();
   ctx_.close();
@@ -66,7 +65,9 @@ void JournalServer::SendError(const std::string& peer, const Status& status, boo
 Status JournalServer::Run(const std::atomic<bool>* stop) {
   auto last_sweep = Clock::now();
   while (!stop->load()) {
-    if (!socket_->Readable(50)) {
+    const bool readable = socket_->Readable(50, images_->ready_fd());
+    SendImageReplies();
+    if (!readable) {
       ServeParkedTails(/*expire_only=*/true);
       ServeCheckpoints();
     } else {
@@ -118,9 +119,6 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
           ++it;
         }
       }
-      for (auto it = images_.begin(); it != images_.end();) {
-        it = Clock::now() - it->second.last_used > kImageIdle ? images_.erase(it) : std::next(it);
-      }
     }
   }
   CDP_LOG(info) << "journal-server: stopping";
@@ -149,11 +147,12 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
       HandlePoints(msg);
       return;
     case v1::Header::kImageOpenRequest:
-      HandleImageOpen(msg);
-      return;
     case v1::Header::kImageReadRequest:
-      HandleImageRead(msg);
+    case v1::Header::kImageCloseRequest: {
+      std::string name = PeerName(msg.peer);
+      images_->Submit(std::move(msg), std::move(name));
       return;
+    }
     case v1::Header::kCheckpointRequest:
       HandleCheckpoint(msg);
       return;
@@ -163,14 +162,6 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
     case v1::Header::kRetentionRequest:
       HandleRetention(msg);
       return;
-    case v1::Header::kImageCloseRequest: {
-      const uint64_t id = msg.header.image_close_request().image_id();
-      images_.erase(id);
-      v1::Header reply;
-      reply.mutable_image_close_reply()->set_image_id(id);
-      (void)socket_->SendTo(msg.peer, reply);
-      return;
-    }
     default: {
       Status s =
           Status::InvalidArgument("journal-server: unexpected message (header case " +
@@ -478,111 +469,18 @@ void JournalServer::ServeParkedTails(bool expire_only) {
   }
 }
 
-Status JournalServer::CheckVolumeKnown(const std::string& volume) const {
-  std::string known;
-  for (const auto& v : store_->ListVolumes()) {
-    if (v.name == volume) return Status::Ok();
-    known += (known.empty() ? "" : ", ") + v.name;
-  }
-  return Status::NotFound("journal-server: no volume '" + volume + "' (it has: " +
-                          (known.empty() ? "none" : known) + ")");
-}
-
-void JournalServer::HandleImageOpen(const wire::Message& msg) {
-  const v1::ImageOpenRequest& request = msg.header.image_open_request();
-  Status known = CheckVolumeKnown(request.volume());
-  if (!known.ok()) return SendError(msg.peer, known, true);
-  auto v = store_->GetVolume(request.volume());
-  if (!v.ok()) return SendError(msg.peer, v.status(), false);
-  std::vector<v1::ConsistencyPoint> points;
-  std::vector<v1::Gap> gaps;
-  // Points below the history start are folded, or being folded, into the base image: they are
-  // not offered, but they still say where the windows end.
-  const uint64_t history_start = retention_->HistoryStart(request.volume());
-  Status read = store_->ReadPoints(request.volume(), v->base_lsn, UINT64_MAX, &points);
-  if (read.ok()) read = store_->ReadGaps(request.volume(), &gaps);
-  if (!read.ok()) return SendError(msg.peer, read, false);
-  auto point = ChoosePoint(request.volume(), points, gaps,
-                           PointTarget{request.at_lsn(), request.at_time_ns()}, v->durable_lsn,
-                           NowNanos(), v->base_lsn, history_start);
-  if (!point.ok()) return SendError(msg.peer, point.status(), true);
-  auto token = retention_->Pin(request.volume(), point->lsn());
-  if (!token.ok()) return SendError(msg.peer, token.status(), false);
-  RetentionWorker* worker = retention_.get();
-  std::shared_ptr<void> pin(nullptr, [worker, t = *token](void*) { worker->Unpin(t); });
-  const auto started = Clock::now();
-  auto image = PointImage::Build(store_.get(), request.volume(), point->lsn());
-  if (!image.ok()) {
-    CDP_LOG(error) << "journal-server: image of volume " << request.volume() << " at LSN "
-                   << point->lsn() << ": " << image.status().ToString();
-    return SendError(msg.peer, image.status(), false);
-  }
-  while (images_.size() >= kMaxOpenImages) {
-    auto oldest = std::min_element(images_.begin(), images_.end(), [](const auto& a, const auto& b) {
-      return a.second.last_used < b.second.last_used;
-    });
-    images_.erase(oldest);
-  }
-  const uint64_t id = next_image_++;
-  CDP_LOG(info) << "journal-server: " << PeerName(msg.peer) << " opened image " << id
-                << " of volume " << request.volume() << " at LSN " << point->lsn() << " ("
-                << (*image)->extent_count() << " extents, built in "
-                << std::chrono::duration<double>(Clock::now() - started).count() << " s)";
-  v1::Header h;
-  auto* reply = h.mutable_image_open_reply();
-  reply->set_volume(request.volume());
-  reply->set_image_id(id);
-  reply->set_size_bytes((*image)->size_bytes());
-  *reply->mutable_point() = *point;
-  images_[id] = OpenImage{std::move(*image), Clock::now(), std::move(pin)};
-  (void)socket_->SendTo(msg.peer, h);
-}
-
-void JournalServer::HandleImageRead(const wire::Message& msg) {
-  const v1::ImageReadRequest& request = msg.header.image_read_request();
-  auto it = images_.find(request.image_id());
-  if (it == images_.end()) {
-    return SendError(msg.peer,
-                     Status::NotFound("journal-server: image " +
-                                      std::to_string(request.image_id()) +
-                                      " is not open (unused for 5 minutes, or the server "
-                                      "restarted); open it again"),
-                     false);
-  }
-  if (request.length() == 0 || request.length() > kMaxImageRead) {
-    return SendError(msg.peer,
-                     Status::InvalidArgument("journal-server: image read of " +
-                                             std::to_string(request.length()) +
-                                             " bytes; ask for 1 byte to 8 MiB"),
-                     true);
-  }
-  it->second.last_used = Clock::now();
-  auto data = std::make_shared<std::string>(request.length(), '\0');
-  Status s = it->second.image->Read(request.offset(), std::span<char>(data->data(), data->size()));
-  if (!s.ok()) {
-    if (s.code() != StatusCode::kInvalidArgument) {
-      CDP_LOG(error) << "journal-server: image " << request.image_id() << ": " << s.ToString();
+void JournalServer::SendImageReplies() {
+  for (auto& reply : images_->TakeReplies()) {
+    Status sent = socket_->SendTo(reply.peer, reply.header, std::move(reply.frames));
+    if (!sent.ok()) {
+      CDP_LOG(debug) << "journal-server: image reply to " << PeerName(reply.peer) << ": " << sent;
     }
-    return SendError(msg.peer, s, s.code() == StatusCode::kInvalidArgument);
   }
-  v1::Header h;
-  auto* reply = h.mutable_image_read_reply();
-  reply->set_image_id(request.image_id());
-  reply->set_offset(request.offset());
-  reply->set_length(request.length());
-  std::vector<zmq::message_t> frames;
-  if (IsAllZero(*data)) {
-    reply->set_zero(true);
-  } else {
-    frames.push_back(wire::FrameFromShared(std::move(data)));
-  }
-  Status sent = socket_->SendTo(msg.peer, h, std::move(frames));
-  if (!sent.ok()) CDP_LOG(debug) << "journal-server: image reply to " << PeerName(msg.peer) << ": " << sent;
 }
 
 void JournalServer::HandleCheckpoint(const wire::Message& msg) {
   const v1::CheckpointRequest& request = msg.header.checkpoint_request();
-  Status known = CheckVolumeKnown(request.volume());
+  Status known = CheckVolumeKnown(*store_, request.volume());
   if (!known.ok()) return SendError(msg.peer, known, true);
   auto rt = runtime_.find(request.volume());
   if (rt == runtime_.end() || rt->second.agent_peer.empty() ||
@@ -661,7 +559,7 @@ void JournalServer::ServeCheckpoints() {
 
 void JournalServer::HandleRetention(const wire::Message& msg) {
   const v1::RetentionRequest& request = msg.header.retention_request();
-  Status known = CheckVolumeKnown(request.volume());
+  Status known = CheckVolumeKnown(*store_, request.volume());
   if (!known.ok()) return SendError(msg.peer, known, true);
   auto v = store_->GetVolume(request.volume());
   if (!v.ok()) return SendError(msg.peer, v.status(), false);
@@ -701,7 +599,7 @@ void JournalServer::HandleRetention(const wire::Message& msg) {
 
 void JournalServer::HandlePoints(const wire::Message& msg) {
   const v1::PointsRequest& request = msg.header.points_request();
-  Status known = CheckVolumeKnown(request.volume());
+  Status known = CheckVolumeKnown(*store_, request.volume());
   if (!known.ok()) return SendError(msg.peer, known, true);
   constexpr uint32_t kDefaultMaxPoints = 100000;
   const uint32_t max = request.max_points() == 0 ? kDefaultMaxPoints : request.max_points();

@@ -41,8 +41,9 @@ class Socket {
   // when the header frame does not parse (the message is consumed).
   Result<wire::Message> Recv(int timeout_ms);
 
-  // True when a message can be received without waiting up to timeout_ms.
-  bool Readable(int timeout_ms);
+  // True when a message can be received without waiting up to timeout_ms. With wake_fd >= 0,
+  // also returns (false, unless a message is there too) as soon as wake_fd is readable.
+  bool Readable(int timeout_ms, int wake_fd = -1);
 
   const std::string& endpoint() const { return endpoint_; }
   zmq::socket_t& raw() { return socket_; }

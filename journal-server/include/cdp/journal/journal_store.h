@@ -210,4 +210,8 @@ class JournalStore {
 // [volume id][lsn] big-endian.
 std::string JournalKey(uint32_t volume_id, uint64_t lsn);
 
+// OK when the journal has `volume`; NotFound naming it and the volumes the journal has otherwise
+// (the answer to a request for an unknown volume).
+Status CheckVolumeKnown(const JournalStore& store, const std::string& volume);
+
 }  // namespace cdp::journal

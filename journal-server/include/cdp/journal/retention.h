@@ -18,8 +18,8 @@
 // the base covers, and every image is at or after the target), or the new one. The next start
 // finishes an unfinished fold before any other.
 //
-// Ingest, tails and image reads run on the server's thread and never wait for a fold, except
-// for the short exclusive hold of step 3 (JournalStore::FoldReadLock).
+// Ingest and tails run on the server's thread, image reads on the ImageService's; none waits for
+// a fold, except for the short exclusive hold of step 3 (JournalStore::FoldReadLock).
 #pragma once
 
 #include <atomic>

@@ -2,9 +2,12 @@
 //
 // One ROUTER socket serves agents (ChangeBatch -> DurableAck after a synced group commit),
 // replicators (TailRequest -> TailBatch in LSN order, long-polled, pull-based so a slow
-// replicator is never flooded) and cdpctl (StatusRequest). One thread runs the loop: it
-// drains every message that is ready, commits all their records with one synced write, then
-// acks them (group commit), then answers tails that the commit made servable.
+// replicator is never flooded) and cdpctl (StatusRequest, points, checkpoints, retention, and
+// the images of restores and exports). One thread runs the loop: it drains every message that
+// is ready, commits all their records with one synced write, then acks them (group commit),
+// then answers tails that the commit made servable. Image requests are handed to the
+// ImageService's thread, whose replies the loop sends when they are ready; retention folds on
+// the RetentionWorker's.
 //
 // Bad input (a wrong version, an unknown volume, a malformed frame, a CRC mismatch) is answered
 // with a worded Error to that peer, logged once, journals nothing, and never stops the loop.
@@ -18,8 +21,8 @@
 #include <zmq.hpp>
 
 #include "cdp/core/transport.h"
+#include "cdp/journal/image_service.h"
 #include "cdp/journal/journal_store.h"
-#include "cdp/journal/point_image.h"
 #include "cdp/journal/retention.h"
 
 namespace cdp::journal {
@@ -44,6 +47,11 @@ class JournalServer {
   // made it stop, OK on a requested stop.
   Status Run(const std::atomic<bool>* stop);
 
+  // Tests only: runs on the image thread before each image request is served (to hold one).
+  void SetImageRequestHookForTesting(std::function<void()> hook) {
+    images_->SetBeforeRequestHookForTesting(std::move(hook));
+  }
+
  private:
   using Clock = std::chrono::steady_clock;
 
@@ -63,12 +71,6 @@ class JournalServer {
     Clock::time_point applied_time{};
     std::string agent_peer;
     std::string replicator_peer;
-  };
-  // An image opened by ImageOpenRequest (a restore or an export reading it).
-  struct OpenImage {
-    std::unique_ptr<PointImage> image;
-    Clock::time_point last_used;
-    std::shared_ptr<void> pin;  // RetentionWorker::Pin of the image's LSN, unpinned on erase
   };
   // A `cdpctl checkpoint` relayed to the volume's agent, answered once its point is durable.
   struct PendingCheckpoint {
@@ -99,10 +101,8 @@ class JournalServer {
   void HandleStatus(const wire::Message& msg);
   // PointsRequest: the consistency points of a volume (NotFound for an unknown one).
   void HandlePoints(const wire::Message& msg);
-  // ImageOpenRequest: chooses the point (point_choice.h) and builds its PointImage.
-  void HandleImageOpen(const wire::Message& msg);
-  // ImageReadRequest: bytes of an open image, or `zero` when they are all zeroes.
-  void HandleImageRead(const wire::Message& msg);
+  // Sends the replies the image service has ready.
+  void SendImageReplies();
   // CheckpointRequest from a control client: relayed to the volume's agent.
   void HandleCheckpoint(const wire::Message& msg);
   // CheckpointReply from an agent: the point's LSN (or why none was made).
@@ -111,8 +111,6 @@ class JournalServer {
   void ServeCheckpoints();
   // RetentionRequest: sets and/or reports a volume's retention.
   void HandleRetention(const wire::Message& msg);
-  // NotFound naming `volume` and the volumes the journal has, OK when it has `volume`.
-  Status CheckVolumeKnown(const std::string& volume) const;
   // Sends records >= from to the peer; false if there were none to send yet.
   bool ServeTail(const std::string& peer, const wire::v1::TailRequest& req, bool send_empty);
   void ServeParkedTails(bool expire_only);
@@ -124,14 +122,13 @@ class JournalServer {
   zmq::context_t ctx_{1};
   std::unique_ptr<JournalStore> store_;
   std::unique_ptr<RetentionWorker> retention_;  // stopped before store_ goes
+  std::unique_ptr<ImageService> images_;        // destroyed before retention_ (its pins)
   std::unique_ptr<Socket> socket_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;  // by routing id
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
   std::map<std::string, ParkedTail> parked_;                  // by routing id
-  std::map<uint64_t, OpenImage> images_;                      // by image id
   std::map<uint64_t, PendingCheckpoint> checkpoints_;         // by request id
   uint64_t next_checkpoint_ = 1;
-  uint64_t next_image_ = 1;
   uint64_t next_session_ = 1;
 };
 

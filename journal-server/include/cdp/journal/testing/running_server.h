@@ -23,6 +23,9 @@ class RunningServer {
     return Status::Ok();
   }
 
+  // The running server (null before Start and after Stop).
+  JournalServer* server() { return server_.get(); }
+
   // Stops the loop, joins the thread and closes the journal. Returns what Run returned.
   [[nodiscard]] Status Stop() {
     if (!thread_.joinable()) return Status::Ok();
