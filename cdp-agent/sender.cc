@@ -95,13 +95,17 @@ std::vector<ChangeRecord> Sender::Stop(int drain_ms) {
     Wake();
     thread_.join();
   }
-  // A trace-mode checkpoint returns once the capture stops (Agent::StopTrace stops it first)
-  // or after its own timeout.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    space_cv_.notify_all();
+    durable_cv_.notify_all();
+  }
+  // A checkpoint still running returns: a trace-mode one once the capture stops (Agent::StopTrace
+  // stops it first) or after its own timeout; an NBD-mode one once the writers waiting in
+  // VolumeCapture see the sender stopped. Its point, if any, is not sent.
   JoinCheckpoint();
   std::lock_guard<std::mutex> lock(mu_);
-  stopping_ = true;
-  space_cv_.notify_all();
-  durable_cv_.notify_all();
   std::vector<ChangeRecord> left;
   for (auto& e : queue_) left.push_back(std::move(e.rec));
   queue_.clear();
@@ -238,7 +242,10 @@ void Sender::Loop() {
         drain_deadline = Clock::now() + std::chrono::milliseconds(drain_ms_.load());
       }
       std::lock_guard<std::mutex> lock(mu_);
-      if ((queue_.empty() && points_.empty() && gaps_.empty()) || Clock::now() >= drain_deadline) {
+      // A checkpoint being taken still adds its point and its reply: wait for them too.
+      const bool drained = queue_.empty() && points_.empty() && gaps_.empty() &&
+                           !checkpoint_busy_ && replies_.empty();
+      if (drained || Clock::now() >= drain_deadline) {
         break;
       }
     }
@@ -316,16 +323,15 @@ void Sender::Loop() {
       }
     }
 
-    // Checkpoint replies: on this session's socket (a reply to a request of an earlier session
-    // is ignored by the server, which timed it out).
+    // Checkpoint replies, on the current session (the server answers cdpctl if the request is
+    // still pending, and drops a reply to one it has timed out).
     std::vector<v1::Header> replies;
     {
       std::lock_guard<std::mutex> lock(mu_);
       replies.swap(replies_);
     }
     for (const auto& reply : replies) {
-      Status sent = handshaken ? sock->Send(reply, {}, 1000)
-                               : Status::Unavailable("not connected to the journal-server");
+      Status sent = sock->Send(reply, {}, 1000);
       if (!sent.ok()) CDP_LOG(warning) << "cdp-agent: checkpoint reply: " << sent.ToString();
     }
 

@@ -10,6 +10,8 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -323,40 +325,66 @@ class CheckpointClient {
   std::unique_ptr<Socket> socket_;
 };
 
+// A checkpoint callback that, once called, waits until the test releases it, then adds an
+// operator point at `lsn` to the sender (Attach) and returns its LSN.
+class HeldCheckpoint {
+ public:
+  explicit HeldCheckpoint(uint64_t lsn) : lsn_(lsn) {}
+
+  void Attach(Sender* sender) { sender_ = sender; }
+
+  std::function<Result<uint64_t>(const std::string&)> Callback() {
+    return [this](const std::string& label) -> Result<uint64_t> {
+      std::unique_lock<std::mutex> lock(mu_);
+      entered_ = true;
+      cv_.notify_all();
+      if (!cv_.wait_for(lock, std::chrono::milliseconds(kWaitMs), [&] { return released_; })) {
+        return Status::TimedOut("the test never released the checkpoint");
+      }
+      v1::ConsistencyPoint p;
+      p.set_lsn(lsn_);
+      p.set_origin(v1::POINT_OPERATOR);
+      p.set_label(label);
+      sender_->AddPoint(p);
+      return lsn_;
+    };
+  }
+
+  // True once the callback runs (within kWaitMs).
+  bool WaitEntered() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::milliseconds(kWaitMs), [&] { return entered_; });
+  }
+
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  const uint64_t lsn_;
+  Sender* sender_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;   // GUARDED_BY(mu_)
+  bool released_ = false;  // GUARDED_BY(mu_)
+};
+
 // A checkpoint that takes its time (a trace-mode freeze waits for its records to fit in the
 // buffer, so for acks) runs beside the sender thread: records keep becoming durable while it
 // waits, a second request meanwhile is refused, and the first one's reply comes once it is done.
 TEST_F(SenderTest, ASlowCheckpointDoesNotHoldUpAcks) {
   StartServer();
-  std::mutex m;
-  std::condition_variable cv;
-  bool entered = false;  // GUARDED_BY(m)
-  bool release = false;  // GUARDED_BY(m)
-  Sender* raw = nullptr;
-  auto sender = StartSender(Options(), [&](const std::string& label) -> Result<uint64_t> {
-    std::unique_lock<std::mutex> lock(m);
-    entered = true;
-    cv.notify_all();
-    if (!cv.wait_for(lock, std::chrono::milliseconds(kWaitMs), [&] { return release; })) {
-      return Status::TimedOut("the test never released the checkpoint");
-    }
-    v1::ConsistencyPoint p;
-    p.set_lsn(20);
-    p.set_origin(v1::POINT_OPERATOR);
-    p.set_label(label);
-    raw->AddPoint(p);
-    return uint64_t{20};
-  });
-  raw = sender.get();
+  HeldCheckpoint held(20);
+  auto sender = StartSender(Options(), held.Callback());
+  held.Attach(sender.get());
   for (uint64_t lsn = 1; lsn <= 10; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
   ASSERT_TRUE(sender->WaitDurable(10, kWaitMs).ok());
 
   CheckpointClient first(server_options_.listen);
   first.Ask("before-upgrade");
-  {
-    std::unique_lock<std::mutex> lock(m);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::milliseconds(kWaitMs), [&] { return entered; }));
-  }
+  ASSERT_TRUE(held.WaitEntered());
   for (uint64_t lsn = 11; lsn <= 20; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
   Status s = sender->WaitDurable(20, kWaitMs);
   EXPECT_TRUE(s.ok()) << "acks stopped while the checkpoint waited: " << s;
@@ -369,11 +397,7 @@ TEST_F(SenderTest, ASlowCheckpointDoesNotHoldUpAcks) {
               HasSubstr("volume db01-sda: another checkpoint is being taken; try again when it "
                         "is done"));
 
-  {
-    std::lock_guard<std::mutex> lock(m);
-    release = true;
-    cv.notify_all();
-  }
+  held.Release();
   auto point = first.Answer();
   ASSERT_TRUE(point.ok()) << point.status();
   EXPECT_EQ(point->lsn(), 20u);
@@ -382,6 +406,36 @@ TEST_F(SenderTest, ASlowCheckpointDoesNotHoldUpAcks) {
   EXPECT_TRUE(sender->Stop(kWaitMs).empty());
   StopServer();
   ExpectJournaled(20);
+}
+
+// A checkpoint still being taken when the agent is asked to stop is waited for (within the drain
+// time): its point is journaled and its reply sent before the sender ends.
+TEST_F(SenderTest, ACheckpointTakenWhileTheAgentStopsIsStillSent) {
+  StartServer();
+  HeldCheckpoint held(10);
+  auto sender = StartSender(Options(), held.Callback());
+  held.Attach(sender.get());
+  for (uint64_t lsn = 1; lsn <= 10; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(sender->WaitDurable(10, kWaitMs).ok());
+
+  CheckpointClient client(server_options_.listen);
+  client.Ask("last-before-stop");
+  ASSERT_TRUE(held.WaitEntered());
+  // Stop while the checkpoint runs: everything else is sent, so only the checkpoint is left.
+  auto stopped = std::async(std::launch::async, [&] { return sender->Stop(kWaitMs); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
+  while (!sender->stopped() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(sender->stopped());
+  held.Release();
+  auto point = client.Answer();
+  ASSERT_TRUE(point.ok()) << "the checkpoint was dropped at stop: " << point.status();
+  EXPECT_EQ(point->lsn(), 10u);
+  EXPECT_EQ(point->label(), "last-before-stop");
+  EXPECT_TRUE(stopped.get().empty());
+  StopServer();
+  ExpectJournaled(10);
 }
 
 }  // namespace

@@ -107,12 +107,12 @@ void TraceCapture::Start() {
 }
 
 std::vector<Extent> TraceCapture::Stop() {
-  stop_ = true;
-  wake_cv_.notify_all();
   {
     std::lock_guard<std::mutex> lock(checkpoint_mu_);  // a waiting Checkpoint returns now
+    stop_ = true;
     checkpoint_cv_.notify_all();
   }
+  wake_cv_.notify_all();
   if (tracker_.joinable()) tracker_.join();
   if (shipper_.joinable()) shipper_.join();
   if (tracer_) {
@@ -124,6 +124,7 @@ std::vector<Extent> TraceCapture::Stop() {
     // Keep tracing while no agent runs: the next start resumes from the buffered events.
     tracer_->Detach();
   }
+  std::lock_guard<std::mutex> lock(checkpoint_mu_);  // see Checkpoint
   freezer_.reset();
   return map_.TakeAll();
 }
@@ -217,6 +218,12 @@ void TraceCapture::CheckLostEvents() {
 }
 
 Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_ms) {
+  // Under checkpoint_mu_: Stop() sets stop_ and releases the freezer under it, so a request that
+  // comes in while the agent stops is refused rather than racing it.
+  std::unique_lock<std::mutex> lock(checkpoint_mu_);
+  const Status stopping =
+      Status::Aborted("volume " + options_.volume + ": the agent is stopping; no checkpoint");
+  if (stop_) return stopping;
   if (!freezer_) {
     return Status::FailedPrecondition(
         "volume " + options_.volume +
@@ -229,7 +236,6 @@ Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_
         ": a checksum resync of the device is in progress; the first point after it comes "
         "when it finishes");
   }
-  std::unique_lock<std::mutex> lock(checkpoint_mu_);
   checkpoint_label_ = label;
   checkpoint_seq_++;
   checkpoint_done_ = false;
@@ -238,6 +244,7 @@ Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_
                                [&] { return checkpoint_done_ || stop_.load(); }) ||
       !checkpoint_done_) {
     checkpoint_wanted_ = false;
+    if (stop_) return stopping;
     return Status::TimedOut("volume " + options_.volume + ": no freeze within " +
                             std::to_string(timeout_ms) + " ms");
   }
