@@ -1,9 +1,9 @@
 // cdpctl: the operator's command line. Wiring only; the work is in cdp::ctl.
-#include <atomic>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <iostream>
 #include <optional>

@@ -275,7 +275,6 @@ Result<RestoreResult> RestoreQcow2(const RestoreOptions& o, std::ostream& progre
   TempFile qcow2(TempStem(o.output) + ".qcow2");
   // Claimed with O_EXCL (so never another's file), then written over by qemu-img.
   CDP_RETURN_IF_ERROR(qcow2.Create());
-  CDP_RETURN_IF_ERROR(qcow2.SyncAndClose());
   const std::vector<std::string> argv = {
       "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2",
       "nbd+unix:///" + o.volume + "?socket=" + sock, qcow2.path()};
