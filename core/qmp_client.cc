@@ -13,6 +13,8 @@
 #include <thread>
 #include <utility>
 
+#include "cdp/core/logging.h"
+
 namespace cdp {
 namespace {
 
@@ -28,6 +30,9 @@ constexpr size_t kShownBytes = 60;
 constexpr int64_t kMismatchGraceMs = 200;
 // Pause between connect attempts while the listen backlog is full (EAGAIN).
 constexpr auto kConnectRetry = std::chrono::milliseconds(10);
+// How many event names an overflow warning counts separately (the rest are "other"): a peer
+// that names every event differently must not grow the tally without bound either.
+constexpr size_t kMaxDropNames = 8;
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -51,6 +56,23 @@ std::string Printable(std::string_view text) {
   return out;
 }
 
+// `value` as one line of JSON; `replace` keeps dump() from throwing on invalid UTF-8.
+std::string Dump(const Json& value) {
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+// What a reply had where something else was expected: "string '\"yes\"'", "null".
+std::string Described(const Json& value) {
+  if (value.is_null()) return "null";
+  return std::string(value.type_name()) + " '" + Printable(Dump(value)) + "'";
+}
+
+Status ShapeMismatch(std::string_view context, std::string_view path, std::string_view expected,
+                     std::string_view got) {
+  return Status::ProtocolMismatch(std::string(context) + ": " + std::string(path) + ": expected " +
+                                  std::string(expected) + ", got " + std::string(got));
+}
+
 bool IsBlank(std::string_view line) {
   return line.find_first_not_of(" \t\r") == std::string_view::npos;
 }
@@ -71,12 +93,9 @@ Status ErrorReplyStatus(const std::string& command, const Json& error) {
     auto c = error.find("class");
     if (c != error.end() && c->is_string()) error_class = c->get<std::string>();
     auto d = error.find("desc");
-    if (d != error.end()) {
-      desc = d->is_string() ? d->get<std::string>()
-                            : d->dump(-1, ' ', false, Json::error_handler_t::replace);
-    }
+    if (d != error.end()) desc = d->is_string() ? d->get<std::string>() : Dump(*d);
   } else {
-    desc = error.dump(-1, ' ', false, Json::error_handler_t::replace);
+    desc = Dump(error);
   }
   return Status(CodeForErrorClass(error_class),
                 "qmp " + command + ": " + error_class + ": " + desc);
@@ -91,18 +110,107 @@ std::string VersionFromGreeting(const Json& qmp) {
   std::string out;
   for (const char* part : {"major", "minor", "micro"}) {
     auto it = qemu->find(part);
-    if (it == qemu->end() || !it->is_number_integer()) return "";
+    if (it == qemu->end() || !it->is_number_unsigned()) return "";
     if (!out.empty()) out += '.';
-    out += std::to_string(it->get<int64_t>());
+    out += std::to_string(it->get<uint64_t>());
   }
   return out;
 }
 
+// An event's {"seconds", "microseconds"} in microseconds; 0 when absent or out of range.
+int64_t TimestampUs(const Json& event) {
+  auto timestamp = event.find("timestamp");
+  if (timestamp == event.end() || !timestamp->is_object()) return 0;
+  auto seconds = timestamp->find("seconds");
+  auto micros = timestamp->find("microseconds");
+  if (seconds == timestamp->end() || !seconds->is_number_unsigned() || micros == timestamp->end() ||
+      !micros->is_number_unsigned()) {
+    return 0;
+  }
+  const uint64_t s = seconds->get<uint64_t>();
+  const uint64_t us = micros->get<uint64_t>();
+  if (s > static_cast<uint64_t>(INT64_MAX) / 1000000 - 1 || us >= 1000000) return 0;
+  return static_cast<int64_t>(s * 1000000 + us);
+}
+
 }  // namespace
+
+Result<QmpObject> QmpObject::FromReturn(const Json& value, std::string_view context) {
+  if (!value.is_object()) return ShapeMismatch(context, "return", "object", Described(value));
+  return QmpObject(&value, std::string(context), "return");
+}
+
+Result<std::vector<QmpObject>> QmpObject::ArrayFromReturn(const Json& value,
+                                                          std::string_view context) {
+  if (!value.is_array()) return ShapeMismatch(context, "return", "array", Described(value));
+  std::vector<QmpObject> out;
+  out.reserve(value.size());
+  for (size_t i = 0; i < value.size(); ++i) {
+    std::string path = "return[" + std::to_string(i) + "]";
+    if (!value[i].is_object()) return ShapeMismatch(context, path, "object", Described(value[i]));
+    out.push_back(QmpObject(&value[i], std::string(context), std::move(path)));
+  }
+  return out;
+}
+
+const Json* QmpObject::Find(std::string_view key) const {
+  auto it = value_->find(std::string(key));
+  return it == value_->end() ? nullptr : &*it;
+}
+
+Status QmpObject::Mismatch(std::string_view key, std::string_view type, const Json* found) const {
+  return ShapeMismatch(context_, path_ + "." + std::string(key), type,
+                       found != nullptr
+                           ? Described(*found)
+                           : "nothing (" + path_ + " is '" + Printable(Dump(*value_)) + "')");
+}
+
+Result<bool> QmpObject::Bool(std::string_view key) const {
+  const Json* found = Find(key);
+  if (found == nullptr || !found->is_boolean()) return Mismatch(key, "boolean", found);
+  return found->get<bool>();
+}
+
+Result<std::string> QmpObject::String(std::string_view key) const {
+  const Json* found = Find(key);
+  if (found == nullptr || !found->is_string()) return Mismatch(key, "string", found);
+  return found->get<std::string>();
+}
+
+Result<QmpObject> QmpObject::Object(std::string_view key) const {
+  const Json* found = Find(key);
+  if (found == nullptr || !found->is_object()) return Mismatch(key, "object", found);
+  return QmpObject(found, context_, path_ + "." + std::string(key));
+}
+
+Result<std::string> QmpObject::StringOr(std::string_view key, std::string_view fallback) const {
+  const Json* found = Find(key);
+  if (found == nullptr || found->is_null()) return std::string(fallback);
+  if (!found->is_string()) return Mismatch(key, "string", found);
+  return found->get<std::string>();
+}
+
+Result<std::optional<QmpObject>> QmpObject::OptionalObject(std::string_view key) const {
+  const Json* found = Find(key);
+  if (found == nullptr || found->is_null()) return std::optional<QmpObject>();
+  if (!found->is_object()) return Mismatch(key, "object", found);
+  return std::optional<QmpObject>(QmpObject(found, context_, path_ + "." + std::string(key)));
+}
+
+Result<QmpRunState> ParseQueryStatus(const Json& value, std::string_view context) {
+  CDP_ASSIGN_OR_RETURN(QmpObject reply, QmpObject::FromReturn(value, context));
+  QmpRunState state;
+  CDP_ASSIGN_OR_RETURN(state.running, reply.Bool("running"));
+  CDP_ASSIGN_OR_RETURN(state.status, reply.String("status"));
+  return state;
+}
 
 QmpClient::QmpClient(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
 
-QmpClient::~QmpClient() { ::close(fd_); }
+QmpClient::~QmpClient() {
+  ReportDroppedEvents();
+  ::close(fd_);
+}
 
 Result<std::unique_ptr<QmpClient>> QmpClient::Connect(const std::string& path, int timeout_ms) {
   const int64_t deadline = DeadlineAfter(timeout_ms);
@@ -226,9 +334,7 @@ Result<Json> QmpClient::Execute(const std::string& command, const Json& argument
   Json request = {{"execute", command}};
   if (!arguments.is_null()) request["arguments"] = arguments;
   request["id"] = id;
-  // `replace` keeps dump() from throwing on invalid UTF-8 in caller-supplied strings.
-  std::string bytes = request.dump(-1, ' ', false, Json::error_handler_t::replace);
-  bytes += '\n';
+  std::string bytes = Dump(request) + '\n';
   Status sent = SendAll(bytes, deadline, command);
   if (!sent.ok()) {
     if (command == "quit" && closed_) return Json::object();
@@ -237,7 +343,8 @@ Result<Json> QmpClient::Execute(const std::string& command, const Json& argument
 
   for (;;) {
     Json message;
-    Result<ReadOutcome> outcome = ReadMessage(deadline, &message);
+    size_t message_bytes = 0;
+    Result<ReadOutcome> outcome = ReadMessage(deadline, &message, &message_bytes);
     if (!outcome.ok()) return outcome.status().WithContext("qmp " + command);
     switch (*outcome) {
       case ReadOutcome::kTimedOut:
@@ -251,7 +358,7 @@ Result<Json> QmpClient::Execute(const std::string& command, const Json& argument
       case ReadOutcome::kMessage:
         break;
     }
-    if (QueueIfEvent(message)) continue;
+    if (QueueIfEvent(message, message_bytes)) continue;
     auto reply_id = message.find("id");
     // A reply to a command that timed out earlier, or one without an id: not ours.
     if (reply_id == message.end() || *reply_id != id) continue;
@@ -259,59 +366,80 @@ Result<Json> QmpClient::Execute(const std::string& command, const Json& argument
     if (error != message.end()) return ErrorReplyStatus(command, *error);
     auto value = message.find("return");
     if (value != message.end()) return std::move(*value);
-    return Status::ProtocolMismatch(
-        "qmp " + command + ": reply from " + path_ + " has neither 'return' nor 'error': '" +
-        Printable(message.dump(-1, ' ', false, Json::error_handler_t::replace)) + "'");
+    return Status::ProtocolMismatch("qmp " + command + ": reply from " + path_ +
+                                    " has neither 'return' nor 'error': '" +
+                                    Printable(Dump(message)) + "'");
   }
+}
+
+Result<QmpRunState> QmpClient::QueryStatus(int timeout_ms) {
+  CDP_ASSIGN_OR_RETURN(Json value, Execute("query-status", nullptr, timeout_ms));
+  return ParseQueryStatus(value, ReplyContext("query-status"));
+}
+
+std::string QmpClient::ReplyContext(std::string_view command) const {
+  return "qmp " + std::string(command) + ": reply from " + path_;
 }
 
 Result<QmpEvent> QmpClient::WaitEvent(std::string_view name, int timeout_ms) {
   const int64_t deadline = DeadlineAfter(timeout_ms);
-  const auto matches = [name](const QmpEvent& event) { return name.empty() || event.name == name; };
+  const auto matches = [name](const QueuedEvent& queued) {
+    return name.empty() || queued.event.name == name;
+  };
   auto queued = std::find_if(events_.begin(), events_.end(), matches);
-  if (queued != events_.end()) {
-    QmpEvent event = std::move(*queued);
-    events_.erase(queued);
-    return event;
-  }
+  if (queued != events_.end()) return TakeQueued(static_cast<size_t>(queued - events_.begin()));
   const std::string what = name.empty() ? "event" : std::string(name) + " event";
   for (;;) {
     Json message;
-    CDP_ASSIGN_OR_RETURN(ReadOutcome outcome, ReadMessage(deadline, &message));
+    size_t message_bytes = 0;
+    CDP_ASSIGN_OR_RETURN(ReadOutcome outcome, ReadMessage(deadline, &message, &message_bytes));
     switch (outcome) {
       case ReadOutcome::kTimedOut:
-        return Status::TimedOut("qmp " + path_ + ": no " + what + " within " +
-                                std::to_string(timeout_ms) + " ms");
+        return Status::TimedOut(
+            "qmp " + path_ + ": no " + what + " within " + std::to_string(timeout_ms) + " ms" +
+            (dropped_events_ == 0 ? ""
+                                  : " (" + std::to_string(dropped_events_) +
+                                        " older events were dropped at the queue cap)"));
       case ReadOutcome::kClosed:
         return Status::Unavailable("qmp " + path_ + ": connection closed while waiting for " +
                                    what + " (QEMU exited?)");
       case ReadOutcome::kMessage:
         break;
     }
-    if (QueueIfEvent(message) && matches(events_.back())) {
-      QmpEvent event = std::move(events_.back());
-      events_.pop_back();
-      return event;
+    if (QueueIfEvent(message, message_bytes) && matches(events_.back())) {
+      return TakeQueued(events_.size() - 1);
     }
   }
+}
+
+QmpEvent QmpClient::TakeQueued(size_t index) {
+  QmpEvent event = std::move(events_[index].event);
+  queued_bytes_ -= events_[index].bytes;
+  events_.erase(events_.begin() + static_cast<std::ptrdiff_t>(index));
+  ReportDroppedEvents();  // the caller takes events again: an overflow is over
+  return event;
 }
 
 std::vector<QmpEvent> QmpClient::TakeEvents() {
   const int64_t now = NowMs();
   for (;;) {
     Json message;
-    Result<ReadOutcome> outcome = ReadMessage(now, &message);
+    size_t message_bytes = 0;
+    Result<ReadOutcome> outcome = ReadMessage(now, &message, &message_bytes);
     if (!outcome.ok()) {
       // The bad line was consumed; anything else (a failing poll) would fail again.
       if (outcome.status().code() == StatusCode::kProtocolMismatch && !closed_) continue;
       break;
     }
     if (*outcome != ReadOutcome::kMessage) break;
-    QueueIfEvent(message);
+    QueueIfEvent(message, message_bytes);
   }
-  std::vector<QmpEvent> events(std::make_move_iterator(events_.begin()),
-                               std::make_move_iterator(events_.end()));
+  std::vector<QmpEvent> events;
+  events.reserve(events_.size());
+  for (QueuedEvent& queued : events_) events.push_back(std::move(queued.event));
   events_.clear();
+  queued_bytes_ = 0;
+  ReportDroppedEvents();
   return events;
 }
 
@@ -351,7 +479,8 @@ Status QmpClient::SendAll(std::string_view bytes, int64_t deadline_ms, std::stri
   return Status::Ok();
 }
 
-Result<QmpClient::ReadOutcome> QmpClient::ReadMessage(int64_t deadline_ms, Json* message) {
+Result<QmpClient::ReadOutcome> QmpClient::ReadMessage(int64_t deadline_ms, Json* message,
+                                                      size_t* bytes) {
   std::string line;
   for (;;) {
     while (PopLine(&line)) {
@@ -362,6 +491,7 @@ Result<QmpClient::ReadOutcome> QmpClient::ReadMessage(int64_t deadline_ms, Json*
                                         Printable(line) + "'");
       }
       *message = std::move(parsed);
+      *bytes = line.size();
       return ReadOutcome::kMessage;
     }
     if (buffer_.size() - buffer_offset_ > kMaxLineBytes) {
@@ -427,24 +557,51 @@ Result<bool> QmpClient::Receive(int64_t deadline_ms) {
   }
 }
 
-bool QmpClient::QueueIfEvent(const Json& message) {
+bool QmpClient::QueueIfEvent(const Json& message, size_t bytes) {
   auto name = message.find("event");
   if (name == message.end() || !name->is_string()) return false;
-  QmpEvent event;
-  event.name = name->get<std::string>();
+  QueuedEvent queued;
+  queued.event.name = name->get<std::string>();
   auto data = message.find("data");
-  if (data != message.end()) event.data = *data;
-  auto timestamp = message.find("timestamp");
-  if (timestamp != message.end() && timestamp->is_object()) {
-    auto seconds = timestamp->find("seconds");
-    auto micros = timestamp->find("microseconds");
-    if (seconds != timestamp->end() && seconds->is_number_integer() && micros != timestamp->end() &&
-        micros->is_number_integer()) {
-      event.timestamp_us = seconds->get<int64_t>() * 1000000 + micros->get<int64_t>();
+  if (data != message.end()) queued.event.data = *data;
+  queued.event.timestamp_us = TimestampUs(message);
+  queued.bytes = bytes;
+  // Make room: the oldest go first, and the newest is kept whatever its size, so that a
+  // WaitEvent for it still sees it.
+  while (!events_.empty() &&
+         (events_.size() >= kMaxQueuedEvents || queued_bytes_ + bytes > kMaxQueuedEventBytes)) {
+    const QueuedEvent& oldest = events_.front();
+    auto tally = episode_drops_.find(oldest.event.name);
+    if (tally != episode_drops_.end()) {
+      ++tally->second;
+    } else if (episode_drops_.size() < kMaxDropNames) {
+      episode_drops_.emplace(oldest.event.name, 1);
     }
+    ++episode_dropped_;
+    ++dropped_events_;
+    queued_bytes_ -= oldest.bytes;
+    events_.pop_front();
   }
-  events_.push_back(std::move(event));
+  queued_bytes_ += bytes;
+  events_.push_back(std::move(queued));
   return true;
+}
+
+void QmpClient::ReportDroppedEvents() {
+  if (episode_dropped_ == 0) return;
+  std::string names;
+  uint64_t named = 0;
+  for (const auto& [name, count] : episode_drops_) {
+    names += (names.empty() ? "" : ", ") + Printable(name) + " x" + std::to_string(count);
+    named += count;
+  }
+  if (named < episode_dropped_) names += ", other x" + std::to_string(episode_dropped_ - named);
+  CDP_LOG(warning) << "qmp " << path_ << ": dropped " << episode_dropped_
+                   << " queued event(s), oldest first (" << names << "), at the queue cap of "
+                   << kMaxQueuedEvents << " events / " << (kMaxQueuedEventBytes >> 20)
+                   << " MiB: the monitor sent events faster than they were taken";
+  episode_drops_.clear();
+  episode_dropped_ = 0;
 }
 
 }  // namespace cdp

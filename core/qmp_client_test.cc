@@ -1,6 +1,7 @@
 // Tests of QmpClient: unit tests against a scripted fake monitor on a unix socket (greeting,
 // capabilities, replies split or batched, events between replies, stale ids, error classes,
-// timeouts, closes, peers that are not QMP monitors), and integration tests against a real
+// timeouts, closes, peers that are not QMP monitors, replies of unexpected shapes, event floods),
+// unit tests of QmpObject's checked reads, and integration tests against a real
 // qemu-system-x86_64 (skipped when it is missing, unless CI is set: then they fail).
 #include "cdp/core/qmp_client.h"
 
@@ -13,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/log/core.hpp>
+#include <boost/log/utility/setup/console.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -697,6 +700,314 @@ TEST(QmpClient, TakeEventsReadsWhatIsAlreadyOnTheSocket) {
   EXPECT_TRUE(client->TakeEvents().empty());
 }
 
+TEST(QmpClient, EventTimestampOutOfRangeIsZero) {
+  FakeMonitor monitor([](FakeConnection& conn) {
+    conn.Handshake();
+    conn.Write(
+        "{\"timestamp\": {\"seconds\": 18446744073709551615, \"microseconds\": 5}, "
+        "\"event\": \"STOP\"}\r\n");
+    conn.Write(
+        "{\"timestamp\": {\"seconds\": 7, \"microseconds\": \"8\"}, \"event\": \"RESUME\"}\r\n");
+    conn.Write("{\"timestamp\": [7, 8], \"event\": \"STOP\", \"data\": 3}\r\n");
+    conn.WaitForClientClose();
+  });
+  auto client = MustConnect(monitor);
+  ASSERT_NE(client, nullptr);
+  for (const char* name : {"STOP", "RESUME", "STOP"}) {
+    auto event = client->WaitEvent(name, kWaitMs);
+    ASSERT_TRUE(event.ok()) << event.status();
+    EXPECT_EQ(event->timestamp_us, 0) << name;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies of unexpected shapes: a ProtocolMismatch naming the command and the field, never an
+// exception (issue 15 item 9: cutover's precheck threw nlohmann::json::type_error).
+
+TEST(QmpObject, QueryStatusOfTheExpectedShapeParses) {
+  const Json reply = {{"status", "paused"}, {"singlestep", false}, {"running", false}};
+  auto state = ParseQueryStatus(reply);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_FALSE(state->running);
+  EXPECT_EQ(state->status, "paused");
+}
+
+TEST(QmpObject, QueryStatusOfOtherShapesIsProtocolMismatchNamingTheField) {
+  struct Case {
+    Json reply;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {Json::array({1, 2}), "qmp query-status: return: expected object, got array '[1,2]'"},
+      {"running", "qmp query-status: return: expected object, got string '\"running\"'"},
+      {nullptr, "qmp query-status: return: expected object, got null"},
+      {{{"running", "yes"}, {"status", "running"}},
+       "qmp query-status: return.running: expected boolean, got string '\"yes\"'"},
+      {{{"running", 1}, {"status", "running"}},
+       "qmp query-status: return.running: expected boolean, got number '1'"},
+      {{{"status", "paused"}},
+       "qmp query-status: return.running: expected boolean, got nothing (return is "
+       "'{\"status\":\"paused\"}')"},
+      {{{"running", nullptr}, {"status", "paused"}},
+       "qmp query-status: return.running: expected boolean, got null"},
+      {{{"running", true}, {"status", Json::array({"run", "ning"})}},
+       "qmp query-status: return.status: expected string, got array '[\"run\",\"ning\"]'"},
+      // What was received is cut to 60 bytes, non-printable bytes as '?'.
+      {{{"running", std::string("\x01") + std::string(100, 'y')}, {"status", "running"}},
+       "qmp query-status: return.running: expected boolean, got string '\"\\u0001" +
+           std::string(53, 'y') + "'"},
+  };
+  for (const Case& c : cases) {
+    auto state = ParseQueryStatus(c.reply);
+    ASSERT_FALSE(state.ok()) << c.reply.dump();
+    EXPECT_EQ(state.status().code(), StatusCode::kProtocolMismatch) << c.reply.dump();
+    EXPECT_EQ(state.status().message(), c.message);
+  }
+}
+
+TEST(QmpObject, NestedFieldsAndArraysAreCheckedAndNamed) {
+  const Json blocks = Json::parse(R"([
+      {"device": "disk0", "inserted": {"file": "/d/disk0.raw", "ro": false}},
+      {"device": "cd0"},
+      {"device": "disk1", "inserted": {"ro": false}},
+      {"device": 7, "inserted": null}
+  ])");
+  auto array = QmpObject::ArrayFromReturn(blocks, "qmp query-block");
+  ASSERT_TRUE(array.ok()) << array.status();
+  ASSERT_EQ(array->size(), 4u);
+  const QmpObject& first = (*array)[0];
+  EXPECT_EQ(first.path(), "return[0]");
+  auto inserted = first.Object("inserted");
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->path(), "return[0].inserted");
+  auto file = inserted->String("file");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(*file, "/d/disk0.raw");
+
+  auto none = (*array)[1].OptionalObject("inserted");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  auto null_is_absent = (*array)[3].OptionalObject("inserted");
+  ASSERT_TRUE(null_is_absent.ok()) << null_is_absent.status();
+  EXPECT_FALSE(null_is_absent->has_value());
+  auto missing = (*array)[1].Object("inserted");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().message(),
+            "qmp query-block: return[1].inserted: expected object, got nothing (return[1] is "
+            "'{\"device\":\"cd0\"}')");
+
+  auto no_file = (*array)[2].Object("inserted");
+  ASSERT_TRUE(no_file.ok()) << no_file.status();
+  auto file_missing = no_file->String("file");
+  ASSERT_FALSE(file_missing.ok());
+  EXPECT_EQ(file_missing.status().code(), StatusCode::kProtocolMismatch);
+  EXPECT_EQ(file_missing.status().message(),
+            "qmp query-block: return[2].inserted.file: expected string, got nothing "
+            "(return[2].inserted is '{\"ro\":false}')");
+  auto device = (*array)[3].String("device");
+  ASSERT_FALSE(device.ok());
+  EXPECT_EQ(device.status().message(),
+            "qmp query-block: return[3].device: expected string, got number '7'");
+
+  // StringOr: absent or null gives the fallback; another type is still an error.
+  const Json job = {{"id", "commit-disk0"}, {"error", nullptr}, {"status", 3}};
+  auto object = QmpObject::FromReturn(job, "qmp query-jobs");
+  ASSERT_TRUE(object.ok()) << object.status();
+  EXPECT_EQ(object->StringOr("error", "none").value(), "none");
+  EXPECT_EQ(object->StringOr("absent", "").value(), "");
+  EXPECT_EQ(object->StringOr("id", "").value(), "commit-disk0");
+  auto status = object->StringOr("status", "");
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.status().message(),
+            "qmp query-jobs: return.status: expected string, got number '3'");
+
+  const Json not_objects = Json::array({Json::object(), "x"});
+  auto bad_element = QmpObject::ArrayFromReturn(not_objects, "qmp query-jobs");
+  ASSERT_FALSE(bad_element.ok());
+  EXPECT_EQ(bad_element.status().message(),
+            "qmp query-jobs: return[1]: expected object, got string '\"x\"'");
+  const Json not_array = {{"device", "disk0"}};
+  auto object_for_array = QmpObject::ArrayFromReturn(not_array, "qmp query-block");
+  ASSERT_FALSE(object_for_array.ok());
+  EXPECT_EQ(object_for_array.status().message(),
+            "qmp query-block: return: expected array, got object '{\"device\":\"disk0\"}'");
+}
+
+TEST(QmpClient, QueryStatusRepliesOfOtherShapesAreProtocolMismatch) {
+  FakeMonitor monitor([](FakeConnection& conn) {
+    conn.Handshake();
+    conn.Reply(conn.ExpectCommand("query-status"), Json::array({"running"}));
+    conn.Reply(conn.ExpectCommand("query-status"), {{"running", "true"}, {"status", "running"}});
+    conn.Send({{"id", conn.ExpectCommand("query-status")}, {"status", "running"}});
+    conn.Reply(conn.ExpectCommand("query-status"), {{"running", true}, {"status", "running"}});
+    conn.WaitForClientClose();
+  });
+  auto client = MustConnect(monitor);
+  ASSERT_NE(client, nullptr);
+  const std::string context = "qmp query-status: reply from " + monitor.path();
+  EXPECT_EQ(client->ReplyContext("query-status"), context);
+
+  const std::vector<std::string> messages = {
+      context + ": return: expected object, got array '[\"running\"]'",
+      context + ": return.running: expected boolean, got string '\"true\"'",
+      // No "return" at all: Execute's own check.
+      context + " has neither 'return' nor 'error': '{\"id\":\"cdp-4\",\"status\":\"running\"}'",
+  };
+  for (const std::string& message : messages) {
+    auto status = client->QueryStatus();
+    ASSERT_FALSE(status.ok()) << message;
+    EXPECT_EQ(status.status().code(), StatusCode::kProtocolMismatch) << message;
+    EXPECT_EQ(status.status().message(), message);
+  }
+
+  // A malformed reply fails its own call only.
+  auto good = client->QueryStatus();
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_TRUE(good->running);
+  EXPECT_EQ(good->status, "running");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event queue's caps.
+
+// Collects what is logged (Boost.Log) while it lives.
+class LogCapture {
+ public:
+  LogCapture() : sink_(boost::log::add_console_log(stream_)) {}
+  ~LogCapture() { boost::log::core::get()->remove_sink(sink_); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+  std::string Text() {
+    sink_->flush();
+    return stream_.str();
+  }
+
+ private:
+  std::ostringstream stream_;
+  boost::shared_ptr<boost::log::sinks::synchronous_sink<boost::log::sinks::text_ostream_backend>>
+      sink_;
+};
+
+// How many overflow warnings `log` holds.
+size_t DropWarnings(const std::string& log) {
+  const std::string needle = "queued event(s), oldest first";
+  size_t count = 0;
+  for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) {
+    ++count;
+  }
+  return count;
+}
+
+// `count` events named `name` with data {"n": first..}, as one write.
+std::string EventBatch(const std::string& name, int first, int count) {
+  std::string batch;
+  for (int n = first; n < first + count; ++n) {
+    batch += Json({{"timestamp", {{"seconds", 1}, {"microseconds", 0}}},
+                   {"event", name},
+                   {"data", {{"n", n}}}})
+                 .dump() +
+             "\r\n";
+  }
+  return batch;
+}
+
+TEST(QmpClient, AnEventFloodIsCappedCountedLoggedOnceAndTheClientStillAnswers) {
+  constexpr int kFlood = 100000;
+  FakeMonitor monitor([](FakeConnection& conn) {
+    conn.Handshake();
+    Json id = conn.ExpectCommand("query-status");
+    conn.Write(EventBatch("SHUTDOWN", 0, 1) + EventBatch("BLOCK_JOB_PENDING", 1, kFlood - 1));
+    conn.Reply(id, {{"running", true}, {"status", "running"}});
+    conn.Reply(conn.ExpectCommand("query-name"), {{"name", "db01"}});
+    conn.WaitForClientClose();
+  });
+  LogCapture log;
+  auto client = MustConnect(monitor);
+  ASSERT_NE(client, nullptr);
+  auto status = client->QueryStatus();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(status->running);
+  auto name = client->Execute("query-name");
+  ASSERT_TRUE(name.ok()) << name.status();
+  EXPECT_EQ(*name, Json({{"name", "db01"}}));
+
+  const uint64_t dropped = kFlood - QmpClient::kMaxQueuedEvents;
+  EXPECT_EQ(client->dropped_events(), dropped);
+  // Nothing is logged until the overflow ends: the caller takes events.
+  EXPECT_EQ(DropWarnings(log.Text()), 0u) << log.Text();
+  std::vector<QmpEvent> events = client->TakeEvents();
+  ASSERT_EQ(events.size(), QmpClient::kMaxQueuedEvents);
+  EXPECT_EQ(events.front().data, Json({{"n", dropped}}));
+  EXPECT_EQ(events.back().data, Json({{"n", kFlood - 1}}));
+  EXPECT_EQ(DropWarnings(log.Text()), 1u) << log.Text();
+  EXPECT_THAT(log.Text(),
+              HasSubstr("qmp " + monitor.path() + ": dropped " + std::to_string(dropped) +
+                        " queued event(s), oldest first (BLOCK_JOB_PENDING x" +
+                        std::to_string(dropped - 1) +
+                        ", SHUTDOWN x1), at the queue cap of 1024 events / 4 MiB: the "
+                        "monitor sent events faster than they were taken"));
+  // The SHUTDOWN was among the oldest: dropped, and the timeout says events were.
+  auto shutdown = client->WaitEvent("SHUTDOWN", 0);
+  ASSERT_FALSE(shutdown.ok());
+  EXPECT_EQ(shutdown.status().code(), StatusCode::kTimedOut);
+  EXPECT_EQ(shutdown.status().message(),
+            "qmp " + monitor.path() + ": no SHUTDOWN event within 0 ms (" +
+                std::to_string(dropped) + " older events were dropped at the queue cap)");
+  client.reset();
+  EXPECT_EQ(DropWarnings(log.Text()), 1u) << log.Text();
+}
+
+TEST(QmpClient, WaitEventSeesTheEventThatEndsAFlood) {
+  FakeMonitor monitor([](FakeConnection& conn) {
+    conn.Handshake();
+    conn.Write(EventBatch("BLOCK_JOB_PENDING", 0, 5000) + EventBatch("STOP", 5000, 1));
+    conn.WaitForClientClose();
+  });
+  LogCapture log;
+  auto client = MustConnect(monitor);
+  ASSERT_NE(client, nullptr);
+  auto stop = client->WaitEvent("STOP", kWaitMs);
+  ASSERT_TRUE(stop.ok()) << stop.status();
+  EXPECT_EQ(stop->data, Json({{"n", 5000}}));
+  EXPECT_EQ(client->dropped_events(), 5000u - (QmpClient::kMaxQueuedEvents - 1));
+  // Taking the STOP ended the overflow; destroying the client logs nothing more.
+  EXPECT_EQ(DropWarnings(log.Text()), 1u) << log.Text();
+  client.reset();
+  EXPECT_EQ(DropWarnings(log.Text()), 1u) << log.Text();
+}
+
+TEST(QmpClient, LargeEventsAreCappedByBytesAndTheNewestIsKept) {
+  const std::string megabyte(1 << 20, 'x');
+  FakeMonitor monitor([&megabyte](FakeConnection& conn) {
+    conn.Handshake();
+    Json id = conn.ExpectCommand("stop");
+    for (int n = 0; n < 10; ++n) conn.SendEvent("VSERPORT_CHANGE", n, 0, {{"blob", megabyte}});
+    conn.Reply(id, Json::object());
+    id = conn.ExpectCommand("cont");
+    conn.SendEvent("STOP", 20, 0);
+    // Larger than the byte cap on its own: kept, alone.
+    conn.SendEvent("HUGE", 21, 0, {{"blob", std::string(5 << 20, 'y')}});
+    conn.Reply(id, Json::object());
+    conn.WaitForClientClose();
+  });
+  auto client = MustConnect(monitor);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Execute("stop").ok());
+  // Three events of just over 1 MiB fit in 4 MiB; the seven before them were dropped.
+  EXPECT_EQ(client->dropped_events(), 7u);
+  std::vector<QmpEvent> events = client->TakeEvents();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].timestamp_us, 7000000);
+  EXPECT_EQ(events[2].timestamp_us, 9000000);
+
+  ASSERT_TRUE(client->Execute("cont").ok());
+  EXPECT_EQ(client->dropped_events(), 8u);
+  events = client->TakeEvents();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].name, "HUGE");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Integration: a real qemu-system-x86_64.
 
@@ -818,10 +1129,10 @@ TEST_F(QmpClientQemu, QueryStatusVersionAndErrors) {
   ASSERT_TRUE(connected.ok()) << connected.status() << "\n" << qemu.Log();
   std::unique_ptr<QmpClient> client = std::move(connected).value();
 
-  auto status = client->Execute("query-status");
+  auto status = client->QueryStatus();
   ASSERT_TRUE(status.ok()) << status.status();
-  EXPECT_THAT(status->value("status", ""), ::testing::AnyOf("prelaunch", "paused"));
-  EXPECT_EQ(status->value("running", true), false);
+  EXPECT_THAT(status->status, ::testing::AnyOf("prelaunch", "paused"));
+  EXPECT_FALSE(status->running);
 
   auto version = client->Execute("query-version");
   ASSERT_TRUE(version.ok()) << version.status();
@@ -871,20 +1182,20 @@ TEST_F(QmpClientQemu, ContStopQuitProduceEventsAndQemuExits) {
   auto resume = client->WaitEvent("RESUME", kWaitMs);
   ASSERT_TRUE(resume.ok()) << resume.status();
   EXPECT_GT(resume->timestamp_us, 0);
-  auto running = client->Execute("query-status");
+  auto running = client->QueryStatus();
   ASSERT_TRUE(running.ok()) << running.status();
-  EXPECT_EQ(running->value("status", ""), "running");
-  EXPECT_EQ(running->value("running", false), true);
+  EXPECT_EQ(running->status, "running");
+  EXPECT_TRUE(running->running);
 
   auto stop = client->Execute("stop");
   ASSERT_TRUE(stop.ok()) << stop.status();
   auto stopped = client->WaitEvent("STOP", kWaitMs);
   ASSERT_TRUE(stopped.ok()) << stopped.status();
   EXPECT_GE(stopped->timestamp_us, resume->timestamp_us);
-  auto paused = client->Execute("query-status");
+  auto paused = client->QueryStatus();
   ASSERT_TRUE(paused.ok()) << paused.status();
-  EXPECT_EQ(paused->value("status", ""), "paused");
-  EXPECT_EQ(paused->value("running", true), false);
+  EXPECT_EQ(paused->status, "paused");
+  EXPECT_FALSE(paused->running);
 
   auto quit = client->Execute("quit");
   ASSERT_TRUE(quit.ok()) << quit.status();

@@ -128,9 +128,9 @@ class CutoverEngine::Impl {
     CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(plan_.target));
     if (!plan_.source_qmp_socket.empty()) {
       CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
-      CDP_ASSIGN_OR_RETURN(auto st, qmp->Execute("query-status"));
-      if (!st.value("running", false)) {
-        const std::string status = st.value("status", "?");
+      CDP_ASSIGN_OR_RETURN(QmpRunState st, qmp->QueryStatus());
+      if (!st.running) {
+        const std::string& status = st.status;
         return Status::FailedPrecondition(
             "the source VM is not running (QMP status " + status + ")" +
             (status == "paused" ? "; a cutover stopped hard after its quiesce leaves it paused: "

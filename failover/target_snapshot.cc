@@ -32,11 +32,7 @@ constexpr int kCommitTimeoutMs = 300000;
 // The file each drive id of a running QEMU has on top ("inserted" -> "file").
 Result<std::map<std::string, std::string>> ActiveFiles(QmpClient* qmp) {
   CDP_ASSIGN_OR_RETURN(nlohmann::json blocks, qmp->Execute("query-block", nullptr, 10000));
-  std::map<std::string, std::string> out;
-  for (const auto& b : blocks) {
-    if (b.contains("inserted")) out[b.value("device", "")] = b["inserted"].value("file", "");
-  }
-  return out;
+  return DriveFilesFromQueryBlock(blocks, qmp->ReplyContext("query-block"));
 }
 
 Result<std::unique_ptr<QmpClient>> Qmp(const TargetConfig& t) {
@@ -48,6 +44,42 @@ Result<std::unique_ptr<QmpClient>> Qmp(const TargetConfig& t) {
 }
 
 }  // namespace
+
+Result<std::map<std::string, std::string>> DriveFilesFromQueryBlock(const nlohmann::json& reply,
+                                                                    std::string_view context) {
+  CDP_ASSIGN_OR_RETURN(auto blocks, QmpObject::ArrayFromReturn(reply, context));
+  std::map<std::string, std::string> out;
+  for (const QmpObject& block : blocks) {
+    CDP_ASSIGN_OR_RETURN(auto inserted, block.OptionalObject("inserted"));
+    if (!inserted) continue;
+    CDP_ASSIGN_OR_RETURN(std::string device, block.String("device"));
+    CDP_ASSIGN_OR_RETURN(out[device], inserted->String("file"));
+  }
+  return out;
+}
+
+Result<bool> BlockJobListed(const nlohmann::json& reply, const std::string& device,
+                            std::string_view context) {
+  CDP_ASSIGN_OR_RETURN(auto jobs, QmpObject::ArrayFromReturn(reply, context));
+  for (const QmpObject& job : jobs) {
+    CDP_ASSIGN_OR_RETURN(std::string listed, job.String("device"));
+    if (listed == device) return true;
+  }
+  return false;
+}
+
+Result<JobState> JobStateFromQueryJobs(const nlohmann::json& reply, const std::string& id,
+                                       std::string_view context) {
+  CDP_ASSIGN_OR_RETURN(auto jobs, QmpObject::ArrayFromReturn(reply, context));
+  JobState state{"absent", ""};
+  for (const QmpObject& job : jobs) {
+    CDP_ASSIGN_OR_RETURN(std::string listed, job.String("id"));
+    if (listed != id) continue;
+    CDP_ASSIGN_OR_RETURN(state.status, job.String("status"));
+    CDP_ASSIGN_OR_RETURN(state.error, job.StringOr("error", ""));
+  }
+  return state;
+}
 
 TargetSnapshot::TargetSnapshot(const TargetConfig& target, const std::string& tag)
     : target_(target) {
@@ -195,8 +227,8 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
     }
     const std::string job = "commit-" + d->id;
     CDP_ASSIGN_OR_RETURN(auto jobs, qmp->Execute("query-block-jobs", nullptr, 10000));
-    bool running = false;
-    for (const auto& j : jobs) running = running || j.value("device", "") == job;
+    CDP_ASSIGN_OR_RETURN(bool running,
+                         BlockJobListed(jobs, job, qmp->ReplyContext("query-block-jobs")));
     if (!running) {  // else a thaw that died left it: take it over
       nlohmann::json args = {
           {"device", d->id}, {"job-id", job}, {"base", d->base}, {"auto-dismiss", false}};
@@ -207,12 +239,10 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
     bool completing = false;
     while (true) {
       CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-jobs", nullptr, 10000));
-      std::string state = "absent", error;
-      for (const auto& j : list) {
-        if (j.value("id", "") != job) continue;
-        state = j.value("status", "");
-        error = j.value("error", "");
-      }
+      CDP_ASSIGN_OR_RETURN(JobState listed,
+                           JobStateFromQueryJobs(list, job, qmp->ReplyContext("query-jobs")));
+      const std::string& state = listed.status;
+      const std::string& error = listed.error;
       if (state == "ready" && !completing) {
         CDP_RETURN_IF_ERROR(qmp->Execute("job-complete", {{"id", job}}, 10000).status());
         completing = true;

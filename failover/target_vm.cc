@@ -371,8 +371,10 @@ Result<TargetStatus> TargetVm::GetStatus() {
     auto qmp = QmpClient::Connect(c.qmp_socket, 2000);
     if (!qmp.ok() && qmp.status().code() == StatusCode::kProtocolMismatch) return qmp.status();
     if (qmp.ok()) {
-      auto r = (*qmp)->Execute("query-status", nullptr, 2000);
-      if (r.ok()) s.vm_status = r->value("status", "");
+      auto r = (*qmp)->QueryStatus(2000);
+      // Something that answers but not as QEMU does: its state is unknown, not "stopped".
+      if (!r.ok() && r.status().code() == StatusCode::kProtocolMismatch) return r.status();
+      if (r.ok()) s.vm_status = r->status;
     }
   }
   if (s.pid == 0 && s.vm_status.empty()) {

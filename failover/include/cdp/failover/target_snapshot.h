@@ -16,7 +16,9 @@
 
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cdp/core/status.h"
@@ -75,6 +77,27 @@ class TargetLock {
   explicit TargetLock(int fd) : fd_(fd) {}
   int fd_;
 };
+
+// The readers of the QMP replies a snapshot relies on (exposed for tests). Each checks the reply's
+// shape: a field missing or of another type is a ProtocolMismatch starting with `context` (by
+// convention QmpClient::ReplyContext(COMMAND)) and naming the field and what was there.
+//
+// query-block: drive id ("device") -> the file on top of it ("inserted"."file"), for the drives
+// that have a medium.
+Result<std::map<std::string, std::string>> DriveFilesFromQueryBlock(const nlohmann::json& reply,
+                                                                    std::string_view context);
+// query-block-jobs: whether a job runs on `device` (for a job started with a job-id, QEMU
+// reports that id as its device).
+Result<bool> BlockJobListed(const nlohmann::json& reply, const std::string& device,
+                            std::string_view context);
+// query-jobs: job `id`'s "status" and "error" ("" when it has none); status "absent" when no
+// such job is listed.
+struct JobState {
+  std::string status;
+  std::string error;
+};
+Result<JobState> JobStateFromQueryJobs(const nlohmann::json& reply, const std::string& id,
+                                       std::string_view context);
 
 // Makes sure the target runs on the files its config names before anything relies on them (a
 // cutover's precheck, `cdpctl target start`): the deltas a drill or an export-boot left behind

@@ -69,7 +69,8 @@ class TargetVm {
   // is not a QEMU monitor: ProtocolMismatch, nothing killed.
   Status Stop(std::ostream& progress, double timeout_s = 15);
 
-  // The VM's state; Stopped is a state, not an error.
+  // The VM's state; Stopped is a state, not an error. ProtocolMismatch when qmp_socket is served
+  // by something that is not a QEMU monitor, or one whose query-status reply has another shape.
   Result<TargetStatus> GetStatus();
 
   // Checksums of [offset, offset + length) of `volume`'s disk in `chunk`-byte regions (the
