@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <span>
@@ -34,7 +35,41 @@ namespace {
 constexpr uint32_t kMaxOptionLength = 64 * 1024;
 // Chunk size for discarding the payload of a rejected NBD_CMD_WRITE.
 constexpr size_t kDiscardChunk = 64 * 1024;
+// A read buffer bigger than this is freed after its reply, so that an idle connection does not
+// keep the largest read it ever served (up to max_block_size) allocated.
+constexpr size_t kMaxRetainedReadBuffer = 1 << 20;
 constexpr int kListenBacklog = 16;
+// While connections are being refused, at most one log line per this interval.
+constexpr std::chrono::seconds kRefusalLogInterval{60};
+// TCP keepalive after Options::tcp_keepalive_idle of silence: probe interval and count.
+constexpr int kKeepaliveIntervalSeconds = 30;
+constexpr int kKeepaliveProbes = 10;
+// TCP_KEEPIDLE's upper bound in Linux (MAX_TCP_KEEPIDLE).
+constexpr int64_t kMaxKeepaliveIdleSeconds = 32767;
+
+using Clock = std::chrono::steady_clock;
+// The deadline of a socket operation that may wait forever (the transmission phase).
+constexpr Clock::time_point kNoDeadline = Clock::time_point::max();
+
+// "10 s", "250 ms".
+std::string DescribeDuration(std::chrono::milliseconds d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+  return std::to_string(d.count()) + " ms";
+}
+
+// Waits until `fd` is ready for `events` (or has an error or hang-up, which the following
+// recv/send reports). TimedOut once `deadline` has passed.
+Status WaitReady(int fd, short events, Clock::time_point deadline) {
+  for (;;) {
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) return Status::TimedOut("time ran out");
+    const int64_t left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
+    pollfd p{fd, events, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, INT_MAX)));
+    if (r > 0) return Status::Ok();
+    if (r < 0 && errno != EINTR) return Status::FromErrno(errno, "poll");
+  }
+}
 
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
@@ -49,11 +84,23 @@ Status SocketError(int err, std::string_view op) {
 
 // Reads exactly `n` bytes. On failure `*got` says how many arrived first, so the caller can
 // tell a clean close between messages (got == 0) from one in the middle of a message.
-// Unavailable when the peer closed the connection, IOError on a socket error.
-Status RecvExact(int fd, char* buf, size_t n, size_t* got = nullptr) {
+// Unavailable when the peer closed the connection, IOError on a socket error, TimedOut when
+// `deadline` passed first (the wait is in poll(), so a peer that trickles bytes cannot stretch
+// it the way it could a per-call SO_RCVTIMEO).
+Status RecvExact(int fd, char* buf, size_t n, size_t* got = nullptr,
+                 Clock::time_point deadline = kNoDeadline) {
+  const bool timed = deadline != kNoDeadline;
   size_t done = 0;
   while (done < n) {
-    const ssize_t r = ::recv(fd, buf + done, n - done, 0);
+    if (timed) {
+      Status ready = WaitReady(fd, POLLIN, deadline);
+      if (!ready.ok()) {
+        if (got != nullptr) *got = done;
+        return ready.WithContext("received " + std::to_string(done) + " of " + std::to_string(n) +
+                                 " bytes");
+      }
+    }
+    const ssize_t r = ::recv(fd, buf + done, n - done, timed ? MSG_DONTWAIT : 0);
     if (r > 0) {
       done += static_cast<size_t>(r);
       continue;
@@ -65,7 +112,7 @@ Status RecvExact(int fd, char* buf, size_t n, size_t* got = nullptr) {
                                      : "peer closed the connection after " + std::to_string(done) +
                                            " of " + std::to_string(n) + " bytes of a message");
     }
-    if (errno == EINTR) continue;
+    if (errno == EINTR || (timed && (errno == EAGAIN || errno == EWOULDBLOCK))) continue;
     return SocketError(errno, "recv");
   }
   if (got != nullptr) *got = done;
@@ -73,24 +120,38 @@ Status RecvExact(int fd, char* buf, size_t n, size_t* got = nullptr) {
 }
 
 // Writes every byte of every buffer, in order, with one sendmsg() per round. MSG_NOSIGNAL keeps
-// a vanished peer from raising SIGPIPE in the host process.
-Status SendAll(int fd, std::span<const std::string_view> parts) {
+// a vanished peer from raising SIGPIPE in the host process. TimedOut when `deadline` passed
+// before the peer made room for everything (it is not reading).
+Status SendAll(int fd, std::span<const std::string_view> parts,
+               Clock::time_point deadline = kNoDeadline) {
+  const bool timed = deadline != kNoDeadline;
   std::vector<iovec> iov;
   iov.reserve(parts.size());
+  size_t total = 0;
   for (std::string_view p : parts) {
     if (!p.empty()) iov.push_back({const_cast<char*>(p.data()), p.size()});
+    total += p.size();
   }
+  size_t done = 0;
   size_t first = 0;
   while (first < iov.size()) {
+    if (timed) {
+      Status ready = WaitReady(fd, POLLOUT, deadline);
+      if (!ready.ok()) {
+        return ready.WithContext("sent " + std::to_string(done) + " of " + std::to_string(total) +
+                                 " bytes; the peer is not reading");
+      }
+    }
     msghdr msg{};
     msg.msg_iov = &iov[first];
     msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
-    const ssize_t r = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    const ssize_t r = ::sendmsg(fd, &msg, MSG_NOSIGNAL | (timed ? MSG_DONTWAIT : 0));
     if (r < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || (timed && (errno == EAGAIN || errno == EWOULDBLOCK))) continue;
       return SocketError(errno, "send");
     }
     size_t sent = static_cast<size_t>(r);
+    done += sent;
     while (sent > 0 && first < iov.size()) {
       if (sent >= iov[first].iov_len) {
         sent -= iov[first].iov_len;
@@ -103,11 +164,6 @@ Status SendAll(int fd, std::span<const std::string_view> parts) {
     }
   }
   return Status::Ok();
-}
-
-Status SendAll(int fd, std::string_view bytes) {
-  const std::string_view parts[] = {bytes};
-  return SendAll(fd, parts);
 }
 
 // Reads and drops `n` bytes in bounded chunks, to keep the stream in sync after rejecting a
@@ -319,16 +375,30 @@ Result<NbdListenAddress> ParseNbdListenAddress(std::string_view text) {
 // thread; uses the server's immutable export description and atomic counters.
 class NbdSession {
  public:
-  NbdSession(NbdServer* server, int fd, std::string peer)
+  // The handshake must be over by `accepted_at` + the server's handshake_timeout.
+  NbdSession(NbdServer* server, int fd, std::string peer, Clock::time_point accepted_at)
       : server_(server),
         fd_(fd),
         peer_(std::move(peer)),
         target_(server->options_.target),
-        log_prefix_("nbd: export '" + server->options_.export_name + "' peer " + peer_ + ": ") {}
+        log_prefix_("nbd: export '" + server->options_.export_name + "' peer " + peer_ + ": "),
+        deadline_(accepted_at + server->options_.handshake_timeout) {}
 
   void Run() {
     bool transmission = false;
     Status s = Handshake(&transmission);
+    if (s.code() == StatusCode::kTimedOut) {
+      server_->counters_.handshake_timeouts.fetch_add(1, std::memory_order_relaxed);
+      const std::string timeout = DescribeDuration(server_->options_.handshake_timeout);
+      CDP_LOG(warning) << log_prefix_ << "disconnected: no export selected within the " << timeout
+                       << " handshake timeout (" << options_seen_ << " options received; it was "
+                       << stage_ << ": " << s.message()
+                       << "). A client must send NBD_OPT_GO or NBD_OPT_EXPORT_NAME within "
+                       << timeout << " of connecting";
+      return;
+    }
+    // Legitimate clients may stay idle for hours in transmission; only the handshake is timed.
+    deadline_ = kNoDeadline;
     if (s.ok() && transmission) s = Transmission();
     if (s.ok()) {
       CDP_LOG(info) << log_prefix_ << "disconnected";
@@ -343,10 +413,11 @@ class NbdSession {
   // Fixed-newstyle handshake. Sets *transmission when the client selected the export (GO or
   // EXPORT_NAME); returns OK without it after NBD_OPT_ABORT.
   Status Handshake(bool* transmission) {
-    CDP_RETURN_IF_ERROR(
-        SendAll(fd_, nbd::EncodeGreeting(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes)));
+    stage_ = "sending the greeting";
+    CDP_RETURN_IF_ERROR(Send(nbd::EncodeGreeting(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes)));
     char flags_buf[4];
-    CDP_RETURN_IF_ERROR(RecvExact(fd_, flags_buf, sizeof(flags_buf)));
+    stage_ = "waiting for the client flags";
+    CDP_RETURN_IF_ERROR(Recv(flags_buf, sizeof(flags_buf)));
     const uint32_t client_flags = nbd::LoadBe32(flags_buf);
     if ((client_flags & ~nbd::kKnownClientFlags) != 0) {
       // proto.md: the server MUST drop the connection on unknown client flags.
@@ -357,15 +428,19 @@ class NbdSession {
 
     for (;;) {
       std::string header(nbd::kOptionHeaderSize, '\0');
-      CDP_RETURN_IF_ERROR(RecvExact(fd_, header.data(), header.size()));
+      stage_ = "waiting for an option";
+      CDP_RETURN_IF_ERROR(Recv(header.data(), header.size()));
       CDP_ASSIGN_OR_RETURN(const nbd::OptionHeader h, nbd::ParseOptionHeader(header));
+      ++options_seen_;
+      stage_ = "reading the data of " + nbd::OptionName(h.option);
       if (h.length > kMaxOptionLength) {
         return Status::ProtocolMismatch(nbd::OptionName(h.option) + " announces " +
                                         std::to_string(h.length) + " bytes of data; the limit is " +
                                         std::to_string(kMaxOptionLength));
       }
       std::string payload(h.length, '\0');
-      CDP_RETURN_IF_ERROR(RecvExact(fd_, payload.data(), payload.size()));
+      CDP_RETURN_IF_ERROR(Recv(payload.data(), payload.size()));
+      stage_ = "answering " + nbd::OptionName(h.option);
 
       switch (static_cast<nbd::Option>(h.option)) {
         case nbd::Option::kExportName:
@@ -373,16 +448,15 @@ class NbdSession {
             // EXPORT_NAME has no error reply; proto.md says to terminate the session.
             return Status::NotFound("NBD_OPT_EXPORT_NAME asked for " + UnknownExport(payload));
           }
-          CDP_RETURN_IF_ERROR(
-              SendAll(fd_, nbd::EncodeExportNameReply(server_->limits_.size,
-                                                      server_->transmission_flags_, no_zeroes_)));
+          CDP_RETURN_IF_ERROR(Send(nbd::EncodeExportNameReply(
+              server_->limits_.size, server_->transmission_flags_, no_zeroes_)));
           CDP_LOG(info) << log_prefix_ << "connected (NBD_OPT_EXPORT_NAME)";
           *transmission = true;
           return Status::Ok();
 
         case nbd::Option::kAbort:
           // The client may already be gone; the ACK is a courtesy.
-          (void)SendAll(fd_, nbd::EncodeAck(h.option));
+          (void)Send(nbd::EncodeAck(h.option));
           *transmission = false;
           return Status::Ok();
 
@@ -393,9 +467,8 @@ class NbdSession {
                 "NBD_OPT_LIST takes no data; got " + std::to_string(payload.size()) + " bytes"));
             break;
           }
-          CDP_RETURN_IF_ERROR(
-              SendAll(fd_, nbd::EncodeServerReply(h.option, server_->options_.export_name) +
-                               nbd::EncodeAck(h.option)));
+          CDP_RETURN_IF_ERROR(Send(nbd::EncodeServerReply(h.option, server_->options_.export_name) +
+                                   nbd::EncodeAck(h.option)));
           break;
 
         case nbd::Option::kStartTls:
@@ -448,7 +521,7 @@ class NbdSession {
       reply += nbd::EncodeInfoName(option, server_->options_.export_name);
     }
     reply += nbd::EncodeAck(option);
-    CDP_RETURN_IF_ERROR(SendAll(fd_, reply));
+    CDP_RETURN_IF_ERROR(Send(reply));
     *go = option == static_cast<uint32_t>(nbd::Option::kGo);
     return Status::Ok();
   }
@@ -463,7 +536,7 @@ class NbdSession {
       CDP_LOG(warning) << log_prefix_ << "refused " << nbd::OptionName(option) << " with "
                        << nbd::OptionReplyName(static_cast<uint32_t>(error)) << ": " << message;
     }
-    return SendAll(fd_, nbd::EncodeOptionError(option, error, message));
+    return Send(nbd::EncodeOptionError(option, error, message));
   }
 
   // Serves requests until NBD_CMD_DISC (OK), the client closes (OK), or a fatal stream error.
@@ -471,7 +544,7 @@ class NbdSession {
     std::string header(nbd::kRequestHeaderSize, '\0');
     for (;;) {
       size_t got = 0;
-      Status s = RecvExact(fd_, header.data(), header.size(), &got);
+      Status s = Recv(header.data(), header.size(), &got);
       if (!s.ok()) {
         if (s.code() == StatusCode::kUnavailable && got == 0) {
           return Status::Unavailable("client closed the connection without NBD_CMD_DISC");
@@ -498,40 +571,45 @@ class NbdSession {
 
     switch (static_cast<nbd::Command>(r.type)) {
       case nbd::Command::kRead: {
-        if (r.length == 0) return SendAll(fd_, reply_ok);
+        if (r.length == 0) return Send(reply_ok);
         read_buf_.resize(r.length);
         Status s = target_->Read(r.offset, std::span<char>(read_buf_.data(), r.length));
-        if (!s.ok()) return ReplyTargetError(r, s);
-        const std::string_view parts[] = {reply_ok, std::string_view(read_buf_.data(), r.length)};
-        // Counted before the reply so a client never sees a reply the stats do not reflect.
-        server_->counters_.bytes_read.fetch_add(r.length, std::memory_order_relaxed);
-        return SendAll(fd_, parts);
+        if (s.ok()) {
+          const std::string_view parts[] = {reply_ok, std::string_view(read_buf_.data(), r.length)};
+          // Counted before the reply so a client never sees a reply the stats do not reflect.
+          server_->counters_.bytes_read.fetch_add(r.length, std::memory_order_relaxed);
+          s = Send(parts);
+        } else {
+          s = ReplyTargetError(r, s);
+        }
+        if (read_buf_.capacity() > kMaxRetainedReadBuffer) std::string().swap(read_buf_);
+        return s;
       }
       case nbd::Command::kWrite: {
-        if (r.length == 0) return SendAll(fd_, reply_ok);
+        if (r.length == 0) return Send(reply_ok);
         auto data = std::make_shared<std::string>(r.length, '\0');
-        CDP_RETURN_IF_ERROR(RecvExact(fd_, data->data(), data->size()));
+        CDP_RETURN_IF_ERROR(Recv(data->data(), data->size()));
         Status s = target_->Write(r.offset, std::move(data), fua);
         if (!s.ok()) return ReplyTargetError(r, s);
         server_->counters_.bytes_written.fetch_add(r.length, std::memory_order_relaxed);
-        return SendAll(fd_, reply_ok);
+        return Send(reply_ok);
       }
       case nbd::Command::kFlush: {
         Status s = target_->Flush();
         if (!s.ok()) return ReplyTargetError(r, s);
-        return SendAll(fd_, reply_ok);
+        return Send(reply_ok);
       }
       case nbd::Command::kTrim: {
-        if (r.length == 0) return SendAll(fd_, reply_ok);
+        if (r.length == 0) return Send(reply_ok);
         Status s = target_->Trim(r.offset, r.length);
         if (!s.ok()) return ReplyTargetError(r, s);
-        return SendAll(fd_, reply_ok);
+        return Send(reply_ok);
       }
       case nbd::Command::kWriteZeroes: {
-        if (r.length == 0) return SendAll(fd_, reply_ok);
+        if (r.length == 0) return Send(reply_ok);
         Status s = target_->WriteZeroes(r.offset, r.length, fua);
         if (!s.ok()) return ReplyTargetError(r, s);
-        return SendAll(fd_, reply_ok);
+        return Send(reply_ok);
       }
       default:
         // ValidateRequest admits only the commands above (DISC is handled by the caller).
@@ -549,7 +627,7 @@ class NbdSession {
   Status ReplyError(const nbd::RequestHeader& r, nbd::Error error, const std::string& message) {
     server_->counters_.errors.fetch_add(1, std::memory_order_relaxed);
     CDP_LOG(warning) << log_prefix_ << "replied " << nbd::ErrorName(error) << ": " << message;
-    return SendAll(fd_, nbd::EncodeSimpleReply(error, r.handle));
+    return Send(nbd::EncodeSimpleReply(error, r.handle));
   }
 
   bool IsOurExport(std::string_view name) const {
@@ -560,6 +638,17 @@ class NbdSession {
   std::string UnknownExport(std::string_view name) const {
     return "unknown export '" + std::string(name.substr(0, 256)) + "'; this agent exports '" +
            server_->options_.export_name + "'";
+  }
+
+  // Socket I/O on this connection: bounded by the handshake deadline until the export is
+  // selected, unbounded in transmission.
+  Status Recv(char* buf, size_t n, size_t* got = nullptr) {
+    return RecvExact(fd_, buf, n, got, deadline_);
+  }
+  Status Send(std::span<const std::string_view> parts) { return SendAll(fd_, parts, deadline_); }
+  Status Send(std::string_view bytes) {
+    const std::string_view parts[] = {bytes};
+    return Send(parts);
   }
 
   static std::string ToHex(uint32_t v) {
@@ -574,7 +663,12 @@ class NbdSession {
   CaptureTarget* const target_;
   const std::string log_prefix_;
   bool no_zeroes_ = false;
-  std::string read_buf_;  // reused across reads; at most max_block_size bytes
+  // Reused across reads; at most max_block_size bytes, freed after a read of over 1 MiB.
+  std::string read_buf_;
+  Clock::time_point deadline_;  // of every socket operation; kNoDeadline in transmission
+  // For the handshake timeout's log line: what the session was doing, and how far it got.
+  std::string stage_;
+  uint64_t options_seen_ = 0;
 };
 
 NbdServer::NbdServer(Options options) : options_(std::move(options)) {}
@@ -589,6 +683,23 @@ Result<std::unique_ptr<NbdServer>> NbdServer::Start(Options options) {
   if (options.export_name.empty() || options.export_name.size() > nbd::kMaxStringLength) {
     return Status::InvalidArgument("nbd: " + text + ": export name must be 1.." +
                                    std::to_string(nbd::kMaxStringLength) + " bytes");
+  }
+  if (options.max_connections == 0) {
+    return Status::InvalidArgument("nbd: " + text +
+                                   ": max_connections is 0, which would refuse every client; "
+                                   "give at least 1 (the default is 64)");
+  }
+  if (options.handshake_timeout.count() <= 0) {
+    return Status::InvalidArgument("nbd: " + text + ": handshake_timeout is " +
+                                   std::to_string(options.handshake_timeout.count()) +
+                                   " ms; it must be positive (the default is 10 s)");
+  }
+  if (options.tcp_keepalive_idle.count() < 0 ||
+      options.tcp_keepalive_idle.count() > kMaxKeepaliveIdleSeconds) {
+    return Status::InvalidArgument("nbd: " + text + ": tcp_keepalive_idle is " +
+                                   std::to_string(options.tcp_keepalive_idle.count()) +
+                                   " s; it must be 0 (off) to " +
+                                   std::to_string(kMaxKeepaliveIdleSeconds));
   }
   CDP_ASSIGN_OR_RETURN(const NbdListenAddress addr, ParseNbdListenAddress(text));
 
@@ -653,19 +764,34 @@ Result<std::unique_ptr<NbdServer>> NbdServer::Start(Options options) {
                                      ": cannot start accept thread: " + e.what());
   }
   CDP_LOG(info) << "nbd: export '" << server->options_.export_name << "' (" << size
-                << " bytes, block size " << min_bs << ") listening on " << server->bound_address_;
+                << " bytes, block size " << min_bs << ") listening on " << server->bound_address_
+                << " (at most " << server->options_.max_connections
+                << " connections, handshake timeout "
+                << DescribeDuration(server->options_.handshake_timeout) << ")";
   return server;
 }
 
 void NbdServer::AcceptLoop() {
   for (;;) {
+    // While refusals wait to be summarized, wake up in time to log them even if nobody
+    // connects any more.
+    int timeout_ms = -1;
+    if (refusals_.active && refusals_.unlogged > 0) {
+      const int64_t left =
+          std::chrono::ceil<std::chrono::milliseconds>(refusals_.next_summary - Clock::now())
+              .count();
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, INT_MAX));
+    }
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    const int ready = ::poll(fds, 2, timeout_ms);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       CDP_LOG(error) << "nbd: " << bound_address_ << ": poll: " << std::strerror(errno)
                      << "; no longer accepting connections";
       return;
     }
+    MaybeLogRefusals(Clock::now());
+    if (ready == 0) continue;
     if (fds[1].revents != 0) return;  // Stop()
     if ((fds[0].revents & (POLLERR | POLLNVAL)) != 0) {
       CDP_LOG(error) << "nbd: " << bound_address_
@@ -685,14 +811,20 @@ void NbdServer::AcceptLoop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       continue;
     }
-    ReapFinishedConnections();
-    if (is_tcp_) {
-      const int one = 1;
-      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    const Clock::time_point accepted_at = Clock::now();
+    std::string peer = DescribePeer(fd, ss);
+    // Only this thread adds connections, so the count can only fall before the push below.
+    const size_t open = ReapFinishedConnections();
+    if (open >= options_.max_connections) {
+      RefuseConnection(fd, peer, open);
+      continue;
     }
+    if (refusals_.active) EndRefusalEpisode(peer);
+    if (is_tcp_) ConfigureTcpSocket(fd, peer);
     auto conn = std::make_unique<Connection>();
     conn->fd = fd;
-    conn->peer = DescribePeer(fd, ss);
+    conn->peer = std::move(peer);
+    conn->accepted_at = accepted_at;
     counters_.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     CDP_LOG(info) << "nbd: export '" << options_.export_name << "': accepted " << conn->peer
                   << " on " << bound_address_;
@@ -716,6 +848,77 @@ void NbdServer::AcceptLoop() {
   }
 }
 
+void NbdServer::RefuseConnection(int fd, const std::string& peer, size_t open) {
+  // Closed before the greeting: the client sees the connection end and may retry. Counted and
+  // logged first, so a client that sees the close finds it in the stats.
+  counters_.connections_refused.fetch_add(1, std::memory_order_relaxed);
+  LogRefusal(peer, open);
+  ::close(fd);
+}
+
+void NbdServer::LogRefusal(const std::string& peer, size_t open) {
+  const Clock::time_point now = Clock::now();
+  if (!refusals_.active) {
+    refusals_.active = true;
+    refusals_.refused = 1;
+    refusals_.unlogged = 0;
+    refusals_.last_peer = peer;
+    refusals_.started = now;
+    refusals_.next_summary = now + kRefusalLogInterval;
+    CDP_LOG(warning) << "nbd: export '" << options_.export_name << "': refused a connection from "
+                     << peer << ": " << open << " connections are open and the limit is "
+                     << options_.max_connections
+                     << "; closed it unserved. Further refusals are summarized at most once a "
+                        "minute until a connection is admitted again; find the client holding "
+                        "connections open (the 'accepted' lines) or raise the limit";
+    return;
+  }
+  ++refusals_.refused;
+  ++refusals_.unlogged;
+  refusals_.last_peer = peer;
+  MaybeLogRefusals(now);
+}
+
+void NbdServer::MaybeLogRefusals(Clock::time_point now) {
+  if (!refusals_.active || refusals_.unlogged == 0 || now < refusals_.next_summary) return;
+  CDP_LOG(warning)
+      << "nbd: export '" << options_.export_name << "': still refusing connections at the limit of "
+      << options_.max_connections << ": " << refusals_.unlogged << " more refused (the last from "
+      << refusals_.last_peer << "), " << refusals_.refused << " since the limit was reached "
+      << std::chrono::duration_cast<std::chrono::seconds>(now - refusals_.started).count()
+      << " s ago";
+  refusals_.unlogged = 0;
+  refusals_.next_summary = now + kRefusalLogInterval;
+}
+
+void NbdServer::EndRefusalEpisode(const std::string& peer) {
+  CDP_LOG(info)
+      << "nbd: export '" << options_.export_name << "': admitting connections again (" << peer
+      << "); " << refusals_.refused << " refused at the limit of " << options_.max_connections
+      << " in the last "
+      << std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - refusals_.started).count()
+      << " s, the last from " << refusals_.last_peer;
+  refusals_ = RefusalEpisode{};
+}
+
+void NbdServer::ConfigureTcpSocket(int fd, const std::string& peer) const {
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  const int idle = static_cast<int>(options_.tcp_keepalive_idle.count());
+  if (idle == 0) return;
+  const int interval = kKeepaliveIntervalSeconds;
+  const int probes = kKeepaliveProbes;
+  if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval)) != 0 ||
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes)) != 0) {
+    CDP_LOG(warning) << "nbd: export '" << options_.export_name << "' peer " << peer
+                     << ": cannot set TCP keepalive: " << std::strerror(errno)
+                     << "; if this peer vanishes, its connection stays open until the agent "
+                        "stops";
+  }
+}
+
 void NbdServer::ServeConnection(Connection* conn) {
   int fd;
   {
@@ -723,18 +926,20 @@ void NbdServer::ServeConnection(Connection* conn) {
     fd = conn->fd;
   }
   counters_.connections_active.fetch_add(1, std::memory_order_relaxed);
-  NbdSession(this, fd, conn->peer).Run();
+  NbdSession(this, fd, conn->peer, conn->accepted_at).Run();
   {
     // Under mu_ so that Stop() never shutdown()s a descriptor number that was reused.
     std::lock_guard<std::mutex> lock(mu_);
     ::close(conn->fd);
     conn->fd = -1;
   }
-  counters_.connections_active.fetch_sub(1, std::memory_order_relaxed);
+  // finished before connections_active falls: once anyone sees the count fall, the accept
+  // thread no longer counts this connection against max_connections.
   conn->finished.store(true, std::memory_order_release);
+  counters_.connections_active.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void NbdServer::ReapFinishedConnections() {
+size_t NbdServer::ReapFinishedConnections() {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = connections_.begin(); it != connections_.end();) {
     if ((*it)->finished.load(std::memory_order_acquire)) {
@@ -744,6 +949,7 @@ void NbdServer::ReapFinishedConnections() {
       ++it;
     }
   }
+  return connections_.size();
 }
 
 void NbdServer::Stop() {
@@ -786,6 +992,8 @@ NbdServerStats NbdServer::stats() const {
   NbdServerStats s;
   s.connections_accepted = counters_.connections_accepted.load(std::memory_order_relaxed);
   s.connections_active = counters_.connections_active.load(std::memory_order_relaxed);
+  s.connections_refused = counters_.connections_refused.load(std::memory_order_relaxed);
+  s.handshake_timeouts = counters_.handshake_timeouts.load(std::memory_order_relaxed);
   s.requests = counters_.requests.load(std::memory_order_relaxed);
   s.errors = counters_.errors.load(std::memory_order_relaxed);
   s.bytes_read = counters_.bytes_read.load(std::memory_order_relaxed);

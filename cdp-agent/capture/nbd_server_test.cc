@@ -9,15 +9,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/log/core.hpp>
+#include <boost/log/expressions/message.hpp>
+#include <boost/log/sinks/basic_sink_backend.hpp>
+#include <boost/log/sinks/sync_frontend.hpp>
+#include <boost/make_shared.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -882,6 +889,369 @@ TEST_F(NbdServerTest, TcpPortZeroReportsBoundPortAndBusyPortFails) {
   EXPECT_NE(second.status().message().find(bound), std::string::npos) << second.status().message();
   EXPECT_NE(second.status().message().find("Address already in use"), std::string::npos)
       << second.status().message();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits: connections, handshake time, per-connection memory (issue 15, item 7).
+
+// Polls `done` every 10 ms for up to kClientTimeoutSeconds; true once it holds. For waiting on
+// the server's threads, never for measuring time.
+template <typename Pred>
+bool Eventually(Pred done) {
+  const auto give_up =
+      std::chrono::steady_clock::now() + std::chrono::seconds(kClientTimeoutSeconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// Keeps the message of every record CDP_LOG writes (Boost.Log) while it lives.
+class LogLines {
+ public:
+  LogLines() : sink_(boost::make_shared<Sink>(boost::make_shared<Backend>())) {
+    boost::log::core::get()->add_sink(sink_);
+  }
+  ~LogLines() { boost::log::core::get()->remove_sink(sink_); }
+  LogLines(const LogLines&) = delete;
+  LogLines& operator=(const LogLines&) = delete;
+
+  // How many messages contain `needle`; `*example` gets the first of them.
+  size_t Count(const std::string& needle, std::string* example = nullptr) const {
+    auto backend = sink_->locked_backend();
+    size_t n = 0;
+    for (const std::string& line : backend->lines) {
+      if (line.find(needle) == std::string::npos) continue;
+      if (n++ == 0 && example != nullptr) *example = line;
+    }
+    return n;
+  }
+
+ private:
+  struct Backend : boost::log::sinks::basic_sink_backend<boost::log::sinks::synchronized_feeding> {
+    void consume(const boost::log::record_view& record) {
+      if (auto message = record[boost::log::expressions::smessage]) lines.push_back(*message);
+    }
+    std::vector<std::string> lines;
+  };
+  using Sink = boost::log::sinks::synchronous_sink<Backend>;
+  boost::shared_ptr<Sink> sink_;
+};
+
+// Sends NBD_OPT_LIST on a raw socket and reads both replies (NBD_REP_SERVER for "vol", then
+// NBD_REP_ACK: 27 + 20 bytes). False once the server has closed the connection.
+bool ListRoundTrip(int fd) {
+  const std::string option = nbd::EncodeOptionHeader(Opt(Option::kList), 0);
+  if (::send(fd, option.data(), option.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(option.size())) {
+    return false;
+  }
+  char buf[47];
+  size_t done = 0;
+  while (done < sizeof(buf)) {
+    const ssize_t r = ::recv(fd, buf + done, sizeof(buf) - done, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    done += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// The server with a handshake timeout short enough for tests to wait it out.
+class NbdServerHandshakeTest : public NbdServerTest {
+ protected:
+  void SetUp() override {
+    NbdServer::Options options;
+    options.handshake_timeout = kHandshakeTimeout;
+    StartServer(options);
+  }
+
+  // Connects, reads the greeting and answers it.
+  std::unique_ptr<TestClient> ConnectAndGreet() {
+    std::unique_ptr<TestClient> c = Connect();
+    if (c) c->Greet();
+    return c;
+  }
+
+  // Waits for every connection thread to end; `n` of them must have ended by the timeout.
+  void ExpectHandshakeTimeouts(uint64_t n) {
+    ASSERT_TRUE(Eventually([&] { return server_->stats().connections_active == 0; }))
+        << "a connection thread is still there";
+    EXPECT_EQ(server_->stats().handshake_timeouts, n);
+  }
+
+  static constexpr std::chrono::milliseconds kHandshakeTimeout{300};
+};
+
+TEST_F(NbdServerTest, ConnectionsOverTheLimitAreRefusedAndOpenOnesKeepWorking) {
+  NbdServer::Options options;
+  options.max_connections = 2;
+  StartServer(options);
+  auto a = ConnectAndGo();
+  auto b = ConnectAndGo();
+  ASSERT_TRUE(a && b);
+
+  LogLines log;
+  constexpr int kFlood = 20;
+  for (int i = 0; i < kFlood; ++i) {
+    auto extra = Connect();
+    ASSERT_TRUE(extra);
+    // Closed before the greeting: not one byte of NBD, no thread.
+    EXPECT_TRUE(extra->WaitClosed()) << "connection " << i << " over the limit was served";
+  }
+  NbdServerStats stats = server_->stats();
+  EXPECT_EQ(stats.connections_refused, uint64_t{kFlood});
+  EXPECT_EQ(stats.connections_accepted, 2u);
+  EXPECT_EQ(stats.connections_active, 2u);
+  // One line for the whole flood, naming the peer and the limit.
+  std::string line;
+  EXPECT_EQ(log.Count("refused a connection from", &line), 1u);
+  EXPECT_NE(line.find("unix:pid="), std::string::npos) << line;
+  EXPECT_NE(line.find("the limit is 2"), std::string::npos) << line;
+  EXPECT_EQ(log.Count("still refusing connections"), 0u);
+
+  // The connections being served did not notice the flood.
+  const std::string data(4096, 'L');
+  EXPECT_EQ(a->Request(Command::kWrite, 8192, 4096, 0, data).error, 0u);
+  CmdReply read = b->Request(Command::kRead, 8192, 4096);
+  EXPECT_EQ(read.error, 0u);
+  EXPECT_EQ(read.data, data);
+
+  // A closed connection frees its place for the next client.
+  a.reset();
+  ASSERT_TRUE(Eventually([&] { return server_->stats().connections_active == 1; }));
+  auto c = ConnectAndGo();
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->Request(Command::kRead, 8192, 4096).data, data);
+  EXPECT_EQ(server_->stats().connections_accepted, 3u);
+  EXPECT_EQ(server_->stats().connections_refused, uint64_t{kFlood});
+  EXPECT_EQ(log.Count("admitting connections again"), 1u);
+}
+
+TEST_F(NbdServerTest, LimitOptionsAreValidated) {
+  NbdServer::Options options;
+  options.listen_address = "unix:" + dir_.sock();
+  options.export_name = "vol";
+  options.target = &target_;
+
+  options.max_connections = 0;
+  Result<std::unique_ptr<NbdServer>> server = NbdServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(server.status().message().find("max_connections is 0"), std::string::npos)
+      << server.status().message();
+  options.max_connections = 1;
+
+  options.handshake_timeout = std::chrono::milliseconds(0);
+  server = NbdServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("handshake_timeout is 0 ms"), std::string::npos)
+      << server.status().message();
+  options.handshake_timeout = std::chrono::seconds(1);
+
+  options.tcp_keepalive_idle = std::chrono::seconds(40000);
+  server = NbdServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("tcp_keepalive_idle is 40000 s"), std::string::npos)
+      << server.status().message();
+  options.tcp_keepalive_idle = std::chrono::seconds(0);
+
+  EXPECT_TRUE(NbdServer::Start(options).ok());
+}
+
+TEST_F(NbdServerHandshakeTest, SilentClientIsDropped) {
+  LogLines log;
+  auto c = Connect();
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->Recv(nbd::kGreetingSize));  // and never answers it
+  EXPECT_TRUE(c->WaitClosed());
+  ExpectHandshakeTimeouts(1);
+  std::string line;
+  ASSERT_EQ(log.Count("handshake timeout", &line), 1u);
+  EXPECT_NE(line.find("300 ms"), std::string::npos) << line;
+  EXPECT_NE(line.find("waiting for the client flags"), std::string::npos) << line;
+  EXPECT_NE(line.find("unix:pid="), std::string::npos) << line;
+}
+
+TEST_F(NbdServerHandshakeTest, PartialHandshakesAreDropped) {
+  // Half of the client flags.
+  auto flags = Connect();
+  ASSERT_TRUE(flags);
+  ASSERT_TRUE(flags->Recv(nbd::kGreetingSize));
+  ASSERT_TRUE(flags->Send(std::string(2, '\0')));
+  // The flags and half of an option header.
+  auto option = ConnectAndGreet();
+  ASSERT_TRUE(option);
+  ASSERT_TRUE(option->Send(nbd::EncodeOptionHeader(Opt(Option::kGo), 100).substr(0, 8)));
+  // A whole option header whose data never comes.
+  auto data = ConnectAndGreet();
+  ASSERT_TRUE(data);
+  ASSERT_TRUE(data->Send(nbd::EncodeOptionHeader(Opt(Option::kGo), 100)));
+
+  EXPECT_TRUE(flags->WaitClosed());
+  EXPECT_TRUE(option->WaitClosed());
+  EXPECT_TRUE(data->WaitClosed());
+  ExpectHandshakeTimeouts(3);
+  EXPECT_EQ(target_.calls().size(), 0u);
+}
+
+TEST_F(NbdServerHandshakeTest, OptionsKeptComingDoNotExtendIt) {
+  auto c = ConnectAndGreet();
+  ASSERT_TRUE(c);
+  // Each option is answered, but the deadline is for the whole handshake, not each message.
+  bool closed = false;
+  for (int i = 0; i < kClientTimeoutSeconds * 20 && !closed; ++i) {
+    closed = !ListRoundTrip(c->fd());
+    if (!closed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(closed) << "a client that never selects the export kept its connection";
+  ExpectHandshakeTimeouts(1);
+}
+
+TEST_F(NbdServerHandshakeTest, ClientNotReadingRepliesIsDropped) {
+  auto c = ConnectAndGreet();
+  ASSERT_TRUE(c);
+  // Options whose replies are never read, until neither side's socket buffer takes more: the
+  // server's thread is then stuck sending, and only the deadline frees it.
+  const std::string list = nbd::EncodeOptionHeader(Opt(Option::kList), 0);
+  size_t sent = 0;
+  for (int i = 0; i < 100000; ++i) {
+    const ssize_t r = ::send(c->fd(), list.data(), list.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    ASSERT_EQ(r, static_cast<ssize_t>(list.size())) << std::strerror(errno);
+    ++sent;
+  }
+  ASSERT_GT(sent, 0u);
+  ExpectHandshakeTimeouts(1);
+}
+
+TEST_F(NbdServerTest, StopEndsAClientStillInTheHandshake) {
+  StartServer();  // the default 10 s handshake timeout: Stop() must not wait for it
+  auto c = Connect();
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->Recv(nbd::kGreetingSize));
+  ASSERT_TRUE(Eventually([&] { return server_->stats().connections_active == 1; }));
+  server_->Stop();
+  EXPECT_TRUE(c->WaitClosed());
+  EXPECT_EQ(server_->stats().connections_active, 0u);
+  EXPECT_EQ(server_->stats().handshake_timeouts, 0u);
+}
+
+TEST_F(NbdServerHandshakeTest, TransmissionHasNoIdleTimeout) {
+  auto c = ConnectAndGo();
+  ASSERT_TRUE(c);
+  // Idle for several handshake timeouts, as a VM whose disk is the export may be for hours.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  const std::string data(512, 'I');
+  EXPECT_EQ(c->Request(Command::kWrite, 0, 512, 0, data).error, 0u);
+  EXPECT_EQ(c->Request(Command::kRead, 0, 512).data, data);
+  EXPECT_EQ(server_->stats().handshake_timeouts, 0u);
+  EXPECT_EQ(server_->stats().connections_active, 1u);
+}
+
+TEST_F(NbdServerTest, PipelinedRequestsWaitInTheSocketNotInServerMemory) {
+  StartServer();
+  auto c = ConnectAndGo();
+  ASSERT_TRUE(c);
+  // 1000 reads of 64 KiB sent at once (28 KB of headers), replies not read yet: 64 MiB of
+  // replies if the server read ahead and queued them.
+  constexpr int kRequests = 1000;
+  constexpr uint32_t kLength = 64 * 1024;
+  std::string batch;
+  for (int i = 0; i < kRequests; ++i) {
+    nbd::RequestHeader r;
+    r.type = static_cast<uint16_t>(Command::kRead);
+    r.handle = static_cast<uint64_t>(i) + 1;
+    r.offset = static_cast<uint64_t>(i % 64) * kLength;
+    r.length = kLength;
+    batch += nbd::EncodeRequestHeader(r);
+  }
+  ASSERT_TRUE(c->Send(batch));
+  // Wait for the server to stop reading (it only ever could stop early, which the bound below
+  // tolerates), then check it holds no more than a socket buffer's worth of replies.
+  uint64_t seen = 0;
+  for (int stable = 0; stable < 20;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const uint64_t now = server_->stats().requests;
+    stable = now == seen ? stable + 1 : 0;
+    seen = now;
+  }
+  EXPECT_LT(seen, uint64_t{kRequests / 10})
+      << "the server read requests far ahead of a client that is not reading its replies";
+  // Every request is still answered, in order, once the client reads.
+  for (int i = 0; i < kRequests; ++i) {
+    std::optional<std::string> header = c->Recv(nbd::kSimpleReplyHeaderSize);
+    ASSERT_TRUE(header);
+    Result<nbd::SimpleReply> reply = nbd::ParseSimpleReply(*header);
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    ASSERT_EQ(reply->error, 0u);
+    ASSERT_EQ(reply->handle, static_cast<uint64_t>(i) + 1);
+    ASSERT_TRUE(c->Recv(kLength));
+  }
+  EXPECT_EQ(server_->stats().requests, 1u * kRequests);
+}
+
+// The server-side socket of a loopback connection, as /proc/net/tcp shows it: the timer kind
+// (0 none, 1 retransmit, 2 keepalive, ...) and when it fires, in USER_HZ ticks.
+struct TcpTimer {
+  int kind = -1;
+  uint64_t ticks = 0;
+};
+
+std::optional<TcpTimer> ServerSideTimer(uint16_t server_port, uint16_t client_port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // column names
+  char local[32], remote[32];
+  std::snprintf(local, sizeof(local), "0100007F:%04X", server_port);
+  std::snprintf(remote, sizeof(remote), "0100007F:%04X", client_port);
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string slot, local_address, remote_address, state, queues, timer;
+    fields >> slot >> local_address >> remote_address >> state >> queues >> timer;
+    if (local_address != local || remote_address != remote) continue;
+    const size_t colon = timer.find(':');
+    if (colon == std::string::npos) return std::nullopt;
+    return TcpTimer{std::stoi(timer.substr(0, colon), nullptr, 16),
+                    std::stoull(timer.substr(colon + 1), nullptr, 16)};
+  }
+  return std::nullopt;
+}
+
+TEST_F(NbdServerTest, TcpConnectionsGetKeepalive) {
+  for (const int idle : {123, 0}) {
+    SCOPED_TRACE("tcp_keepalive_idle " + std::to_string(idle));
+    NbdServer::Options options;
+    options.listen_address = "tcp:127.0.0.1:0";
+    options.tcp_keepalive_idle = std::chrono::seconds(idle);
+    StartServer(options);
+    const std::string bound = server_->bound_address();
+    const auto server_port = static_cast<uint16_t>(std::stoi(bound.substr(bound.rfind(':') + 1)));
+    auto c = TestClient::ConnectTcp(server_port);
+    ASSERT_TRUE(c);
+    c->Go();
+    sockaddr_in me{};
+    socklen_t len = sizeof(me);
+    ASSERT_EQ(::getsockname(c->fd(), reinterpret_cast<sockaddr*>(&me), &len), 0);
+    // Right after the GO reply a retransmit timer (kind 1) may run until the ACK arrives.
+    std::optional<TcpTimer> timer;
+    ASSERT_TRUE(Eventually([&] {
+      timer = ServerSideTimer(server_port, ntohs(me.sin_port));
+      return timer && timer->kind != 1;
+    })) << (timer ? "the server's retransmit timer never stopped"
+                  : "the server's socket is not in /proc/net/tcp");
+    if (idle == 0) {
+      EXPECT_EQ(timer->kind, 0);
+    } else {
+      // Armed to fire after at most `idle` seconds of silence (the kernel default is 7200 s).
+      EXPECT_EQ(timer->kind, 2);
+      EXPECT_LE(timer->ticks, uint64_t(idle) * ::sysconf(_SC_CLK_TCK));
+      EXPECT_GT(timer->ticks, uint64_t(idle - 30) * ::sysconf(_SC_CLK_TCK));
+    }
+    c.reset();
+    server_.reset();
+  }
 }
 
 TEST(NbdListenAddress, Parses) {

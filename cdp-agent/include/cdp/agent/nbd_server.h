@@ -13,13 +13,47 @@
 // Threads: one accept thread, plus one thread per connection that handles that connection's
 // requests in order. Each call into the CaptureTarget comes from a connection thread.
 //
-//   Start() --> [accept thread] --accept--> [connection thread] handshake -> transmission
+//   Start() --> [accept thread] --accept--> under max_connections? --no--> close (refused)
+//                                                  | yes
+//                                                  v
+//               [connection thread] handshake (deadline) -> transmission (no deadline)
 //   Stop()  --> wake accept thread, shutdown() every connection socket, join all threads
+//
+// Limits: what a peer can make the server hold, and what happens at each bound.
+//   - Connections: at most Options::max_connections (default 64) are served at once. One more
+//     is accepted and closed at once, before the greeting and without a thread; it is counted
+//     in connections_refused. The log says so once per refusal episode (the first refused
+//     peer and the limit), then at most once a minute while it lasts, and once more when a
+//     connection is admitted again. 64 is far above any real client: QEMU opens one
+//     connection per drive, qemu-img and qemu-io one, and nbdcopy opens up to 4 only when the
+//     server advertises MULTI_CONN, which this one does not.
+//   - Handshake: a client must select the export (NBD_OPT_GO or NBD_OPT_EXPORT_NAME) within
+//     Options::handshake_timeout (default 10 s) of being accepted, or it is disconnected,
+//     logged and counted in handshake_timeouts. The deadline is for the whole handshake, so it
+//     also ends a client that sends nothing, stops in the middle of a message, keeps sending
+//     options, or does not read the server's replies. Real clients finish in milliseconds.
+//   - Transmission: no idle timeout. A VM whose disk is the export may issue no I/O for hours
+//     and must not lose its disk for it. Dead peers are found instead by TCP keepalive (TCP
+//     only; Options::tcp_keepalive_idle, default 300 s of silence, then a probe every 30 s;
+//     10 unanswered probes close the connection, about 10 minutes in all, close to the
+//     ~15 minutes after which the kernel gives up on a peer with unacknowledged data). A unix
+//     socket peer that dies is seen by the kernel at once.
+//   - Memory per connection: one request at a time. The server reads the next request only
+//     after replying to the previous one, so requests a client pipelines wait in the kernel's
+//     socket buffers, and a client that does not read its replies stops the server from
+//     reading its requests (its thread waits in send; Stop() still ends it). Option data is at
+//     most 64 KiB; a READ or WRITE buffer at most max_block_size, checked before allocating (a
+//     longer request gets NBD_EINVAL and a refused WRITE's payload is skipped in 64 KiB
+//     chunks). A read buffer over 1 MiB is freed after its reply. So a connection holds at most
+//     about max_block_size + 1 MiB, and the server max_connections times that (with the
+//     defaults 64 x 33 MiB, reached only if every connection moves a 32 MiB request at once).
 #pragma once
 
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -50,12 +84,14 @@ Result<NbdListenAddress> ParseNbdListenAddress(std::string_view text);
 // Counters since Start(). Monotonic except connections_active. Request counters are updated
 // before the reply is sent, so a client that has a reply sees it counted.
 struct NbdServerStats {
-  uint64_t connections_accepted = 0;
-  uint64_t connections_active = 0;
-  uint64_t requests = 0;       // transmission requests received (including rejected ones)
-  uint64_t errors = 0;         // requests answered with a non-zero NBD error
-  uint64_t bytes_read = 0;     // payload bytes returned by successful NBD_CMD_READs
-  uint64_t bytes_written = 0;  // payload bytes accepted by NBD_CMD_WRITE
+  uint64_t connections_accepted = 0;  // admitted: given a thread (refused ones not included)
+  uint64_t connections_active = 0;    // admitted and not yet closed
+  uint64_t connections_refused = 0;   // closed unserved: max_connections were already open
+  uint64_t handshake_timeouts = 0;    // dropped: no export selected within handshake_timeout
+  uint64_t requests = 0;              // transmission requests received (including rejected ones)
+  uint64_t errors = 0;                // requests answered with a non-zero NBD error
+  uint64_t bytes_read = 0;            // payload bytes returned by successful NBD_CMD_READs
+  uint64_t bytes_written = 0;         // payload bytes accepted by NBD_CMD_WRITE
 };
 
 class NbdServer {
@@ -76,11 +112,23 @@ class NbdServer {
     bool read_only = false;
     // Permissions of a unix socket file (the hypervisor's group may need access).
     mode_t unix_socket_mode = 0660;
+    // Most connections served at once (at least 1). A connection beyond it is closed at once,
+    // unserved, and counted in connections_refused; see "Limits" above.
+    uint32_t max_connections = 64;
+    // Time from accept() to the client selecting the export (NBD_OPT_GO / EXPORT_NAME), after
+    // which a client still in the handshake is disconnected (positive). Not applied in
+    // transmission.
+    std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);
+    // TCP only: seconds of silence on a connection before the kernel starts keepalive probes
+    // (then every 30 s; 10 unanswered probes close the connection). 0 turns keepalive off;
+    // at most 32767 (the kernel's TCP_KEEPIDLE limit).
+    std::chrono::seconds tcp_keepalive_idle = std::chrono::seconds(300);
   };
 
   // Validates `options`, binds and listens, and starts the accept thread.
   // Returns InvalidArgument for bad options (address syntax, missing target or export name,
-  // block sizes the NBD spec forbids), IOError/AlreadyExists naming the address when it cannot
+  // block sizes the NBD spec forbids, max_connections 0, handshake_timeout not positive,
+  // tcp_keepalive_idle out of range), IOError/AlreadyExists naming the address when it cannot
   // listen (port busy, unix socket path unwritable, a live server already on that socket).
   // A stale unix socket file (nobody accepting) is removed and replaced; any other file at that
   // path is left alone and reported.
@@ -111,14 +159,28 @@ class NbdServer {
   struct Connection {
     int fd = -1;  // guarded by NbdServer::mu_; -1 once the connection thread closed it
     std::string peer;
+    std::chrono::steady_clock::time_point accepted_at;  // the handshake deadline counts from it
     std::thread thread;
     std::atomic<bool> finished{false};
+  };
+
+  // Connections refused since the number open reached max_connections, for the log.
+  // Touched only by the accept thread.
+  struct RefusalEpisode {
+    bool active = false;
+    uint64_t refused = 0;   // in this episode
+    uint64_t unlogged = 0;  // refused since the last log line
+    std::string last_peer;
+    std::chrono::steady_clock::time_point started;
+    std::chrono::steady_clock::time_point next_summary;  // earliest time for the next line
   };
 
   // Atomic counters behind NbdServerStats, bumped by connection threads.
   struct Counters {
     std::atomic<uint64_t> connections_accepted{0};
     std::atomic<uint64_t> connections_active{0};
+    std::atomic<uint64_t> connections_refused{0};
+    std::atomic<uint64_t> handshake_timeouts{0};
     std::atomic<uint64_t> requests{0};
     std::atomic<uint64_t> errors{0};
     std::atomic<uint64_t> bytes_read{0};
@@ -131,8 +193,21 @@ class NbdServer {
 
   void AcceptLoop();
   void ServeConnection(Connection* conn);
-  // Joins connection threads that have finished. REQUIRES: called from the accept thread.
-  void ReapFinishedConnections();
+  // Joins connection threads that have finished and returns how many connections remain
+  // (those still being served). REQUIRES: called from the accept thread.
+  size_t ReapFinishedConnections();
+  // Closes `fd` unserved because `open` connections are open, counts it, and logs it as the
+  // refusal episode allows. REQUIRES: called from the accept thread.
+  void RefuseConnection(int fd, const std::string& peer, size_t open);
+  // Counts `peer` in the refusal episode and logs the episode's start, or a summary when one
+  // is due. REQUIRES: called from the accept thread.
+  void LogRefusal(const std::string& peer, size_t open);
+  // Logs the refusals not yet logged, if it is time. REQUIRES: called from the accept thread.
+  void MaybeLogRefusals(std::chrono::steady_clock::time_point now);
+  // Ends the refusal episode when `peer` is admitted. REQUIRES: called from the accept thread.
+  void EndRefusalEpisode(const std::string& peer);
+  // Sets TCP_NODELAY and keepalive on an accepted TCP socket.
+  void ConfigureTcpSocket(int fd, const std::string& peer) const;
 
   const Options options_;
   nbd::ExportLimits limits_;           // size, block sizes, read-only: fixed at Start()
@@ -145,6 +220,7 @@ class NbdServer {
   bool is_tcp_ = false;
   std::string bound_address_;  // set before the accept thread starts; const afterwards
   std::thread accept_thread_;
+  RefusalEpisode refusals_;  // accept thread only
   Counters counters_;
 
   std::mutex stop_mu_;    // serializes Stop()
