@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -103,6 +104,18 @@ void TraceCapture::Start() {
     CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": "
                   << (initial_done_.load() ? "checksum resync" : "initial full sync") << " of "
                   << size_ << " bytes from offset " << scan_cursor_.load();
+  }
+  // The agent itself must not keep the filesystem busy; its state files would (the root
+  // filesystem is never unmounted while it runs, so state there is fine).
+  struct stat state_st, root_st;
+  if (freezer_ && stat(hashes_->path().c_str(), &state_st) == 0 &&
+      state_st.st_dev == freezer_->fs_dev() &&
+      !(stat("/", &root_st) == 0 && root_st.st_dev == freezer_->fs_dev())) {
+    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": the state dir ("
+                     << hashes_->path() << ") is on the filesystem at " << freezer_->mount_path()
+                     << ": its open files keep " << freezer_->mount_path()
+                     << " from being unmounted while the agent runs; use a --state-dir on "
+                     << "another filesystem";
   }
 }
 
@@ -236,6 +249,7 @@ Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_
         ": a checksum resync of the device is in progress; the first point after it comes "
         "when it finishes");
   }
+  if (fs_unmounted_) return UnmountedError();
   checkpoint_label_ = label;
   checkpoint_seq_++;
   checkpoint_done_ = false;
@@ -277,6 +291,11 @@ void TraceCapture::ShipperLoop() {
       }
     }
     const bool checkpoint = checkpoint_wanted_.load();
+    if (freezer_ && scan_active_.load() && SteadyNanos() >= next_freeze_ns_) {
+      // No freeze during a scan, but an unmount is still noticed and reported.
+      MountHeld(freezer_->CheckMounted());
+      next_freeze_ns_ = SteadyNanos() + int64_t{options_.checkpoint_interval_ms} * 1000000;
+    }
     if (freezer_ && !scan_active_.load() && (checkpoint || SteadyNanos() >= next_freeze_ns_)) {
       const int64_t start = SteadyNanos();
       const int64_t interval = int64_t{options_.checkpoint_interval_ms} * 1000000;
@@ -295,6 +314,8 @@ void TraceCapture::ShipperLoop() {
         if (point != point_before ||
             (events_.load() == events_at_last_point_ && map_.empty() && point != 0)) {
           checkpoint_result_ = point;  // a new freeze point, or nothing changed since the last
+        } else if (fs_unmounted_) {
+          checkpoint_result_ = UnmountedError();
         } else {
           checkpoint_result_ = Status::Aborted(
               "volume " + options_.volume +
@@ -566,7 +587,35 @@ Result<bool> TraceCapture::ScanStep() {
   return true;
 }
 
+bool TraceCapture::MountHeld(const Status& mounted) {
+  if (!mounted.IsNotFound()) {
+    // Held (other errors are the freeze's to report).
+    if (fs_unmounted_.exchange(false)) {
+      CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": " << freezer_->mount_path()
+                    << " holds the filesystem of " << tracer_->device().path
+                    << " again; freezes (consistency points) resume";
+    }
+    return true;
+  }
+  if (!fs_unmounted_.exchange(true)) {
+    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << mounted.message()
+                     << "; no freezes, so no consistency points, until the filesystem of "
+                     << tracer_->device().path << " is mounted there again (checked every "
+                     << options_.checkpoint_interval_ms << " ms); block writes to "
+                     << tracer_->device().path << " are still captured";
+  }
+  return false;
+}
+
+Status TraceCapture::UnmountedError() const {
+  return Status::FailedPrecondition(
+      "volume " + options_.volume + ": " + freezer_->mount_path() +
+      " no longer holds the filesystem of " + tracer_->device().path +
+      " (unmounted?); no freeze point until it is mounted there again");
+}
+
 void TraceCapture::FreezeCycle() {
+  if (!MountHeld(freezer_->CheckMounted())) return;
   // Pre-copy, so the freeze itself has little to do: write back the page cache without blocking
   // writers (syncfs), ship what that wrote until the residual set is small, and repeat while the
   // writeback still took long — each round leaves only what was dirtied during the previous one,
@@ -580,9 +629,10 @@ void TraceCapture::FreezeCycle() {
                                                1e6 / 4)));
   for (int round = 0; round < kMaxPrecopyRounds; ++round) {
     const int64_t t_sync = SteadyNanos();
-    if (::syncfs(freezer_->mount_fd()) != 0) {
-      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": syncfs: "
-                       << strerror(errno);
+    Status synced = freezer_->SyncFs();
+    if (!MountHeld(synced)) return;
+    if (!synced.ok()) {
+      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << synced.ToString();
     }
     const int64_t sync_ns = SteadyNanos() - t_sync;
     while (!stop_ && SteadyNanos() < precopy_deadline) {
@@ -610,6 +660,7 @@ void TraceCapture::FreezeCycle() {
   const int64_t t0 = SteadyNanos();
   const uint64_t limit_ns = uint64_t(options_.freeze_limit_ms) * 1000000;
   Status frozen = freezer_->Freeze();
+  if (!MountHeld(frozen)) return;
   if (!frozen.ok()) {
     // Said once per episode (an operator's fsfreeze -f lasts many intervals).
     if (!freeze_refused_) {
@@ -773,6 +824,7 @@ void TraceCapture::FillReport(v1::AgentReport* r) {
   t->set_resync_read_bytes(scan_read_bytes_.load());
   t->set_resync_sent_bytes(scan_sent_bytes_.load());
   t->set_resync_active(scanning);
+  t->set_freeze_fs_unmounted(fs_unmounted_.load());
 }
 
 }  // namespace cdp::agent

@@ -2,7 +2,8 @@
 //
 // Rule for both sides: nothing is written to a log between a FIFREEZE and the FITHAW that ends
 // it, because stderr may be a file on the frozen filesystem and the write would then block until
-// the thaw — which, for the watchdog, would be never.
+// the thaw — which, for the watchdog, would be never. And neither side keeps a descriptor of the
+// filesystem outside a freeze (or a syncfs): it would make the filesystem impossible to unmount.
 #include "cdp/agent/fs_freezer.h"
 
 #include <fcntl.h>
@@ -37,7 +38,6 @@ namespace {
 
 constexpr char kWatchdogName[] = "cdp-thaw-watchdog";
 constexpr int kWatchdogCommandFd = 3;  // in the watchdog: its end of the socket pair
-constexpr int kWatchdogMountFd = 4;    // in the watchdog: the filesystem, opened by the agent
 constexpr int kReadyTimeoutMs = 10000;
 constexpr int kReapTimeoutMs = 2000;
 constexpr size_t kMaxLineBytes = 256;
@@ -65,17 +65,24 @@ std::string DescribeWaitStatus(int status) {
   return "stopped (wait status " + std::to_string(status) + ")";
 }
 
-// Sends all of `data` on a socket without ever raising SIGPIPE. Returns 0 or an errno value.
-int SendAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return 0;
+// SendWithDescriptor without a descriptor.
+int SendAll(int fd, std::string_view data) { return SendWithDescriptor(fd, data, -1); }
+
+std::string DevText(dev_t dev) {
+  return std::to_string(major(dev)) + ":" + std::to_string(minor(dev));
+}
+
+// The NotFound of a --freeze path that no longer holds the filesystem on `fs_dev`; `now` is what
+// the path is, e.g. "PATH is now on device 8:1: ...".
+Status NotHeld(const std::string& path, dev_t fs_dev, const std::string& now) {
+  return Status::NotFound(path + " no longer holds the filesystem of device " + DevText(fs_dev) +
+                          " (" + now + ")");
+}
+
+Status NotHeldByDevice(const std::string& path, dev_t fs_dev, dev_t now_dev) {
+  return NotHeld(path, fs_dev,
+                 path + " is now on device " + DevText(now_dev) +
+                     ": unmounted, or another filesystem mounted there");
 }
 
 // Waits up to timeout_ms for `pid` (our child) to exit and reaps it; SIGKILLs it past that.
@@ -114,7 +121,7 @@ std::string PeekExit(pid_t pid) {
 std::string FsTypeOf(int fd) {
   struct stat st;
   if (fstat(fd, &st) != 0) return "unknown";
-  const std::string dev = std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev));
+  const std::string dev = DevText(st.st_dev);
   std::ifstream mountinfo("/proc/self/mountinfo");
   std::string line;
   while (std::getline(mountinfo, line)) {
@@ -132,6 +139,33 @@ std::string FsTypeOf(int fd) {
 }
 
 }  // namespace
+
+int SendWithDescriptor(int fd, std::string_view data, int pass_fd) {
+  while (!data.empty()) {
+    iovec iov = {const_cast<char*>(data.data()), data.size()};
+    msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    if (pass_fd >= 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    pass_fd = -1;  // it went with the first bytes sent
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return 0;
+}
 
 Status CheckFreezePath(const std::string& path, uint32_t major_number, uint32_t minor_number,
                        const std::string& device_path) {
@@ -164,9 +198,12 @@ Result<std::unique_ptr<FsFreezer>> FsFreezer::Start(const Options& options) {
   freezer->options_ = options;
   const std::string& path = options.mount_path;
 
-  // O_NONBLOCK only so that a FIFO cannot hang us here; FIFREEZE works on any fd of the fs.
-  freezer->mount_fd_ = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (freezer->mount_fd_ < 0) return Status::FromErrno(errno, "opening " + path + " to freeze it");
+  // Only noted, not held open: the filesystem must stay unmountable while the agent runs.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return Status::FromErrno(errno, "stat " + path + " to freeze it");
+  }
+  freezer->fs_dev_ = st.st_dev;
 
   std::string exe = options.watchdog_exe;
   if (exe.empty()) {
@@ -191,10 +228,8 @@ Result<std::unique_ptr<FsFreezer>> FsFreezer::Start(const Options& options) {
   }
   freezer->pipe_fd_ = sockets[0];
   int child_end = sockets[1];
-  // Copies at fd >= 5 so that neither dup2 below can overwrite the source of the other.
-  int child_cmd = fcntl(child_end, F_DUPFD_CLOEXEC, kWatchdogMountFd + 1);
-  int child_mount =
-      child_cmd < 0 ? -1 : fcntl(freezer->mount_fd_, F_DUPFD_CLOEXEC, kWatchdogMountFd + 1);
+  // A copy above fd 3, so that the dup2 below is never dup2(3, 3), which would keep CLOEXEC.
+  int child_cmd = fcntl(child_end, F_DUPFD_CLOEXEC, kWatchdogCommandFd + 1);
   const int dup_errno = errno;
   CloseFd(&child_end);
 
@@ -203,7 +238,6 @@ Result<std::unique_ptr<FsFreezer>> FsFreezer::Start(const Options& options) {
   posix_spawn_file_actions_init(&actions);
   posix_spawnattr_init(&attr);
   posix_spawn_file_actions_adddup2(&actions, child_cmd, kWatchdogCommandFd);
-  posix_spawn_file_actions_adddup2(&actions, child_mount, kWatchdogMountFd);
   // The agent blocks SIGTERM/SIGINT for sigwait and ignores SIGPIPE; start the watchdog clean.
   sigset_t none, all;
   sigemptyset(&none);
@@ -213,19 +247,18 @@ Result<std::unique_ptr<FsFreezer>> FsFreezer::Start(const Options& options) {
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   std::string arg_mount = "--mount";
   char* argv[] = {exe.data(), arg_mount.data(), const_cast<char*>(path.c_str()), nullptr};
-  int rc = (child_cmd < 0 || child_mount < 0)
+  int rc = child_cmd < 0
                ? dup_errno
                : posix_spawn(&freezer->watchdog_pid_, exe.c_str(), &actions, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   CloseFd(&child_cmd);
-  CloseFd(&child_mount);
   if (rc != 0) {
     freezer->watchdog_pid_ = -1;
     return Status::FromErrno(rc, "starting thaw watchdog " + exe);
   }
 
-  // Wait for "R\n": the watchdog holds the filesystem open and ignores the signals it must.
+  // Wait for "R\n": the watchdog ignores the signals it must and reads commands.
   std::string got;
   const int64_t deadline = MonotonicMs() + kReadyTimeoutMs;
   while (got.find('\n') == std::string::npos) {
@@ -275,30 +308,83 @@ FsFreezer::~FsFreezer() {
                        << ") " << DescribeWaitStatus(*status);
     }
   }
-  CloseFd(&mount_fd_);
+  CloseFd(&frozen_fd_);
+}
+
+Status FsFreezer::CheckMounted() const {
+  const std::string& path = options_.mount_path;
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return NotHeld(path, fs_dev_, path + " does not exist any more");
+    }
+    return Status::FromErrno(err, "stat " + path);
+  }
+  if (st.st_dev == fs_dev_) return Status::Ok();
+  return NotHeldByDevice(path, fs_dev_, st.st_dev);
+}
+
+Result<int> FsFreezer::OpenChecked(const std::string& purpose) const {
+  const std::string& path = options_.mount_path;
+  // O_NONBLOCK only so that a FIFO cannot hang us here; FIFREEZE works on any fd of the fs.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    CDP_RETURN_IF_ERROR(CheckMounted());  // gone meanwhile: say so in its words
+    return Status::FromErrno(err, "opening " + path + " to " + purpose);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return Status::FromErrno(err, "fstat " + path);
+  }
+  if (st.st_dev != fs_dev_) {
+    close(fd);
+    return NotHeldByDevice(path, fs_dev_, st.st_dev);
+  }
+  return fd;
+}
+
+Status FsFreezer::SyncFs() {
+  CDP_ASSIGN_OR_RETURN(int fd, OpenChecked("write it back"));
+  const int rc = ::syncfs(fd);
+  const int err = errno;
+  close(fd);
+  if (rc != 0) return Status::FromErrno(err, "syncfs " + options_.mount_path);
+  return Status::Ok();
 }
 
 Status FsFreezer::Freeze() {
   const std::string& path = options_.mount_path;
   if (frozen_) return Status::FailedPrecondition(path + " is already frozen by this agent");
+  CDP_ASSIGN_OR_RETURN(int fd, OpenChecked("freeze it"));
   const int64_t deadline = MonotonicMs() + options_.hard_limit_ms;
-  if (pipe_fd_ < 0 || SendAll(pipe_fd_, "F " + std::to_string(deadline) + "\n") != 0) {
+  // The watchdog gets its own descriptor of the filesystem before the freeze, so that it can
+  // thaw it whatever becomes of us.
+  if (pipe_fd_ < 0 ||
+      SendWithDescriptor(pipe_fd_, "F " + std::to_string(deadline) + "\n", fd) != 0) {
+    close(fd);
     return Status::Unavailable("thaw watchdog (pid " + std::to_string(watchdog_pid_) + ") is gone" +
                                PeekExit(watchdog_pid_) + "; not freezing " + path);
   }
-  if (ioctl(mount_fd_, FIFREEZE, 0) == 0) {
+  if (ioctl(fd, FIFREEZE, 0) == 0) {
+    frozen_fd_ = fd;
     frozen_ = true;
     return Status::Ok();
   }
   const int err = errno;
   // Not frozen by us: disarm. If the watchdog died meanwhile there is nothing to disarm.
   (void)SendAll(pipe_fd_, "T\n");
+  const std::string fs_type = err == EOPNOTSUPP ? FsTypeOf(fd) : "";
+  close(fd);
   switch (err) {
     case EBUSY:
       return Status::FailedPrecondition(path + " is already frozen (by someone else)");
     case EOPNOTSUPP:
-      return Status::NotSupported("cannot freeze " + path + ": its filesystem (" +
-                                  FsTypeOf(mount_fd_) + ") does not support FIFREEZE");
+      return Status::NotSupported("cannot freeze " + path + ": its filesystem (" + fs_type +
+                                  ") does not support FIFREEZE");
     case EPERM:
       return Status::FromErrno(err, "FIFREEZE " + path + " (needs root or CAP_SYS_ADMIN)");
     default:
@@ -309,7 +395,7 @@ Status FsFreezer::Freeze() {
 Status FsFreezer::Thaw() {
   const std::string& path = options_.mount_path;
   if (!frozen_) return Status::FailedPrecondition(path + " is not frozen by this agent");
-  if (ioctl(mount_fd_, FITHAW, 0) != 0) {
+  if (ioctl(frozen_fd_, FITHAW, 0) != 0) {
     const int err = errno;
     if (err != EINVAL) {
       // Still frozen as far as we know: stay armed so the watchdog thaws it at the hard limit.
@@ -317,12 +403,14 @@ Status FsFreezer::Thaw() {
                                         std::to_string(options_.hard_limit_ms) + " ms)");
     }
     frozen_ = false;
+    CloseFd(&frozen_fd_);
     (void)SendAll(pipe_fd_, "T\n");  // in case someone else thawed it and the watchdog is armed
     return Status::Aborted("freeze of " + path + " was cut short by the watchdog (hard limit " +
                            std::to_string(options_.hard_limit_ms) +
                            " ms): writes may have landed during it");
   }
   frozen_ = false;
+  CloseFd(&frozen_fd_);
   if (int err = SendAll(pipe_fd_, "T\n"); err != 0) {
     CDP_LOG(warning) << "thawed " << path << " but the thaw watchdog (pid " << watchdog_pid_
                      << ") is gone" << PeekExit(watchdog_pid_) << ": " << ErrnoText(err)
@@ -335,13 +423,23 @@ Status FsFreezer::Thaw() {
 
 namespace {
 
-// The watchdog's state: armed with a deadline between "F" and "T".
+// A descriptor received from the agent, with the line it belongs to: the one holding the byte at
+// `position` of the watchdog's buffer of unread bytes (the last byte of the read that carried
+// it — a read stops at the message that carried a descriptor, and the agent sends each "F" line
+// in one message with its descriptor).
+struct ReceivedFd {
+  size_t position;
+  int fd;
+};
+
+// The watchdog's state: armed with a deadline and a descriptor of the frozen filesystem between
+// "F" and "T".
 struct WatchdogState {
-  int mount_fd;
   std::string mount_path;
   pid_t agent_pid;
   bool armed = false;
   int64_t deadline_ms = 0;
+  int fs_fd = -1;  // while armed: the filesystem the agent freezes
   // Messages noticed while armed; written only once disarmed (see the rule at the top).
   std::vector<std::string> deferred;
 
@@ -353,15 +451,18 @@ struct WatchdogState {
     }
   }
 
+  // Closes the filesystem's descriptor (it must not keep the filesystem mounted) and writes
+  // what was deferred.
   void Disarm() {
     armed = false;
+    CloseFd(&fs_fd);
     for (const std::string& m : deferred) CDP_LOG(warning) << m;
     deferred.clear();
   }
 
   // FITHAW now, then say why. EINVAL means it was not frozen (the agent got there first).
   void ThawNow(const std::string& why) {
-    const int rc = ioctl(mount_fd, FITHAW, 0);
+    const int rc = ioctl(fs_fd, FITHAW, 0);
     const int err = errno;
     Disarm();
     if (rc == 0) {
@@ -374,8 +475,13 @@ struct WatchdogState {
     }
   }
 
-  void Execute(std::string_view line) {
+  // Runs one line; `fds` are the descriptors that came with it (taken over: kept or closed).
+  void Execute(std::string_view line, std::vector<int> fds) {
+    auto close_all = [&fds] {
+      for (int& fd : fds) CloseFd(&fd);
+    };
     if (line == "T") {
+      close_all();
       Disarm();
       return;
     }
@@ -383,27 +489,61 @@ struct WatchdogState {
       int64_t deadline = 0;
       const char* end = line.data() + line.size();
       auto [p, ec] = std::from_chars(line.data() + 2, end, deadline);
-      if (ec == std::errc() && p == end) {
+      if (ec == std::errc() && p == end && fds.size() == 1) {
+        CloseFd(&fs_fd);  // an "F" without a "T" in between: the newer freeze counts
+        fs_fd = fds[0];
         armed = true;
         deadline_ms = deadline;
         return;
       }
     }
-    Note("ignoring unknown command '" + std::string(line) + "' from the agent (pid " +
-         std::to_string(agent_pid) + ")");
+    close_all();
+    Note("ignoring command '" + std::string(line) + "' with " + std::to_string(fds.size()) +
+         " descriptor(s) from the agent (pid " + std::to_string(agent_pid) +
+         "): unknown, or an F without exactly one descriptor");
   }
 };
 
+// Reads what is there on the non-blocking socket `fd` into *pending, and the descriptors that
+// came with it into *fds. Returns 0 when it would block, -1 at EOF, else an errno value.
+int ReadAvailable(int fd, std::string* pending, std::vector<ReceivedFd>* fds) {
+  for (;;) {
+    char buf[512];
+    iovec iov = {buf, sizeof(buf)};
+    msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : errno;
+    }
+    pending->append(buf, static_cast<size_t>(n));
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int received;
+        memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        // With no bytes (cannot happen on a stream socket) it goes with the next line.
+        fds->push_back({pending->empty() ? 0 : pending->size() - 1, received});
+      }
+    }
+    if (n == 0) return -1;
+  }
+}
+
 }  // namespace
 
-int RunThawWatchdog(int command_fd, int mount_fd, const std::string& mount_path) {
+int RunThawWatchdog(int command_fd, const std::string& mount_path) {
   // A signal to the agent's process group must not remove the watchdog before the agent.
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE}) signal(sig, SIG_IGN);
-  struct stat st;
-  if (fstat(mount_fd, &st) != 0 || fcntl(command_fd, F_GETFD) < 0) {
-    CDP_LOG(error) << "started without its descriptors (command socket on fd " << command_fd << ", "
-                   << mount_path << " on fd " << mount_fd
-                   << "); it is started by cdp-agent, not by hand";
+  if (fcntl(command_fd, F_GETFD) < 0) {
+    CDP_LOG(error) << "started without its command socket on fd " << command_fd << " (for "
+                   << mount_path << "); it is started by cdp-agent, not by hand";
     return 2;
   }
   const int flags = fcntl(command_fd, F_GETFL);
@@ -411,7 +551,7 @@ int RunThawWatchdog(int command_fd, int mount_fd, const std::string& mount_path)
     CDP_LOG(error) << "fcntl O_NONBLOCK on the command socket: " << ErrnoText(errno);
     return 2;
   }
-  WatchdogState state{mount_fd, mount_path, getppid()};
+  WatchdogState state{mount_path, getppid()};
   if (int err = SendAll(command_fd, "R\n"); err != 0) {
     CDP_LOG(error) << "cannot report ready to the agent (pid " << state.agent_pid
                    << "): " << ErrnoText(err);
@@ -419,6 +559,7 @@ int RunThawWatchdog(int command_fd, int mount_fd, const std::string& mount_path)
   }
 
   std::string pending;
+  std::vector<ReceivedFd> fds;  // positions in `pending`, ascending
   for (;;) {
     int timeout = -1;
     if (state.armed) {
@@ -432,34 +573,26 @@ int RunThawWatchdog(int command_fd, int mount_fd, const std::string& mount_path)
     }
     // Read everything there is, even on a timeout: a "T" (or a fresh "F") that is already
     // queued must win over a deadline that passed while we were not scheduled.
-    bool eof = false;
-    int read_error = 0;
-    for (;;) {
-      char buf[512];
-      ssize_t n = read(command_fd, buf, sizeof(buf));
-      if (n > 0) {
-        pending.append(buf, static_cast<size_t>(n));
-        continue;
-      }
-      if (n == 0) {
-        eof = true;
-      } else if (errno == EINTR) {
-        continue;
-      } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        read_error = errno;
-        eof = true;
-      }
-      break;
-    }
+    const int got = ReadAvailable(command_fd, &pending, &fds);
+    const bool eof = got != 0;
+    const int read_error = got > 0 ? got : 0;
     size_t start = 0;
     for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
-      state.Execute(std::string_view(pending).substr(start, nl - start));
+      std::vector<int> line_fds;
+      while (!fds.empty() && fds.front().position <= nl) {
+        line_fds.push_back(fds.front().fd);
+        fds.erase(fds.begin());
+      }
+      state.Execute(std::string_view(pending).substr(start, nl - start), std::move(line_fds));
     }
     pending.erase(0, start);
+    for (ReceivedFd& r : fds) r.position -= start;
     if (pending.size() > kMaxLineBytes) {
-      state.Note("dropping " + std::to_string(pending.size()) +
-                 " bytes without a newline from the agent");
+      state.Note("dropping " + std::to_string(pending.size()) + " bytes and " +
+                 std::to_string(fds.size()) + " descriptor(s) without a newline from the agent");
       pending.clear();
+      for (ReceivedFd& r : fds) CloseFd(&r.fd);
+      fds.clear();
     }
 
     if (eof) {
@@ -467,6 +600,7 @@ int RunThawWatchdog(int command_fd, int mount_fd, const std::string& mount_path)
         state.ThawNow("agent (pid " + std::to_string(state.agent_pid) + ") exited while " +
                       mount_path + " was frozen; thawed");
       }
+      for (ReceivedFd& r : fds) CloseFd(&r.fd);
       if (read_error != 0) {
         CDP_LOG(error) << "reading commands from the agent: " << ErrnoText(read_error);
         return 1;

@@ -23,6 +23,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -117,6 +118,38 @@ std::string ReadFileText(const std::string& path) {
   return s.str();
 }
 
+// The descriptors, working directory and root of process `pid` that are `path` or under it, as
+// "fd 4 -> /tmp/x/mnt" (empty when none).
+std::vector<std::string> HeldUnder(pid_t pid, const std::string& path) {
+  std::vector<std::string> held;
+  const std::string proc = "/proc/" + std::to_string(pid);
+  std::vector<std::pair<std::string, std::string>> links = {{"cwd", proc + "/cwd"},
+                                                            {"root", proc + "/root"}};
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(proc + "/fd", ec)) {
+    links.emplace_back("fd " + entry.path().filename().string(), entry.path().string());
+  }
+  for (const auto& [what, link] : links) {
+    std::string target = std::filesystem::read_symlink(link, ec).string();
+    if (!ec && (target == path || target.rfind(path + "/", 0) == 0)) {
+      held.push_back(what + " -> " + target);
+    }
+  }
+  return held;
+}
+
+// HeldUnder once it is empty (descriptors are closed a moment after the command that ends
+// their use), or as it is after kSoonMs.
+std::vector<std::string> HeldUnderOnceReleased(pid_t pid, const std::string& path) {
+  const int64_t deadline = NowMs() + kSoonMs;
+  std::vector<std::string> held = HeldUnder(pid, path);
+  while (!held.empty() && NowMs() < deadline) {
+    usleep(10000);
+    held = HeldUnder(pid, path);
+  }
+  return held;
+}
+
 std::string Quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -202,6 +235,18 @@ class LoopFilesystem {
     major_ = major(st.st_rdev);
     minor_ = minor(st.st_rdev);
     return "";
+  }
+
+  // umount / mount again of the same filesystem; the exit status of the command.
+  int Unmount() {
+    const int rc = Sh("umount " + Quote(mount_path()) + " 2>&1");
+    if (rc == 0) mounted_ = false;
+    return rc;
+  }
+  int Mount() {
+    const int rc = Sh("mount " + Quote(loop_) + " " + Quote(mount_path()));
+    if (rc == 0) mounted_ = true;
+    return rc;
   }
 
   std::string mount_path() const { return dir_.File("mnt"); }
@@ -326,7 +371,7 @@ TEST(FsFreezer, StartNamesAMissingMountPath) {
   auto freezer = FsFreezer::Start(OptionsFor("/nonexistent/cdp-mnt", 400));
   ASSERT_FALSE(freezer.ok());
   EXPECT_EQ(freezer.status().code(), StatusCode::kIOError);
-  EXPECT_THAT(freezer.status().message(), HasSubstr("opening /nonexistent/cdp-mnt to freeze it"));
+  EXPECT_THAT(freezer.status().message(), HasSubstr("stat /nonexistent/cdp-mnt to freeze it"));
 }
 
 TEST(FsFreezer, StartRejectsANonPositiveHardLimit) {
@@ -448,6 +493,62 @@ TEST_F(FsFreezerOnLoopTest, FreezeBlocksWritesUntilThaw) {
   ExpectWriterFinishes(writer, "f");
 }
 
+// Issue 15 item 13: the freezer and its watchdog hold the filesystem only during a freeze, so it
+// can be unmounted while they run; an unmounted (or covered) mount point is reported, nothing is
+// frozen, and freezing works again once the filesystem is back.
+TEST_F(FsFreezerOnLoopTest, HoldsTheFilesystemOnlyDuringAFreezeSoItCanBeUnmounted) {
+  auto started = FsFreezer::Start(OptionsFor(mnt_, 60000));
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<FsFreezer> freezer = std::move(*started);
+  const pid_t watchdog = freezer->watchdog_pid();
+  EXPECT_TRUE(freezer->CheckMounted().ok());
+  EXPECT_TRUE(freezer->SyncFs().ok());
+
+  ASSERT_TRUE(freezer->Freeze().ok());
+  // While frozen both hold it: the watchdog must be able to thaw, and it cannot be unmounted.
+  EXPECT_THAT(HeldUnder(getpid(), mnt_), ::testing::SizeIs(1));
+  for (int i = 0; i < 100 && HeldUnder(watchdog, mnt_).empty(); ++i) usleep(10000);
+  EXPECT_THAT(HeldUnder(watchdog, mnt_), ::testing::SizeIs(1)) << "the watchdog has no descriptor";
+  EXPECT_NE(fs_->Unmount(), 0) << "a frozen filesystem was unmounted";
+  ASSERT_TRUE(freezer->Thaw().ok());
+  EXPECT_THAT(HeldUnder(getpid(), mnt_), ::testing::IsEmpty());
+  EXPECT_THAT(HeldUnderOnceReleased(watchdog, mnt_), ::testing::IsEmpty())
+      << "the watchdog kept it open";
+
+  ASSERT_EQ(fs_->Unmount(), 0) << "umount " << mnt_ << " with the freezer running";
+  struct stat parent;
+  ASSERT_EQ(stat(mnt_.c_str(), &parent), 0);
+  const std::string expected =
+      mnt_ + " no longer holds the filesystem of device " + std::to_string(fs_->major_number()) +
+      ":" + std::to_string(fs_->minor_number()) + " (" + mnt_ + " is now on device " +
+      std::to_string(major(parent.st_dev)) + ":" + std::to_string(minor(parent.st_dev)) +
+      ": unmounted, or another filesystem mounted there)";
+  Status s = freezer->CheckMounted();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), expected);
+  s = freezer->SyncFs();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  s = freezer->Freeze();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), expected);
+  EXPECT_FALSE(freezer->frozen());
+
+  // Another filesystem over the mount point is not ours either.
+  ASSERT_EQ(Sh("mount -t tmpfs cdp-test-tmpfs " + Quote(mnt_)), 0);
+  s = freezer->Freeze();
+  Sh("umount " + Quote(mnt_));
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_THAT(s.message(), HasSubstr(" no longer holds the filesystem of device "));
+
+  ASSERT_EQ(fs_->Mount(), 0);
+  EXPECT_TRUE(freezer->CheckMounted().ok());
+  ASSERT_TRUE(freezer->Freeze().ok());
+  pid_t writer = StartWriter("f");
+  EXPECT_FALSE(WaitFor(writer, kStillBlockedMs).has_value()) << "a write got through the freeze";
+  EXPECT_TRUE(freezer->Thaw().ok());
+  ExpectWriterFinishes(writer, "f");
+}
+
 TEST_F(FsFreezerOnLoopTest, DestructorThawsAndReapsTheWatchdog) {
   auto started = FsFreezer::Start(OptionsFor(mnt_, 60000));
   ASSERT_TRUE(started.ok()) << started.status();
@@ -562,8 +663,9 @@ TEST_F(FsFreezerOnLoopTest, WatchdogThawsAndExitsWhenTheAgentIsKilled) {
       << "wait status " << *watchdog_status;
 }
 
-// RunThawWatchdog directly (in a child process): commands split across reads, unknown commands
-// ignored, "T" disarms, and a passed deadline thaws.
+// RunThawWatchdog directly (in a child process): commands split across reads with the descriptor
+// on any piece of its "F" line, unknown commands and an "F" without a descriptor ignored, "T"
+// disarms (and closes the descriptor), and a passed deadline thaws.
 TEST_F(FsFreezerOnLoopTest, RunThawWatchdogReassemblesSplitCommandsAndIgnoresUnknownOnes) {
   int mount_fd = open(mnt_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   ASSERT_GE(mount_fd, 0);
@@ -577,14 +679,14 @@ TEST_F(FsFreezerOnLoopTest, RunThawWatchdogReassemblesSplitCommandsAndIgnoresUnk
   ASSERT_GE(watchdog, 0);
   if (watchdog == 0) {
     close(sockets[0]);
-    _exit(RunThawWatchdog(sockets[1], mount_fd, mnt_));
+    close(mount_fd);  // it has only what the "agent" passes
+    _exit(RunThawWatchdog(sockets[1], mnt_));
   }
   children_.push_back(watchdog);
   close(sockets[1]);
   const int agent = sockets[0];
-  auto send_piece = [&](const std::string& piece) {
-    EXPECT_EQ(send(agent, piece.data(), piece.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(piece.size()));
+  auto send_piece = [&](const std::string& piece, bool with_fd = false) {
+    EXPECT_EQ(SendWithDescriptor(agent, piece, with_fd ? mount_fd : -1), 0);
     usleep(20000);  // gives the watchdog a chance to read each piece on its own
   };
   char ready[2];
@@ -592,30 +694,33 @@ TEST_F(FsFreezerOnLoopTest, RunThawWatchdogReassemblesSplitCommandsAndIgnoresUnk
   EXPECT_EQ(std::string(ready, 2), "R\n");
 
   // Armed with a 300 ms limit, then disarmed by a split "T": our own freeze must survive.
+  // An "F" without a descriptor (the second) arms nothing.
   std::string deadline = std::to_string(NowMs() + 300);
   send_piece("HELLO\nF ");
-  send_piece(deadline.substr(0, 3));
+  send_piece(deadline.substr(0, 3), /*with_fd=*/true);
   send_piece(deadline.substr(3) + "\nF not-a-number\n");
   ASSERT_EQ(ioctl(mount_fd, FIFREEZE, 0), 0);
   send_piece("T");
-  send_piece("\n");
+  send_piece("\nF " + std::to_string(NowMs() + 300) + "\n");
   pid_t writer = StartWriter("f1");
   EXPECT_FALSE(WaitFor(writer, 3 * kStillBlockedMs).has_value())
       << "the watchdog thawed after it was disarmed";
   EXPECT_EQ(ioctl(mount_fd, FITHAW, 0), 0) << "the filesystem was no longer frozen";
   ExpectWriterFinishes(writer, "f1");
+  EXPECT_THAT(HeldUnderOnceReleased(watchdog, mnt_), ::testing::IsEmpty()) << "kept after T";
 
   // Armed by a split "F", never disarmed: the watchdog thaws at the deadline.
   deadline = std::to_string(NowMs() + 300);
   send_piece("F");
   send_piece(" " + deadline.substr(0, 5));
-  send_piece(deadline.substr(5) + "\n");
+  send_piece(deadline.substr(5) + "\n", /*with_fd=*/true);
   ASSERT_EQ(ioctl(mount_fd, FIFREEZE, 0), 0);
   writer = StartWriter("f2");
   ExpectWriterFinishes(writer, "f2");
   errno = 0;
   EXPECT_EQ(ioctl(mount_fd, FITHAW, 0), -1);
   EXPECT_EQ(errno, EINVAL) << "the watchdog did not thaw";
+  EXPECT_THAT(HeldUnderOnceReleased(watchdog, mnt_), ::testing::IsEmpty()) << "kept after its thaw";
 
   close(agent);  // EOF: the watchdog exits 0
   std::optional<int> status = WaitFor(watchdog, kSoonMs);

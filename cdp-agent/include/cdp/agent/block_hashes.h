@@ -62,6 +62,9 @@ class BlockHashStore {
   // large device's hash file does not accumulate in the agent's RSS. Call now and then.
   void TrimResident();
 
+  // The file (it stays open and mapped while the store exists).
+  const std::string& path() const { return path_; }
+
  private:
   BlockHashStore(std::string path, int fd, uint64_t device_size);
   Status CheckRange(uint64_t first_block, size_t count) const;

@@ -116,6 +116,7 @@ class BlockTracer {
   Status Remove();
 
   const std::string& instance_path() const { return instance_path_; }
+  const TracedDevice& device() const { return dev_; }
 
  private:
   BlockTracer(TracedDevice dev, std::string instance_path);

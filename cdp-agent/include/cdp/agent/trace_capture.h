@@ -22,6 +22,14 @@
 // LSN. A freeze that would exceed freeze_limit_ms, or whose residual set does not fit in the
 // Sender buffer, is abandoned: thawed at once, no point, retried at the next interval.
 //
+// Unmounting: the freezer holds the filesystem only for a syncfs and during a freeze, so it can
+// be unmounted while the agent runs. Every interval (during a device scan too) the shipper checks
+// that the --freeze path still holds the filesystem; while it does not (unmounted, or another
+// filesystem mounted there) there are no freezes and so no consistency points, block writes to
+// the device are still captured (fsck, dd), the change is logged once each way and reported
+// (TraceStats.freeze_fs_unmounted), and freezing resumes once the same filesystem is mounted
+// there again.
+//
 // Block hashes are kept honest (see block_hashes.h): entries are invalidated before a record is
 // queued and set only once the journal has it durable, in LSN order, and only if no newer record
 // for the block is still in flight.
@@ -136,6 +144,12 @@ class TraceCapture {
   // One chunk of the device scan. Returns false when the Sender has no room (retry later).
   Result<bool> ScanStep();
   void FreezeCycle();
+  // Takes the result of FsFreezer::CheckMounted (or of a SyncFs/Freeze): false when the --freeze
+  // path no longer holds the filesystem (NotFound). Logs when that changes, and keeps
+  // fs_unmounted_ for reports and checkpoints. Shipper thread.
+  bool MountHeld(const Status& mounted);
+  // Checkpoint's refusal while the filesystem is not mounted at the --freeze path.
+  Status UnmountedError() const;
   void CheckLostEvents();
   void OnEventsLost(const std::string& reason);
   void StartScan(bool send_zero_blocks);
@@ -207,6 +221,8 @@ class TraceCapture {
   std::atomic<uint64_t> scan_read_bytes_{0};
   std::atomic<uint64_t> scan_sent_bytes_{0};
   std::atomic<bool> reading_{false};
+  // The --freeze path did not hold the filesystem at the last check (written by the shipper).
+  std::atomic<bool> fs_unmounted_{false};
   // Every trace event read, by whichever thread reads: into the map, counted.
   const BlockTracer::Sink event_sink_ = [this](const BlockEvent& e) {
     map_.Add(e.offset, e.length);
