@@ -8,6 +8,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -69,9 +73,9 @@ struct BoundRouter {
   std::string endpoint;
 };
 
-BoundRouter BindRouter(zmq::context_t& ctx) {
+BoundRouter BindRouter(zmq::context_t& ctx, const RouterLimits& limits = RouterLimits()) {
   BoundRouter r;
-  auto bound = Socket::Bind(ctx, "tcp://127.0.0.1:*");
+  auto bound = Socket::Bind(ctx, "tcp://127.0.0.1:*", limits);
   EXPECT_TRUE(bound.ok()) << bound.status();
   if (!bound.ok()) return r;
   r.socket = std::move(*bound);
@@ -239,6 +243,270 @@ TEST(Socket, GarbageHeaderIsCorruptionAndTheNextMessageStillArrives) {
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_TRUE(next->header.has_status_request());
   EXPECT_TRUE(next->payloads.empty());
+}
+
+// ---- Routing ids (docs/wire-protocol.md, section 1, "Routing ids") ----
+
+TEST(RoutingId, OnlyLibzmqsOwnFormIsGenerated) {
+  EXPECT_TRUE(IsGeneratedRoutingId(std::string("\0\x6b\x8b\x45\x67", 5)));
+  EXPECT_TRUE(IsGeneratedRoutingId(std::string(5, '\0')));
+  EXPECT_FALSE(IsGeneratedRoutingId(""));
+  EXPECT_FALSE(IsGeneratedRoutingId("chosen"));
+  EXPECT_FALSE(IsGeneratedRoutingId(std::string("\x01\x6b\x8b\x45\x67", 5)));
+  EXPECT_FALSE(IsGeneratedRoutingId(std::string("\0\x6b\x8b\x45\x67\x00", 6)));
+  EXPECT_FALSE(IsGeneratedRoutingId(std::string("\0\x6b\x8b\x45", 4)));
+}
+
+// A peer that announces its own routing id is not served: its messages are dropped unanswered
+// (and counted) while a peer with an id ZeroMQ generated is served as before.
+TEST(RoutingId, APeerThatChoseItsRoutingIdIsNotServed) {
+  zmq::context_t ctx(1);
+  BoundRouter router = BindRouter(ctx);
+  ASSERT_NE(router.socket, nullptr);
+  zmq::socket_t chooser(ctx, zmq::socket_type::dealer);
+  chooser.set(zmq::sockopt::linger, 0);
+  chooser.set(zmq::sockopt::routing_id, "agent-db01");
+  chooser.connect(router.endpoint);
+  v1::Header status;
+  status.mutable_status_request();
+  const std::string bytes = status.SerializeAsString();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(chooser.send(zmq::buffer(bytes), zmq::send_flags::none));
+
+  auto normal = Socket::Connect(ctx, router.endpoint);
+  ASSERT_TRUE(normal.ok()) << normal.status();
+  v1::Header points;
+  points.mutable_points_request()->set_volume("db01-sda");
+  ASSERT_TRUE((*normal)->Send(points, {}, kWaitMs).ok());
+
+  auto got = router.socket->Recv(kWaitMs);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->header.has_points_request()) << "a message of the chosen id was served";
+  EXPECT_TRUE(IsGeneratedRoutingId(got->peer));
+  // The three from the chooser arrived first or meanwhile; either way none comes out.
+  auto none = router.socket->Recv(200);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kTimedOut);
+  EXPECT_EQ(router.socket->counters().refused_routing_ids, 3u);
+}
+
+// libzmq 4.3.4 starts a ROUTER's generated ids at rand() (src/random.cpp generate_random) and
+// never seeds it, so without Bind's seeding every process hands out the same first id, and a
+// peer that announces it in advance makes libzmq abort on the next connection (socket_base.cpp,
+// add_out_pipe: zmq_assert). Checked in a fresh process (a death test re-executes the binary),
+// where nothing has called rand() yet.
+// In the process it runs in: 1 when the first id its first ROUTER generates is the one libzmq
+// generates without a seed, 0 when it is another, 3 when something failed.
+int FirstGeneratedIdIsUnseeded() {
+  zmq::context_t ctx(1);
+  auto bound = Socket::Bind(ctx, "tcp://127.0.0.1:*");
+  if (!bound.ok()) return 3;
+  const std::string endpoint = (*bound)->raw().get(zmq::sockopt::last_endpoint);
+  auto dealer = Socket::Connect(ctx, endpoint);
+  v1::Header h;
+  h.mutable_status_request();
+  if (!dealer.ok() || !(*dealer)->Send(h, {}, kWaitMs).ok()) return 3;
+  auto got = (*bound)->Recv(kWaitMs);
+  if (!got.ok()) return 3;
+  // What libzmq's generate_random() returns under glibc's default seed (srand(1)).
+  std::srand(1);
+  const uint32_t low = static_cast<uint32_t>(std::rand());
+  const uint32_t high = static_cast<uint32_t>(std::rand()) << 31;
+  const uint32_t unseeded = high | low;
+  const std::string predictable = {'\0', static_cast<char>(unseeded >> 24),
+                                   static_cast<char>(unseeded >> 16),
+                                   static_cast<char>(unseeded >> 8), static_cast<char>(unseeded)};
+  return got->peer == predictable ? 1 : 0;
+}
+
+// libzmq 4.3.4 starts a ROUTER's generated ids at rand() (src/random.cpp generate_random) and
+// never seeds it, so without Bind's seeding every process hands out the same first id, and a
+// peer that announces it in advance makes libzmq abort on the next connection (socket_base.cpp,
+// add_out_pipe: zmq_assert). Checked in a fresh process (a threadsafe death test re-executes
+// the binary), where nothing has called rand() yet.
+TEST(RoutingId, TheFirstGeneratedIdOfAProcessIsNotPredictable) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(std::_Exit(FirstGeneratedIdIsUnseeded()), ::testing::ExitedWithCode(0), "");
+}
+
+// ---- Limits of a ROUTER (docs/wire-protocol.md, section 1, "Limits") ----
+
+// A ROUTER bound with small limits, and peers of it that never read.
+class RouterLimitsTest : public ::testing::Test {
+ protected:
+  // Binds the ROUTER with these limits (the others as in production); false when it failed.
+  bool Bind(uint64_t peer_bytes, uint64_t total_bytes = uint64_t{64} << 20,
+            int send_messages = RouterLimits().send_messages) {
+    RouterLimits limits;
+    limits.peer_bytes = peer_bytes;
+    limits.total_bytes = total_bytes;
+    limits.send_messages = send_messages;
+    bound_ = BindRouter(ctx_, limits);
+    return bound_.socket != nullptr;
+  }
+  Socket& router() { return *bound_.socket; }
+
+  // A DEALER that connects, says one thing (so that *peer is its routing id) and never reads
+  // what it is sent: after its socket and TCP buffers fill, the ROUTER's queue for it stops
+  // draining.
+  zmq::socket_t NonReader(std::string* peer) {
+    zmq::socket_t s(ctx_, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvhwm, 1);
+    s.set(zmq::sockopt::rcvbuf, 4096);
+    s.connect(bound_.endpoint);
+    v1::Header h;
+    h.mutable_status_request();
+    const std::string bytes = h.SerializeAsString();
+    EXPECT_TRUE(s.send(zmq::buffer(bytes), zmq::send_flags::none));
+    auto got = router().Recv(kWaitMs);
+    EXPECT_TRUE(got.ok()) << got.status();
+    if (got.ok()) *peer = got->peer;
+    return s;
+  }
+
+  zmq::context_t ctx_{1};
+  BoundRouter bound_;
+};
+
+std::vector<zmq::message_t> Payload(size_t bytes) {
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(bytes);
+  memset(frames.back().data(), 'p', bytes);
+  return frames;
+}
+
+// Replies to a peer that never reads fail fast once it holds its share, the bytes inside
+// ZeroMQ never exceed the per-peer bound, and another peer is still served.
+TEST_F(RouterLimitsTest, RepliesToAPeerThatNeverReadsAreRefusedAndBounded) {
+  constexpr uint64_t kPeerBytes = 1 << 20;
+  ASSERT_TRUE(Bind(kPeerBytes));
+  Socket& router = this->router();
+  std::string peer;
+  zmq::socket_t stuck = NonReader(&peer);
+  ASSERT_FALSE(peer.empty());
+
+  v1::Header reply;
+  reply.mutable_image_read_reply()->set_length(256 << 10);
+  int sent = 0, refused = 0;
+  // The kernel's socket buffers on loopback take a few MiB before ZeroMQ's queue grows.
+  for (int i = 0; i < 2000 && refused < 50; ++i) {
+    Status s = router.SendTo(peer, reply, Payload(256 << 10));
+    if (s.ok()) {
+      ++sent;
+    } else {
+      ++refused;
+      EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
+      EXPECT_THAT(s.message(), HasSubstr("the peer is not reading"));
+    }
+    EXPECT_LE(router.QueuedBytes(peer), kPeerBytes) << "after " << sent << " sent";
+  }
+  EXPECT_EQ(refused, 50) << sent << " replies of 256 KiB went to a peer that never reads";
+  std::cout << sent << " replies of 256 KiB sent before the first refusal\n";
+  EXPECT_EQ(router.counters().refused_peer_bytes, 50u);
+  EXPECT_LE(router.QueuedBytes(), kPeerBytes);
+
+  // Another peer is served meanwhile, and reads what it is sent.
+  auto reader = Socket::Connect(ctx_, bound_.endpoint);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  v1::Header hello;
+  hello.mutable_status_request();
+  ASSERT_TRUE((*reader)->Send(hello, {}, kWaitMs).ok());
+  auto got = router.Recv(kWaitMs);
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(router.SendTo(got->peer, reply, Payload(256 << 10)).ok()) << "reply " << i;
+    auto back = (*reader)->Recv(kWaitMs);
+    ASSERT_TRUE(back.ok()) << back.status();
+    ASSERT_EQ(back->payloads.size(), 1u);
+    EXPECT_EQ(back->payloads[0].size(), 256u << 10);
+  }
+}
+
+// One reply larger than the per-peer bound still goes when nothing is queued for the peer (a
+// TailBatch carrying one 32 MiB record), and its bytes are released once ZeroMQ sent them.
+TEST_F(RouterLimitsTest, OneLargeReplyAlwaysGoesAndIsReleased) {
+  ASSERT_TRUE(Bind(1 << 20));
+  Socket& router = this->router();
+  auto dealer = Socket::Connect(ctx_, bound_.endpoint);
+  ASSERT_TRUE(dealer.ok()) << dealer.status();
+  v1::Header h;
+  h.mutable_status_request();
+  ASSERT_TRUE((*dealer)->Send(h, {}, kWaitMs).ok());
+  auto got = router.Recv(kWaitMs);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(router.SendTo(got->peer, h, Payload(4 << 20)).ok());
+  auto back = (*dealer)->Recv(kWaitMs);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->payloads.size(), 1u);
+  EXPECT_EQ(back->payloads[0].size(), 4u << 20);
+  // Received, so ZeroMQ is done with the frame; its release may trail the receipt a little.
+  for (int i = 0; i < 500 && router.QueuedBytes() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(router.QueuedBytes(got->peer), 0u);
+  EXPECT_EQ(router.QueuedBytes(), 0u);
+}
+
+// Sends replies of `size` bytes to `peer` until one is refused, three times with a pause between
+// (so that ZeroMQ has moved what it could into the kernel's buffers, which then stay full).
+// Returns the last refusal.
+Status FillUntilRefused(Socket& router, const std::string& peer, size_t size) {
+  v1::Header reply;
+  reply.mutable_image_read_reply()->set_length(size);
+  Status refused;
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 5000; ++i) {
+      refused = router.SendTo(peer, reply, Payload(size));
+      if (!refused.ok()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return refused;
+}
+
+// All peers together hold at most total_bytes; a peer that disconnects gives its share back.
+TEST_F(RouterLimitsTest, TheTotalBoundHoldsAndAGonePeerReleasesItsShare) {
+  constexpr uint64_t kPeerBytes = 2 << 20, kTotalBytes = 3 << 20;
+  ASSERT_TRUE(Bind(kPeerBytes, kTotalBytes));
+  Socket& router = this->router();
+  std::string a, b;
+  zmq::socket_t stuck_a = NonReader(&a);
+  zmq::socket_t stuck_b = NonReader(&b);
+  Status refused_a = FillUntilRefused(router, a, 256 << 10);
+  EXPECT_THAT(refused_a.message(), HasSubstr("2 MiB per peer"));
+  EXPECT_GE(router.QueuedBytes(a), kPeerBytes / 2);
+  Status refused_b = FillUntilRefused(router, b, 256 << 10);
+  EXPECT_THAT(refused_b.message(), HasSubstr("are queued for all peers (at most 3 MiB)"));
+  EXPECT_GT(router.counters().refused_total_bytes, 0u);
+  EXPECT_LE(router.QueuedBytes(), kTotalBytes);
+
+  stuck_a.close();
+  stuck_b.close();
+  for (int i = 0; i < 500 && router.QueuedBytes() != 0; ++i) {
+    (void)router.Readable(10);  // lets the ROUTER notice the closed connections
+  }
+  EXPECT_EQ(router.QueuedBytes(), 0u);
+}
+
+// A peer that never reads small replies fills its queue of RouterLimits::send_messages; the
+// ROUTER then refuses at once instead of waiting.
+TEST_F(RouterLimitsTest, SmallRepliesStopAtTheMessageQueueLimit) {
+  ASSERT_TRUE(Bind(RouterLimits().peer_bytes, RouterLimits().total_bytes, 16));
+  Socket& router = this->router();
+  std::string peer;
+  zmq::socket_t stuck = NonReader(&peer);
+  v1::Header ack;
+  ack.mutable_durable_ack()->set_volume(std::string(900, 'v'));  // below the counted size
+  uint64_t sent = 0;
+  Status last;
+  for (int i = 0; i < 200000 && last.ok(); ++i) {
+    last = router.SendTo(peer, ack);
+    if (last.ok()) ++sent;
+  }
+  ASSERT_FALSE(last.ok()) << sent << " small replies went to a peer that never reads";
+  EXPECT_EQ(last.code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(last.message(), HasSubstr("queue holds 16 messages"));
+  EXPECT_EQ(router.counters().refused_queue_full, 1u);
 }
 
 // ---- Handshake ----

@@ -54,21 +54,77 @@ ImageService::~ImageService() {
 }
 
 void ImageService::Submit(wire::Message msg, std::string peer_name) {
+  Status refused;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    requests_.push_back(Request{std::move(msg), std::move(peer_name)});
+    auto it = counted_.try_emplace(msg.peer, 0).first;
+    if (it->second >= kMaxRequestsPerPeer) {
+      refused = Status::ResourceExhausted(
+          "journal-server: " + peer_name + " has " + std::to_string(kMaxRequestsPerPeer) +
+          " image requests waiting already (the limit per client); read their replies before "
+          "asking for more");
+    } else if (counted_total_ >= kMaxRequests) {
+      refused = Status::ResourceExhausted(
+          "journal-server: " + std::to_string(kMaxRequests) +
+          " image requests of all clients are waiting already (the limit); ask again in a "
+          "moment");
+    }
+    if (refused.ok()) {
+      ++it->second;
+      ++counted_total_;
+      requests_.push_back(Request{std::move(msg), std::move(peer_name)});
+    } else {
+      if (it->second == 0) counted_.erase(it);
+      ++refused_;
+      replies_.push_back(Posted{ErrorReply(msg.peer, refused, false), /*counted=*/false});
+    }
   }
-  wake_.notify_one();
+  if (refused.ok()) {
+    wake_.notify_one();
+    return;
+  }
+  const uint64_t one = 1;
+  ssize_t n = ::write(ready_fd_, &one, sizeof(one));
+  (void)n;
+  ++unlogged_refusals_;
+  last_refusal_ = refused.message();
+  const auto now = Clock::now();
+  if (now - last_refusal_log_ >= std::chrono::seconds(10)) {
+    const bool first = last_refusal_log_ == Clock::time_point{};
+    const auto seconds =
+        std::chrono::duration_cast<std::chrono::seconds>(now - last_refusal_log_).count();
+    CDP_LOG(warning) << "journal-server: refused " << unlogged_refusals_ << " image request(s)"
+                     << (first ? std::string() : " in the last " + std::to_string(seconds) + " s")
+                     << "; the last: " << last_refusal_;
+    unlogged_refusals_ = 0;
+    last_refusal_log_ = now;
+  }
 }
 
 std::vector<ImageService::Reply> ImageService::TakeReplies() {
   uint64_t count = 0;
   ssize_t n = ::read(ready_fd_, &count, sizeof(count));  // EAGAIN when nothing was posted
   (void)n;
+  std::vector<Posted> posted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    posted.swap(replies_);
+    for (const Posted& p : posted) {
+      if (!p.counted) continue;
+      auto it = counted_.find(p.reply.peer);
+      if (it != counted_.end() && --it->second == 0) counted_.erase(it);
+      --counted_total_;
+    }
+  }
   std::vector<Reply> out;
-  std::lock_guard<std::mutex> lock(mu_);
-  out.swap(replies_);
+  out.reserve(posted.size());
+  for (Posted& p : posted) out.push_back(std::move(p.reply));
   return out;
+}
+
+uint64_t ImageService::refused_requests() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return refused_;
 }
 
 void ImageService::SetBeforeRequestHookForTesting(std::function<void()> hook) {
@@ -79,7 +135,7 @@ void ImageService::SetBeforeRequestHookForTesting(std::function<void()> hook) {
 void ImageService::PostReply(Reply reply) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    replies_.push_back(std::move(reply));
+    replies_.push_back(Posted{std::move(reply), /*counted=*/true});
   }
   const uint64_t one = 1;
   ssize_t n = ::write(ready_fd_, &one, sizeof(one));

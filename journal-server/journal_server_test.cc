@@ -905,5 +905,133 @@ TEST(JournalServerStart, BadListenEndpointIsInvalidArgument) {
   EXPECT_THAT(refused.status().message(), HasSubstr("tcp://HOST:PORT"));
 }
 
+// ---- Bounds of the image service (issue 15, item 7) ----
+
+// Holds the image thread at the next request it serves until Release() (or 20 s, so that a
+// broken test cannot hang the server's shutdown).
+class ImageThreadHold {
+ public:
+  explicit ImageThreadHold(JournalServer* server) : server_(server) {
+    server_->SetImageRequestHookForTesting([state = state_] {
+      if (state->first.exchange(false)) {
+        state->entered.set_value();
+        state->released.wait_for(std::chrono::seconds(20));
+      }
+    });
+  }
+  ~ImageThreadHold() {
+    Release();
+    server_->SetImageRequestHookForTesting(nullptr);
+  }
+  bool WaitEntered() {
+    return state_->entered.get_future().wait_for(std::chrono::milliseconds(kWaitMs)) ==
+           std::future_status::ready;
+  }
+  void Release() {
+    if (!state_->release_set.exchange(true)) state_->release.set_value();
+  }
+
+ private:
+  struct State {
+    std::atomic<bool> first{true};
+    std::promise<void> entered;
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::atomic<bool> release_set{false};
+  };
+  JournalServer* server_;
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
+// A client that sends image reads without reading the replies gets at most
+// ImageService::kMaxRequestsPerPeer of them queued; the rest are refused at once, and another
+// client is still served.
+TEST_F(JournalServerTest, AFloodOfImageRequestsIsRefusedOverThePerClientBound) {
+  constexpr size_t kBound = ImageService::kMaxRequestsPerPeer;
+  constexpr size_t kFlood = 40;
+  auto agent = NewAgent();
+  JournalThreeRecordsAndASyncPoint(*agent);
+  auto flooder = NewClient();
+  const uint64_t id = OpenImageAt3(*flooder).image_id();
+  ASSERT_NE(id, 0u);
+  ImageThreadHold hold(server_.server());
+  for (size_t i = 0; i < kFlood; ++i) {
+    ASSERT_TRUE(flooder->socket().Send(ImageRead(id, 4096, 4096), {}, kWaitMs).ok());
+  }
+  ASSERT_TRUE(hold.WaitEntered());
+  for (size_t i = 0; i < kFlood - kBound; ++i) {
+    ExpectError(flooder->Recv(), StatusCode::kResourceExhausted,
+                {"has " + std::to_string(kBound) + " image requests waiting already",
+                 "the limit per client"});
+  }
+  EXPECT_FALSE(flooder->socket().Readable(200)) << "more than the bound was refused";
+
+  auto other = NewClient();
+  ASSERT_TRUE(other->socket().Send(ImageRead(id, 4096, 4096), {}, kWaitMs).ok());
+  hold.Release();
+  auto read = other->Recv();
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_TRUE(read->header.has_image_read_reply()) << read->header.DebugString();
+  ASSERT_EQ(read->payloads.size(), 1u);
+  EXPECT_TRUE(FrameBytes(read->payloads[0]) == *SampleRecord(1).payload);
+  for (size_t i = 0; i < kBound; ++i) {
+    auto r = flooder->Recv();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->header.has_image_read_reply()) << r->header.DebugString();
+  }
+  // Once its replies are taken the client may ask again.
+  auto again = flooder->Call(ImageRead(id, 4096, 4096));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->header.has_image_read_reply()) << again->header.DebugString();
+}
+
+// Clients that each stay within their bound are together held to ImageService::kMaxRequests.
+TEST_F(JournalServerTest, ImageRequestsOfAllClientsAreBoundedTogether) {
+  constexpr size_t kPerClient = ImageService::kMaxRequestsPerPeer;
+  constexpr size_t kClients = ImageService::kMaxRequests / kPerClient + 1;
+  auto agent = NewAgent();
+  JournalThreeRecordsAndASyncPoint(*agent);
+  std::vector<std::unique_ptr<Client>> clients;
+  for (size_t c = 0; c < kClients; ++c) clients.push_back(NewClient());
+  const uint64_t id = OpenImageAt3(*clients[0]).image_id();
+  ASSERT_NE(id, 0u);
+  ImageThreadHold hold(server_.server());
+  for (auto& c : clients) {
+    for (size_t i = 0; i < kPerClient; ++i) {
+      ASSERT_TRUE(c->socket().Send(ImageRead(id, 4096, 4096), {}, kWaitMs).ok());
+    }
+  }
+  ASSERT_TRUE(hold.WaitEntered());
+  // Which client's requests come last to the server is up to ZeroMQ; the count is not.
+  size_t refused = 0;
+  std::vector<size_t> got(kClients, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
+  while (refused < kClients * kPerClient - ImageService::kMaxRequests) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "only " << refused << " refused";
+    for (size_t c = 0; c < kClients; ++c) {
+      if (!clients[c]->socket().Readable(1)) continue;
+      auto r = clients[c]->Recv();
+      ASSERT_TRUE(r.ok()) << r.status();
+      ExpectError(r, StatusCode::kResourceExhausted,
+                  {std::to_string(ImageService::kMaxRequests) +
+                   " image requests of all clients are waiting already"});
+      ++refused;
+      ++got[c];
+    }
+  }
+  hold.Release();
+  size_t served = 0;
+  for (size_t c = 0; c < kClients; ++c) {
+    for (; got[c] < kPerClient; ++got[c]) {
+      auto r = clients[c]->Recv();
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_TRUE(r->header.has_image_read_reply()) << r->header.DebugString();
+      ++served;
+    }
+    EXPECT_FALSE(clients[c]->socket().Readable(0));
+  }
+  EXPECT_EQ(served, ImageService::kMaxRequests);
+}
+
 }  // namespace
 }  // namespace cdp::journal

@@ -283,10 +283,7 @@ void PeAgent::Handle(wire::Message& msg) {
     case v1::Header::kHello:
       return HandleHello(msg);
     case v1::Header::kApplyBatch:
-      if (hold_until_) {
-        held_batches_.push_back(std::move(msg));
-        return;
-      }
+      if (hold_until_) return HoldBatch(msg);
       return HandleApply(msg);
     case v1::Header::kApplyHoldRequest:
       return HandleHold(msg);
@@ -361,24 +358,60 @@ void PeAgent::HandleHello(const wire::Message& msg) {
   (void)socket_->SendTo(msg.peer, reply);
 }
 
-void PeAgent::HandleApply(const wire::Message& msg) {
+Status PeAgent::CheckApplySession(const wire::Message& msg, bool* permanent) const {
   const v1::ApplyBatch& batch = msg.header.apply_batch();
   auto session = sessions_.find(msg.peer);
   if (session == sessions_.end() || session->second.role != v1::ROLE_REPLICATOR ||
       session->second.volume != batch.volume()) {
-    return SendError(msg.peer,
-                     Status::FailedPrecondition("pe-agent: a batch for volume '" + batch.volume() +
-                                                "' from a peer that did not send Hello for it; "
-                                                "send Hello first"),
-                     false);
+    *permanent = false;
+    return Status::FailedPrecondition("pe-agent: a batch for volume '" + batch.volume() +
+                                      "' from a peer that did not send Hello for it; "
+                                      "send Hello first");
   }
+  if (volumes_.find(batch.volume()) == volumes_.end()) {
+    *permanent = true;
+    return Status::NotFound("pe-agent: this target has no volume '" + batch.volume() +
+                            "'; nothing was written");
+  }
+  return Status::Ok();
+}
+
+void PeAgent::HoldBatch(wire::Message& msg) {
+  bool permanent = false;
+  Status refused = CheckApplySession(msg, &permanent);
+  if (!refused.ok()) return SendError(msg.peer, refused, permanent);
+  uint64_t bytes = msg.header.ByteSizeLong();
+  for (const auto& p : msg.payloads) bytes += p.size();
+  const size_t mine = held_by_peer_.count(msg.peer) ? held_by_peer_[msg.peer] : 0;
+  const bool full = mine >= kMaxHeldBatchesPerPeer ||
+                    (!held_batches_.empty() && (held_batches_.size() >= kMaxHeldBatches ||
+                                                held_bytes_ + bytes > kMaxHeldBytes));
+  if (full) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          *hold_until_ - std::chrono::steady_clock::now())
+                          .count();
+    Status s = Status::ResourceExhausted(
+        "pe-agent: apply is held (for at most " + std::to_string(std::max<int64_t>(left, 0)) +
+        " ms more) and " + std::to_string(held_batches_.size()) + " batch(es) of " +
+        std::to_string(held_bytes_) + " bytes wait already, " + std::to_string(mine) +
+        " of this connection (bounds: " + std::to_string(kMaxHeldBatches) + " batches, " +
+        std::to_string(kMaxHeldBytes >> 20) + " MiB, " + std::to_string(kMaxHeldBatchesPerPeer) +
+        " per connection); volume " + msg.header.apply_batch().volume() +
+        ": nothing was written, send the batch again after the hold");
+    if (held_refused_++ == 0) CDP_LOG(warning) << s.message();
+    return SendError(msg.peer, s, false);
+  }
+  held_bytes_ += bytes;
+  ++held_by_peer_[msg.peer];
+  held_batches_.push_back(std::move(msg));
+}
+
+void PeAgent::HandleApply(const wire::Message& msg) {
+  const v1::ApplyBatch& batch = msg.header.apply_batch();
+  bool permanent = false;
+  Status checked = CheckApplySession(msg, &permanent);
+  if (!checked.ok()) return SendError(msg.peer, checked, permanent);
   auto it = volumes_.find(batch.volume());
-  if (it == volumes_.end()) {
-    return SendError(msg.peer,
-                     Status::NotFound("pe-agent: this target has no volume '" + batch.volume() +
-                                      "'; nothing was written"),
-                     true);
-  }
   if (takeover_in_progress_) {
     return SendError(msg.peer,
                      Status::FailedPrecondition("pe-agent: takeover in progress; volume " +
@@ -697,8 +730,14 @@ size_t PeAgent::ReleaseHold(const std::string& why) {
   hold_until_.reset();
   std::deque<wire::Message> queued;
   queued.swap(held_batches_);
-  Announce("pe-agent: apply hold ended (" + why + "); applying " +
-           std::to_string(queued.size()) + " queued batch(es)");
+  held_bytes_ = 0;
+  held_by_peer_.clear();
+  Announce("pe-agent: apply hold ended (" + why + "); applying " + std::to_string(queued.size()) +
+           " queued batch(es)" +
+           (held_refused_ ? "; " + std::to_string(held_refused_) +
+                                " more were refused over the hold's bounds and are sent again"
+                          : std::string()));
+  held_refused_ = 0;
   for (auto& m : queued) HandleApply(m);
   return queued.size();
 }

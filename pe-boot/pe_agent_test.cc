@@ -234,6 +234,7 @@ class PeAgentTest : public ::testing::Test {
     EXPECT_TRUE(client.ok()) << client.status();
     return client.ok() ? std::move(client).value() : nullptr;
   }
+  std::unique_ptr<PeClient> StartAgentAndHold();
 
   // Sends `header` (+ payloads) on a raw DEALER and returns the first answer.
   Result<wire::Message> RawCall(const v1::Header& header,
@@ -979,6 +980,160 @@ TEST_F(PeAgentTest, HoldOnlyFromAControlSession) {
   auto applied = replicator->Apply(kSda, batch.items(), kWaitMs, nullptr);
   ASSERT_TRUE(applied.ok()) << applied.status();
   ExpectSdaMatchesImage();
+}
+
+// ---- Bounds of the apply hold's queue (issue 15, item 7) ----
+
+// Starts the agent and holds its apply for 60 s; returns the control client that holds it
+// (nullptr on a failure, reported).
+std::unique_ptr<PeClient> PeAgentTest::StartAgentAndHold() {
+  StartAgent();
+  std::unique_ptr<PeClient> control = ConnectControl();
+  if (control == nullptr) return nullptr;
+  auto held = control->Hold(true, 60000, kWaitMs);
+  EXPECT_TRUE(held.ok()) << held.status();
+  return held.ok() ? std::move(control) : nullptr;
+}
+
+// An ApplyBatch of `records` writes of `record_bytes` each (all at offset 0, LSNs from
+// `first_lsn`), whose payload frames share one buffer of `fill`.
+struct RawBatch {
+  v1::Header header;
+  std::vector<zmq::message_t> frames;
+};
+RawBatch MakeRawBatch(uint64_t first_lsn, int records, size_t record_bytes, uint64_t sequence,
+                      const SharedBytes& fill) {
+  RawBatch b;
+  auto* batch = b.header.mutable_apply_batch();
+  batch->set_volume(kSda);
+  batch->set_first_lsn(first_lsn);
+  batch->set_sequence(sequence);
+  SharedBytes payload = fill->size() == record_bytes
+                            ? fill
+                            : std::make_shared<const std::string>(fill->substr(0, record_bytes));
+  for (int i = 0; i < records; ++i) {
+    *batch->add_records() =
+        wire::RecordToProto(MakeWriteRecord(first_lsn + i, NowNanos(), 0, payload));
+    b.frames.push_back(wire::FrameFromShared(payload));
+  }
+  return b;
+}
+
+// While apply is held, batches from a peer without a replicator session are refused at once,
+// as when not held, instead of being queued: 32 batches of 10 MiB leave the queue empty.
+TEST_F(PeAgentTest, WhileHeldBatchesWithoutASessionAreRefusedNotQueued) {
+  std::unique_ptr<PeClient> control = StartAgentAndHold();
+  ASSERT_NE(control, nullptr);
+  const auto fill = std::make_shared<const std::string>(2 * kMiB, 'x');
+  auto raw = Socket::Connect(raw_ctx_, endpoint_);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  for (uint64_t i = 1; i <= 32; ++i) {
+    RawBatch b = MakeRawBatch(1, 5, 2 * kMiB, i, fill);  // 10 MiB
+    ASSERT_TRUE((*raw)->Send(b.header, std::move(b.frames), kWaitMs).ok());
+    ExpectErrorReply((*raw)->Recv(2000), StatusCode::kFailedPrecondition, false,
+                     {"send Hello first"});
+  }
+  auto again = control->Hold(true, 60000, kWaitMs);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->queued_batches(), 0u);
+  auto released = control->Hold(false, 0, kWaitMs);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(released->queued_batches(), 0u);
+  ExpectSdaMatchesImage();
+}
+
+// Replicator sessions get at most kMaxHeldBatchesPerPeer batches each and kMaxHeldBytes in all
+// into the held queue; the others are refused with a non-permanent ResourceExhausted. After the
+// hold the queued ones are applied in order and acked, and a replicator refused meanwhile
+// applies its batch by sending it again.
+TEST_F(PeAgentTest, TheHeldQueueIsBoundedAndAReplicatorRecoversAfterTheHold) {
+  static_assert(PeAgent::kMaxHeldBatchesPerPeer == 2 && PeAgent::kMaxHeldBytes == 64 * kMiB,
+                "the counts below assume these bounds");
+  std::unique_ptr<PeClient> control = StartAgentAndHold();
+  ASSERT_NE(control, nullptr);
+  const auto fill = std::make_shared<const std::string>(2 * kMiB, 'q');
+  sda_image_.replace(0, 2 * kMiB, *fill);
+
+  // Five connections, each a replicator of kSda, each sending three batches of 10 MiB at once
+  // (a replicator waits for each ack; these do not). The third of each connection is over the
+  // per-connection bound; the 7th batch in all is over 64 MiB.
+  std::vector<std::unique_ptr<Socket>> peers;
+  size_t refused_per_peer = 0, refused_bytes = 0;
+  for (int p = 0; p < 5; ++p) {
+    auto raw = Socket::Connect(raw_ctx_, endpoint_);
+    ASSERT_TRUE(raw.ok()) << raw.status();
+    peers.push_back(std::move(*raw));
+    Socket& peer = *peers.back();
+    ASSERT_TRUE(peer.Send(HelloHeader(v1::ROLE_REPLICATOR, kSda, kSdaSize), {}, kWaitMs).ok());
+    auto hello = peer.Recv(kWaitMs);
+    ASSERT_TRUE(hello.ok()) << hello.status();
+    ASSERT_TRUE(hello->header.has_hello_reply()) << hello->header.DebugString();
+    for (uint64_t seq = 1; seq <= 3; ++seq) {
+      RawBatch b = MakeRawBatch(1, 5, 2 * kMiB, seq, fill);
+      ASSERT_TRUE(peer.Send(b.header, std::move(b.frames), kWaitMs).ok());
+    }
+    // The refusals of this connection come at once; its queued batches are not answered.
+    const size_t expect_refused = p < 3 ? 1 : 3;
+    for (size_t r = 0; r < expect_refused; ++r) {
+      auto reply = peer.Recv(kWaitMs);
+      ExpectErrorReply(reply, StatusCode::kResourceExhausted, false,
+                       {"apply is held", "send the batch again after the hold"});
+      if (!reply.ok() || !reply->header.has_error()) continue;
+      const std::string& text = reply->header.error().message();
+      if (text.find("wait already, 2 of this connection") != std::string::npos) {
+        ++refused_per_peer;
+      } else {
+        ++refused_bytes;
+      }
+    }
+    EXPECT_FALSE(peer.Readable(100)) << "connection " << p << " got more answers";
+  }
+  EXPECT_EQ(refused_per_peer, 3u);
+  EXPECT_EQ(refused_bytes, 6u);
+  auto again = control->Hold(true, 60000, kWaitMs);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->queued_batches(), 6u) << "3 connections x 2 batches = 60 MiB";
+  EXPECT_EQ(ReadWholeFile(sda_path_), std::string(kSdaSize, '\0')) << "applied while held";
+
+  // A real replicator during the hold: its 5 MiB would go over 64 MiB, so it is refused, not
+  // queued, and told to send it again.
+  auto replicator = ConnectReplicator();
+  ASSERT_NE(replicator, nullptr);
+  Batch mine(6, &sda_image_);
+  std::mt19937_64 rng(7);
+  for (uint64_t off : {0ul, kMiB, 2 * kMiB, 512 * 1024ul, kMiB + 4096}) {
+    mine.Write(off, RandomBytes(rng, kMiB - (off == kMiB + 4096 ? 4096 : 0)));
+  }
+  bool permanent = true;
+  auto refused = replicator->Apply(kSda, mine.items(), kWaitMs, &permanent);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_FALSE(permanent);
+
+  // The release applies the queue in order (the first batch writes LSNs 1-5, the others are
+  // replays of them) and acks each batch on its connection.
+  auto released = control->Hold(false, 0, kWaitMs);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(released->queued_batches(), 6u);
+  EXPECT_EQ(released->applied_lsn().at(kSda), 5u);
+  for (int p = 0; p < 3; ++p) {
+    for (uint64_t seq = 1; seq <= 2; ++seq) {
+      auto ack = peers[p]->Recv(kWaitMs);
+      ASSERT_TRUE(ack.ok()) << ack.status();
+      ASSERT_TRUE(ack->header.has_apply_ack()) << ack->header.DebugString();
+      EXPECT_EQ(ack->header.apply_ack().sequence(), seq);
+      EXPECT_EQ(ack->header.apply_ack().applied_lsn(), 5u);
+    }
+  }
+
+  // The refused replicator sends its batch again, as the replicator does after reconnecting.
+  auto applied = replicator->Apply(kSda, mine.items(), kWaitMs, &permanent);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 10u);
+  ExpectSdaMatchesImage();
+  auto st = control->Status(kWaitMs);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->volumes(0).applied_records(), 10u) << "records 1-5 once, then 6-10; no replay";
 }
 
 TEST_F(PeAgentTest, TakeoverOfAVolumeWithoutExt4IsRefused) {

@@ -14,6 +14,14 @@
 // recently used); an image unused for 5 minutes is closed. An open image pins its LSN against
 // retention (RetentionWorker::Pin) until it is closed.
 //
+// Bounds (docs/wire-protocol.md, section 7): a request counts from Submit until TakeReplies
+// hands its reply to the server thread. A client may have kMaxRequestsPerPeer of them, all
+// clients together kMaxRequests; a request over either is answered at once (its Error may
+// overtake the replies of that client's earlier requests) with a non-permanent
+// ResourceExhausted naming the limit, and logged at most every 10 s. So the queue of requests
+// and the replies not yet taken stay bounded (each reply at most 8 MiB); what the server thread
+// then sends to a client that does not read is bounded by the socket (core/transport.h).
+//
 // Thread-safety: Submit, TakeReplies and ready_fd are called by the server thread; the rest of
 // the work happens on the service's thread.
 #pragma once
@@ -41,6 +49,11 @@ namespace cdp::journal {
 
 class ImageService {
  public:
+  // Requests counted per client (routing id) and over all clients; see the file comment.
+  // cdpctl restore keeps 4 in flight, cdpctl export 1.
+  static constexpr size_t kMaxRequestsPerPeer = 16;
+  static constexpr size_t kMaxRequests = 256;
+
   // A reply for the server thread to send to `peer`.
   struct Reply {
     std::string peer;
@@ -56,8 +69,9 @@ class ImageService {
   // closes every image, unpinning its LSN.
   ~ImageService();
 
-  // Queues an image request from `peer`; `peer_name` names it in the log. A message of another
-  // kind is answered with an InvalidArgument error.
+  // Queues an image request from `peer`; `peer_name` names it in the log and in errors. A
+  // message of another kind is answered with an InvalidArgument error; a request over the
+  // bounds above with a ResourceExhausted one, without queueing it.
   void Submit(wire::Message msg, std::string peer_name);
 
   // The replies made since the last call, in the order made; clears ready_fd().
@@ -69,11 +83,19 @@ class ImageService {
   // Tests only: runs on the service thread before each request is served.
   void SetBeforeRequestHookForTesting(std::function<void()> hook);
 
+  // Requests refused over the bounds since Start.
+  uint64_t refused_requests() const;
+
  private:
   using Clock = std::chrono::steady_clock;
   struct Request {
     wire::Message msg;
     std::string peer_name;
+  };
+  // A reply made, and whether its request is counted against the bounds.
+  struct Posted {
+    Reply reply;
+    bool counted = true;
   };
   struct OpenImage {
     std::unique_ptr<PointImage> image;
@@ -101,12 +123,21 @@ class ImageService {
   std::map<uint64_t, OpenImage> images_;  // by image id
   uint64_t next_image_ = 1;
 
-  std::mutex mu_;
+  // Touched by the server thread only (Submit): refusals not logged yet, and when last logged.
+  uint64_t unlogged_refusals_ = 0;
+  std::string last_refusal_;
+  Clock::time_point last_refusal_log_{};
+
+  mutable std::mutex mu_;
   std::condition_variable wake_;
-  std::deque<Request> requests_;   // GUARDED_BY(mu_)
-  std::vector<Reply> replies_;     // GUARDED_BY(mu_)
+  std::deque<Request> requests_;  // GUARDED_BY(mu_)
+  std::vector<Posted> replies_;   // GUARDED_BY(mu_)
+  // Requests counted (see kMaxRequestsPerPeer) by routing id, and in total.
+  std::map<std::string, size_t> counted_;      // GUARDED_BY(mu_)
+  size_t counted_total_ = 0;                   // GUARDED_BY(mu_)
+  uint64_t refused_ = 0;                       // GUARDED_BY(mu_)
   std::function<void()> before_request_hook_;  // GUARDED_BY(mu_)
-  bool stop_ = false;              // GUARDED_BY(mu_)
+  bool stop_ = false;                          // GUARDED_BY(mu_)
   std::thread thread_;
 };
 

@@ -27,7 +27,10 @@
 // Apply hold (ApplyHoldRequest from a control client, docs/pe-agent.md §6): batches that arrive
 // while held are queued in order, not applied, so the disks stay at a batch boundary while the
 // host snapshots them; a release (or the hold's max_ms running out, or a takeover) applies the
-// queue in order and acks each batch then.
+// queue in order and acks each batch then. Only a batch of a replicator session for its volume
+// is queued (any other is refused at once, as when not held), and the queue is bounded
+// (kMaxHeldBatches, kMaxHeldBatchesPerPeer, kMaxHeldBytes): a batch over a bound is refused with
+// a non-permanent ResourceExhausted, which makes the replicator reconnect and send it again.
 //
 // Single-threaded: Run() serves everything on the calling thread.
 #pragma once
@@ -88,6 +91,14 @@ class PeAgent {
   // How long the agent keeps its socket open after the takeover reply, so ZeroMQ sends it.
   static constexpr int kHandoverGraceMs = 100;
 
+  // Bounds of the queue of batches held by an apply hold. A replicator has one batch in
+  // flight at a time (two for a moment after it reconnected), of at most 8 MiB by default
+  // (one record of up to 32 MiB is sent alone); a batch is always queued when the queue is
+  // empty, whatever its size.
+  static constexpr size_t kMaxHeldBatches = 64;
+  static constexpr size_t kMaxHeldBatchesPerPeer = 2;  // per connection
+  static constexpr uint64_t kMaxHeldBytes = uint64_t{64} << 20;
+
   // Serves until *stop is true, or until a takeover handed over (then handed_over() is true).
   Status Run(const std::atomic<bool>* stop);
 
@@ -127,7 +138,12 @@ class PeAgent {
   Result<std::unique_ptr<BlockDevice>> OpenDisk(const std::string& path, bool* direct);
   void Handle(wire::Message& msg);
   void HandleHello(const wire::Message& msg);
+  // OK when msg (an ApplyBatch) comes from a replicator session for the batch's volume, which
+  // this target has; else the error to answer and whether it is permanent.
+  Status CheckApplySession(const wire::Message& msg, bool* permanent) const;
   void HandleApply(const wire::Message& msg);
+  // While held: queues msg if its session and the bounds allow, else refuses it.
+  void HoldBatch(wire::Message& msg);
   void HandleStatus(const wire::Message& msg);
   void HandleChecksum(const wire::Message& msg);
   void HandleTakeover(const wire::Message& msg);
@@ -181,6 +197,9 @@ class PeAgent {
   // Set while an apply hold is in force: when it ends by itself. Batches wait in held_batches_.
   std::optional<std::chrono::steady_clock::time_point> hold_until_;
   std::deque<wire::Message> held_batches_;
+  uint64_t held_bytes_ = 0;                     // header and payload bytes of held_batches_
+  std::map<std::string, size_t> held_by_peer_;  // batches in held_batches_ per routing id
+  uint64_t held_refused_ = 0;                   // batches refused over the bounds in this hold
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
 };
