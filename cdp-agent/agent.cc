@@ -4,7 +4,9 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <random>
 
 #include "cdp/core/logging.h"
 #include "cdp/core/transport.h"
@@ -14,11 +16,41 @@ namespace cdp::agent {
 
 namespace {
 std::string BitmapPath(const std::string& dir) { return dir + "/dirty.bitmap"; }
+
+// A random id for this process: tells the journal-server a reconnect from another agent.
+uint64_t NewInstanceId() {
+  std::random_device rd;
+  uint64_t id = 0;
+  while (id == 0) id = (uint64_t{rd()} << 32) ^ rd();
+  return id;
+}
 }  // namespace
+
+Status ValidateBufferBytes(uint64_t buffer_bytes, bool trace) {
+  const uint64_t min_buffer = trace ? kMinBufferBytesTrace : kMinBufferBytesNbd;
+  const std::string mib = std::to_string(buffer_bytes >> 20);
+  if (buffer_bytes > (uint64_t{1} << 40)) {
+    return Status::InvalidArgument("--buffer-mib " + mib + " is more than 1048576 (1 TiB)");
+  }
+  if (buffer_bytes >= min_buffer) return Status::Ok();
+  return Status::InvalidArgument(
+      "--buffer-mib " + mib + " is too small for " +
+      (trace ? "trace mode: a read-back batch of 4 MiB and its record headers"
+             : "NBD mode: a sync chunk of 1 MiB and its record header") +
+      " must fit in it; use at least " + std::to_string(min_buffer >> 20) + " (default 32)");
+}
+
+uint32_t NbdMaxRequestBytes(uint64_t buffer_bytes) {
+  uint64_t limit = std::min<uint64_t>(kMaxNbdRequestBytes, buffer_bytes / 2);
+  uint32_t size = 4096;
+  while (uint64_t{size} * 2 <= limit) size *= 2;
+  return size;
+}
 
 Result<std::unique_ptr<Agent>> Agent::Start(const AgentOptions& options) {
   CDP_RETURN_IF_ERROR(wire::ValidateVolumeName(options.volume));
   CDP_RETURN_IF_ERROR(ValidateEndpoint(options.server).WithContext("--server"));
+  CDP_RETURN_IF_ERROR(ValidateBufferBytes(options.buffer_bytes, options.trace));
   std::unique_ptr<Agent> agent(new Agent(options));
   if (options.trace) {
     CDP_RETURN_IF_ERROR(agent->StartTrace());
@@ -80,6 +112,9 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
   so.identity = wire::ProcessIdentity("cdp-agent");
   so.buffer_bytes = options_.buffer_bytes;
   so.bandwidth_bytes_per_sec = options_.bandwidth_bytes_per_sec;
+  so.writer_epoch = state_.writer_epoch;
+  so.instance_id = NewInstanceId();
+  so.take_over = options_.take_over;
   sender_ = std::make_unique<Sender>(
       so,
       [this](uint64_t durable) {
@@ -88,6 +123,10 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
         capture_->OnHandshake(durable);
       },
       [this](v1::AgentReport* r) { FillReport(r); });
+  sender_->SetWriterEpochCallback([this](uint64_t epoch) {
+    state_.writer_epoch = epoch;
+    return SaveAgentState(options_.state_dir, state_);
+  });
   sender_->SetJournalLossCallback([this](uint64_t durable) {
     capture_->RebaseAfterJournalLoss(durable);
     if (trace_) trace_->OnJournalLoss();
@@ -173,6 +212,7 @@ Status Agent::StartNbd() {
   agent->state_.skip_zero = plan.skip_zero;
   agent->state_.capture_mode = "nbd";
   agent->state_.boot_id = CurrentBootId();
+  agent->state_.writer_epoch = loaded.ok() ? loaded->writer_epoch : 0;
   CDP_RETURN_IF_ERROR(SaveAgentState(options.state_dir, agent->state_));
   ::unlink(BitmapPath(options.state_dir).c_str());
 
@@ -198,6 +238,7 @@ Status Agent::StartNbd() {
   nbd_opts.listen_address = options.nbd;
   nbd_opts.export_name = options.volume;
   nbd_opts.target = agent->capture_.get();
+  nbd_opts.max_block_size = NbdMaxRequestBytes(options.buffer_bytes);
   auto nbd = NbdServer::Start(nbd_opts);
   if (!nbd.ok()) return nbd.status().WithContext("--nbd");
   agent->nbd_ = std::move(*nbd);
@@ -346,6 +387,7 @@ Status Agent::StartTrace() {
   state_.resync_pending = plan.active && !plan.initial;
   state_.trace_lost_events = lost_baseline;
   state_.boot_id = CurrentBootId();
+  state_.writer_epoch = loaded.ok() ? loaded->writer_epoch : 0;
   CDP_RETURN_IF_ERROR(SaveAgentState(o.state_dir, state_));
   ::unlink(BitmapPath(o.state_dir).c_str());
 

@@ -19,16 +19,22 @@ Result<AgentState> LoadAgentState(const std::string& state_dir) {
                               " does not parse; move it away to start with a full resync");
   }
   AgentState s;
-  s.volume = j.value("volume", "");
-  s.size_bytes = j.value("size_bytes", uint64_t{0});
-  s.clean_shutdown = j.value("clean_shutdown", false);
-  s.initial_sync_done = j.value("initial_sync_done", false);
-  s.sync_cursor = j.value("sync_cursor", uint64_t{0});
-  s.skip_zero = j.value("skip_zero", false);  // absent: the safe choice, send zeroes
-  s.capture_mode = j.value("capture_mode", "nbd");
-  s.resync_pending = j.value("resync_pending", false);
-  s.trace_lost_events = j.value("trace_lost_events", uint64_t{0});
-  s.boot_id = j.value("boot_id", "");
+  try {
+    s.volume = j.value("volume", "");
+    s.size_bytes = j.value("size_bytes", uint64_t{0});
+    s.clean_shutdown = j.value("clean_shutdown", false);
+    s.initial_sync_done = j.value("initial_sync_done", false);
+    s.sync_cursor = j.value("sync_cursor", uint64_t{0});
+    s.skip_zero = j.value("skip_zero", false);  // absent: the safe choice, send zeroes
+    s.capture_mode = j.value("capture_mode", "nbd");
+    s.resync_pending = j.value("resync_pending", false);
+    s.trace_lost_events = j.value("trace_lost_events", uint64_t{0});
+    s.boot_id = j.value("boot_id", "");
+    s.writer_epoch = j.value("writer_epoch", uint64_t{0});
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Corruption("agent state " + path + ": a field has the wrong type (" + e.what() +
+                              "); move it away to start with a full resync");
+  }
   return s;
 }
 
@@ -43,7 +49,8 @@ Status SaveAgentState(const std::string& state_dir, const AgentState& s) {
                       {"capture_mode", s.capture_mode},
                       {"resync_pending", s.resync_pending},
                       {"trace_lost_events", s.trace_lost_events},
-                      {"boot_id", s.boot_id}};
+                      {"boot_id", s.boot_id},
+                      {"writer_epoch", s.writer_epoch}};
   return WriteFileAtomic(StatePath(state_dir), j.dump(2) + "\n");
 }
 

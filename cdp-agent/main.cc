@@ -60,7 +60,11 @@ int main(int argc, char** argv) {
       "MB/s (10^6 bytes) of payload to the journal-server; 0 = unlimited. Past the limit records "
       "wait in the buffer (then, in NBD async mode, dirty regions; in trace mode the extent map)")(
       "drain-seconds", po::value<int>()->default_value(10),
-      "on SIGTERM, how long to wait for buffered records to become durable");
+      "on SIGTERM, how long to wait for buffered records to become durable")(
+      "take-over", po::bool_switch(&options.take_over),
+      "become the volume's writer although the journal-server has another agent as its writer, "
+      "fencing that one (its writes are refused from then on); for an agent whose state dir was "
+      "lost, or that replaces a host that is gone for good");
   cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
@@ -75,8 +79,10 @@ int main(int argc, char** argv) {
     bad = mode.status().message();
   } else if (!io.ok()) {
     bad = io.status().message();
-  } else if (buffer_mib == 0) {
-    bad = "--buffer-mib must be at least 1";
+  } else if (buffer_mib > (1u << 20)) {
+    bad = "--buffer-mib " + std::to_string(buffer_mib) + " is more than 1048576 (1 TiB)";
+  } else if (auto b = cdp::agent::ValidateBufferBytes(buffer_mib << 20, options.trace); !b.ok()) {
+    bad = b.message();
   } else if (!options.trace && options.nbd.empty()) {
     bad = "pass --nbd ADDRESS (NBD in-line mode) or --trace (trace mode)";
   } else if (!options.trace && (vm.count("freeze") || !vm["checkpoint-interval"].defaulted())) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 #include "cdp/core/logging.h"
 #include "cdp/core/token_bucket.h"
@@ -25,6 +26,19 @@ Sender::Sender(SenderOptions options, HandshakeCallback on_handshake, ReportCall
       on_handshake_(std::move(on_handshake)),
       on_report_(std::move(on_report)) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  writer_epoch_ = options_.writer_epoch;
+}
+
+void Sender::NoteRefusal(const Status& status) {
+  if (!status.IsPermissionDenied()) return;
+  if (!fenced_.exchange(true)) {
+    CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": FENCED: " << status.message()
+                   << ". Nothing this agent captures from now on is journaled (sync-mode writes "
+                      "fail; async writes are tracked as dirty regions)";
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  space_cv_.notify_all();
+  durable_cv_.notify_all();
 }
 
 Sender::~Sender() {
@@ -113,21 +127,116 @@ std::vector<ChangeRecord> Sender::Stop(int drain_ms) {
   return left;
 }
 
-std::vector<ChangeRecord> Sender::DropQueued() {
+std::vector<ChangeRecord> Sender::Rebase(uint64_t durable_lsn) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<ChangeRecord> out;
   for (auto& e : queue_) out.push_back(std::move(e.rec));
   queue_.clear();
   queued_bytes_ = 0;
+  durable_lsn_ = durable_lsn;
+  ++generation_;
   space_cv_.notify_all();
+  durable_cv_.notify_all();
   return out;
+}
+
+uint64_t Sender::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generation_;
+}
+
+Sender::Reservation& Sender::Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    Release();
+    sender_ = std::exchange(other.sender_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void Sender::Reservation::Release() {
+  if (sender_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(sender_->mu_);
+    sender_->reserved_bytes_ -= bytes_;
+    sender_->space_cv_.notify_all();
+  }
+  sender_ = nullptr;
+  bytes_ = 0;
+}
+
+void Sender::AdvanceTicketLocked() {
+  ++serving_ticket_;
+  while (abandoned_tickets_.erase(serving_ticket_) > 0) ++serving_ticket_;
+}
+
+Result<Sender::Reservation> Sender::Reserve(uint64_t bytes, const std::function<bool()>& give_up) {
+  if (bytes > options_.buffer_bytes) {
+    return Status::InvalidArgument("volume " + options_.volume + ": a record of " +
+                                   std::to_string(bytes) + " bytes can never fit in the " +
+                                   std::to_string(options_.buffer_bytes) + "-byte send buffer");
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t ticket = next_ticket_++;
+  auto last_complaint = Clock::now();
+  while (true) {
+    if (stopping_ || give_up() || fenced_.load()) {
+      // Give the turn away (or leave it to be skipped) so that the waiters behind go on.
+      if (serving_ticket_ == ticket) {
+        AdvanceTicketLocked();
+      } else {
+        abandoned_tickets_.insert(ticket);
+      }
+      space_cv_.notify_all();
+      if (fenced_.load() && !stopping_) {
+        return Status::IOError("volume " + options_.volume +
+                               ": this agent is fenced (another agent writes the volume); the "
+                               "write cannot become durable");
+      }
+      return Status::Aborted("volume " + options_.volume +
+                             ": agent stopping while the write waited for send buffer space");
+    }
+    if (serving_ticket_ == ticket && FitsLocked(bytes)) break;
+    space_cv_.wait_for(lock, std::chrono::milliseconds(200));
+    if (MsSince(last_complaint) >= 10000) {
+      last_complaint = Clock::now();
+      // Sync mode keeps the source's writes blocked, as it promises; say why.
+      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume
+                       << ": sync mode waiting for send buffer space ("
+                       << (connected_.load() ? "the journal-server is slow to make records durable"
+                                             : "the journal-server is not reachable")
+                       << "; " << queued_bytes_ << " bytes queued)";
+    }
+  }
+  reserved_bytes_ += bytes;
+  AdvanceTicketLocked();
+  space_cv_.notify_all();  // the next waiter's turn
+  Reservation r;
+  r.sender_ = this;
+  r.bytes_ = bytes;
+  return r;
+}
+
+bool Sender::EnqueueReserved(ChangeRecord rec, Reservation reservation) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;  // the reservation is released on return
+    reserved_bytes_ -= reservation.bytes_;
+    reservation.sender_ = nullptr;
+    queued_bytes_ += Charge(rec);
+    queue_.push_back(Entry{std::move(rec)});
+  }
+  Wake();
+  return true;
 }
 
 bool Sender::TryEnqueue(ChangeRecord rec) {
   const uint64_t charge = Charge(rec);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ || queued_bytes_ + charge > options_.buffer_bytes) return false;
+    if (stopping_ || fenced_.load() || serving_ticket_ != next_ticket_ || !FitsLocked(charge)) {
+      return false;
+    }
     queued_bytes_ += charge;
     queue_.push_back(Entry{std::move(rec)});
   }
@@ -139,10 +248,10 @@ size_t Sender::TryEnqueueMany(std::span<const ChangeRecord> records) {
   size_t n = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return 0;
+    if (stopping_ || fenced_.load() || serving_ticket_ != next_ticket_) return 0;
     for (const ChangeRecord& rec : records) {
       const uint64_t charge = Charge(rec);
-      if (queued_bytes_ + charge > options_.buffer_bytes) break;
+      if (!FitsLocked(charge)) break;
       queued_bytes_ += charge;
       queue_.push_back(Entry{rec});
       ++n;
@@ -155,7 +264,8 @@ size_t Sender::TryEnqueueMany(std::span<const ChangeRecord> records) {
 bool Sender::WaitForSpace(uint64_t bytes, int timeout_ms) {
   std::unique_lock<std::mutex> lock(mu_);
   return space_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
-    return stopping_ || queued_bytes_ + bytes <= options_.buffer_bytes;
+    // A fenced agent queues nothing: its callers wait out the timeout rather than spin.
+    return stopping_ || (!fenced_.load() && serving_ticket_ == next_ticket_ && FitsLocked(bytes));
   }) && !stopping_;
 }
 
@@ -175,15 +285,29 @@ void Sender::AddGap(const v1::Gap& gap) {
   Wake();
 }
 
-Status Sender::WaitDurable(uint64_t lsn, int timeout_ms) {
+Status Sender::WaitDurable(uint64_t lsn, int timeout_ms, uint64_t generation) {
   std::unique_lock<std::mutex> lock(mu_);
-  auto ready = [&] { return stopping_ || durable_lsn_.load() >= lsn; };
+  auto rebased = [&] { return generation != kAnyGeneration && generation != generation_; };
+  auto ready = [&] {
+    return stopping_ || rebased() || fenced_.load() || durable_lsn_.load() >= lsn;
+  };
   if (timeout_ms < 0) {
     durable_cv_.wait(lock, ready);
   } else if (!durable_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready)) {
     return Status::TimedOut("volume " + options_.volume + ": LSN " + std::to_string(lsn) +
                             " not durable on the journal-server after " +
                             std::to_string(timeout_ms) + " ms");
+  }
+  if (durable_lsn_.load() < lsn && fenced_.load()) {
+    return Status::IOError("volume " + options_.volume + ": LSN " + std::to_string(lsn) +
+                           " will not become durable: another agent writes this volume on the "
+                           "journal-server and this one is fenced (see the agent's log)");
+  }
+  if (rebased()) {
+    return Status::IOError("volume " + options_.volume + ": LSN " + std::to_string(lsn) +
+                           " was dropped: the journal-server lost records it had acknowledged "
+                           "(journal reset or restored), so the agent resyncs the whole device; "
+                           "this write is not acknowledged");
   }
   if (durable_lsn_.load() < lsn) {
     return Status::Aborted("volume " + options_.volume + ": agent stopping before LSN " +
@@ -218,6 +342,7 @@ void Sender::Loop() {
   auto last_complaint = Clock::now() - std::chrono::hours(1);
   auto drain_deadline = Clock::time_point::max();
   bool in_flight_since_rx = false;
+  bool took_over = false;  // --take-over was granted once: later Hellos present the new epoch
   // Bandwidth limit, in payload bytes.
   const double rate = static_cast<double>(options_.bandwidth_bytes_per_sec);
   TokenBucket bucket(rate, std::max(static_cast<double>(options_.max_batch_bytes), rate / 10),
@@ -245,7 +370,8 @@ void Sender::Loop() {
       // A checkpoint being taken still adds its point and its reply: wait for them too.
       const bool drained = queue_.empty() && points_.empty() && gaps_.empty() &&
                            !checkpoint_busy_ && replies_.empty();
-      if (drained || Clock::now() >= drain_deadline) {
+      // A fenced agent's records will never be taken: nothing to wait for.
+      if (drained || fenced_.load() || Clock::now() >= drain_deadline) {
         break;
       }
     }
@@ -268,21 +394,49 @@ void Sender::Loop() {
       v1::Hello hello = wire::MakeHello(v1::ROLE_AGENT, options_.identity, options_.volume);
       hello.set_volume_size(options_.volume_size);
       hello.set_block_size(options_.block_size);
+      hello.set_writer_epoch(writer_epoch_.load());
+      hello.set_instance_id(options_.instance_id);
+      hello.set_take_over(options_.take_over && !took_over);
       auto reply = Handshake(*sock, hello, 2000);
       if (!reply.ok()) {
+        NoteRefusal(reply.status());
         if (MsSince(last_complaint) > 30000) {
           last_complaint = Clock::now();
+          const bool refused = reply.status().code() != StatusCode::kTimedOut &&
+                               reply.status().message().rfind("journal-server at ", 0) != 0;
           CDP_LOG(warning) << "cdp-agent: volume " << options_.volume
-                           << ": journal-server not available (" << reply.status().ToString()
-                           << "); capturing on, buffering up to " << options_.buffer_bytes
-                           << " bytes, then tracking dirty regions";
+                           << (refused ? ": journal-server refused this agent ("
+                                       : ": journal-server not available (")
+                           << reply.status().ToString() << "); capturing on, buffering up to "
+                           << options_.buffer_bytes << " bytes, then tracking dirty regions";
         }
         reset_session(/*close_socket=*/true);
         const bool permanent = reply.status().code() == StatusCode::kProtocolMismatch ||
                                reply.status().code() == StatusCode::kFailedPrecondition ||
-                               reply.status().code() == StatusCode::kInvalidArgument;
+                               reply.status().code() == StatusCode::kInvalidArgument ||
+                               reply.status().code() == StatusCode::kPermissionDenied;
         retry_at = Clock::now() + std::chrono::milliseconds(permanent ? 5000 : 300);
         continue;
+      }
+      if (reply->writer_epoch() != writer_epoch_.load()) {
+        // Durable before any batch goes under it: a restart must present it.
+        Status saved = on_writer_epoch_ ? on_writer_epoch_(reply->writer_epoch()) : Status::Ok();
+        if (!saved.ok()) {
+          CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": writer epoch "
+                         << reply->writer_epoch() << " granted but not saved (" << saved.ToString()
+                         << "); retrying the handshake in 1 s";
+          reset_session(/*close_socket=*/true);
+          retry_at = Clock::now() + std::chrono::seconds(1);
+          continue;
+        }
+        CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": writer epoch "
+                      << reply->writer_epoch() << " (was " << writer_epoch_.load() << ")";
+        writer_epoch_ = reply->writer_epoch();
+      }
+      took_over = took_over || options_.take_over;
+      if (fenced_.exchange(false)) {
+        CDP_LOG(warning) << "cdp-agent: volume " << options_.volume
+                         << ": the journal-server accepts this agent as the writer again";
       }
       handshaken = true;
       connected_ = true;
@@ -302,11 +456,10 @@ void Sender::Loop() {
                        << " (journal reset or restored?); recording a history gap and "
                        << "resyncing the whole device";
         if (on_journal_loss_) {
-          on_journal_loss_(durable);
+          on_journal_loss_(durable);  // calls Rebase under the capture lock
         } else {
-          DropQueued();
+          Rebase(durable);
         }
-        durable_lsn_ = durable;
       }
       if (on_handshake_) on_handshake_(durable);
       {
@@ -503,6 +656,7 @@ void Sender::Loop() {
         StartCheckpoint(h.checkpoint_request());
       } else if (h.has_error()) {
         const Status err = wire::StatusFromError(h.error());
+        NoteRefusal(err);
         if (err.code() == StatusCode::kFailedPrecondition && !h.error().permanent()) {
           CDP_LOG(info) << "cdp-agent: volume " << options_.volume
                         << ": server lost our session (restarted?); handshaking again";

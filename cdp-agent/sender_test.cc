@@ -282,13 +282,125 @@ TEST_F(SenderTest, RecordsTheServerAlreadyHasAreDroppedAtHandshake) {
     ASSERT_TRUE(first->WaitDurable(4, kWaitMs).ok());
     EXPECT_TRUE(first->Stop(kWaitMs).empty());
   }
-  auto second = StartSender(Options());
+  SenderOptions restarted = Options();
+  restarted.writer_epoch = 1;  // what the first run's state dir kept
+  auto second = StartSender(restarted);
   for (uint64_t lsn = 3; lsn <= 6; ++lsn) ASSERT_TRUE(second->TryEnqueue(SampleRecord(lsn)));
   Status s = second->WaitDurable(6, kWaitMs);
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_TRUE(second->Stop(kWaitMs).empty());
   StopServer();
   ExpectJournaled(6);
+}
+
+// Sync-mode writers reserve buffer space in arrival order, without holding any lock the sender
+// thread needs; while one waits, TryEnqueue (async writes, the resync) leaves the room to it.
+TEST_F(SenderTest, ReservationsWaitForRoomInArrivalOrder) {
+  SenderOptions o = Options();
+  o.buffer_bytes = 10000;
+  auto sender = StartSender(o);  // nobody listens: nothing is freed until the server comes
+  ASSERT_TRUE(sender->TryEnqueue(
+      MakeWriteRecord(1, 1001, 0, std::make_shared<const std::string>(8192, 'x'))));
+  auto never = [] { return false; };
+  std::atomic<int> order{0};
+  int big_done = 0, small_done = 0;
+  auto big = std::async(std::launch::async, [&] {
+    auto r = sender->Reserve(4000, never);
+    big_done = ++order;
+    return r.ok();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the big one waits first
+  auto small = std::async(std::launch::async, [&] {
+    auto r = sender->Reserve(100, never);  // would fit now, but comes second
+    small_done = ++order;
+    return r.ok();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(order.load(), 0) << "a later, smaller reservation went first";
+  EXPECT_FALSE(sender->TryEnqueue(SampleRecord(2))) << "a waiting reservation has the room";
+  EXPECT_EQ(sender->Reserve(1u << 20, never).status().code(), StatusCode::kInvalidArgument);
+
+  StartServer();
+  ASSERT_TRUE(sender->WaitDurable(1, kWaitMs).ok());  // room again
+  EXPECT_TRUE(big.get());
+  EXPECT_TRUE(small.get());
+  EXPECT_EQ(big_done, 1);
+  EXPECT_EQ(small_done, 2);
+}
+
+// Issue 15, item 5: waiters of a generation that a rebase ended fail, even once the new
+// sequence's records reach their LSN.
+TEST_F(SenderTest, WaitersOfARebasedSequenceFail) {
+  StartServer();
+  auto sender = StartSender(Options());
+  for (uint64_t lsn = 1; lsn <= 3; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  const uint64_t old_generation = sender->generation();
+  auto waiter = std::async(std::launch::async,
+                           [&] { return sender->WaitDurable(6, kWaitMs, old_generation); });
+  ASSERT_TRUE(sender->WaitDurable(3, kWaitMs).ok());
+  EXPECT_EQ(sender->Rebase(3).size(), 0u);
+  Status s = waiter.get();
+  EXPECT_EQ(s.code(), StatusCode::kIOError) << s;
+  EXPECT_THAT(s.message(), HasSubstr("LSN 6 was dropped"));
+  for (uint64_t lsn = 4; lsn <= 6; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(sender->WaitDurable(6, kWaitMs, sender->generation()).ok());
+  EXPECT_EQ(sender->WaitDurable(6, kWaitMs, old_generation).code(), StatusCode::kIOError);
+}
+
+// Issue 15, item 2: one writer per volume. A second agent with no (or an older) writer epoch is
+// refused and fenced, and nothing it sends is journaled; --take-over makes it the writer and
+// fences the first.
+TEST_F(SenderTest, ASecondAgentIsFencedUntilItTakesOver) {
+  StartServer();
+  SenderOptions first_options = Options();
+  first_options.identity = "agent-one";
+  first_options.instance_id = 1;
+  auto first = StartSender(first_options);
+  for (uint64_t lsn = 1; lsn <= 3; ++lsn) ASSERT_TRUE(first->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(first->WaitDurable(3, kWaitMs).ok());
+  EXPECT_EQ(first->writer_epoch(), 1u);
+
+  SenderOptions second_options = Options();
+  second_options.identity = "agent-two";
+  second_options.instance_id = 2;
+  auto second = StartSender(second_options);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
+  while (!second->fenced() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(second->fenced()) << "a second agent for the volume was accepted";
+  EXPECT_FALSE(second->TryEnqueue(SampleRecord(4))) << "a fenced agent queues nothing";
+  EXPECT_THAT(second->Reserve(100, [] { return false; }).status().message(),
+              HasSubstr("this agent is fenced"));
+  EXPECT_FALSE(second->connected());
+  second->Stop(0);
+
+  // The first goes on writing; then a third agent takes the volume over.
+  ASSERT_TRUE(first->TryEnqueue(SampleRecord(4)));
+  ASSERT_TRUE(first->WaitDurable(4, kWaitMs).ok());
+  SenderOptions third_options = Options();
+  third_options.identity = "agent-three";
+  third_options.instance_id = 3;
+  third_options.take_over = true;
+  auto third = StartSender(third_options);
+  const auto deadline2 = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
+  while (third->writer_epoch() != 2 && std::chrono::steady_clock::now() < deadline2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(third->writer_epoch(), 2u);
+  // The first does not know yet: its own LSN 5, another write than the third's.
+  ASSERT_TRUE(
+      first->TryEnqueue(MakeWriteRecord(5, 7, 0, std::make_shared<const std::string>(512, 'x'))));
+  Status s = first->WaitDurable(5, kWaitMs);
+  EXPECT_EQ(s.code(), StatusCode::kIOError) << s;
+  EXPECT_THAT(s.message(), HasSubstr("this one is fenced"));
+  EXPECT_TRUE(first->fenced());
+  for (uint64_t lsn = 5; lsn <= 6; ++lsn) ASSERT_TRUE(third->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(third->WaitDurable(6, kWaitMs).ok());
+  first->Stop(0);
+  third->Stop(kWaitMs);
+  StopServer();
+  ExpectJournaled(6);  // LSN 5 is the third agent's record, never the fenced first's
 }
 
 // A control client's checkpoint request, relayed by the server: its own socket, handshaken.

@@ -26,18 +26,22 @@ VolumeCapture::VolumeCapture(std::string volume, std::unique_ptr<BlockDevice> de
       read_device_(std::move(read_device)) {}
 
 void VolumeCapture::OnHandshake(uint64_t durable_lsn) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!lsn_known_.load() || durable_lsn > last_lsn_.load()) {
-    last_lsn_ = std::max(last_lsn_.load(), durable_lsn);
-    if (!lsn_known_.load()) last_point_lsn_ = last_lsn_.load();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!lsn_known_.load() || durable_lsn > last_lsn_.load()) {
+      last_lsn_ = std::max(last_lsn_.load(), durable_lsn);
+      if (!lsn_known_.load()) last_point_lsn_ = last_lsn_.load();
+    }
+    lsn_known_ = true;
   }
-  lsn_known_ = true;
+  std::lock_guard<std::mutex> lock(lsn_mu_);
   lsn_cv_.notify_all();
 }
 
 void VolumeCapture::BeginShutdown(int drain_ms) {
   const int64_t now = static_cast<int64_t>(NowNanos());
   shutdown_deadline_ns_ = now + int64_t{drain_ms} * 1000000;
+  std::lock_guard<std::mutex> lock(lsn_mu_);
   lsn_cv_.notify_all();
 }
 
@@ -48,7 +52,9 @@ bool VolumeCapture::ShutdownExpired() const {
 
 void VolumeCapture::RebaseAfterJournalLoss(uint64_t durable_lsn) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& rec : sender_->DropQueued()) dirty_->Mark(rec.offset, rec.length);
+  // Writes still waiting for their LSN to become durable (sync mode) fail: their LSNs are
+  // handed out again from durable_lsn + 1, to other records.
+  for (const auto& rec : sender_->Rebase(durable_lsn)) dirty_->Mark(rec.offset, rec.length);
   dirty_->MarkAll();
   last_lsn_ = durable_lsn;
   last_point_lsn_ = durable_lsn;
@@ -81,35 +87,37 @@ void VolumeCapture::MarkDirtyLocked(uint64_t offset, uint64_t length, const char
                    << gap.after_lsn() << ")";
 }
 
-uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
+Status VolumeCapture::Admit(uint64_t charge, Admission* admission) {
+  if (mode_ != AckMode::kSync) return Status::Ok();
+  // Sync mode: the write may not complete before it is durable, so it waits for room instead of
+  // falling back to the bitmap — before the capture lock, which the sender thread's callbacks
+  // take (OnHandshake, RebaseAfterJournalLoss) and so must never be held while waiting on it.
+  auto stopping = [&] { return sender_->stopped() || ShutdownExpired(); };
+  {
+    std::unique_lock<std::mutex> lock(lsn_mu_);
+    // Poll the shutdown deadline: nothing signals when it passes.
+    while (!lsn_known_.load() && !stopping())
+      lsn_cv_.wait_for(lock, std::chrono::milliseconds(200));
+  }
+  auto reserved = sender_->Reserve(charge, stopping);
+  if (!reserved.ok()) {
+    return reserved.status().WithContext("volume " + volume_ + ": write not applied");
+  }
+  admission->reservation = std::move(*reserved);
+  return Status::Ok();
+}
+
+uint64_t VolumeCapture::QueueLocked(ChangeRecord rec, Admission* admission) {
   const uint64_t offset = rec.offset;
   const uint64_t length = rec.length;
   if (mode_ == AckMode::kSync) {
-    // Sync mode: the write may not complete before it is durable, so wait for room instead of
-    // falling back to the bitmap.
-    // The caller holds mu_ through a lock_guard; borrow it to wait, then hand it back.
-    std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
-    // Poll the shutdown deadline: nothing signals when it passes.
-    while (!lsn_known_.load() && !ShutdownExpired()) {
-      lsn_cv_.wait_for(lock, std::chrono::milliseconds(200));
-    }
-    lock.release();
-    while (true) {
-      if (sender_->stopped() || ShutdownExpired()) {
-        // Shutting down: the write cannot become durable; WaitSync then fails it (Aborted), and
-        // the region is resynced after the restart.
-        dirty_->Mark(offset, length);
-        return UINT64_MAX;
-      }
-      rec.lsn = last_lsn_.load() + 1;
-      ChangeRecord copy = rec;
-      if (sender_->TryEnqueue(std::move(copy))) break;
-      if (!sender_->WaitForSpace(Sender::Charge(rec), 1000) && !sender_->connected()) {
-        // Still waiting: the journal-server is away. Keep the source's writes blocked, as sync
-        // mode promises, and say so.
-        CDP_LOG(warning) << "cdp-agent: volume " << volume_
-                         << ": sync mode waiting for journal-server buffer space";
-      }
+    rec.lsn = last_lsn_.load() + 1;
+    admission->generation = sender_->generation();
+    if (!sender_->EnqueueReserved(rec, std::move(admission->reservation))) {
+      // Stopping: the write cannot become durable; WaitSync fails it (Aborted), and the region
+      // is resynced after the restart.
+      dirty_->Mark(offset, length);
+      return UINT64_MAX;
     }
   } else {
     if (!lsn_known_.load()) {
@@ -118,7 +126,9 @@ uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
     }
     rec.lsn = last_lsn_.load() + 1;
     if (!sender_->TryEnqueue(rec)) {
-      MarkDirtyLocked(offset, length, "send buffer full (journal-server slow or unreachable)");
+      MarkDirtyLocked(offset, length,
+                      sender_->fenced() ? "this agent is fenced (another agent writes the volume)"
+                                        : "send buffer full (journal-server slow or unreachable)");
       return 0;
     }
   }
@@ -127,10 +137,10 @@ uint64_t VolumeCapture::QueueLocked(ChangeRecord rec) {
   return rec.lsn;
 }
 
-Status VolumeCapture::WaitSync(uint64_t lsn) {
+Status VolumeCapture::WaitSync(uint64_t lsn, uint64_t generation) {
   if (mode_ != AckMode::kSync || lsn == 0) return Status::Ok();
   while (true) {
-    Status s = sender_->WaitDurable(lsn, 200);
+    Status s = sender_->WaitDurable(lsn, 200, generation);
     if (!s.IsTimedOut()) return s;
     if (ShutdownExpired() || lsn == UINT64_MAX) {
       return Status::Aborted("volume " + volume_ +
@@ -147,55 +157,61 @@ Status VolumeCapture::Read(uint64_t offset, std::span<char> buf) {
 }
 
 Status VolumeCapture::Write(uint64_t offset, Payload data, bool fua) {
+  Admission admission;
+  CDP_RETURN_IF_ERROR(Admit(Sender::kRecordOverhead + data->size(), &admission));
   uint64_t lsn = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     CDP_RETURN_IF_ERROR(
         device_->WriteAt(offset, std::span<const char>(data->data(), data->size())));
     if (fua) CDP_RETURN_IF_ERROR(device_->Flush());
-    lsn = QueueLocked(MakeWriteRecord(0, NowNanos(), offset, std::move(data)));
+    lsn = QueueLocked(MakeWriteRecord(0, NowNanos(), offset, std::move(data)), &admission);
   }
-  return WaitSync(lsn);
+  return WaitSync(lsn, admission.generation);
 }
 
 Status VolumeCapture::Trim(uint64_t offset, uint32_t length) {
-  uint64_t lsn = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    CDP_RETURN_IF_ERROR(device_->Discard(offset, length));
-    ChangeRecord rec;
-    rec.time_ns = NowNanos();
-    rec.offset = offset;
-    rec.length = length;
-    rec.kind = RecordKind::kDiscard;
-    lsn = QueueLocked(std::move(rec));
-  }
-  return WaitSync(lsn);
+  return WriteRange(RecordKind::kDiscard, offset, length, /*fua=*/false);
 }
 
 Status VolumeCapture::WriteZeroes(uint64_t offset, uint32_t length, bool fua) {
+  return WriteRange(RecordKind::kWriteZeroes, offset, length, fua);
+}
+
+Status VolumeCapture::WriteRange(RecordKind kind, uint64_t offset, uint32_t length, bool fua) {
+  Admission admission;
+  CDP_RETURN_IF_ERROR(Admit(Sender::kRecordOverhead, &admission));
   uint64_t lsn = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    CDP_RETURN_IF_ERROR(device_->WriteZeroes(offset, length));
+    if (kind == RecordKind::kDiscard) {
+      CDP_RETURN_IF_ERROR(device_->Discard(offset, length));
+    } else {
+      CDP_RETURN_IF_ERROR(device_->WriteZeroes(offset, length));
+    }
     if (fua) CDP_RETURN_IF_ERROR(device_->Flush());
     ChangeRecord rec;
     rec.time_ns = NowNanos();
     rec.offset = offset;
     rec.length = length;
-    rec.kind = RecordKind::kWriteZeroes;
-    lsn = QueueLocked(std::move(rec));
+    rec.kind = kind;
+    lsn = QueueLocked(std::move(rec), &admission);
   }
-  return WaitSync(lsn);
+  return WaitSync(lsn, admission.generation);
 }
 
 Status VolumeCapture::Flush() {
+  uint64_t lsn = 0;
+  uint64_t generation = Sender::kAnyGeneration;
   {
     std::lock_guard<std::mutex> lock(mu_);
     CDP_RETURN_IF_ERROR(device_->Flush());
+    lsn = last_lsn_.load();
+    if (mode_ == AckMode::kSync) generation = sender_->generation();
   }
   AddPoint(v1::POINT_FLUSH, "");
-  return WaitSync(last_lsn_.load());
+  // Every write before the flush must be durable; a rebase since then dropped some of them.
+  return WaitSync(lsn, generation);
 }
 
 size_t VolumeCapture::QueueRecords(std::span<ChangeRecord> records) {
@@ -234,13 +250,15 @@ Result<uint64_t> VolumeCapture::AddOperatorPoint(const std::string& label) {
   }
   const uint64_t lsn = last_lsn_.load();
   if (lsn == 0) return Status::FailedPrecondition("volume " + volume_ + ": nothing written yet");
-  if (lsn == last_point_lsn_) return lsn;
-  last_point_lsn_ = lsn;
   v1::ConsistencyPoint p;
   p.set_lsn(lsn);
   p.set_time_ns(NowNanos());
   p.set_origin(v1::POINT_OPERATOR);
   p.set_label(label);
+  // A point at this LSN (a flush, a sync point, an earlier checkpoint, or one of the last run's
+  // at the durable LSN) stays what it is; the journal adds the label to it.
+  p.set_merge_labels(lsn == last_point_lsn_);
+  last_point_lsn_ = lsn;
   sender_->AddPoint(p);
   return lsn;
 }
@@ -255,12 +273,14 @@ uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& labe
   if (!lsn_known_.load() || (lsn == 0 && !sync_done) || (lsn == last_point_lsn_ && !sync_done)) {
     return 0;
   }
-  last_point_lsn_ = lsn;
   v1::ConsistencyPoint p;
   p.set_lsn(lsn);
   p.set_time_ns(NowNanos());
   p.set_origin(origin);
   p.set_label(label);
+  // A sync-done point replacing one at its LSN keeps that point's operator labels.
+  p.set_merge_labels(lsn == last_point_lsn_);
+  last_point_lsn_ = lsn;
   sender_->AddPoint(p);
   return lsn;
 }

@@ -188,13 +188,21 @@ std::string OriginName(v1::PointOrigin origin) {
   }
 }
 
+std::string PointLabels(const v1::ConsistencyPoint& p) {
+  std::string out = p.label();
+  for (const auto& l : p.operator_labels()) out += (out.empty() ? "" : ", ") + l;
+  return out;
+}
+
 std::string PointsJson(const std::vector<v1::ConsistencyPoint>& points) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& p : points) {
     out.push_back({{"lsn", p.lsn()},
                    {"time", FormatRfc3339(p.time_ns())},
                    {"origin", OriginName(p.origin())},
-                   {"label", p.label()}});
+                   {"label", p.label()},
+                   {"operator_labels", std::vector<std::string>(p.operator_labels().begin(),
+                                                                p.operator_labels().end())}});
   }
   return out.dump();
 }
@@ -206,10 +214,15 @@ std::string PointsTable(const std::vector<v1::ConsistencyPoint>& points) {
     char line[160];
     snprintf(line, sizeof(line), "%-20llu %-31s %-9s ", static_cast<unsigned long long>(p.lsn()),
              FormatRfc3339(p.time_ns()).c_str(), OriginName(p.origin()).c_str());
-    o << line << p.label() << "\n";
+    o << line << PointLabels(p) << "\n";
   }
   o << points.size() << " point(s)\n";
   return o.str();
+}
+
+bool JournalFull(const v1::StatusReply& reply) {
+  return reply.journal_reserve_bytes() > 0 &&
+         reply.journal_free_bytes() < reply.journal_reserve_bytes();
 }
 
 std::string StatusJson(const v1::StatusReply& reply) {
@@ -242,7 +255,10 @@ std::string StatusJson(const v1::StatusReply& reply) {
                        {"retention_max_bytes", v.retention_max_bytes()},
                        {"early_folds", v.early_folds()},
                        {"history_lost_before",
-                        v.early_folds() > 0 ? FormatRfc3339(v.early_fold_time_ns()) : ""}});
+                        v.early_folds() > 0 ? FormatRfc3339(v.early_fold_time_ns()) : ""},
+                       {"retention_error", v.retention_error()},
+                       {"writer_epoch", v.writer_epoch()},
+                       {"writer_identity", v.writer_identity()}});
     if (v.has_trace()) {
       const auto& t = v.trace();
       volumes.back()["trace"] = {{"freezes", t.freezes()},
@@ -258,10 +274,15 @@ std::string StatusJson(const v1::StatusReply& reply) {
                                  {"readback_bytes", t.readback_bytes()},
                                  {"resync_read_bytes", t.resync_read_bytes()},
                                  {"resync_sent_bytes", t.resync_sent_bytes()},
-                                 {"resync_active", t.resync_active()}};
+                                 {"resync_active", t.resync_active()},
+                                 {"freeze_fs_unmounted", t.freeze_fs_unmounted()}};
     }
   }
-  nlohmann::json doc = {{"server_id", reply.server_id()}, {"volumes", volumes}};
+  nlohmann::json doc = {{"server_id", reply.server_id()},
+                        {"journal_free_bytes", reply.journal_free_bytes()},
+                        {"journal_reserve_bytes", reply.journal_reserve_bytes()},
+                        {"journal_full", JournalFull(reply)},
+                        {"volumes", volumes}};
   return doc.dump(2);
 }
 
@@ -297,8 +318,10 @@ std::string StatusTable(const v1::StatusReply& reply) {
                "% ";
     }
     if (v.trace().resync_active() && v.initial_sync_done()) state += "checksum-resync ";
+    if (v.trace().freeze_fs_unmounted()) state += "fs-unmounted(no-points) ";
     if (v.dirty_bytes() > 0) state += "resync(" + HumanBytes(v.dirty_bytes()) + ") ";
     if (!v.replicator_connected()) state += "replicator-disconnected ";
+    if (!v.retention_error().empty()) state += "retention-failing ";
     if (state.empty()) state = v.applied_lsn() >= v.captured_lsn() ? "in-sync" : "replicating";
     std::snprintf(line, sizeof(line), "%-16s %10s %10llu %10llu %10llu %8.2f %11s  %s\n",
                   v.name().c_str(), HumanBytes(v.size_bytes()).c_str(),
@@ -309,6 +332,17 @@ std::string StatusTable(const v1::StatusReply& reply) {
     out << line;
   }
   if (reply.volumes_size() == 0) out << "(no volumes yet: start a cdp-agent)\n";
+  if (JournalFull(reply)) {
+    out << "journal full: " << HumanBytes(reply.journal_free_bytes())
+        << " free on its filesystem, under the reserve of "
+        << HumanBytes(reply.journal_reserve_bytes())
+        << ": nothing is journaled (agents track dirty regions); free space or set retention\n";
+  }
+  for (const auto& v : reply.volumes()) {
+    if (!v.retention_error().empty()) {
+      out << "volume " << v.name() << ": retention failing: " << v.retention_error() << "\n";
+    }
+  }
   return out.str();
 }
 

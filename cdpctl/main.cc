@@ -34,12 +34,13 @@ constexpr const char* kUsage =
     "      per volume: captured, durable and applied LSN, lag in seconds, bytes received\n"
     "  cdpctl --server tcp://HOST:PORT points --volume NAME [--json]\n"
     "      the volume's consistency points, oldest first: LSN, time (UTC), origin (flush,\n"
-    "      freeze, operator, cutover, sync) and label; --json: [{\"lsn\", \"time\", \"origin\",\n"
-    "      \"label\"}]\n"
+    "      freeze, operator, cutover, sync) and labels; --json: [{\"lsn\", \"time\",\n"
+    "      \"origin\", \"label\", \"operator_labels\"}]\n"
     "  cdpctl --server tcp://HOST:PORT checkpoint --volume NAME [--label TEXT]\n"
     "      asks the volume's agent for a consistency point now and prints its LSN once it is\n"
     "      durable in the journal: origin operator in NBD mode, a filesystem freeze in trace\n"
-    "      mode (with --freeze); a point already at the last LSN is returned as it is\n"
+    "      mode (with --freeze); a point already at the last LSN (a flush) stays what it is and\n"
+    "      gets the label among its operator_labels\n"
     "  cdpctl --server tcp://HOST:PORT restore --volume NAME --at TIME|LSN --output PATH\n"
     "                                          [--force]\n"
     "      writes the volume as it was at the latest consistency point at or before TIME or LSN\n"
@@ -516,10 +517,12 @@ int main(int argc, char** argv) {
       std::cerr << "cdpctl: checkpoint: " << point.status().message() << "\n";
       return point.status().IsTimedOut() ? 3 : 1;
     }
+    // The point may have been there already (a flush at that LSN): it carries the label now.
+    const std::string labels = cdp::ctl::PointLabels(*point);
     std::cerr << "checkpoint of volume " << volume << " at LSN " << point->lsn() << " ("
               << cdp::FormatRfc3339(point->time_ns()) << ", "
               << cdp::ctl::OriginName(point->origin())
-              << (point->label().empty() ? "" : ", '" + point->label() + "'") << ")\n";
+              << (labels.empty() ? "" : ", '" + labels + "'") << ")\n";
     std::cout << point->lsn() << "\n";
     return 0;
   }

@@ -35,12 +35,16 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
     return Status::FromErrno(errno, "cannot rename " + tmp + " to " + path);
   }
   const std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return Status::Ok();
+  return SyncDirectory(dir.empty() ? "." : dir);
+}
+
+Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "cannot open directory " + dir + " to sync it");
+  Status s;
+  if (::fsync(fd) != 0) s = Status::FromErrno(errno, "cannot fsync directory " + dir);
+  ::close(fd);
+  return s;
 }
 
 Result<std::string> ReadWholeFile(const std::string& path) {

@@ -41,6 +41,7 @@ TEST(Status, CodesKeepTheirWireValues) {
   EXPECT_EQ(static_cast<int>(StatusCode::kResourceExhausted), 12);
   EXPECT_EQ(static_cast<int>(StatusCode::kFailedPrecondition), 13);
   EXPECT_EQ(static_cast<int>(StatusCode::kInternal), 14);
+  EXPECT_EQ(static_cast<int>(StatusCode::kPermissionDenied), 15);
 }
 
 TEST(Status, FactoriesSetCodeAndMessage) {
@@ -64,6 +65,7 @@ TEST(Status, FactoriesSetCodeAndMessage) {
       {Status::ResourceExhausted("m"), StatusCode::kResourceExhausted, "ResourceExhausted"},
       {Status::FailedPrecondition("m"), StatusCode::kFailedPrecondition, "FailedPrecondition"},
       {Status::Internal("m"), StatusCode::kInternal, "Internal"},
+      {Status::PermissionDenied("m"), StatusCode::kPermissionDenied, "PermissionDenied"},
   };
   for (const Case& c : cases) {
     EXPECT_FALSE(c.status.ok()) << c.name;

@@ -276,7 +276,8 @@ class DrillEngine::Impl {
     auto text = ReadWholeFile(drill_vm_.state_file());
     const nlohmann::json state =
         nlohmann::json::parse(text.ok() ? *text : std::string("{}"), nullptr, false);
-    const double boot = state.is_object() ? state.value("pe_boot_seconds", 0.0) : 0.0;
+    const auto field = state.is_object() ? state.find("pe_boot_seconds") : state.end();
+    const double boot = field != state.end() && field->is_number() ? field->get<double>() : 0.0;
     return "drill VM " + drill_vm_.name + " pe-ready in " + FixedSeconds(boot, 1) +
            " s on overlays of the frozen disks (console " + drill_vm_.console_log() + ")";
   }

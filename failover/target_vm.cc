@@ -35,6 +35,20 @@ std::string FormatFor(const std::string& path) {
   return (ext == ".img" || ext == ".raw") ? "raw" : "qcow2";
 }
 
+// A field of a JSON object this code reads back (its own state file, qemu-img's output), or
+// `fallback` when it is missing or of another type: a damaged file never throws.
+template <typename T>
+T FieldOr(const nlohmann::json& j, const char* key, T fallback) {
+  if (!j.is_object()) return fallback;
+  auto it = j.find(key);
+  if (it == j.end()) return fallback;
+  try {
+    return it->template get<T>();
+  } catch (const nlohmann::json::exception&) {
+    return fallback;
+  }
+}
+
 }  // namespace
 
 Result<ImageInfo> InspectImage(const std::string& path) {
@@ -47,7 +61,8 @@ Result<ImageInfo> InspectImage(const std::string& path) {
   if (j.is_discarded() || !j.is_object()) {
     return Status::Internal("qemu-img info " + path + " printed no JSON: " + r.output);
   }
-  return ImageInfo{j.value("format", ""), j.value("virtual-size", uint64_t{0})};
+  return ImageInfo{FieldOr<std::string>(j, "format", ""),
+                   FieldOr<uint64_t>(j, "virtual-size", 0)};
 }
 
 namespace {
@@ -262,7 +277,7 @@ Status TargetVm::Start(std::ostream& progress) {
     }
   } else {
     const nlohmann::json state = ReadStateFile(c.state_file());
-    accel = state.value("accel", "");
+    accel = FieldOr<std::string>(state, "accel", "");
     progress << "target " << c.name << ": already running (pid " << already << ")\n";
   }
 
@@ -381,8 +396,8 @@ Result<TargetStatus> TargetVm::GetStatus() {
     s.state = "stopped";
     return s;
   }
-  s.accel = state.value("accel", "");
-  s.pe_boot_seconds = state.value("pe_boot_seconds", 0.0);
+  s.accel = FieldOr<std::string>(state, "accel", "");
+  s.pe_boot_seconds = FieldOr<double>(state, "pe_boot_seconds", 0.0);
   auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1500);
   if (!client.ok()) {
     s.state = "booting";

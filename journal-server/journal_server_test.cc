@@ -70,10 +70,15 @@ class Client {
   std::unique_ptr<Socket> socket_;
 };
 
-v1::Hello AgentHello(const std::string& volume, uint64_t size = kVolumeSize) {
+// An agent's Hello; `epoch` is the writer epoch its state dir holds (the first agent of a
+// volume is granted 1), `instance` its process.
+v1::Hello AgentHello(const std::string& volume, uint64_t size = kVolumeSize, uint64_t epoch = 0,
+                     uint64_t instance = 0) {
   v1::Hello hello = wire::MakeHello(v1::ROLE_AGENT, "test-agent", volume);
   hello.set_volume_size(size);
   hello.set_block_size(512);
+  hello.set_writer_epoch(epoch);
+  hello.set_instance_id(instance);
   return hello;
 }
 
@@ -273,6 +278,33 @@ TEST_F(JournalServerTest, AgentHelloWithAnotherSizeIsFailedPrecondition) {
   EXPECT_THAT(reply.status().message(), HasSubstr(std::to_string(kVolumeSize)));
   EXPECT_THAT(reply.status().message(), HasSubstr(std::to_string(2 * kVolumeSize)));
   EXPECT_EQ(VolumeStatus().size_bytes(), kVolumeSize);
+}
+
+// Issue 15, item 4: a volume's geometry is bounded and aligned before anything is written.
+TEST_F(JournalServerTest, AgentHelloWithAnAbsurdGeometryIsInvalidArgument) {
+  struct Case {
+    uint64_t size;
+    uint32_t block;
+    const char* says;
+  } cases[] = {
+      {UINT64_MAX, 512,
+       "size 18446744073709551615 bytes is not a non-zero multiple of its "
+       "512-byte blocks of at most 1024 TiB"},
+      {(uint64_t{1} << 50) + 512, 512, "of at most 1024 TiB"},
+      {kVolumeSize + 100, 512, "is not a non-zero multiple of its 512-byte blocks"},
+      {kVolumeSize, 3, "block size 3 bytes is not a power of two from 512 to 65536"},
+      {kVolumeSize, 1 << 20, "block size 1048576 bytes is not a power of two"},
+  };
+  for (const Case& c : cases) {
+    auto agent = NewClient();
+    v1::Hello hello = AgentHello(kVolume, c.size);
+    hello.set_block_size(c.block);
+    auto reply = agent->Hello(hello);
+    ASSERT_FALSE(reply.ok()) << c.size;
+    EXPECT_EQ(reply.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(reply.status().message(), HasSubstr(c.says));
+  }
+  EXPECT_EQ(ServerStatus().volumes_size(), 0) << "nothing registered";
 }
 
 TEST_F(JournalServerTest, HelloWithoutARoleIsInvalidArgument) {
@@ -534,6 +566,137 @@ TEST_F(JournalServerTest, BatchesOfSeveralAgentsAreAllAcked) {
   EXPECT_EQ(ack_b.durable_lsn(), 1u);
 }
 
+// ---- One writer per volume (issue 15, item 2) ----
+
+// A second agent for a volume that has a writer — a fresh state dir, a restarted host — is
+// refused and journals nothing; the first goes on.
+TEST_F(JournalServerTest, ASecondAgentWithAnOlderEpochIsRefused) {
+  auto first = NewClient();
+  auto granted = first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1));
+  ASSERT_TRUE(granted.ok()) << granted.status();
+  EXPECT_EQ(granted->writer_epoch(), 1u);
+  Batch b = MakeBatch(1, 2);
+  ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 2u);
+
+  auto second = NewClient();
+  auto refused = second->Hello(AgentHello(kVolume, kVolumeSize, 0, 2));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("volume db01-sda: this agent holds writer epoch 0 (none: a new or emptied "
+                        "state dir), but the volume's writer is epoch 1, granted to test-agent"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("restart it with --take-over"));
+  // Its batch, resending LSN 2 with other bytes, is refused too (no session).
+  std::vector<ChangeRecord> other = {
+      MakeWriteRecord(2, 5, 0, std::make_shared<const std::string>(512, 'x'))};
+  Batch stale = MakeBatch(other);
+  auto reply = second->Call(stale.header, std::move(stale.frames));
+  ASSERT_TRUE(reply.ok());
+  EXPECT_TRUE(reply->header.has_error()) << reply->header.DebugString();
+
+  Batch next = MakeBatch(3, 3);
+  EXPECT_EQ(ExpectAck(first->Call(next.header, std::move(next.frames))).durable_lsn(), 3u);
+  EXPECT_EQ(VolumeStatus().writer_epoch(), 1u);
+}
+
+// --take-over makes the newer agent the writer; the older one's next batch is refused, and
+// nothing of it is journaled.
+TEST_F(JournalServerTest, ATakeOverFencesTheWriter) {
+  auto first = NewClient();
+  ASSERT_TRUE(first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1)).ok());
+  Batch b = MakeBatch(1, 2);
+  ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 2u);
+
+  auto second = NewClient();
+  v1::Hello take_over = AgentHello(kVolume, kVolumeSize, 0, 2);
+  take_over.set_identity("new-host-agent");
+  take_over.set_take_over(true);
+  auto granted = second->Hello(take_over);
+  ASSERT_TRUE(granted.ok()) << granted.status();
+  EXPECT_EQ(granted->writer_epoch(), 2u);
+  EXPECT_EQ(granted->durable_lsn(), 2u);
+
+  Batch late = MakeBatch(3, 3);
+  auto reply = first->Call(late.header, std::move(late.frames));
+  ExpectError(reply, StatusCode::kPermissionDenied,
+              {"volume db01-sda: this agent is fenced: new-host-agent became the volume's writer "
+               "(epoch 2)"});
+  ASSERT_TRUE(reply.ok());
+  EXPECT_TRUE(reply->header.error().permanent());
+  EXPECT_EQ(VolumeStatus().durable_lsn(), 2u) << "the fenced agent's batch was journaled";
+  // Its reconnect, with the old epoch, is refused as well.
+  auto again = NewClient();
+  auto refused = again->Hello(AgentHello(kVolume, kVolumeSize, 1, 1));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied);
+
+  Batch next = MakeBatch(3, 3);
+  EXPECT_EQ(ExpectAck(second->Call(next.header, std::move(next.frames))).durable_lsn(), 3u);
+  const v1::VolumeStatus v = VolumeStatus();
+  EXPECT_EQ(v.writer_epoch(), 2u);
+  EXPECT_EQ(v.writer_identity(), "new-host-agent");
+}
+
+// Two live processes with the same epoch (a cloned source, a copied state dir): the second
+// waits (retryable) until the first has been silent, then gets a new epoch that fences the
+// first. The same process reconnecting keeps its epoch.
+TEST_F(JournalServerTest, TheSameEpochFromAnotherLiveProcessWaits) {
+  auto first = NewClient();
+  ASSERT_TRUE(first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1)).ok());
+  auto reconnect = NewClient();
+  auto same = reconnect->Hello(AgentHello(kVolume, kVolumeSize, 1, 1));
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->writer_epoch(), 1u) << "a reconnect of the writer keeps its epoch";
+  // The writer's reply was lost (or it could not save the epoch): it asks again with what it
+  // held before, and gets the same answer instead of being fenced by its own grant.
+  auto retry = NewClient();
+  auto again = retry->Hello(AgentHello(kVolume, kVolumeSize, 0, 1));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->writer_epoch(), 1u);
+  reconnect = std::move(retry);
+
+  auto clone = NewClient();
+  auto waits = clone->Hello(AgentHello(kVolume, kVolumeSize, 1, 7));
+  ASSERT_FALSE(waits.ok());
+  EXPECT_EQ(waits.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(waits.status().message(), HasSubstr("two agents share one state dir"));
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(3300));  // the writer falls silent
+  auto later = clone->Hello(AgentHello(kVolume, kVolumeSize, 1, 7));
+  ASSERT_TRUE(later.ok()) << later.status();
+  EXPECT_EQ(later->writer_epoch(), 2u);
+  Batch b = MakeBatch(1, 1);
+  ExpectError(reconnect->Call(b.header, std::move(b.frames)), StatusCode::kPermissionDenied,
+              {"this agent is fenced"});
+}
+
+// A resend is compared with what the journal holds under its LSN: another record (another
+// device's write under a reused LSN) is refused, never acked as a duplicate.
+TEST_F(JournalServerTest, AResendOfADifferentRecordIsRefused) {
+  auto agent = NewAgent();
+  Batch b = MakeBatch(1, 3);
+  ASSERT_EQ(ExpectAck(agent->Call(b.header, std::move(b.frames))).durable_lsn(), 3u);
+  std::vector<ChangeRecord> other = {
+      MakeWriteRecord(2, 5, 0, std::make_shared<const std::string>(512, 'x'))};
+  Batch stale = MakeBatch(other);
+  auto reply = agent->Call(stale.header, std::move(stale.frames));
+  ExpectError(reply, StatusCode::kFailedPrecondition,
+              {"LSN 2 is already journaled as a different record (offset 8192, 8192 bytes",
+               "than this resend (offset 0, 512 bytes"});
+  // The same record again is still a harmless duplicate.
+  Batch dup = MakeBatch(2, 3);
+  EXPECT_EQ(ExpectAck(agent->Call(dup.header, std::move(dup.frames))).durable_lsn(), 3u);
+  auto replicator = NewReplicator();
+  v1::Header tail;
+  tail.mutable_tail_request()->set_volume(kVolume);
+  tail.mutable_tail_request()->set_from_lsn(2);
+  tail.mutable_tail_request()->set_max_bytes(1 << 20);
+  auto got = replicator->Call(tail);
+  ASSERT_TRUE(got.ok() && got->header.has_tail_batch()) << got.status();
+  ASSERT_GE(got->payloads.size(), 1u);
+  EXPECT_EQ(FrameBytes(got->payloads[0]), *SampleRecord(2).payload);
+}
+
 TEST_F(JournalServerTest, JournalSurvivesAServerRestart) {
   {
     auto agent = NewAgent();
@@ -544,9 +707,10 @@ TEST_F(JournalServerTest, JournalSurvivesAServerRestart) {
   ASSERT_TRUE(server_.Start(options_).ok());
 
   auto agent = NewClient();
-  auto reply = agent->Hello(AgentHello(kVolume));
+  auto reply = agent->Hello(AgentHello(kVolume, kVolumeSize, /*epoch=*/1));
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->durable_lsn(), 3u);
+  EXPECT_EQ(reply->writer_epoch(), 2u) << "another process: a new epoch";
   Batch next = MakeBatch(4, 4);
   EXPECT_EQ(ExpectAck(agent->Call(next.header, std::move(next.frames))).durable_lsn(), 4u);
 }

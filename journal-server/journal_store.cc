@@ -4,7 +4,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <optional>
 
 #include "cdp/core/logging.h"
 
@@ -145,6 +147,10 @@ Status JournalStore::LoadVolumes() {
     v.early_folds = meta.early_folds();
     v.early_fold_lsn = meta.early_fold_lsn();
     v.early_fold_time_ns = meta.early_fold_time_ns();
+    v.writer_epoch = meta.writer_epoch();
+    v.writer_identity = meta.writer_identity();
+    v.writer_since_ns = meta.writer_since_ns();
+    v.writer_instance_id = meta.writer_instance_id();
 
     // Durable LSN = the last index key of this volume.
     std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(rocksdb::ReadOptions(), index_cf_));
@@ -211,6 +217,10 @@ v1::VolumeMeta JournalStore::MetaOf(const VolumeInfo& v) {
   meta.set_early_folds(v.early_folds);
   meta.set_early_fold_lsn(v.early_fold_lsn);
   meta.set_early_fold_time_ns(v.early_fold_time_ns);
+  meta.set_writer_epoch(v.writer_epoch);
+  meta.set_writer_identity(v.writer_identity);
+  meta.set_writer_since_ns(v.writer_since_ns);
+  meta.set_writer_instance_id(v.writer_instance_id);
   return meta;
 }
 
@@ -265,6 +275,19 @@ Status JournalStore::SetRetention(const std::string& name, std::optional<uint64_
       "retention");
 }
 
+Status JournalStore::GrantWriter(const std::string& name, uint64_t epoch,
+                                 const std::string& identity, uint64_t instance_id) {
+  return UpdateMeta(
+      name,
+      [&](VolumeInfo* v) {
+        if (v->writer_epoch != epoch) v->writer_since_ns = NowNanos();
+        v->writer_epoch = epoch;
+        v->writer_identity = identity;
+        v->writer_instance_id = instance_id;
+      },
+      "writer epoch");
+}
+
 Status JournalStore::BeginFold(const std::string& name, uint64_t target) {
   return UpdateMeta(name, [&](VolumeInfo* v) { v->fold_target = target; }, "fold");
 }
@@ -305,6 +328,22 @@ Status JournalStore::FinishFold(const std::string& name, const std::vector<v1::G
   return Status::Ok();
 }
 
+Status ValidateVolumeGeometry(const std::string& name, uint64_t size_bytes, uint32_t block_size) {
+  if (block_size < 512 || block_size > kMaxBlockSize || (block_size & (block_size - 1)) != 0) {
+    return Status::InvalidArgument("volume " + name + ": block size " + std::to_string(block_size) +
+                                   " bytes is not a power of two from 512 to " +
+                                   std::to_string(kMaxBlockSize));
+  }
+  if (size_bytes == 0 || size_bytes > kMaxVolumeBytes || size_bytes % block_size != 0) {
+    return Status::InvalidArgument("volume " + name + ": size " + std::to_string(size_bytes) +
+                                   " bytes is not a non-zero multiple of its " +
+                                   std::to_string(block_size) + "-byte blocks of at most " +
+                                   std::to_string(kMaxVolumeBytes >> 40) +
+                                   " TiB; protect a device of a supported size");
+  }
+  return Status::Ok();
+}
+
 Result<VolumeInfo> JournalStore::RegisterVolume(const std::string& name, uint64_t size_bytes,
                                                 uint32_t block_size) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -318,20 +357,16 @@ Result<VolumeInfo> JournalStore::RegisterVolume(const std::string& name, uint64_
     }
     return it->second;
   }
+  CDP_RETURN_IF_ERROR(ValidateVolumeGeometry(name, size_bytes, block_size));
   VolumeInfo v;
   v.name = name;
   v.id = names_.empty() ? 1 : names_.rbegin()->first + 1;
   v.size_bytes = size_bytes;
   v.block_size = block_size;
   v.created_ns = NowNanos();
-  v1::VolumeMeta meta;
-  meta.set_id(v.id);
-  meta.set_size_bytes(size_bytes);
-  meta.set_block_size(block_size);
-  meta.set_created_ns(v.created_ns);
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  CDP_RETURN_IF_ERROR(FromRocks(db_->Put(wo, volumes_cf_, name, meta.SerializeAsString()),
+  CDP_RETURN_IF_ERROR(FromRocks(db_->Put(wo, volumes_cf_, name, MetaOf(v).SerializeAsString()),
                                 "journal " + dir_ + ": registering volume " + name));
   names_[v.id] = name;
   volumes_[name] = v;
@@ -383,22 +418,106 @@ void JournalStore::AppendRecord(WriteGroup* group, const VolumeInfo& volume,
   const std::string key = JournalKey(volume.id, rec.lsn);
   group->batch_.Put(index_cf_, key, EncodeRecordHeader(rec));
   if (rec.has_payload()) group->batch_.Put(payload_cf_, key, rocksdb::Slice(payload));
+  ChangeRecord header = rec;
+  header.payload = nullptr;
+  group->headers_[key] = std::move(header);
   auto& d = group->deltas_[volume.id];
   d.last_lsn = std::max(d.last_lsn, rec.lsn);
   d.records++;
   d.bytes += payload.size();
 }
 
-void JournalStore::AppendPoint(WriteGroup* group, const VolumeInfo& volume,
-                               const v1::ConsistencyPoint& p) {
-  group->batch_.Put(points_cf_, JournalKey(volume.id, p.lsn()), p.SerializeAsString());
+void WriteGroup::SetSavePoint() {
+  rocksdb::Status popped = batch_.PopSavePoint();  // the last batch's, if any: one at a time
+  (void)popped;
+  batch_.SetSavePoint();
+  saved_deltas_ = deltas_;
+  saved_points_ = points_;
+  saved_headers_ = headers_;
+}
+
+void WriteGroup::RollbackToSavePoint() {
+  rocksdb::Status s = batch_.RollbackToSavePoint();
+  (void)s;  // NotFound only when no save point was set: nothing to roll back then
+  deltas_ = std::move(saved_deltas_);
+  points_ = std::move(saved_points_);
+  headers_ = std::move(saved_headers_);
+  saved_deltas_.clear();
+  saved_points_.clear();
+  saved_headers_.clear();
+}
+
+v1::ConsistencyPoint MergePoint(const v1::ConsistencyPoint& existing,
+                                const v1::ConsistencyPoint& incoming) {
+  std::vector<std::string> labels(existing.operator_labels().begin(),
+                                  existing.operator_labels().end());
+  auto add = [&](const std::string& label) {
+    if (!label.empty() && std::find(labels.begin(), labels.end(), label) == labels.end()) {
+      labels.push_back(label);
+    }
+  };
+  v1::ConsistencyPoint out;
+  if (incoming.origin() == v1::POINT_SYNC_DONE) {
+    // It ends a history gap or the initial sync: it takes the key, and keeps what an operator
+    // called the point it replaces.
+    out = incoming;
+    if (existing.origin() == v1::POINT_OPERATOR) add(existing.label());
+  } else {
+    out = existing;
+    add(incoming.label());
+  }
+  for (const auto& l : incoming.operator_labels()) add(l);
+  out.clear_operator_labels();
+  for (const auto& l : labels) {
+    if (l != out.label()) out.add_operator_labels(l);
+  }
+  out.clear_merge_labels();
+  return out;
+}
+
+Status JournalStore::AppendPoint(WriteGroup* group, const VolumeInfo& volume,
+                                 const v1::ConsistencyPoint& p) {
+  const std::string key = JournalKey(volume.id, p.lsn());
+  v1::ConsistencyPoint stored = p;
+  stored.clear_merge_labels();
+  if (p.merge_labels()) {
+    std::optional<v1::ConsistencyPoint> existing;
+    auto pending = group->points_.find(key);
+    if (pending != group->points_.end()) {
+      existing = pending->second;
+    } else {
+      std::string value;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), points_cf_, key, &value);
+      if (s.ok()) {
+        v1::ConsistencyPoint e;
+        if (!e.ParseFromString(value)) {
+          return Status::Corruption("journal volume " + volume.name + ": the point at LSN " +
+                                    std::to_string(p.lsn()) + " does not parse");
+        }
+        existing = std::move(e);
+      } else if (!s.IsNotFound()) {
+        return FromRocks(s, "journal volume " + volume.name + ": reading the point at LSN " +
+                                std::to_string(p.lsn()));
+      }
+    }
+    if (existing) stored = MergePoint(*existing, p);
+  }
+  group->batch_.Put(points_cf_, key, stored.SerializeAsString());
+  group->points_[key] = stored;
   auto& d = group->deltas_[volume.id];
   d.last_point_lsn = std::max(d.last_point_lsn, p.lsn());
+  return Status::Ok();
 }
 
 void JournalStore::AppendGap(WriteGroup* group, const VolumeInfo& volume, const v1::Gap& gap) {
   group->batch_.Put(gaps_cf_, JournalKey(volume.id, gap.after_lsn()), gap.SerializeAsString());
   group->deltas_[volume.id].gaps++;
+}
+
+Result<uint64_t> JournalStore::FreeBytes() const {
+  struct statvfs fs;
+  if (statvfs(dir_.c_str(), &fs) != 0) return Status::FromErrno(errno, "statvfs " + dir_);
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
 }
 
 Status JournalStore::Commit(WriteGroup* group) {
@@ -497,12 +616,18 @@ Status JournalStore::ReadRecords(const std::string& name, uint64_t from_lsn, uin
 }
 
 Status JournalStore::ReadPoints(const std::string& name, uint64_t from_lsn, uint64_t to_lsn,
-                                std::vector<v1::ConsistencyPoint>* out) const {
+                                std::vector<v1::ConsistencyPoint>* out, size_t max_points) const {
   CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), points_cf_));
+  rocksdb::ReadOptions ro;
+  const std::string upper = JournalKey(v.id + 1, 0);
+  rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, points_cf_));
   const std::string end = JournalKey(v.id, to_lsn);
-  for (it->Seek(JournalKey(v.id, from_lsn)); it->Valid(); it->Next()) {
+  size_t taken = 0;
+  for (it->Seek(JournalKey(v.id, from_lsn)); it->Valid() && taken < max_points; it->Next()) {
     if (it->key().compare(end) > 0) break;
+    ++taken;
     v1::ConsistencyPoint p;
     if (!p.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
       return Status::Corruption("journal volume " + name + ": consistency point does not parse");
@@ -561,6 +686,21 @@ Result<SharedBytes> JournalStore::ReadPayload(const std::string& name,
   }
   CDP_RETURN_IF_ERROR(VerifyRecordPayload(header, *payload).WithContext(where));
   return SharedBytes(std::move(payload));
+}
+
+Result<ChangeRecord> JournalStore::StoredHeader(const std::string& name, uint64_t lsn,
+                                                const WriteGroup& group) const {
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  const std::string key = JournalKey(v.id, lsn);
+  auto pending = group.headers_.find(key);
+  if (pending != group.headers_.end()) return pending->second;
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), index_cf_, key, &value);
+  const std::string where = "journal volume " + name;
+  if (s.IsNotFound())
+    return Status::NotFound(where + ": LSN " + std::to_string(lsn) + " not journaled");
+  CDP_RETURN_IF_ERROR(FromRocks(s, where));
+  return DecodeRecordHeader(value, where);
 }
 
 Result<uint64_t> JournalStore::RecordTime(const std::string& name, uint64_t lsn) const {

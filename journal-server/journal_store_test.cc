@@ -119,9 +119,10 @@ class JournalStoreTest : public ::testing::Test {
     for (const auto& rec : SampleRecords()) {
       store_->AppendRecord(&group, volume, rec, rec.has_payload() ? *rec.payload : "");
     }
-    store_->AppendPoint(&group, volume, Point(2, v1::POINT_FLUSH, ""));
-    store_->AppendPoint(&group, volume, Point(4, v1::POINT_OPERATOR, "before-upgrade"));
-    store_->AppendPoint(&group, volume, Point(6, v1::POINT_FREEZE, ""));
+    ASSERT_TRUE(store_->AppendPoint(&group, volume, Point(2, v1::POINT_FLUSH, "")).ok());
+    ASSERT_TRUE(
+        store_->AppendPoint(&group, volume, Point(4, v1::POINT_OPERATOR, "before-upgrade")).ok());
+    ASSERT_TRUE(store_->AppendPoint(&group, volume, Point(6, v1::POINT_FREEZE, "")).ok());
     ASSERT_TRUE(store_->Commit(&group).ok());
   }
 
@@ -335,7 +336,7 @@ TEST_F(JournalStoreTest, ReadPointsReturnsTheInclusiveRangeOfThisVolume) {
   VolumeInfo b = Register("db02");
   CommitSample(a);
   WriteGroup group;
-  store_->AppendPoint(&group, b, Point(3, v1::POINT_FLUSH, "other volume"));
+  ASSERT_TRUE(store_->AppendPoint(&group, b, Point(3, v1::POINT_FLUSH, "other volume")).ok());
   ASSERT_TRUE(store_->Commit(&group).ok());
 
   auto points = [&](uint64_t from, uint64_t to) {
@@ -362,6 +363,105 @@ TEST_F(JournalStoreTest, ReadPointsReturnsTheInclusiveRangeOfThisVolume) {
 
   out.clear();
   EXPECT_EQ(store_->ReadPoints("db09", 1, 10, &out).code(), StatusCode::kNotFound);
+}
+
+// Reading stops at max_points: a request on the ingest thread never loads a volume's whole list
+// to take a few (issue 15, item 8).
+TEST_F(JournalStoreTest, ReadPointsStopsAtMaxPoints) {
+  VolumeInfo a = Register("db01");
+  VolumeInfo b = Register("db02");
+  CommitSample(a);
+  WriteGroup group;
+  ASSERT_TRUE(store_->AppendPoint(&group, b, Point(1, v1::POINT_FLUSH, "other volume")).ok());
+  ASSERT_TRUE(store_->Commit(&group).ok());
+  std::vector<v1::ConsistencyPoint> out;
+  ASSERT_TRUE(store_->ReadPoints("db01", 0, UINT64_MAX, &out, 1).ok());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].lsn(), 2u);
+  out.clear();
+  ASSERT_TRUE(store_->ReadPoints("db01", 3, UINT64_MAX, &out, 2).ok());
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[1].lsn(), 6u);
+  out.clear();
+  ASSERT_TRUE(store_->ReadPoints("db01", 5, UINT64_MAX, &out, 10).ok());
+  ASSERT_EQ(out.size(), 1u) << "the next volume's points are not this one's";
+}
+
+// Issue 15, item 12: a point sent with merge_labels where a point already sits keeps that point
+// and adds the label; a sync-done point replaces it and keeps the labels.
+TEST(MergePoint, KeepsTheExistingPointAndEveryLabel) {
+  v1::ConsistencyPoint flush = Point(7, v1::POINT_FLUSH, "");
+  v1::ConsistencyPoint op = Point(7, v1::POINT_OPERATOR, "before deploy");
+  op.set_merge_labels(true);
+  v1::ConsistencyPoint merged = MergePoint(flush, op);
+  EXPECT_EQ(merged.origin(), v1::POINT_FLUSH);
+  EXPECT_EQ(merged.time_ns(), flush.time_ns());
+  ASSERT_EQ(merged.operator_labels_size(), 1);
+  EXPECT_EQ(merged.operator_labels(0), "before deploy");
+  EXPECT_FALSE(merged.merge_labels());
+  merged = MergePoint(merged, op);  // the same label twice is kept once
+  EXPECT_EQ(merged.operator_labels_size(), 1);
+
+  v1::ConsistencyPoint sync = Point(7, v1::POINT_SYNC_DONE, "resync");
+  sync.set_merge_labels(true);
+  v1::ConsistencyPoint replaced = MergePoint(merged, sync);
+  EXPECT_EQ(replaced.origin(), v1::POINT_SYNC_DONE);
+  EXPECT_EQ(replaced.label(), "resync") << "a sync point's label says what it ends";
+  ASSERT_EQ(replaced.operator_labels_size(), 1);
+  EXPECT_EQ(replaced.operator_labels(0), "before deploy");
+
+  v1::ConsistencyPoint first_op = Point(7, v1::POINT_OPERATOR, "first");
+  v1::ConsistencyPoint over_op = MergePoint(first_op, sync);
+  ASSERT_EQ(over_op.operator_labels_size(), 1);
+  EXPECT_EQ(over_op.operator_labels(0), "first") << "the replaced operator point's label";
+}
+
+TEST_F(JournalStoreTest, AppendPointMergesWithTheJournalAndTheGroup) {
+  VolumeInfo a = Register("db01");
+  CommitSample(a);  // a flush point at LSN 2
+  WriteGroup group;
+  v1::ConsistencyPoint op = Point(2, v1::POINT_OPERATOR, "label one");
+  op.set_merge_labels(true);
+  ASSERT_TRUE(store_->AppendPoint(&group, a, op).ok());
+  op.set_label("label two");
+  ASSERT_TRUE(store_->AppendPoint(&group, a, op).ok());  // merged with the first, in the group
+  v1::ConsistencyPoint fresh = Point(9, v1::POINT_OPERATOR, "nothing there");
+  fresh.set_merge_labels(true);
+  ASSERT_TRUE(store_->AppendPoint(&group, a, fresh).ok());
+  ASSERT_TRUE(store_->Commit(&group).ok());
+  std::vector<v1::ConsistencyPoint> out;
+  ASSERT_TRUE(store_->ReadPoints("db01", 2, 2, &out).ok());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].origin(), v1::POINT_FLUSH);
+  EXPECT_THAT(
+      std::vector<std::string>(out[0].operator_labels().begin(), out[0].operator_labels().end()),
+      ::testing::ElementsAre("label one", "label two"));
+  out.clear();
+  ASSERT_TRUE(store_->ReadPoints("db01", 9, 9, &out).ok());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].origin(), v1::POINT_OPERATOR);
+  EXPECT_EQ(out[0].label(), "nothing there");
+  EXPECT_FALSE(out[0].merge_labels()) << "the flag is never stored";
+}
+
+// A batch refused half-way (a point that cannot be merged) leaves nothing in the group.
+TEST_F(JournalStoreTest, RollbackToSavePointDropsTheAppendsSinceIt) {
+  VolumeInfo a = Register("db01");
+  WriteGroup group;
+  const auto records = SampleRecords();
+  store_->AppendRecord(&group, a, records[0], *records[0].payload);
+  group.SetSavePoint();
+  store_->AppendRecord(&group, a, records[1], *records[1].payload);
+  ASSERT_TRUE(store_->AppendPoint(&group, a, Point(2, v1::POINT_FLUSH, "")).ok());
+  group.RollbackToSavePoint();
+  EXPECT_EQ(store_->LastLsn("db01", group), 1u);
+  ASSERT_TRUE(store_->Commit(&group).ok());
+  EXPECT_EQ(store_->GetVolume("db01")->durable_lsn, 1u);
+  EXPECT_EQ(store_->GetVolume("db01")->last_point_lsn, 0u);
+  EXPECT_FALSE(store_->StoredHeader("db01", 2, group).ok());
+  auto header = store_->StoredHeader("db01", 1, group);
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->crc32c, records[0].crc32c);
 }
 
 TEST_F(JournalStoreTest, RecordTime) {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 
+#include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/record_apply.h"
 #include "cdp/core/time_text.h"
@@ -16,8 +17,22 @@ constexpr uint64_t kFoldReadBytes = 16ull << 20;  // records read and applied pe
 constexpr size_t kFoldReadRecords = 4096;
 }  // namespace
 
-RetentionWorker::RetentionWorker(JournalStore* store, RetentionOptions options)
-    : store_(store), options_(options) {}
+namespace {
+constexpr auto kMaxRetryPause = std::chrono::minutes(5);
+
+class FsyncFoldSync : public FoldSync {
+ public:
+  Status SyncDirectory(const std::string& dir) override { return cdp::SyncDirectory(dir); }
+};
+}  // namespace
+
+FoldSync* DefaultFoldSync() {
+  static FsyncFoldSync sync;
+  return &sync;
+}
+
+RetentionWorker::RetentionWorker(JournalStore* store, RetentionOptions options, FoldSync* sync)
+    : store_(store), options_(options), sync_(sync) {}
 
 RetentionWorker::~RetentionWorker() { Stop(); }
 
@@ -73,30 +88,67 @@ void RetentionWorker::Unpin(uint64_t token) {
 
 void RetentionWorker::Loop() {
   while (true) {
-    Status s = RunOnce();
-    if (!s.ok()) CDP_LOG(error) << "retention: " << s.ToString() << "; retrying in 1 s";
+    (void)RunOnce();  // failures are logged and recorded per volume
     std::unique_lock<std::mutex> lock(mu_);
     if (wake_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_; })) return;
   }
 }
 
+std::string RetentionWorker::LastError(const std::string& volume) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = failures_.find(volume);
+  return it == failures_.end() ? std::string() : it->second.error;
+}
+
 Status RetentionWorker::RunOnce() {
+  Status first;
   for (const VolumeInfo& listed : store_->ListVolumes()) {
-    if (stopping_) return Status::Ok();
-    if (listed.fold_target > listed.base_lsn) {
-      CDP_LOG(info) << "retention: volume " << listed.name << ": finishing the fold to LSN "
-                    << listed.fold_target << " an earlier run left";
-      CDP_RETURN_IF_ERROR(Fold(listed, false));
+    if (stopping_) return first;
+    const auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = failures_.find(listed.name);
+      if (it != failures_.end() && now < it->second.retry_at) continue;
+    }
+    Status s = FoldVolume(listed);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (s.ok()) {
+      if (failures_.erase(listed.name) > 0) {
+        CDP_LOG(info) << "retention: volume " << listed.name << ": folding works again";
+      }
       continue;
     }
-    bool early = false;
-    CDP_ASSIGN_OR_RETURN(uint64_t target, ChooseTarget(listed, &early));
-    if (target == 0) continue;
-    CDP_RETURN_IF_ERROR(store_->BeginFold(listed.name, target));
-    CDP_ASSIGN_OR_RETURN(VolumeInfo v, store_->GetVolume(listed.name));
-    CDP_RETURN_IF_ERROR(Fold(v, early));
+    Failure& f = failures_[listed.name];
+    const std::string error = s.ToString();
+    if (f.error != error) {
+      // One line per distinct failure, not one a pass: the disk may be filling meanwhile.
+      CDP_LOG(error) << "retention: volume " << listed.name << ": " << error
+                     << "; its history is not folded (the journal grows) until this is fixed; "
+                        "other volumes go on; retrying with a growing pause up to "
+                     << kMaxRetryPause.count() << " min";
+      f.error = error;
+      f.pause = std::chrono::seconds(1);
+    } else {
+      f.pause = std::min<std::chrono::seconds>(f.pause * 2, kMaxRetryPause);
+    }
+    f.retry_at = now + f.pause;
+    if (first.ok()) first = s;
   }
-  return Status::Ok();
+  return first;
+}
+
+Status RetentionWorker::FoldVolume(const VolumeInfo& listed) {
+  if (listed.fold_target > listed.base_lsn) {
+    CDP_LOG(info) << "retention: volume " << listed.name << ": finishing the fold to LSN "
+                  << listed.fold_target << " an earlier run left";
+    return Fold(listed, false);
+  }
+  bool early = false;
+  CDP_ASSIGN_OR_RETURN(uint64_t target, ChooseTarget(listed, &early));
+  if (target == 0) return Status::Ok();
+  CDP_RETURN_IF_ERROR(store_->BeginFold(listed.name, target));
+  CDP_ASSIGN_OR_RETURN(VolumeInfo v, store_->GetVolume(listed.name));
+  return Fold(v, early);
 }
 
 Result<uint64_t> RetentionWorker::ChooseTarget(const VolumeInfo& v, bool* early) {
@@ -241,6 +293,14 @@ Status RetentionWorker::Fold(const VolumeInfo& v, bool early) {
     if (stopping_) return Status::Ok();  // finished at the next start
   }
   CDP_RETURN_IF_ERROR(base->Flush().WithContext("retention: syncing base image " + path));
+  // The image's directory entry (and base/'s, when this fold created it) must be durable too
+  // before the records are deleted: a crash would otherwise lose the image, and the next fold
+  // would recreate it as zeroes.
+  const std::filesystem::path base_dir = std::filesystem::path(path).parent_path();
+  CDP_RETURN_IF_ERROR(sync_->SyncDirectory(base_dir.string())
+                          .WithContext("retention: syncing the base image directory"));
+  CDP_RETURN_IF_ERROR(sync_->SyncDirectory(base_dir.parent_path().string())
+                          .WithContext("retention: syncing the journal's data directory"));
 
   // Gaps before the target whose windows are still open at it carry over, starting there.
   std::vector<v1::Gap> carried;

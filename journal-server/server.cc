@@ -4,6 +4,7 @@
 
 #include "cdp/core/block_device.h"
 #include "cdp/core/logging.h"
+#include "cdp/core/time_text.h"
 #include "cdp/journal/point_choice.h"
 
 namespace cdp::journal {
@@ -12,6 +13,9 @@ namespace v1 = wire::v1;
 
 namespace {
 constexpr auto kAgentAliveWindow = std::chrono::seconds(3);
+// An agent writer session silent this long may be replaced by another process presenting the
+// same writer epoch (a restart after a crash); docs/wire-protocol.md, "One writer per volume".
+constexpr auto kWriterAliveWindow = std::chrono::seconds(3);
 constexpr auto kSessionExpiry = std::chrono::seconds(60);
 constexpr size_t kMaxTailRecords = 4096;
 constexpr size_t kMaxDrainMessages = 512;
@@ -41,13 +45,9 @@ JournalServer::~JournalServer() {
 std::string JournalServer::PeerName(const std::string& peer) {
   auto it = sessions_.find(peer);
   if (it != sessions_.end() && !it->second->identity.empty()) return it->second->identity;
-  std::string hex;
-  static const char* kDigits = "0123456789abcdef";
-  for (unsigned char c : peer) {
-    hex += kDigits[c >> 4];
-    hex += kDigits[c & 15];
-  }
-  return "peer " + hex;
+  // Never the routing id: it tells whoever reads it which ids libzmq generates next, and a peer
+  // announcing one of those makes libzmq abort (docs/wire-protocol.md, section 1, "Routing ids").
+  return "a peer that gave no identity";
 }
 
 JournalServer::Session* JournalServer::FindSession(const std::string& peer) {
@@ -217,11 +217,19 @@ void JournalServer::HandleHello(const wire::Message& msg) {
       SendError(msg.peer, v.status(), true);
       return;
     }
+    auto epoch = AdmitWriter(msg.peer, hello, who, *v);
+    if (!epoch.ok()) {
+      CDP_LOG(warning) << "journal-server: refused " << who << ": " << epoch.status().message();
+      // Another live process with the same epoch may go away (a restart after a crash): retry.
+      SendError(msg.peer, epoch.status(), epoch.status().IsPermissionDenied());
+      return;
+    }
+    session->instance_id = hello.instance_id();
     r->set_durable_lsn(v->durable_lsn);
     r->set_volume_size(v->size_bytes);
-    runtime_[hello.volume()].agent_peer = msg.peer;
+    r->set_writer_epoch(*epoch);
     CDP_LOG(info) << "journal-server: agent " << who << " attached to volume " << hello.volume()
-                  << " (durable LSN " << v->durable_lsn << ")";
+                  << " (durable LSN " << v->durable_lsn << ", writer epoch " << *epoch << ")";
   } else if (hello.role() == v1::ROLE_REPLICATOR) {
     auto v = store_->GetVolume(hello.volume());
     if (!v.ok()) {
@@ -243,6 +251,110 @@ void JournalServer::HandleHello(const wire::Message& msg) {
   (void)socket_->SendTo(msg.peer, reply);
 }
 
+Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::Hello& hello,
+                                            const std::string& who, const VolumeInfo& v) {
+  VolumeRuntime& rt = runtime_[v.name];
+  const uint64_t current = v.writer_epoch;
+  const uint64_t presented = hello.writer_epoch();
+  // The session writing the volume now, when it is another process that was heard lately.
+  const Session* live = nullptr;
+  if (!rt.agent_peer.empty() && rt.agent_peer != peer) {
+    auto it = sessions_.find(rt.agent_peer);
+    if (it != sessions_.end() && it->second->role == v1::ROLE_AGENT &&
+        it->second->volume == v.name && !it->second->fenced &&
+        (hello.instance_id() == 0 || it->second->instance_id != hello.instance_id()) &&
+        Clock::now() - it->second->last_seen < kWriterAliveWindow) {
+      live = it->second.get();
+    }
+  }
+  const std::string since =
+      v.writer_since_ns != 0 ? " since " + FormatRfc3339(v.writer_since_ns) : std::string();
+  // The process the current epoch was granted to, asking again: its reply was lost, or it could
+  // not save the epoch. It gets the same answer, whatever it presents.
+  const bool same_process =
+      hello.instance_id() != 0 && hello.instance_id() == v.writer_instance_id && current > 0;
+  uint64_t grant = 0;
+  if (same_process && presented <= current) {
+    grant = current;
+  } else if (hello.take_over()) {
+    grant = std::max(current, presented) + 1;
+  } else if (presented < current) {
+    return Status::PermissionDenied(
+        "volume " + v.name + ": this agent holds writer epoch " + std::to_string(presented) +
+        (presented == 0 ? " (none: a new or emptied state dir)" : "") +
+        ", but the volume's writer is epoch " + std::to_string(current) + ", granted to " +
+        (v.writer_identity.empty() ? std::string("another agent") : v.writer_identity) + since +
+        ". Another agent writes this volume now (a restarted host, a clone of the source, the "
+        "source after a cutover), so this one must not: stop it. If this agent is the one that "
+        "should protect the volume and the other is gone for good, restart it with --take-over");
+  } else if (live != nullptr && presented == current) {
+    const double quiet = std::chrono::duration<double>(Clock::now() - live->last_seen).count();
+    return Status::Unavailable(
+        "volume " + v.name + ": agent " + live->identity +
+        " writes it with the same writer epoch " + std::to_string(current) + " (heard " +
+        std::to_string(quiet).substr(0, 4) +
+        " s ago): two agents share one state dir (a cloned source, or a copied state dir); stop "
+        "one of them. This agent retries, and becomes the writer (with a new epoch, fencing the "
+        "other) only once the other has been silent for " +
+        std::to_string(kWriterAliveWindow.count()) + " s");
+  } else if (current == 0) {
+    grant = std::max<uint64_t>(presented, 1);  // the volume's first writer (or a journal that
+                                               // predates epochs)
+  } else if (presented > current) {
+    grant = presented;  // the journal's record is older than the agent's (restored journal?)
+    CDP_LOG(warning) << "journal-server: volume " << v.name << ": agent " << who
+                     << " holds writer epoch " << presented << ", newer than the journal's "
+                     << current << " (was the journal restored from an older copy?); it "
+                     << "stays the writer";
+  } else {
+    // The same epoch from another process (a restart): a new one, so that a process still
+    // holding the old one is fenced.
+    grant = current + 1;
+  }
+  if (grant != current || v.writer_identity != who ||
+      v.writer_instance_id != hello.instance_id()) {
+    Status granted = store_->GrantWriter(v.name, grant, who, hello.instance_id());
+    if (!granted.ok()) {
+      return Status::Unavailable(
+          granted.WithContext("journal-server: volume " + v.name + ": recording the writer epoch")
+              .message());
+    }
+  }
+  if (!rt.agent_peer.empty() && rt.agent_peer != peer) {
+    auto it = sessions_.find(rt.agent_peer);
+    if (it != sessions_.end() && it->second->role == v1::ROLE_AGENT && !it->second->fenced &&
+        it->second->volume == v.name) {
+      it->second->fenced = true;
+      if (hello.instance_id() == 0 || it->second->instance_id != hello.instance_id()) {
+        CDP_LOG(warning) << "journal-server: volume " << v.name << ": agent " << who
+                         << " is the writer now (epoch " << grant
+                         << (hello.take_over() ? ", --take-over" : "") << "); agent "
+                         << it->second->identity << " is fenced: its writes are refused";
+      }
+    }
+  }
+  rt.agent_peer = peer;
+  rt.writer_epoch = grant;
+  rt.writer_identity = who;
+  return grant;
+}
+
+Status JournalServer::CheckWriter(const std::string& peer, const Session& session) {
+  auto rt = runtime_.find(session.volume);
+  if (!session.fenced && rt != runtime_.end() && rt->second.agent_peer == peer) {
+    return Status::Ok();
+  }
+  const std::string writer = rt != runtime_.end() && !rt->second.writer_identity.empty()
+                                 ? rt->second.writer_identity
+                                 : std::string("another agent");
+  const uint64_t epoch = rt != runtime_.end() ? rt->second.writer_epoch : 0;
+  return Status::PermissionDenied(
+      "volume " + session.volume + ": this agent is fenced: " + writer +
+      " became the volume's writer (epoch " + std::to_string(epoch) +
+      "); this agent's writes are not journaled. Stop it, or restart it with --take-over if it "
+      "is the one that should protect the volume");
+}
+
 void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
                                 std::vector<PendingAck>* acks) {
   const v1::ChangeBatch& batch = msg.header.change_batch();
@@ -255,6 +367,13 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     return;
   }
   const std::string& name = batch.volume();
+  Status writer = CheckWriter(msg.peer, *session);
+  if (!writer.ok()) {
+    CDP_LOG(warning) << "journal-server: batch from " << session->identity
+                     << " refused: " << writer.message();
+    SendError(msg.peer, writer, true);
+    return;
+  }
   auto vol = store_->GetVolume(name);
   if (!vol.ok()) {
     SendError(msg.peer, vol.status(), true);
@@ -312,10 +431,30 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     return;
   }
 
-  // Idempotent resend: records at or below the journaled LSN were already taken.
+  // Idempotent resend: records at or below the journaled LSN were already taken — if they are
+  // the same records. One that differs (another device's write under a reused LSN) is refused:
+  // acking it would tell its writer that the journal holds what it does not.
   const uint64_t last = store_->LastLsn(name, *group);
   size_t first_new = 0;
-  while (first_new < records.size() && records[first_new].lsn <= last) ++first_new;
+  while (first_new < records.size() && records[first_new].lsn <= last) {
+    const ChangeRecord& rec = records[first_new];
+    auto stored = store_->StoredHeader(name, rec.lsn, *group);
+    if (!stored.ok() || stored->offset != rec.offset || stored->length != rec.length ||
+        stored->kind != rec.kind || stored->crc32c != rec.crc32c) {
+      reject(Status::FailedPrecondition(
+          "LSN " + std::to_string(rec.lsn) + " is already journaled " +
+          (stored.ok()
+               ? "as a different record (offset " + std::to_string(stored->offset) + ", " +
+                     std::to_string(stored->length) + " bytes, CRC " +
+                     std::to_string(stored->crc32c) + ")"
+               : std::string("and cannot be compared (") + stored.status().message() + ")") +
+          " than this resend (offset " + std::to_string(rec.offset) + ", " +
+          std::to_string(rec.length) + " bytes, CRC " + std::to_string(rec.crc32c) +
+          "); the agent's LSNs do not match the journal's: restart the agent (it resyncs)"));
+      return;
+    }
+    ++first_new;
+  }
   if (first_new < records.size() && records[first_new].lsn != last + 1) {
     CDP_LOG(warning) << "journal-server: volume " << name << ": LSN " << records[first_new].lsn
                      << " arrived after " << last << " from " << session->identity
@@ -328,6 +467,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     (void)socket_->SendTo(msg.peer, h);
     return;
   }
+  group->SetSavePoint();
   size_t payload_index = 0;
   for (size_t i = 0; i < records.size(); ++i) {
     std::string_view payload;
@@ -339,7 +479,17 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
   }
   const uint64_t batch_last = records.empty() ? last : std::max(last, records.back().lsn);
   for (const auto& p : batch.points()) {
-    if (p.lsn() <= batch_last) store_->AppendPoint(group, *vol, p);
+    // A point at or below the base LSN would outlive the history retention folded away.
+    if (p.lsn() > batch_last || p.lsn() < vol->base_lsn) continue;
+    Status appended = store_->AppendPoint(group, *vol, p);
+    if (!appended.ok()) {
+      group->RollbackToSavePoint();
+      Status s = appended.WithContext("journal-server: volume " + name + ": batch from " +
+                                      session->identity + " not journaled; will be retried");
+      CDP_LOG(error) << s.message();
+      SendError(msg.peer, s, false);
+      return;
+    }
   }
   for (const auto& g : batch.gaps()) store_->AppendGap(group, *vol, g);
   acks->push_back(PendingAck{msg.peer, name, batch.sequence()});
@@ -355,6 +505,8 @@ void JournalServer::HandleReport(const wire::Message& msg) {
               false);
     return;
   }
+  Status writer = CheckWriter(msg.peer, *session);
+  if (!writer.ok()) return SendError(msg.peer, writer, true);
   VolumeRuntime& rt = runtime_[report.volume()];
   rt.report = report;
   rt.report_sequence++;
@@ -500,7 +652,7 @@ void JournalServer::HandleCheckpoint(const wire::Message& msg) {
   f->set_request_id(id);
   Status s = socket_->SendTo(rt->second.agent_peer, forward);
   if (!s.ok()) return SendError(msg.peer, s.WithContext("journal-server: relaying to the agent"), false);
-  checkpoints_[id] = PendingCheckpoint{msg.peer, request.volume(), 0,
+  checkpoints_[id] = PendingCheckpoint{msg.peer, request.volume(), request.label(), 0,
                                        Clock::now() + std::chrono::seconds(10)};
 }
 
@@ -532,8 +684,16 @@ void JournalServer::ServeCheckpoints() {
     PendingCheckpoint& c = it->second;
     std::vector<v1::ConsistencyPoint> points;
     auto v = store_->GetVolume(c.volume);
+    // The point at the LSN may be one that was there before (a flush): it answers once the
+    // journal has added the operator's label to it.
+    auto labelled = [&](const v1::ConsistencyPoint& p) {
+      return c.label.empty() || p.label() == c.label ||
+             std::find(p.operator_labels().begin(), p.operator_labels().end(), c.label) !=
+                 p.operator_labels().end();
+    };
     if (c.lsn != 0 && v.ok() && v->durable_lsn >= c.lsn &&
-        store_->ReadPoints(c.volume, c.lsn, c.lsn, &points).ok() && !points.empty()) {
+        store_->ReadPoints(c.volume, c.lsn, c.lsn, &points).ok() && !points.empty() &&
+        labelled(points.front())) {
       v1::Header h;
       auto* r = h.mutable_checkpoint_reply();
       r->set_volume(c.volume);
@@ -590,7 +750,8 @@ void JournalServer::HandleRetention(const wire::Message& msg) {
   reply->set_early_fold_lsn(v->early_fold_lsn);
   reply->set_early_fold_time_ns(v->early_fold_time_ns);
   std::vector<v1::ConsistencyPoint> points;
-  if (store_->ReadPoints(v->name, v->base_lsn, UINT64_MAX, &points).ok() && !points.empty()) {
+  if (store_->ReadPoints(v->name, v->base_lsn, UINT64_MAX, &points, /*max_points=*/1).ok() &&
+      !points.empty()) {
     reply->set_oldest_point_lsn(points.front().lsn());
     reply->set_oldest_point_time_ns(points.front().time_ns());
   }
@@ -601,11 +762,16 @@ void JournalServer::HandlePoints(const wire::Message& msg) {
   const v1::PointsRequest& request = msg.header.points_request();
   Status known = CheckVolumeKnown(*store_, request.volume());
   if (!known.ok()) return SendError(msg.peer, known, true);
-  constexpr uint32_t kDefaultMaxPoints = 100000;
-  const uint32_t max = request.max_points() == 0 ? kDefaultMaxPoints : request.max_points();
+  // Read on the ingest thread: bounded whatever the peer asks (a longer list is read in pages,
+  // from_lsn after the last point of the previous one).
+  constexpr uint32_t kMaxPoints = 100000;
+  const uint32_t max =
+      request.max_points() == 0 ? kMaxPoints : std::min(request.max_points(), kMaxPoints);
   std::vector<v1::ConsistencyPoint> points;
+  // One more than asked for tells whether the list was cut; the reading stops there.
   Status s = store_->ReadPoints(request.volume(), request.from_lsn(),
-                                request.to_lsn() == 0 ? UINT64_MAX : request.to_lsn(), &points);
+                                request.to_lsn() == 0 ? UINT64_MAX : request.to_lsn(), &points,
+                                size_t{max} + 1);
   if (!s.ok()) return SendError(msg.peer, s.WithContext("journal-server: reading points"), false);
   v1::Header h;
   auto* reply = h.mutable_points_reply();
@@ -619,6 +785,10 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
   v1::Header h;
   auto* reply = h.mutable_status_reply();
   reply->set_server_id(options_.server_id);
+  if (auto free_bytes = store_->FreeBytes(); free_bytes.ok()) {
+    reply->set_journal_free_bytes(*free_bytes);
+  }
+  reply->set_journal_reserve_bytes(store_->reserve_bytes());
   const uint64_t now_ns = NowNanos();
   reply->set_now_ns(now_ns);
   const auto now = Clock::now();
@@ -638,6 +808,9 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
     vs->set_retention_max_bytes(retention_->MaxBytes(v));
     vs->set_early_folds(v.early_folds);
     vs->set_early_fold_time_ns(v.early_fold_time_ns);
+    vs->set_retention_error(retention_->LastError(v.name));
+    vs->set_writer_epoch(v.writer_epoch);
+    vs->set_writer_identity(v.writer_identity);
     auto rt = runtime_.find(v.name);
     uint64_t captured = v.durable_lsn;
     if (rt != runtime_.end() && rt->second.report_sequence > 0) {

@@ -43,16 +43,23 @@ Result<uint64_t> ReplicaCursor::Load() const {
     return text.status();
   }
   auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || j.value("format", 0) != 1) {
-    return Status::Corruption("replica cursor " + path() + " does not parse");
+  const Status unparsed = Status::Corruption("replica cursor " + path() + " does not parse");
+  if (j.is_discarded() || !j.is_object()) return unparsed;
+  std::string target;
+  uint64_t applied = 0;
+  try {  // a field of the wrong type (a hand-edited file) is a cursor that does not parse
+    if (j.value("format", 0) != 1) return unparsed;
+    target = j.value("target", "");
+    applied = j.value("applied_lsn", uint64_t{0});
+  } catch (const nlohmann::json::exception&) {
+    return unparsed;
   }
-  const std::string target = j.value("target", "");
   if (target != std::filesystem::absolute(target_).string()) {
     return Status::FailedPrecondition("replica cursor " + path() + " is for target " + target +
                                       ", not " + target_ +
                                       "; use another --state-dir or remove the cursor");
   }
-  return j.value("applied_lsn", uint64_t{0});
+  return applied;
 }
 
 Status ReplicaCursor::Save(uint64_t applied_lsn) const {

@@ -40,6 +40,19 @@ def require_tools(*tools):
         sys.exit(77)
 
 
+def qemu_io(uri, *cmds, check=True):
+    """Runs qemu-io on the NBD `uri` with each of `cmds`; its output. With check, a failure or
+    an error in the output raises."""
+    args = ["qemu-io", "-f", "raw", uri]
+    for c in cmds:
+        args += ["-c", c]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    if check and (r.returncode != 0 or "error" in out.lower() or "failed" in out.lower()):
+        raise AssertionError(f"qemu-io failed ({r.returncode}):\n{out}")
+    return out
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,14 +200,7 @@ class Scene:
         log(f"wait-synced took {time.time() - t0:.1f}s: {r.stdout.strip()}")
 
     def qemu_io(self, *cmds, check=True):
-        args = ["qemu-io", "-f", "raw", self.uri]
-        for c in cmds:
-            args += ["-c", c]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=600)
-        out = r.stdout + r.stderr
-        if check and (r.returncode != 0 or "error" in out.lower() or "failed" in out.lower()):
-            raise AssertionError(f"qemu-io failed ({r.returncode}):\n{out}")
-        return out
+        return qemu_io(self.uri, *cmds, check=check)
 
     def nbdcopy(self, src, background=False):
         args = ["nbdcopy", src, self.uri]

@@ -49,6 +49,16 @@ def test(s):
                  "unix:" + os.path.join(s.dir, "z.sock")], "bad volume name")
     expect_fail([agent, *common, "--volume", "v2", "--device", s.dir, "--nbd",
                  "unix:" + os.path.join(s.dir, "w.sock")], "not a regular file or block device")
+    # Issue 15, item 6: a buffer too small for a 1 MiB sync chunk used to spin forever, silently.
+    rc, out = run([agent, *common, "--volume", "v2", "--device", s.source, "--nbd",
+                   "unix:" + os.path.join(s.dir, "b.sock"), "--buffer-mib", "1"])
+    assert rc == 2 and out.strip() == (
+        "cdp-agent: --buffer-mib 1 is too small for NBD mode: a sync chunk of 1 MiB and its "
+        "record header must fit in it; use at least 2 (default 32)"), (rc, out)
+    rc, out = run([agent, *common, "--volume", "v2", "--device", s.source, "--trace",
+                   "--buffer-mib", "4"])
+    assert rc == 2 and "--buffer-mib 4 is too small for trace mode" in out and \
+        "use at least 8" in out, (rc, out)
 
     # A second agent on the live agent's NBD socket, and an unwritable state dir.
     expect_fail([agent, *common, "--volume", "v2", "--device", s.source, "--nbd",
@@ -78,6 +88,16 @@ def test(s):
         f.truncate(1 << 20)
     expect_fail([rep, "--server", s.server, "--volume", s.volume, "--target", small,
                  "--state-dir", os.path.join(s.dir, "rs2")], "has 1048576 bytes")
+
+    # Replicator: a cursor file with a field of the wrong type is refused with a worded error,
+    # not an exception.
+    rs3 = os.path.join(s.dir, "rs3")
+    os.makedirs(rs3)
+    with open(os.path.join(rs3, f"replica-{s.volume}.json"), "w") as f:
+        f.write('{"applied_lsn": "twelve", "format": 1, "target": "%s"}\n' %
+                os.path.join(s.dir, "t3.img"))
+    expect_fail([rep, "--server", s.server, "--volume", s.volume, "--target",
+                 os.path.join(s.dir, "t3.img"), "--state-dir", rs3], "does not parse")
 
     # NBD: out-of-range and over-maximum requests get errors; the export keeps serving.
     size = os.path.getsize(s.source)

@@ -39,6 +39,24 @@ def test(s):
     flush_lsn = s.status()["durable_lsn"]
     assert again == flush_lsn, (again, flush_lsn)  # the flush point already sits there
 
+    # Issue 15, item 12: a label given after a flush, where a point already sits, is kept: the
+    # flush point stays what it is and carries it; a second label at the same LSN too.
+    r = s.cdpctl("checkpoint", "--volume", s.volume, "--label", "after flush")
+    assert int(r.stdout) == flush_lsn, r.stdout
+    assert "flush, 'after flush')" in r.stderr, r.stderr
+    r = s.cdpctl("checkpoint", "--volume", s.volume, "--label", "second look")
+    assert "flush, 'after flush, second look')" in r.stderr, r.stderr
+    pts = json.loads(s.cdpctl("points", "--volume", s.volume, "--json").stdout)
+    at = [p for p in pts if p["lsn"] == flush_lsn]
+    assert len(at) == 1 and at[0]["origin"] == "flush" and \
+        at[0]["operator_labels"] == ["after flush", "second look"], pts
+    table = s.cdpctl("points", "--volume", s.volume).stdout
+    assert "after flush, second look" in table, table
+    out2 = os.path.join(s.dir, "restored-after-flush.raw")
+    s.cdpctl("restore", "--volume", s.volume, "--at", str(flush_lsn), "--output", out2)
+    c = subprocess.run(["cmp", out2, s.source], capture_output=True, text=True)
+    assert c.returncode == 0, c.stdout + c.stderr
+
     r = s.cdpctl("checkpoint", "--volume", "nope", check=False)
     assert r.returncode == 1 and "no volume 'nope'" in r.stderr, r
     s.procs.pop("agent").term()  # a clean exit, not a failure of the scene

@@ -31,6 +31,24 @@
 
 namespace cdp::agent {
 
+// The smallest send buffer (--buffer-mib) each mode works with. NBD mode: the full sync and the
+// resync queue records of 1 MiB (SyncEngine's chunk) plus Sender::kRecordOverhead, which must
+// fit. Trace mode: a read-back batch (TraceCaptureOptions::read_batch_bytes, 4 MiB) plus the
+// overhead of its records must fit, and a freeze's residual set is kept to an eighth of it.
+inline constexpr uint64_t kMinBufferBytesNbd = 2ull << 20;
+inline constexpr uint64_t kMinBufferBytesTrace = 8ull << 20;
+// NBD mode advertises requests of at most this, or half the buffer when that is less, so that a
+// sync-mode write always fits in the buffer next to another one.
+inline constexpr uint32_t kMaxNbdRequestBytes = 32u << 20;
+
+// OK when a send buffer of `buffer_bytes` works in that mode (at least kMinBufferBytesNbd or
+// kMinBufferBytesTrace, at most 1 TiB); InvalidArgument naming --buffer-mib and the minimum.
+Status ValidateBufferBytes(uint64_t buffer_bytes, bool trace);
+
+// The NBD maximum request size for a send buffer of `buffer_bytes`: the largest power of two
+// <= min(kMaxNbdRequestBytes, buffer_bytes / 2).
+uint32_t NbdMaxRequestBytes(uint64_t buffer_bytes);
+
 struct AgentOptions {
   std::string server;  // tcp://HOST:PORT of the journal-server
   std::string volume;
@@ -42,6 +60,10 @@ struct AgentOptions {
   IoEngine io_engine = IoEngine::kAuto;
   int drain_ms = 10000;  // how long a clean stop tries to get buffered records durable
   uint64_t bandwidth_bytes_per_sec = 0;  // 0: unlimited
+  // Become the volume's writer even though another agent holds it, fencing that one
+  // (docs/wire-protocol.md, "One writer per volume"); for an agent whose state dir was lost or
+  // that replaces a dead host.
+  bool take_over = false;
 
   // Trace mode.
   bool trace = false;
@@ -79,6 +101,8 @@ class Agent {
   Status StopTrace();
 
   AgentOptions options_;
+  // Written at start (before the sender thread), by the sender thread while running (the
+  // writer epoch, SetWriterEpochCallback) and by Stop once the sender thread has ended.
   AgentState state_;
   std::unique_ptr<DirtyBitmap> dirty_;
   std::unique_ptr<Sender> sender_;

@@ -3,7 +3,7 @@
 //   STATE_DIR/agent-state.json  {"format": 1, "volume", "size_bytes", "clean_shutdown",
 //                                "initial_sync_done", "sync_cursor", "skip_zero",
 //                                "capture_mode", "resync_pending", "trace_lost_events",
-//                                "boot_id"}
+//                                "boot_id", "writer_epoch"}
 //   STATE_DIR/dirty.bitmap      DirtyBitmap::Save format, written on clean shutdown
 //   STATE_DIR/block-hashes      trace mode: BlockHashStore (block_hashes.h)
 //   STATE_DIR/lock              flock'ed by the running agent: one agent per state dir
@@ -30,6 +30,9 @@ struct AgentState {
   bool resync_pending = false;       // trace: a checksum resync runs from sync_cursor
   uint64_t trace_lost_events = 0;    // trace: the instance's lost-event counter at the stop
   std::string boot_id;               // the kernel boot the state was written in
+  // The volume's writer epoch the journal-server granted this agent last (0: none yet); the
+  // next start presents it (docs/wire-protocol.md, "One writer per volume").
+  uint64_t writer_epoch = 0;
 };
 
 // The running kernel's boot id (/proc/sys/kernel/random/boot_id), or "" when unreadable.

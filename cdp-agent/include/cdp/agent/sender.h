@@ -9,6 +9,15 @@
 // A server that stays silent while batches are in flight is reconnected with a fresh socket
 // (lazy pirate); nothing is lost because nothing leaves the queue before it is durable.
 //
+// One writer per volume (docs/wire-protocol.md, section 4): each Hello presents the writer epoch
+// the agent holds; a new one granted is handed to SetWriterEpochCallback (to be saved) before
+// any batch goes. A server that says another agent is the writer (PermissionDenied) fences this
+// one: nothing more is queued and waits for durability fail (fenced()).
+//
+// Callbacks that run on the sender thread (handshake, journal loss, writer epoch) may take the
+// capture lock; so nothing may wait for this thread while holding it — sync-mode writers take
+// their buffer space with Reserve before the lock.
+//
 // Thread-safety: every public method is thread-safe.
 #pragma once
 
@@ -17,6 +26,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -42,6 +52,12 @@ struct SenderOptions {
   // 0 = unlimited. Records wait in the buffer meanwhile, so a limit below the write rate fills it.
   uint64_t bandwidth_bytes_per_sec = 0;
   int report_interval_ms = 100;  // also sent at once when the queue drains
+  // One writer per volume (docs/wire-protocol.md): the writer epoch the state dir holds (0:
+  // none), this process's random instance id, and whether to take the volume over from the
+  // agent that writes it now (cdp-agent --take-over; asked once, in the first Hello).
+  uint64_t writer_epoch = 0;
+  uint64_t instance_id = 0;
+  bool take_over = false;
   int silence_timeout_ms = 10000;  // reconnect when sent messages get no reply (black hole)
 };
 
@@ -63,6 +79,14 @@ class Sender {
     on_journal_loss_ = std::move(callback);
   }
 
+  // Called on the sender thread when the server grants a writer epoch other than the one held:
+  // the callee must make it durable (the agent's state dir) before it returns OK; on an error
+  // the session is dropped and the handshake retried, and no batch is sent meanwhile. Set
+  // before Start().
+  void SetWriterEpochCallback(std::function<Status(uint64_t epoch)> callback) {
+    on_writer_epoch_ = std::move(callback);
+  }
+
   // Called when the journal-server relays `cdpctl checkpoint`: makes an operator point and
   // returns its LSN (the point must be queued with AddPoint before it returns). It runs on a
   // checkpoint thread of its own, one request at a time, so it may block (a trace-mode freeze
@@ -80,25 +104,71 @@ class Sender {
   // in the dirty bitmap). Idempotent.
   std::vector<ChangeRecord> Stop(int drain_ms);
 
+  // Buffer space held for one record that is not queued yet. Sync-mode writers take it before
+  // their capture lock (Reserve may wait for the sender thread to free space, and the sender
+  // thread's callbacks take that lock), then queue the record into it with EnqueueReserved.
+  // Released when destroyed unused. Move-only; must not outlive the Sender.
+  class Reservation {
+   public:
+    Reservation() = default;
+    Reservation(Reservation&& other) noexcept { *this = std::move(other); }
+    Reservation& operator=(Reservation&& other) noexcept;
+    Reservation(const Reservation&) = delete;
+    Reservation& operator=(const Reservation&) = delete;
+    ~Reservation() { Release(); }
+    uint64_t bytes() const { return bytes_; }
+    void Release();
+
+   private:
+    friend class Sender;
+    Sender* sender_ = nullptr;
+    uint64_t bytes_ = 0;
+  };
+
+  // Waits, first come first served, until `bytes` fit in the buffer next to what is queued and
+  // reserved, and reserves them. Aborted when the sender stops or give_up() returns true
+  // (polled every 200 ms); InvalidArgument when `bytes` exceeds the whole buffer. While a
+  // Reserve waits, TryEnqueue and WaitForSpace leave the space to it.
+  // REQUIRES: the caller holds no lock that a sender-thread callback takes.
+  Result<Reservation> Reserve(uint64_t bytes, const std::function<bool()>& give_up);
+
+  // Appends a record into `reservation`. REQUIRES: as TryEnqueue, and Charge(rec) <=
+  // reservation.bytes(). False (nothing queued, the reservation released) once Stop has begun.
+  bool EnqueueReserved(ChangeRecord rec, Reservation reservation);
+
   // Appends a record. REQUIRES: rec.lsn is one more than the last enqueued LSN (or the first
-  // after a handshake). False, and nothing queued, when it does not fit in the buffer.
+  // after a handshake). False, and nothing queued, when it does not fit in the buffer or a
+  // Reserve is waiting for space.
   bool TryEnqueue(ChangeRecord rec);
   // Appends records[0..n) for the largest n whose records all fit, under one lock and with one
   // wake-up of the sender thread. Same REQUIRES as TryEnqueue for each. Returns n.
   size_t TryEnqueueMany(std::span<const ChangeRecord> records);
-  // Waits until `bytes` fit in the buffer or timeout_ms passes; true if they fit.
+  // Waits until `bytes` fit in the buffer (and no Reserve waits, and the agent is not fenced)
+  // or timeout_ms passes; true if they fit.
   bool WaitForSpace(uint64_t bytes, int timeout_ms);
   // Attaches a consistency point; it travels with the batch carrying its LSN (or later).
   void AddPoint(const v1::ConsistencyPoint& point);
   // Records a history gap, sent with the next batch.
   void AddGap(const v1::Gap& gap);
 
-  // Removes and returns every queued record (for a rebase after journal loss).
-  std::vector<ChangeRecord> DropQueued();
+  // Rebases the LSN sequence after the journal lost records it had acked: removes and returns
+  // every queued record, sets the durable LSN to `durable_lsn` and starts a new generation, so
+  // that waiters for LSNs of the old sequence fail instead of being answered by the new
+  // records that reuse those numbers. Called by the journal-loss callback, under the capture
+  // lock that orders LSNs (VolumeCapture::RebaseAfterJournalLoss).
+  std::vector<ChangeRecord> Rebase(uint64_t durable_lsn);
+
+  // The LSN sequence's generation: it changes at every Rebase. Read it under the same capture
+  // lock that assigns the LSN, and pass it to WaitDurable.
+  uint64_t generation() const;
+
+  // Value of `generation` for WaitDurable that ignores rebases.
+  static constexpr uint64_t kAnyGeneration = UINT64_MAX;
 
   // Waits until every LSN <= lsn is durable on the server. TimedOut after timeout_ms (-1:
-  // forever) or Aborted when the sender stops first.
-  Status WaitDurable(uint64_t lsn, int timeout_ms);
+  // forever), Aborted when the sender stops first, IOError when the sequence was rebased since
+  // `generation` (the record was dropped and is resent by the resync; it will not be acked).
+  Status WaitDurable(uint64_t lsn, int timeout_ms, uint64_t generation = kAnyGeneration);
 
   uint64_t durable_lsn() const { return durable_lsn_.load(); }
   // The buffer's capacity (SenderOptions::buffer_bytes).
@@ -106,12 +176,20 @@ class Sender {
   // True once Stop has begun: nothing more is accepted.
   bool stopped() const { return stop_.load(); }
   bool connected() const { return connected_.load(); }
+  // True once the journal-server refused this agent because another agent writes the volume
+  // (PermissionDenied): sync-mode waits and reservations fail from then on (the writes cannot
+  // become durable) and TryEnqueue takes nothing (async writes go to the dirty bitmap); what is
+  // queued stays. Cleared by a later accepted handshake.
+  bool fenced() const { return fenced_.load(); }
+  uint64_t writer_epoch() const { return writer_epoch_.load(); }
   // Bytes and records captured but not yet durable.
   uint64_t pending_bytes() const;
   uint64_t pending_records() const;
+  // Buffer bytes a record costs beyond its payload.
+  static constexpr uint64_t kRecordOverhead = 64;
   // Charge for one record in the buffer: its payload plus fixed overhead.
   static uint64_t Charge(const ChangeRecord& rec) {
-    return (rec.has_payload() ? rec.length : 0) + 64;
+    return (rec.has_payload() ? rec.length : 0) + kRecordOverhead;
   }
 
  private:
@@ -120,6 +198,12 @@ class Sender {
   };
   void Loop();
   void Wake();
+  // The next waiting Reserve's turn, past abandoned tickets. REQUIRES: mu_ held.
+  void AdvanceTicketLocked();
+  // True when `bytes` more fit next to what is queued and reserved. REQUIRES: mu_ held.
+  bool FitsLocked(uint64_t bytes) const {
+    return queued_bytes_ + reserved_bytes_ + bytes <= options_.buffer_bytes;
+  }
   // Runs on_checkpoint_ for `request` on checkpoint_thread_, or queues a refusal at once when
   // one is running or none is set. Called on the sender thread.
   void StartCheckpoint(const v1::CheckpointRequest& request);
@@ -129,6 +213,9 @@ class Sender {
   HandshakeCallback on_handshake_;
   ReportCallback on_report_;
   std::function<void(uint64_t)> on_journal_loss_;
+  std::function<Status(uint64_t)> on_writer_epoch_;
+  // Records a refusal by the server: PermissionDenied fences this agent (see fenced()).
+  void NoteRefusal(const Status& status);
   std::function<Result<uint64_t>(const std::string& label)> on_checkpoint_;
 
   std::thread checkpoint_thread_;  // touched by the sender thread, and by Stop after it ends
@@ -140,6 +227,13 @@ class Sender {
   std::condition_variable durable_cv_;  // signalled when durable_lsn_ advances
   std::deque<Entry> queue_;             // GUARDED_BY(mu_), ascending contiguous LSNs
   uint64_t queued_bytes_ = 0;           // GUARDED_BY(mu_)
+  uint64_t reserved_bytes_ = 0;         // GUARDED_BY(mu_): held by Reservations
+  // Reserve's turns: the waiter holding ticket serving_ticket_ goes next; next_ticket_ is the
+  // next one handed out (equal: nobody waits). Tickets given up are skipped.
+  uint64_t next_ticket_ = 0;              // GUARDED_BY(mu_)
+  uint64_t serving_ticket_ = 0;           // GUARDED_BY(mu_)
+  std::set<uint64_t> abandoned_tickets_;  // GUARDED_BY(mu_)
+  uint64_t generation_ = 0;               // GUARDED_BY(mu_), see Rebase
   // Points and gaps wait here until the batch that carried them is acked (sent_seq = that
   // batch's sequence; 0 = not sent on this session).
   struct PendingPoint {
@@ -156,6 +250,8 @@ class Sender {
 
   std::atomic<uint64_t> durable_lsn_{0};
   std::atomic<bool> connected_{false};
+  std::atomic<bool> fenced_{false};
+  std::atomic<uint64_t> writer_epoch_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> drain_ms_{0};
   int wake_fd_ = -1;  // eventfd that wakes the sender thread

@@ -46,7 +46,10 @@ class SyncEngine {
 
   bool full_sync_done() const { return !full_active_.load(); }
   uint64_t cursor() const { return cursor_.load(); }
-  bool skip_zero() const { return skip_zero_.load(); }
+  // Whether the full sync may skip zero regions. False while the decision waits for the first
+  // handshake: a state saved then makes the next run send zeroes, which is always correct (the
+  // journal may hold older data of the volume).
+  bool skip_zero() const { return skip_zero_.load() && !decide_skip_zero_.load(); }
   bool resync_active() const { return in_progress_bytes_.load() > 0; }
   uint64_t in_progress_bytes() const { return in_progress_bytes_.load(); }
   uint64_t total_bytes() const { return total_; }

@@ -121,7 +121,8 @@ class TraceCapture {
     return scan_restart_.load() ? 0 : scan_active_.load() ? scan_cursor_.load() : size_;
   }
   bool initial_sync_done() const { return initial_done_.load(); }
-  bool scan_skip_zero() const { return skip_zero_.load(); }
+  // False while the decision waits for the first handshake (see SyncEngine::skip_zero).
+  bool scan_skip_zero() const { return skip_zero_.load() && !decide_skip_zero_.load(); }
   // Lost-event counter of the tracefs instance as last read (saved for a clean restart).
   uint64_t lost_events_seen() const { return lost_seen_.load(); }
 

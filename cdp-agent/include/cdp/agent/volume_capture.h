@@ -7,7 +7,12 @@
 // When a record does not fit in the Sender's buffer, or the LSN base is not known yet (no
 // handshake since start), async mode marks its regions in the DirtyBitmap instead (the source
 // never stalls) and the resync sends them later; sync mode waits, because a sync-mode write
-// completes only once the journal has it durable.
+// completes only once the journal has it durable. It waits before taking the capture lock, for
+// the LSN base and then for a Sender::Reservation: the sender thread's callbacks (OnHandshake,
+// RebaseAfterJournalLoss) take the capture lock, and only the sender thread frees buffer space,
+// so nothing may wait for the sender while holding it.
+//
+// Lock order: mu_ (the capture lock), then the Sender's lock. lsn_mu_ is taken alone.
 //
 // The same lock makes the full sync and the resync safe while clients write: CaptureRegion
 // reads a region and queues it as one record atomically with respect to writes.
@@ -16,6 +21,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -74,7 +80,9 @@ class VolumeCapture : public CaptureTarget {
 
   // `cdpctl checkpoint`: an operator point (label `label`) at the last LSN handed out, which is
   // crash-consistent in NBD mode (writes are journaled in the order they completed). When a
-  // point already sits at that LSN it is that point's LSN that is returned (no second point).
+  // point already sits (or may sit) at that LSN — a flush, a sync point, an earlier checkpoint —
+  // the point is sent with merge_labels set: the journal keeps that point and adds `label` to
+  // its operator labels (docs/journal-format.md), so the label is never dropped.
   // Unavailable before the first handshake; FailedPrecondition when nothing was captured yet.
   Result<uint64_t> AddOperatorPoint(const std::string& label);
 
@@ -87,12 +95,15 @@ class VolumeCapture : public CaptureTarget {
 
   // Starts a shutdown: writes waiting for durability (sync mode) keep waiting until drain_ms
   // has passed, then fail with Aborted (the client sees EIO and the region is resynced after
-  // the restart). Call before stopping the NBD server so its threads can finish.
+  // the restart); sync-mode writes still waiting for buffer space fail then without being
+  // applied. Call before stopping the NBD server so its threads can finish.
   void BeginShutdown(int drain_ms);
 
   // The journal lost records it had acked: drop what the Sender holds, mark the whole device
   // dirty (the journal no longer matches the device), record a gap, and continue the LSN
-  // sequence from durable_lsn. Called on the Sender thread, without Sender locks held.
+  // sequence from durable_lsn (Sender::Rebase). Sync-mode writes still waiting for their LSN
+  // fail with IOError (their LSNs are handed out again, to other records). Called on the Sender
+  // thread, without Sender locks held.
   void RebaseAfterJournalLoss(uint64_t durable_lsn);
 
   // Called by the sync engine when no dirty region is left: the next overflow opens a new gap.
@@ -103,10 +114,24 @@ class VolumeCapture : public CaptureTarget {
   AckMode mode() const { return mode_; }
 
  private:
-  // Queues `rec` (LSN assigned here). REQUIRES: mu_ held. Returns its LSN, or 0 when it went to
-  // the bitmap instead.
-  uint64_t QueueLocked(ChangeRecord rec);
-  Status WaitSync(uint64_t lsn);
+  // What a write holds from admission to queueing: sync mode's buffer space, and the Sender
+  // generation its LSN belongs to.
+  struct Admission {
+    Sender::Reservation reservation;
+    uint64_t generation = Sender::kAnyGeneration;
+  };
+  // Sync mode: waits, without the capture lock, until the LSN base is known and `charge` bytes
+  // are reserved in the Sender. Aborted when the agent stops meanwhile (nothing was applied).
+  // Async mode: nothing to do.
+  Status Admit(uint64_t charge, Admission* admission);
+  // Queues `rec` (LSN assigned here) — in sync mode into admission's reservation, recording the
+  // generation. REQUIRES: mu_ held. Returns its LSN, 0 when it went to the bitmap instead, or
+  // UINT64_MAX when the sender stopped (sync mode: never journaled).
+  uint64_t QueueLocked(ChangeRecord rec, Admission* admission);
+  // Sync mode: waits until `lsn` of `generation` is durable.
+  Status WaitSync(uint64_t lsn, uint64_t generation);
+  // Trim and WriteZeroes: a range change without payload.
+  Status WriteRange(RecordKind kind, uint64_t offset, uint32_t length, bool fua);
 
   const std::string volume_;
   const uint64_t size_;
@@ -117,6 +142,7 @@ class VolumeCapture : public CaptureTarget {
 
   mutable std::mutex mu_;                     // the capture lock: device writes + LSN order
   std::unique_ptr<BlockDevice> device_;  // GUARDED_BY(mu_)
+  std::mutex lsn_mu_;                    // for lsn_cv_ only
   std::condition_variable lsn_cv_;       // signalled when the LSN base becomes known
   std::mutex read_mu_;
   std::unique_ptr<BlockDevice> read_device_;  // GUARDED_BY(read_mu_)

@@ -35,6 +35,8 @@ enum class StatusCode : int {
   kResourceExhausted = 12,
   kFailedPrecondition = 13,
   kInternal = 14,
+  // The peer may not do this: e.g. an agent fenced off a volume another agent now writes.
+  kPermissionDenied = 15,
 };
 
 // Returns the stable, human-readable name of a code ("Corruption").
@@ -68,6 +70,9 @@ class [[nodiscard]] Status {
     return {StatusCode::kFailedPrecondition, std::move(m)};
   }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+  static Status PermissionDenied(std::string m) {
+    return {StatusCode::kPermissionDenied, std::move(m)};
+  }
 
   // Builds an IOError from an errno value: "<context>: <strerror(err)>".
   static Status FromErrno(int err, std::string_view context);
@@ -86,6 +91,7 @@ class [[nodiscard]] Status {
   bool IsCorruption() const { return code_ == StatusCode::kCorruption; }
   bool IsTimedOut() const { return code_ == StatusCode::kTimedOut; }
   bool IsUnavailable() const { return code_ == StatusCode::kUnavailable; }
+  bool IsPermissionDenied() const { return code_ == StatusCode::kPermissionDenied; }
 
  private:
   StatusCode code_ = StatusCode::kOk;

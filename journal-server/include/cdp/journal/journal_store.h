@@ -51,7 +51,29 @@ struct VolumeInfo {
   uint64_t early_folds = 0;
   uint64_t early_fold_lsn = 0;
   uint64_t early_fold_time_ns = 0;
+  // One writer per volume (docs/wire-protocol.md): the epoch granted last, to whom, when.
+  uint64_t writer_epoch = 0;
+  std::string writer_identity;
+  uint64_t writer_since_ns = 0;
+  uint64_t writer_instance_id = 0;  // the agent process it was granted to (Hello.instance_id)
 };
+
+// Limits on what an agent may register (RegisterVolume): sizes are whole blocks of a power of
+// two from 512 bytes to kMaxBlockSize, and at most kMaxVolumeBytes (offset + length arithmetic
+// then never overflows, and no agent can make the journal-server create an absurd base image).
+inline constexpr uint32_t kMaxBlockSize = 64 * 1024;
+inline constexpr uint64_t kMaxVolumeBytes = uint64_t{1} << 50;  // 1 PiB
+
+// OK when `size_bytes` and `block_size` are within the limits above; InvalidArgument naming the
+// volume and the rule otherwise.
+Status ValidateVolumeGeometry(const std::string& name, uint64_t size_bytes, uint32_t block_size);
+
+// The point the journal keeps when `incoming` (with merge_labels) arrives at the LSN of
+// `existing`: `existing` with incoming's labels added to its operator labels, or, when incoming
+// is a POINT_SYNC_DONE point, incoming with existing's operator labels (and its label, when it
+// was an operator point). Labels are kept once each; merge_labels is cleared.
+v1::ConsistencyPoint MergePoint(const v1::ConsistencyPoint& existing,
+                                const v1::ConsistencyPoint& incoming);
 
 // What one record costs the journal beyond its payload: two 12-byte keys and the 40-byte header.
 inline constexpr uint64_t kRecordOverhead = 64;
@@ -61,6 +83,11 @@ class WriteGroup {
  public:
   bool empty() const { return batch_.Count() == 0; }
   size_t byte_size() const { return batch_.GetDataSize(); }
+
+  // Remembers the group as it is; RollbackToSavePoint then drops every append made since, so a
+  // batch refused half-way leaves nothing in the group. One save point at a time.
+  void SetSavePoint();
+  void RollbackToSavePoint();
 
  private:
   friend class JournalStore;
@@ -74,6 +101,15 @@ class WriteGroup {
     uint64_t gaps = 0;
   };
   std::map<uint32_t, Delta> deltas_;
+  // Points appended in this group, by key: a later merge in the same group sees them.
+  std::map<std::string, v1::ConsistencyPoint> points_;
+  // Headers of the records appended in this group (payload null), by key: a resend is compared
+  // with them (JournalStore::StoredHeader).
+  std::map<std::string, ChangeRecord> headers_;
+  // SetSavePoint's copies.
+  std::map<uint32_t, Delta> saved_deltas_;
+  std::map<std::string, v1::ConsistencyPoint> saved_points_;
+  std::map<std::string, ChangeRecord> saved_headers_;
 };
 
 class JournalStore {
@@ -87,7 +123,8 @@ class JournalStore {
   ~JournalStore();
 
   // Registers a new volume, or checks an existing one: a different size is
-  // FailedPrecondition naming both sizes.
+  // FailedPrecondition naming both sizes. A new volume's geometry must pass
+  // ValidateVolumeGeometry (InvalidArgument otherwise).
   Result<VolumeInfo> RegisterVolume(const std::string& name, uint64_t size_bytes,
                                     uint32_t block_size);
   // NotFound naming the volume and the known ones.
@@ -98,11 +135,20 @@ class JournalStore {
   // REQUIRES: the volume exists.
   uint64_t LastLsn(const std::string& name, const WriteGroup& group) const;
 
+  // The header of record `lsn` of `name` (payload null) as journaled, or as appended to `group`
+  // and not committed yet. NotFound when it is in neither (never written, or folded away by
+  // retention).
+  Result<ChangeRecord> StoredHeader(const std::string& name, uint64_t lsn,
+                                    const WriteGroup& group) const;
+
   // Appends one record. REQUIRES: rec.lsn == LastLsn(volume, group) + 1 and the payload
   // verified by the caller.
   void AppendRecord(WriteGroup* group, const VolumeInfo& volume, const ChangeRecord& rec,
                     std::string_view payload);
-  void AppendPoint(WriteGroup* group, const VolumeInfo& volume, const v1::ConsistencyPoint& p);
+  // Appends a consistency point. One with merge_labels is merged (MergePoint) with the point
+  // already at its LSN, in the journal or earlier in `group`; reading that point can fail
+  // (IOError, Corruption), and then nothing is appended.
+  Status AppendPoint(WriteGroup* group, const VolumeInfo& volume, const v1::ConsistencyPoint& p);
   void AppendGap(WriteGroup* group, const VolumeInfo& volume, const v1::Gap& gap);
 
   // Writes the group with a synced WAL write; on OK the appends are durable and the in-memory
@@ -113,6 +159,10 @@ class JournalStore {
   // write, later commits first resume RocksDB (DB::Resume, at most once a second).
   Status Commit(WriteGroup* group);
 
+  // Free bytes on the journal's filesystem now (statvfs), and the reserve Commit keeps.
+  Result<uint64_t> FreeBytes() const;
+  uint64_t reserve_bytes() const { return reserve_bytes_; }
+
   // Reads records of `name` with LSN >= from_lsn in order, payloads included, until
   // max_bytes of payload or max_records. The payload total never exceeds max_bytes, except
   // that at least one record is returned even when its payload alone is larger. Corruption if
@@ -120,9 +170,10 @@ class JournalStore {
   Status ReadRecords(const std::string& name, uint64_t from_lsn, uint64_t max_bytes,
                      size_t max_records, std::vector<ChangeRecord>* out) const;
 
-  // Consistency points of `name` with from_lsn <= LSN <= to_lsn.
+  // Consistency points of `name` with from_lsn <= LSN <= to_lsn, in LSN order, at most
+  // max_points of them (the first ones).
   Status ReadPoints(const std::string& name, uint64_t from_lsn, uint64_t to_lsn,
-                    std::vector<v1::ConsistencyPoint>* out) const;
+                    std::vector<v1::ConsistencyPoint>* out, size_t max_points = SIZE_MAX) const;
 
   // Every history gap of `name`, by after_lsn.
   Status ReadGaps(const std::string& name, std::vector<v1::Gap>* out) const;
@@ -146,6 +197,12 @@ class JournalStore {
 
   // DATA_DIR/base/ID.img: the base image of the volume with that id.
   std::string BaseImagePath(uint32_t volume_id) const;
+
+  // Records, with a synced write, that agent process `instance_id` (`identity`) was granted
+  // writer epoch `epoch` of `name` (docs/wire-protocol.md, "One writer per volume"); the grant
+  // survives restarts.
+  Status GrantWriter(const std::string& name, uint64_t epoch, const std::string& identity,
+                     uint64_t instance_id);
 
   // Records, with a synced write, that a fold of `name` up to `target` begins: from then on the
   // base image may hold any state in (base_lsn, target]. REQUIRES: base_lsn < target <= durable.

@@ -62,6 +62,8 @@ class JournalServer {
     std::string volume;
     uint32_t version = 0;
     Clock::time_point last_seen;
+    uint64_t instance_id = 0;  // agent: Hello.instance_id
+    bool fenced = false;       // agent: another session became the volume's writer
   };
   // What the server knows of a volume beyond the journal: the agent's last report.
   struct VolumeRuntime {
@@ -69,14 +71,17 @@ class JournalServer {
     uint64_t report_sequence = 0;
     Clock::time_point report_time{};
     Clock::time_point applied_time{};
-    std::string agent_peer;
+    std::string agent_peer;  // the writer's session (one writer per volume)
     std::string replicator_peer;
+    uint64_t writer_epoch = 0;
+    std::string writer_identity;
   };
   // A `cdpctl checkpoint` relayed to the volume's agent, answered once its point is durable.
   struct PendingCheckpoint {
     std::string peer;  // the control client
     std::string volume;
-    uint64_t lsn = 0;  // 0 until the agent answered
+    std::string label;  // answered once the point at `lsn` carries it
+    uint64_t lsn = 0;   // 0 until the agent answered
     Clock::time_point deadline;
   };
   // A tail request waiting for records (long poll).
@@ -95,6 +100,15 @@ class JournalServer {
 
   void Handle(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
   void HandleHello(const wire::Message& msg);
+  // One writer per volume (docs/wire-protocol.md): decides whether the agent of `hello` may
+  // write volume `v`, records the grant (synced) and fences the session it replaces. Returns
+  // the epoch granted; PermissionDenied (an older epoch: another agent writes the volume) or
+  // Unavailable (another live process with the same epoch, or the grant not recorded).
+  Result<uint64_t> AdmitWriter(const std::string& peer, const wire::v1::Hello& hello,
+                               const std::string& who, const VolumeInfo& v);
+  // OK when `session` (an agent's, for its volume) is the volume's writer; PermissionDenied
+  // naming the writer when it was fenced.
+  Status CheckWriter(const std::string& peer, const Session& session);
   void HandleBatch(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
   void HandleReport(const wire::Message& msg);
   void HandleTail(const wire::Message& msg);
