@@ -19,6 +19,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <system_error>
 #include <utility>
@@ -178,37 +179,60 @@ Status Discard(int fd, uint64_t n) {
   return Status::Ok();
 }
 
-// "tcp:192.0.2.7:51234", "tcp:[::1]:51234".
-std::string FormatInetAddress(const sockaddr_storage& ss) {
+// "192.0.2.7", "[::1]"; the port in *port.
+std::string InetHost(const sockaddr_storage& ss, uint16_t* port) {
   char host[INET6_ADDRSTRLEN] = "?";
-  uint16_t port = 0;
+  *port = 0;
   if (ss.ss_family == AF_INET) {
     const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
     ::inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-    port = ntohs(in->sin_port);
-    return "tcp:" + std::string(host) + ":" + std::to_string(port);
+    *port = ntohs(in->sin_port);
+    return host;
   }
   if (ss.ss_family == AF_INET6) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
     ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-    port = ntohs(in6->sin6_port);
-    return "tcp:[" + std::string(host) + "]:" + std::to_string(port);
+    *port = ntohs(in6->sin6_port);
+    return "[" + std::string(host) + "]";
   }
-  return "tcp:?";
+  return "?";
 }
 
-// Names the peer of an accepted socket for logs. Unix peers have no address, so name the
-// process instead.
-std::string DescribePeer(int fd, const sockaddr_storage& ss) {
+// "tcp:192.0.2.7:51234", "tcp:[::1]:51234".
+std::string FormatInetAddress(const sockaddr_storage& ss) {
+  uint16_t port;
+  const std::string host = InetHost(ss, &port);
+  if (host == "?") return "tcp:?";
+  return "tcp:" + host + ":" + std::to_string(port);
+}
+
+// The peer of an accepted socket.
+struct Peer {
+  // For logs. Unix peers have no address, so the process is named instead:
+  // "unix:pid=812,uid=107", "tcp:192.0.2.7:51234".
+  std::string description;
+  // What max_connections_per_peer counts by: the process on a unix socket ("unix:pid=812", or
+  // "unix:uid=107" when SO_PEERCRED reports pid 0 because the peer's pid is not visible in our
+  // pid namespace), the host on TCP ("tcp:192.0.2.7", any port). Peers that cannot be told
+  // apart ("unix:?", "tcp:?") share one key.
+  std::string key;
+};
+
+Peer IdentifyPeer(int fd, const sockaddr_storage& ss) {
   if (ss.ss_family == AF_UNIX) {
     ucred cred{};
     socklen_t len = sizeof(cred);
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-      return "unix:pid=" + std::to_string(cred.pid) + ",uid=" + std::to_string(cred.uid);
+      return {"unix:pid=" + std::to_string(cred.pid) + ",uid=" + std::to_string(cred.uid),
+              cred.pid > 0 ? "unix:pid=" + std::to_string(cred.pid)
+                           : "unix:uid=" + std::to_string(cred.uid)};
     }
-    return "unix:?";
+    return {"unix:?", "unix:?"};
   }
-  return FormatInetAddress(ss);
+  uint16_t port;
+  const std::string host = InetHost(ss, &port);
+  if (host == "?") return {"tcp:?", "tcp:?"};
+  return {"tcp:" + host + ":" + std::to_string(port), "tcp:" + host};
 }
 
 void CloseFd(int* fd) {
@@ -689,6 +713,20 @@ Result<std::unique_ptr<NbdServer>> NbdServer::Start(Options options) {
                                    ": max_connections is 0, which would refuse every client; "
                                    "give at least 1 (the default is 64)");
   }
+  if (options.max_connections_per_peer == 0) {
+    return Status::InvalidArgument("nbd: " + text +
+                                   ": max_connections_per_peer is 0, which would refuse every "
+                                   "client; give at least 1 (the default is 16)");
+  }
+  if (options.max_connections_per_peer > options.max_connections) {
+    return Status::InvalidArgument(
+        "nbd: " + text + ": max_connections_per_peer is " +
+        std::to_string(options.max_connections_per_peer) + " but max_connections is " +
+        std::to_string(options.max_connections) +
+        "; one peer cannot hold more connections than the server serves: lower "
+        "max_connections_per_peer to at most " +
+        std::to_string(options.max_connections) + " or raise max_connections");
+  }
   if (options.handshake_timeout.count() <= 0) {
     return Status::InvalidArgument("nbd: " + text + ": handshake_timeout is " +
                                    std::to_string(options.handshake_timeout.count()) +
@@ -765,8 +803,8 @@ Result<std::unique_ptr<NbdServer>> NbdServer::Start(Options options) {
   }
   CDP_LOG(info) << "nbd: export '" << server->options_.export_name << "' (" << size
                 << " bytes, block size " << min_bs << ") listening on " << server->bound_address_
-                << " (at most " << server->options_.max_connections
-                << " connections, handshake timeout "
+                << " (at most " << server->options_.max_connections << " connections, "
+                << server->options_.max_connections_per_peer << " per peer, handshake timeout "
                 << DescribeDuration(server->options_.handshake_timeout) << ")";
   return server;
 }
@@ -776,10 +814,9 @@ void NbdServer::AcceptLoop() {
     // While refusals wait to be summarized, wake up in time to log them even if nobody
     // connects any more.
     int timeout_ms = -1;
-    if (refusals_.active && refusals_.unlogged > 0) {
+    if (const std::optional<Clock::time_point> next = NextRefusalSummary()) {
       const int64_t left =
-          std::chrono::ceil<std::chrono::milliseconds>(refusals_.next_summary - Clock::now())
-              .count();
+          std::chrono::ceil<std::chrono::milliseconds>(*next - Clock::now()).count();
       timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, INT_MAX));
     }
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
@@ -789,6 +826,12 @@ void NbdServer::AcceptLoop() {
       CDP_LOG(error) << "nbd: " << bound_address_ << ": poll: " << std::strerror(errno)
                      << "; no longer accepting connections";
       return;
+    }
+    if (!peer_refusals_.empty()) {
+      // Before a summary says a peer is still refused, end the episodes of peers whose
+      // connections have closed since.
+      ReapFinishedConnections();
+      EndPeerRefusalEpisodes();
     }
     MaybeLogRefusals(Clock::now());
     if (ready == 0) continue;
@@ -812,18 +855,27 @@ void NbdServer::AcceptLoop() {
       continue;
     }
     const Clock::time_point accepted_at = Clock::now();
-    std::string peer = DescribePeer(fd, ss);
-    // Only this thread adds connections, so the count can only fall before the push below.
+    Peer peer = IdentifyPeer(fd, ss);
+    // Only this thread adds connections, so the counts can only fall before the push below.
     const size_t open = ReapFinishedConnections();
-    if (open >= options_.max_connections) {
-      RefuseConnection(fd, peer, open);
+    if (!peer_refusals_.empty()) EndPeerRefusalEpisodes();
+    // The peer's own limit first: a peer at it would be refused even with places free, so
+    // that is the reason to log and count.
+    const uint32_t peer_open = OpenFromPeer(peer.key);
+    if (peer_open >= options_.max_connections_per_peer) {
+      RefusePeerConnection(fd, peer.description, peer.key, peer_open);
       continue;
     }
-    if (refusals_.active) EndRefusalEpisode(peer);
-    if (is_tcp_) ConfigureTcpSocket(fd, peer);
+    if (open >= options_.max_connections) {
+      RefuseConnection(fd, peer.description, open);
+      continue;
+    }
+    if (refusals_.active) EndRefusalEpisode(peer.description);
+    if (is_tcp_) ConfigureTcpSocket(fd, peer.description);
     auto conn = std::make_unique<Connection>();
     conn->fd = fd;
-    conn->peer = std::move(peer);
+    conn->peer = std::move(peer.description);
+    conn->peer_key = std::move(peer.key);
     conn->accepted_at = accepted_at;
     counters_.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     CDP_LOG(info) << "nbd: export '" << options_.export_name << "': accepted " << conn->peer
@@ -844,6 +896,7 @@ void NbdServer::AcceptLoop() {
       ::close(fd);
       continue;
     }
+    ++connections_per_peer_[conn->peer_key];
     connections_.push_back(std::move(conn));
   }
 }
@@ -880,6 +933,18 @@ void NbdServer::LogRefusal(const std::string& peer, size_t open) {
 }
 
 void NbdServer::MaybeLogRefusals(Clock::time_point now) {
+  for (auto& [key, episode] : peer_refusals_) {
+    if (episode.unlogged == 0 || now < episode.next_summary) continue;
+    CDP_LOG(warning)
+        << "nbd: export '" << options_.export_name << "': still refusing connections from peer "
+        << key << " at the per-peer limit of " << options_.max_connections_per_peer << ": "
+        << episode.unlogged << " more refused (the last from " << episode.last_peer << "), "
+        << episode.refused << " since it reached the limit "
+        << std::chrono::duration_cast<std::chrono::seconds>(now - episode.started).count()
+        << " s ago";
+    episode.unlogged = 0;
+    episode.next_summary = now + kRefusalLogInterval;
+  }
   if (!refusals_.active || refusals_.unlogged == 0 || now < refusals_.next_summary) return;
   CDP_LOG(warning)
       << "nbd: export '" << options_.export_name << "': still refusing connections at the limit of "
@@ -899,6 +964,66 @@ void NbdServer::EndRefusalEpisode(const std::string& peer) {
       << std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - refusals_.started).count()
       << " s, the last from " << refusals_.last_peer;
   refusals_ = RefusalEpisode{};
+}
+
+void NbdServer::RefusePeerConnection(int fd, const std::string& peer, const std::string& peer_key,
+                                     uint32_t peer_open) {
+  // As RefuseConnection: counted and logged before the client can see the close.
+  counters_.connections_refused_per_peer.fetch_add(1, std::memory_order_relaxed);
+  const Clock::time_point now = Clock::now();
+  auto [it, first] = peer_refusals_.try_emplace(peer_key);
+  RefusalEpisode& episode = it->second;
+  if (first) {
+    episode.active = true;
+    episode.refused = 1;
+    episode.last_peer = peer;
+    episode.started = now;
+    episode.next_summary = now + kRefusalLogInterval;
+    CDP_LOG(warning) << "nbd: export '" << options_.export_name << "': refused a connection from "
+                     << peer << ": peer " << peer_key << " already has " << peer_open
+                     << " connections open and the per-peer limit is "
+                     << options_.max_connections_per_peer
+                     << "; closed it unserved. Further refusals of this peer are summarized at "
+                        "most once a minute until it has fewer than "
+                     << options_.max_connections_per_peer
+                     << " open; find what on that peer holds connections open (its 'accepted' "
+                        "lines) or raise max_connections_per_peer";
+  } else {
+    ++episode.refused;
+    ++episode.unlogged;
+    episode.last_peer = peer;
+    MaybeLogRefusals(now);
+  }
+  ::close(fd);
+}
+
+void NbdServer::EndPeerRefusalEpisodes() {
+  for (auto it = peer_refusals_.begin(); it != peer_refusals_.end();) {
+    const uint32_t open = OpenFromPeer(it->first);
+    if (open >= options_.max_connections_per_peer) {
+      ++it;
+      continue;
+    }
+    const RefusalEpisode& episode = it->second;
+    CDP_LOG(info)
+        << "nbd: export '" << options_.export_name << "': peer " << it->first
+        << " is under the per-peer limit of " << options_.max_connections_per_peer << " again ("
+        << open << " open); refused " << episode.refused << " of its connections in the last "
+        << std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - episode.started).count()
+        << " s, the last from " << episode.last_peer;
+    it = peer_refusals_.erase(it);
+  }
+}
+
+std::optional<Clock::time_point> NbdServer::NextRefusalSummary() const {
+  std::optional<Clock::time_point> next;
+  if (refusals_.active && refusals_.unlogged > 0) next = refusals_.next_summary;
+  for (const auto& [key, episode] : peer_refusals_) {
+    if (episode.unlogged > 0 && (!next || episode.next_summary < *next)) {
+      next = episode.next_summary;
+    }
+  }
+  return next;
 }
 
 void NbdServer::ConfigureTcpSocket(int fd, const std::string& peer) const {
@@ -944,12 +1069,22 @@ size_t NbdServer::ReapFinishedConnections() {
   for (auto it = connections_.begin(); it != connections_.end();) {
     if ((*it)->finished.load(std::memory_order_acquire)) {
       (*it)->thread.join();
+      auto count = connections_per_peer_.find((*it)->peer_key);
+      if (count != connections_per_peer_.end() && --count->second == 0) {
+        connections_per_peer_.erase(count);
+      }
       it = connections_.erase(it);
     } else {
       ++it;
     }
   }
   return connections_.size();
+}
+
+uint32_t NbdServer::OpenFromPeer(const std::string& peer_key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto count = connections_per_peer_.find(peer_key);
+  return count == connections_per_peer_.end() ? 0 : count->second;
 }
 
 void NbdServer::Stop() {
@@ -982,6 +1117,7 @@ void NbdServer::Stop() {
       if (conn->fd >= 0) ::shutdown(conn->fd, SHUT_RDWR);
     }
     connections.swap(connections_);
+    connections_per_peer_.clear();
   }
   for (auto& conn : connections) conn->thread.join();
   CDP_LOG(info) << "nbd: export '" << options_.export_name << "': stopped listening on "
@@ -993,6 +1129,8 @@ NbdServerStats NbdServer::stats() const {
   s.connections_accepted = counters_.connections_accepted.load(std::memory_order_relaxed);
   s.connections_active = counters_.connections_active.load(std::memory_order_relaxed);
   s.connections_refused = counters_.connections_refused.load(std::memory_order_relaxed);
+  s.connections_refused_per_peer =
+      counters_.connections_refused_per_peer.load(std::memory_order_relaxed);
   s.handshake_timeouts = counters_.handshake_timeouts.load(std::memory_order_relaxed);
   s.requests = counters_.requests.load(std::memory_order_relaxed);
   s.errors = counters_.errors.load(std::memory_order_relaxed);

@@ -173,8 +173,49 @@ class TestClient {
     return std::unique_ptr<TestClient>(new TestClient(fd));
   }
 
-  static std::unique_ptr<TestClient> ConnectTcp(uint16_t port) {
+  // Connects from a child process, which exits at once; this process then uses the
+  // connection. The server sees another peer: SO_PEERCRED names the process that called
+  // connect(). `*pid` gets the child's pid.
+  static std::unique_ptr<TestClient> ConnectUnixFromChild(const std::string& path,
+                                                          pid_t* pid = nullptr) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path.c_str());
+    const pid_t child = ::fork();
+    if (child < 0) {
+      ADD_FAILURE() << "fork: " << std::strerror(errno);
+      ::close(fd);
+      return nullptr;
+    }
+    if (child == 0) {
+      // Only async-signal-safe calls in the child of a threaded process.
+      ::_exit(::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0 ? 0 : errno);
+    }
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ADD_FAILURE() << "connect " << path << " from a child process: "
+                    << (WIFEXITED(status) ? std::strerror(WEXITSTATUS(status)) : "child died");
+      ::close(fd);
+      return nullptr;
+    }
+    if (pid != nullptr) *pid = child;
+    return std::unique_ptr<TestClient>(new TestClient(fd));
+  }
+
+  // Connects to 127.0.0.1:`port` from `source` (any loopback address, 127.0.0.0/8).
+  static std::unique_ptr<TestClient> ConnectTcp(uint16_t port, const char* source = "127.0.0.1") {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in from{};
+    from.sin_family = AF_INET;
+    if (::inet_pton(AF_INET, source, &from.sin_addr) != 1 ||
+        ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) {
+      ADD_FAILURE() << "bind to " << source << ": " << std::strerror(errno);
+      ::close(fd);
+      return nullptr;
+    }
     sockaddr_in sin{};
     sin.sin_family = AF_INET;
     sin.sin_port = htons(port);
@@ -987,10 +1028,15 @@ class NbdServerHandshakeTest : public NbdServerTest {
 TEST_F(NbdServerTest, ConnectionsOverTheLimitAreRefusedAndOpenOnesKeepWorking) {
   NbdServer::Options options;
   options.max_connections = 2;
+  options.max_connections_per_peer = 2;
   StartServer(options);
-  auto a = ConnectAndGo();
-  auto b = ConnectAndGo();
+  // From two other processes, so that the flood from this one meets max_connections and not
+  // its own peer's limit.
+  auto a = TestClient::ConnectUnixFromChild(dir_.sock());
+  auto b = TestClient::ConnectUnixFromChild(dir_.sock());
   ASSERT_TRUE(a && b);
+  a->Go();
+  b->Go();
 
   LogLines log;
   constexpr int kFlood = 20;
@@ -1002,6 +1048,7 @@ TEST_F(NbdServerTest, ConnectionsOverTheLimitAreRefusedAndOpenOnesKeepWorking) {
   }
   NbdServerStats stats = server_->stats();
   EXPECT_EQ(stats.connections_refused, uint64_t{kFlood});
+  EXPECT_EQ(stats.connections_refused_per_peer, 0u);
   EXPECT_EQ(stats.connections_accepted, 2u);
   EXPECT_EQ(stats.connections_active, 2u);
   // One line for the whole flood, naming the peer and the limit.
@@ -1043,6 +1090,24 @@ TEST_F(NbdServerTest, LimitOptionsAreValidated) {
       << server.status().message();
   options.max_connections = 1;
 
+  options.max_connections_per_peer = 0;
+  server = NbdServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(server.status().message().find("max_connections_per_peer is 0"), std::string::npos)
+      << server.status().message();
+  // The default (16) is over this max_connections; the error names both.
+  options.max_connections_per_peer = NbdServer::Options{}.max_connections_per_peer;
+  ASSERT_EQ(options.max_connections_per_peer, 16u);
+  server = NbdServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(
+      server.status().message().find("max_connections_per_peer is 16 but max_connections is 1"),
+      std::string::npos)
+      << server.status().message();
+  options.max_connections_per_peer = 1;
+
   options.handshake_timeout = std::chrono::milliseconds(0);
   server = NbdServer::Start(options);
   ASSERT_FALSE(server.ok());
@@ -1058,6 +1123,130 @@ TEST_F(NbdServerTest, LimitOptionsAreValidated) {
   options.tcp_keepalive_idle = std::chrono::seconds(0);
 
   EXPECT_TRUE(NbdServer::Start(options).ok());
+}
+
+TEST_F(NbdServerTest, UnixPeerOverItsLimitIsRefusedWhileAnotherProcessIsAdmitted) {
+  NbdServer::Options options;
+  options.max_connections = 8;
+  options.max_connections_per_peer = 2;
+  StartServer(options);
+  auto a = ConnectAndGo();
+  auto b = ConnectAndGo();
+  ASSERT_TRUE(a && b);
+
+  LogLines log;
+  constexpr int kOver = 5;
+  for (int i = 0; i < kOver; ++i) {
+    auto extra = Connect();
+    ASSERT_TRUE(extra);
+    // Closed before the greeting, with 6 of the 8 places still free.
+    EXPECT_TRUE(extra->WaitClosed())
+        << "connection " << i << " over this process's limit was served";
+  }
+  NbdServerStats stats = server_->stats();
+  EXPECT_EQ(stats.connections_refused_per_peer, uint64_t{kOver});
+  EXPECT_EQ(stats.connections_refused, 0u);
+  EXPECT_EQ(stats.connections_accepted, 2u);
+  EXPECT_EQ(stats.connections_active, 2u);
+  // One line for all of them, naming this process, its open connections and the limit.
+  const std::string me = "unix:pid=" + std::to_string(::getpid());
+  std::string line;
+  EXPECT_EQ(log.Count("refused a connection from", &line), 1u);
+  EXPECT_NE(line.find("peer " + me + " already has 2 connections open"), std::string::npos) << line;
+  EXPECT_NE(line.find("the per-peer limit is 2"), std::string::npos) << line;
+  EXPECT_EQ(log.Count("still refusing connections"), 0u);
+
+  // Another process is admitted and served.
+  pid_t child = 0;
+  auto other = TestClient::ConnectUnixFromChild(dir_.sock(), &child);
+  ASSERT_TRUE(other);
+  other->Go();
+  EXPECT_EQ(server_->stats().connections_accepted, 3u);
+  EXPECT_EQ(log.Count("accepted unix:pid=" + std::to_string(child) + ","), 1u);
+
+  // The first two did not notice; all three see each other's writes.
+  const std::string data(4096, 'P');
+  EXPECT_EQ(a->Request(Command::kWrite, 4096, 4096, 0, data).error, 0u);
+  EXPECT_EQ(b->Request(Command::kRead, 4096, 4096).data, data);
+  EXPECT_EQ(other->Request(Command::kRead, 4096, 4096).data, data);
+  const std::string more(4096, 'Q');
+  EXPECT_EQ(b->Request(Command::kWrite, 8192, 4096, 0, more).error, 0u);
+  EXPECT_EQ(a->Request(Command::kRead, 8192, 4096).data, more);
+
+  // Closing one of this process's connections lets it connect again, once.
+  a.reset();
+  ASSERT_TRUE(Eventually([&] { return server_->stats().connections_active == 2; }));
+  auto again = ConnectAndGo();
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->Request(Command::kRead, 4096, 4096).data, data);
+  EXPECT_EQ(log.Count("is under the per-peer limit of 2 again", &line), 1u);
+  EXPECT_NE(line.find("peer " + me + " is under"), std::string::npos) << line;
+  EXPECT_NE(line.find("refused " + std::to_string(kOver) + " of its connections"),
+            std::string::npos)
+      << line;
+  auto over = Connect();
+  ASSERT_TRUE(over);
+  EXPECT_TRUE(over->WaitClosed());
+  stats = server_->stats();
+  EXPECT_EQ(stats.connections_refused_per_peer, uint64_t{kOver} + 1);
+  EXPECT_EQ(stats.connections_refused, 0u);
+  EXPECT_EQ(stats.connections_accepted, 4u);
+  EXPECT_EQ(stats.connections_active, 3u);
+}
+
+TEST_F(NbdServerTest, TcpPeerIsItsAddressWhateverThePort) {
+  NbdServer::Options options;
+  options.listen_address = "tcp:127.0.0.1:0";
+  options.max_connections = 8;
+  options.max_connections_per_peer = 2;
+  StartServer(options);
+  const std::string bound = server_->bound_address();
+  const auto port = static_cast<uint16_t>(std::stoi(bound.substr(bound.rfind(':') + 1)));
+  auto a = TestClient::ConnectTcp(port);
+  auto b = TestClient::ConnectTcp(port);
+  ASSERT_TRUE(a && b);
+  a->Go();
+  b->Go();
+
+  LogLines log;
+  // A third from 127.0.0.1, from yet another port: the same peer.
+  auto third = TestClient::ConnectTcp(port);
+  ASSERT_TRUE(third);
+  EXPECT_TRUE(third->WaitClosed()) << "a third connection from 127.0.0.1 was served";
+  NbdServerStats stats = server_->stats();
+  EXPECT_EQ(stats.connections_refused_per_peer, 1u);
+  EXPECT_EQ(stats.connections_refused, 0u);
+  EXPECT_EQ(stats.connections_accepted, 2u);
+  EXPECT_EQ(stats.connections_active, 2u);
+  std::string line;
+  EXPECT_EQ(log.Count("refused a connection from tcp:127.0.0.1:", &line), 1u);
+  EXPECT_NE(line.find("peer tcp:127.0.0.1 already has 2 connections open"), std::string::npos)
+      << line;
+
+  // Another address is another peer.
+  auto other = TestClient::ConnectTcp(port, "127.0.0.2");
+  ASSERT_TRUE(other);
+  other->Go();
+  const std::string data(4096, 'T');
+  EXPECT_EQ(other->Request(Command::kWrite, 0, 4096, 0, data).error, 0u);
+  EXPECT_EQ(a->Request(Command::kRead, 0, 4096).data, data);
+  EXPECT_EQ(b->Request(Command::kRead, 0, 4096).data, data);
+  stats = server_->stats();
+  EXPECT_EQ(stats.connections_accepted, 3u);
+  EXPECT_EQ(stats.connections_refused_per_peer, 1u);
+
+  // A closed connection frees its place for its own address.
+  b.reset();
+  ASSERT_TRUE(Eventually([&] { return server_->stats().connections_active == 2; }));
+  auto again = TestClient::ConnectTcp(port);
+  ASSERT_TRUE(again);
+  again->Go();
+  EXPECT_EQ(again->Request(Command::kRead, 0, 4096).data, data);
+  EXPECT_EQ(log.Count("peer tcp:127.0.0.1 is under the per-peer limit of 2 again"), 1u);
+  stats = server_->stats();
+  EXPECT_EQ(stats.connections_accepted, 4u);
+  EXPECT_EQ(stats.connections_refused_per_peer, 1u);
+  EXPECT_EQ(stats.connections_active, 3u);
 }
 
 TEST_F(NbdServerHandshakeTest, SilentClientIsDropped) {

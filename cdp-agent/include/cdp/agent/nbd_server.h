@@ -13,7 +13,10 @@
 // Threads: one accept thread, plus one thread per connection that handles that connection's
 // requests in order. Each call into the CaptureTarget comes from a connection thread.
 //
-//   Start() --> [accept thread] --accept--> under max_connections? --no--> close (refused)
+//   Start() --> [accept thread] --accept--> peer under max_connections_per_peer? --no--> close
+//                                                  | yes                                (refused)
+//                                                  v
+//                                           under max_connections? --no--> close (refused)
 //                                                  | yes
 //                                                  v
 //               [connection thread] handshake (deadline) -> transmission (no deadline)
@@ -27,6 +30,23 @@
 //     connection is admitted again. 64 is far above any real client: QEMU opens one
 //     connection per drive, qemu-img and qemu-io one, and nbdcopy opens up to 4 only when the
 //     server advertises MULTI_CONN, which this one does not.
+//   - Connections per peer: at most Options::max_connections_per_peer (default 16) from one
+//     peer, so that a peer that opens connections and leaves them idle cannot take every place
+//     and lock out the VM whose disk the export is. A peer is a process on a unix socket (the
+//     pid SO_PEERCRED gives; the uid when the pid is not visible in our pid namespace, so such
+//     processes of one user count together) and a host on TCP (the IP address, whatever the
+//     port). One more is closed like one over max_connections and counted in
+//     connections_refused_per_peer instead (the per-peer limit is checked first, and each
+//     refusal is counted once). The log has one line when a peer is first refused (the peer,
+//     its open connections and the limit), at most one a minute while that goes on, and one
+//     when the peer is found under its limit again: at most max_connections /
+//     max_connections_per_peer peers are in such an episode at once. A place is free again once
+//     the server has seen the connection close (connections_active falls). 16 leaves a client
+//     that opens one connection room to reconnect many times while its dead connections wait
+//     for keepalive, and takes at least 4 peers to fill max_connections. It bounds a peer, not
+//     an attacker: a local user allowed on the socket (unix_socket_mode) can fork, and a host
+//     with many addresses (an IPv6 /64) is many peers; against those, max_connections, the
+//     socket's permissions and the listen address are the bounds.
 //   - Handshake: a client must select the export (NBD_OPT_GO or NBD_OPT_EXPORT_NAME) within
 //     Options::handshake_timeout (default 10 s) of being accepted, or it is disconnected,
 //     logged and counted in handshake_timeouts. The deadline is for the whole handshake, so it
@@ -56,8 +76,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -87,11 +109,14 @@ struct NbdServerStats {
   uint64_t connections_accepted = 0;  // admitted: given a thread (refused ones not included)
   uint64_t connections_active = 0;    // admitted and not yet closed
   uint64_t connections_refused = 0;   // closed unserved: max_connections were already open
-  uint64_t handshake_timeouts = 0;    // dropped: no export selected within handshake_timeout
-  uint64_t requests = 0;              // transmission requests received (including rejected ones)
-  uint64_t errors = 0;                // requests answered with a non-zero NBD error
-  uint64_t bytes_read = 0;            // payload bytes returned by successful NBD_CMD_READs
-  uint64_t bytes_written = 0;         // payload bytes accepted by NBD_CMD_WRITE
+  // Closed unserved: its peer already had max_connections_per_peer open. Not also counted in
+  // connections_refused; all refusals are the sum of the two.
+  uint64_t connections_refused_per_peer = 0;
+  uint64_t handshake_timeouts = 0;  // dropped: no export selected within handshake_timeout
+  uint64_t requests = 0;            // transmission requests received (including rejected ones)
+  uint64_t errors = 0;              // requests answered with a non-zero NBD error
+  uint64_t bytes_read = 0;          // payload bytes returned by successful NBD_CMD_READs
+  uint64_t bytes_written = 0;       // payload bytes accepted by NBD_CMD_WRITE
 };
 
 class NbdServer {
@@ -115,6 +140,10 @@ class NbdServer {
     // Most connections served at once (at least 1). A connection beyond it is closed at once,
     // unserved, and counted in connections_refused; see "Limits" above.
     uint32_t max_connections = 64;
+    // Most connections served at once from one peer: a process on a unix socket, an IP address
+    // on TCP (1..max_connections). A connection beyond it is closed at once, unserved, and
+    // counted in connections_refused_per_peer; see "Limits" above.
+    uint32_t max_connections_per_peer = 16;
     // Time from accept() to the client selecting the export (NBD_OPT_GO / EXPORT_NAME), after
     // which a client still in the handshake is disconnected (positive). Not applied in
     // transmission.
@@ -127,9 +156,10 @@ class NbdServer {
 
   // Validates `options`, binds and listens, and starts the accept thread.
   // Returns InvalidArgument for bad options (address syntax, missing target or export name,
-  // block sizes the NBD spec forbids, max_connections 0, handshake_timeout not positive,
-  // tcp_keepalive_idle out of range), IOError/AlreadyExists naming the address when it cannot
-  // listen (port busy, unix socket path unwritable, a live server already on that socket).
+  // block sizes the NBD spec forbids, max_connections 0, max_connections_per_peer 0 or over
+  // max_connections, handshake_timeout not positive, tcp_keepalive_idle out of range),
+  // IOError/AlreadyExists naming the address when it cannot listen (port busy, unix socket
+  // path unwritable, a live server already on that socket).
   // A stale unix socket file (nobody accepting) is removed and replaced; any other file at that
   // path is left alone and reported.
   static Result<std::unique_ptr<NbdServer>> Start(Options options);
@@ -157,15 +187,17 @@ class NbdServer {
  private:
   // One client connection, owned by the server; its thread runs the NBD session.
   struct Connection {
-    int fd = -1;  // guarded by NbdServer::mu_; -1 once the connection thread closed it
-    std::string peer;
+    int fd = -1;       // guarded by NbdServer::mu_; -1 once the connection thread closed it
+    std::string peer;  // for logs: "unix:pid=812,uid=107", "tcp:192.0.2.7:51234"
+    // What max_connections_per_peer counts by: "unix:pid=812", "tcp:192.0.2.7".
+    std::string peer_key;
     std::chrono::steady_clock::time_point accepted_at;  // the handshake deadline counts from it
     std::thread thread;
     std::atomic<bool> finished{false};
   };
 
-  // Connections refused since the number open reached max_connections, for the log.
-  // Touched only by the accept thread.
+  // Connections refused since the number open reached a limit (max_connections, or one
+  // peer's max_connections_per_peer), for the log. Touched only by the accept thread.
   struct RefusalEpisode {
     bool active = false;
     uint64_t refused = 0;   // in this episode
@@ -180,6 +212,7 @@ class NbdServer {
     std::atomic<uint64_t> connections_accepted{0};
     std::atomic<uint64_t> connections_active{0};
     std::atomic<uint64_t> connections_refused{0};
+    std::atomic<uint64_t> connections_refused_per_peer{0};
     std::atomic<uint64_t> handshake_timeouts{0};
     std::atomic<uint64_t> requests{0};
     std::atomic<uint64_t> errors{0};
@@ -193,16 +226,31 @@ class NbdServer {
 
   void AcceptLoop();
   void ServeConnection(Connection* conn);
-  // Joins connection threads that have finished and returns how many connections remain
-  // (those still being served). REQUIRES: called from the accept thread.
+  // Joins connection threads that have finished, takes them off their peers' counts, and
+  // returns how many connections remain (those still being served). REQUIRES: called from the
+  // accept thread.
   size_t ReapFinishedConnections();
+  // How many connections remain from the peer `peer_key` (as of the last reap).
+  uint32_t OpenFromPeer(const std::string& peer_key) const;
   // Closes `fd` unserved because `open` connections are open, counts it, and logs it as the
   // refusal episode allows. REQUIRES: called from the accept thread.
   void RefuseConnection(int fd, const std::string& peer, size_t open);
+  // Closes `fd` unserved because its peer `peer_key` has `peer_open` connections open, counts
+  // it, and logs it as that peer's refusal episode allows. REQUIRES: called from the accept
+  // thread.
+  void RefusePeerConnection(int fd, const std::string& peer, const std::string& peer_key,
+                            uint32_t peer_open);
+  // Ends (and logs the end of) the refusal episode of every peer now under
+  // max_connections_per_peer. REQUIRES: called from the accept thread, after reaping.
+  void EndPeerRefusalEpisodes();
+  // When the next refusal summary is due (of the max_connections episode or of any peer's);
+  // nullopt when none is waiting. REQUIRES: called from the accept thread.
+  std::optional<std::chrono::steady_clock::time_point> NextRefusalSummary() const;
   // Counts `peer` in the refusal episode and logs the episode's start, or a summary when one
   // is due. REQUIRES: called from the accept thread.
   void LogRefusal(const std::string& peer, size_t open);
-  // Logs the refusals not yet logged, if it is time. REQUIRES: called from the accept thread.
+  // Logs the refusals not yet logged (at max_connections and per peer), where it is time.
+  // REQUIRES: called from the accept thread.
   void MaybeLogRefusals(std::chrono::steady_clock::time_point now);
   // Ends the refusal episode when `peer` is admitted. REQUIRES: called from the accept thread.
   void EndRefusalEpisode(const std::string& peer);
@@ -220,7 +268,10 @@ class NbdServer {
   bool is_tcp_ = false;
   std::string bound_address_;  // set before the accept thread starts; const afterwards
   std::thread accept_thread_;
-  RefusalEpisode refusals_;  // accept thread only
+  RefusalEpisode refusals_;  // at max_connections; accept thread only
+  // Per peer key, for peers refused at max_connections_per_peer and not yet seen under it
+  // again: at most max_connections / max_connections_per_peer entries. Accept thread only.
+  std::map<std::string, RefusalEpisode> peer_refusals_;
   Counters counters_;
 
   std::mutex stop_mu_;    // serializes Stop()
@@ -229,6 +280,9 @@ class NbdServer {
   mutable std::mutex mu_;
   bool stopping_ = false;                               // guarded by mu_
   std::list<std::unique_ptr<Connection>> connections_;  // guarded by mu_
+  // Connections in connections_ per Connection::peer_key; a key is erased when its count
+  // reaches 0, so there are at most max_connections entries.
+  std::map<std::string, uint32_t> connections_per_peer_;  // guarded by mu_
 };
 
 }  // namespace cdp::agent
