@@ -17,13 +17,6 @@ namespace cdp::agent {
 namespace {
 std::string BitmapPath(const std::string& dir) { return dir + "/dirty.bitmap"; }
 
-// A random id for this process: tells the journal-server a reconnect from another agent.
-uint64_t NewInstanceId() {
-  std::random_device rd;
-  uint64_t id = 0;
-  while (id == 0) id = (uint64_t{rd()} << 32) ^ rd();
-  return id;
-}
 }  // namespace
 
 Status ValidateBufferBytes(uint64_t buffer_bytes, bool trace) {
@@ -113,7 +106,6 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
   so.buffer_bytes = options_.buffer_bytes;
   so.bandwidth_bytes_per_sec = options_.bandwidth_bytes_per_sec;
   so.writer_epoch = state_.writer_epoch;
-  so.instance_id = NewInstanceId();
   so.take_over = options_.take_over;
   sender_ = std::make_unique<Sender>(
       so,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <utility>
 
 #include "cdp/core/logging.h"
@@ -27,6 +28,9 @@ Sender::Sender(SenderOptions options, HandshakeCallback on_handshake, ReportCall
       on_report_(std::move(on_report)) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   writer_epoch_ = options_.writer_epoch;
+  instance_id_ = options_.instance_id;
+  std::random_device rd;
+  while (instance_id_ == 0) instance_id_ = (uint64_t{rd()} << 32) ^ rd();
 }
 
 void Sender::NoteRefusal(const Status& status) {
@@ -343,6 +347,7 @@ void Sender::Loop() {
   auto drain_deadline = Clock::time_point::max();
   bool in_flight_since_rx = false;
   bool took_over = false;  // --take-over was granted once: later Hellos present the new epoch
+  bool sequence_mismatch = false;  // rebase at the next handshake
   // Bandwidth limit, in payload bytes.
   const double rate = static_cast<double>(options_.bandwidth_bytes_per_sec);
   TokenBucket bucket(rate, std::max(static_cast<double>(options_.max_batch_bytes), rate / 10),
@@ -395,7 +400,7 @@ void Sender::Loop() {
       hello.set_volume_size(options_.volume_size);
       hello.set_block_size(options_.block_size);
       hello.set_writer_epoch(writer_epoch_.load());
-      hello.set_instance_id(options_.instance_id);
+      hello.set_instance_id(instance_id_);
       hello.set_take_over(options_.take_over && !took_over);
       auto reply = Handshake(*sock, hello, 2000);
       if (!reply.ok()) {
@@ -445,16 +450,26 @@ void Sender::Loop() {
       CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": connected to "
                     << options_.server << " (protocol v" << reply->version() << ", durable LSN "
                     << durable << ")";
-      bool lost = durable < durable_lsn_.load();
+      // The journal holds other records under LSNs this agent sent (a refused resend): its
+      // sequence no longer matches, as after a journal loss.
+      const bool mismatch = sequence_mismatch;
+      bool lost = durable < durable_lsn_.load() || mismatch;
+      sequence_mismatch = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         lost = lost || (!queue_.empty() && queue_.front().rec.lsn > durable + 1);
       }
       if (lost) {
-        CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": the journal-server has "
-                       << "LSN " << durable << " but had acked up to " << durable_lsn_.load()
-                       << " (journal reset or restored?); recording a history gap and "
-                       << "resyncing the whole device";
+        if (mismatch) {
+          CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": the journal-server "
+                         << "holds other records than this agent's under its LSNs (durable LSN "
+                         << durable << "); recording a history gap and resyncing the whole device";
+        } else {
+          CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": the journal-server has "
+                         << "LSN " << durable << " but had acked up to " << durable_lsn_.load()
+                         << " (journal reset or restored?); recording a history gap and "
+                         << "resyncing the whole device";
+        }
         if (on_journal_loss_) {
           on_journal_loss_(durable);  // calls Rebase under the capture lock
         } else {
@@ -662,6 +677,9 @@ void Sender::Loop() {
                         << ": server lost our session (restarted?); handshaking again";
           reset_session(/*close_socket=*/false);
         } else {
+          // A permanent FailedPrecondition in a session: a resend that differs from what the
+          // journal holds under its LSN (docs/wire-protocol.md, section 5, step 3).
+          if (err.code() == StatusCode::kFailedPrecondition) sequence_mismatch = true;
           CDP_LOG(error) << "cdp-agent: volume " << options_.volume
                          << ": journal-server refused: " << err.ToString()
                          << "; reconnecting in 1 s";

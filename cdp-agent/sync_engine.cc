@@ -90,7 +90,7 @@ void SyncEngine::Loop() {
       }
       const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(chunk_, total_ - cursor));
       in_progress_bytes_ = len;
-      auto r = capture_->CaptureRegion(cursor, len, skip_zero_);
+      auto r = capture_->CaptureRegion(cursor, len, skip_zero_, [this] { return stop_.load(); });
       in_progress_bytes_ = 0;
       if (!r.ok()) {
         CDP_LOG(error) << "cdp-agent: volume " << volume_ << ": full sync at offset " << cursor
@@ -127,7 +127,8 @@ void SyncEngine::Loop() {
                       << dirty_->dirty_bytes() + length << " bytes)";
       }
       in_progress_bytes_ = length;
-      auto r = capture_->CaptureRegion(offset, static_cast<uint32_t>(length), false);
+      auto r = capture_->CaptureRegion(offset, static_cast<uint32_t>(length), false,
+                                       [this] { return stop_.load(); });
       if (!r.ok() || *r != VolumeCapture::RegionResult::kQueued) {
         dirty_->Mark(offset, length);
         in_progress_bytes_ = 0;

@@ -87,17 +87,24 @@ void VolumeCapture::MarkDirtyLocked(uint64_t offset, uint64_t length, const char
                    << gap.after_lsn() << ")";
 }
 
-Status VolumeCapture::Admit(uint64_t charge, Admission* admission) {
+Status VolumeCapture::Admit(uint64_t charge, Admission* admission,
+                            const std::function<bool()>& give_up) {
   if (mode_ != AckMode::kSync) return Status::Ok();
   // Sync mode: the write may not complete before it is durable, so it waits for room instead of
   // falling back to the bitmap — before the capture lock, which the sender thread's callbacks
   // take (OnHandshake, RebaseAfterJournalLoss) and so must never be held while waiting on it.
-  auto stopping = [&] { return sender_->stopped() || ShutdownExpired(); };
+  auto stopping = [&] { return sender_->stopped() || ShutdownExpired() || give_up(); };
   {
     std::unique_lock<std::mutex> lock(lsn_mu_);
-    // Poll the shutdown deadline: nothing signals when it passes.
-    while (!lsn_known_.load() && !stopping())
+    // Poll the shutdown deadline and the fence: nothing signals when they change.
+    while (!lsn_known_.load() && !stopping() && !sender_->fenced()) {
       lsn_cv_.wait_for(lock, std::chrono::milliseconds(200));
+    }
+  }
+  if (sender_->fenced() && !lsn_known_.load()) {
+    return Status::IOError("volume " + volume_ +
+                           ": this agent is fenced (another agent writes the volume); the write "
+                           "cannot become durable and was not applied");
   }
   auto reserved = sender_->Reserve(charge, stopping);
   if (!reserved.ok()) {
@@ -270,7 +277,11 @@ uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& labe
   // ends a history gap or the initial sync (docs/journal-format.md, section 9), so it is never
   // dropped, even at LSN 0 (an initial sync of an all-zero volume sends nothing).
   const bool sync_done = origin == v1::POINT_SYNC_DONE;
-  if (!lsn_known_.load() || (lsn == 0 && !sync_done) || (lsn == last_point_lsn_ && !sync_done)) {
+  // A labelled point (a trace-mode checkpoint) where a point already sits is still sent: the
+  // journal adds its label to that point (merge_labels), so no label given is dropped.
+  const bool labelled = !label.empty() && lsn != 0;
+  if (!lsn_known_.load() || (lsn == 0 && !sync_done) ||
+      (lsn == last_point_lsn_ && !sync_done && !labelled)) {
     return 0;
   }
   v1::ConsistencyPoint p;
@@ -285,9 +296,16 @@ uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& labe
   return lsn;
 }
 
-Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(uint64_t offset, uint32_t length,
-                                                                 bool skip_zero) {
+Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(
+    uint64_t offset, uint32_t length, bool skip_zero, const std::function<bool()>& give_up) {
   if (!lsn_known_.load()) return RegionResult::kNotReady;
+  // Sync mode: the region waits its turn for room with the clients' writes (Reserve is first
+  // come first served), so a steady load of sync writes cannot starve the sync.
+  Admission admission;
+  if (mode_ == AckMode::kSync) {
+    Status admitted = Admit(Sender::kRecordOverhead + length, &admission, give_up);
+    if (!admitted.ok()) return RegionResult::kNoSpace;
+  }
   auto buf = std::make_shared<std::string>(length, '\0');
   std::lock_guard<std::mutex> lock(mu_);
   CDP_RETURN_IF_ERROR(device_->ReadAt(offset, std::span<char>(buf->data(), length)));
@@ -303,7 +321,13 @@ Result<VolumeCapture::RegionResult> VolumeCapture::CaptureRegion(uint64_t offset
     rec = MakeWriteRecord(0, NowNanos(), offset, std::move(buf));
   }
   rec.lsn = last_lsn_.load() + 1;
-  if (!sender_->TryEnqueue(rec)) return RegionResult::kNoSpace;
+  if (mode_ == AckMode::kSync) {
+    if (!sender_->EnqueueReserved(rec, std::move(admission.reservation))) {
+      return RegionResult::kNoSpace;  // stopping
+    }
+  } else if (!sender_->TryEnqueue(rec)) {
+    return RegionResult::kNoSpace;
+  }
   last_lsn_ = rec.lsn;
   return RegionResult::kQueued;
 }

@@ -4,6 +4,7 @@
 // hands out again fail instead of being acked by other records.
 #include "cdp/agent/volume_capture.h"
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <future>
@@ -160,6 +161,81 @@ TEST_F(SyncCaptureTest, WritesWaitingWhenTheJournalIsLostFail) {
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(capture_->captured_lsn(), 2u);
   EXPECT_TRUE(dirty_->dirty_bytes() > 0) << "the whole device is resynced after a journal loss";
+}
+
+// Issue 15, item 12: a labelled point (a checkpoint) where a point already sits is sent anyway,
+// and the journal adds its label to that point; an unlabelled one there is not made again.
+TEST_F(SyncCaptureTest, ALabelledPointAtAnExistingPointKeepsItsLabel) {
+  ASSERT_TRUE(server_.Start(server_options_).ok());
+  auto first = WriteAsync(0, 'a');
+  ASSERT_TRUE(Finish(first).ok());
+  EXPECT_EQ(capture_->AddPoint(v1::POINT_FREEZE, ""), 1u);
+  EXPECT_EQ(capture_->AddPoint(v1::POINT_FREEZE, ""), 0u) << "a second unlabelled point";
+  EXPECT_EQ(capture_->AddPoint(v1::POINT_FREEZE, "before deploy"), 1u);
+  auto op = capture_->AddOperatorPoint("and after");
+  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_EQ(*op, 1u);
+  ASSERT_TRUE(sender_->Stop(kWaitMs).empty());
+  ASSERT_TRUE(server_.Stop().ok());
+  auto store = journal::JournalStore::Open(server_options_.data_dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::vector<v1::ConsistencyPoint> points;
+  ASSERT_TRUE((*store)->ReadPoints(kVolume, 1, 1, &points).ok());
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].origin(), v1::POINT_FREEZE);
+  EXPECT_EQ(points[0].label(), "");
+  EXPECT_THAT(std::vector<std::string>(points[0].operator_labels().begin(),
+                                       points[0].operator_labels().end()),
+              ::testing::ElementsAre("before deploy", "and after"));
+}
+
+// Issue 15 review: an agent refused at its first handshake (another agent writes the volume)
+// never learns its LSN base; its sync-mode writes used to wait for it forever. They fail now,
+// unapplied.
+TEST_F(SyncCaptureTest, AnAgentFencedAtItsFirstHandshakeFailsSyncWrites) {
+  {
+    auto store = journal::JournalStore::Open(server_options_.data_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->RegisterVolume(kVolume, kVolumeSize, 512).ok());
+    ASSERT_TRUE((*store)->GrantWriter(kVolume, 5, "the-other-agent", 99, 4).ok());
+    ASSERT_TRUE((*store)->ConfirmWriter(kVolume).ok());
+  }
+  ASSERT_TRUE(server_.Start(server_options_).ok());
+  auto write = WriteAsync(0, 'a');
+  Status s = Finish(write);
+  EXPECT_EQ(s.code(), StatusCode::kIOError) << s;
+  EXPECT_THAT(s.message(), HasSubstr("this agent is fenced"));
+  EXPECT_TRUE(sender_->fenced());
+  EXPECT_EQ(capture_->captured_lsn(), 0u);
+}
+
+// Issue 15 review: in sync mode the sync engine's regions take their room in turn with the
+// clients' writes; while writers kept a reservation waiting, CaptureRegion used to find no room
+// again and again, and a full sync under a steady sync load never ended.
+TEST_F(SyncCaptureTest, RegionsAreQueuedInTurnUnderASteadySyncLoad) {
+  ASSERT_TRUE(server_.Start(server_options_).ok());
+  auto first = WriteAsync(0, 'a');
+  ASSERT_TRUE(Finish(first).ok());
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w) {
+    writers.emplace_back([&, w] {
+      for (int i = 0; !stop; ++i) {
+        Status s = capture_->Write((uint64_t(w) << 20) + (i % 8) * kWriteBytes,
+                                   Bytes(kWriteBytes, static_cast<char>('b' + w)), false);
+        if (!s.ok()) return;
+      }
+    });
+  }
+  int queued = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto r = capture_->CaptureRegion(3 << 20, 32 << 10, false);
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (*r == VolumeCapture::RegionResult::kQueued) ++queued;
+  }
+  stop = true;
+  for (auto& t : writers) t.join();
+  EXPECT_EQ(queued, 20) << "regions found no room while sync writes kept the buffer busy";
 }
 
 }  // namespace

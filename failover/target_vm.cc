@@ -269,8 +269,22 @@ Status TargetVm::Start(std::ostream& progress) {
     accel = choice.accel;
     progress << "target " << c.name << ": booting the PE (" << accel << ": " << choice.reason
              << ")\n";
-    const std::vector<std::string> argv = QemuArgs(accel);
+    std::vector<std::string> argv = QemuArgs(accel);
     CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
+    if (r.exit_code != 0 && accel == "kvm" && c.accel == "auto") {
+      // The probe's bare guest ran, but QEMU's did not: some nested hosts refuse what a full CPU
+      // model sets up (e.g. "failed to set MSR 0x10a"). Emulate rather than fail.
+      std::string why = r.output;
+      while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+      progress << "target " << c.name << ": QEMU could not start under KVM (" << why
+               << "); booting under TCG instead\n";
+      choice = AccelChoice{"tcg", "QEMU failed under KVM although the probe's guest ran: " + why};
+      accel = choice.accel;
+      fs::remove(c.pid_file(), ec);
+      fs::remove(c.qmp_socket, ec);
+      argv = QemuArgs(accel);
+      CDP_ASSIGN_OR_RETURN(r, RunHostCommand(argv, 60000));
+    }
     if (r.exit_code != 0) {
       return Status::FailedPrecondition("qemu-system-x86_64 refused to start the target: " +
                                         r.output + "(command: " + CommandLine(argv) + ")");

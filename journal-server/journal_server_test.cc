@@ -71,9 +71,11 @@ class Client {
 };
 
 // An agent's Hello; `epoch` is the writer epoch its state dir holds (the first agent of a
-// volume is granted 1), `instance` its process.
+// volume is granted 1), `instance` its process (0: a new one each call).
 v1::Hello AgentHello(const std::string& volume, uint64_t size = kVolumeSize, uint64_t epoch = 0,
                      uint64_t instance = 0) {
+  static uint64_t next_instance = 1000;
+  if (instance == 0) instance = next_instance++;
   v1::Hello hello = wire::MakeHello(v1::ROLE_AGENT, "test-agent", volume);
   hello.set_volume_size(size);
   hello.set_block_size(512);
@@ -597,6 +599,79 @@ TEST_F(JournalServerTest, ASecondAgentWithAnOlderEpochIsRefused) {
   Batch next = MakeBatch(3, 3);
   EXPECT_EQ(ExpectAck(first->Call(next.header, std::move(next.frames))).durable_lsn(), 3u);
   EXPECT_EQ(VolumeStatus().writer_epoch(), 1u);
+}
+
+// An agent from before the one-writer rule (no instance id) is told to upgrade, not fenced.
+TEST_F(JournalServerTest, AnAgentWithoutAnInstanceIdIsTooOld) {
+  auto old = NewClient();
+  v1::Hello hello = AgentHello(kVolume);
+  hello.clear_instance_id();
+  auto reply = old->Hello(hello);
+  ASSERT_FALSE(reply.ok());
+  EXPECT_EQ(reply.status().code(), StatusCode::kProtocolMismatch);
+  EXPECT_THAT(reply.status().message(),
+              HasSubstr("sends no instance id: it is older than this journal-server"));
+}
+
+// The writer granted an epoch died before it saved it (or before it sent anything): its restart,
+// presenting the epoch it held before, is the same agent, not a second one — until the grant has
+// been used.
+TEST_F(JournalServerTest, ARestartBeforeTheGrantWasSavedIsTheSameAgent) {
+  auto first = NewClient();
+  auto granted = first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1));
+  ASSERT_TRUE(granted.ok()) << granted.status();
+  ASSERT_EQ(granted->writer_epoch(), 1u);
+  Batch b = MakeBatch(1, 1);
+  ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3300));  // the first run is gone
+  // The restart saved epoch 1 and was granted 2, then killed before saving it.
+  auto restarted = NewClient();
+  auto regranted = restarted->Hello(AgentHello(kVolume, kVolumeSize, 1, 2));
+  ASSERT_TRUE(regranted.ok()) << regranted.status();
+  ASSERT_EQ(regranted->writer_epoch(), 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3300));  // both runs are silent
+  // The next restart presents 1 again.
+  auto again = NewClient();
+  auto reply = again->Hello(AgentHello(kVolume, kVolumeSize, 1, 3));
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->writer_epoch(), 2u);
+  Batch next = MakeBatch(2, 2);  // uses the grant: from now on epoch 1 is stale
+  ASSERT_EQ(ExpectAck(again->Call(next.header, std::move(next.frames))).durable_lsn(), 2u);
+  auto stale = NewClient();
+  auto refused = stale->Hello(AgentHello(kVolume, kVolumeSize, 1, 4));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied);
+}
+
+// Issue 15 review: a take-over while the open group holds the old writer's records. The new
+// writer's HelloReply waits for the commit, so its first LSN follows them, and nothing of the
+// two is mixed or acked twice.
+TEST_F(JournalServerTest, ATakeOverReplyFollowsTheOldWritersOpenGroup) {
+  auto first = NewClient();
+  ASSERT_TRUE(first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1)).ok());
+  Batch b = MakeBatch(1, 2);
+  ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 2u);
+  auto second = NewClient();
+  v1::Hello take_over = AgentHello(kVolume, kVolumeSize, 0, 2);
+  take_over.set_take_over(true);
+  v1::Header hello;
+  *hello.mutable_hello() = take_over;
+  // Both sent before either is read: likely one drain, the batch first.
+  Batch late = MakeBatch(3, 3);
+  ASSERT_TRUE(first->socket().Send(late.header, std::move(late.frames), kWaitMs).ok());
+  ASSERT_TRUE(second->socket().Send(hello, {}, kWaitMs).ok());
+  auto ack = first->Recv();
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  auto reply = second->Recv();
+  ASSERT_TRUE(reply.ok() && reply->header.has_hello_reply()) << reply.status();
+  const uint64_t durable = VolumeStatus().durable_lsn();
+  if (ack->header.has_durable_ack()) {
+    EXPECT_EQ(durable, 3u) << "the old writer's batch was acked";
+  } else {
+    EXPECT_EQ(durable, 2u) << "the old writer's batch was refused";
+  }
+  EXPECT_EQ(reply->header.hello_reply().durable_lsn(), durable)
+      << "the new writer was told a durable LSN below what the journal holds";
 }
 
 // --take-over makes the newer agent the writer; the older one's next batch is refused, and

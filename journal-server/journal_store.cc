@@ -151,6 +151,8 @@ Status JournalStore::LoadVolumes() {
     v.writer_identity = meta.writer_identity();
     v.writer_since_ns = meta.writer_since_ns();
     v.writer_instance_id = meta.writer_instance_id();
+    v.writer_presented_epoch = meta.writer_presented_epoch();
+    v.writer_confirmed = meta.writer_confirmed();
 
     // Durable LSN = the last index key of this volume.
     std::unique_ptr<rocksdb::Iterator> ix(db_->NewIterator(rocksdb::ReadOptions(), index_cf_));
@@ -221,6 +223,8 @@ v1::VolumeMeta JournalStore::MetaOf(const VolumeInfo& v) {
   meta.set_writer_identity(v.writer_identity);
   meta.set_writer_since_ns(v.writer_since_ns);
   meta.set_writer_instance_id(v.writer_instance_id);
+  meta.set_writer_presented_epoch(v.writer_presented_epoch);
+  meta.set_writer_confirmed(v.writer_confirmed);
   return meta;
 }
 
@@ -249,6 +253,23 @@ std::string JournalStore::BaseImagePath(uint32_t volume_id) const {
 Status JournalStore::UpdateMeta(const std::string& name,
                                 const std::function<void(VolumeInfo*)>& change,
                                 const std::string& what) {
+  {
+    // The same recovery as Commit's after a failed write (a full disk): a metadata write is
+    // often the first after it (a restarted agent's grant). commit_mu_ is never taken under mu_.
+    std::lock_guard<std::mutex> commit_lock(commit_mu_);
+    CDP_RETURN_IF_ERROR(ResumeLocked());
+  }
+  Status written = UpdateMetaLocked(name, change, what);
+  if (!written.ok() && !written.IsNotFound()) {
+    std::lock_guard<std::mutex> commit_lock(commit_mu_);
+    NoteWriteErrorLocked(written);
+  }
+  return written;
+}
+
+Status JournalStore::UpdateMetaLocked(const std::string& name,
+                                      const std::function<void(VolumeInfo*)>& change,
+                                      const std::string& what) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = volumes_.find(name);
   if (it == volumes_.end()) return Status::NotFound("journal: no volume " + name);
@@ -276,7 +297,8 @@ Status JournalStore::SetRetention(const std::string& name, std::optional<uint64_
 }
 
 Status JournalStore::GrantWriter(const std::string& name, uint64_t epoch,
-                                 const std::string& identity, uint64_t instance_id) {
+                                 const std::string& identity, uint64_t instance_id,
+                                 uint64_t presented) {
   return UpdateMeta(
       name,
       [&](VolumeInfo* v) {
@@ -284,8 +306,15 @@ Status JournalStore::GrantWriter(const std::string& name, uint64_t epoch,
         v->writer_epoch = epoch;
         v->writer_identity = identity;
         v->writer_instance_id = instance_id;
+        v->writer_presented_epoch = presented;
+        v->writer_confirmed = false;
       },
       "writer epoch");
+}
+
+Status JournalStore::ConfirmWriter(const std::string& name) {
+  return UpdateMeta(
+      name, [](VolumeInfo* v) { v->writer_confirmed = true; }, "writer epoch");
 }
 
 Status JournalStore::BeginFold(const std::string& name, uint64_t target) {
@@ -427,26 +456,6 @@ void JournalStore::AppendRecord(WriteGroup* group, const VolumeInfo& volume,
   d.bytes += payload.size();
 }
 
-void WriteGroup::SetSavePoint() {
-  rocksdb::Status popped = batch_.PopSavePoint();  // the last batch's, if any: one at a time
-  (void)popped;
-  batch_.SetSavePoint();
-  saved_deltas_ = deltas_;
-  saved_points_ = points_;
-  saved_headers_ = headers_;
-}
-
-void WriteGroup::RollbackToSavePoint() {
-  rocksdb::Status s = batch_.RollbackToSavePoint();
-  (void)s;  // NotFound only when no save point was set: nothing to roll back then
-  deltas_ = std::move(saved_deltas_);
-  points_ = std::move(saved_points_);
-  headers_ = std::move(saved_headers_);
-  saved_deltas_.clear();
-  saved_points_.clear();
-  saved_headers_.clear();
-}
-
 v1::ConsistencyPoint MergePoint(const v1::ConsistencyPoint& existing,
                                 const v1::ConsistencyPoint& incoming) {
   std::vector<std::string> labels(existing.operator_labels().begin(),
@@ -475,17 +484,24 @@ v1::ConsistencyPoint MergePoint(const v1::ConsistencyPoint& existing,
   return out;
 }
 
-Status JournalStore::AppendPoint(WriteGroup* group, const VolumeInfo& volume,
-                                 const v1::ConsistencyPoint& p) {
-  const std::string key = JournalKey(volume.id, p.lsn());
-  v1::ConsistencyPoint stored = p;
-  stored.clear_merge_labels();
-  if (p.merge_labels()) {
+Status JournalStore::PreparePoints(const WriteGroup& group, const VolumeInfo& volume,
+                                   std::vector<v1::ConsistencyPoint>* points) const {
+  for (size_t i = 0; i < points->size(); ++i) {
+    v1::ConsistencyPoint& p = (*points)[i];
+    if (!p.merge_labels()) continue;
     std::optional<v1::ConsistencyPoint> existing;
-    auto pending = group->points_.find(key);
-    if (pending != group->points_.end()) {
-      existing = pending->second;
-    } else {
+    for (size_t j = i; j-- > 0;) {
+      if ((*points)[j].lsn() == p.lsn()) {
+        existing = (*points)[j];
+        break;
+      }
+    }
+    const std::string key = JournalKey(volume.id, p.lsn());
+    if (!existing) {
+      auto pending = group.points_.find(key);
+      if (pending != group.points_.end()) existing = pending->second;
+    }
+    if (!existing) {
       std::string value;
       rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), points_cf_, key, &value);
       if (s.ok()) {
@@ -500,13 +516,24 @@ Status JournalStore::AppendPoint(WriteGroup* group, const VolumeInfo& volume,
                                 std::to_string(p.lsn()));
       }
     }
-    if (existing) stored = MergePoint(*existing, p);
+    if (existing) {
+      p = MergePoint(*existing, p);
+    } else {
+      p.clear_merge_labels();
+    }
   }
+  return Status::Ok();
+}
+
+void JournalStore::AppendPoint(WriteGroup* group, const VolumeInfo& volume,
+                               const v1::ConsistencyPoint& p) {
+  const std::string key = JournalKey(volume.id, p.lsn());
+  v1::ConsistencyPoint stored = p;
+  stored.clear_merge_labels();
   group->batch_.Put(points_cf_, key, stored.SerializeAsString());
-  group->points_[key] = stored;
+  group->points_[key] = std::move(stored);
   auto& d = group->deltas_[volume.id];
   d.last_point_lsn = std::max(d.last_point_lsn, p.lsn());
-  return Status::Ok();
 }
 
 void JournalStore::AppendGap(WriteGroup* group, const VolumeInfo& volume, const v1::Gap& gap) {
@@ -518,6 +545,27 @@ Result<uint64_t> JournalStore::FreeBytes() const {
   struct statvfs fs;
   if (statvfs(dir_.c_str(), &fs) != 0) return Status::FromErrno(errno, "statvfs " + dir_);
   return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+}
+
+Status JournalStore::ResumeLocked() {
+  if (!stopped_by_error_) return Status::Ok();
+  // A failed WAL write (a full disk) stops RocksDB's writes until it is resumed; try that at
+  // most once a second, and refuse writes until it works.
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_resume_ < std::chrono::seconds(1)) return last_error_;
+  last_resume_ = now;
+  Status resumed =
+      FromRocks(db_->Resume(), "journal " + dir_ + ": resuming after " + last_error_.message());
+  if (!resumed.ok()) return resumed;
+  CDP_LOG(warning) << "journal " << dir_ << ": writes resumed after: " << last_error_.message();
+  stopped_by_error_ = false;
+  return Status::Ok();
+}
+
+void JournalStore::NoteWriteErrorLocked(const Status& s) {
+  stopped_by_error_ = true;
+  last_error_ = s;
+  last_resume_ = std::chrono::steady_clock::now();
 }
 
 Status JournalStore::Commit(WriteGroup* group) {
@@ -548,25 +596,12 @@ Status JournalStore::Commit(WriteGroup* group) {
       }
     }
   }
-  if (stopped_by_error_) {
-    // A failed WAL write (a full disk) stops RocksDB's writes until it is resumed; try that at
-    // most once a second, and refuse the group until it works.
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_resume_ < std::chrono::seconds(1)) return last_error_;
-    last_resume_ = now;
-    Status resumed = FromRocks(db_->Resume(), "journal " + dir_ + ": resuming after " +
-                                                  last_error_.message());
-    if (!resumed.ok()) return resumed;
-    CDP_LOG(warning) << "journal " << dir_ << ": writes resumed after: " << last_error_.message();
-    stopped_by_error_ = false;
-  }
+  CDP_RETURN_IF_ERROR(ResumeLocked());
   rocksdb::WriteOptions wo;
   wo.sync = true;
   Status s = FromRocks(db_->Write(wo, &group->batch_), "journal " + dir_ + ": commit");
   if (!s.ok()) {
-    stopped_by_error_ = true;
-    last_error_ = s;
-    last_resume_ = std::chrono::steady_clock::now();
+    NoteWriteErrorLocked(s);
     return s;
   }
   std::lock_guard<std::mutex> lock(mu_);

@@ -119,10 +119,9 @@ class JournalStoreTest : public ::testing::Test {
     for (const auto& rec : SampleRecords()) {
       store_->AppendRecord(&group, volume, rec, rec.has_payload() ? *rec.payload : "");
     }
-    ASSERT_TRUE(store_->AppendPoint(&group, volume, Point(2, v1::POINT_FLUSH, "")).ok());
-    ASSERT_TRUE(
-        store_->AppendPoint(&group, volume, Point(4, v1::POINT_OPERATOR, "before-upgrade")).ok());
-    ASSERT_TRUE(store_->AppendPoint(&group, volume, Point(6, v1::POINT_FREEZE, "")).ok());
+    store_->AppendPoint(&group, volume, Point(2, v1::POINT_FLUSH, ""));
+    store_->AppendPoint(&group, volume, Point(4, v1::POINT_OPERATOR, "before-upgrade"));
+    store_->AppendPoint(&group, volume, Point(6, v1::POINT_FREEZE, ""));
     ASSERT_TRUE(store_->Commit(&group).ok());
   }
 
@@ -336,7 +335,7 @@ TEST_F(JournalStoreTest, ReadPointsReturnsTheInclusiveRangeOfThisVolume) {
   VolumeInfo b = Register("db02");
   CommitSample(a);
   WriteGroup group;
-  ASSERT_TRUE(store_->AppendPoint(&group, b, Point(3, v1::POINT_FLUSH, "other volume")).ok());
+  store_->AppendPoint(&group, b, Point(3, v1::POINT_FLUSH, "other volume"));
   ASSERT_TRUE(store_->Commit(&group).ok());
 
   auto points = [&](uint64_t from, uint64_t to) {
@@ -372,7 +371,7 @@ TEST_F(JournalStoreTest, ReadPointsStopsAtMaxPoints) {
   VolumeInfo b = Register("db02");
   CommitSample(a);
   WriteGroup group;
-  ASSERT_TRUE(store_->AppendPoint(&group, b, Point(1, v1::POINT_FLUSH, "other volume")).ok());
+  store_->AppendPoint(&group, b, Point(1, v1::POINT_FLUSH, "other volume"));
   ASSERT_TRUE(store_->Commit(&group).ok());
   std::vector<v1::ConsistencyPoint> out;
   ASSERT_TRUE(store_->ReadPoints("db01", 0, UINT64_MAX, &out, 1).ok());
@@ -416,18 +415,25 @@ TEST(MergePoint, KeepsTheExistingPointAndEveryLabel) {
   EXPECT_EQ(over_op.operator_labels(0), "first") << "the replaced operator point's label";
 }
 
-TEST_F(JournalStoreTest, AppendPointMergesWithTheJournalAndTheGroup) {
+TEST_F(JournalStoreTest, PreparePointsMergesWithTheBatchTheGroupAndTheJournal) {
   VolumeInfo a = Register("db01");
   CommitSample(a);  // a flush point at LSN 2
   WriteGroup group;
-  v1::ConsistencyPoint op = Point(2, v1::POINT_OPERATOR, "label one");
-  op.set_merge_labels(true);
-  ASSERT_TRUE(store_->AppendPoint(&group, a, op).ok());
-  op.set_label("label two");
-  ASSERT_TRUE(store_->AppendPoint(&group, a, op).ok());  // merged with the first, in the group
+  v1::ConsistencyPoint first = Point(2, v1::POINT_OPERATOR, "label one");
+  first.set_merge_labels(true);
+  std::vector<v1::ConsistencyPoint> batch1 = {first};
+  ASSERT_TRUE(store_->PreparePoints(group, a, &batch1).ok());
+  for (const auto& p : batch1) store_->AppendPoint(&group, a, p);
+  v1::ConsistencyPoint second = Point(2, v1::POINT_OPERATOR, "label two");
+  second.set_merge_labels(true);
+  v1::ConsistencyPoint third = Point(2, v1::POINT_OPERATOR, "label three");
+  third.set_merge_labels(true);
   v1::ConsistencyPoint fresh = Point(9, v1::POINT_OPERATOR, "nothing there");
   fresh.set_merge_labels(true);
-  ASSERT_TRUE(store_->AppendPoint(&group, a, fresh).ok());
+  // The second merges with the first (in the group), the third with the second (same batch).
+  std::vector<v1::ConsistencyPoint> batch2 = {second, third, fresh};
+  ASSERT_TRUE(store_->PreparePoints(group, a, &batch2).ok());
+  for (const auto& p : batch2) store_->AppendPoint(&group, a, p);
   ASSERT_TRUE(store_->Commit(&group).ok());
   std::vector<v1::ConsistencyPoint> out;
   ASSERT_TRUE(store_->ReadPoints("db01", 2, 2, &out).ok());
@@ -435,7 +441,7 @@ TEST_F(JournalStoreTest, AppendPointMergesWithTheJournalAndTheGroup) {
   EXPECT_EQ(out[0].origin(), v1::POINT_FLUSH);
   EXPECT_THAT(
       std::vector<std::string>(out[0].operator_labels().begin(), out[0].operator_labels().end()),
-      ::testing::ElementsAre("label one", "label two"));
+      ::testing::ElementsAre("label one", "label two", "label three"));
   out.clear();
   ASSERT_TRUE(store_->ReadPoints("db01", 9, 9, &out).ok());
   ASSERT_EQ(out.size(), 1u);
@@ -444,24 +450,23 @@ TEST_F(JournalStoreTest, AppendPointMergesWithTheJournalAndTheGroup) {
   EXPECT_FALSE(out[0].merge_labels()) << "the flag is never stored";
 }
 
-// A batch refused half-way (a point that cannot be merged) leaves nothing in the group.
-TEST_F(JournalStoreTest, RollbackToSavePointDropsTheAppendsSinceIt) {
+// A resend is compared with the header journaled or appended under its LSN.
+TEST_F(JournalStoreTest, StoredHeaderSeesTheJournalAndTheOpenGroup) {
   VolumeInfo a = Register("db01");
-  WriteGroup group;
   const auto records = SampleRecords();
+  WriteGroup group;
   store_->AppendRecord(&group, a, records[0], *records[0].payload);
-  group.SetSavePoint();
-  store_->AppendRecord(&group, a, records[1], *records[1].payload);
-  ASSERT_TRUE(store_->AppendPoint(&group, a, Point(2, v1::POINT_FLUSH, "")).ok());
-  group.RollbackToSavePoint();
-  EXPECT_EQ(store_->LastLsn("db01", group), 1u);
   ASSERT_TRUE(store_->Commit(&group).ok());
-  EXPECT_EQ(store_->GetVolume("db01")->durable_lsn, 1u);
-  EXPECT_EQ(store_->GetVolume("db01")->last_point_lsn, 0u);
-  EXPECT_FALSE(store_->StoredHeader("db01", 2, group).ok());
-  auto header = store_->StoredHeader("db01", 1, group);
-  ASSERT_TRUE(header.ok()) << header.status();
-  EXPECT_EQ(header->crc32c, records[0].crc32c);
+  WriteGroup open;
+  store_->AppendRecord(&open, a, records[1], *records[1].payload);
+  auto committed = store_->StoredHeader("db01", 1, open);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_EQ(committed->crc32c, records[0].crc32c);
+  EXPECT_EQ(committed->payload, nullptr);
+  auto pending = store_->StoredHeader("db01", 2, open);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  EXPECT_EQ(pending->offset, records[1].offset);
+  EXPECT_EQ(store_->StoredHeader("db01", 3, open).status().code(), StatusCode::kNotFound);
 }
 
 TEST_F(JournalStoreTest, RecordTime) {

@@ -146,7 +146,13 @@ Status RetentionWorker::FoldVolume(const VolumeInfo& listed) {
   bool early = false;
   CDP_ASSIGN_OR_RETURN(uint64_t target, ChooseTarget(listed, &early));
   if (target == 0) return Status::Ok();
-  CDP_RETURN_IF_ERROR(store_->BeginFold(listed.name, target));
+  Status begun = store_->BeginFold(listed.name, target);
+  if (!begun.ok()) {
+    // Nothing was recorded: the claim ChooseTarget made (Pin refuses below it) goes too.
+    std::lock_guard<std::mutex> lock(mu_);
+    folding_to_.erase(listed.name);
+    return begun;
+  }
   CDP_ASSIGN_OR_RETURN(VolumeInfo v, store_->GetVolume(listed.name));
   return Fold(v, early);
 }

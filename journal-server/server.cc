@@ -107,6 +107,7 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
         CDP_LOG(error) << "journal-server: group commit failed, nothing acked: "
                        << committed.ToString();
       }
+      SendAgentHelloReplies();
       ServeParkedTails(/*expire_only=*/false);
       ServeCheckpoints();
     }
@@ -225,11 +226,15 @@ void JournalServer::HandleHello(const wire::Message& msg) {
       return;
     }
     session->instance_id = hello.instance_id();
-    r->set_durable_lsn(v->durable_lsn);
     r->set_volume_size(v->size_bytes);
     r->set_writer_epoch(*epoch);
     CDP_LOG(info) << "journal-server: agent " << who << " attached to volume " << hello.volume()
-                  << " (durable LSN " << v->durable_lsn << ", writer epoch " << *epoch << ")";
+                  << " (writer epoch " << *epoch << ")";
+    // Its durable LSN is known only once the open group commits: records of the writer this
+    // one may have replaced are in it, and the new writer's first LSN must follow them.
+    sessions_[msg.peer] = std::move(session);
+    hello_replies_.push_back(DeferredHelloReply{msg.peer, hello.volume(), std::move(reply)});
+    return;
   } else if (hello.role() == v1::ROLE_REPLICATOR) {
     auto v = store_->GetVolume(hello.volume());
     if (!v.ok()) {
@@ -253,31 +258,54 @@ void JournalServer::HandleHello(const wire::Message& msg) {
 
 Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::Hello& hello,
                                             const std::string& who, const VolumeInfo& v) {
+  if (hello.instance_id() == 0) {
+    return Status::ProtocolMismatch(
+        "agent " + who + " for volume " + v.name +
+        " sends no instance id: it is older than this journal-server, which lets one agent "
+        "write a volume at a time (docs/wire-protocol.md, \"One writer per volume\"); upgrade "
+        "the agent");
+  }
   VolumeRuntime& rt = runtime_[v.name];
   const uint64_t current = v.writer_epoch;
   const uint64_t presented = hello.writer_epoch();
+  const uint64_t instance = hello.instance_id();
   // The session writing the volume now, when it is another process that was heard lately.
   const Session* live = nullptr;
   if (!rt.agent_peer.empty() && rt.agent_peer != peer) {
     auto it = sessions_.find(rt.agent_peer);
     if (it != sessions_.end() && it->second->role == v1::ROLE_AGENT &&
         it->second->volume == v.name && !it->second->fenced &&
-        (hello.instance_id() == 0 || it->second->instance_id != hello.instance_id()) &&
+        it->second->instance_id != instance &&
         Clock::now() - it->second->last_seen < kWriterAliveWindow) {
       live = it->second.get();
     }
   }
+  auto busy = [&] {
+    const double quiet = std::chrono::duration<double>(Clock::now() - live->last_seen).count();
+    return Status::Unavailable(
+        "volume " + v.name + ": agent " + live->identity + " writes it with writer epoch " +
+        std::to_string(current) + " (heard " + std::to_string(quiet).substr(0, 4) +
+        " s ago) and this agent presents epoch " + std::to_string(presented) +
+        ": two agents share one state dir (a cloned source, or a copied state dir); stop one "
+        "of them. This agent retries, and becomes the writer (with a new epoch, fencing the "
+        "other) only once the other has been silent for " +
+        std::to_string(kWriterAliveWindow.count()) + " s");
+  };
   const std::string since =
       v.writer_since_ns != 0 ? " since " + FormatRfc3339(v.writer_since_ns) : std::string();
-  // The process the current epoch was granted to, asking again: its reply was lost, or it could
-  // not save the epoch. It gets the same answer, whatever it presents.
-  const bool same_process =
-      hello.instance_id() != 0 && hello.instance_id() == v.writer_instance_id && current > 0;
   uint64_t grant = 0;
-  if (same_process && presented <= current) {
+  if (current > 0 && instance == v.writer_instance_id && presented <= current) {
+    // The process the epoch was granted to, asking again: its reply was lost, or it could not
+    // save the epoch. The same answer, whatever it presents.
     grant = current;
   } else if (hello.take_over()) {
     grant = std::max(current, presented) + 1;
+  } else if (current > 0 && !v.writer_confirmed && presented == v.writer_presented_epoch &&
+             presented < current && live == nullptr) {
+    // The agent granted `current` never used it (no batch, no report) and presented what this
+    // one presents: it died before saving the grant, and this is its restart. The grant moves
+    // to this process, still unconfirmed.
+    grant = current;
   } else if (presented < current) {
     return Status::PermissionDenied(
         "volume " + v.name + ": this agent holds writer epoch " + std::to_string(presented) +
@@ -287,16 +315,8 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
         ". Another agent writes this volume now (a restarted host, a clone of the source, the "
         "source after a cutover), so this one must not: stop it. If this agent is the one that "
         "should protect the volume and the other is gone for good, restart it with --take-over");
-  } else if (live != nullptr && presented == current) {
-    const double quiet = std::chrono::duration<double>(Clock::now() - live->last_seen).count();
-    return Status::Unavailable(
-        "volume " + v.name + ": agent " + live->identity +
-        " writes it with the same writer epoch " + std::to_string(current) + " (heard " +
-        std::to_string(quiet).substr(0, 4) +
-        " s ago): two agents share one state dir (a cloned source, or a copied state dir); stop "
-        "one of them. This agent retries, and becomes the writer (with a new epoch, fencing the "
-        "other) only once the other has been silent for " +
-        std::to_string(kWriterAliveWindow.count()) + " s");
+  } else if (live != nullptr) {
+    return busy();
   } else if (current == 0) {
     grant = std::max<uint64_t>(presented, 1);  // the volume's first writer (or a journal that
                                                // predates epochs)
@@ -311,9 +331,11 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
     // holding the old one is fenced.
     grant = current + 1;
   }
-  if (grant != current || v.writer_identity != who ||
-      v.writer_instance_id != hello.instance_id()) {
-    Status granted = store_->GrantWriter(v.name, grant, who, hello.instance_id());
+  const bool same_grant = grant == current && v.writer_instance_id == instance;
+  if (!same_grant || v.writer_identity != who) {
+    // A grant that moves to this process records what it presented, unconfirmed.
+    Status granted = store_->GrantWriter(v.name, grant, who, instance,
+                                         same_grant ? v.writer_presented_epoch : presented);
     if (!granted.ok()) {
       return Status::Unavailable(
           granted.WithContext("journal-server: volume " + v.name + ": recording the writer epoch")
@@ -325,7 +347,7 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
     if (it != sessions_.end() && it->second->role == v1::ROLE_AGENT && !it->second->fenced &&
         it->second->volume == v.name) {
       it->second->fenced = true;
-      if (hello.instance_id() == 0 || it->second->instance_id != hello.instance_id()) {
+      if (it->second->instance_id != instance) {
         CDP_LOG(warning) << "journal-server: volume " << v.name << ": agent " << who
                          << " is the writer now (epoch " << grant
                          << (hello.take_over() ? ", --take-over" : "") << "); agent "
@@ -337,6 +359,12 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
   rt.writer_epoch = grant;
   rt.writer_identity = who;
   return grant;
+}
+
+void JournalServer::ConfirmWriter(const VolumeInfo& v) {
+  if (v.writer_confirmed) return;
+  Status s = store_->ConfirmWriter(v.name);
+  if (!s.ok()) CDP_LOG(warning) << "journal-server: " << s.ToString() << " (tried again later)";
 }
 
 Status JournalServer::CheckWriter(const std::string& peer, const Session& session) {
@@ -379,6 +407,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     SendError(msg.peer, vol.status(), true);
     return;
   }
+  ConfirmWriter(*vol);
   auto reject = [&](const Status& why) {
     Status s = why.WithContext("journal-server: volume " + name + ": batch from " +
                                session->identity + " rejected, nothing journaled");
@@ -439,6 +468,10 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
   while (first_new < records.size() && records[first_new].lsn <= last) {
     const ChangeRecord& rec = records[first_new];
     auto stored = store_->StoredHeader(name, rec.lsn, *group);
+    if (!stored.ok() && stored.status().IsNotFound() && rec.lsn <= vol->base_lsn) {
+      ++first_new;  // folded into the base image by retention: it was journaled, and is no more
+      continue;
+    }
     if (!stored.ok() || stored->offset != rec.offset || stored->length != rec.length ||
         stored->kind != rec.kind || stored->crc32c != rec.crc32c) {
       reject(Status::FailedPrecondition(
@@ -467,7 +500,22 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     (void)socket_->SendTo(msg.peer, h);
     return;
   }
-  group->SetSavePoint();
+  // The points first: merging one may read the point the journal holds at its LSN, and a read
+  // that fails must leave nothing of the batch in the group.
+  const uint64_t batch_last = records.empty() ? last : std::max(last, records.back().lsn);
+  std::vector<v1::ConsistencyPoint> points;
+  for (const auto& p : batch.points()) {
+    // A point at or below the base LSN would outlive the history retention folded away.
+    if (p.lsn() <= batch_last && p.lsn() >= vol->base_lsn) points.push_back(p);
+  }
+  Status prepared = store_->PreparePoints(*group, *vol, &points);
+  if (!prepared.ok()) {
+    Status s = prepared.WithContext("journal-server: volume " + name + ": batch from " +
+                                    session->identity + " not journaled; will be retried");
+    CDP_LOG(error) << s.message();
+    SendError(msg.peer, s, false);
+    return;
+  }
   size_t payload_index = 0;
   for (size_t i = 0; i < records.size(); ++i) {
     std::string_view payload;
@@ -477,20 +525,7 @@ void JournalServer::HandleBatch(wire::Message& msg, WriteGroup* group,
     }
     if (i >= first_new) store_->AppendRecord(group, *vol, records[i], payload);
   }
-  const uint64_t batch_last = records.empty() ? last : std::max(last, records.back().lsn);
-  for (const auto& p : batch.points()) {
-    // A point at or below the base LSN would outlive the history retention folded away.
-    if (p.lsn() > batch_last || p.lsn() < vol->base_lsn) continue;
-    Status appended = store_->AppendPoint(group, *vol, p);
-    if (!appended.ok()) {
-      group->RollbackToSavePoint();
-      Status s = appended.WithContext("journal-server: volume " + name + ": batch from " +
-                                      session->identity + " not journaled; will be retried");
-      CDP_LOG(error) << s.message();
-      SendError(msg.peer, s, false);
-      return;
-    }
-  }
+  for (const auto& p : points) store_->AppendPoint(group, *vol, p);
   for (const auto& g : batch.gaps()) store_->AppendGap(group, *vol, g);
   acks->push_back(PendingAck{msg.peer, name, batch.sequence()});
 }
@@ -514,6 +549,7 @@ void JournalServer::HandleReport(const wire::Message& msg) {
   rt.agent_peer = msg.peer;
   auto v = store_->GetVolume(report.volume());
   if (!v.ok()) return;
+  ConfirmWriter(*v);
   v1::Header h;
   h.mutable_durable_ack()->set_volume(report.volume());
   h.mutable_durable_ack()->set_durable_lsn(v->durable_lsn);
@@ -619,6 +655,19 @@ void JournalServer::ServeParkedTails(bool expire_only) {
     }
     it = served ? parked_.erase(it) : std::next(it);
   }
+}
+
+void JournalServer::SendAgentHelloReplies() {
+  for (auto& d : hello_replies_) {
+    auto v = store_->GetVolume(d.volume);
+    if (!v.ok()) {
+      SendError(d.peer, v.status(), false);
+      continue;
+    }
+    d.reply.mutable_hello_reply()->set_durable_lsn(v->durable_lsn);
+    (void)socket_->SendTo(d.peer, d.reply);
+  }
+  hello_replies_.clear();
 }
 
 void JournalServer::SendImageReplies() {

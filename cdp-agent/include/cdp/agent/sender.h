@@ -53,8 +53,9 @@ struct SenderOptions {
   uint64_t bandwidth_bytes_per_sec = 0;
   int report_interval_ms = 100;  // also sent at once when the queue drains
   // One writer per volume (docs/wire-protocol.md): the writer epoch the state dir holds (0:
-  // none), this process's random instance id, and whether to take the volume over from the
-  // agent that writes it now (cdp-agent --take-over; asked once, in the first Hello).
+  // none), this process's random instance id (0: the Sender draws one), and whether to take the
+  // volume over from the agent that writes it now (cdp-agent --take-over; asked once, in the
+  // first Hello).
   uint64_t writer_epoch = 0;
   uint64_t instance_id = 0;
   bool take_over = false;
@@ -252,6 +253,7 @@ class Sender {
   std::atomic<bool> connected_{false};
   std::atomic<bool> fenced_{false};
   std::atomic<uint64_t> writer_epoch_{0};
+  uint64_t instance_id_ = 0;  // options_.instance_id, or a random one
   std::atomic<bool> stop_{false};
   std::atomic<int> drain_ms_{0};
   int wake_fd_ = -1;  // eventfd that wakes the sender thread

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -63,9 +64,13 @@ class VolumeCapture : public CaptureTarget {
   enum class RegionResult { kQueued, kSkippedZero, kNoSpace, kNotReady };
   // Reads [offset, offset+length) and queues it as one record (a write, or a write-zeroes when
   // the region is all zeroes and skip_zero is false), atomically with respect to client writes.
-  // kSkippedZero: all zeroes and skip_zero. kNoSpace: the Sender buffer is full (nothing queued;
-  // wait and retry). kNotReady: the LSN base is not known yet.
-  Result<RegionResult> CaptureRegion(uint64_t offset, uint32_t length, bool skip_zero);
+  // kSkippedZero: all zeroes and skip_zero. kNoSpace: the Sender buffer is full (async mode;
+  // nothing queued: wait and retry) or, in sync mode, the wait for room ended (give_up() true,
+  // polled every 200 ms, the agent stopping or fenced). kNotReady: the LSN base is not known
+  // yet. In sync mode the region takes its room with Sender::Reserve, in turn with the clients'
+  // writes, before the capture lock.
+  Result<RegionResult> CaptureRegion(uint64_t offset, uint32_t length, bool skip_zero,
+                                     const std::function<bool()>& give_up = [] { return false; });
 
   // Trace mode: queues records that were built from device content read back by the caller
   // (never written through this object), assigning each the next LSN in order, under the capture
@@ -90,7 +95,8 @@ class VolumeCapture : public CaptureTarget {
   uint64_t last_point_lsn() const;
 
   // Records a consistency point at the last LSN handed out (if any record came since the last
-  // point). Returns that LSN (0 when none).
+  // point, or it is a sync-done point, or it has a label: then it is sent with merge_labels and
+  // the journal adds the label to the point already there). Returns that LSN (0 when none).
   uint64_t AddPoint(v1::PointOrigin origin, const std::string& label);
 
   // Starts a shutdown: writes waiting for durability (sync mode) keep waiting until drain_ms
@@ -121,9 +127,10 @@ class VolumeCapture : public CaptureTarget {
     uint64_t generation = Sender::kAnyGeneration;
   };
   // Sync mode: waits, without the capture lock, until the LSN base is known and `charge` bytes
-  // are reserved in the Sender. Aborted when the agent stops meanwhile (nothing was applied).
-  // Async mode: nothing to do.
-  Status Admit(uint64_t charge, Admission* admission);
+  // are reserved in the Sender. Aborted when the agent stops (or give_up() says so) meanwhile,
+  // IOError when it is fenced; nothing was applied then. Async mode: nothing to do.
+  Status Admit(uint64_t charge, Admission* admission,
+               const std::function<bool()>& give_up = [] { return false; });
   // Queues `rec` (LSN assigned here) — in sync mode into admission's reservation, recording the
   // generation. REQUIRES: mu_ held. Returns its LSN, 0 when it went to the bitmap instead, or
   // UINT64_MAX when the sender stopped (sync mode: never journaled).

@@ -56,6 +56,8 @@ struct VolumeInfo {
   std::string writer_identity;
   uint64_t writer_since_ns = 0;
   uint64_t writer_instance_id = 0;  // the agent process it was granted to (Hello.instance_id)
+  uint64_t writer_presented_epoch = 0;  // the epoch that process presented (its state dir's)
+  bool writer_confirmed = false;        // it has used the grant (sent a batch or a report)
 };
 
 // Limits on what an agent may register (RegisterVolume): sizes are whole blocks of a power of
@@ -84,11 +86,6 @@ class WriteGroup {
   bool empty() const { return batch_.Count() == 0; }
   size_t byte_size() const { return batch_.GetDataSize(); }
 
-  // Remembers the group as it is; RollbackToSavePoint then drops every append made since, so a
-  // batch refused half-way leaves nothing in the group. One save point at a time.
-  void SetSavePoint();
-  void RollbackToSavePoint();
-
  private:
   friend class JournalStore;
   rocksdb::WriteBatch batch_;
@@ -106,10 +103,6 @@ class WriteGroup {
   // Headers of the records appended in this group (payload null), by key: a resend is compared
   // with them (JournalStore::StoredHeader).
   std::map<std::string, ChangeRecord> headers_;
-  // SetSavePoint's copies.
-  std::map<uint32_t, Delta> saved_deltas_;
-  std::map<std::string, v1::ConsistencyPoint> saved_points_;
-  std::map<std::string, ChangeRecord> saved_headers_;
 };
 
 class JournalStore {
@@ -145,10 +138,16 @@ class JournalStore {
   // verified by the caller.
   void AppendRecord(WriteGroup* group, const VolumeInfo& volume, const ChangeRecord& rec,
                     std::string_view payload);
-  // Appends a consistency point. One with merge_labels is merged (MergePoint) with the point
-  // already at its LSN, in the journal or earlier in `group`; reading that point can fail
-  // (IOError, Corruption), and then nothing is appended.
-  Status AppendPoint(WriteGroup* group, const VolumeInfo& volume, const v1::ConsistencyPoint& p);
+  // Readies `points` (in order, about to be appended to `group`) for AppendPoint: each one with
+  // merge_labels becomes its merge (MergePoint) with the point already at its LSN — an earlier
+  // one of `points`, one appended to `group`, or one in the journal — and loses the flag.
+  // Reading the journal's point can fail (IOError, Corruption naming the LSN); then `points`
+  // is unusable and nothing was appended, so a batch can be refused whole.
+  Status PreparePoints(const WriteGroup& group, const VolumeInfo& volume,
+                       std::vector<v1::ConsistencyPoint>* points) const;
+  // Appends a consistency point as it is. REQUIRES: readied by PreparePoints when it may carry
+  // merge_labels.
+  void AppendPoint(WriteGroup* group, const VolumeInfo& volume, const v1::ConsistencyPoint& p);
   void AppendGap(WriteGroup* group, const VolumeInfo& volume, const v1::Gap& gap);
 
   // Writes the group with a synced WAL write; on OK the appends are durable and the in-memory
@@ -198,11 +197,13 @@ class JournalStore {
   // DATA_DIR/base/ID.img: the base image of the volume with that id.
   std::string BaseImagePath(uint32_t volume_id) const;
 
-  // Records, with a synced write, that agent process `instance_id` (`identity`) was granted
-  // writer epoch `epoch` of `name` (docs/wire-protocol.md, "One writer per volume"); the grant
-  // survives restarts.
+  // Records, with a synced write, that agent process `instance_id` (`identity`), presenting
+  // epoch `presented`, was granted writer epoch `epoch` of `name` (docs/wire-protocol.md, "One
+  // writer per volume"), not confirmed yet; the grant survives restarts.
   Status GrantWriter(const std::string& name, uint64_t epoch, const std::string& identity,
-                     uint64_t instance_id);
+                     uint64_t instance_id, uint64_t presented);
+  // Records, with a synced write, that the writer of `name` has used its grant.
+  Status ConfirmWriter(const std::string& name);
 
   // Records, with a synced write, that a fold of `name` up to `target` begins: from then on the
   // base image may hold any state in (base_lsn, target]. REQUIRES: base_lsn < target <= durable.
@@ -237,9 +238,18 @@ class JournalStore {
   static v1::VolumeMeta MetaOf(const VolumeInfo& v);
   Status PutMeta(const VolumeInfo& v, rocksdb::WriteBatch* batch);
   // Applies `change` to the volume and stores its VolumeMeta with a synced write; the in-memory
-  // copy changes only once that succeeded. `what` names the change in errors.
+  // copy changes only once that succeeded. `what` names the change in errors. Resumes RocksDB
+  // first after a failed write, as Commit does.
   Status UpdateMeta(const std::string& name, const std::function<void(VolumeInfo*)>& change,
                     const std::string& what);
+  // UpdateMeta's write. Takes mu_.
+  Status UpdateMetaLocked(const std::string& name, const std::function<void(VolumeInfo*)>& change,
+                          const std::string& what);
+  // After a failed write RocksDB takes none until DB::Resume: tries it (at most once a second).
+  // REQUIRES: commit_mu_ held, mu_ not.
+  Status ResumeLocked();
+  // Records a failed write (RocksDB may need Resume). REQUIRES: commit_mu_ held.
+  void NoteWriteErrorLocked(const Status& s);
 
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;

@@ -89,6 +89,12 @@ class JournalServer {
     wire::v1::TailRequest request;
     Clock::time_point deadline;
   };
+  // An agent's HelloReply, sent once the open group has committed (its durable LSN then).
+  struct DeferredHelloReply {
+    std::string peer;
+    std::string volume;
+    wire::v1::Header reply;
+  };
   // An ack to send once the group commit is durable.
   struct PendingAck {
     std::string peer;
@@ -109,12 +115,16 @@ class JournalServer {
   // OK when `session` (an agent's, for its volume) is the volume's writer; PermissionDenied
   // naming the writer when it was fenced.
   Status CheckWriter(const std::string& peer, const Session& session);
+  // The writer of `v` has used its grant (a batch or a report): records it once (synced).
+  void ConfirmWriter(const VolumeInfo& v);
   void HandleBatch(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
   void HandleReport(const wire::Message& msg);
   void HandleTail(const wire::Message& msg);
   void HandleStatus(const wire::Message& msg);
   // PointsRequest: the consistency points of a volume (NotFound for an unknown one).
   void HandlePoints(const wire::Message& msg);
+  // Sends the agents' HelloReplies held back until the group committed, with the durable LSN.
+  void SendAgentHelloReplies();
   // Sends the replies the image service has ready.
   void SendImageReplies();
   // CheckpointRequest from a control client: relayed to the volume's agent.
@@ -142,6 +152,7 @@ class JournalServer {
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
   std::map<std::string, ParkedTail> parked_;                  // by routing id
   std::map<uint64_t, PendingCheckpoint> checkpoints_;         // by request id
+  std::vector<DeferredHelloReply> hello_replies_;             // until the group commits
   uint64_t next_checkpoint_ = 1;
   uint64_t next_session_ = 1;
 };
