@@ -273,11 +273,7 @@ class DrillEngine::Impl {
       started = TargetVm(drill_vm_).Start(progress);
     }
     if (!started.ok()) return started.WithContext("drill VM " + drill_vm_.name);
-    auto text = ReadWholeFile(drill_vm_.state_file());
-    const nlohmann::json state =
-        nlohmann::json::parse(text.ok() ? *text : std::string("{}"), nullptr, false);
-    const auto field = state.is_object() ? state.find("pe_boot_seconds") : state.end();
-    const double boot = field != state.end() && field->is_number() ? field->get<double>() : 0.0;
+    const double boot = TargetVm(drill_vm_).RecordedPeBootSeconds();
     return "drill VM " + drill_vm_.name + " pe-ready in " + FixedSeconds(boot, 1) +
            " s on overlays of the frozen disks (console " + drill_vm_.console_log() + ")";
   }

@@ -202,6 +202,10 @@ Status TargetVm::PrepareDisks(std::ostream& progress) {
   return Status::Ok();
 }
 
+double TargetVm::RecordedPeBootSeconds() const {
+  return FieldOr<double>(ReadStateFile(config_.state_file()), "pe_boot_seconds", 0.0);
+}
+
 int TargetVm::RunningPid() const {
   auto text = ReadWholeFile(config_.pid_file());
   if (!text.ok()) return 0;

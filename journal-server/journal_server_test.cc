@@ -168,6 +168,19 @@ class JournalServerTest : public ::testing::Test {
     return agent;
   }
 
+  // An agent client (process `instance`, its state dir holding epoch `presented`) that has said
+  // Hello for kVolume and was granted writer epoch `granted`.
+  std::unique_ptr<Client> Writer(uint64_t instance, uint64_t presented, uint64_t granted) {
+    auto agent = NewClient();
+    auto reply = agent->Hello(AgentHello(kVolume, kVolumeSize, presented, instance));
+    if (!reply.ok()) {
+      ADD_FAILURE() << "agent " << instance << " refused: " << reply.status();
+    } else {
+      EXPECT_EQ(reply->writer_epoch(), granted) << "agent " << instance;
+    }
+    return agent;
+  }
+
   std::unique_ptr<Client> NewReplicator() {
     auto replicator = NewClient();
     auto reply = replicator->Hello(ReplicatorHello(kVolume));
@@ -573,10 +586,7 @@ TEST_F(JournalServerTest, BatchesOfSeveralAgentsAreAllAcked) {
 // A second agent for a volume that has a writer — a fresh state dir, a restarted host — is
 // refused and journals nothing; the first goes on.
 TEST_F(JournalServerTest, ASecondAgentWithAnOlderEpochIsRefused) {
-  auto first = NewClient();
-  auto granted = first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1));
-  ASSERT_TRUE(granted.ok()) << granted.status();
-  EXPECT_EQ(granted->writer_epoch(), 1u);
+  auto first = Writer(1, 0, 1);
   Batch b = MakeBatch(1, 2);
   ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 2u);
 
@@ -617,18 +627,12 @@ TEST_F(JournalServerTest, AnAgentWithoutAnInstanceIdIsTooOld) {
 // presenting the epoch it held before, is the same agent, not a second one — until the grant has
 // been used.
 TEST_F(JournalServerTest, ARestartBeforeTheGrantWasSavedIsTheSameAgent) {
-  auto first = NewClient();
-  auto granted = first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1));
-  ASSERT_TRUE(granted.ok()) << granted.status();
-  ASSERT_EQ(granted->writer_epoch(), 1u);
+  auto first = Writer(1, 0, 1);
   Batch b = MakeBatch(1, 1);
   ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 1u);
   std::this_thread::sleep_for(std::chrono::milliseconds(3300));  // the first run is gone
   // The restart saved epoch 1 and was granted 2, then killed before saving it.
-  auto restarted = NewClient();
-  auto regranted = restarted->Hello(AgentHello(kVolume, kVolumeSize, 1, 2));
-  ASSERT_TRUE(regranted.ok()) << regranted.status();
-  ASSERT_EQ(regranted->writer_epoch(), 2u);
+  auto restarted = Writer(2, 1, 2);
   std::this_thread::sleep_for(std::chrono::milliseconds(3300));  // both runs are silent
   // The next restart presents 1 again.
   auto again = NewClient();
@@ -647,8 +651,7 @@ TEST_F(JournalServerTest, ARestartBeforeTheGrantWasSavedIsTheSameAgent) {
 // writer's HelloReply waits for the commit, so its first LSN follows them, and nothing of the
 // two is mixed or acked twice.
 TEST_F(JournalServerTest, ATakeOverReplyFollowsTheOldWritersOpenGroup) {
-  auto first = NewClient();
-  ASSERT_TRUE(first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1)).ok());
+  auto first = Writer(1, 0, 1);
   Batch b = MakeBatch(1, 2);
   ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 2u);
   auto second = NewClient();
@@ -677,8 +680,7 @@ TEST_F(JournalServerTest, ATakeOverReplyFollowsTheOldWritersOpenGroup) {
 // --take-over makes the newer agent the writer; the older one's next batch is refused, and
 // nothing of it is journaled.
 TEST_F(JournalServerTest, ATakeOverFencesTheWriter) {
-  auto first = NewClient();
-  ASSERT_TRUE(first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1)).ok());
+  auto first = Writer(1, 0, 1);
   Batch b = MakeBatch(1, 2);
   ASSERT_EQ(ExpectAck(first->Call(b.header, std::move(b.frames))).durable_lsn(), 2u);
 
@@ -716,8 +718,7 @@ TEST_F(JournalServerTest, ATakeOverFencesTheWriter) {
 // waits (retryable) until the first has been silent, then gets a new epoch that fences the
 // first. The same process reconnecting keeps its epoch.
 TEST_F(JournalServerTest, TheSameEpochFromAnotherLiveProcessWaits) {
-  auto first = NewClient();
-  ASSERT_TRUE(first->Hello(AgentHello(kVolume, kVolumeSize, 0, 1)).ok());
+  auto first = Writer(1, 0, 1);
   auto reconnect = NewClient();
   auto same = reconnect->Hello(AgentHello(kVolume, kVolumeSize, 1, 1));
   ASSERT_TRUE(same.ok()) << same.status();

@@ -447,10 +447,9 @@ void JournalStore::AppendRecord(WriteGroup* group, const VolumeInfo& volume,
   const std::string key = JournalKey(volume.id, rec.lsn);
   group->batch_.Put(index_cf_, key, EncodeRecordHeader(rec));
   if (rec.has_payload()) group->batch_.Put(payload_cf_, key, rocksdb::Slice(payload));
-  ChangeRecord header = rec;
-  header.payload = nullptr;
-  group->headers_[key] = std::move(header);
   auto& d = group->deltas_[volume.id];
+  d.headers.push_back(rec);
+  d.headers.back().payload = nullptr;
   d.last_lsn = std::max(d.last_lsn, rec.lsn);
   d.records++;
   d.bytes += payload.size();
@@ -726,9 +725,13 @@ Result<SharedBytes> JournalStore::ReadPayload(const std::string& name,
 Result<ChangeRecord> JournalStore::StoredHeader(const std::string& name, uint64_t lsn,
                                                 const WriteGroup& group) const {
   CDP_ASSIGN_OR_RETURN(VolumeInfo v, GetVolume(name));
+  auto d = group.deltas_.find(v.id);
+  if (d != group.deltas_.end() && lsn <= d->second.last_lsn &&
+      d->second.last_lsn - lsn < d->second.headers.size()) {
+    const auto& headers = d->second.headers;
+    return headers[headers.size() - 1 - (d->second.last_lsn - lsn)];
+  }
   const std::string key = JournalKey(v.id, lsn);
-  auto pending = group.headers_.find(key);
-  if (pending != group.headers_.end()) return pending->second;
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), index_cf_, key, &value);
   const std::string where = "journal volume " + name;

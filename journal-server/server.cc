@@ -12,10 +12,10 @@ namespace cdp::journal {
 namespace v1 = wire::v1;
 
 namespace {
+// An agent not heard for this long is not connected (status, checkpoints), and its writer
+// session may be replaced by another process presenting its writer epoch (a restart after a
+// crash; docs/wire-protocol.md, "One writer per volume").
 constexpr auto kAgentAliveWindow = std::chrono::seconds(3);
-// An agent writer session silent this long may be replaced by another process presenting the
-// same writer epoch (a restart after a crash); docs/wire-protocol.md, "One writer per volume".
-constexpr auto kWriterAliveWindow = std::chrono::seconds(3);
 constexpr auto kSessionExpiry = std::chrono::seconds(60);
 constexpr size_t kMaxTailRecords = 4096;
 constexpr size_t kMaxDrainMessages = 512;
@@ -269,17 +269,20 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
   const uint64_t current = v.writer_epoch;
   const uint64_t presented = hello.writer_epoch();
   const uint64_t instance = hello.instance_id();
-  // The session writing the volume now, when it is another process that was heard lately.
-  const Session* live = nullptr;
+  // The session writing the volume now, on another connection; `live` when it is another
+  // process that was heard lately.
+  Session* writer = nullptr;
   if (!rt.agent_peer.empty() && rt.agent_peer != peer) {
     auto it = sessions_.find(rt.agent_peer);
     if (it != sessions_.end() && it->second->role == v1::ROLE_AGENT &&
-        it->second->volume == v.name && !it->second->fenced &&
-        it->second->instance_id != instance &&
-        Clock::now() - it->second->last_seen < kWriterAliveWindow) {
-      live = it->second.get();
+        it->second->volume == v.name && !it->second->fenced) {
+      writer = it->second.get();
     }
   }
+  const Session* live = writer != nullptr && writer->instance_id != instance &&
+                                Clock::now() - writer->last_seen < kAgentAliveWindow
+                            ? writer
+                            : nullptr;
   auto busy = [&] {
     const double quiet = std::chrono::duration<double>(Clock::now() - live->last_seen).count();
     return Status::Unavailable(
@@ -289,7 +292,7 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
         ": two agents share one state dir (a cloned source, or a copied state dir); stop one "
         "of them. This agent retries, and becomes the writer (with a new epoch, fencing the "
         "other) only once the other has been silent for " +
-        std::to_string(kWriterAliveWindow.count()) + " s");
+        std::to_string(kAgentAliveWindow.count()) + " s");
   };
   const std::string since =
       v.writer_since_ns != 0 ? " since " + FormatRfc3339(v.writer_since_ns) : std::string();
@@ -342,22 +345,16 @@ Result<uint64_t> JournalServer::AdmitWriter(const std::string& peer, const v1::H
               .message());
     }
   }
-  if (!rt.agent_peer.empty() && rt.agent_peer != peer) {
-    auto it = sessions_.find(rt.agent_peer);
-    if (it != sessions_.end() && it->second->role == v1::ROLE_AGENT && !it->second->fenced &&
-        it->second->volume == v.name) {
-      it->second->fenced = true;
-      if (it->second->instance_id != instance) {
-        CDP_LOG(warning) << "journal-server: volume " << v.name << ": agent " << who
-                         << " is the writer now (epoch " << grant
-                         << (hello.take_over() ? ", --take-over" : "") << "); agent "
-                         << it->second->identity << " is fenced: its writes are refused";
-      }
+  if (writer != nullptr) {
+    writer->fenced = true;
+    if (writer->instance_id != instance) {
+      CDP_LOG(warning) << "journal-server: volume " << v.name << ": agent " << who
+                       << " is the writer now (epoch " << grant
+                       << (hello.take_over() ? ", --take-over" : "") << "); agent "
+                       << writer->identity << " is fenced: its writes are refused";
     }
   }
   rt.agent_peer = peer;
-  rt.writer_epoch = grant;
-  rt.writer_identity = who;
   return grant;
 }
 
@@ -372,13 +369,12 @@ Status JournalServer::CheckWriter(const std::string& peer, const Session& sessio
   if (!session.fenced && rt != runtime_.end() && rt->second.agent_peer == peer) {
     return Status::Ok();
   }
-  const std::string writer = rt != runtime_.end() && !rt->second.writer_identity.empty()
-                                 ? rt->second.writer_identity
-                                 : std::string("another agent");
-  const uint64_t epoch = rt != runtime_.end() ? rt->second.writer_epoch : 0;
+  auto v = store_->GetVolume(session.volume);
+  const std::string writer = v.ok() && !v->writer_identity.empty() ? v->writer_identity
+                                                                    : std::string("another agent");
   return Status::PermissionDenied(
       "volume " + session.volume + ": this agent is fenced: " + writer +
-      " became the volume's writer (epoch " + std::to_string(epoch) +
+      " became the volume's writer (epoch " + std::to_string(v.ok() ? v->writer_epoch : 0) +
       "); this agent's writes are not journaled. Stop it, or restart it with --take-over if it "
       "is the one that should protect the volume");
 }

@@ -87,6 +87,10 @@ class TargetVm {
 
   const TargetConfig& config() const { return config_; }
 
+  // The PE boot time (QEMU start -> pe-agent ready) its last Start recorded in its state file;
+  // 0 when there is none (never started, or a damaged file).
+  double RecordedPeBootSeconds() const;
+
  private:
   Status PrepareDisks(std::ostream& progress);
   int RunningPid() const;

@@ -96,13 +96,13 @@ class WriteGroup {
     uint64_t bytes = 0;
     uint64_t last_point_lsn = 0;
     uint64_t gaps = 0;
+    // The headers appended (payload null), contiguous from LSN last_lsn - size() + 1: a resend
+    // is compared with them (JournalStore::StoredHeader).
+    std::vector<ChangeRecord> headers;
   };
   std::map<uint32_t, Delta> deltas_;
   // Points appended in this group, by key: a later merge in the same group sees them.
   std::map<std::string, v1::ConsistencyPoint> points_;
-  // Headers of the records appended in this group (payload null), by key: a resend is compared
-  // with them (JournalStore::StoredHeader).
-  std::map<std::string, ChangeRecord> headers_;
 };
 
 class JournalStore {

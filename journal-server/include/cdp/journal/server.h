@@ -73,8 +73,6 @@ class JournalServer {
     Clock::time_point applied_time{};
     std::string agent_peer;  // the writer's session (one writer per volume)
     std::string replicator_peer;
-    uint64_t writer_epoch = 0;
-    std::string writer_identity;
   };
   // A `cdpctl checkpoint` relayed to the volume's agent, answered once its point is durable.
   struct PendingCheckpoint {
