@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
       "state-dir", po::value(&options.state_dir),
       "where the agent keeps its state between runs (default /var/lib/cdp-agent/VOLUME)")(
       "buffer-mib", po::value(&buffer_mib)->default_value(32),
-      "memory for records not yet durable; past it async mode tracks dirty regions instead")(
+      "memory for records not yet durable; past it async mode tracks dirty regions instead (at "
+      "least 2 in NBD mode, 8 in trace mode; NBD requests are at most half of it)")(
       "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio")(
       "bandwidth-limit", po::value<double>()->default_value(0),
       "MB/s (10^6 bytes) of payload to the journal-server; 0 = unlimited. Past the limit records "
