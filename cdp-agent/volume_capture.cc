@@ -101,12 +101,7 @@ Status VolumeCapture::Admit(uint64_t charge, Admission* admission,
       lsn_cv_.wait_for(lock, std::chrono::milliseconds(200));
     }
   }
-  if (sender_->fenced() && !lsn_known_.load()) {
-    return Status::IOError("volume " + volume_ +
-                           ": this agent is fenced (another agent writes the volume); the write "
-                           "cannot become durable and was not applied");
-  }
-  auto reserved = sender_->Reserve(charge, stopping);
+  auto reserved = sender_->Reserve(charge, stopping);  // IOError at once when fenced
   if (!reserved.ok()) {
     return reserved.status().WithContext("volume " + volume_ + ": write not applied");
   }
