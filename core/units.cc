@@ -1,5 +1,7 @@
 #include "cdp/core/units.h"
 
+#include <cstdio>
+
 namespace cdp {
 
 Result<uint64_t> ParseSize(const std::string& text) {
@@ -77,6 +79,12 @@ std::string FormatDuration(uint64_t seconds) {
   if (seconds % 3600 == 0) return std::to_string(seconds / 3600) + "h";
   if (seconds % 60 == 0) return std::to_string(seconds / 60) + "m";
   return std::to_string(seconds) + "s";
+}
+
+std::string FormatFixed(double v, int digits) {
+  char buf[64];
+  snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
 }
 
 }  // namespace cdp

@@ -42,5 +42,12 @@ TEST(Units, DurationsFormatInTheLargestWholeUnit) {
   EXPECT_EQ(FormatDuration(604800), "7d");
 }
 
+TEST(FormatFixed, PrintsExactlyTheDigitsAsked) {
+  EXPECT_EQ(FormatFixed(1.5, 2), "1.50");
+  EXPECT_EQ(FormatFixed(0.044, 3), "0.044");
+  EXPECT_EQ(FormatFixed(12.96, 1), "13.0");
+  EXPECT_EQ(FormatFixed(90, 0), "90");
+}
+
 }  // namespace
 }  // namespace cdp

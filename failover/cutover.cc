@@ -12,9 +12,10 @@
 #include <xxhash.h>
 
 #include "cdp/core/block_device.h"
-#include "cdp/core/qmp_client.h"
-#include "cdp/ctl/control_client.h"
 #include "cdp/core/host_command.h"
+#include "cdp/core/qmp_client.h"
+#include "cdp/core/units.h"
+#include "cdp/ctl/control_client.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
@@ -32,8 +33,6 @@ namespace {
 // re-reads little beyond what was written since the background pass, large enough that a full
 // pass is a handful of requests (the pe-agent takes up to 256 MiB of regions per request).
 constexpr uint64_t kVerifyChunk = 4ull << 20;
-
-std::string Fixed(double v, int digits) { return FixedSeconds(v, digits); }
 
 }  // namespace
 
@@ -80,7 +79,8 @@ class CutoverEngine::Impl {
  private:
   CutoverReport Finish() {
     report_.steps = steps_.steps();
-    steps_.Line(report_.ok ? "cutover done: downtime " + Fixed(report_.downtime_seconds, 2) + " s"
+    steps_.Line(report_.ok
+                    ? "cutover done: downtime " + FormatFixed(report_.downtime_seconds, 2) + " s"
                     : "cutover FAILED: " + report_.error +
                           (report_.rollback.empty() ? "" : "; " + report_.rollback));
     return report_;
@@ -149,11 +149,12 @@ class CutoverEngine::Impl {
         return Status::FailedPrecondition("volume " + volume + ": its agent is not connected");
       }
       if (v.lag_seconds() > plan_.budgets.lag_seconds) {
-        return Status::FailedPrecondition("volume " + volume + " lags " +
-                                          Fixed(v.lag_seconds(), 1) + " s, over the budget of " +
-                                          Fixed(plan_.budgets.lag_seconds, 1) + " s");
+        return Status::FailedPrecondition(
+            "volume " + volume + " lags " + FormatFixed(v.lag_seconds(), 1) +
+            " s, over the budget of " + FormatFixed(plan_.budgets.lag_seconds, 1) + " s");
       }
-      lags += (lags.empty() ? "" : ", ") + volume + " lag " + Fixed(v.lag_seconds(), 2) + " s";
+      lags +=
+          (lags.empty() ? "" : ", ") + volume + " lag " + FormatFixed(v.lag_seconds(), 2) + " s";
     }
     return "source running, target pe-ready, " + lags + (own.empty() ? "" : "; " + own);
   }
@@ -225,7 +226,7 @@ class CutoverEngine::Impl {
       if (Cancelled()) return Status::Aborted("stopped by a signal while the target drained: " + out);
       if (Clock::now() > deadline) {
         return Status::TimedOut("the target did not apply the final LSN within " +
-                                Fixed(plan_.budgets.drain_seconds, 0) + " s: " + out);
+                                FormatFixed(plan_.budgets.drain_seconds, 0) + " s: " + out);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }

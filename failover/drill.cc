@@ -274,7 +274,7 @@ class DrillEngine::Impl {
     }
     if (!started.ok()) return started.WithContext("drill VM " + drill_vm_.name);
     const double boot = TargetVm(drill_vm_).RecordedPeBootSeconds();
-    return "drill VM " + drill_vm_.name + " pe-ready in " + FixedSeconds(boot, 1) +
+    return "drill VM " + drill_vm_.name + " pe-ready in " + FormatFixed(boot, 1) +
            " s on overlays of the frozen disks (console " + drill_vm_.console_log() + ")";
   }
 

@@ -87,8 +87,8 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
         std::chrono::milliseconds(static_cast<int64_t>(h.interval_seconds * 1000)));
   }
   return Status::TimedOut("the service at " + h.host + ":" + std::to_string(h.port) +
-                          " did not answer as expected within " +
-                          FixedSeconds(budget_seconds, 0) + " s: " + last);
+                          " did not answer as expected within " + FormatFixed(budget_seconds, 0) +
+                          " s: " + last);
 }
 
 Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan,
@@ -118,7 +118,7 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
   CDP_ASSIGN_OR_RETURN(auto reply, std::move(taken));
   std::string steps;
   for (const auto& s : reply.steps()) {
-    steps += (steps.empty() ? "" : ", ") + s.name() + " " + FixedSeconds(s.seconds(), 2) + " s";
+    steps += (steps.empty() ? "" : ", ") + s.name() + " " + FormatFixed(s.seconds(), 2) + " s";
   }
   if (!reply.ok()) {
     return Status::FailedPrecondition("the pe-agent refused the takeover: " + reply.error() +

@@ -167,7 +167,7 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
   if (held_seconds * 1000 >= kHoldMs) {
     std::vector<std::string> done;
     Status thawed = Thaw(&done);
-    return Status::TimedOut("the snapshot took " + FixedSeconds(held_seconds, 1) +
+    return Status::TimedOut("the snapshot took " + FormatFixed(held_seconds, 1) +
                             " s, longer than the pe-agent's apply hold; it may split a batch and "
                             "was undone" +
                             (thawed.ok() ? "" : " — NOT committed back: " + thawed.message()));
@@ -177,8 +177,8 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
     (*lsn)[volume] = applied;
     lsns += (lsns.empty() ? "" : ", ") + volume + " " + std::to_string(applied);
   }
-  std::string out = "target disks frozen at LSN " + lsns + " (apply held " +
-                    FixedSeconds(held_seconds, 2) + " s";
+  std::string out =
+      "target disks frozen at LSN " + lsns + " (apply held " + FormatFixed(held_seconds, 2) + " s";
   if (released.ok()) {
     out += ", " + std::to_string(released->queued_batches()) + " batch(es) waited";
   } else {

@@ -13,9 +13,10 @@
 #include <thread>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/core/host_command.h"
 #include "cdp/core/qmp_client.h"
 #include "cdp/core/record.h"
-#include "cdp/core/host_command.h"
+#include "cdp/core/units.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/pe/disk_finder.h"
 #include "cdp/pe/pe_client.h"
@@ -83,14 +84,6 @@ Status CreateImage(const std::string& path, const std::string& format, uint64_t 
 }
 
 bool ProcessAlive(int pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
-
-std::string Fixed(double v, int digits) {
-  std::ostringstream o;
-  o.setf(std::ios::fixed);
-  o.precision(digits);
-  o << v;
-  return o.str();
-}
 
 nlohmann::json ReadStateFile(const std::string& path) {
   auto text = ReadWholeFile(path);
@@ -332,7 +325,7 @@ Status TargetVm::Start(std::ostream& progress) {
       const std::string tail = ConsoleTail(20);
       (void)Stop(progress);
       return Status::TimedOut("target " + c.name + ": the pe-agent was not ready within " +
-                              Fixed(c.ready_timeout_seconds, 0) + " s (" + last_error +
+                              FormatFixed(c.ready_timeout_seconds, 0) + " s (" + last_error +
                               "); the VM was stopped. Last console lines (" + c.console_log() +
                               "):\n" + tail);
     }
@@ -350,7 +343,7 @@ Status TargetVm::Start(std::ostream& progress) {
     CDP_RETURN_IF_ERROR(WriteFileAtomic(c.state_file(), state.dump(2) + "\n"));
   }
   progress << "target " << c.name << ": pe-ready";
-  if (already == 0) progress << " in " << Fixed(boot_seconds, 1) << " s";
+  if (already == 0) progress << " in " << FormatFixed(boot_seconds, 1) << " s";
   progress << " (" << accel << ", kernel " << ready.kernel_release() << "); pe-agent at "
            << c.replication_endpoint << "; volumes:";
   for (const auto& v : ready.volumes()) {
@@ -383,7 +376,7 @@ Status TargetVm::Stop(std::ostream& progress, double timeout_s) {
   }
   if (pid != 0 && ProcessAlive(pid)) {
     progress << "target " << c.name << ": QEMU (pid " << pid << ") did not quit within "
-             << Fixed(timeout_s, 0) << " s; killing it\n";
+             << FormatFixed(timeout_s, 0) << " s; killing it\n";
     kill(pid, SIGKILL);
     for (int i = 0; i < 100 && ProcessAlive(pid); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -526,7 +519,7 @@ std::string TargetStatusText(const TargetStatus& s, const TargetConfig& c) {
   if (!s.vm_status.empty())
     o << " (VM " << s.vm_status << ", pid " << s.pid << ", " << s.accel << ")";
   o << "\n";
-  if (s.pe_boot_seconds > 0) o << "  PE boot: " << Fixed(s.pe_boot_seconds, 1) << " s\n";
+  if (s.pe_boot_seconds > 0) o << "  PE boot: " << FormatFixed(s.pe_boot_seconds, 1) << " s\n";
   if (!s.error.empty()) o << "  " << s.error << "\n";
   for (const auto& v : s.volumes) {
     o << "  volume " << v.name() << " on " << v.device() << ": applied LSN " << v.applied_lsn()

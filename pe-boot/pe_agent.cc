@@ -23,6 +23,7 @@
 
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
+#include "cdp/core/units.h"
 #include "cdp/pe/boot_adaptation.h"
 
 namespace cdp::pe {
@@ -84,12 +85,6 @@ bool IsMountPoint(const std::string& dir) {
   if (::stat(dir.c_str(), &st) != 0) return false;
   if (::stat((dir + "/..").c_str(), &parent) != 0) return false;
   return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
-}
-
-std::string Seconds(double s, int decimals = 3) {
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(decimals) << s;
-  return out.str();
 }
 
 // An apply error that resending the same batch cannot fix.
@@ -619,7 +614,7 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
   const std::string init = request.init().empty() ? "/sbin/init" : request.init();
   const std::string what = request.dry_run() ? "takeover dry run" : "takeover";
   Announce("pe-agent: " + what + " of root volume '" + request.root_volume() + "' requested by " +
-           PeerName(msg.peer) + " at " + Seconds(ProcUptimeSeconds(), 2) + " s of uptime");
+           PeerName(msg.peer) + " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
   v1::Header h;
   v1::TakeoverReply* reply = h.mutable_takeover_reply();
   reply->set_kernel_release(kernel_release_);
@@ -656,7 +651,7 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
   }
   reply->set_ok(true);
   Announce("pe-agent: takeover: handing over to " + init + " on " + reply->root_device() + " at " +
-           options_.newroot + " at " + Seconds(ProcUptimeSeconds(), 2) + " s of uptime");
+           options_.newroot + " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
   Status sent = socket_->SendTo(msg.peer, h);
   if (!sent.ok()) CDP_LOG(warning) << "pe-agent: takeover reply not sent: " << sent.message();
   // Run() keeps serving (batches refused, status answered) for kHandoverGraceMs before
@@ -754,7 +749,7 @@ void PeAgent::FinishHandover() {
 
 void PeAgent::RebootIntoLoadedKernel() {
   Announce("pe-agent: kexec: unmounting " + options_.newroot + ", flushing, rebooting at " +
-           Seconds(ProcUptimeSeconds(), 2) + " s of uptime");
+           FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
   ::sync();
   const std::string unmount = UnmountNewroot();
   if (!unmount.empty()) Announce("pe-agent: kexec: " + unmount + " (synced; rebooting anyway)");
@@ -780,7 +775,8 @@ Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* 
     s->set_name(name);
     s->set_seconds(seconds);
     s->set_result(result.ok() ? *result : "failed: " + result.status().message());
-    Announce("pe-agent: takeover step " + name + " (" + Seconds(seconds) + " s): " + s->result());
+    Announce("pe-agent: takeover step " + name + " (" + FormatFixed(seconds, 3) +
+             " s): " + s->result());
     return result.ok() ? Status::Ok() : result.status();
   };
 

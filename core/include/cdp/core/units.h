@@ -19,4 +19,7 @@ Result<uint64_t> ParseDuration(const std::string& text);
 // "7d", "2h", "15m", "90s" (the largest unit that divides it), "0" for 0.
 std::string FormatDuration(uint64_t seconds);
 
+// `v` with exactly `digits` decimals ("1.50" for 1.5 and 2), as reports print seconds.
+std::string FormatFixed(double v, int digits);
+
 }  // namespace cdp

@@ -28,17 +28,12 @@
 #include <string>
 #include <vector>
 
+#include "cdp/core/step_timeline.h"
 #include "cdp/failover/cutover_plan.h"
 
 namespace cdp::failover {
 
-struct StepReport {
-  std::string name;
-  double start = 0;  // seconds since the cutover began
-  double end = 0;
-  bool ok = false;
-  std::string result;  // what happened, or why it failed
-};
+using cdp::StepReport;  // one step of the report (start/end: seconds since the cutover began)
 
 struct CutoverReport {
   bool ok = false;
