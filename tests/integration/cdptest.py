@@ -53,6 +53,16 @@ def qemu_io(uri, *cmds, check=True):
     return out
 
 
+def unix_accepts(path):
+    """True when something accepts connections on the unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX) as c:
+        try:
+            c.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,11 +112,12 @@ class Proc:
 
 
 class Scene:
-    """One journal-server, one protected volume, one replicator, in a temp dir."""
+    """One journal-server, one protected volume, one replicator, in a temp dir (a new directory
+    named `prefix`XXXXXX under `parent_dir`, default the system's temp dir)."""
 
     def __init__(self, volume="vol0", size_mib=512, ack="async", agent_args=(), keep=False,
-                 journal_args=()):
-        self.dir = tempfile.mkdtemp(prefix="cdp-it-")
+                 journal_args=(), parent_dir=None, prefix="cdp-it-"):
+        self.dir = tempfile.mkdtemp(prefix=prefix, dir=parent_dir)
         self.volume, self.ack, self.agent_args = volume, ack, list(agent_args)
         self.journal_args = list(journal_args)
         self.port = free_port()
@@ -121,35 +132,34 @@ class Scene:
         self.keep = keep
 
     # --- processes -------------------------------------------------------------------------
+    def spawn(self, key, args):
+        """Starts the daemon args[0] as self.procs[key], its output appended to NAME.log in the
+        scene's dir (NAME = the binary's name). Subclasses may track the process further."""
+        name = os.path.basename(args[0])
+        self.procs[key] = Proc(name, args, os.path.join(self.dir, name + ".log"))
+        return self.procs[key]
+
     def start_journal(self):
-        self.procs["journal"] = Proc("journal-server", [
+        self.spawn("journal", [
             binary("journal-server"), "--data-dir", os.path.join(self.dir, "journal"),
-            "--listen", self.server] + self.journal_args,
-            os.path.join(self.dir, "journal-server.log"))
+            "--listen", self.server] + self.journal_args)
 
     def start_agent(self, wait=True):
-        self.procs["agent"] = Proc("cdp-agent", [
+        self.spawn("agent", [
             binary("cdp-agent"), "--server", self.server, "--volume", self.volume,
             "--device", self.source, "--nbd", "unix:" + self.sock, "--ack", self.ack,
             "--state-dir", os.path.join(self.dir, "agent-state")] + self.agent_args +
-            os.environ.get("CDP_AGENT_EXTRA", "").split(),
-            os.path.join(self.dir, "cdp-agent.log"))
+            os.environ.get("CDP_AGENT_EXTRA", "").split())
         if wait:
             self.wait_for(self.nbd_accepts, 20, "agent NBD socket")
 
     def nbd_accepts(self):
-        with socket.socket(socket.AF_UNIX) as c:
-            try:
-                c.connect(self.sock)
-                return True
-            except OSError:
-                return False
+        return unix_accepts(self.sock)
 
     def start_replicator(self):
-        self.procs["replicator"] = Proc("replicator", [
+        self.spawn("replicator", [
             binary("replicator"), "--server", self.server, "--volume", self.volume,
-            "--target", self.target, "--state-dir", os.path.join(self.dir, "replica-state")],
-            os.path.join(self.dir, "replicator.log"))
+            "--target", self.target, "--state-dir", os.path.join(self.dir, "replica-state")])
 
     def start_all(self):
         self.start_journal()
@@ -194,10 +204,13 @@ class Scene:
         return v
 
     def wait_synced(self, timeout=600):
-        t0 = time.time()
+        """`cdpctl wait-synced` for this volume (raises if it fails); the seconds it took."""
+        t0 = time.monotonic()
         r = self.cdpctl("wait-synced", "--volume", self.volume, "--timeout", str(timeout),
                         timeout=timeout + 30)
-        log(f"wait-synced took {time.time() - t0:.1f}s: {r.stdout.strip()}")
+        took = time.monotonic() - t0
+        log(f"wait-synced took {took:.1f}s: {r.stdout.strip()}")
+        return took
 
     def qemu_io(self, *cmds, check=True):
         return qemu_io(self.uri, *cmds, check=check)
