@@ -1,734 +1,39 @@
 #!/usr/bin/env python3
 """Data-path benchmark for the CDP appliance: throughput against qemu-nbd, replication lag
-under a steady paced load, and the agent's CPU and memory. Standard library only.
+under a steady paced load, and the agent's CPU and memory; writes bench/RESULTS.md. Standard
+library only; the measuring tools are in benchlib.py and nbd_load.py.
 
-Run it through bench/run.sh, which owns the temp dir and the clean-up trap. This script also
-cleans up after itself: daemons (journal-server, cdp-agent, replicator, qemu-nbd) and nbdcopy
-each run in their own session and --pidfile always lists the ones not yet reaped; short-lived
-clients (cdpctl, cmp, sync) stay in this process's group, which run.sh creates with setsid.
-On SIGTERM/SIGINT every child session is SIGKILLed at once; run.sh's trap then kills the
-group and whatever the pidfile still lists, so nothing survives even if this process hangs.
+Run it through bench/run.sh, which owns the temp dir and the clean-up trap and sets
+CDP_BIN_DIR to its copies of the binaries. This script also cleans up after itself: daemons
+(journal-server, cdp-agent, replicator, qemu-nbd) and nbdcopy each run in their own session
+and --pidfile always lists the ones not yet reaped; short-lived clients (cdpctl, cmp, sync)
+stay in this process's group, which run.sh creates with setsid. On SIGTERM/SIGINT every child
+session is SIGKILLed at once; run.sh's trap then kills the group and whatever the pidfile still
+lists, so nothing survives even if this process hangs.
 
 Units: MB = 10^6 bytes, MiB = 2^20 bytes. Every figure is reported, none is asserted.
 """
-import argparse
-import bisect
 import datetime
-import json
 import os
-import re
-import random
-import resource
-import shutil
 import signal
-import socket
-import statistics
-import struct
 import subprocess
 import sys
-import threading
 import time
 
-MiB = 1 << 20
-MB = 1_000_000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from benchlib import (MB, MiB, BenchScene, Children, Meter, Sampler, cdptest, disk_probe,
+                      driver_arguments, first_time, fmt, fmt_bytes, loadavg, log,
+                      make_random_file, median, pct, proc_status_kib, run_qemu_copy, sh_quote,
+                      with_kept_sections)
+from nbd_load import LoadGen
 
-# --- NBD wire constants (docs: NBD proto.md; cdp-agent/include/cdp/agent/nbd_protocol.h) ------
-NBD_MAGIC = 0x4E42444D41474943           # "NBDMAGIC"
-IHAVEOPT = 0x49484156454F5054            # "IHAVEOPT"
-OPT_REPLY_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-FLAG_FIXED_NEWSTYLE = 1 << 0
-FLAG_NO_ZEROES = 1 << 1
-OPT_GO = 7
-REP_ACK = 1
-REP_INFO = 3
-INFO_EXPORT = 0
-INFO_BLOCK_SIZE = 3
-CMD_WRITE = 1
-CMD_DISC = 2
 
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --- process bookkeeping ---------------------------------------------------------------------
-class Procs:
-    """Starts children in their own sessions, records their pids for run.sh's trap, and kills
-    whatever is still running on close()."""
-
-    def __init__(self, pidfile):
-        self.pidfile = pidfile
-        self.live = []
-        self.spawning = False
-        self.on_deferred_term = None
-
-    def spawn(self, args, logpath=None, **kw):
-        out = open(logpath, "ab") if logpath else subprocess.DEVNULL
-        # A SIGTERM/SIGINT landing between fork and bookkeeping is deferred (see on_term in
-        # main), so no child escapes clean-up. Masking the signals instead would be inherited.
-        self.spawning = True
-        try:
-            p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if logpath else
-                                 subprocess.DEVNULL, start_new_session=True, **kw)
-            self.live.append(p)
-            self._write_pidfile()
-        finally:
-            self.spawning = False
-            if logpath:
-                out.close()
-        if self.on_deferred_term:
-            self.on_deferred_term()
-        return p
-
-    def _write_pidfile(self):
-        # Only children not yet reaped: their pids cannot have been reused.
-        tmp = self.pidfile + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(f"{p.pid}\n" for p in self.live)
-        os.replace(tmp, self.pidfile)
-
-    def wait(self, p, timeout=None):
-        """Waits for a child started with spawn() and forgets it; returns the exit code."""
-        try:
-            rc = p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop(p, 5)
-            raise RuntimeError(f"{p.args[0]} did not finish within {timeout}s; killed")
-        self._forget(p)
-        return rc
-
-    def _forget(self, p):
-        if p in self.live:
-            self.live.remove(p)
-            self._write_pidfile()
-
-    def stop(self, p, timeout=15):
-        """SIGTERM, then SIGKILL after timeout; returns the exit code."""
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"pid {p.pid} ({p.args[0]}) ignored SIGTERM for {timeout}s; SIGKILL")
-                with_suppress(os.killpg, p.pid, signal.SIGKILL)
-                p.wait()
-        # The session may hold children of its own.
-        with_suppress(os.killpg, p.pid, signal.SIGKILL)
-        self._forget(p)
-        return p.returncode
-
-    def run(self, args):
-        """Runs a client (nbdcopy) to completion as a tracked child; raises on failure.
-        Returns the CPU seconds (user + system) it used."""
-        p = self.spawn(args)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        self._forget(p)
-        if p.returncode != 0:
-            raise RuntimeError(f"{sh_quote(args)} exited with {p.returncode}")
-        return ru.ru_utime + ru.ru_stime
-
-    def close(self):
-        for p in list(self.live):
-            with_suppress(os.killpg, p.pid, signal.SIGKILL)
-            with_suppress(p.wait, 10)
-        self.live.clear()
-        with_suppress(self._write_pidfile)
-
-
-def with_suppress(fn, *args):
-    try:
-        return fn(*args)
-    except Exception:  # noqa: BLE001 - best-effort clean-up
-        return None
-
-
-# --- /proc readers ---------------------------------------------------------------------------
-def proc_cpu_seconds(pid):
-    """utime + stime of a live process, in seconds (all threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
-def thread_cpu(pid):
-    """{tid: (label, seconds on CPU, seconds runnable but waiting for a CPU)} for the threads
-    alive now, from /proc/PID/task/TID/schedstat (falls back to utime+stime, wait 0). The main
-    thread is labelled "main"; io_uring workers (iou-wrk-N) are merged under "iou-wrk"."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        base = f"/proc/{pid}/task/{tid}"
-        try:
-            with open(f"{base}/stat") as f:
-                raw = f.read()
-            name = raw[raw.index("(") + 1:raw.rindex(")")]
-            try:
-                with open(f"{base}/schedstat") as f:
-                    run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
-                on_cpu, waiting = run_ns / 1e9, wait_ns / 1e9
-            except (OSError, ValueError):
-                rest = raw.rsplit(")", 1)[1].split()
-                on_cpu, waiting = (int(rest[11]) + int(rest[12])) / CLK_TCK, 0.0
-        except (OSError, ValueError):
-            continue
-        label = "main" if tid == str(pid) else ("iou-wrk" if name.startswith("iou-wrk")
-                                                  else name)
-        out[tid] = (label, on_cpu, waiting)
-    return out
-
-
-def proc_status_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def proc_io(pid):
-    """write_bytes / read_bytes that reached the block layer (may be unavailable)."""
-    try:
-        with open(f"/proc/{pid}/io") as f:
-            d = dict(line.split(": ") for line in f.read().splitlines())
-        return {k: int(v) for k, v in d.items()}
-    except OSError:
-        return None
-
-
-def host_cpu():
-    """(busy, total) jiffies over all CPUs."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    total = sum(v[:8])
-    return total - idle, total
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-class Meter:
-    """CPU accounting over one phase: each named live process (from /proc), this python
-    process, reaped children (nbdcopy, cdpctl, sync), and the whole host, so the CPU used by
-    other people's work on the machine can be reported next to ours."""
-
-    def __init__(self, procs):
-        self.procs = dict(procs)  # name -> pid
-        self.t0 = time.monotonic()
-        self.cpu0 = {n: proc_cpu_seconds(p) for n, p in self.procs.items()}
-        self.threads0 = {n: thread_cpu(p) for n, p in self.procs.items()}
-        self.io0 = {n: proc_io(p) for n, p in self.procs.items()}
-        self.self0 = resource.getrusage(resource.RUSAGE_SELF)
-        self.kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.host0 = host_cpu()
-        self.load0 = loadavg()
-
-    def stop(self):
-        wall = time.monotonic() - self.t0
-        cpu = {n: proc_cpu_seconds(p) - self.cpu0[n] for n, p in self.procs.items()}
-        threads = {}
-        for n, p in self.procs.items():
-            agg = {}
-            before = self.threads0[n]
-            for tid, (label, on_cpu, waiting) in thread_cpu(p).items():
-                _, c0, w0 = before.get(tid, (label, 0.0, 0.0))
-                c, w = agg.get(label, (0.0, 0.0))
-                agg[label] = (c + on_cpu - c0, w + waiting - w0)
-            threads[n] = dict(sorted(agg.items(), key=lambda kv: -kv[1][0]))
-        io = {}
-        for n, p in self.procs.items():
-            a, b = self.io0[n], proc_io(p)
-            io[n] = (b["write_bytes"] - a["write_bytes"]) if a and b else None
-        s1 = resource.getrusage(resource.RUSAGE_SELF)
-        k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu["bench.py"] = (s1.ru_utime + s1.ru_stime) - (self.self0.ru_utime + self.self0.ru_stime)
-        cpu["reaped children"] = ((k1.ru_utime + k1.ru_stime) -
-                                  (self.kids0.ru_utime + self.kids0.ru_stime))
-        b1, t1 = host_cpu()
-        ncpu = os.cpu_count() or 1
-        host_busy = (b1 - self.host0[0]) / CLK_TCK  # CPU-seconds busy on the whole host
-        ours = sum(cpu.values())
-        return {
-            "wall": wall,
-            "cpu": cpu,
-            "threads": threads,
-            "io_write_bytes": io,
-            "host_busy_cores": host_busy / wall if wall > 0 else 0,
-            "others_cores": max(0.0, host_busy - ours) / wall if wall > 0 else 0,
-            "ncpu": ncpu,
-            "load_before": self.load0,
-            "load_after": loadavg(),
-        }
-
-
-# --- the appliance ----------------------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout, what, procs=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{p.args[0]} exited with {p.returncode} while waiting for "
-                                   f"{what}")
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-def unix_accepts(path):
-    with socket.socket(socket.AF_UNIX) as c:
-        try:
-            c.connect(path)
-            return True
-        except OSError:
-            return False
-
-
-class Appliance:
-    """journal-server + cdp-agent + replicator for one volume, in its own directory."""
-
-    def __init__(self, ctx, name, size_bytes, volume="bench0"):
-        self.ctx, self.volume = ctx, volume
-        self.dir = os.path.join(ctx.work, name)
-        os.makedirs(self.dir)
-        self.server = f"tcp://127.0.0.1:{free_port()}"
-        self.source = os.path.join(self.dir, "source.img")
-        self.target = os.path.join(self.dir, "target.img")
-        self.sock = os.path.join(self.dir, "nbd.sock")
-        self.uri = f"nbd+unix:///{volume}?socket={self.sock}"
-        with open(self.source, "wb") as f:
-            f.truncate(size_bytes)
-        self.p = {}
-
-    def start(self):
-        b, d = self.ctx.bin, self.dir
-        self.p["journal-server"] = self.ctx.procs.spawn(
-            [b("journal-server"), "--data-dir", f"{d}/journal", "--listen", self.server],
-            f"{d}/journal-server.log")
-        self.p["cdp-agent"] = self.ctx.procs.spawn(
-            [b("cdp-agent"), "--server", self.server, "--volume", self.volume, "--device",
-             self.source, "--nbd", "unix:" + self.sock, "--ack", "async", "--state-dir",
-             f"{d}/agent-state"], f"{d}/cdp-agent.log")
-        self.p["replicator"] = self.ctx.procs.spawn(
-            [b("replicator"), "--server", self.server, "--volume", self.volume, "--target",
-             self.target, "--state-dir", f"{d}/replica-state"], f"{d}/replicator.log")
-        wait_for(lambda: unix_accepts(self.sock), 30, "the agent's NBD socket",
-                 self.p.values())
-
-    def pids(self):
-        return {n: p.pid for n, p in self.p.items()}
-
-    def cdpctl(self, *args, timeout=900):
-        return subprocess.run([self.ctx.bin("cdpctl"), "--server", self.server] + list(args),
-                              capture_output=True, text=True, timeout=timeout)
-
-    def status(self):
-        r = self.cdpctl("status", "--json", timeout=30)
-        if r.returncode != 0:
-            return None
-        for v in json.loads(r.stdout)["volumes"]:
-            if v["name"] == self.volume:
-                return v
-        return None
-
-    def wait_synced(self, timeout=900):
-        t0 = time.monotonic()
-        r = self.cdpctl("wait-synced", "--volume", self.volume, "--timeout", str(timeout),
-                        timeout=timeout + 30)
-        if r.returncode != 0:
-            raise RuntimeError(f"cdpctl wait-synced exited {r.returncode}: {r.stdout}{r.stderr}")
-        return time.monotonic() - t0
-
-    def check_alive(self):
-        for n, p in self.p.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{n} exited with {p.returncode}; see {self.dir}/{n}.log")
-
-    def replica_identical(self):
-        r = subprocess.run(["cmp", self.source, self.target], capture_output=True, text=True)
-        return r.returncode == 0, (r.stdout + r.stderr).strip()
-
-    def journal_bytes(self):
-        total = 0
-        for root, _, files in os.walk(os.path.join(self.dir, "journal")):
-            for f in files:
-                try:
-                    total += os.stat(os.path.join(root, f)).st_blocks * 512
-                except OSError:
-                    pass
-        return total
-
-    def stop(self):
-        rcs = {}
-        # Agent first (it drains to the journal), then replicator, then the journal.
-        for n in ("cdp-agent", "replicator", "journal-server"):
-            if n in self.p:
-                rcs[n] = self.ctx.procs.stop(self.p[n])
-        return rcs
-
-    def remove(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Sampler(threading.Thread):
-    """Starts `cdpctl status --json` every `period` seconds on a fixed schedule, without
-    waiting for the previous one (cdpctl alone takes ~60-100 ms to start and answer here), at
-    most `max_inflight` at a time. Keeps (monotonic time, volume dict), the time being the
-    middle of the cdpctl run."""
-
-    def __init__(self, app, period=0.1, max_inflight=4, probe=None):
-        super().__init__(daemon=True)
-        self.app, self.period, self.max_inflight = app, period, max_inflight
-        self.probe = probe  # optional callable(now) -> float|None, run on every tick
-        self.probes = []    # (monotonic time, value)
-        self.samples = []
-        self.failures = 0
-        self.skipped = 0
-        self.launched = 0
-        self.halt = threading.Event()
-        self.inflight = []
-        self.args = [app.ctx.bin("cdpctl"), "--server", app.server, "status", "--json"]
-
-    def _collect(self, block=False):
-        keep = []
-        for p in self.inflight:
-            if block:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            if p.poll() is None:
-                keep.append(p)
-                continue
-            # The server built the answer somewhere between launch and exit: take the middle.
-            t = (p.launched_at + time.monotonic()) / 2
-            out = p.stdout.read()
-            p.stdout.close()
-            v = None
-            if p.returncode == 0:
-                try:
-                    for x in json.loads(out)["volumes"]:
-                        if x["name"] == self.app.volume:
-                            v = x
-                except ValueError:
-                    pass
-            if v is None:
-                self.failures += 1
-            else:
-                self.samples.append((t, v))
-        self.inflight = keep
-
-    def run(self):
-        nxt = time.monotonic()
-        while not self.halt.is_set():
-            self._collect()
-            now = time.monotonic()
-            if now >= nxt:
-                if len(self.inflight) < self.max_inflight:
-                    p = subprocess.Popen(self.args, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL)
-                    p.launched_at = now
-                    self.inflight.append(p)
-                    self.launched += 1
-                else:
-                    self.skipped += 1
-                if self.probe:
-                    v = self.probe(now)
-                    if v is not None:
-                        self.probes.append((now, v))
-                nxt += self.period
-                if nxt < now:
-                    nxt = now + self.period
-            self.halt.wait(0.005)
-        self._collect(block=True)
-
-    def finish(self):
-        self.halt.set()
-        self.join(30)
-        self.samples.sort(key=lambda s: s[0])
-        return self.samples
-
-
-# --- NBD load generator ------------------------------------------------------------------------
-def recv_exact(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise RuntimeError(f"NBD server closed the connection ({len(buf)} of {n} bytes)")
-        buf += chunk
-    return bytes(buf)
-
-
-def nbd_connect(path, export):
-    """Fixed-newstyle handshake with NBD_OPT_GO; simple replies. Returns (sock, size, flags)."""
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)
-    magic, opt_magic, hflags = struct.unpack(">QQH", recv_exact(s, 18))
-    if magic != NBD_MAGIC or opt_magic != IHAVEOPT or not hflags & FLAG_FIXED_NEWSTYLE:
-        raise RuntimeError(f"not a fixed-newstyle NBD server: {magic:#x} {opt_magic:#x} "
-                           f"flags {hflags:#x}")
-    s.sendall(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (hflags & FLAG_NO_ZEROES)))
-    name = export.encode()
-    payload = struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, INFO_BLOCK_SIZE)
-    s.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, len(payload)) + payload)
-    size = tflags = None
-    block = (1, 4096, 32 * MiB)
-    while True:
-        rmagic, opt, rtype, rlen = struct.unpack(">QIII", recv_exact(s, 20))
-        data = recv_exact(s, rlen) if rlen else b""
-        if rmagic != OPT_REPLY_MAGIC or opt != OPT_GO:
-            raise RuntimeError(f"bad option reply: magic {rmagic:#x} option {opt}")
-        if rtype & 0x80000000:
-            raise RuntimeError(f"NBD_OPT_GO refused ({rtype:#x}): {data.decode(errors='replace')}")
-        if rtype == REP_INFO:
-            (itype,) = struct.unpack(">H", data[:2])
-            if itype == INFO_EXPORT:
-                size, tflags = struct.unpack(">QH", data[2:12])
-            elif itype == INFO_BLOCK_SIZE:
-                block = struct.unpack(">III", data[2:14])
-        elif rtype == REP_ACK:
-            break
-    if size is None:
-        raise RuntimeError("NBD_OPT_GO acked without NBD_INFO_EXPORT")
-    return s, size, tflags, block
-
-
-MARKER_MAGIC = b"CDPBMARK"
-
-
-class LoadGen:
-    """One NBD connection; WRITE requests at random 4 KiB-aligned offsets, random lengths
-    4..64 KiB (multiples of 4 KiB), paced to `rate` bytes/s by a byte budget, at most
-    `depth` requests in flight. A reader thread matches simple replies.
-
-    Replica probe: every `marker_period` s one of `n_markers` 4 KiB blocks spread over the
-    volume (round robin, never touched by the random writes) is written with a timestamp.
-    replica_lag() reads those blocks from the replica image and returns the age of the oldest
-    marker write the replica does not have yet (0 if it has all). It does not depend on LSNs,
-    so it stays valid when the agent falls back to its dirty bitmap."""
-
-    def __init__(self, path, export, rate, seconds, depth=16, seed=1, n_markers=16,
-                 marker_period=0.05):
-        self.s, self.size, _, self.block = nbd_connect(path, export)
-        self.rate, self.seconds, self.depth = rate, seconds, depth
-        self.rng = random.Random(seed)
-        self.pool = memoryview(os.urandom(16 * MiB))  # incompressible payload source
-        self.sent_t = []      # monotonic send time per request (index = handle)
-        self.done_t = []      # completion time per request
-        self.errors = 0
-        self.slots = threading.Semaphore(depth)
-        self.reader_exc = None
-        self.marker_period = marker_period
-        stride = (self.size // n_markers) // 4096 * 4096
-        self.marker_off = [i * stride + 4096 * 7 for i in range(n_markers)]
-        self.marker_hist = [[] for _ in range(n_markers)]  # stamps written, per marker block
-        self.markers = 0
-
-    def _reader(self):
-        try:
-            while not self.closing:
-                hdr = recv_exact(self.s, 16)
-                magic, err, handle = struct.unpack(">IIQ", hdr)
-                if magic != SIMPLE_REPLY_MAGIC:
-                    raise RuntimeError(f"reply magic {magic:#x} is not the simple-reply magic")
-                if err:
-                    self.errors += 1
-                self.done_t[handle] = time.monotonic()
-                self.slots.release()
-        except Exception as e:  # noqa: BLE001 - surfaced by run() unless we are closing
-            if not self.closing:
-                self.reader_exc = e
-            for _ in range(self.depth):
-                self.slots.release()
-
-    def _hits_marker(self, offset, length):
-        return any(m < offset + length and offset < m + 4096 for m in self.marker_off)
-
-    def replica_lag(self, fd, now):
-        """Age (s) of the oldest marker write missing from the replica open on fd."""
-        oldest = None
-        for i, off in enumerate(self.marker_off):
-            hist = self.marker_hist[i]
-            if not hist:
-                continue
-            b = os.pread(fd, 24, off)
-            stamp = -1.0
-            if len(b) == 24 and b[:8] == MARKER_MAGIC:
-                stamp = struct.unpack("<dQ", b[8:])[0]
-            k = bisect.bisect_right(hist, stamp)  # first write newer than the replica's copy
-            if k < len(hist) and (oldest is None or hist[k] < oldest):
-                oldest = hist[k]
-        return 0.0 if oldest is None else max(0.0, now - oldest)
-
-    def _send(self, n, offset, data):
-        self.sent_t[n] = time.monotonic()
-        self.s.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, n, offset, len(data)))
-        self.s.sendall(data)
-
-    def run(self):
-        maxlen_blocks = 16
-        self.closing = False
-        reader = threading.Thread(target=self._reader, daemon=True)
-        # Pre-size the per-request arrays generously so the reader rarely races an extend.
-        cap = int(self.rate * self.seconds / (4096 * 2)) + 1024
-        self.sent_t = [0.0] * cap
-        self.done_t = [0.0] * cap
-        reader.start()
-        pool_len = len(self.pool)
-        t0 = time.monotonic()
-        end = t0 + self.seconds
-        next_marker = t0
-        sent_bytes = 0
-        n = 0
-        while True:
-            now = time.monotonic()
-            if now >= end or self.reader_exc:
-                break
-            marker = now >= next_marker
-            if not marker:
-                due = min(t0 + sent_bytes / self.rate, next_marker)
-                if due > now:
-                    time.sleep(due - now)
-                    continue
-            if not self.slots.acquire(timeout=60):
-                raise RuntimeError("load generator: no NBD reply for 60 s")
-            if n >= cap:
-                self.sent_t.extend([0.0] * cap)
-                self.done_t.extend([0.0] * cap)
-                cap *= 2
-            if marker:
-                i = self.markers % len(self.marker_off)
-                stamp = time.monotonic()
-                # Recorded before the write leaves, so the replica never holds an unknown stamp.
-                self.marker_hist[i].append(stamp)
-                data = (MARKER_MAGIC + struct.pack("<dQ", stamp, self.markers)).ljust(4096, b"\0")
-                self._send(n, self.marker_off[i], data)
-                self.markers += 1
-                next_marker += self.marker_period
-                length = 4096
-            else:
-                length = 4096 * self.rng.randint(1, maxlen_blocks)
-                while True:
-                    offset = 4096 * self.rng.randrange(0, (self.size - length) // 4096 + 1)
-                    if not self._hits_marker(offset, length):
-                        break
-                src = self.rng.randrange(0, pool_len - length + 1) & ~4095
-                self._send(n, offset, self.pool[src:src + length])
-            sent_bytes += length
-            n += 1
-        t_send_end = time.monotonic()
-        # Every slot back = every reply received.
-        for _ in range(self.depth):
-            if not self.slots.acquire(timeout=120):
-                raise RuntimeError("load generator: replies missing 120 s after the last write")
-        if self.reader_exc:
-            raise RuntimeError(f"load generator: {self.reader_exc}")
-        t_done = time.monotonic()
-        self.closing = True
-        self.s.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0))
-        with_suppress(self.s.shutdown, socket.SHUT_RDWR)
-        reader.join(10)
-        self.s.close()
-        self.n = n
-        del self.sent_t[n:], self.done_t[n:]
-        return {
-            "t0": t0, "t_send_end": t_send_end, "t_done": t_done, "requests": n,
-            "bytes": sent_bytes, "errors": self.errors, "markers": self.markers,
-            "mb_s": sent_bytes / (t_done - t0) / MB,
-            "write_latency_ms": [(d - s) * 1000 for s, d in zip(self.sent_t, self.done_t)],
-        }
-
-
-# --- helpers -------------------------------------------------------------------------------------
-def pct(values, p):
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    k = (len(v) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
-def sh_quote(args):
-    import shlex
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def make_random_file(path, size):
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 8 * MiB)
-            f.write(os.urandom(n))
-            left -= n
-
-
-# --- phase 1: throughput -----------------------------------------------------------------------
-def run_qemu_copy(ctx, rep, data, size):
-    d = os.path.join(ctx.work, f"qemu-{rep}")
-    os.makedirs(d)
-    img, sock = os.path.join(d, "disk.img"), os.path.join(d, "qemu.sock")
-    with open(img, "wb") as f:
-        f.truncate(size)
-    qargs = ["qemu-nbd", "-f", "raw", "-t", "-k", sock, img]
-    q = ctx.procs.spawn(qargs, os.path.join(d, "qemu-nbd.log"))
-    try:
-        wait_for(lambda: unix_accepts(sock), 30, "qemu-nbd socket", [q])
-        uri = f"nbd+unix:///?socket={sock}"
-        copy_args = ["nbdcopy", data, uri]
-        meter = Meter({"qemu-nbd": q.pid})
-        t0 = time.monotonic()
-        nbdcopy_cpu = ctx.procs.run(copy_args)
-        t1 = time.monotonic()
-        subprocess.run(["sync", img], check=True, timeout=900)
-        t2 = time.monotonic()
-        m = meter.stop()
-        ctx.commands.setdefault("qemu", [sh_quote(qargs), sh_quote(copy_args),
-                                         sh_quote(["sync", img])])
-        return {"copy_s": t1 - t0, "sync_s": t2 - t1, "total_s": t2 - t0,
-                "nbdcopy_cpu": nbdcopy_cpu,
-                "mb_s": len_of(data) / (t2 - t0) / MB, "meter": m}
-    finally:
-        ctx.procs.stop(q)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def len_of(path):
-    return os.path.getsize(path)
-
-
-def first_time(samples, pred):
-    for t, v in samples:
-        if pred(v):
-            return t
-    return None
-
-
+# --- phase 1: throughput into the appliance (qemu-nbd's is benchlib.run_qemu_copy) ------------
 def run_cdp_copy(ctx, rep, data, size):
-    app = Appliance(ctx, f"cdp-{rep}", size)
+    app = ctx.scene(f"cdp-{rep}", size)
     sampler = None
+    failed = True
     try:
-        app.start()
+        app.start_all()
         app.wait_synced()  # initial sync of the (sparse, all-zero) device done
         idle_wait = app.wait_synced()  # wait-synced's own floor on a synced volume
         app.check_alive()
@@ -738,7 +43,7 @@ def run_cdp_copy(ctx, rep, data, size):
         meter = Meter(app.pids())
         sampler.start()
         t0 = time.monotonic()
-        nbdcopy_cpu = ctx.procs.run(copy_args)
+        nbdcopy_cpu = ctx.children.run(copy_args)
         t1 = time.monotonic()
         app.wait_synced()
         t2 = time.monotonic()
@@ -747,21 +52,22 @@ def run_cdp_copy(ctx, rep, data, size):
         app.check_alive()
         final = app.status()
         ctx.commands.setdefault("cdp", [
-            sh_quote(app.p["journal-server"].args), sh_quote(app.p["cdp-agent"].args),
-            sh_quote(app.p["replicator"].args), sh_quote(copy_args),
-            sh_quote([ctx.bin("cdpctl"), "--server", app.server, "wait-synced", "--volume",
+            *app.commands(), sh_quote(copy_args),
+            sh_quote([cdptest.binary("cdpctl"), "--server", app.server, "wait-synced", "--volume",
                       app.volume, "--timeout", "900"])])
         cap = final["captured_lsn"]
         t_durable = first_time(samples, lambda v: v["durable_lsn"] >= cap)
         t_applied = first_time(samples, lambda v: v["applied_lsn"] >= cap)
         same, why = app.replica_identical()
         rss = {n: proc_status_kib(pid, "VmHWM") for n, pid in app.pids().items()}
+        failed = False
         return {
             "copy_s": t1 - t0, "total_s": t2 - t0, "idle_wait_synced_s": idle_wait,
             "nbdcopy_cpu": nbdcopy_cpu,
             "journal_mb_s": (final["bytes_received"] - base_bytes) / (t_durable - t0) / MB
             if t_durable else None,
-            "mb_s": len_of(data) / (t2 - t0) / MB, "export_mb_s": len_of(data) / (t1 - t0) / MB,
+            "mb_s": os.path.getsize(data) / (t2 - t0) / MB,
+            "export_mb_s": os.path.getsize(data) / (t1 - t0) / MB,
             "durable_at_s": (t_durable - t0) if t_durable else None,
             "applied_at_s": (t_applied - t0) if t_applied else None,
             "max_pending_bytes": max((v["pending_bytes"] for _, v in samples), default=0),
@@ -774,17 +80,17 @@ def run_cdp_copy(ctx, rep, data, size):
     finally:
         if sampler:
             sampler.finish()
-        app.stop()
-        app.remove()
+        app.close(failed)
 
 
 # --- phase 2+3: lag at a steady rate, agent CPU and RSS ------------------------------------
 def run_lag(ctx, rep, size, rate, seconds):
-    app = Appliance(ctx, f"lag-{rep}", size)
+    app = ctx.scene(f"lag-{rep}", size)
     sampler = None
     replica_fd = [None]
+    failed = True
     try:
-        app.start()
+        app.start_all()
         t_start = time.monotonic()
         app.wait_synced()
         init_sync_s = time.monotonic() - t_start
@@ -803,7 +109,7 @@ def run_lag(ctx, rep, size, rate, seconds):
             return gen.replica_lag(replica_fd[0], now)
 
         sampler = Sampler(app, probe=probe)
-        agent_pid = app.p["cdp-agent"].pid
+        agent_pid = app.procs["agent"].p.pid
         rss_before = proc_status_kib(agent_pid, "VmHWM")
         sampler.start()
         meter = Meter(app.pids())
@@ -840,15 +146,15 @@ def run_lag(ctx, rep, size, rate, seconds):
         last = window[-1][1] if window else {"dirty_bytes": 0, "pending_bytes": 0}
         same, why = app.replica_identical()
         ctx.commands["lag"] = [
-            sh_quote(app.p["journal-server"].args), sh_quote(app.p["cdp-agent"].args),
-            sh_quote(app.p["replicator"].args),
+            *app.commands(),
             f"# bench.py load generator: NBD over unix:{app.sock}, export {app.volume}, "
             f"{rate / MB:.0f} MB/s, {seconds} s, WRITE 4..64 KiB at 4 KiB-aligned offsets, "
             f"queue depth {gen.depth}",
-            sh_quote([ctx.bin("cdpctl"), "--server", app.server, "status", "--json"]) +
+            sh_quote([cdptest.binary("cdpctl"), "--server", app.server, "status", "--json"]) +
             "   # started every 100 ms",
-            sh_quote([ctx.bin("cdpctl"), "--server", app.server, "wait-synced", "--volume",
+            sh_quote([cdptest.binary("cdpctl"), "--server", app.server, "wait-synced", "--volume",
                       app.volume, "--timeout", "900"]) + "   # after the load: drain time"]
+        failed = False
         return {
             "init_sync_s": init_sync_s, "journal_ingest_mb_s": ingest,
             "requests": res["requests"], "bytes": res["bytes"],
@@ -887,47 +193,10 @@ def run_lag(ctx, rep, size, rate, seconds):
             sampler.finish()
         if replica_fd[0] is not None:
             os.close(replica_fd[0])
-        app.stop()
-        app.remove()
-
-
-# --- disk probe: what the disk under the work dir gives with fsync --------------------------------
-def disk_probe(work, mib):
-    """Sequential 1 MiB writes + one fdatasync (MB/s), and the latency of a 4 KiB and a 1 MiB
-    append each followed by fdatasync (what a group commit or a replica flush costs)."""
-    path = os.path.join(work, "disk-probe.bin")
-    buf = os.urandom(MiB)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        t0 = time.monotonic()
-        for _ in range(mib):
-            os.write(fd, buf)
-        os.fdatasync(fd)
-        seq = mib * MiB / (time.monotonic() - t0) / MB
-        lat = {}
-        for n in (4096, MiB):
-            xs = []
-            for _ in range(20):
-                t = time.monotonic()
-                os.write(fd, buf[:n])
-                os.fdatasync(fd)
-                xs.append((time.monotonic() - t) * 1000)
-            lat[n] = (pct(xs, 50), pct(xs, 90))
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return {"seq_mb_s": seq, "mib": mib, "lat4k": lat[4096], "lat1m": lat[MiB]}
+        app.close(failed)
 
 
 # --- report ------------------------------------------------------------------------------------
-def fmt(v, d=1):
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and v != v:
-        return "n/a"
-    return f"{v:.{d}f}"
-
-
 def machine_info(ctx):
     def run(cmd):
         try:
@@ -981,20 +250,12 @@ def thread_story(meter, proc, label):
             f"blocked or idle (disk writes, fsync, poll) {100 * blocked:.0f} % of the window.")
 
 
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
 def cpu_line(m, names):
     parts = [f"{n} {m['cpu'][n]:.2f}" for n in names if n in m["cpu"]]
     return ", ".join(parts)
 
 
 SPILL_BYTES = 8 * MiB  # a dirty-bitmap backlog this big means "the journal fell behind"
-
-
-def fmt_bytes(b):
-    return f"{b / MiB:.1f} MiB" if b >= MiB else f"{b / 1024:.0f} KiB"
 
 
 def spilled(lag):
@@ -1291,8 +552,9 @@ def write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end,
     q = "--quick " if args.quick else ""
     L.append("# Data-path benchmark results")
     L.append("")
-    L.append("Generated by `bench/run.sh` (driver: `bench/bench.py`, python3 standard library "
-             "only); rerun with `bash bench/run.sh` from the repository root, or "
+    L.append("Generated by `bench/run.sh` (driver: `bench/bench.py` with `bench/benchlib.py` and "
+             "`bench/nbd_load.py`, python3 standard library only); rerun with "
+             "`bash bench/run.sh` from the repository root, or "
              "`bash bench/run.sh --quick` for a smoke check (64 MiB copies, one 10 s lag run "
              "instead of three of 30 s; writes `bench/RESULTS-quick.md`). Needs the binaries "
              "in `build/` "
@@ -1493,13 +755,8 @@ def write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end,
             L.extend(ctx.commands[k])
     L.append("```")
     L.append("")
-    text = "\n".join(L)
-    # Keep the sections other benchmarks maintain in the same file (bench/trace.sh,
-    # bench/pe.sh): <!-- NAME-bench:start ... --> ... <!-- NAME-bench:end -->.
-    if os.path.exists(path):
-        old = open(path).read()
-        for m in re.finditer(r"<!-- ([a-z]+)-bench:start.*?<!-- \1-bench:end -->", old, re.S):
-            text = text.rstrip("\n") + "\n\n" + m.group(0) + "\n"
+    # Keep the sections the other drivers maintain in the same file (bench/trace.sh, ...).
+    text = with_kept_sections("\n".join(L), path)
     with open(path, "w") as f:
         f.write(text)
     return text
@@ -1539,22 +796,22 @@ def print_table(tp, lags, args):
 
 
 class Ctx:
+    """One run: its work dir, the children it started, the commands the report shows."""
+
     def __init__(self, args):
         self.work = args.work
-        self.bindir = args.bin_dir
-        self.procs = Procs(args.pidfile)
+        self.children = Children(args.pidfile)
         self.commands = {}
 
-    def bin(self, name):
-        return os.path.join(self.bindir, name)
+    def scene(self, name, size):
+        """A fresh appliance for a `size`-byte volume in a new dir `name`-XXXXXX under work."""
+        return BenchScene(self.children, self.work, name, size)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = driver_arguments(__doc__)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--pidfile", required=True)
-    ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
@@ -1562,7 +819,6 @@ def main():
     ap.add_argument("--rate", type=float, default=50, help="MB/s (10^6 B/s)")
     ap.add_argument("--lag-mib", type=int, default=1024)
     ap.add_argument("--lag-reps", type=int, default=3, help="lag runs (quick: 1)")
-    ap.add_argument("--git", default="n/a")
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--build-type", default="n/a")
     ap.add_argument("--bin-times", default="n/a", help="build time of each binary")
@@ -1575,10 +831,10 @@ def main():
 
     def on_term(*_):
         # run.sh's trap (Ctrl-C, kill): no graceful drain, kill every child session now.
-        if ctx.procs.spawning:
-            ctx.procs.on_deferred_term = on_term
+        if ctx.children.spawning:
+            ctx.children.on_deferred_term = on_term
             return
-        ctx.procs.close()
+        ctx.children.close()
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
@@ -1603,7 +859,8 @@ def main():
                 for which in order:
                     log(f"throughput rep {rep + 1}/{args.reps}: {which}")
                     if which == "qemu":
-                        r["qemu"] = run_qemu_copy(ctx, rep, data, args.mib * MiB)
+                        r["qemu"] = run_qemu_copy(ctx.children, ctx.work, rep, data,
+                                                    args.mib * MiB, ctx.commands)
                         log(f"  qemu-nbd: copy {r['qemu']['copy_s']:.2f}s + sync "
                             f"{r['qemu']['sync_s']:.2f}s = {r['qemu']['mb_s']:.1f} MB/s")
                     else:
@@ -1626,7 +883,7 @@ def main():
                     f"{lag['agent_hwm_kib'] / 1024:.1f} MiB")
                 lags.append(lag)
     finally:
-        ctx.procs.close()
+        ctx.children.close()
     load_end = loadavg()
     write_report(args, ctx, info, tp, lags, disk, started, load_start, load_end, args.out)
     log(f"wrote {args.out}")

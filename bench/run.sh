@@ -11,41 +11,13 @@
 #   --out FILE  where to write the report (default bench/RESULTS.md)
 # Environment: CDP_BUILD_DIR (default: build/ next to bench/).
 set -euo pipefail
-
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
-BUILD="${CDP_BUILD_DIR:-$ROOT/build}"
-
-QUICK=()
-OUT=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --quick) QUICK=(--quick) ;;
-    --out) OUT="${2:?--out needs a file}"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown argument '$1'; usage: bash bench/run.sh [--quick] [--out FILE]" >&2
-       exit 2 ;;
-  esac
-  shift
-done
-if [[ -z "$OUT" ]]; then
-  if [[ ${#QUICK[@]} -gt 0 ]]; then OUT="$HERE/RESULTS-quick.md"; else OUT="$HERE/RESULTS.md"; fi
-fi
-
-missing=()
-for t in nbdcopy qemu-nbd python3 cmp sync df; do
-  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-  echo "run.sh: missing tools: ${missing[*]}; run deploy/install-deps.sh" >&2
-  exit 1
-fi
-for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator cdpctl/cdpctl; do
-  if [[ ! -x "$BUILD/$b" ]]; then
-    echo "run.sh: $BUILD/$b is not built; build first (cmake --build build)" >&2
-    exit 1
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_parse_args "quick out" "$@"
+QUICK_ARG=()
+[[ $QUICK -eq 0 ]] || QUICK_ARG=(--quick)
+BINARIES=(journal-server/journal-server cdp-agent/cdp-agent replicator/replicator cdpctl/cdpctl)
+bench_require_tools nbdcopy qemu-nbd python3 cmp sync df
+bench_require_binaries "${BINARIES[@]}"
 
 WORK="$(mktemp -d /tmp/cdp-bench.XXXXXX)"
 PIDFILE="$WORK/pids"
@@ -85,25 +57,17 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 # Private copies of the binaries: others may rebuild build/ while this runs.
-mkdir -p "$WORK/bin"
-for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator cdpctl/cdpctl; do
-  cp -p "$BUILD/$b" "$WORK/bin/"
-done
-
-GIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-  GIT="$GIT (working tree has uncommitted changes)"
-fi
-BIN_TIMES="$(for b in journal-server/journal-server cdp-agent/cdp-agent replicator/replicator \
-                     cdpctl/cdpctl; do
-  printf '%s %s; ' "${b#*/}" "$(date -u -r "$WORK/bin/${b#*/}" +%Y-%m-%dT%H:%M:%SZ)"; done)"
-BUILD_TYPE="$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BUILD/CMakeCache.txt" 2>/dev/null || true)"
+bench_copy_binaries "$WORK/bin" "${BINARIES[@]}"
+GIT="$(bench_git)"
+BIN_TIMES="$(for b in "${BINARIES[@]}"; do
+  printf '%s %s; ' "${b#*/}" "$(date -u -r "$WORK/bin/$b" +%Y-%m-%dT%H:%M:%SZ)"; done)"
+BUILD_TYPE="$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BENCH_BUILD/CMakeCache.txt" 2>/dev/null ||
+  true)"
 [[ -n "$BUILD_TYPE" ]] || BUILD_TYPE="unset (CMakeLists.txt defaults it to RelWithDebInfo: -O2 -g)"
 
 echo "run.sh: work dir $WORK, report $OUT, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-setsid python3 "$HERE/bench.py" --work "$WORK" --bin-dir "$WORK/bin" --pidfile "$PIDFILE" \
-  --out "$OUT" --git "$GIT" --build-dir "$BUILD" --build-type "$BUILD_TYPE" \
-  --bin-times "${BIN_TIMES%; }" \
-  "${QUICK[@]}" &
+CDP_BIN_DIR="$WORK/bin" setsid python3 "$BENCH_HERE/bench.py" --work "$WORK" \
+  --pidfile "$PIDFILE" --out "$OUT" --git "$GIT" --build-dir "$BENCH_BUILD" \
+  --build-type "$BUILD_TYPE" --bin-times "${BIN_TIMES%; }" "${QUICK_ARG[@]}" &
 BENCH_PID=$!
 wait "$BENCH_PID"

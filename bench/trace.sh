@@ -8,29 +8,15 @@
 # Usage: bash bench/trace.sh [--quick] [--out FILE]
 #   --quick   10 s per rate instead of 30 s, report to bench/RESULTS-quick.md
 set -euo pipefail
-
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
-BUILD="${CDP_BUILD_DIR:-$ROOT/build}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_parse_args "quick out" "$@"
 SECONDS_PER_RATE=30
-OUT="$HERE/RESULTS.md"
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --quick) SECONDS_PER_RATE=10; OUT="$HERE/RESULTS-quick.md" ;;
-    --out) OUT="${2:?--out needs a file}"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    *) echo "trace.sh: unknown argument '$1'" >&2; exit 2 ;;
-  esac
-  shift
-done
-[[ $(id -u) -eq 0 ]] || { echo "trace.sh: needs root (loop device, mount, tracefs)" >&2; exit 1; }
-for t in fio losetup mkfs.ext4 fsfreeze python3 cmp dd; do
-  command -v "$t" >/dev/null || { echo "trace.sh: missing $t; run deploy/install-deps.sh" >&2; exit 1; }
-done
-for b in journal-server/journal-server cdp-agent/cdp-agent cdp-agent/cdp-thaw-watchdog \
-         replicator/replicator cdpctl/cdpctl; do
-  [[ -x "$BUILD/$b" ]] || { echo "trace.sh: $BUILD/$b is not built" >&2; exit 1; }
-done
+[[ $QUICK -eq 0 ]] || SECONDS_PER_RATE=10
+BINARIES=(journal-server/journal-server cdp-agent/cdp-agent cdp-agent/cdp-thaw-watchdog
+          replicator/replicator cdpctl/cdpctl)
+bench_require_root "loop device, mount, tracefs"
+bench_require_tools fio losetup mkfs.ext4 fsfreeze python3 cmp dd
+bench_require_binaries "${BINARIES[@]}"
 
 # blktrace (the baseline) needs debugfs.
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
@@ -60,13 +46,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-mkdir -p "$WORK/bin"
-for b in journal-server/journal-server cdp-agent/cdp-agent cdp-agent/cdp-thaw-watchdog \
-         replicator/replicator cdpctl/cdpctl; do cp -p "$BUILD/$b" "$WORK/bin/"; done
-GIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-[[ -z "$(cd "$ROOT" && git status --porcelain --untracked-files=no)" ]] || GIT="$GIT (+ uncommitted changes)"
-python3 "$HERE/trace_bench.py" --work "$WORK" --bin-dir "$WORK/bin" --pidfile "$PIDFILE" \
-  --state-file "$STATE" --out "$OUT" --git "$GIT" --seconds "$SECONDS_PER_RATE" \
+# Private copies of the binaries: others may rebuild build/ while this runs.
+bench_copy_binaries "$WORK/bin" "${BINARIES[@]}"
+CDP_BIN_DIR="$WORK/bin" python3 "$BENCH_HERE/trace_bench.py" --work "$WORK" \
+  --pidfile "$PIDFILE" --state-file "$STATE" --out "$OUT" --git "$(bench_git)" \
+  --seconds "$SECONDS_PER_RATE" \
   ${CDP_BENCH_RATES:+--rates "$CDP_BENCH_RATES"} &
 DRIVER=$!
 wait "$DRIVER"

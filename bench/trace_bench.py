@@ -9,10 +9,10 @@ every 100 ms), and the drain time after the load. Baseline in the same run: blkt
 standard block tracer) on the same device at the same load, CPU only — it traces, while the
 agent also reads back and ships. Ends with a byte comparison of the device and the replica.
 
-Run through bench/trace.sh (root; it also cleans up on failure). Standard library only.
+Run through bench/trace.sh (root; it also cleans up on failure; it sets CDP_BIN_DIR to its
+copies of the binaries). Standard library only.
 Nothing is asserted; the targets are printed next to the figures.
 """
-import argparse
 import datetime
 import json
 import os
@@ -23,22 +23,15 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import proc_cpu_seconds as cpu_seconds  # noqa: E402
-from bench import proc_status_kib  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-nan = float("nan")
-MiB = 1 << 20
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+from benchlib import (CLK_TCK, MiB, Children, cdptest, driver_arguments, fmt, log, nan,
+                      proc_status_kib, volume_in_status, write_section)
+from benchlib import proc_cpu_seconds as cpu_seconds
 
 
 def pct(values, p):
+    """The value at rank floor(p * n) of the sorted values (p in 0..1); nan when empty."""
     if not values:
-        return float("nan")
+        return nan
     v = sorted(values)
     return v[min(len(v) - 1, int(p * len(v)))]
 
@@ -62,7 +55,7 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.work = a.work
-        self.bin = a.bin_dir
+        self.children = Children(a.pidfile)
         self.procs = {}
         self.loop = None
         self.mnt = os.path.join(self.work, "mnt")
@@ -75,33 +68,26 @@ class Bench:
     def sh(self, *args, **kw):
         return subprocess.run(list(args), check=True, capture_output=True, text=True, **kw)
 
-    def spawn(self, name, args, env=None):
-        logf = open(os.path.join(self.work, f"{name}.log"), "ab")
-        p = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                             env=dict(os.environ, **(env or {})))
-        self.procs[name] = p
-        with open(self.a.pidfile, "a") as f:
-            f.write(f"{p.pid}\n")
-        return p
+    def spawn(self, name, args):
+        self.procs[name] = self.children.spawn(args, os.path.join(self.work, f"{name}.log"))
+        return self.procs[name]
 
     def stop(self, name, sig=signal.SIGTERM):
+        # The process alone, not its session: the agent's thaw watchdog exits on its own.
         p = self.procs.pop(name, None)
         if p and p.poll() is None:
             p.send_signal(sig)
             p.wait(60)
+        if p:
+            self.children.forget(p)
 
     def cdpctl(self, *args):
-        return subprocess.run([f"{self.bin}/cdpctl", "--server", self.server] + list(args),
+        return subprocess.run([cdptest.binary("cdpctl"), "--server", self.server] + list(args),
                               capture_output=True, text=True, timeout=900)
 
     def status(self):
         r = self.cdpctl("status", "--json")
-        if r.returncode != 0:
-            return None
-        for v in json.loads(r.stdout)["volumes"]:
-            if v["name"] == self.volume:
-                return v
-        return None
+        return volume_in_status(r.stdout, self.volume) if r.returncode == 0 else None
 
     def wait_synced(self):
         t0 = time.time()
@@ -127,11 +113,11 @@ class Bench:
         log("laying out the 1 GiB fio file")
         self.sh("fio", "--name=layout", f"--filename={self.mnt}/bench.dat",
                 f"--size={self.a.file_mib}m", "--rw=write", "--bs=1m", "--end_fsync=1")
-        self.spawn("journal-server", [f"{self.bin}/journal-server", "--data-dir",
+        self.spawn("journal-server", [cdptest.binary("journal-server"), "--data-dir",
                                       os.path.join(self.work, "journal"), "--listen",
                                       self.server])
         self.start_agent()
-        self.spawn("replicator", [f"{self.bin}/replicator", "--server", self.server, "--volume",
+        self.spawn("replicator", [cdptest.binary("replicator"), "--server", self.server, "--volume",
                                   self.volume, "--target", self.target, "--state-dir",
                                   os.path.join(self.work, "replica-state")])
         t = self.wait_synced()
@@ -143,7 +129,7 @@ class Bench:
     def start_agent(self):
         before = os.path.getsize(self.agent_log_path()) if os.path.exists(
             self.agent_log_path()) else 0
-        self.spawn("cdp-agent", [f"{self.bin}/cdp-agent", "--server", self.server, "--volume",
+        self.spawn("cdp-agent", [cdptest.binary("cdp-agent"), "--server", self.server, "--volume",
                                  self.volume, "--device", self.loop, "--trace", "--freeze",
                                  self.mnt, "--state-dir", os.path.join(self.work, "agent")] +
                    os.environ.get("CDP_BENCH_AGENT_ARGS", "").split())
@@ -262,20 +248,12 @@ class Bench:
 
     def close(self):
         for name in list(self.procs):
-            p = self.procs.pop(name)
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-
-
-def fmt(v, d=1):
-    return "n/a" if v != v else f"{v:.{d}f}"
+            self.stop(name, signal.SIGKILL)
 
 
 def write_report(a, phases, baselines, identical, started):
     ok = lambda good: "✅" if good else "❌ missed"  # noqa: E731
     lines = [
-        "<!-- trace-bench:start (generated by bench/trace.sh; do not edit by hand) -->",
         "## Trace mode (`bash bench/trace.sh`)",
         "",
         f"Generated by `bench/trace.sh` (driver `bench/trace_bench.py`) on "
@@ -293,32 +271,33 @@ def write_report(a, phases, baselines, identical, started):
         "|---|" + "---|" * len(phases) + "---|",
     ]
 
-    def row(name, key, d=1, target=""):
+    t10 = next((p for p in phases if p["rate"] == 10), None)
+
+    def at_10(key, limit, text):
+        return f"{text} at 10 MB/s {ok(t10[key] <= limit)}" if t10 else ""
+
+    def every_rate(key, limit, text):
+        return f"{text} " + " / ".join(ok(p[key] <= limit) for p in phases)
+
+    # (figure, key in a phase, decimals, target)
+    figures = [
+        ("fio written (MB)", "written_mb", 0, ""),
+        ("Agent CPU, % of one core", "cpu_pct", 1, at_10("cpu_pct", 3, "≤ 3 %")),
+        ("Agent peak RSS (MiB)", "rss_mib", 1, at_10("rss_mib", 64, "≤ 64 MiB")),
+        ("Freezes that made a point", "freezes", 0, ""), ("Freezes abandoned", "abandoned", 0, ""),
+        ("Freeze p50 (ms)", "freeze_p50", 1, ""),
+        ("Freeze p99 (ms)", "freeze_p99", 1, every_rate("freeze_p99", 50, "≤ 50 ms")),
+        ("Freeze max (ms)", "freeze_max", 1, ""),
+        ("FIFREEZE ioctl alone p50 (ms)", "ioctl_p50", 1, ""),
+        ("FIFREEZE ioctl alone p99 (ms)", "ioctl_p99", 1, ""), ("Lag p50 (s)", "lag_p50", 3, ""),
+        ("Lag p99 (s)", "lag_p99", 3, every_rate("lag_p99", 1, "≤ 1 s")),
+        ("Lag max (s)", "lag_max", 3, ""), ("Drain after the load (s)", "drain", 2, ""),
+        ("Block events received", "events", 0, ""), ("Read back (MB)", "readback_mb", 0, ""),
+        ("Events lost", "lost", 0, ""),
+    ]
+    for name, key, d, target in figures:
         lines.append(f"| {name} | " + " | ".join(fmt(p[key], d) for p in phases) +
                      f" | {target} |")
-
-    t10 = next((p for p in phases if p["rate"] == 10), None)
-    row("fio written (MB)", "written_mb", 0)
-    row("Agent CPU, % of one core", "cpu_pct", 1,
-        f"≤ 3 % at 10 MB/s {ok(t10 and t10['cpu_pct'] <= 3)}" if t10 else "")
-    row("Agent peak RSS (MiB)", "rss_mib", 1,
-        f"≤ 64 MiB at 10 MB/s {ok(t10 and t10['rss_mib'] <= 64)}" if t10 else "")
-    row("Freezes that made a point", "freezes", 0)
-    row("Freezes abandoned", "abandoned", 0)
-    row("Freeze p50 (ms)", "freeze_p50", 1)
-    row("Freeze p99 (ms)", "freeze_p99", 1,
-        "≤ 50 ms " + " / ".join(ok(p["freeze_p99"] <= 50) for p in phases))
-    row("Freeze max (ms)", "freeze_max", 1)
-    row("FIFREEZE ioctl alone p50 (ms)", "ioctl_p50", 1)
-    row("FIFREEZE ioctl alone p99 (ms)", "ioctl_p99", 1)
-    row("Lag p50 (s)", "lag_p50", 3)
-    row("Lag p99 (s)", "lag_p99", 3,
-        "≤ 1 s " + " / ".join(ok(p["lag_p99"] <= 1) for p in phases))
-    row("Lag max (s)", "lag_max", 3)
-    row("Drain after the load (s)", "drain", 2)
-    row("Block events received", "events", 0)
-    row("Read back (MB)", "readback_mb", 0)
-    row("Events lost", "lost", 0)
     if baselines:
         lines.append("| blktrace CPU, % of one core (baseline) | " +
                      " | ".join(fmt(b["cpu_pct"], 1) for b in baselines) + " | |")
@@ -328,26 +307,15 @@ def write_report(a, phases, baselines, identical, started):
         f"{p['rate']} MB/s: " + ", ".join(f"{k} {v}" for k, v in sorted(
             p["threads"].items(), key=lambda kv: -kv[1])) for p in phases) + "."]
     lines += ["", f"Replica == device after the run (fsfreeze, wait-synced, dd iflag=direct, "
-                  f"cmp): **{'yes' if identical else 'NO'}**.", "",
-              "<!-- trace-bench:end -->", ""]
-    section = "\n".join(lines)
-    text = open(a.out).read() if os.path.exists(a.out) else "# Benchmark results\n\n"
-    m = re.search(r"<!-- trace-bench:start.*?<!-- trace-bench:end -->\n?", text, re.S)
-    text = text[:m.start()] + section + text[m.end():] if m else text.rstrip("\n") + "\n\n" + \
-        section
-    with open(a.out, "w") as f:
-        f.write(text)
-    log(f"wrote {a.out}")
+                  f"cmp): **{'yes' if identical else 'NO'}**.", ""]
+    write_section(a.out, "trace", "trace.sh", lines)
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = driver_arguments(__doc__)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--pidfile", required=True)
     ap.add_argument("--state-file", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--git", default="unknown")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--rates", default="10,50")
     ap.add_argument("--disk-mib", type=int, default=2048)
