@@ -9,7 +9,6 @@ Reports p50/p95/max of the client-measured outage and a typical timeline into th
 "Cutover" section of bench/RESULTS.md. Required: p95 <= 30 s; goal: p95 <= 5 s.
 Run through bench/cutover.sh (root).
 """
-import argparse
 import datetime
 import json
 import os
@@ -19,28 +18,16 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-import labtest  # noqa: E402
-REPO = os.path.abspath(os.path.join(HERE, ".."))
-LAB = os.path.join(REPO, "deploy", "lab", "lab")
-PLAN = os.path.join(REPO, "deploy", "lab", "plans", "cutover.yaml")
+from benchlib import cdptest, driver_arguments, log, write_section
+
+import labtest  # noqa: E402 - tests/integration, on the path through benchlib
+from labtest import LAB, lab
+
+PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover.yaml")
 CLIENT = labtest.CLIENT
 # How long the client waits for an `OK n` before it reconnects: the outage is measured to about
 # this much (a request sent into the outage waits this long before the client tries again).
 CLIENT_TIMEOUT = 0.25
-BIN = os.environ.get("CDP_BIN_DIR", os.path.join(REPO, "build"))
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def lab(*args, timeout=900):
-    r = subprocess.run([LAB] + list(args), capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"lab {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
-    return r
 
 
 def pct(values, p):
@@ -59,7 +46,7 @@ def one_cutover(i):
         client = subprocess.Popen(["ip", "netns", "exec", "cdp-client", sys.executable, CLIENT,
                                    "192.0.2.10", "7000", acked, "0.02", str(CLIENT_TIMEOUT)])
         time.sleep(3)
-        r = subprocess.run([LAB, "exec", "lab", "--", os.path.join(BIN, "cdpctl", "cdpctl"),
+        r = subprocess.run([LAB, "exec", "lab", "--", cdptest.binary("cdpctl"),
                             "cutover", "--plan", PLAN, "--json"], capture_output=True, text=True,
                            timeout=600)
         try:
@@ -97,8 +84,7 @@ def report(a, runs):
     ok = [r for r in runs if r["ok"]]
     outages = [r["outage"] for r in ok]
     typical = sorted(ok, key=lambda r: r["outage"])[len(ok) // 2] if ok else None
-    lines = ["<!-- cutover-bench:start (written by bench/cutover.sh; edits here are overwritten) -->",
-             "## Cutover (lab, client-measured)", "",
+    lines = ["## Cutover (lab, client-measured)", "",
              f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, git {a.git}; {len(runs)} "
              "consecutive cutovers, each on a fresh `deploy/lab/lab up` (QEMU TCG, 2 host cores); "
              "a client in cdp-client sends `PUT n` every 20 ms; outage = the largest gap between "
@@ -125,21 +111,12 @@ def report(a, runs):
     failed = [r for r in runs if not r["ok"]]
     for r in failed:
         lines.append(f"- failed: {r['error']}")
-    lines += ["Reproduce: `bash bench/cutover.sh` (root).", "", "<!-- cutover-bench:end -->", ""]
-    section = "\n".join(lines)
-    text = open(a.out).read() if os.path.exists(a.out) else "# Benchmark results\n\n"
-    s, e = text.find("<!-- cutover-bench:start"), text.find("<!-- cutover-bench:end -->")
-    text = (text[:s] + section + text[e + len("<!-- cutover-bench:end -->\n"):]
-            if s >= 0 and e > s else text.rstrip("\n") + "\n\n" + section)
-    with open(a.out, "w") as f:
-        f.write(text)
-    print(section)
+    lines += ["Reproduce: `bash bench/cutover.sh` (root).", ""]
+    print(write_section(a.out, "cutover", "cutover.sh", lines))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--git", default="unknown")
+    ap = driver_arguments(__doc__)
     ap.add_argument("--runs", type=int, default=10)
     a = ap.parse_args()
     runs = [one_cutover(i + 1) for i in range(a.runs)]

@@ -14,21 +14,15 @@
 
 Run through bench/pe.sh. Nothing is asserted; the targets are printed next to the figures.
 """
-import argparse
 import datetime
-import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-import petest  # noqa: E402
-from cdptest import log  # noqa: E402
+from benchlib import MiB, driver_arguments, log, qemu_img_convert_seconds, write_section
 
-MiB = 1 << 20
+import petest  # noqa: E402 - tests/integration, on the path through benchlib
 
 
 def wait_journal_has_everything(s, timeout=600):
@@ -78,13 +72,7 @@ def bench(s, a, results):
     petest.qemu_img_compare(s.source, s.disk)
     results["identical"] = True
 
-    out = os.path.join(s.dir, "convert.qcow2")
-    subprocess.run(["sync"], check=True)
-    t0 = time.time()
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", s.source, out], check=True,
-                   timeout=1800)
-    subprocess.run(["sync", "-f", out], check=True)
-    conv_s = time.time() - t0
+    conv_s = qemu_img_convert_seconds(s.source, os.path.join(s.dir, "convert.qcow2"), "qcow2")
     results["convert"] = {"seconds": conv_s, "mb_per_s": a.data_mib * MiB / 1e6 / conv_s}
     log(f"qemu-img convert of the same image: {conv_s:.1f} s, "
         f"{results['convert']['mb_per_s']:.1f} MB/s")
@@ -97,7 +85,6 @@ def report(a, results):
     accel = results["boots"][0]["accel"] if results["boots"] else "?"
     kernel = results["boots"][0]["kernel"] if results["boots"] else "?"
     lines = [
-        "<!-- pe-bench:start (written by bench/pe.sh; edits here are overwritten) -->",
         "## Semi-booted target (PE)", "",
         f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, git {a.git}; "
         f"QEMU {accel.upper()} (no usable KVM here), PE kernel {kernel}, 512 MiB, 1 vCPU; "
@@ -116,24 +103,12 @@ def report(a, results):
         f"target qcow2 == source after the run (`qemu-img compare`): "
         f"**{'yes' if results.get('identical') else 'NO'}**.", "",
         "Reproduce: `bash bench/pe.sh` (root; builds the PE image into the build dir if needed).",
-        "", "<!-- pe-bench:end -->", ""]
-    section = "\n".join(lines)
-    text = open(a.out).read() if os.path.exists(a.out) else "# Benchmark results\n\n"
-    start, end = text.find("<!-- pe-bench:start"), text.find("<!-- pe-bench:end -->")
-    if start >= 0 and end > start:
-        text = text[:start] + section + text[end + len("<!-- pe-bench:end -->\n"):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(a.out, "w") as f:
-        f.write(text)
-    log(f"wrote {a.out}")
-    print(section)
+        ""]
+    print(write_section(a.out, "pe", "pe.sh", lines))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--git", default="unknown")
+    ap = driver_arguments(__doc__)
     ap.add_argument("--boots", type=int, default=5)
     ap.add_argument("--data-mib", type=int, default=512)
     a = ap.parse_args()

@@ -13,36 +13,19 @@ dropped before each copy:
   the initial sync wrote, before folding.
 Every figure is reported, none is asserted. Units: MB = 10^6 bytes, MiB = 2^20 bytes.
 """
-import argparse
 import datetime
 import json
 import os
 import random
 import re
 import subprocess
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-import cdptest as t  # noqa: E402
+from benchlib import MiB, driver_arguments, seconds_cold, write_section
+from benchlib import cdptest as t
 
-MiB = 1 << 20
 VOLUME_MIB = 1024
 ROUNDS, WRITES, WRITE_KIB = 16, 100, 64
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def timed(args):
-    drop_caches()
-    t0 = time.monotonic()
-    subprocess.run(args, check=True, capture_output=True)
-    return time.monotonic() - t0
 
 
 def du(path):
@@ -77,14 +60,14 @@ def bench(s, out, git):
     size = VOLUME_MIB * MiB
     raw = os.path.join(s.dir, "restored.raw")
     qcow = os.path.join(s.dir, "restored.qcow2")
-    cdp_raw = timed([t.binary("cdpctl"), "--server", s.server, "restore", "--volume", s.volume,
-                     "--at", str(mid["lsn"]), "--output", raw])
-    qi_raw = timed(["qemu-img", "convert", "-f", "raw", "-O", "raw", s.source,
-                    os.path.join(s.dir, "copy.raw")])
-    cdp_qcow = timed([t.binary("cdpctl"), "--server", s.server, "restore", "--volume", s.volume,
-                      "--at", str(mid["lsn"]), "--output", qcow])
-    qi_qcow = timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", s.source,
-                     os.path.join(s.dir, "copy.qcow2")])
+    restore = [t.binary("cdpctl"), "--server", s.server, "restore", "--volume", s.volume, "--at",
+               str(mid["lsn"]), "--output"]
+    cdp_raw = seconds_cold(restore + [raw])
+    qi_raw = seconds_cold(["qemu-img", "convert", "-f", "raw", "-O", "raw", s.source,
+                           os.path.join(s.dir, "copy.raw")])
+    cdp_qcow = seconds_cold(restore + [qcow])
+    qi_qcow = seconds_cold(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", s.source,
+                            os.path.join(s.dir, "copy.qcow2")])
     for f in ("restored.raw", "copy.raw", "restored.qcow2", "copy.qcow2"):
         os.unlink(os.path.join(s.dir, f))
 
@@ -132,23 +115,11 @@ def bench(s, out, git):
         "Reproduce: `bash bench/restore.sh` (root: it drops the page cache).",
         "",
     ]
-    section = "\n".join(lines)
-    text = open(out).read() if os.path.exists(out) else "# Benchmark results\n"
-    start = text.find("## Restore, folding and journal size")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(out, "w") as f:
-        f.write(text)
-    print(section)
+    print(write_section(out, "restore", "restore.sh", lines))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--git", default="unknown")
+    ap = driver_arguments(__doc__)
     a = ap.parse_args()
     t.run(lambda s: bench(s, a.out, a.git), size_mib=VOLUME_MIB)
 
