@@ -2,7 +2,10 @@
 //
 // Layout of this file:
 //   IoQueue          the few primitives an asynchronous engine must offer (start, kick, wait,
-//                    sync), implemented by IoUringQueue and LibaioQueue;
+//                    sync);
+//   KernelQueue      what both engines share: the submit loop that makes room by reaping, and
+//                    the completions reaped early that the next Wait returns; its two
+//                    implementations IoUringQueue and LibaioQueue;
 //   AsyncBlockDevice the BlockDevice: bounds and alignment checks, the engine-independent
 //                    driver loop (queue depth, refill, short transfers, draining on error),
 //                    zeroing and discard through ioctl/fallocate;
@@ -140,9 +143,88 @@ class IoQueue {
   virtual Status Sync() = 0;
 };
 
+// The engine-independent half of Kick and Wait. An engine supplies one submission call
+// (SubmitQueued), one blocking reap (ReapCompletions) and what to do with requests that never
+// reached the kernel (RejectQueued); this class runs the retry policy around them and keeps
+// the count of requests in the kernel.
+//
+// Kick submits until every queued request is in the kernel. When the kernel takes none (out of
+// resources or completion-queue space: 0, -EAGAIN, -EBUSY), it reaps completions to make room,
+// keeping them for the next Wait; with nothing in flight to reap it retries every 1 ms, at most
+// kMaxIdleSubmitRetries times. -EINTR is retried at once. Any other failure rejects the
+// requests still queued.
+class KernelQueue : public IoQueue {
+ public:
+  Status Kick(std::vector<uint32_t>* rejected) final {
+    int idle_retries = 0;
+    while (queued() > 0) {
+      const int ret = SubmitQueued();
+      if (ret > 0) {
+        in_kernel_ += static_cast<size_t>(ret);
+        continue;
+      }
+      if (ret == -EINTR) continue;
+      // -EBUSY is io_uring's "completion queue full"; io_submit never returns it.
+      if (ret == 0 || ret == -EAGAIN || ret == -EBUSY) {
+        if (in_kernel_ > 0) {
+          Status reaped = Reap(&reaped_);
+          if (reaped.ok()) continue;
+          RejectQueued(reaped, rejected);
+          return reaped;
+        }
+        if (++idle_retries <= kMaxIdleSubmitRetries) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          continue;
+        }
+      }
+      Status error = Status::FromErrno(ret == 0 ? EAGAIN : -ret, submit_call_);
+      RejectQueued(error, rejected);
+      return error;
+    }
+    return Status::Ok();
+  }
+
+  Status Wait(std::vector<IoCompletion>* out) final {
+    if (!reaped_.empty()) {
+      out->insert(out->end(), reaped_.begin(), reaped_.end());
+      reaped_.clear();
+      return Status::Ok();
+    }
+    return Reap(out);
+  }
+
+ protected:
+  // `submit_call` names the engine's submission call in errors ("io_submit").
+  explicit KernelQueue(std::string_view submit_call) : submit_call_(submit_call) {}
+
+  // How many started requests have not yet been taken by the kernel.
+  virtual size_t queued() const = 0;
+  // One submission call for the queued requests: returns how many the kernel took (and forgets
+  // them), or 0 or -errno when it took none. REQUIRES: queued() > 0.
+  virtual int SubmitQueued() = 0;
+  // Blocks until at least one submitted request completed and appends every available
+  // completion to *out.
+  virtual Status ReapCompletions(std::vector<IoCompletion>* out) = 0;
+  // Appends the slots of the requests still queued to *rejected and forgets them; `error` is
+  // why Kick gave up on them.
+  virtual void RejectQueued(const Status& error, std::vector<uint32_t>* rejected) = 0;
+
+ private:
+  Status Reap(std::vector<IoCompletion>* out) {
+    const size_t before = out->size();
+    CDP_RETURN_IF_ERROR(ReapCompletions(out));
+    in_kernel_ -= std::min(out->size() - before, in_kernel_);
+    return Status::Ok();
+  }
+
+  const std::string_view submit_call_;
+  size_t in_kernel_ = 0;              // taken by the kernel, completion not yet reaped
+  std::vector<IoCompletion> reaped_;  // reaped by Kick, not yet returned by Wait
+};
+
 // io_uring engine. Submission entries are filled by Start and published by Kick; the SQ ring
 // has `depth` entries and never holds more than `depth` requests, so Start always finds one.
-class IoUringQueue final : public IoQueue {
+class IoUringQueue final : public KernelQueue {
  public:
   // Creates a ring of `depth` entries for `fd` and checks with a NOP round trip that the
   // kernel really executes requests (some sandboxes allow the setup but refuse io_uring_enter).
@@ -185,44 +267,6 @@ class IoUringQueue final : public IoQueue {
     return Status::Ok();
   }
 
-  Status Kick(std::vector<uint32_t>* rejected) override {
-    int idle_retries = 0;
-    while (!queued_slots_.empty()) {
-      const int ret = io_uring_submit(&ring_);
-      if (ret > 0) {
-        // The kernel consumes the ring in order: the first `ret` queued requests are in flight.
-        const auto consumed = std::min(static_cast<size_t>(ret), queued_slots_.size());
-        queued_slots_.erase(queued_slots_.begin(), queued_slots_.begin() + consumed);
-        in_kernel_ += consumed;
-        continue;
-      }
-      if (ret == -EINTR) continue;
-      if (ret == 0 || ret == -EAGAIN || ret == -EBUSY) {
-        // Out of kernel resources or completion-queue space: make room by reaping.
-        if (in_kernel_ > 0) {
-          Status reaped = Reap(&reaped_);
-          if (reaped.ok()) continue;
-          return Abandon(reaped, rejected);
-        }
-        if (++idle_retries <= kMaxIdleSubmitRetries) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          continue;
-        }
-      }
-      return Abandon(Status::FromErrno(ret == 0 ? EAGAIN : -ret, "io_uring_submit"), rejected);
-    }
-    return Status::Ok();
-  }
-
-  Status Wait(std::vector<IoCompletion>* out) override {
-    if (!reaped_.empty()) {
-      out->insert(out->end(), reaped_.begin(), reaped_.end());
-      reaped_.clear();
-      return Status::Ok();
-    }
-    return Reap(out);
-  }
-
   Status Sync() override {
     return RunAlone(
         [fd = fd_](io_uring_sqe* sqe) { io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC); },
@@ -233,7 +277,7 @@ class IoUringQueue final : public IoQueue {
   // The slot of requests run by RunAlone; never a driver slot (those are below the depth).
   static constexpr uint32_t kAloneSlot = UINT32_MAX;
 
-  explicit IoUringQueue(int fd) : fd_(fd) {}
+  explicit IoUringQueue(int fd) : KernelQueue("io_uring_submit"), fd_(fd) {}
 
   // Once requests are stuck in the ring (a hard io_uring_submit failure) they would be
   // submitted by the next Kick long after their caller returned; refuse all further work.
@@ -245,15 +289,24 @@ class IoUringQueue final : public IoQueue {
     return Status::Ok();
   }
 
-  Status Abandon(const Status& error, std::vector<uint32_t>* rejected) {
+  size_t queued() const override { return queued_slots_.size(); }
+
+  int SubmitQueued() override {
+    const int ret = io_uring_submit(&ring_);
+    if (ret <= 0) return ret;
+    // The kernel consumes the ring in order: the first `ret` queued requests are in flight.
+    const auto consumed = std::min(static_cast<size_t>(ret), queued_slots_.size());
+    queued_slots_.erase(queued_slots_.begin(), queued_slots_.begin() + consumed);
+    return static_cast<int>(consumed);
+  }
+
+  void RejectQueued(const Status& error, std::vector<uint32_t>* rejected) override {
     rejected->insert(rejected->end(), queued_slots_.begin(), queued_slots_.end());
     queued_slots_.clear();
     broken_ = error;
-    return error;
   }
 
-  // Waits for at least one completion and moves every available one to *out.
-  Status Reap(std::vector<IoCompletion>* out) {
+  Status ReapCompletions(std::vector<IoCompletion>* out) override {
     io_uring_cqe* cqe = nullptr;
     int ret;
     do {
@@ -267,7 +320,6 @@ class IoUringQueue final : public IoQueue {
         out->push_back({static_cast<uint32_t>(io_uring_cqe_get_data64(batch[i])), batch[i]->res});
       }
       io_uring_cq_advance(&ring_, n);
-      in_kernel_ -= std::min<size_t>(n, in_kernel_);
     }
     return Status::Ok();
   }
@@ -301,13 +353,11 @@ class IoUringQueue final : public IoQueue {
   bool initialized_ = false;
   Status broken_;                       // non-OK once the ring must not be used again
   std::vector<uint32_t> queued_slots_;  // filled SQEs not yet consumed by the kernel, in order
-  size_t in_kernel_ = 0;                // consumed by the kernel, completion not yet reaped
-  std::vector<IoCompletion> reaped_;    // reaped by Kick, not yet returned by Wait
 };
 
 // libaio engine (Linux native AIO). Truly asynchronous only with O_DIRECT; on buffered files
 // io_submit performs the I/O synchronously, which is still correct.
-class LibaioQueue final : public IoQueue {
+class LibaioQueue final : public KernelQueue {
  public:
   // Creates an AIO context of `depth` events for `fd`. Unavailable when the kernel refuses.
   static Result<std::unique_ptr<IoQueue>> Create(int fd, unsigned depth) {
@@ -337,47 +387,6 @@ class LibaioQueue final : public IoQueue {
     return Status::Ok();
   }
 
-  Status Kick(std::vector<uint32_t>* rejected) override {
-    size_t next = 0;
-    int idle_retries = 0;
-    Status error;
-    while (next < queued_.size()) {
-      const int ret = io_submit(ctx_, static_cast<long>(queued_.size() - next), &queued_[next]);
-      if (ret > 0) {
-        next += static_cast<size_t>(ret);
-        in_kernel_ += static_cast<size_t>(ret);
-        continue;
-      }
-      if (ret == -EINTR) continue;
-      if (ret == 0 || ret == -EAGAIN) {
-        if (in_kernel_ > 0) {
-          error = Reap(&reaped_);
-          if (error.ok()) continue;
-          break;
-        }
-        if (++idle_retries <= kMaxIdleSubmitRetries) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          continue;
-        }
-      }
-      // io_submit reports an error only when the first remaining iocb could not be queued.
-      error = Status::FromErrno(ret == 0 ? EAGAIN : -ret, "io_submit");
-      break;
-    }
-    for (size_t i = next; i < queued_.size(); ++i) rejected->push_back(SlotOf(queued_[i]));
-    queued_.clear();
-    return error;
-  }
-
-  Status Wait(std::vector<IoCompletion>* out) override {
-    if (!reaped_.empty()) {
-      out->insert(out->end(), reaped_.begin(), reaped_.end());
-      reaped_.clear();
-      return Status::Ok();
-    }
-    return Reap(out);
-  }
-
   Status Sync() override {
     // IOCB_CMD_FDSYNC is unsupported by most filesystems; the plain syscall always works.
     while (fdatasync(fd_) != 0) {
@@ -388,11 +397,31 @@ class LibaioQueue final : public IoQueue {
 
  private:
   LibaioQueue(int fd, unsigned depth, io_context_t ctx)
-      : fd_(fd), ctx_(ctx), iocbs_(depth), events_(depth) {}
+      : KernelQueue("io_submit"), fd_(fd), ctx_(ctx), iocbs_(depth), events_(depth) {}
 
   uint32_t SlotOf(const iocb* cb) const { return static_cast<uint32_t>(cb - iocbs_.data()); }
 
-  Status Reap(std::vector<IoCompletion>* out) {
+  size_t queued() const override { return queued_.size() - submitted_; }
+
+  int SubmitQueued() override {
+    const int ret = io_submit(ctx_, static_cast<long>(queued()), &queued_[submitted_]);
+    if (ret > 0) submitted_ += static_cast<size_t>(ret);
+    if (submitted_ == queued_.size()) {
+      queued_.clear();
+      submitted_ = 0;
+    }
+    return ret;
+  }
+
+  // io_submit reports an error only when the first remaining iocb could not be queued, so the
+  // rejected ones are exactly those from submitted_ on.
+  void RejectQueued(const Status& /*error*/, std::vector<uint32_t>* rejected) override {
+    for (size_t i = submitted_; i < queued_.size(); ++i) rejected->push_back(SlotOf(queued_[i]));
+    queued_.clear();
+    submitted_ = 0;
+  }
+
+  Status ReapCompletions(std::vector<IoCompletion>* out) override {
     int ret;
     do {
       ret = io_getevents(ctx_, 1, static_cast<long>(events_.size()), events_.data(), nullptr);
@@ -403,7 +432,6 @@ class LibaioQueue final : public IoQueue {
       out->push_back(
           {SlotOf(events_[i].obj), static_cast<int64_t>(static_cast<long>(events_[i].res))});
     }
-    in_kernel_ -= std::min(static_cast<size_t>(ret), in_kernel_);
     return Status::Ok();
   }
 
@@ -411,9 +439,8 @@ class LibaioQueue final : public IoQueue {
   const io_context_t ctx_;
   std::vector<iocb> iocbs_;           // indexed by slot
   std::vector<io_event> events_;      // scratch for io_getevents
-  std::vector<iocb*> queued_;         // started, not yet submitted
-  size_t in_kernel_ = 0;              // submitted, completion not yet reaped
-  std::vector<IoCompletion> reaped_;  // reaped by Kick, not yet returned by Wait
+  std::vector<iocb*> queued_;         // started; those before submitted_ are in the kernel
+  size_t submitted_ = 0;              // how many of queued_ io_submit has taken
 };
 
 // Returns why io_uring cannot be used in this process, or "" if it can. Probed once (ring set-up
