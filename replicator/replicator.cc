@@ -20,6 +20,11 @@ Replicator::Replicator(ReplicatorOptions options) : options_(std::move(options))
   }
 }
 
+Replicator::Replicator(ReplicatorOptions options, std::unique_ptr<ReplicaSink> sink)
+    : Replicator(std::move(options)) {
+  sink_ = std::move(sink);
+}
+
 Status Replicator::Run(const std::atomic<bool>* stop) {
   CDP_RETURN_IF_ERROR(wire::ValidateVolumeName(options_.volume));
   CDP_RETURN_IF_ERROR(ValidateEndpoint(options_.server).WithContext("--server"));
@@ -32,12 +37,15 @@ Status Replicator::Run(const std::atomic<bool>* stop) {
                              " cannot be created: " + ec.message());
     }
   }
-  SinkOptions sink_options;
-  sink_options.volume = options_.volume;
-  sink_options.target = options_.target;
-  sink_options.state_dir = options_.state_dir;
-  sink_options.io_engine = options_.io_engine;
-  std::unique_ptr<ReplicaSink> sink = MakeReplicaSink(sink_options);
+  if (!sink_) {
+    SinkOptions sink_options;
+    sink_options.volume = options_.volume;
+    sink_options.target = options_.target;
+    sink_options.state_dir = options_.state_dir;
+    sink_options.io_engine = options_.io_engine;
+    sink_ = MakeReplicaSink(sink_options);
+  }
+  ReplicaSink* const sink = sink_.get();
   bool sink_open = false;
   uint64_t applied = 0;
   CDP_LOG(info) << "replicator: volume " << options_.volume << " -> " << sink->Describe();

@@ -13,6 +13,7 @@
 
 #include "cdp/core/block_device.h"
 #include "cdp/core/status.h"
+#include "cdp/replicator/replica_sink.h"
 
 namespace cdp::replicator {
 
@@ -28,7 +29,11 @@ struct ReplicatorOptions {
 
 class Replicator {
  public:
+  // Applies to the sink MakeReplicaSink builds for options.target.
   explicit Replicator(ReplicatorOptions options);
+  // Applies to `sink` (a test's wrapper around a real sink); options.target is still checked
+  // and named in logs.
+  Replicator(ReplicatorOptions options, std::unique_ptr<ReplicaSink> sink);
 
   // Runs until *stop is true. Returns a non-OK Status only for errors that retrying cannot fix
   // (a target smaller than the volume, a replica ahead of the journal, ...).
@@ -36,6 +41,7 @@ class Replicator {
 
  private:
   ReplicatorOptions options_;
+  std::unique_ptr<ReplicaSink> sink_;  // null until Run builds it, unless given
 };
 
 }  // namespace cdp::replicator
