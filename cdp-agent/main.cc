@@ -1,7 +1,6 @@
 // cdp-agent: captures every write to a protected device and ships it to the journal-server.
 // Wiring only; the work is in cdp::agent::Agent.
 #include <boost/program_options.hpp>
-#include <csignal>
 #include <cstdlib>
 #include <iostream>
 
@@ -14,7 +13,7 @@ namespace po = boost::program_options;
 
 int main(int argc, char** argv) {
   cdp::agent::AgentOptions options;
-  std::string ack = "async", engine = "auto", log_level = "info";
+  std::string ack = "async", engine = "auto";
   uint64_t buffer_mib = 32;
   double checkpoint_seconds = 1.0;
   po::options_description desc(
@@ -66,11 +65,9 @@ int main(int argc, char** argv) {
       "become the volume's writer although the journal-server has another agent as its writer, "
       "fencing that one (its writes are refused from then on); for an agent whose state dir was "
       "lost, or that replaces a host that is gone for good");
-  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
-  if (auto exit_code =
-          cdp::ParseCommandLine("cdp-agent", argc, argv, desc, &vm, log_level, &level)) {
+  if (auto exit_code = cdp::ParseCommandLine("cdp-agent", argc, argv, &desc, &vm, &level)) {
     return *exit_code;
   }
   auto mode = cdp::agent::ParseAckMode(ack);
@@ -97,10 +94,7 @@ int main(int argc, char** argv) {
   } else if (options.trace_buffer_kb < 4 || options.trace_buffer_kb > (1u << 20)) {
     bad = "--trace-buffer-kb must be between 4 and 1048576";
   }
-  if (!bad.empty()) {
-    std::cerr << "cdp-agent: " << bad << "\n";
-    return 2;
-  }
+  if (!bad.empty()) return cdp::UsageError("cdp-agent", bad);
   options.checkpoint_interval_ms = static_cast<int>(checkpoint_seconds * 1000);
   options.bandwidth_bytes_per_sec =
       static_cast<uint64_t>(vm["bandwidth-limit"].as<double>() * 1e6);
@@ -114,12 +108,7 @@ int main(int argc, char** argv) {
   if (options.state_dir.empty()) options.state_dir = "/var/lib/cdp-agent/" + options.volume;
 
   // Signals are taken synchronously by this thread; the worker threads never see them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  cdp::BlockStopSignals();
   cdp::TuneAllocatorForLargeBuffers(/*mmap_threshold=*/4 << 20, /*trim_threshold=*/8 << 20);
   cdp::InitLogging("cdp-agent", level);
 
@@ -128,8 +117,7 @@ int main(int argc, char** argv) {
     std::cerr << "cdp-agent: " << agent.status().message() << "\n";
     return 1;
   }
-  int sig = 0;
-  sigwait(&signals, &sig);
+  cdp::WaitForStopSignal();
   cdp::Status s = (*agent)->Stop();
   if (!s.ok()) {
     std::cerr << "cdp-agent: stop: " << s.ToString() << "\n";

@@ -6,18 +6,16 @@ namespace cdp {
 
 namespace po = boost::program_options;
 
-void AddCommonFlags(po::options_description* desc, std::string* log_level) {
-  desc->add_options()("help,h", "print this help and exit")(
-      "log-level", po::value(log_level)->default_value("info"), "trace|debug|info|warning|error");
-}
-
 std::optional<int> ParseCommandLine(std::string_view program, int argc, char** argv,
-                                    const po::options_description& desc, po::variables_map* vm,
-                                    const std::string& log_level, LogLevel* level) {
+                                    po::options_description* desc, po::variables_map* vm,
+                                    LogLevel* level) {
+  std::string log_level;
+  desc->add_options()("help,h", "print this help and exit")(
+      "log-level", po::value(&log_level)->default_value("info"), "trace|debug|info|warning|error");
   try {
-    po::store(po::parse_command_line(argc, argv, desc), *vm);
+    po::store(po::parse_command_line(argc, argv, *desc), *vm);
     if (vm->count("help")) {
-      std::cout << desc << "\n";
+      std::cout << *desc << "\n";
       return 0;
     }
     po::notify(*vm);
@@ -31,6 +29,11 @@ std::optional<int> ParseCommandLine(std::string_view program, int argc, char** a
     return 2;
   }
   return std::nullopt;
+}
+
+int UsageError(std::string_view program, std::string_view message) {
+  std::cerr << program << ": " << message << "\n";
+  return 2;
 }
 
 }  // namespace cdp

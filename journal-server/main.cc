@@ -1,25 +1,20 @@
 // journal-server: the durable change journal of the CDP appliance. Wiring only; the work is in
 // cdp::journal::JournalServer.
 #include <boost/program_options.hpp>
-#include <csignal>
 #include <iostream>
 
 #include "cdp/core/command_line.h"
-#include "cdp/core/logging.h"
 #include "cdp/core/process.h"
 #include "cdp/core/units.h"
 #include "cdp/journal/server.h"
 
 namespace po = boost::program_options;
 
-namespace {
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-}  // namespace
+constexpr char kProgram[] = "journal-server";
 
 int main(int argc, char** argv) {
   cdp::journal::ServerOptions options;
-  std::string log_level = "info", window, max_bytes, reserve;
+  std::string window, max_bytes, reserve;
   po::options_description desc(
       "journal-server: journals the change records of cdp-agents in RocksDB (acked only once\n"
       "synced to disk) and serves them to replicators in LSN order.\n\nUsage: journal-server "
@@ -42,49 +37,39 @@ int main(int argc, char** argv) {
       "journaling resumes once space is freed")(
       "fold-mbps", po::value(&options.retention.fold_mb_per_s)->default_value(0),
       "MB/s (10^6 bytes) of payload folded into base images; 0 = unlimited");
-  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
-  if (auto exit_code =
-          cdp::ParseCommandLine("journal-server", argc, argv, desc, &vm, log_level, &level)) {
+  if (auto exit_code = cdp::ParseCommandLine(kProgram, argc, argv, &desc, &vm, &level)) {
     return *exit_code;
   }
   auto window_s = cdp::ParseDuration(window);
   if (!window_s.ok()) {
-    std::cerr << "journal-server: --retention-window: " << window_s.status().message() << "\n";
-    return 2;
+    return cdp::UsageError(kProgram, "--retention-window: " + window_s.status().message());
   }
   options.retention.default_window_s = *window_s;
   if (max_bytes != "0") {
     auto bytes = cdp::ParseSize(max_bytes);
     if (!bytes.ok()) {
-      std::cerr << "journal-server: --retention-max-bytes: " << bytes.status().message() << "\n";
-      return 2;
+      return cdp::UsageError(kProgram, "--retention-max-bytes: " + bytes.status().message());
     }
     options.retention.default_max_bytes = *bytes;
   }
   auto reserve_bytes = cdp::ParseSize(reserve);
   if (!reserve_bytes.ok()) {
-    std::cerr << "journal-server: --reserve-bytes: " << reserve_bytes.status().message() << "\n";
-    return 2;
+    return cdp::UsageError(kProgram, "--reserve-bytes: " + reserve_bytes.status().message());
   }
   options.reserve_bytes = *reserve_bytes;
   if (options.retention.fold_mb_per_s < 0) {
-    std::cerr << "journal-server: --fold-mbps must be 0 or more\n";
-    return 2;
+    return cdp::UsageError(kProgram, "--fold-mbps must be 0 or more");
   }
-  cdp::InitLogging("journal-server", level);
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGPIPE, SIG_IGN);
-  cdp::TuneAllocatorForLargeBuffers();
+  const std::atomic<bool>* stop = cdp::StartDaemon(kProgram, level);
 
   auto server = cdp::journal::JournalServer::Start(options);
   if (!server.ok()) {
     std::cerr << "journal-server: " << server.status().message() << "\n";
     return 1;
   }
-  cdp::Status s = (*server)->Run(&g_stop);
+  cdp::Status s = (*server)->Run(stop);
   if (!s.ok()) {
     std::cerr << "journal-server: " << s.ToString() << "\n";
     return 1;

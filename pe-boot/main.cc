@@ -1,24 +1,17 @@
 // pe-agent: the agent inside the semi-booted target VM (started by the PE's /init). Wiring only;
 // the work is in cdp::pe::PeAgent.
 #include <boost/program_options.hpp>
-#include <csignal>
 #include <iostream>
 
 #include "cdp/core/command_line.h"
-#include "cdp/core/logging.h"
 #include "cdp/core/process.h"
 #include "cdp/pe/pe_agent.h"
 
 namespace po = boost::program_options;
 
-namespace {
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-}  // namespace
-
 int main(int argc, char** argv) {
   cdp::pe::PeAgentOptions options;
-  std::string volumes, engine = "auto", log_level = "info";
+  std::string volumes, engine = "auto";
   std::vector<std::string> disks;
   po::options_description desc(
       "pe-agent: runs inside the target VM's preinstallation environment (PE). Finds the\n"
@@ -46,41 +39,28 @@ int main(int argc, char** argv) {
       "allow-kexec", po::bool_switch(&options.allow_kexec),
       "a takeover may reboot this machine into the migrated OS's own kernel (kexec); the PE's "
       "/init sets it, host-side runs must not");
-  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
-  if (auto exit_code =
-          cdp::ParseCommandLine("pe-agent", argc, argv, desc, &vm, log_level, &level)) {
+  if (auto exit_code = cdp::ParseCommandLine("pe-agent", argc, argv, &desc, &vm, &level)) {
     return *exit_code;
   }
   auto specs = cdp::pe::ParseVolumeSpecs(volumes, options.meta_serial);
-  if (!specs.ok()) {
-    std::cerr << "pe-agent: --volumes: " << specs.status().message() << "\n";
-    return 2;
-  }
+  if (!specs.ok()) return cdp::UsageError("pe-agent", "--volumes: " + specs.status().message());
   options.volumes = *specs;
   for (const auto& d : disks) {
     const size_t eq = d.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == d.size()) {
-      std::cerr << "pe-agent: --disk '" << d << "': expected NAME=PATH\n";
-      return 2;
+      return cdp::UsageError("pe-agent", "--disk '" + d + "': expected NAME=PATH");
     }
     options.disk_paths[d.substr(0, eq)] = d.substr(eq + 1);
   }
   auto io = cdp::ParseIoEngine(engine);
-  if (!io.ok()) {
-    std::cerr << "pe-agent: " << io.status().message() << "\n";
-    return 2;
-  }
+  if (!io.ok()) return cdp::UsageError("pe-agent", io.status().message());
   options.io_engine = *io;
-  cdp::InitLogging("pe-agent", level);
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGPIPE, SIG_IGN);
-  cdp::TuneAllocatorForLargeBuffers();
+  const std::atomic<bool>* stop = cdp::StartDaemon("pe-agent", level);
   cdp::pe::PeAgent agent(options);
   cdp::Status s = agent.Start();
-  if (s.ok()) s = agent.Run(&g_stop);
+  if (s.ok()) s = agent.Run(stop);
   if (!s.ok()) {
     std::cerr << "pe-agent: " << s.message() << "\n";
     return 1;

@@ -1,23 +1,16 @@
 // replicator: applies one volume's journal to a target image. Wiring only.
 #include <boost/program_options.hpp>
-#include <csignal>
 #include <iostream>
 
 #include "cdp/core/command_line.h"
-#include "cdp/core/logging.h"
 #include "cdp/core/process.h"
 #include "cdp/replicator/replicator.h"
 
 namespace po = boost::program_options;
 
-namespace {
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-}  // namespace
-
 int main(int argc, char** argv) {
   cdp::replicator::ReplicatorOptions options;
-  std::string engine = "auto", log_level = "info";
+  std::string engine = "auto";
   po::options_description desc(
       "replicator: tails a volume's journal from the journal-server and applies it, in LSN\n"
       "order, to a target: a raw image file (created with the volume's size when absent), or\n"
@@ -34,26 +27,17 @@ int main(int argc, char** argv) {
       "state-dir", po::value(&options.state_dir),
       "image targets: where the replica cursor is kept (default: the target's directory)")(
       "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio");
-  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
-  if (auto exit_code =
-          cdp::ParseCommandLine("replicator", argc, argv, desc, &vm, log_level, &level)) {
+  if (auto exit_code = cdp::ParseCommandLine("replicator", argc, argv, &desc, &vm, &level)) {
     return *exit_code;
   }
   auto io = cdp::ParseIoEngine(engine);
-  if (!io.ok()) {
-    std::cerr << "replicator: " << io.status().message() << "\n";
-    return 2;
-  }
+  if (!io.ok()) return cdp::UsageError("replicator", io.status().message());
   options.io_engine = *io;
-  cdp::InitLogging("replicator", level);
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGPIPE, SIG_IGN);
-  cdp::TuneAllocatorForLargeBuffers();
+  const std::atomic<bool>* stop = cdp::StartDaemon("replicator", level);
   cdp::replicator::Replicator replicator(options);
-  cdp::Status s = replicator.Run(&g_stop);
+  cdp::Status s = replicator.Run(stop);
   if (!s.ok()) {
     std::cerr << "replicator: " << s.message() << "\n";
     return 1;

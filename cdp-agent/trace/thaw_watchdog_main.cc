@@ -12,7 +12,7 @@
 namespace po = boost::program_options;
 
 int main(int argc, char** argv) {
-  std::string mount, log_level = "info";
+  std::string mount;
   po::options_description desc(
       "cdp-thaw-watchdog: started by cdp-agent for --freeze. Reads \"F <deadline_ms>\" with a\n"
       "descriptor of the filesystem, and \"T\", from the agent (unix socket on fd 3); holds the\n"
@@ -23,11 +23,9 @@ int main(int argc, char** argv) {
       "Options");
   desc.add_options()("mount", po::value(&mount)->required(),
                      "the filesystem's path (for messages; the agent passes the fs itself)");
-  cdp::AddCommonFlags(&desc, &log_level);
   po::variables_map vm;
   cdp::LogLevel level;
-  if (auto exit_code =
-          cdp::ParseCommandLine("cdp-thaw-watchdog", argc, argv, desc, &vm, log_level, &level)) {
+  if (auto exit_code = cdp::ParseCommandLine("cdp-thaw-watchdog", argc, argv, &desc, &vm, &level)) {
     return *exit_code;
   }
   cdp::InitLogging("cdp-thaw-watchdog", level);

@@ -10,15 +10,17 @@
 
 namespace cdp {
 
-// Adds the flags every daemon has: --help and --log-level (bound to *log_level, default info).
-void AddCommonFlags(boost::program_options::options_description* desc, std::string* log_level);
-
-// Parses argv against `desc` into *vm and `log_level` (the string AddCommonFlags bound) into
-// *level. Returns nullopt when the program should go on; otherwise the exit code: 0 after
-// printing --help to stdout, 2 after one line "PROGRAM: REASON; see --help" on stderr.
+// Adds the flags every daemon has to `desc` (after its own, so --help lists them last): --help
+// and --log-level (trace|debug|info|warning|error, default info). Then parses argv against it
+// into *vm and the log level into *level. Returns nullopt when the program should go on;
+// otherwise the exit code: 0 after printing --help to stdout, 2 after one line
+// "PROGRAM: REASON; see --help" on stderr.
 std::optional<int> ParseCommandLine(std::string_view program, int argc, char** argv,
-                                    const boost::program_options::options_description& desc,
-                                    boost::program_options::variables_map* vm,
-                                    const std::string& log_level, LogLevel* level);
+                                    boost::program_options::options_description* desc,
+                                    boost::program_options::variables_map* vm, LogLevel* level);
+
+// Prints "PROGRAM: MESSAGE" on stderr and returns 2, the exit code of a usage error (a flag's
+// value that parsed but is wrong).
+int UsageError(std::string_view program, std::string_view message);
 
 }  // namespace cdp
