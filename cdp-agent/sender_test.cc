@@ -56,8 +56,7 @@ class SenderTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(dir_.ok()) << "mkdtemp: " << std::strerror(errno);
-    server_options_.data_dir = dir_.File("journal");
-    server_options_.listen = "ipc://" + dir_.File("journal.sock");
+    server_options_ = journal::testing::ServerOptionsIn(dir_);
   }
 
   void StartServer() { ASSERT_TRUE(server_.Start(server_options_).ok()); }

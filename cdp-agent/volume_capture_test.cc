@@ -44,8 +44,7 @@ class SyncCaptureTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(dir_.ok()) << "mkdtemp: " << std::strerror(errno);
-    server_options_.data_dir = dir_.File("journal");
-    server_options_.listen = "ipc://" + dir_.File("journal.sock");
+    server_options_ = journal::testing::ServerOptionsIn(dir_);
     const std::string device = dir_.File("device.img");
     BlockDeviceOptions o;
     o.writable = true;

@@ -150,8 +150,7 @@ class JournalServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(dir_.ok()) << "mkdtemp: " << std::strerror(errno);
-    options_.data_dir = dir_.File("data");
-    options_.listen = "ipc://" + dir_.File("journal.sock");
+    options_ = cdp::journal::testing::ServerOptionsIn(dir_);
     options_.server_id = "test-journal";
     ASSERT_TRUE(server_.Start(options_).ok());
   }

@@ -6,9 +6,19 @@
 #include <memory>
 #include <thread>
 
+#include "cdp/core/testing/temp_dir.h"
 #include "cdp/journal/server.h"
 
 namespace cdp::journal::testing {
+
+// Options of a server kept in `dir`: its journal in DIR/journal, its socket
+// ipc://DIR/journal.sock; every other option at its default.
+inline ServerOptions ServerOptionsIn(const cdp::testing::TempDir& dir) {
+  ServerOptions options;
+  options.data_dir = dir.File("journal");
+  options.listen = "ipc://" + dir.File("journal.sock");
+  return options;
+}
 
 class RunningServer {
  public:
