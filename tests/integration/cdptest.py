@@ -63,6 +63,19 @@ def unix_accepts(path):
             return False
 
 
+def run_cdpctl(args, shown=None, check=True, timeout=600):
+    """Runs `cdpctl ARGS` and returns its CompletedProcess (text). With `check`, an exit status
+    other than 0 raises AssertionError with the output, naming the words `shown` (default ARGS:
+    a caller leaves out what every call of it adds)."""
+    r = subprocess.run([binary("cdpctl")] + list(args), capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        shown = args if shown is None else shown
+        raise AssertionError(f"cdpctl {' '.join(shown)} exited {r.returncode}:\n"
+                             f"{r.stdout}{r.stderr}")
+    return r
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,12 +195,8 @@ class Scene:
 
     # --- tools -----------------------------------------------------------------------------
     def cdpctl(self, *args, check=True, timeout=600):
-        r = subprocess.run([binary("cdpctl"), "--server", self.server] + list(args),
-                           capture_output=True, text=True, timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError(f"cdpctl {' '.join(args)} exited {r.returncode}:\n"
-                                 f"{r.stdout}{r.stderr}")
-        return r
+        return run_cdpctl(["--server", self.server, *args], shown=args, check=check,
+                          timeout=timeout)
 
     def volume_status(self):
         """This scene's volume in `cdpctl status --json`, or None when it is not known yet."""

@@ -97,12 +97,8 @@ class TargetScene(Scene):
         return self.config
 
     def ctl_target(self, *args, check=True, timeout=300):
-        r = subprocess.run([binary("cdpctl"), "target"] + list(args) + ["--config", self.config],
-                           capture_output=True, text=True, timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError(f"cdpctl target {' '.join(args)} exited {r.returncode}:\n"
-                                 f"{r.stdout}{r.stderr}")
-        return r
+        return cdptest.run_cdpctl(["target", *args, "--config", self.config],
+                                  shown=("target",) + args, check=check, timeout=timeout)
 
     def target_start(self):
         t0 = time.time()

@@ -22,10 +22,7 @@ def test(s):
     time.sleep(3)
     assert not s.is_frozen(), "the filesystem stayed frozen after the agent was killed"
     s.start_agent()
-    s.wait_workload()
-    s.assert_identical()
-    s.fsck_target()
-    st = s.status()
+    st = s.finish_workload()
     tr = st["trace"]
     t.log(f"after the crash: {tr}, gaps {st['gaps']}")
     assert st["gaps"] >= 1, f"a crash restart must record a history gap: {st}"

@@ -16,14 +16,7 @@ SECONDS = int(os.environ.get("CDP_TRACE_WORKLOAD_SECONDS", "60"))
 def test(s):
     s.start_all()
     s.start_workload(SECONDS)
-    s.wait_workload()
-    # Once the load stops, the agent's own freezes must cover every write with a point (how many
-    # points it took during the load depends on the machine: busy cycles are skipped).
-    s.wait_for(lambda: s.status()["last_point_lsn"] == s.status()["captured_lsn"], 120,
-               "a consistency point covering the last write")
-    s.assert_identical()
-    s.fsck_target()
-    st = s.status()
+    st = s.finish_workload(covered=True)
     tr = st["trace"]
     t.log(f"trace stats: {tr}")
     assert st["capture_mode"] == "trace", st

@@ -22,10 +22,7 @@ def test(s):
     assert not s.is_frozen(), "the filesystem stayed frozen after the agent stopped"
     time.sleep(3)  # the workload writes while no agent runs
     s.start_agent()
-    s.wait_workload()
-    s.assert_identical()
-    s.fsck_target()
-    st = s.status()
+    st = s.finish_workload()
     tr = st["trace"]
     t.log(f"after the restart: {tr}, gaps {st['gaps']}")
     assert "resumed the trace of the last run" in s.agent_log()

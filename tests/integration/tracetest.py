@@ -139,13 +139,6 @@ class TraceScene(t.Scene):
     def agent_logged(self, text):
         return text in self.agent_log()
 
-    def start_all(self):
-        self.start_journal()
-        self.start_agent()
-        self.start_replicator()
-        self.wait_for(lambda: self.volume_status() is not None, 60,
-                      f"volume {self.volume} registered by its agent")
-
     def start_workload(self, seconds, fio_rate="4m"):
         t.log(f"workload for {seconds}s on {self.mnt}")
         self.workload = subprocess.Popen(
@@ -162,6 +155,20 @@ class TraceScene(t.Scene):
         self.workload = None
 
     # --- checks ----------------------------------------------------------------------------
+    def finish_workload(self, covered=False):
+        """Waits for the workload to end; with `covered`, then for a consistency point of the
+        agent's own covering the last write. Then checks that the replica equals the device and
+        that its filesystem is clean (assert_identical, fsck_target). Returns the status."""
+        self.wait_workload()
+        if covered:
+            # How many points the agent took during the load depends on the machine (busy
+            # cycles are skipped), but once it stops its own freezes must cover every write.
+            self.wait_for(lambda: self.status()["last_point_lsn"] == self.status()["captured_lsn"],
+                          120, "a consistency point covering the last write")
+        self.assert_identical()
+        self.fsck_target()
+        return self.status()
+
     def freeze(self):
         # The agent's own freezes are short; ours is refused (EBUSY) while one is in progress.
         for _ in range(100):
