@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <memory>
 #include <string>
@@ -19,6 +20,7 @@
 #include "cdp/core/testing/temp_dir.h"
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
+#include "cdp/journal/journal_store.h"
 #include "cdp/journal/server.h"
 #include "cdp/journal/testing/running_server.h"
 #include "gmock/gmock.h"
@@ -1270,6 +1272,78 @@ TEST_F(JournalServerTest, ImageRequestsOfAllClientsAreBoundedTogether) {
     EXPECT_FALSE(clients[c]->socket().Readable(0));
   }
   EXPECT_EQ(served, ImageService::kMaxRequests);
+}
+
+// A volume whose retention fold fails shows the failure in its status (retention_error, what
+// `cdpctl status` prints) while its history stays, and once the cause is gone the fold is
+// retried, the history folded and the error cleared.
+TEST(JournalServerRetention, AFailingFoldShowsInStatusUntilItWorks) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok()) << "mkdtemp: " << std::strerror(errno);
+  const ServerOptions options = cdp::journal::testing::ServerOptionsIn(dir);
+  {
+    // Records 1..3, the initial sync done at LSN 1 and a flush point at LSN 2, all captured long
+    // ago; a one-second window.
+    auto store = JournalStore::Open(options.data_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto v = (*store)->RegisterVolume(kVolume, kVolumeSize, 512);
+    ASSERT_TRUE(v.ok()) << v.status();
+    WriteGroup group;
+    for (uint64_t lsn = 1; lsn <= 3; ++lsn) {
+      auto payload = std::make_shared<const std::string>(4096, static_cast<char>('a' + lsn));
+      (*store)->AppendRecord(&group, *v, MakeWriteRecord(lsn, 1000 + lsn, lsn * 4096, payload),
+                             *payload);
+    }
+    for (auto [lsn, origin, label] :
+         {std::tuple{1, v1::POINT_SYNC_DONE, "full sync"}, std::tuple{2, v1::POINT_FLUSH, ""}}) {
+      v1::ConsistencyPoint p;
+      p.set_lsn(lsn);
+      p.set_time_ns(1000 + lsn);
+      p.set_origin(origin);
+      p.set_label(label);
+      (*store)->AppendPoint(&group, *v, p);
+    }
+    ASSERT_TRUE((*store)->Commit(&group).ok());
+    ASSERT_TRUE((*store)->SetRetention(kVolume, 1, std::nullopt).ok());
+  }
+  // The base image cannot be created: a file stands where its directory goes.
+  const std::string base_dir = options.data_dir + "/base";
+  { std::ofstream(base_dir) << "not a directory"; }
+  RunningServer server;
+  ASSERT_TRUE(server.Start(options).ok());
+
+  zmq::context_t ctx(1);
+  auto volume_status = [&]() -> v1::VolumeStatus {
+    Client control(ctx, options.listen);
+    v1::Header h;
+    h.mutable_status_request();
+    auto reply = control.Call(h);
+    EXPECT_TRUE(reply.ok()) << reply.status();
+    if (!reply.ok() || reply->header.status_reply().volumes_size() != 1) return {};
+    return reply->header.status_reply().volumes(0);
+  };
+  // Folds are tried once a second, retried after 1 s, 2 s, 4 s ... while the error repeats.
+  constexpr auto kFoldWait = std::chrono::seconds(30);
+  auto deadline = std::chrono::steady_clock::now() + kFoldWait;
+  v1::VolumeStatus v = volume_status();
+  while (v.retention_error().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    v = volume_status();
+  }
+  EXPECT_THAT(v.retention_error(), HasSubstr(base_dir));
+  EXPECT_EQ(v.base_lsn(), 0u);
+  EXPECT_EQ(v.durable_lsn(), 3u);
+
+  std::filesystem::remove(base_dir);
+  deadline = std::chrono::steady_clock::now() + kFoldWait;
+  while ((v.base_lsn() != 2 || !v.retention_error().empty()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    v = volume_status();
+  }
+  EXPECT_EQ(v.base_lsn(), 2u);
+  EXPECT_EQ(v.retention_error(), "");
+  EXPECT_TRUE(std::filesystem::is_regular_file(base_dir + "/1.img"));
 }
 
 }  // namespace
