@@ -1,41 +1,61 @@
 #include "cdp/core/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <limits>
+#include <optional>
 
 namespace cdp {
 
-Status WriteFileAtomic(const std::string& path, const std::string& data) {
+namespace {
+
+// WriteFileAtomic with the mode of the new file: `exact_mode` set -> fchmod to it, else 0644
+// less the umask.
+Status WriteAtomically(const std::string& path, const std::string& data,
+                       std::optional<mode_t> exact_mode) {
   const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Status::FromErrno(errno, "cannot create " + tmp);
+  auto fail = [&](const std::string& what) {
+    Status s = Status::FromErrno(errno, what + " " + tmp);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return s;
+  };
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      Status s = Status::FromErrno(errno, "cannot write " + tmp);
-      ::close(fd);
-      return s;
+      return fail("cannot write");
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
-    Status s = Status::FromErrno(errno, "cannot fsync " + tmp);
-    ::close(fd);
-    return s;
-  }
+  if (exact_mode && ::fchmod(fd, *exact_mode) != 0) return fail("cannot chmod");
+  if (::fsync(fd) != 0) return fail("cannot fsync");
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Status::FromErrno(errno, "cannot rename " + tmp + " to " + path);
+    Status s = Status::FromErrno(errno, "cannot rename " + tmp + " to " + path);
+    ::unlink(tmp.c_str());
+    return s;
   }
   const std::string dir = std::filesystem::path(path).parent_path().string();
   return SyncDirectory(dir.empty() ? "." : dir);
+}
+
+}  // namespace
+
+Status WriteFileAtomic(const std::string& path, const std::string& data) {
+  return WriteAtomically(path, data, std::nullopt);
+}
+
+Status WriteFileAtomicWithMode(const std::string& path, const std::string& data, mode_t mode) {
+  return WriteAtomically(path, data, mode);
 }
 
 Status SyncDirectory(const std::string& dir) {
@@ -47,15 +67,31 @@ Status SyncDirectory(const std::string& dir) {
   return s;
 }
 
-Result<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (!std::filesystem::exists(path)) return Status::NotFound(path + " does not exist");
-    return Status::IOError("cannot read " + path);
+Result<std::string> ReadFileHead(const std::string& path, size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::NotFound(path + " does not exist");
+    return Status::FromErrno(errno, "cannot open " + path);
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::string out;
+  char buf[1 << 16];
+  while (out.size() < max_bytes) {
+    const ssize_t n = ::read(fd, buf, std::min(sizeof(buf), max_bytes - out.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      Status s = Status::FromErrno(errno, "cannot read " + path);
+      ::close(fd);
+      return s;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+Result<std::string> ReadWholeFile(const std::string& path) {
+  return ReadFileHead(path, std::numeric_limits<size_t>::max());
 }
 
 }  // namespace cdp

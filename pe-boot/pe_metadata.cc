@@ -15,13 +15,6 @@ constexpr uint32_t kFormat = 1;
 // | time_ns 8 | crc32c 4 (of the 112 bytes before it)
 constexpr size_t kCrcOffset = 112;
 constexpr size_t kMaxSlots = 255;
-
-bool AllZero(const char* p, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (p[i] != 0) return false;
-  }
-  return true;
-}
 }  // namespace
 
 std::string PeMetadata::EncodeCopy(const VolumeCursor& c) {
@@ -41,7 +34,7 @@ std::string PeMetadata::EncodeCopy(const VolumeCursor& c) {
 }
 
 Result<VolumeCursor> PeMetadata::DecodeCopy(const char* p) {
-  if (AllZero(p, kCrcOffset + 4)) return Status::NotFound("empty slot");
+  if (IsAllZero({p, kCrcOffset + 4})) return Status::NotFound("empty slot");
   if (std::memcmp(p, kMagic, sizeof(kMagic)) != 0) return Status::Corruption("bad magic");
   if (GetBigEndian32(p + 8) != kFormat) {
     return Status::Corruption("format " + std::to_string(GetBigEndian32(p + 8)) +
@@ -79,7 +72,7 @@ Status PeMetadata::Load() {
   const char* label = buf.data();
   if (std::memcmp(label, kLabel, sizeof(kLabel) - 1) == 0) {
     labelled_ = true;
-  } else if (!AllZero(label, kBlock)) {
+  } else if (!IsAllZero({label, kBlock})) {
     return Status::Corruption("metadata disk " + device_->path() +
                               " does not start with the pe-agent label '" +
                               std::string(kLabel, sizeof(kLabel) - 2) +

@@ -10,7 +10,9 @@
 //   - /boot/initrd.img-KVER and /lib/modules/KVER for the kernel it runs.
 //
 // Paths inside the migrated OS are resolved as if its root were `/` (absolute symlinks such as
-// /sbin/init -> /lib/systemd/systemd stay inside it): see ResolveInRoot.
+// /sbin/init -> /lib/systemd/systemd stay inside it): see ResolveInRoot (root_path.h). The
+// filesystem ids come from filesystem_id.h, the initramfs listing from initramfs.h; files are
+// changed with core's WriteFileAtomicWithMode.
 //
 // Thread-safety: every function is reentrant; none keeps state.
 #pragma once
@@ -22,34 +24,11 @@
 #include <vector>
 
 #include "cdp/core/status.h"
+#include "cdp/pe/filesystem_id.h"
+#include "cdp/pe/initramfs.h"
+#include "cdp/pe/root_path.h"
 
 namespace cdp::pe {
-
-// ---- filesystems on the target's disks ----
-
-// What a superblock says about a filesystem.
-struct FsId {
-  std::string type;  // "ext4" (any of ext2/3/4), "xfs" or "vfat"
-  std::string uuid;  // lowercase, as fstab and blkid write it ("0a1b...-..." or "abcd-1234")
-};
-
-// Identifies the filesystem whose first bytes are `head` (at least 2048 bytes are needed for
-// ext4): ext2/3/4 by the superblock magic 0xEF53 at 1024 + 0x38, UUID at 1024 + 0x68 (16
-// bytes); XFS by "XFSB" at 0, UUID at 32; FAT by the boot sector signature and its volume
-// serial. NotFound when it is none of these (or `head` is too short to tell).
-Result<FsId> IdentifyFilesystem(std::string_view head);
-
-// Reads the first 4 KiB of `path` (a block device or an image file) and identifies it. IOError
-// when it cannot be read; NotFound when it holds no filesystem IdentifyFilesystem knows.
-Result<FsId> ReadFsId(const std::string& path);
-
-// ---- paths inside the migrated OS ----
-
-// The host path of `path` inside the tree at `root`, following symlinks as if `root` were `/`
-// (an absolute link target restarts at `root`; ".." never leaves it). Components that do not
-// exist are appended as they are, so the result of a missing file is a path that does not
-// exist. InvalidArgument for a symlink loop (more than 40 links).
-Result<std::string> ResolveInRoot(const std::string& root, std::string_view path);
 
 // ---- fstab ----
 
@@ -102,10 +81,10 @@ void ValidateNics(std::vector<NicConfig>* nics, const std::map<std::string, std:
 std::string FormatNetConf(const std::vector<NicConfig>& nics);
 
 // Replaces ROOT/etc/cdp/net.conf with FormatNetConf(nics): the previous file is first copied to
-// net.conf.pre-cutover, then the new one is written beside it, fsynced and renamed over it (and
-// the directory fsynced), so after a crash the file is either the old or the new one, never a
-// mix. The file keeps the previous one's mode. Returns what changed, for the step's result.
-// REQUIRES: ValidateNics accepted `nics`, and `nics` is not empty.
+// net.conf.pre-cutover, then the new one is written beside it (net.conf.tmp), fsynced and
+// renamed over it (and the directory fsynced), so after a crash the file is either the old or the
+// new one, never a mix. The file keeps the previous one's mode. Returns what changed, for the
+// step's result. REQUIRES: ValidateNics accepted `nics`, and `nics` is not empty.
 Result<std::string> RewriteNetConf(const std::string& root, const std::vector<NicConfig>& nics);
 
 // ---- drivers and kernel ----
@@ -113,12 +92,6 @@ Result<std::string> RewriteNetConf(const std::string& root, const std::vector<Ni
 // The module name of a path or file name: "kernel/drivers/block/virtio_blk.ko.xz" ->
 // "virtio_blk" ('-' read as '_', as modprobe does). Empty when it is not a .ko[.gz|.xz|.zst].
 std::string ModuleNameOf(std::string_view path);
-
-// The names of every entry of an initramfs image: concatenated newc ("070701"/"070702") cpio
-// archives, each optionally compressed with gzip or zstd, as the kernel unpacks them (zero
-// padding between archives skipped). Corruption for a truncated or malformed archive;
-// NotSupported naming the compression for other compressions (xz, lz4, bzip2, lzma).
-Result<std::vector<std::string>> ListInitramfs(std::string_view image);
 
 // The modules in the migrated OS's initramfs for kernel `kver`: the lines of
 // ROOT/boot/initrd.img-KVER.modules when present (names or paths of .ko files), else the .ko
