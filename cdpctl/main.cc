@@ -205,8 +205,8 @@ int RunTarget(const std::string& subcommand, const std::string& config_path, boo
   }
   std::cout << (json ? cdp::failover::TargetStatusJson(*status, *config) + "\n"
                      : cdp::failover::TargetStatusText(*status, *config));
-  if (status->state == "pe-ready") return 0;
-  if (status->state == "pe-error") return 1;
+  if (status->state == cdp::failover::TargetState::kPeReady) return 0;
+  if (status->state == cdp::failover::TargetState::kPeError) return 1;
   return 3;
 }
 

@@ -730,5 +730,29 @@ TEST(Wire, ProcessIdentityNamesProgramHostAndPid) {
   EXPECT_THAT(id, ::testing::EndsWith("/" + std::to_string(getpid())));
 }
 
+TEST(Wire, PeStateNamesAreWhatCdpctlPrints) {
+  EXPECT_EQ(wire::PeStateName(v1::PE_STATE_READY), "pe-ready");
+  EXPECT_EQ(wire::PeStateName(v1::PE_STATE_ERROR), "pe-error");
+  EXPECT_EQ(wire::PeStateName(v1::PE_STATE_UNSPECIFIED), "unknown");
+  EXPECT_EQ(wire::PeStateName(static_cast<v1::PeState>(7)), "pe-state 7");
+}
+
+TEST(Wire, BootModesParseFromAndPrintAsTheirPlanText) {
+  for (const char* text : {"auto", "switch-root", "kexec"}) {
+    auto mode = wire::ParseBootMode(text);
+    ASSERT_TRUE(mode.ok()) << mode.status();
+    EXPECT_EQ(wire::BootModeName(*mode), text);
+  }
+  EXPECT_EQ(*wire::ParseBootMode("kexec"), v1::BOOT_MODE_KEXEC);
+  EXPECT_EQ(wire::BootModeName(v1::BOOT_MODE_UNSPECIFIED), "");
+  EXPECT_EQ(wire::BootModeName(static_cast<v1::BootMode>(9)), "boot mode 9");
+  for (const char* text : {"", "pxe", "Kexec", "switch_root"}) {
+    auto mode = wire::ParseBootMode(text);
+    EXPECT_EQ(mode.status().code(), StatusCode::kInvalidArgument) << text;
+    EXPECT_EQ(mode.status().message(),
+              "'" + std::string(text) + "' is not auto, switch-root or kexec");
+  }
+}
+
 }  // namespace
 }  // namespace cdp

@@ -85,6 +85,41 @@ Status ValidateVolumeName(std::string_view name) {
                                  "db01-sda)");
 }
 
+std::string PeStateName(v1::PeState state) {
+  switch (state) {
+    case v1::PE_STATE_UNSPECIFIED:
+      return "unknown";
+    case v1::PE_STATE_READY:
+      return "pe-ready";
+    case v1::PE_STATE_ERROR:
+      return "pe-error";
+    default:
+      return "pe-state " + std::to_string(static_cast<int>(state));
+  }
+}
+
+std::string BootModeName(v1::BootMode mode) {
+  switch (mode) {
+    case v1::BOOT_MODE_UNSPECIFIED:
+      return "";
+    case v1::BOOT_MODE_AUTO:
+      return "auto";
+    case v1::BOOT_MODE_SWITCH_ROOT:
+      return "switch-root";
+    case v1::BOOT_MODE_KEXEC:
+      return "kexec";
+    default:
+      return "boot mode " + std::to_string(static_cast<int>(mode));
+  }
+}
+
+Result<v1::BootMode> ParseBootMode(std::string_view text) {
+  for (v1::BootMode mode : {v1::BOOT_MODE_AUTO, v1::BOOT_MODE_SWITCH_ROOT, v1::BOOT_MODE_KEXEC}) {
+    if (text == BootModeName(mode)) return mode;
+  }
+  return Status::InvalidArgument("'" + std::string(text) + "' is not auto, switch-root or kexec");
+}
+
 std::string ProcessIdentity(std::string_view program) {
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);

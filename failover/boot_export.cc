@@ -130,9 +130,9 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
     auto client = pe::PeClient::Connect(target.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
     if (!client.ok()) return client.status().WithContext("target " + target.name);
     CDP_ASSIGN_OR_RETURN(auto st, (*client)->Status(5000));
-    if (st.state() != "pe-ready") {
-      return Status::FailedPrecondition("target " + target.name + " is " + st.state() + ": " +
-                                        st.error());
+    if (st.pe_state() != v1::PE_STATE_READY) {
+      return Status::FailedPrecondition("target " + target.name + " is " +
+                                        wire::PeStateName(st.pe_state()) + ": " + st.error());
     }
     std::map<std::string, uint64_t> lsn;
     CDP_ASSIGN_OR_RETURN(std::string frozen, snapshot.Freeze(&lsn));

@@ -139,8 +139,9 @@ class CutoverEngine::Impl {
       }
     }
     CDP_ASSIGN_OR_RETURN(auto pe, TargetStatus());
-    if (pe.state() != "pe-ready") {
-      return Status::FailedPrecondition("the target is " + pe.state() + ": " + pe.error());
+    if (pe.pe_state() != v1::PE_STATE_READY) {
+      return Status::FailedPrecondition("the target is " + wire::PeStateName(pe.pe_state()) + ": " +
+                                        pe.error());
     }
     std::string lags;
     for (const auto& volume : plan_.volumes) {

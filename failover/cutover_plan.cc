@@ -402,13 +402,11 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
   const YAML::Node takeover = root["takeover"];
   if (takeover.IsDefined() && !takeover.IsNull()) {
     CDP_RETURN_IF_ERROR(L.CheckKeys(takeover, "takeover", {"boot", "kernel_args"}));
-    CDP_ASSIGN_OR_RETURN(p.takeover_boot,
-                         L.String(takeover, "boot", "takeover", false, p.takeover_boot));
-    if (p.takeover_boot != "auto" && p.takeover_boot != "switch-root" &&
-        p.takeover_boot != "kexec") {
-      return L.Error(takeover["boot"], "takeover.boot",
-                     "'" + p.takeover_boot + "' is not auto, switch-root or kexec");
-    }
+    CDP_ASSIGN_OR_RETURN(const std::string boot, L.String(takeover, "boot", "takeover", false,
+                                                          wire::BootModeName(p.takeover_boot)));
+    auto mode = wire::ParseBootMode(boot);
+    if (!mode.ok()) return L.Error(takeover["boot"], "takeover.boot", mode.status().message());
+    p.takeover_boot = *mode;
     CDP_ASSIGN_OR_RETURN(p.takeover_kernel_args,
                          L.String(takeover, "kernel_args", "takeover", false));
   }

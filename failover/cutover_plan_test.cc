@@ -180,7 +180,7 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
   EXPECT_EQ(p->rollback, "none");
   EXPECT_EQ(p->drill_namespace, "db01-drill");
   EXPECT_EQ(p->drill_address, "192.0.2.1/24");  // the first free host of network[0]'s subnet
-  EXPECT_EQ(p->takeover_boot, "kexec");
+  EXPECT_EQ(p->takeover_boot, wire::v1::BOOT_MODE_KEXEC);
   EXPECT_EQ(p->takeover_kernel_args, "console=ttyS0 rw");
   // Where the engines' errors point.
   EXPECT_EQ(p->Where("journal"), dir_ + "/plan.yaml:2: 'journal'");
@@ -226,7 +226,7 @@ TEST_F(CutoverPlanTest, OptionalKeysTakeTheirDefaults) {
   EXPECT_DOUBLE_EQ(p->budgets.total_seconds, 300);
   EXPECT_EQ(p->rollback, "resume-source");
   EXPECT_EQ(p->drill_namespace, "cdp-drill");
-  EXPECT_EQ(p->takeover_boot, "auto");
+  EXPECT_EQ(p->takeover_boot, wire::v1::BOOT_MODE_AUTO);
   EXPECT_EQ(p->takeover_kernel_args, "");
   // Without a QMP socket, command methods still load; a command quiesce with rollback none needs
   // no resume command.

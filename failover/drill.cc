@@ -217,8 +217,9 @@ class DrillEngine::Impl {
     CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(target_));
     if (!own.empty()) cleaned += "; " + own;
     CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
-    if (pe.state() != "pe-ready") {
-      return Status::FailedPrecondition("the target is " + pe.state() + ": " + pe.error());
+    if (pe.pe_state() != v1::PE_STATE_READY) {
+      return Status::FailedPrecondition("the target is " + wire::PeStateName(pe.pe_state()) + ": " +
+                                        pe.error());
     }
     std::string lsns;
     for (const auto& v : pe.volumes()) {
@@ -292,9 +293,9 @@ class DrillEngine::Impl {
 
   Result<std::string> Replication() {
     CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
-    if (pe.state() != "pe-ready") {
-      return Status::FailedPrecondition("the target is " + pe.state() + " after the drill: " +
-                                        pe.error());
+    if (pe.pe_state() != v1::PE_STATE_READY) {
+      return Status::FailedPrecondition("the target is " + wire::PeStateName(pe.pe_state()) +
+                                        " after the drill: " + pe.error());
     }
     std::string out;
     for (const auto& [volume, snapshot] : report_.snapshot_lsn) {

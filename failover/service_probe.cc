@@ -99,7 +99,7 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
   if (sent != nullptr) *sent = true;
   v1::TakeoverRequest req;
   req.set_root_volume(plan.root_volume);
-  req.set_boot(plan.takeover_boot);
+  req.set_boot_mode(plan.takeover_boot);
   req.set_kernel_args(plan.takeover_kernel_args);
   for (const auto& n : plan.network) {
     auto* m = req.add_nics();
@@ -124,7 +124,7 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
     return Status::FailedPrecondition("the pe-agent refused the takeover: " + reply.error() +
                                       " (" + steps + ")");
   }
-  if (reply.boot() == "kexec") {
+  if (reply.boot_mode() == v1::BOOT_MODE_KEXEC) {
     return "kexec into the migrated OS's own kernel " + reply.kernel_release() + " on " +
            reply.root_device() + " (" + steps + ")";
   }

@@ -197,7 +197,7 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
   TargetVm target(target_);
   // An unknown state is not "stopped": committing offline beside a running QEMU is refused.
   CDP_ASSIGN_OR_RETURN(auto status, target.GetStatus());
-  if (status.state == "stopped") {
+  if (status.state == TargetState::kStopped) {
     // The target VM is down: commit offline, the same result. Deltas are deleted as soon as
     // they are committed (drives first, the metadata disk last: a cursor is never ahead of the
     // data it describes), so a delta that is still here was never committed.
@@ -310,7 +310,7 @@ Result<std::string> PutTargetOnOwnFiles(const TargetConfig& target) {
   }
   TargetVm vm(target);
   CDP_ASSIGN_OR_RETURN(auto status, vm.GetStatus());
-  if (status.state != "stopped") {
+  if (status.state != TargetState::kStopped) {
     CDP_ASSIGN_OR_RETURN(auto qmp, Qmp(target));
     CDP_ASSIGN_OR_RETURN(auto active, ActiveFiles(qmp.get()));
     const TargetSnapshot drives(target, "check");

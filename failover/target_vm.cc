@@ -306,11 +306,11 @@ Status TargetVm::Start(std::ostream& progress) {
     auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1000);
     if (client.ok()) {
       auto st = (*client)->Status(3000);
-      if (st.ok() && st->state() == "pe-ready") {
+      if (st.ok() && st->pe_state() == v1::PE_STATE_READY) {
         ready = *st;
         break;
       }
-      if (st.ok() && st->state() == "pe-error") {
+      if (st.ok() && st->pe_state() == v1::PE_STATE_ERROR) {
         Status stop = Stop(progress);
         return Status::FailedPrecondition(
             "target " + c.name + ": the PE refused its disks: " + st->error() +
@@ -388,6 +388,20 @@ Status TargetVm::Stop(std::ostream& progress, double timeout_s) {
   return Status::Ok();
 }
 
+std::string TargetStateName(TargetState state) {
+  switch (state) {
+    case TargetState::kStopped:
+      return "stopped";
+    case TargetState::kBooting:
+      return "booting";
+    case TargetState::kPeReady:
+      return wire::PeStateName(v1::PE_STATE_READY);
+    case TargetState::kPeError:
+      return wire::PeStateName(v1::PE_STATE_ERROR);
+  }
+  return "unknown";
+}
+
 Result<TargetStatus> TargetVm::GetStatus() {
   const TargetConfig& c = config_;
   TargetStatus s;
@@ -404,25 +418,29 @@ Result<TargetStatus> TargetVm::GetStatus() {
     }
   }
   if (s.pid == 0 && s.vm_status.empty()) {
-    s.state = "stopped";
+    s.state = TargetState::kStopped;
     return s;
   }
   s.accel = FieldOr<std::string>(state, "accel", "");
   s.pe_boot_seconds = FieldOr<double>(state, "pe_boot_seconds", 0.0);
   auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1500);
   if (!client.ok()) {
-    s.state = "booting";
+    s.state = TargetState::kBooting;
     s.error = client.status().message();
     return s;
   }
   auto st = (*client)->Status(3000);
   if (!st.ok()) {
-    s.state = "booting";
+    s.state = TargetState::kBooting;
     s.error = st.status().message();
     return s;
   }
-  s.state = st->state();
+  s.state = st->pe_state() == v1::PE_STATE_READY ? TargetState::kPeReady : TargetState::kPeError;
   s.error = st->error();
+  if (st->pe_state() != v1::PE_STATE_READY && st->pe_state() != v1::PE_STATE_ERROR) {
+    s.error = "the pe-agent reports state " + wire::PeStateName(st->pe_state()) +
+              " (not a pe-agent of this build?) " + s.error;
+  }
   s.kernel_release = st->kernel_release();
   s.pe_kernel_to_ready_seconds = st->ready_seconds();
   for (const auto& v : st->volumes()) s.volumes.push_back(v);
@@ -498,7 +516,7 @@ std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
                        {"cursor_seconds", v.cursor_seconds()}});
   }
   nlohmann::json j = {{"name", c.name},
-                      {"state", s.state},
+                      {"state", TargetStateName(s.state)},
                       {"vm_status", s.vm_status},
                       {"pid", s.pid},
                       {"accel", s.accel},
@@ -515,7 +533,7 @@ std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
 
 std::string TargetStatusText(const TargetStatus& s, const TargetConfig& c) {
   std::ostringstream o;
-  o << "target " << c.name << ": " << s.state;
+  o << "target " << c.name << ": " << TargetStateName(s.state);
   if (!s.vm_status.empty())
     o << " (VM " << s.vm_status << ", pid " << s.pid << ", " << s.accel << ")";
   o << "\n";

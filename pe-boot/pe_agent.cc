@@ -1,21 +1,9 @@
 #include "cdp/pe/pe_agent.h"
 
-#include <fcntl.h>
-#include <linux/fs.h>
-#include <linux/reboot.h>
-#include <sys/syscall.h>
-#include <sys/ioctl.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
 #include <sys/utsname.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
-#include <filesystem>
 #include <fstream>
-#include <iomanip>
 #include <sstream>
 
 #define XXH_INLINE_ALL
@@ -24,68 +12,10 @@
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/units.h"
-#include "cdp/pe/boot_adaptation.h"
 
 namespace cdp::pe {
 
 namespace {
-
-double ProcUptimeSeconds() {
-  std::ifstream in("/proc/uptime");
-  double up = 0;
-  in >> up;
-  return up;
-}
-
-// Re-reads the partition table of `disk`: the kernel scanned it when the PE booted, before the
-// replicator wrote the partition table, so the partitions appear only now. A regular file
-// (ENOTTY) or a disk without partition scanning (EINVAL: a loop device without -P) has none to
-// re-read. Returns "" or a note on what went wrong.
-std::string RereadPartitions(const std::string& disk) {
-  const int fd = ::open(disk.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "cannot open " + disk + ": " + std::strerror(errno);
-  std::string note;
-  if (::ioctl(fd, BLKRRPART) != 0 && errno != ENOTTY && errno != EINVAL) {
-    note = "partition table of " + disk + " not re-read: " + std::strerror(errno);
-  }
-  ::close(fd);
-  return note;
-}
-
-// The partition devices of `disk` that exist, in order: DISK1.. (DISKp1.. when the disk's name
-// ends in a digit, as the kernel names them: nvme0n1p1, loop0p1).
-std::vector<std::string> PartitionsOf(const std::string& disk) {
-  std::vector<std::string> parts;
-  if (disk.empty()) return parts;
-  const bool digit = disk.back() >= '0' && disk.back() <= '9';
-  for (int n = 1; n <= 128; ++n) {
-    const std::string p = disk + (digit ? "p" : "") + std::to_string(n);
-    struct stat st;
-    if (::stat(p.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) parts.push_back(p);
-  }
-  return parts;
-}
-
-// Drops the page cache of a block device (BLKFLSBUF), so a mount reads what the O_DIRECT writes
-// put on the disk. Files have none (ENOTTY).
-std::string DropBufferCache(const std::string& disk) {
-  const int fd = ::open(disk.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "cannot open " + disk + ": " + std::strerror(errno);
-  std::string note;
-  if (::ioctl(fd, BLKFLSBUF, 0) != 0 && errno != ENOTTY && errno != EINVAL) {
-    note = "cache of " + disk + " not dropped: " + std::strerror(errno);
-  }
-  ::close(fd);
-  return note;
-}
-
-// True when `dir` is the root of a mount (its device differs from its parent's, or it is /).
-bool IsMountPoint(const std::string& dir) {
-  struct stat st, parent;
-  if (::stat(dir.c_str(), &st) != 0) return false;
-  if (::stat((dir + "/..").c_str(), &parent) != 0) return false;
-  return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
-}
 
 // An apply error that resending the same batch cannot fix.
 bool IsPermanentApplyError(const Status& s) {
@@ -97,6 +27,14 @@ bool IsPermanentApplyError(const Status& s) {
 PeAgent::PeAgent(PeAgentOptions options) : options_(std::move(options)) {
   struct utsname u;
   if (uname(&u) == 0) kernel_release_ = u.release;
+  TakeoverConfig config;
+  config.newroot = options_.newroot;
+  config.takeover_file = options_.takeover_file;
+  config.sys_class_net = options_.sys_root + "/class/net";
+  config.kernel_release = kernel_release_;
+  config.allow_kexec = options_.allow_kexec;
+  takeover_ = std::make_unique<Takeover>(std::move(config), &takeover_system_,
+                                         [this](const std::string& line) { Announce(line); });
 }
 
 PeAgent::~PeAgent() = default;
@@ -115,7 +53,7 @@ Status PeAgent::Start() {
   if (prepared.ok()) {
     // An earlier agent of this boot adapted the migrated OS's root for a kexec that then failed:
     // the disks are no longer a plain replica, so nothing more is applied to them.
-    auto failed = ReadWholeFile(KexecFailedFile());
+    auto failed = ReadWholeFile(takeover_->KexecFailedFile());
     if (failed.ok()) {
       prepared = Status::FailedPrecondition(
           "a kexec takeover in this boot failed (" + *failed +
@@ -124,7 +62,7 @@ Status PeAgent::Start() {
     }
   }
   if (!prepared.ok()) {
-    state_ = "pe-error";
+    state_ = v1::PE_STATE_ERROR;
     error_ = prepared.message();
     volumes_.clear();
     meta_.reset();
@@ -133,7 +71,7 @@ Status PeAgent::Start() {
              "; replicators are refused until the target's disks are fixed");
     return Status::Ok();
   }
-  state_ = "pe-ready";
+  state_ = v1::PE_STATE_READY;
   error_.clear();
   ready_seconds_ = ProcUptimeSeconds();
   std::ostringstream line;
@@ -316,7 +254,7 @@ void PeAgent::HandleHello(const wire::Message& msg) {
   r->set_features(1u << v1::FEATURE_CHECKSUM);
   r->set_server_id("pe-agent@" + wire::ProcessIdentity("pe-agent"));
   if (hello.role() == v1::ROLE_REPLICATOR) {
-    if (state_ != "pe-ready") {
+    if (state_ != v1::PE_STATE_READY) {
       return refuse(Status::FailedPrecondition("pe-agent: the target is not ready: " + error_),
                     true);
     }
@@ -407,7 +345,7 @@ void PeAgent::HandleApply(const wire::Message& msg) {
   Status checked = CheckApplySession(msg, &permanent);
   if (!checked.ok()) return SendError(msg.peer, checked, permanent);
   auto it = volumes_.find(batch.volume());
-  if (takeover_in_progress_) {
+  if (takeover_->refusing_batches()) {
     return SendError(msg.peer,
                      Status::FailedPrecondition("pe-agent: takeover in progress; volume " +
                                                 batch.volume() + ": nothing was written"),
@@ -500,7 +438,7 @@ Status PeAgent::ApplyBatch(const wire::Message& msg, Volume* v) {
 void PeAgent::HandleStatus(const wire::Message& msg) {
   v1::Header h;
   auto* r = h.mutable_pe_status_reply();
-  r->set_state(state_);
+  r->set_pe_state(state_);
   r->set_error(error_);
   r->set_ready_seconds(ready_seconds_);
   r->set_kernel_release(kernel_release_);
@@ -611,47 +549,16 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
   }
   if (hold_until_) ReleaseHold("a takeover was requested");
   const v1::TakeoverRequest& request = msg.header.takeover_request();
-  const std::string init = request.init().empty() ? "/sbin/init" : request.init();
-  const std::string what = request.dry_run() ? "takeover dry run" : "takeover";
-  Announce("pe-agent: " + what + " of root volume '" + request.root_volume() + "' requested by " +
-           PeerName(msg.peer) + " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
+  Announce("pe-agent: " + std::string(request.dry_run() ? "takeover dry run" : "takeover") +
+           " of root volume '" + request.root_volume() + "' requested by " + PeerName(msg.peer) +
+           " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
+  std::vector<TakeoverDisk> disks;
+  for (auto& [name, v] : volumes_) disks.push_back({name, v.device_path, v.device.get()});
   v1::Header h;
-  v1::TakeoverReply* reply = h.mutable_takeover_reply();
-  reply->set_kernel_release(kernel_release_);
-  Status s = Takeover(request, reply);
-  if (s.ok() && !request.dry_run() && reply->boot() == "kexec") {
-    v1::TakeoverStep* step = reply->add_steps();
-    step->set_name("handover");
-    step->set_result("after this reply the pe-agent unmounts " + options_.newroot +
-                     ", flushes the disks and reboots into kernel " + reply->kernel_release() +
-                     " (kexec)");
-  } else if (s.ok() && !request.dry_run()) {
-    const auto start = std::chrono::steady_clock::now();
-    s = WriteTakeoverFile(init);
-    v1::TakeoverStep* step = reply->add_steps();
-    step->set_name("handover");
-    step->set_seconds(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    step->set_result(
-        s.ok() ? "the pe-agent exits with status " + std::to_string(kTakeoverExitStatus) +
-                     "; the PE's /init switch_roots into " + options_.newroot + " (" + init + ")"
-               : "failed: " + s.message());
-  }
-  if (!s.ok() || request.dry_run()) {
-    std::string error = s.ok() ? "" : s.message();
-    const std::string unmount = UnmountNewroot();
-    if (!unmount.empty()) error += (error.empty() ? "" : "; ") + unmount;
-    takeover_in_progress_ = false;
-    reply->set_ok(error.empty());
-    reply->set_error(error);
-    Announce("pe-agent: " + what + (error.empty() ? " passed" : " failed: " + error) +
-             "; serving again");
-    (void)socket_->SendTo(msg.peer, h);
+  if (!takeover_->Run(request, state_, error_, disks, h.mutable_takeover_reply())) {
+    (void)socket_->SendTo(msg.peer, h);  // failed, or a dry run: serving again
     return;
   }
-  reply->set_ok(true);
-  Announce("pe-agent: takeover: handing over to " + init + " on " + reply->root_device() + " at " +
-           options_.newroot + " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
   Status sent = socket_->SendTo(msg.peer, h);
   if (!sent.ok()) CDP_LOG(warning) << "pe-agent: takeover reply not sent: " << sent.message();
   // Run() keeps serving (batches refused, status answered) for kHandoverGraceMs before
@@ -744,248 +651,7 @@ void PeAgent::FinishHandover() {
   socket_.reset();
   ctx_.close();
   handed_over_ = true;
-  if (kexec_loaded_) RebootIntoLoadedKernel();
-}
-
-void PeAgent::RebootIntoLoadedKernel() {
-  Announce("pe-agent: kexec: unmounting " + options_.newroot + ", flushing, rebooting at " +
-           FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
-  ::sync();
-  const std::string unmount = UnmountNewroot();
-  if (!unmount.empty()) Announce("pe-agent: kexec: " + unmount + " (synced; rebooting anyway)");
-  for (auto& [name, v] : volumes_) (void)v.device->Flush();
-  ::sync();
-  ::syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, nullptr);
-  const std::string why = std::string("kexec reboot failed: ") + std::strerror(errno);
-  (void)WriteFileAtomic(KexecFailedFile(), why);  // the next agent of this boot refuses to apply
-  Announce("pe-agent: FATAL: " + why +
-           " ; the target stays in the PE with the migrated OS unmounted: reboot the target VM");
-}
-
-std::string PeAgent::KexecFailedFile() const { return options_.takeover_file + ".kexec-failed"; }
-
-Status PeAgent::Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply) {
-  using Clock = std::chrono::steady_clock;
-  // Runs one step: times it, records its result (or its failure) in the reply, and announces it.
-  auto step = [&](const std::string& name, auto&& fn) -> Status {
-    const auto start = Clock::now();
-    Result<std::string> result = fn();
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    v1::TakeoverStep* s = reply->add_steps();
-    s->set_name(name);
-    s->set_seconds(seconds);
-    s->set_result(result.ok() ? *result : "failed: " + result.status().message());
-    Announce("pe-agent: takeover step " + name + " (" + FormatFixed(seconds, 3) +
-             " s): " + s->result());
-    return result.ok() ? Status::Ok() : result.status();
-  };
-
-  Volume* root_volume = nullptr;
-  CDP_RETURN_IF_ERROR(step("check", [&]() -> Result<std::string> {
-    if (state_ != "pe-ready") {
-      return Status::FailedPrecondition("pe-agent: the target is not ready: " + error_ +
-                                        "; a takeover needs a pe-ready target");
-    }
-    if (newroot_mounted_ || IsMountPoint(options_.newroot)) {
-      return Status::FailedPrecondition(
-          "pe-agent: " + options_.newroot +
-          " is already a mount point (a takeover left over?); unmount it first");
-    }
-    auto it = volumes_.find(request.root_volume());
-    if (it == volumes_.end()) {
-      std::string known;
-      for (const auto& [name, v] : volumes_) known += (known.empty() ? "" : ", ") + name;
-      return Status::NotFound("pe-agent: this target has no volume '" + request.root_volume() +
-                              "' (it has: " + known +
-                              "); name the volume that holds the migrated OS's root filesystem");
-    }
-    if (!request.boot().empty() && request.boot() != "auto" && request.boot() != "switch-root" &&
-        request.boot() != "kexec") {
-      return Status::InvalidArgument("pe-agent: boot '" + request.boot() +
-                                     "' is not auto, switch-root or kexec");
-    }
-    root_volume = &it->second;
-    return "pe-ready; root volume " + it->first + " on " + root_volume->device_path;
-  }));
-
-  CDP_RETURN_IF_ERROR(step("flush", [&]() -> Result<std::string> {
-    takeover_in_progress_ = true;  // no batch is applied from here on
-    std::string disks, notes;
-    for (auto& [name, v] : volumes_) {
-      CDP_RETURN_IF_ERROR(v.device->Flush().WithContext("pe-agent: volume " + name + ": flushing " +
-                                                        v.device_path));
-      const std::string note = DropBufferCache(v.device_path);
-      if (!note.empty()) notes += "; " + note;
-      disks += (disks.empty() ? "" : ", ") + v.device_path;
-    }
-    return "flushed " + disks + "; batches are refused from now on" + notes;
-  }));
-
-  std::string root_device, root_uuid;
-  UuidMap disk_uuids;
-  CDP_RETURN_IF_ERROR(step("mount", [&]() -> Result<std::string> {
-    std::string notes;
-    // Partitions written by the replicator since the PE booted appear only once the kernel
-    // re-reads the partition tables; the fstab check needs every disk's, not only the root's.
-    for (auto& [name, v] : volumes_) {
-      const std::string note = RereadPartitions(v.device_path);
-      if (!note.empty()) notes += "; " + note;
-      for (const std::string& dev : [&] {
-             std::vector<std::string> devs{v.device_path};
-             for (auto& p : PartitionsOf(v.device_path)) devs.push_back(std::move(p));
-             return devs;
-           }()) {
-        auto id = ReadFsId(dev);
-        if (id.ok()) disk_uuids.emplace(id->uuid, dev);
-        if (&v == root_volume && root_device.empty() && id.ok() && id->type == "ext4") {
-          root_device = dev;
-          root_uuid = id->uuid;
-        }
-      }
-    }
-    if (root_device.empty()) {
-      std::string found;
-      for (const auto& [uuid, dev] : disk_uuids) found += (found.empty() ? "" : ", ") + dev;
-      return Status::NotFound("pe-agent: volume " + root_volume->spec.name +
-                              ": no ext4 filesystem on " + root_volume->device_path +
-                              " nor on its partitions (filesystems found on the target: " +
-                              (found.empty() ? std::string("none") : found) +
-                              "); the migrated OS's root must be ext4: check root_volume" + notes);
-    }
-    std::error_code ec;
-    std::filesystem::create_directories(options_.newroot, ec);
-    if (ec) return Status::IOError("cannot create " + options_.newroot + ": " + ec.message());
-    // A dry run must not write to the replica: read-only, and without replaying the journal
-    // (a live source's filesystem always needs recovery), which even a read-only mount does.
-    const unsigned long flags = request.dry_run() ? MS_RDONLY : 0;
-    const char* data = request.dry_run() ? "noload" : "";
-    if (::mount(root_device.c_str(), options_.newroot.c_str(), "ext4", flags, data) != 0) {
-      const int err = errno;
-      return Status::FromErrno(err, "pe-agent: mount -t ext4 " + root_device + " " +
-                                        options_.newroot +
-                                        (err == ENODEV ? " (is the ext4 module loaded?)" : ""));
-    }
-    newroot_mounted_ = true;
-    reply->set_root_device(root_device);
-    std::string all;
-    for (const auto& [uuid, dev] : disk_uuids) all += (all.empty() ? "" : ", ") + dev + "=" + uuid;
-    return root_device + " (ext4 UUID " + root_uuid + ") at " + options_.newroot +
-           (request.dry_run() ? " read-only" : " read-write") +
-           "; filesystems on the target: " + all + notes;
-  }));
-
-  // How the migrated OS will start: on the PE's kernel (switch_root) when it has modules for it,
-  // else (or when asked) on its own newest kernel (kexec, loaded before anything is changed).
-  std::string boot = request.boot().empty() ? "auto" : request.boot();
-  if (boot == "auto") {
-    auto modules = ResolveInRoot(options_.newroot, "/lib/modules/" + kernel_release_);
-    std::error_code ec;
-    boot = modules.ok() && std::filesystem::is_directory(*modules, ec) ? "switch-root" : "kexec";
-  }
-  reply->set_boot(boot);
-  std::string kver = kernel_release_;
-  if (boot == "kexec") {
-    CDP_RETURN_IF_ERROR(step("kexec-load", [&]() -> Result<std::string> {
-      CDP_ASSIGN_OR_RETURN(kver, ChooseOwnKernel(options_.newroot));
-      reply->set_kernel_release(kver);
-      return LoadOwnKernel(kver, root_uuid, request);
-    }));
-  }
-
-  Status adapted = step("adapt", [&]() -> Result<std::string> {
-    AdaptRequest adapt;
-    adapt.root = options_.newroot;
-    adapt.root_device = root_device;
-    adapt.root_uuid = root_uuid;
-    adapt.kernel_release = kver;
-    adapt.init = request.init().empty() ? "/sbin/init" : request.init();
-    adapt.disk_uuids = disk_uuids;
-    adapt.dry_run = request.dry_run();
-    for (const auto& n : request.nics()) adapt.nics.push_back({n.mac(), n.address(), n.gateway()});
-    if (!adapt.nics.empty()) {
-      CDP_ASSIGN_OR_RETURN(adapt.present_nics, ListNics(options_.sys_root + "/class/net"));
-    }
-    CDP_ASSIGN_OR_RETURN(auto notes, AdaptRoot(std::move(adapt)));
-    std::string out = boot == "kexec" ? "boot: kexec into its own kernel " + kver
-                                      : "boot: switch_root on the PE's kernel " + kver;
-    for (const auto& n : notes) out += "; " + n;
-    return out;
-  });
-  if (!adapted.ok() && kexec_loaded_) {
-    ::syscall(SYS_kexec_file_load, -1, -1, 0UL, nullptr, 0x1UL /* KEXEC_FILE_UNLOAD */);
-    kexec_loaded_ = false;
-  }
-  return adapted;
-}
-
-Result<std::string> PeAgent::LoadOwnKernel(const std::string& kver, const std::string& root_uuid,
-                                           const v1::TakeoverRequest& request) {
-  const std::string kernel = "/boot/vmlinuz-" + kver, initrd = "/boot/initrd.img-" + kver;
-  const std::string cmdline =
-      "root=UUID=" + root_uuid + " " +
-      (request.kernel_args().empty() ? std::string("ro") : request.kernel_args());
-  if (request.dry_run()) {
-    return "would kexec_file_load " + kernel + " with " + initrd + ", command line '" + cmdline +
-           "'";
-  }
-  if (!options_.allow_kexec) {
-    return Status::FailedPrecondition(
-        "pe-agent: kexec is not allowed in this run (only the PE's agent, started with "
-        "--allow-kexec, may reboot the machine); ask for boot switch-root");
-  }
-  CDP_ASSIGN_OR_RETURN(const std::string kernel_path, ResolveInRoot(options_.newroot, kernel));
-  CDP_ASSIGN_OR_RETURN(const std::string initrd_path, ResolveInRoot(options_.newroot, initrd));
-  const int kfd = ::open(kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (kfd < 0) return Status::FromErrno(errno, "pe-agent: opening " + kernel);
-  const int ifd = ::open(initrd_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (ifd < 0) {
-    const int err = errno;
-    ::close(kfd);
-    return Status::FromErrno(err, "pe-agent: opening " + initrd);
-  }
-  const long rc =
-      ::syscall(SYS_kexec_file_load, kfd, ifd, cmdline.size() + 1, cmdline.c_str(), 0UL);
-  const int err = errno;
-  ::close(kfd);
-  ::close(ifd);
-  if (rc != 0) {
-    std::string hint =
-        "; use boot switch-root (rebuild the PE from the replica: build-pe-image --kernel-from)";
-    if (err == EPERM || err == EKEYREJECTED) {
-      hint = " (kernel lockdown, or a signature the PE's kernel does not accept)" + hint;
-    } else if (err == ENOEXEC) {
-      hint = " (" + kernel + " is not a bzImage this kernel can load)" + hint;
-    }
-    return Status::FromErrno(err, "pe-agent: kexec_file_load of " + kernel + hint);
-  }
-  kexec_loaded_ = true;
-  std::error_code ec;
-  const auto mib = [&](const std::string& p) {
-    return std::to_string(std::filesystem::file_size(p, ec) >> 20) + " MiB";
-  };
-  return "loaded " + kernel + " (" + mib(kernel_path) + ") and " + initrd + " (" +
-         mib(initrd_path) + "); command line '" + cmdline + "'";
-}
-
-Status PeAgent::WriteTakeoverFile(const std::string& init) {
-  return WriteFileAtomic(options_.takeover_file,
-                         "root " + options_.newroot + "\ninit " + init + "\n")
-      .WithContext("pe-agent: writing the takeover file");
-}
-
-std::string PeAgent::UnmountNewroot() {
-  if (!newroot_mounted_) return "";
-  if (::umount2(options_.newroot.c_str(), 0) != 0) {
-    const int err = errno;
-    // Something still uses it: detach it, so it goes once unused and the disk is free again.
-    if (::umount2(options_.newroot.c_str(), MNT_DETACH) != 0) {
-      return "cannot unmount " + options_.newroot + ": " + std::strerror(errno);
-    }
-    CDP_LOG(warning) << "pe-agent: " << options_.newroot << " was busy (" << std::strerror(err)
-                     << "); detached";
-  }
-  newroot_mounted_ = false;
-  return "";
+  takeover_->Finish();
 }
 
 }  // namespace cdp::pe

@@ -287,7 +287,7 @@ class PeAgentTest : public ::testing::Test {
 
 TEST_F(PeAgentTest, HelloOnFreshDisksAndApplyWritesExactlyTheBatch) {
   StartAgent();
-  EXPECT_EQ(agent_->agent().state(), "pe-ready");
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_READY);
   EXPECT_EQ(agent_->agent().error(), "");
   auto client = ConnectReplicator();
   ASSERT_NE(client, nullptr);
@@ -572,7 +572,7 @@ TEST_F(PeAgentTest, DiskSmallerThanItsVolumePutsTheAgentInPeError) {
 
   StartAgent();
   ASSERT_NE(agent_, nullptr);
-  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_ERROR);
   const std::string error = agent_->agent().error();
   EXPECT_THAT(error, HasSubstr(sda_path_));
   EXPECT_THAT(error, HasSubstr(std::to_string(kSdaSize / 2)));
@@ -587,7 +587,7 @@ TEST_F(PeAgentTest, DiskSmallerThanItsVolumePutsTheAgentInPeError) {
   ASSERT_NE(control, nullptr);
   auto status = control->Status(kWaitMs);
   ASSERT_TRUE(status.ok()) << status.status();
-  EXPECT_EQ(status->state(), "pe-error");
+  EXPECT_EQ(status->pe_state(), v1::PE_STATE_ERROR);
   EXPECT_EQ(status->error(), error);
   EXPECT_EQ(status->listen(), endpoint_);
 
@@ -616,7 +616,7 @@ TEST_F(PeAgentTest, ForeignMetadataDiskPutsTheAgentInPeErrorAndIsNotWritten) {
   WriteWholeFile(meta_path_, foreign);
   StartAgent();
   ASSERT_NE(agent_, nullptr);
-  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_ERROR);
   EXPECT_THAT(agent_->agent().error(), HasSubstr(meta_path_));
   EXPECT_THAT(agent_->agent().error(), HasSubstr("not a cdp metadata disk"));
   auto replicator = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kSdaSize, kWaitMs);
@@ -641,7 +641,7 @@ TEST_F(PeAgentTest, RestartForAVolumeOfAnotherSizeIsPeError) {
   options.volumes[0].size = kSdaSize - 4096;
   StartAgent(options);
   ASSERT_NE(agent_, nullptr);
-  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_ERROR);
   EXPECT_THAT(agent_->agent().error(), HasSubstr("cursor for volume " + kSda));
   EXPECT_THAT(agent_->agent().error(), HasSubstr(std::to_string(kSdaSize)));
   EXPECT_THAT(agent_->agent().error(), HasSubstr(std::to_string(kSdaSize - 4096)));
@@ -673,7 +673,7 @@ TEST_F(PeAgentTest, ChecksumAtTheEndOfADiskWithAPartialSector) {
   PeAgentOptions options = Options();
   options.volumes[1].size = kVolume;
   StartAgent(options);
-  ASSERT_EQ(agent_->agent().state(), "pe-ready") << agent_->agent().error();
+  ASSERT_EQ(agent_->agent().state(), v1::PE_STATE_READY) << agent_->agent().error();
   auto control = ConnectControl();
   ASSERT_NE(control, nullptr);
   std::vector<v1::Region> regions(2);
@@ -708,7 +708,7 @@ TEST_F(PeAgentTest, StatusReportsVolumesAndProgress) {
   ASSERT_NE(control, nullptr);
   auto status = control->Status(kWaitMs);
   ASSERT_TRUE(status.ok()) << status.status();
-  EXPECT_EQ(status->state(), "pe-ready");
+  EXPECT_EQ(status->pe_state(), v1::PE_STATE_READY);
   EXPECT_EQ(status->error(), "");
   EXPECT_EQ(status->listen(), endpoint_);
   EXPECT_EQ(status->meta_device(), meta_path_);
@@ -829,7 +829,7 @@ TEST_F(PeAgentTest, TakeoverOfAnUnknownVolumeIsRefusedAndBatchesGoOn) {
   ASSERT_EQ(reply->steps_size(), 1);
   EXPECT_EQ(reply->steps(0).name(), "check");
   EXPECT_EQ(reply->steps(0).result(), "failed: " + reply->error());
-  EXPECT_EQ(agent_->agent().state(), "pe-ready");
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_READY);
 
   auto client = ConnectReplicator();
   ASSERT_NE(client, nullptr);
@@ -1339,7 +1339,7 @@ TEST_F(PeAgentTakeoverTest, DryRunOnAnExt4ImageChecksEverythingAndChangesNothing
   UnmountOnExit unmount(newroot_);
   const std::string before = ReadWholeFile(image);
   StartAgent(TakeoverOptions(loop.path()));
-  ASSERT_EQ(agent_->agent().state(), "pe-ready") << agent_->agent().error();
+  ASSERT_EQ(agent_->agent().state(), v1::PE_STATE_READY) << agent_->agent().error();
   auto control = ConnectControl();
   ASSERT_NE(control, nullptr);
   auto reply = control->Takeover(Request(true), kWaitMs);
@@ -1384,7 +1384,7 @@ TEST_F(PeAgentTakeoverTest, WithoutModulesForThePeKernelItKexecsIntoItsOwnKernel
   auto reply = control->Takeover(request, kWaitMs);
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_TRUE(reply->ok()) << reply->error();
-  EXPECT_EQ(reply->boot(), "kexec");
+  EXPECT_EQ(reply->boot_mode(), v1::BOOT_MODE_KEXEC);
   EXPECT_EQ(reply->kernel_release(), "9.9.9-own");
   EXPECT_THAT(StepNames(*reply),
               ::testing::ElementsAre("check", "flush", "mount", "kexec-load", "adapt"));
@@ -1412,7 +1412,7 @@ TEST_F(PeAgentTakeoverTest, AfterAFailedKexecRebootTheNextAgentIsInPeError) {
   PeAgentOptions options = Options();
   options.takeover_file = dir_.File("cdp-takeover");
   StartAgent(options);
-  EXPECT_EQ(agent_->agent().state(), "pe-error");
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_ERROR);
   EXPECT_EQ(agent_->agent().error(),
             "a kexec takeover in this boot failed (kexec reboot failed: Invalid argument); the "
             "migrated OS's root was adapted, so replication stays off: reboot the target VM into "
@@ -1426,11 +1426,11 @@ TEST_F(PeAgentTakeoverTest, AnUnknownBootIsRefusedAtCheck) {
   auto control = ConnectControl();
   ASSERT_NE(control, nullptr);
   v1::TakeoverRequest request = Request(true);
-  request.set_boot("pxe");
+  request.set_boot_mode(static_cast<v1::BootMode>(7));  // from a newer client
   auto reply = control->Takeover(request, kWaitMs);
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_FALSE(reply->ok());
-  EXPECT_EQ(reply->error(), "pe-agent: boot 'pxe' is not auto, switch-root or kexec");
+  EXPECT_EQ(reply->error(), "pe-agent: boot mode 7 is not auto, switch-root or kexec");
   EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check"));
 }
 

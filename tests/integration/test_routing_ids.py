@@ -143,7 +143,7 @@ def pe_agent(s):
     s.wait_for(ready, 30, "pe-agent")
 
     def pe_ready(body):
-        assert z.string_field(body, 1) == "pe-ready", body
+        assert z.int_field(body, 9) == 1, body  # PeStatusReply.pe_state == PE_STATE_READY
     attack(port, proc, z.PE_STATUS_REQUEST, 14, check=pe_ready)
 
 

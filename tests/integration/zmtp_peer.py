@@ -113,6 +113,14 @@ def string_field(body, number):
     return ""
 
 
+def int_field(body, number):
+    """A varint field (an int, a bool, an enum) of an encoded message; 0 when absent."""
+    for n, v in _fields(body):
+        if n == number and isinstance(v, int):
+            return v
+    return 0
+
+
 HEX_ID = re.compile(r"\b00[0-9a-f]{8}\b")  # how the journal-server used to print routing ids
 
 

@@ -53,6 +53,19 @@ zmq::message_t FrameFromShared(const SharedBytes& bytes);
 // InvalidArgument naming the name and the rule otherwise.
 Status ValidateVolumeName(std::string_view name);
 
+// The text of the pe-agent's enums (docs/pe-agent.md): what cdpctl prints and a cutover plan
+// spells. These are the only mappings between them and text.
+//   PeStateName:  PE_STATE_READY "pe-ready", PE_STATE_ERROR "pe-error", unspecified "unknown",
+//                 a value this build does not know "pe-state N".
+//   BootModeName: BOOT_MODE_AUTO "auto", BOOT_MODE_SWITCH_ROOT "switch-root", BOOT_MODE_KEXEC
+//                 "kexec", unspecified "", a value this build does not know "boot mode N".
+std::string PeStateName(v1::PeState state);
+std::string BootModeName(v1::BootMode mode);
+
+// Parses "auto", "switch-root" or "kexec"; InvalidArgument "'TEXT' is not auto, switch-root or
+// kexec" otherwise.
+Result<v1::BootMode> ParseBootMode(std::string_view text);
+
 // "host/pid" of this process, for Hello.identity.
 std::string ProcessIdentity(std::string_view program);
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cdp/core/status.h"
+#include "cdp/core/wire.h"
 #include "cdp/failover/target_config.h"
 
 namespace cdp::failover {
@@ -74,10 +75,11 @@ struct CutoverPlan {
   HealthCheck health;
   Budgets budgets;
   std::string rollback = "resume-source";  // or "none"
-  // How the migrated OS starts at promote (docs/pe-agent.md §5): "auto" (switch_root on the PE's
-  // kernel when the migrated OS has its modules, else kexec), "switch-root" or "kexec"; and,
-  // for kexec, the kernel command line after root=UUID=... ("" = "ro").
-  std::string takeover_boot = "auto";
+  // How the migrated OS starts at promote (docs/pe-agent.md §5): the plan's takeover.boot,
+  // "auto" (switch_root on the PE's kernel when the migrated OS has its modules, else kexec),
+  // "switch-root" or "kexec" (wire::ParseBootMode); and, for kexec, the kernel command line
+  // after root=UUID=... ("" = "ro").
+  wire::v1::BootMode takeover_boot = wire::v1::BOOT_MODE_AUTO;
   std::string takeover_kernel_args;
   // Drills only: the isolated namespace the drill VM runs in, and its service network.
   std::string drill_namespace;  // "cdp-drill" unless the plan says otherwise

@@ -37,12 +37,19 @@ struct RegionChecksum {
   uint64_t xxh3 = 0;
 };
 
+// What a target VM is doing, as `cdpctl target status` reports it (TargetStateName's text).
+enum class TargetState {
+  kStopped,  // "stopped": no QEMU process
+  kBooting,  // "booting": QEMU runs but the pe-agent does not answer (yet)
+  kPeReady,  // "pe-ready": the pe-agent answers and its disks are in order
+  kPeError,  // "pe-error": the pe-agent answers but refuses to replicate (error says why)
+};
+
+// "stopped", "booting", "pe-ready", "pe-error".
+std::string TargetStateName(TargetState state);
+
 struct TargetStatus {
-  // "pe-ready"  the pe-agent answers and its disks are in order;
-  // "pe-error"  the pe-agent answers but refuses to replicate (error says why);
-  // "booting"   QEMU runs but the pe-agent does not answer (yet);
-  // "stopped"   no QEMU process.
-  std::string state;
+  TargetState state = TargetState::kStopped;
   std::string vm_status;  // QMP query-status ("running", "paused", ...), "" when unknown
   int pid = 0;
   std::string accel;

@@ -10,19 +10,16 @@
 //
 // When the disks do not match the volumes (a disk whose serial matches no volume, a disk
 // smaller than its volume, no metadata disk), the agent still serves status — state
-// "pe-error" with the reason — and refuses every replicator; nothing is written to any disk.
+// PE_STATE_ERROR ("pe-error") with the reason — and refuses every replicator; nothing is written to
+// any disk.
 //
-// Takeover (TakeoverRequest from a control client, docs/pe-agent.md §5): check -> flush every
-// volume disk (batches are refused from here on) -> mount the migrated OS's ext4 root from the
-// root volume's disk at options.newroot -> adapt it (boot_adaptation.h) -> handover: write
-// options.takeover_file, send the ok reply, serve kHandoverGraceMs more (status only), close the
-// socket and return from Run() with handed_over() true; the process then exits with
-// kTakeoverExitStatus and the PE's /init switch_roots into the new root. A failure before handover
-// unmounts, replies ok=false and goes back to serving (batches allowed again); a dry run does the
-// same after a read-only mount. With boot kexec (asked for, or "auto" when the migrated OS has
-// no modules for the PE's kernel) a kexec-load step before adapt loads the migrated OS's own
-// kernel and initramfs (only with options.allow_kexec), and instead of exiting, the agent
-// unmounts, flushes and reboots into them after the reply.
+// Takeover (TakeoverRequest from a control client, docs/pe-agent.md §5): run by the Takeover
+// (takeover.h, where its state graph is drawn): check -> flush (batches are refused from here
+// on) -> mount -> [kexec-load] -> adapt -> handover, or a roll back to serving. After the ok
+// reply the agent serves kHandoverGraceMs more (status only), closes the socket and returns
+// from Run() with handed_over() true; the process then exits with kTakeoverExitStatus and the
+// PE's /init switch_roots into the new root, or (boot kexec) Takeover::Finish reboots into the
+// migrated OS's own kernel.
 //
 // Apply hold (ApplyHoldRequest from a control client, docs/pe-agent.md §6): batches that arrive
 // while held are queued in order, not applied, so the disks stay at a batch boundary while the
@@ -51,6 +48,7 @@
 #include "cdp/core/transport.h"
 #include "cdp/pe/disk_finder.h"
 #include "cdp/pe/pe_metadata.h"
+#include "cdp/pe/takeover.h"
 
 namespace cdp::pe {
 
@@ -82,12 +80,12 @@ class PeAgent {
   ~PeAgent();
 
   // Binds the socket (an error here is fatal: nothing to serve on) and prepares the disks (an
-  // error there puts the agent in state "pe-error" and is returned by error()).
+  // error there puts the agent in PE_STATE_ERROR and is returned by error()).
   Status Start();
 
   // The exit status of a pe-agent process that handed the VM over to the migrated OS: the PE's
   // /init switch_roots when the agent exits with it and the takeover file exists.
-  static constexpr int kTakeoverExitStatus = 100;
+  static constexpr int kTakeoverExitStatus = pe::kTakeoverExitStatus;
   // How long the agent keeps its socket open after the takeover reply, so ZeroMQ sends it.
   static constexpr int kHandoverGraceMs = 100;
 
@@ -102,8 +100,8 @@ class PeAgent {
   // Serves until *stop is true, or until a takeover handed over (then handed_over() is true).
   Status Run(const std::atomic<bool>* stop);
 
-  // "pe-ready" or "pe-error".
-  const std::string& state() const { return state_; }
+  // PE_STATE_READY or PE_STATE_ERROR (wire::PeStateName: "pe-ready", "pe-error").
+  v1::PeState state() const { return state_; }
   const std::string& error() const { return error_; }
 
   // True once a takeover handed over: its reply was sent, the socket is closed, the new root
@@ -154,33 +152,16 @@ class PeAgent {
   bool FromControlClient(const wire::Message& msg, const std::string& what);
   // Ends a hold: applies the queued batches in order (each acked as usual). Returns how many.
   size_t ReleaseHold(const std::string& why);
-  // Steps check, flush, mount and adapt of a takeover, each appended to reply->steps.
-  Status Takeover(const v1::TakeoverRequest& request, v1::TakeoverReply* reply);
-  // Closes the socket (waiting up to 1 s for the reply to go out) and sets handed_over_; after a
-  // kexec takeover, then reboots into the loaded kernel.
+  // Closes the socket (waiting up to 1 s for the reply to go out), sets handed_over_ and lets
+  // the takeover finish (a kexec reboots here).
   void FinishHandover();
-  // The kexec-load step: kexec_file_load of the migrated OS's /boot/vmlinuz-KVER and
-  // /boot/initrd.img-KVER with "root=UUID=<root_uuid> <kernel_args or ro>" (a dry run only says
-  // so). FailedPrecondition unless options.allow_kexec; the syscall's errno otherwise.
-  Result<std::string> LoadOwnKernel(const std::string& kver, const std::string& root_uuid,
-                                    const v1::TakeoverRequest& request);
-  // Written when a kexec reboot failed (beside options.takeover_file, in /run: this boot only);
-  // an agent that finds it at Start serves in pe-error.
-  std::string KexecFailedFile() const;
-  // Unmounts the new root, flushes every disk and reboots into the kernel kexec_file_load
-  // loaded. Returns only when the reboot failed (announced as FATAL).
-  void RebootIntoLoadedKernel();
-  // Writes the takeover file (the handover step before the reply).
-  Status WriteTakeoverFile(const std::string& init);
-  // Unmounts options_.newroot if this agent mounted it; "" or what went wrong.
-  std::string UnmountNewroot();
   Status ApplyBatch(const wire::Message& msg, Volume* volume);
   void SendError(const std::string& peer, const Status& status, bool permanent);
   void Announce(const std::string& line);
   std::string PeerName(const std::string& peer) const;
 
   PeAgentOptions options_;
-  std::string state_ = "pe-error";
+  v1::PeState state_ = v1::PE_STATE_ERROR;
   std::string error_ = "not started";
   double ready_seconds_ = 0;
   std::string kernel_release_;
@@ -188,9 +169,8 @@ class PeAgent {
   std::unique_ptr<PeMetadata> meta_;
   std::map<std::string, Volume> volumes_;
   std::map<std::string, Session> sessions_;  // by ZeroMQ routing id
-  bool takeover_in_progress_ = false;        // batches are refused while set
-  bool newroot_mounted_ = false;             // options_.newroot is mounted by this agent
-  bool kexec_loaded_ = false;                // a takeover loaded the migrated OS's kernel
+  LinuxTakeoverSystem takeover_system_;
+  std::unique_ptr<Takeover> takeover_;  // batches are refused while it says so
   // Set once the ok takeover reply was sent: Run() calls FinishHandover at this time.
   std::optional<std::chrono::steady_clock::time_point> handover_deadline_;
   bool handed_over_ = false;

@@ -1,0 +1,207 @@
+// Takeover: the pe-agent handing the target VM from the PE to the migrated OS (TakeoverRequest,
+// docs/pe-agent.md §5). One method per step; every step reaches the machine through
+// TakeoverSystem (mount, block ioctls, kexec, the adaptation), so a unit test drives the state
+// machine with a fake and fails each step.
+//
+//   <start: TakeoverRequest>
+//      |
+//      v
+//   CHECK ---------------------------------------------------.  not pe-ready, /newroot already
+//      |                                                     |  mounted, unknown root volume or
+//      v                                                     |  boot mode
+//   FLUSH ---------------------------------------------------+  a disk's fdatasync failed
+//      |  (ApplyBatch refused from here: refusing_batches())  |
+//      v                                                     |
+//   MOUNT ---------------------------------------------------+  no ext4 on the root volume's
+//      |  (boot auto: switch-root when the migrated OS has   |  disk or partitions; mount(2)
+//      |   /lib/modules/<PE kernel>, else kexec)             |
+//      v                                                     |
+//   KEXEC_LOAD (boot kexec only) ----------------------------+  no kernel of its own, kexec not
+//      |                                                     |  allowed, kexec_file_load refused
+//      v                                                     |
+//   ADAPT ------------> KEXEC_UNLOAD (when loaded) ----------+  a check of AdaptRoot failed
+//      |                                                     |
+//      +-- dry run --------------------------------------.   |
+//      v                                                 |   |
+//   HAND_OVER -----------------------------------------------+  the takeover file not written
+//      |  switch-root: write the takeover file           |   |
+//      |  kexec: nothing yet (after the reply)           v   v
+//      v                                               ROLL_BACK: unmount /newroot, batches
+//   <finish: ok reply, handed_over()>                   applied again
+//      |                                                     |
+//      |  (after the reply, the caller calls Finish())      v
+//      v                                               <finish: ok=false reply, or ok=true for
+//   switch-root: the process exits with                 a dry run; the agent serves again>
+//   kTakeoverExitStatus; the PE's /init switch_roots
+//   kexec: unmount, flush, REBOOT ----> (reboot failed) FATAL: KexecFailedFile written, the
+//                                        next agent of this boot serves in pe-error
+//
+// Each step is timed (cdp::StepTimeline), appended to the reply's steps (a failed one with the
+// result "failed: <error>") and announced: "pe-agent: takeover step NAME (S.SSS s): RESULT".
+//
+// Not thread-safe: the pe-agent's one thread drives it.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cdp/core/block_device.h"
+#include "cdp/core/status.h"
+#include "cdp/core/step_timeline.h"
+#include "cdp/core/wire.h"
+#include "cdp/pe/boot_adaptation.h"
+
+namespace cdp::pe {
+
+// The exit status of a pe-agent process that handed the VM over to the migrated OS by
+// switch_root: the PE's /init switch_roots when the agent exits with it and the takeover file
+// exists.
+inline constexpr int kTakeoverExitStatus = 100;
+
+// The machine's uptime in seconds (/proc/uptime; 0 when unreadable), for the PE's console lines.
+double ProcUptimeSeconds();
+
+// What a takeover does to the machine. LinuxTakeoverSystem is the real one; tests fake it.
+class TakeoverSystem {
+ public:
+  virtual ~TakeoverSystem() = default;
+
+  // Block ioctls (block_ioctl.h): "" or a note on what went wrong (not an error).
+  virtual std::string DropBufferCache(const std::string& disk) = 0;
+  virtual std::string RereadPartitions(const std::string& disk) = 0;
+  // The partition devices of `disk` that exist, in order.
+  virtual std::vector<std::string> PartitionsOf(const std::string& disk) = 0;
+  // The filesystem on `device` (filesystem_id.h).
+  virtual Result<FsId> ReadFsId(const std::string& device) = 0;
+
+  // True when `dir` is the root of a mount.
+  virtual bool IsMountPoint(const std::string& dir) = 0;
+  // Creates `dir` when absent and mounts the ext4 on `device` there: read-write, or read-only
+  // without journal replay ("noload": not one byte of the device written). The errno names
+  // the command: "pe-agent: mount -t ext4 DEVICE DIR: ...".
+  virtual Status MountExt4(const std::string& device, const std::string& dir, bool read_only) = 0;
+  // Unmounts `dir` (detached when busy): "" or what went wrong.
+  virtual std::string Unmount(const std::string& dir) = 0;
+  // sync(2).
+  virtual void Sync() = 0;
+
+  // kexec.h: KexecFileLoad, KexecUnload, RebootIntoLoadedKernel.
+  virtual Result<std::string> KexecLoad(const std::string& root, const std::string& kernel,
+                                        const std::string& initrd, const std::string& cmdline) = 0;
+  virtual void KexecUnload() = 0;
+  virtual Status RebootIntoLoadedKernel() = 0;
+
+  // The adaptation of the mounted root (boot_adaptation.h: AdaptRoot).
+  virtual Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) = 0;
+};
+
+// The real machine: mount(2), the ioctls of block_ioctl.h, the syscalls of kexec.h, AdaptRoot.
+class LinuxTakeoverSystem : public TakeoverSystem {
+ public:
+  std::string DropBufferCache(const std::string& disk) override;
+  std::string RereadPartitions(const std::string& disk) override;
+  std::vector<std::string> PartitionsOf(const std::string& disk) override;
+  Result<FsId> ReadFsId(const std::string& device) override;
+  bool IsMountPoint(const std::string& dir) override;
+  Status MountExt4(const std::string& device, const std::string& dir, bool read_only) override;
+  std::string Unmount(const std::string& dir) override;
+  void Sync() override;
+  Result<std::string> KexecLoad(const std::string& root, const std::string& kernel,
+                                const std::string& initrd, const std::string& cmdline) override;
+  void KexecUnload() override;
+  Status RebootIntoLoadedKernel() override;
+  Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) override;
+};
+
+struct TakeoverConfig {
+  // Where the migrated OS's root is mounted (created when absent), and the file that tells the
+  // PE's /init to switch_root into it (docs/pe-image.md §3).
+  std::string newroot = "/newroot";
+  std::string takeover_file = "/run/cdp-takeover";
+  std::string sys_class_net = "/sys/class/net";  // the NICs a NIC mapping may name
+  std::string kernel_release;                    // the PE's running kernel (uname -r)
+  bool allow_kexec = false;                      // PeAgentOptions::allow_kexec
+};
+
+// One volume's disk as the takeover sees it. The BlockDevice stays the agent's.
+struct TakeoverDisk {
+  std::string volume;
+  std::string path;               // /dev/vdX, or the --disk path
+  BlockDevice* device = nullptr;  // flushed at FLUSH and before a kexec reboot
+};
+
+class Takeover {
+ public:
+  // Takes a line to print on the console and the log.
+  using Announcer = std::function<void(const std::string&)>;
+
+  // `system` must outlive this object.
+  Takeover(TakeoverConfig config, TakeoverSystem* system, Announcer announce);
+
+  // Runs `request` from CHECK to HAND_OVER, or to ROLL_BACK on a failure or a dry run (graph
+  // above), and fills *reply completely: ok, error, steps, root_device, kernel_release,
+  // boot_mode. `state` and `state_error` are the agent's (CHECK refuses unless PE_STATE_READY);
+  // `disks` are every volume's disks, in volume order. Returns true when handed over: the caller
+  // sends the reply, stops serving, and calls Finish().
+  // REQUIRES: not handed_over().
+  bool Run(const wire::v1::TakeoverRequest& request, wire::v1::PeState state,
+           const std::string& state_error, const std::vector<TakeoverDisk>& disks,
+           wire::v1::TakeoverReply* reply);
+
+  // True from FLUSH until ROLL_BACK, and for good once handed over: the agent must refuse every
+  // ApplyBatch.
+  bool refusing_batches() const { return refusing_batches_; }
+  bool handed_over() const { return handed_over_; }
+
+  // After the ok reply of a handover. switch-root: nothing (the process exits with
+  // kTakeoverExitStatus; the root stays mounted). kexec: syncs, unmounts the new root, flushes
+  // every disk and reboots into the loaded kernel; returns only when that failed, after writing
+  // KexecFailedFile() and announcing a FATAL line.
+  // REQUIRES: handed_over(); the disks of Run() still open.
+  void Finish();
+
+  // Written when a kexec reboot failed (beside the takeover file, in /run: this boot only); an
+  // agent that finds it at start serves in pe-error.
+  std::string KexecFailedFile() const { return config_.takeover_file + ".kexec-failed"; }
+
+ private:
+  // The steps. Each returns its result line, or why it failed.
+  Result<std::string> Check(const wire::v1::TakeoverRequest& request, wire::v1::PeState state,
+                            const std::string& state_error);
+  Result<std::string> Flush();
+  Result<std::string> Mount(bool read_only);
+  // Not a step: boot auto resolved after MOUNT, from the mounted root.
+  wire::v1::BootMode ChooseBoot(wire::v1::BootMode asked) const;
+  Result<std::string> LoadOwnKernel(const wire::v1::TakeoverRequest& request);
+  Result<std::string> Adapt(const wire::v1::TakeoverRequest& request);
+  Result<std::string> HandOver(const wire::v1::TakeoverRequest& request);
+  // ROLL_BACK: "" or what went wrong unmounting.
+  std::string RollBack();
+
+  // Runs `fn` as the step `name`: timed by timeline_, appended to reply_->steps and announced.
+  // Returns its status.
+  Status RunStep(const std::string& name, const std::function<Result<std::string>()>& fn);
+  std::string Init(const wire::v1::TakeoverRequest& request) const;
+
+  TakeoverConfig config_;
+  TakeoverSystem* system_;
+  Announcer announce_;
+  bool refusing_batches_ = false;
+  bool newroot_mounted_ = false;  // config_.newroot is mounted by this takeover
+  bool kexec_loaded_ = false;
+  bool handed_over_ = false;
+
+  // Of the request being run.
+  StepTimeline* timeline_ = nullptr;
+  wire::v1::TakeoverReply* reply_ = nullptr;
+  std::vector<TakeoverDisk> disks_;
+  const TakeoverDisk* root_disk_ = nullptr;
+  std::string root_device_, root_uuid_;
+  UuidMap disk_uuids_;
+  wire::v1::BootMode boot_ = wire::v1::BOOT_MODE_UNSPECIFIED;
+  std::string kernel_release_;  // the kernel the migrated OS will run
+};
+
+}  // namespace cdp::pe

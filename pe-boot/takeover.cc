@@ -1,0 +1,357 @@
+#include "cdp/pe/takeover.h"
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "block_ioctl.h"
+#include "cdp/core/atomic_file.h"
+#include "cdp/core/logging.h"
+#include "cdp/core/units.h"
+#include "kexec.h"
+
+namespace cdp::pe {
+
+namespace v1 = wire::v1;
+
+double ProcUptimeSeconds() {
+  std::ifstream in("/proc/uptime");
+  double up = 0;
+  in >> up;
+  return up;
+}
+
+// ---- the real machine ----
+
+std::string LinuxTakeoverSystem::DropBufferCache(const std::string& disk) {
+  return pe::DropBufferCache(disk);
+}
+
+std::string LinuxTakeoverSystem::RereadPartitions(const std::string& disk) {
+  return pe::RereadPartitions(disk);
+}
+
+std::vector<std::string> LinuxTakeoverSystem::PartitionsOf(const std::string& disk) {
+  return pe::PartitionsOf(disk);
+}
+
+Result<FsId> LinuxTakeoverSystem::ReadFsId(const std::string& device) {
+  return pe::ReadFsId(device);
+}
+
+bool LinuxTakeoverSystem::IsMountPoint(const std::string& dir) {
+  // The root of a mount: its device differs from its parent's, or it is /.
+  struct stat st, parent;
+  if (::stat(dir.c_str(), &st) != 0) return false;
+  if (::stat((dir + "/..").c_str(), &parent) != 0) return false;
+  return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
+}
+
+Status LinuxTakeoverSystem::MountExt4(const std::string& device, const std::string& dir,
+                                      bool read_only) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IOError("cannot create " + dir + ": " + ec.message());
+  // Read-only must not write to the replica: without replaying the journal (a live source's
+  // filesystem always needs recovery), which even a read-only mount does.
+  const unsigned long flags = read_only ? MS_RDONLY : 0;
+  const char* data = read_only ? "noload" : "";
+  if (::mount(device.c_str(), dir.c_str(), "ext4", flags, data) != 0) {
+    const int err = errno;
+    return Status::FromErrno(err, "pe-agent: mount -t ext4 " + device + " " + dir +
+                                      (err == ENODEV ? " (is the ext4 module loaded?)" : ""));
+  }
+  return Status::Ok();
+}
+
+std::string LinuxTakeoverSystem::Unmount(const std::string& dir) {
+  if (::umount2(dir.c_str(), 0) != 0) {
+    const int err = errno;
+    // Something still uses it: detach it, so it goes once unused and the disk is free again.
+    if (::umount2(dir.c_str(), MNT_DETACH) != 0) {
+      return "cannot unmount " + dir + ": " + std::strerror(errno);
+    }
+    CDP_LOG(warning) << "pe-agent: " << dir << " was busy (" << std::strerror(err) << "); detached";
+  }
+  return "";
+}
+
+void LinuxTakeoverSystem::Sync() { ::sync(); }
+
+Result<std::string> LinuxTakeoverSystem::KexecLoad(const std::string& root,
+                                                   const std::string& kernel,
+                                                   const std::string& initrd,
+                                                   const std::string& cmdline) {
+  return KexecFileLoad(root, kernel, initrd, cmdline);
+}
+
+void LinuxTakeoverSystem::KexecUnload() { pe::KexecUnload(); }
+
+Status LinuxTakeoverSystem::RebootIntoLoadedKernel() { return pe::RebootIntoLoadedKernel(); }
+
+Result<std::vector<std::string>> LinuxTakeoverSystem::AdaptRoot(AdaptRequest request) {
+  return pe::AdaptRoot(std::move(request));
+}
+
+// ---- the takeover ----
+
+Takeover::Takeover(TakeoverConfig config, TakeoverSystem* system, Announcer announce)
+    : config_(std::move(config)), system_(system), announce_(std::move(announce)) {}
+
+std::string Takeover::Init(const v1::TakeoverRequest& request) const {
+  return request.init().empty() ? "/sbin/init" : request.init();
+}
+
+Status Takeover::RunStep(const std::string& name, const std::function<Result<std::string>()>& fn) {
+  Status status;
+  timeline_->Step(
+      name,
+      [&]() -> Result<std::string> {
+        Result<std::string> result = fn();
+        if (!result.ok()) status = result.status();
+        return result;
+      },
+      nullptr);
+  const StepReport& report = timeline_->steps().back();
+  const double seconds = report.end - report.start;
+  v1::TakeoverStep* step = reply_->add_steps();
+  step->set_name(name);
+  step->set_seconds(seconds);
+  step->set_result(report.ok ? report.result : "failed: " + report.result);
+  announce_("pe-agent: takeover step " + name + " (" + FormatFixed(seconds, 3) +
+            " s): " + step->result());
+  return status;
+}
+
+bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
+                   const std::string& state_error, const std::vector<TakeoverDisk>& disks,
+                   v1::TakeoverReply* reply) {
+  StepTimeline timeline(nullptr);
+  timeline_ = &timeline;
+  reply_ = reply;
+  disks_ = disks;
+  root_disk_ = nullptr;
+  root_device_.clear();
+  root_uuid_.clear();
+  disk_uuids_.clear();
+  boot_ = v1::BOOT_MODE_UNSPECIFIED;
+  kernel_release_ = config_.kernel_release;
+  reply->set_kernel_release(kernel_release_);
+
+  Status s = RunStep("check", [&] { return Check(request, state, state_error); });
+  if (s.ok()) s = RunStep("flush", [&] { return Flush(); });
+  if (s.ok()) s = RunStep("mount", [&] { return Mount(request.dry_run()); });
+  if (s.ok()) {
+    boot_ = ChooseBoot(request.boot_mode());
+    reply->set_boot_mode(boot_);
+    if (boot_ == v1::BOOT_MODE_KEXEC) {
+      s = RunStep("kexec-load", [&] { return LoadOwnKernel(request); });
+    }
+  }
+  if (s.ok()) {
+    s = RunStep("adapt", [&] { return Adapt(request); });
+    if (!s.ok() && kexec_loaded_) {
+      system_->KexecUnload();
+      kexec_loaded_ = false;
+    }
+  }
+  if (s.ok() && !request.dry_run()) s = RunStep("handover", [&] { return HandOver(request); });
+  timeline_ = nullptr;
+
+  const std::string what = request.dry_run() ? "takeover dry run" : "takeover";
+  if (!s.ok() || request.dry_run()) {
+    std::string error = s.ok() ? "" : s.message();
+    const std::string unmount = RollBack();
+    if (!unmount.empty()) error += (error.empty() ? "" : "; ") + unmount;
+    reply->set_ok(error.empty());
+    reply->set_error(error);
+    announce_("pe-agent: " + what + (error.empty() ? " passed" : " failed: " + error) +
+              "; serving again");
+    return false;
+  }
+  reply->set_ok(true);
+  handed_over_ = true;
+  announce_("pe-agent: takeover: handing over to " + Init(request) + " on " + root_device_ +
+            " at " + config_.newroot + " at " + FormatFixed(ProcUptimeSeconds(), 2) +
+            " s of uptime");
+  return true;
+}
+
+Result<std::string> Takeover::Check(const v1::TakeoverRequest& request, v1::PeState state,
+                                    const std::string& state_error) {
+  if (state != v1::PE_STATE_READY) {
+    return Status::FailedPrecondition("pe-agent: the target is not ready: " + state_error +
+                                      "; a takeover needs a pe-ready target");
+  }
+  if (newroot_mounted_ || system_->IsMountPoint(config_.newroot)) {
+    return Status::FailedPrecondition(
+        "pe-agent: " + config_.newroot +
+        " is already a mount point (a takeover left over?); unmount it first");
+  }
+  std::string known;
+  for (const TakeoverDisk& d : disks_) {
+    if (d.volume == request.root_volume()) root_disk_ = &d;
+    known += (known.empty() ? "" : ", ") + d.volume;
+  }
+  if (root_disk_ == nullptr) {
+    return Status::NotFound("pe-agent: this target has no volume '" + request.root_volume() +
+                            "' (it has: " + known +
+                            "); name the volume that holds the migrated OS's root filesystem");
+  }
+  if (!v1::BootMode_IsValid(request.boot_mode())) {
+    return Status::InvalidArgument("pe-agent: " + wire::BootModeName(request.boot_mode()) +
+                                   " is not auto, switch-root or kexec");
+  }
+  return wire::PeStateName(state) + "; root volume " + root_disk_->volume + " on " +
+         root_disk_->path;
+}
+
+Result<std::string> Takeover::Flush() {
+  refusing_batches_ = true;  // no batch is applied from here on
+  std::string disks, notes;
+  for (const TakeoverDisk& d : disks_) {
+    CDP_RETURN_IF_ERROR(
+        d.device->Flush().WithContext("pe-agent: volume " + d.volume + ": flushing " + d.path));
+    const std::string note = system_->DropBufferCache(d.path);
+    if (!note.empty()) notes += "; " + note;
+    disks += (disks.empty() ? "" : ", ") + d.path;
+  }
+  return "flushed " + disks + "; batches are refused from now on" + notes;
+}
+
+Result<std::string> Takeover::Mount(bool read_only) {
+  std::string notes;
+  // Partitions written by the replicator since the PE booted appear only once the kernel
+  // re-reads the partition tables; the fstab check needs every disk's, not only the root's.
+  for (const TakeoverDisk& d : disks_) {
+    const std::string note = system_->RereadPartitions(d.path);
+    if (!note.empty()) notes += "; " + note;
+    std::vector<std::string> devices{d.path};
+    for (auto& p : system_->PartitionsOf(d.path)) devices.push_back(std::move(p));
+    for (const std::string& dev : devices) {
+      auto id = system_->ReadFsId(dev);
+      if (id.ok()) disk_uuids_.emplace(id->uuid, dev);
+      if (&d == root_disk_ && root_device_.empty() && id.ok() && id->type == "ext4") {
+        root_device_ = dev;
+        root_uuid_ = id->uuid;
+      }
+    }
+  }
+  if (root_device_.empty()) {
+    std::string found;
+    for (const auto& [uuid, dev] : disk_uuids_) found += (found.empty() ? "" : ", ") + dev;
+    return Status::NotFound("pe-agent: volume " + root_disk_->volume + ": no ext4 filesystem on " +
+                            root_disk_->path +
+                            " nor on its partitions (filesystems found on the target: " +
+                            (found.empty() ? std::string("none") : found) +
+                            "); the migrated OS's root must be ext4: check root_volume" + notes);
+  }
+  CDP_RETURN_IF_ERROR(system_->MountExt4(root_device_, config_.newroot, read_only));
+  newroot_mounted_ = true;
+  reply_->set_root_device(root_device_);
+  std::string all;
+  for (const auto& [uuid, dev] : disk_uuids_) all += (all.empty() ? "" : ", ") + dev + "=" + uuid;
+  return root_device_ + " (ext4 UUID " + root_uuid_ + ") at " + config_.newroot +
+         (read_only ? " read-only" : " read-write") + "; filesystems on the target: " + all + notes;
+}
+
+v1::BootMode Takeover::ChooseBoot(v1::BootMode asked) const {
+  if (asked != v1::BOOT_MODE_UNSPECIFIED && asked != v1::BOOT_MODE_AUTO) return asked;
+  // On the PE's kernel (switch_root) when the migrated OS has modules for it, else on its own
+  // newest kernel (kexec, loaded before anything is changed).
+  auto modules = ResolveInRoot(config_.newroot, "/lib/modules/" + config_.kernel_release);
+  std::error_code ec;
+  return modules.ok() && std::filesystem::is_directory(*modules, ec) ? v1::BOOT_MODE_SWITCH_ROOT
+                                                                     : v1::BOOT_MODE_KEXEC;
+}
+
+Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) {
+  CDP_ASSIGN_OR_RETURN(kernel_release_, ChooseOwnKernel(config_.newroot));
+  reply_->set_kernel_release(kernel_release_);
+  const std::string kernel = "/boot/vmlinuz-" + kernel_release_;
+  const std::string initrd = "/boot/initrd.img-" + kernel_release_;
+  const std::string cmdline =
+      "root=UUID=" + root_uuid_ + " " +
+      (request.kernel_args().empty() ? std::string("ro") : request.kernel_args());
+  if (request.dry_run()) {
+    return "would kexec_file_load " + kernel + " with " + initrd + ", command line '" + cmdline +
+           "'";
+  }
+  if (!config_.allow_kexec) {
+    return Status::FailedPrecondition(
+        "pe-agent: kexec is not allowed in this run (only the PE's agent, started with "
+        "--allow-kexec, may reboot the machine); ask for boot switch-root");
+  }
+  CDP_ASSIGN_OR_RETURN(const std::string loaded,
+                       system_->KexecLoad(config_.newroot, kernel, initrd, cmdline));
+  kexec_loaded_ = true;
+  return loaded + "; command line '" + cmdline + "'";
+}
+
+Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request) {
+  AdaptRequest adapt;
+  adapt.root = config_.newroot;
+  adapt.root_device = root_device_;
+  adapt.root_uuid = root_uuid_;
+  adapt.kernel_release = kernel_release_;
+  adapt.init = Init(request);
+  adapt.disk_uuids = disk_uuids_;
+  adapt.dry_run = request.dry_run();
+  for (const auto& n : request.nics()) adapt.nics.push_back({n.mac(), n.address(), n.gateway()});
+  if (!adapt.nics.empty()) {
+    CDP_ASSIGN_OR_RETURN(adapt.present_nics, ListNics(config_.sys_class_net));
+  }
+  CDP_ASSIGN_OR_RETURN(auto notes, system_->AdaptRoot(std::move(adapt)));
+  std::string out = boot_ == v1::BOOT_MODE_KEXEC
+                        ? "boot: kexec into its own kernel " + kernel_release_
+                        : "boot: switch_root on the PE's kernel " + kernel_release_;
+  for (const auto& n : notes) out += "; " + n;
+  return out;
+}
+
+Result<std::string> Takeover::HandOver(const v1::TakeoverRequest& request) {
+  if (boot_ == v1::BOOT_MODE_KEXEC) {
+    return "after this reply the pe-agent unmounts " + config_.newroot +
+           ", flushes the disks and reboots into kernel " + kernel_release_ + " (kexec)";
+  }
+  CDP_RETURN_IF_ERROR(WriteFileAtomic(config_.takeover_file,
+                                      "root " + config_.newroot + "\ninit " + Init(request) + "\n")
+                          .WithContext("pe-agent: writing the takeover file"));
+  return "the pe-agent exits with status " + std::to_string(kTakeoverExitStatus) +
+         "; the PE's /init switch_roots into " + config_.newroot + " (" + Init(request) + ")";
+}
+
+std::string Takeover::RollBack() {
+  std::string unmount;
+  if (newroot_mounted_) unmount = system_->Unmount(config_.newroot);
+  if (unmount.empty()) newroot_mounted_ = false;
+  refusing_batches_ = false;
+  return unmount;
+}
+
+void Takeover::Finish() {
+  if (!kexec_loaded_) return;  // switch-root: the PE's /init takes it from here
+  announce_("pe-agent: kexec: unmounting " + config_.newroot + ", flushing, rebooting at " +
+            FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
+  system_->Sync();
+  const std::string unmount = newroot_mounted_ ? system_->Unmount(config_.newroot) : "";
+  if (unmount.empty()) {
+    newroot_mounted_ = false;
+  } else {
+    announce_("pe-agent: kexec: " + unmount + " (synced; rebooting anyway)");
+  }
+  for (const TakeoverDisk& d : disks_) (void)d.device->Flush();
+  system_->Sync();
+  const Status rebooted = system_->RebootIntoLoadedKernel();
+  // Only when the reboot failed: the next agent of this boot refuses to apply.
+  (void)WriteFileAtomic(KexecFailedFile(), rebooted.message());
+  announce_("pe-agent: FATAL: " + rebooted.message() +
+            " ; the target stays in the PE with the migrated OS unmounted: reboot the target VM");
+}
+
+}  // namespace cdp::pe

@@ -1,0 +1,386 @@
+// Tests of the takeover's state machine (takeover.h) with a fake machine: the order of the
+// steps, the reply, what each step's failure rolls back, boot auto, and the kexec path up to a
+// reboot that fails. The real mount and adaptation are covered by pe_agent_test (loop devices)
+// and boot_adaptation_test.
+#include "cdp/pe/takeover.h"
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cdp/core/atomic_file.h"
+#include "cdp/core/testing/temp_dir.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace cdp::pe {
+namespace {
+
+namespace v1 = wire::v1;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+
+constexpr char kPeKernel[] = "6.1.0-pe";
+constexpr char kRootUuid[] = "0a1b2c3d-0000-4000-8000-000000000001";
+constexpr char kDataUuid[] = "0a1b2c3d-0000-4000-8000-000000000002";
+
+// A disk whose only behaviour is its flush (counted; failing when told).
+class FakeDisk : public BlockDevice {
+ public:
+  explicit FakeDisk(std::string path) : path_(std::move(path)) {}
+  uint64_t size() const override { return 1 << 20; }
+  uint32_t logical_block_size() const override { return 512; }
+  bool is_block_device() const override { return true; }
+  const std::string& path() const override { return path_; }
+  std::string_view engine_name() const override { return "fake"; }
+  Status ReadAt(uint64_t, std::span<char>) override { return Unused(); }
+  Status WriteAt(uint64_t, std::span<const char>) override { return Unused(); }
+  Status WriteBatch(std::span<const WriteOp>) override { return Unused(); }
+  Status ReadBatch(std::span<const ReadOp>) override { return Unused(); }
+  Status WriteZeroes(uint64_t, uint64_t) override { return Unused(); }
+  Status Discard(uint64_t, uint64_t) override { return Unused(); }
+  Result<uint64_t> NextDataOffset(uint64_t) override { return Unused(); }
+  Status Flush() override {
+    ++flushes;
+    return flush_error.empty() ? Status::Ok() : Status::IOError(flush_error);
+  }
+
+  int flushes = 0;
+  std::string flush_error;
+
+ private:
+  static Status Unused() { return Status::Internal("not used by a takeover"); }
+  std::string path_;
+};
+
+// The machine: what is on which device, and a log of what the takeover did to it.
+class FakeSystem : public TakeoverSystem {
+ public:
+  std::string DropBufferCache(const std::string& disk) override {
+    calls.push_back("drop-cache " + disk);
+    return "";
+  }
+  std::string RereadPartitions(const std::string& disk) override {
+    calls.push_back("reread " + disk);
+    return "";
+  }
+  std::vector<std::string> PartitionsOf(const std::string& disk) override {
+    return partitions[disk];
+  }
+  Result<FsId> ReadFsId(const std::string& device) override {
+    auto it = filesystems.find(device);
+    if (it == filesystems.end()) return Status::NotFound(device + ": no filesystem");
+    return it->second;
+  }
+  bool IsMountPoint(const std::string&) override { return !mounted.empty(); }
+  Status MountExt4(const std::string& device, const std::string& dir, bool read_only) override {
+    calls.push_back("mount " + device + " " + dir + (read_only ? " ro" : " rw"));
+    if (!mount_error.empty()) return Status::IOError(mount_error);
+    mounted = device;
+    return Status::Ok();
+  }
+  std::string Unmount(const std::string& dir) override {
+    calls.push_back("unmount " + dir);
+    mounted.clear();
+    return "";
+  }
+  void Sync() override { calls.push_back("sync"); }
+  Result<std::string> KexecLoad(const std::string&, const std::string& kernel,
+                                const std::string& initrd, const std::string& cmdline) override {
+    calls.push_back("kexec-load " + kernel + " " + initrd + " '" + cmdline + "'");
+    return "loaded " + kernel + " (7 MiB) and " + initrd + " (1 MiB)";
+  }
+  void KexecUnload() override { calls.push_back("kexec-unload"); }
+  Status RebootIntoLoadedKernel() override {
+    calls.push_back("reboot");
+    return Status::IOError("kexec reboot failed: Invalid argument");
+  }
+  Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) override {
+    adapted = request;
+    calls.push_back(std::string("adapt") + (request.dry_run ? " dry-run" : ""));
+    if (!adapt_error.empty()) return Status::FailedPrecondition(adapt_error);
+    return std::vector<std::string>{"fstab: / on " + request.root_device};
+  }
+
+  std::map<std::string, FsId> filesystems;
+  std::map<std::string, std::vector<std::string>> partitions;
+  std::string mount_error, adapt_error;
+  std::string mounted;  // the device mounted at the new root, "" when none
+  AdaptRequest adapted;
+  std::vector<std::string> calls;
+};
+
+class TakeoverTest : public ::testing::Test {
+ public:
+  TakeoverTest() : dir_("takeover_test"), vda_("/dev/vda"), vdb_("/dev/vdb") {
+    system_.filesystems["/dev/vda1"] = FsId{"ext4", kRootUuid};
+    system_.filesystems["/dev/vdb"] = FsId{"xfs", kDataUuid};
+    system_.partitions["/dev/vda"] = {"/dev/vda1"};
+    newroot_ = dir_.File("newroot");
+    // The migrated OS has modules for the PE's kernel: boot auto is switch-root.
+    std::filesystem::create_directories(newroot_ + "/lib/modules/" + kPeKernel);
+  }
+
+  Takeover MakeTakeover(bool allow_kexec = false) {
+    TakeoverConfig config;
+    config.newroot = newroot_;
+    config.takeover_file = dir_.File("cdp-takeover");
+    config.sys_class_net = dir_.File("no-sys-class-net");
+    config.kernel_release = kPeKernel;
+    config.allow_kexec = allow_kexec;
+    return Takeover(config, &system_, [this](const std::string& line) { lines_.push_back(line); });
+  }
+
+  std::vector<TakeoverDisk> Disks() {
+    return {{"sda", "/dev/vda", &vda_}, {"sdb", "/dev/vdb", &vdb_}};
+  }
+
+  static v1::TakeoverRequest Request(bool dry_run = false) {
+    v1::TakeoverRequest request;
+    request.set_root_volume("sda");
+    request.set_dry_run(dry_run);
+    return request;
+  }
+
+  static std::vector<std::string> StepNames(const v1::TakeoverReply& reply) {
+    std::vector<std::string> names;
+    for (const auto& s : reply.steps()) names.push_back(s.name());
+    return names;
+  }
+
+  testing::TempDir dir_;
+  FakeDisk vda_, vdb_;
+  FakeSystem system_;
+  std::string newroot_;
+  std::vector<std::string> lines_;
+};
+
+TEST_F(TakeoverTest, SwitchRootRunsEveryStepInOrderAndWritesTheTakeoverFile) {
+  Takeover takeover = MakeTakeover();
+  v1::TakeoverReply reply;
+  ASSERT_TRUE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
+  EXPECT_TRUE(reply.ok());
+  EXPECT_EQ(reply.error(), "");
+  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "adapt", "handover"));
+  EXPECT_EQ(reply.steps(0).result(), "pe-ready; root volume sda on /dev/vda");
+  EXPECT_EQ(reply.steps(1).result(), "flushed /dev/vda, /dev/vdb; batches are refused from now on");
+  EXPECT_EQ(reply.steps(2).result(),
+            "/dev/vda1 (ext4 UUID " + std::string(kRootUuid) + ") at " + newroot_ +
+                " read-write; filesystems on the target: /dev/vda1=" + kRootUuid +
+                ", /dev/vdb=" + kDataUuid);
+  EXPECT_EQ(reply.steps(3).result(),
+            "boot: switch_root on the PE's kernel 6.1.0-pe; fstab: / on /dev/vda1");
+  EXPECT_EQ(reply.steps(4).result(),
+            "the pe-agent exits with status 100; the PE's /init "
+            "switch_roots into " +
+                newroot_ + " (/sbin/init)");
+  EXPECT_EQ(reply.root_device(), "/dev/vda1");
+  EXPECT_EQ(reply.kernel_release(), kPeKernel);
+  EXPECT_EQ(reply.boot_mode(), v1::BOOT_MODE_SWITCH_ROOT);
+  EXPECT_EQ(*ReadWholeFile(dir_.File("cdp-takeover")), "root " + newroot_ + "\ninit /sbin/init\n");
+  EXPECT_THAT(system_.calls,
+              ElementsAre("drop-cache /dev/vda", "drop-cache /dev/vdb", "reread /dev/vda",
+                          "reread /dev/vdb", "mount /dev/vda1 " + newroot_ + " rw", "adapt"));
+  EXPECT_EQ(vda_.flushes, 1);
+  EXPECT_EQ(vdb_.flushes, 1);
+  EXPECT_EQ(system_.adapted.root_uuid, kRootUuid);
+  EXPECT_EQ(system_.adapted.kernel_release, kPeKernel);
+  EXPECT_EQ(system_.adapted.disk_uuids.size(), 2u);
+  EXPECT_TRUE(takeover.refusing_batches());
+  EXPECT_TRUE(takeover.handed_over());
+  EXPECT_EQ(system_.mounted, "/dev/vda1");  // stays mounted for the PE's /init
+  // Each step on the console, timed by the StepTimeline: "takeover step NAME (S.SSS s): ...".
+  ASSERT_EQ(lines_.size(), 6u);
+  EXPECT_THAT(lines_[0],
+              MatchesRegex("pe-agent: takeover step check \\([0-9]+\\.[0-9]{3} s\\): pe-ready; "
+                           "root volume sda on /dev/vda"));
+  EXPECT_THAT(lines_[5],
+              HasSubstr("pe-agent: takeover: handing over to /sbin/init on /dev/vda1 at " +
+                        newroot_ + " at "));
+
+  // Switch-root: Finish leaves everything to the PE's /init.
+  takeover.Finish();
+  EXPECT_EQ(system_.calls.size(), 6u);
+}
+
+// Each step's failure: the reply, the steps run (the failed one last), and the roll back.
+struct FailureCase {
+  std::string name;
+  std::function<void(TakeoverTest*, FakeSystem*, FakeDisk*)> arrange;
+  v1::PeState state = v1::PE_STATE_READY;
+  std::vector<std::string> steps;
+  std::string error;
+  bool was_mounted = false;
+};
+
+TEST_F(TakeoverTest, EachStepThatFailsRollsBackAndRepliesWhy) {
+  const std::vector<FailureCase> cases = {
+      {"not ready",
+       [](TakeoverTest*, FakeSystem*, FakeDisk*) {},
+       v1::PE_STATE_ERROR,
+       {"check"},
+       "pe-agent: the target is not ready: disk too small; a takeover needs a pe-ready target"},
+      {"flush",
+       [](TakeoverTest*, FakeSystem*, FakeDisk* d) { d->flush_error = "EIO"; },
+       v1::PE_STATE_READY,
+       {"check", "flush"},
+       "pe-agent: volume sda: flushing /dev/vda: EIO"},
+      {"no ext4",
+       [](TakeoverTest*, FakeSystem* s, FakeDisk*) { s->filesystems.erase("/dev/vda1"); },
+       v1::PE_STATE_READY,
+       {"check", "flush", "mount"},
+       "pe-agent: volume sda: no ext4 filesystem on /dev/vda nor on its partitions (filesystems "
+       "found on the target: /dev/vdb); the migrated OS's root must be ext4: check root_volume"},
+      {"mount",
+       [](TakeoverTest*, FakeSystem* s, FakeDisk*) { s->mount_error = "mount: EBUSY"; },
+       v1::PE_STATE_READY,
+       {"check", "flush", "mount"},
+       "mount: EBUSY"},
+      {"adapt",
+       [](TakeoverTest*, FakeSystem* s, FakeDisk*) { s->adapt_error = "no fstab"; },
+       v1::PE_STATE_READY,
+       {"check", "flush", "mount", "adapt"},
+       "no fstab",
+       true},
+      {"handover",
+       [](TakeoverTest* t, FakeSystem*, FakeDisk*) {
+         // The takeover file's directory does not exist.
+         std::filesystem::create_directories(t->dir_.File("cdp-takeover.tmp") + "/x");
+       },
+       v1::PE_STATE_READY,
+       {"check", "flush", "mount", "adapt", "handover"},
+       "pe-agent: writing the takeover file: cannot create ",
+       true},
+  };
+  const FakeSystem baseline = system_;
+  for (const FailureCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    system_ = baseline;
+    vda_.flush_error.clear();
+    std::filesystem::remove_all(dir_.File("cdp-takeover.tmp"));
+    c.arrange(this, &system_, &vda_);
+    Takeover takeover = MakeTakeover();
+    v1::TakeoverReply reply;
+    EXPECT_FALSE(takeover.Run(Request(), c.state, "disk too small", Disks(), &reply));
+    EXPECT_FALSE(reply.ok());
+    EXPECT_THAT(reply.error(), HasSubstr(c.error));
+    EXPECT_EQ(reply.error().rfind(c.error, 0), 0u) << reply.error();
+    EXPECT_EQ(StepNames(reply), c.steps);
+    EXPECT_EQ(reply.steps(reply.steps_size() - 1).result(), "failed: " + reply.error());
+    EXPECT_FALSE(takeover.refusing_batches());  // batches are applied again
+    EXPECT_FALSE(takeover.handed_over());
+    EXPECT_EQ(system_.mounted, "");
+    EXPECT_EQ(!system_.calls.empty() && system_.calls.back() == "unmount " + newroot_,
+              c.was_mounted);
+    EXPECT_EQ(lines_.back(), "pe-agent: takeover failed: " + reply.error() + "; serving again");
+  }
+}
+
+TEST_F(TakeoverTest, CheckRefusesAnUnknownVolumeAnUnknownBootModeAndAMountedNewroot) {
+  Takeover takeover = MakeTakeover();
+  v1::TakeoverRequest request = Request();
+  request.set_root_volume("sdz");
+  v1::TakeoverReply reply;
+  EXPECT_FALSE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply));
+  EXPECT_EQ(reply.error(),
+            "pe-agent: this target has no volume 'sdz' (it has: sda, sdb); name the volume "
+            "that holds the migrated OS's root filesystem");
+
+  request = Request();
+  request.set_boot_mode(static_cast<v1::BootMode>(7));
+  reply.Clear();
+  EXPECT_FALSE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply));
+  EXPECT_EQ(reply.error(), "pe-agent: boot mode 7 is not auto, switch-root or kexec");
+
+  system_.mounted = "/dev/other";
+  reply.Clear();
+  EXPECT_FALSE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply));
+  EXPECT_EQ(reply.error(), "pe-agent: " + newroot_ +
+                               " is already a mount point (a takeover left over?); unmount it "
+                               "first");
+  EXPECT_THAT(StepNames(reply), ElementsAre("check"));
+  EXPECT_EQ(vda_.flushes, 0);
+}
+
+TEST_F(TakeoverTest, DryRunMountsReadOnlyChecksAndUnmounts) {
+  Takeover takeover = MakeTakeover();
+  v1::TakeoverReply reply;
+  EXPECT_FALSE(takeover.Run(Request(true), v1::PE_STATE_READY, "", Disks(), &reply));
+  EXPECT_TRUE(reply.ok()) << reply.error();
+  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "adapt"));
+  EXPECT_THAT(system_.calls, ::testing::Contains("mount /dev/vda1 " + newroot_ + " ro"));
+  EXPECT_THAT(system_.calls, ::testing::Contains("adapt dry-run"));
+  EXPECT_EQ(system_.calls.back(), "unmount " + newroot_);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
+  EXPECT_FALSE(takeover.refusing_batches());
+  EXPECT_EQ(lines_.back(), "pe-agent: takeover dry run passed; serving again");
+}
+
+TEST_F(TakeoverTest, WithoutModulesForThePeKernelItLoadsItsOwnKernelAndRebootsOnFinish) {
+  std::filesystem::remove_all(newroot_ + "/lib/modules/" + kPeKernel);
+  std::filesystem::create_directories(newroot_ + "/lib/modules/9.9.9-own");
+  std::filesystem::create_directories(newroot_ + "/boot");
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/vmlinuz-9.9.9-own", "kernel").ok());
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/initrd.img-9.9.9-own", "initrd").ok());
+
+  // Not allowed: refused at kexec-load, before anything is adapted.
+  {
+    Takeover takeover = MakeTakeover(false);
+    v1::TakeoverReply reply;
+    EXPECT_FALSE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply));
+    EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "kexec-load"));
+    EXPECT_THAT(reply.error(), HasSubstr("kexec is not allowed in this run"));
+    EXPECT_EQ(reply.boot_mode(), v1::BOOT_MODE_KEXEC);
+  }
+
+  // An adaptation that fails unloads the loaded kernel.
+  system_.calls.clear();
+  system_.adapt_error = "no virtio_blk";
+  {
+    Takeover takeover = MakeTakeover(true);
+    v1::TakeoverReply reply;
+    EXPECT_FALSE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply));
+    EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "kexec-load", "adapt"));
+    EXPECT_THAT(system_.calls, ::testing::Contains("kexec-unload"));
+  }
+
+  system_.calls.clear();
+  system_.adapt_error.clear();
+  Takeover takeover = MakeTakeover(true);
+  v1::TakeoverRequest request = Request();
+  request.set_kernel_args("console=ttyS0 rw");
+  v1::TakeoverReply reply;
+  ASSERT_TRUE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
+  EXPECT_THAT(StepNames(reply),
+              ElementsAre("check", "flush", "mount", "kexec-load", "adapt", "handover"));
+  const std::string cmdline = "root=UUID=" + std::string(kRootUuid) + " console=ttyS0 rw";
+  EXPECT_EQ(reply.steps(3).result(),
+            "loaded /boot/vmlinuz-9.9.9-own (7 MiB) and /boot/initrd.img-9.9.9-own (1 MiB); "
+            "command line '" +
+                cmdline + "'");
+  EXPECT_EQ(reply.steps(4).result(),
+            "boot: kexec into its own kernel 9.9.9-own; fstab: / on /dev/vda1");
+  EXPECT_EQ(reply.steps(5).result(), "after this reply the pe-agent unmounts " + newroot_ +
+                                         ", flushes the disks and reboots into kernel 9.9.9-own "
+                                         "(kexec)");
+  EXPECT_EQ(reply.boot_mode(), v1::BOOT_MODE_KEXEC);
+  EXPECT_EQ(reply.kernel_release(), "9.9.9-own");
+  EXPECT_EQ(system_.adapted.kernel_release, "9.9.9-own");
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));  // no switch_root
+
+  system_.calls.clear();
+  const int flushes = vda_.flushes;
+  takeover.Finish();
+  EXPECT_THAT(system_.calls, ElementsAre("sync", "unmount " + newroot_, "sync", "reboot"));
+  EXPECT_EQ(vda_.flushes, flushes + 1);
+  EXPECT_EQ(*ReadWholeFile(takeover.KexecFailedFile()), "kexec reboot failed: Invalid argument");
+  EXPECT_EQ(lines_.back(),
+            "pe-agent: FATAL: kexec reboot failed: Invalid argument ; the target stays in the PE "
+            "with the migrated OS unmounted: reboot the target VM");
+}
+
+}  // namespace
+}  // namespace cdp::pe
