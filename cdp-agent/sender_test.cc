@@ -12,12 +12,14 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cdp/core/testing/eventually.h"
 #include "cdp/core/testing/temp_dir.h"
 #include "cdp/core/transport.h"
 #include "cdp/journal/journal_store.h"
@@ -29,6 +31,7 @@
 namespace cdp::agent {
 namespace {
 
+using cdp::testing::Eventually;
 using ::testing::HasSubstr;
 
 constexpr int kWaitMs = 10000;  // generous: only reached when something is broken
@@ -73,18 +76,36 @@ class SenderTest : public ::testing::Test {
     return o;
   }
 
-  // A started sender whose handshakes are recorded in handshakes(); `on_checkpoint`, when set,
-  // is its checkpoint callback.
+  // Options() for a test that counts the sender's sessions: on a loaded machine the server may
+  // not answer for longer than 500 ms, and the reconnect after such a silence is a handshake the
+  // test did not ask for.
+  SenderOptions OneSessionOptions() const {
+    SenderOptions o = Options();
+    o.silence_timeout_ms = kWaitMs;
+    return o;
+  }
+
+  // A started sender whose handshakes are recorded in handshakes() and its reports in
+  // reports(identity); `on_checkpoint`, when set, is its checkpoint callback.
   std::unique_ptr<Sender> StartSender(
       SenderOptions options,
       std::function<Result<uint64_t>(const std::string&)> on_checkpoint = nullptr) {
+    auto reporter = std::make_shared<std::atomic<const Sender*>>(nullptr);
+    const std::string identity = options.identity;
     auto sender = std::make_unique<Sender>(
         std::move(options),
         [this](uint64_t durable) {
           std::lock_guard<std::mutex> lock(mu_);
           handshakes_.push_back(durable);
         },
-        [](v1::AgentReport* report) { report->set_ack_mode("async"); });
+        [this, reporter, identity](v1::AgentReport* report) {
+          report->set_ack_mode("async");
+          std::lock_guard<std::mutex> lock(mu_);
+          Reports& reports = reports_[identity];
+          ++reports.built;
+          if (const Sender* s = reporter->load()) reports.last_durable = s->durable_lsn();
+        });
+    *reporter = sender.get();
     if (on_checkpoint) sender->SetCheckpointCallback(std::move(on_checkpoint));
     sender->Start();
     return sender;
@@ -93,6 +114,16 @@ class SenderTest : public ::testing::Test {
   std::vector<uint64_t> handshakes() {
     std::lock_guard<std::mutex> lock(mu_);
     return handshakes_;
+  }
+
+  // The AgentReports a sender has built (each is sent right after), by its identity.
+  struct Reports {
+    int built = 0;
+    uint64_t last_durable = 0;  // the sender's durable LSN when it built the last one
+  };
+  Reports reports(const std::string& identity) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reports_[identity];
   }
 
   // With the server stopped: the journal holds exactly records 1..last, byte for byte.
@@ -118,12 +149,13 @@ class SenderTest : public ::testing::Test {
   journal::ServerOptions server_options_;
   RunningServer server_;
   std::mutex mu_;
-  std::vector<uint64_t> handshakes_;  // GUARDED_BY(mu_)
+  std::vector<uint64_t> handshakes_;        // GUARDED_BY(mu_)
+  std::map<std::string, Reports> reports_;  // GUARDED_BY(mu_)
 };
 
 TEST_F(SenderTest, EnqueuedRecordsBecomeDurableWithTheirBytes) {
   StartServer();
-  auto sender = StartSender(Options());
+  auto sender = StartSender(OneSessionOptions());
   for (uint64_t lsn = 1; lsn <= 100; ++lsn) {
     ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn))) << "LSN " << lsn;
   }
@@ -200,7 +232,7 @@ TEST_F(SenderTest, TryEnqueueRefusesRecordsPastTheBufferCap) {
 }
 
 TEST_F(SenderTest, WaitDurableTimesOutWithoutAServerThenTheSenderReconnects) {
-  auto sender = StartSender(Options());
+  auto sender = StartSender(OneSessionOptions());
   for (uint64_t lsn = 1; lsn <= 5; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
   Status s = sender->WaitDurable(5, 200);
   EXPECT_EQ(s.code(), StatusCode::kTimedOut);
@@ -300,27 +332,48 @@ TEST_F(SenderTest, ReservationsWaitForRoomInArrivalOrder) {
   auto sender = StartSender(o);  // nobody listens: nothing is freed until the server comes
   ASSERT_TRUE(sender->TryEnqueue(
       MakeWriteRecord(1, 1001, 0, std::make_shared<const std::string>(8192, 'x'))));
-  auto never = [] { return false; };
+  // The big one needs nearly the whole buffer, so the small one cannot be granted beside it:
+  // whichever is granted first counts itself in `order` before its reservation is released at
+  // the end of its thread, so `order` is the order of the grants, not of the threads' wake-ups.
+  constexpr uint64_t kBig = 9950, kSmall = 100;
+  static_assert(kBig + kSmall > 10000 && 8192 + Sender::kRecordOverhead + kSmall <= 10000);
+  // Reserve asks give_up once it has its place in line and again before each later check for
+  // room: counting the calls shows where a waiter is, without sleeping. They give up only when
+  // the test is long over, so that a broken run ends.
+  const auto test_over = std::chrono::steady_clock::now() + std::chrono::milliseconds(3 * kWaitMs);
+  std::atomic<int> big_asked{0}, small_asked{0};
+  auto asking = [&](std::atomic<int>* asked) {
+    return [asked, test_over] {
+      ++*asked;
+      return std::chrono::steady_clock::now() > test_over;
+    };
+  };
   std::atomic<int> order{0};
   int big_done = 0, small_done = 0;
   auto big = std::async(std::launch::async, [&] {
-    auto r = sender->Reserve(4000, never);
+    auto r = sender->Reserve(kBig, asking(&big_asked));
     big_done = ++order;
     return r.ok();
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the big one waits first
+  EXPECT_TRUE(Eventually([&] { return big_asked > 0; }, std::chrono::milliseconds(kWaitMs)))
+      << "the big reservation never took its place in line";
   auto small = std::async(std::launch::async, [&] {
-    auto r = sender->Reserve(100, never);  // would fit now, but comes second
+    auto r = sender->Reserve(kSmall, asking(&small_asked));  // would fit now, but comes second
     small_done = ++order;
     return r.ok();
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Asked a second time: it had its place in line and was not let through although it fits.
+  EXPECT_TRUE(Eventually([&] { return small_asked > 1; }, std::chrono::milliseconds(kWaitMs)))
+      << "the small reservation never waited";
   EXPECT_EQ(order.load(), 0) << "a later, smaller reservation went first";
-  EXPECT_FALSE(sender->TryEnqueue(SampleRecord(2))) << "a waiting reservation has the room";
-  EXPECT_EQ(sender->Reserve(1u << 20, never).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(sender->TryEnqueue(
+      MakeWriteRecord(2, 1002, 8192, std::make_shared<const std::string>(512, 'y'))))
+      << "a waiting reservation has the room";
+  EXPECT_EQ(sender->Reserve(1u << 20, [] { return false; }).status().code(),
+            StatusCode::kInvalidArgument);
 
   StartServer();
-  ASSERT_TRUE(sender->WaitDurable(1, kWaitMs).ok());  // room again
+  EXPECT_TRUE(sender->WaitDurable(1, kWaitMs).ok());  // room again
   EXPECT_TRUE(big.get());
   EXPECT_TRUE(small.get());
   EXPECT_EQ(big_done, 1);
@@ -346,6 +399,60 @@ TEST_F(SenderTest, WaitersOfARebasedSequenceFail) {
   EXPECT_EQ(sender->WaitDurable(6, kWaitMs, old_generation).code(), StatusCode::kIOError);
 }
 
+// A control client (cdpctl's role) on its own socket, handshaken: relays checkpoint requests and
+// asks for status.
+class ControlClient {
+ public:
+  explicit ControlClient(const std::string& server) {
+    auto socket = Socket::Connect(ctx_, server);
+    EXPECT_TRUE(socket.ok()) << socket.status();
+    if (!socket.ok()) return;
+    socket_ = std::move(*socket);
+    auto reply = Handshake(*socket_, wire::MakeHello(v1::ROLE_CONTROL, "control-client"), kWaitMs);
+    EXPECT_TRUE(reply.ok()) << reply.status();
+  }
+
+  void Ask(const std::string& label) {
+    v1::Header h;
+    h.mutable_checkpoint_request()->set_volume(kVolume);
+    h.mutable_checkpoint_request()->set_label(label);
+    ASSERT_TRUE(socket_ && socket_->Send(h, {}, kWaitMs).ok());
+  }
+
+  // The checkpoint reply's point, or the relayed error.
+  Result<v1::ConsistencyPoint> Answer() {
+    while (true) {
+      auto msg = socket_->Recv(kWaitMs);
+      if (!msg.ok()) return msg.status();
+      if (msg->header.has_error()) return wire::StatusFromError(msg->header.error());
+      if (msg->header.has_checkpoint_reply()) return msg->header.checkpoint_reply().point();
+    }
+  }
+
+  // The server's count of the AgentReports it took for kVolume (VolumeStatus.report_sequence).
+  Result<uint64_t> ReportSequence() {
+    v1::Header h;
+    h.mutable_status_request();
+    if (!socket_) return Status::IOError("no control socket");
+    Status sent = socket_->Send(h, {}, kWaitMs);
+    if (!sent.ok()) return sent;
+    while (true) {
+      auto msg = socket_->Recv(kWaitMs);
+      if (!msg.ok()) return msg.status();
+      if (msg->header.has_error()) return wire::StatusFromError(msg->header.error());
+      if (!msg->header.has_status_reply()) continue;
+      for (const auto& v : msg->header.status_reply().volumes()) {
+        if (v.name() == kVolume) return v.report_sequence();
+      }
+      return Status::NotFound("no volume " + std::string(kVolume) + " in the status");
+    }
+  }
+
+ private:
+  zmq::context_t ctx_;
+  std::unique_ptr<Socket> socket_;
+};
+
 // Issue 15, item 2: one writer per volume. A second agent with no (or an older) writer epoch is
 // refused and fenced, and nothing it sends is journaled; --take-over makes it the writer and
 // fences the first.
@@ -354,6 +461,9 @@ TEST_F(SenderTest, ASecondAgentIsFencedUntilItTakesOver) {
   SenderOptions first_options = Options();
   first_options.identity = "agent-one";
   first_options.instance_id = 1;
+  // Reports only after its handshake and when its queue drains, so that the test knows when it
+  // has sent everything (below).
+  first_options.report_interval_ms = 3600 * 1000;
   auto first = StartSender(first_options);
   for (uint64_t lsn = 1; lsn <= 3; ++lsn) ASSERT_TRUE(first->TryEnqueue(SampleRecord(lsn)));
   ASSERT_TRUE(first->WaitDurable(3, kWaitMs).ok());
@@ -363,11 +473,8 @@ TEST_F(SenderTest, ASecondAgentIsFencedUntilItTakesOver) {
   second_options.identity = "agent-two";
   second_options.instance_id = 2;
   auto second = StartSender(second_options);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
-  while (!second->fenced() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(second->fenced()) << "a second agent for the volume was accepted";
+  ASSERT_TRUE(Eventually([&] { return second->fenced(); }, std::chrono::milliseconds(kWaitMs)))
+      << "a second agent for the volume was accepted";
   EXPECT_FALSE(second->TryEnqueue(SampleRecord(4))) << "a fenced agent queues nothing";
   EXPECT_THAT(second->Reserve(100, [] { return false; }).status().message(),
               HasSubstr("this agent is fenced"));
@@ -377,17 +484,28 @@ TEST_F(SenderTest, ASecondAgentIsFencedUntilItTakesOver) {
   // The first goes on writing; then a third agent takes the volume over.
   ASSERT_TRUE(first->TryEnqueue(SampleRecord(4)));
   ASSERT_TRUE(first->WaitDurable(4, kWaitMs).ok());
+  // The first is quiet: it has reported its drained queue (LSN 4 durable) and the server took
+  // every report it sent, so it sends nothing before its next write. (Otherwise a report that
+  // reached the server after the take-over would tell it first, and the server would have
+  // nothing of the first's to refuse below.)
+  ControlClient control(server_options_.listen);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        const Reports sent = reports("agent-one");
+        auto taken = control.ReportSequence();
+        return sent.last_durable == 4 && taken.ok() && *taken == static_cast<uint64_t>(sent.built);
+      },
+      std::chrono::milliseconds(kWaitMs)))
+      << "the first agent's reports were never all taken";
   SenderOptions third_options = Options();
   third_options.identity = "agent-three";
   third_options.instance_id = 3;
   third_options.take_over = true;
   auto third = StartSender(third_options);
-  const auto deadline2 = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
-  while (third->writer_epoch() != 2 && std::chrono::steady_clock::now() < deadline2) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  Eventually([&] { return third->writer_epoch() == 2; }, std::chrono::milliseconds(kWaitMs));
   ASSERT_EQ(third->writer_epoch(), 2u);
-  // The first does not know yet: its own LSN 5, another write than the third's.
+  // The first does not know yet (it has sent nothing since): its own LSN 5, another write than
+  // the third's.
   ASSERT_TRUE(
       first->TryEnqueue(MakeWriteRecord(5, 7, 0, std::make_shared<const std::string>(512, 'x'))));
   Status s = first->WaitDurable(5, kWaitMs);
@@ -401,40 +519,6 @@ TEST_F(SenderTest, ASecondAgentIsFencedUntilItTakesOver) {
   StopServer();
   ExpectJournaled(6);  // LSN 5 is the third agent's record, never the fenced first's
 }
-
-// A control client's checkpoint request, relayed by the server: its own socket, handshaken.
-class CheckpointClient {
- public:
-  explicit CheckpointClient(const std::string& server) {
-    auto socket = Socket::Connect(ctx_, server);
-    EXPECT_TRUE(socket.ok()) << socket.status();
-    if (!socket.ok()) return;
-    socket_ = std::move(*socket);
-    auto reply = Handshake(*socket_, wire::MakeHello(v1::ROLE_CONTROL, "checkpoint-client"), kWaitMs);
-    EXPECT_TRUE(reply.ok()) << reply.status();
-  }
-
-  void Ask(const std::string& label) {
-    v1::Header h;
-    h.mutable_checkpoint_request()->set_volume(kVolume);
-    h.mutable_checkpoint_request()->set_label(label);
-    ASSERT_TRUE(socket_ && socket_->Send(h, {}, kWaitMs).ok());
-  }
-
-  // The reply's point, or the relayed error.
-  Result<v1::ConsistencyPoint> Answer() {
-    while (true) {
-      auto msg = socket_->Recv(kWaitMs);
-      if (!msg.ok()) return msg.status();
-      if (msg->header.has_error()) return wire::StatusFromError(msg->header.error());
-      if (msg->header.has_checkpoint_reply()) return msg->header.checkpoint_reply().point();
-    }
-  }
-
- private:
-  zmq::context_t ctx_;
-  std::unique_ptr<Socket> socket_;
-};
 
 // A checkpoint callback that, once called, waits until the test releases it, then adds an
 // operator point at `lsn` to the sender (Attach) and returns its LSN.
@@ -493,14 +577,14 @@ TEST_F(SenderTest, ASlowCheckpointDoesNotHoldUpAcks) {
   for (uint64_t lsn = 1; lsn <= 10; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
   ASSERT_TRUE(sender->WaitDurable(10, kWaitMs).ok());
 
-  CheckpointClient first(server_options_.listen);
+  ControlClient first(server_options_.listen);
   first.Ask("before-upgrade");
   ASSERT_TRUE(held.WaitEntered());
   for (uint64_t lsn = 11; lsn <= 20; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
   Status s = sender->WaitDurable(20, kWaitMs);
   EXPECT_TRUE(s.ok()) << "acks stopped while the checkpoint waited: " << s;
 
-  CheckpointClient second(server_options_.listen);
+  ControlClient second(server_options_.listen);
   second.Ask("impatient");
   auto refused = second.Answer();
   ASSERT_FALSE(refused.ok());
@@ -529,16 +613,12 @@ TEST_F(SenderTest, ACheckpointTakenWhileTheAgentStopsIsStillSent) {
   for (uint64_t lsn = 1; lsn <= 10; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
   ASSERT_TRUE(sender->WaitDurable(10, kWaitMs).ok());
 
-  CheckpointClient client(server_options_.listen);
+  ControlClient client(server_options_.listen);
   client.Ask("last-before-stop");
   ASSERT_TRUE(held.WaitEntered());
   // Stop while the checkpoint runs: everything else is sent, so only the checkpoint is left.
   auto stopped = std::async(std::launch::async, [&] { return sender->Stop(kWaitMs); });
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kWaitMs);
-  while (!sender->stopped() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  ASSERT_TRUE(sender->stopped());
+  ASSERT_TRUE(Eventually([&] { return sender->stopped(); }, std::chrono::milliseconds(kWaitMs)));
   held.Release();
   auto point = client.Answer();
   ASSERT_TRUE(point.ok()) << "the checkpoint was dropped at stop: " << point.status();

@@ -128,8 +128,9 @@ class Sender {
 
   // Waits, first come first served, until `bytes` fit in the buffer next to what is queued and
   // reserved, and reserves them. Aborted when the sender stops or give_up() returns true
-  // (polled every 200 ms); InvalidArgument when `bytes` exceeds the whole buffer. While a
-  // Reserve waits, TryEnqueue and WaitForSpace leave the space to it.
+  // (asked once the call has its place in line, and before every check for room after that:
+  // at least every 200 ms, under the sender's lock); InvalidArgument when `bytes` exceeds the
+  // whole buffer. While a Reserve waits, TryEnqueue and WaitForSpace leave the space to it.
   // REQUIRES: the caller holds no lock that a sender-thread callback takes.
   Result<Reservation> Reserve(uint64_t bytes, const std::function<bool()>& give_up);
 
