@@ -128,7 +128,7 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
 Status Agent::StartNbd() {
   const AgentOptions& options = options_;
   Agent* agent = this;
-  CDP_RETURN_IF_ERROR(ParseNbdListenAddress(options.nbd).status().WithContext("--nbd"));
+  CDP_RETURN_IF_ERROR(nbd::ParseNbdListenAddress(options.nbd).status().WithContext("--nbd"));
   CDP_RETURN_IF_ERROR(PrepareStateDir());
 
   BlockDeviceOptions dev_opts;
@@ -226,12 +226,12 @@ Status Agent::StartNbd() {
     agent->sender_->AddGap(gap);
   }
 
-  NbdServer::Options nbd_opts;
+  nbd::NbdServer::Options nbd_opts;
   nbd_opts.listen_address = options.nbd;
   nbd_opts.export_name = options.volume;
   nbd_opts.target = agent->capture_.get();
   nbd_opts.max_block_size = NbdMaxRequestBytes(options.buffer_bytes);
-  auto nbd = NbdServer::Start(nbd_opts);
+  auto nbd = nbd::NbdServer::Start(nbd_opts);
   if (!nbd.ok()) return nbd.status().WithContext("--nbd");
   agent->nbd_ = std::move(*nbd);
 

@@ -158,7 +158,7 @@ Status VolumeCapture::Read(uint64_t offset, std::span<char> buf) {
   return read_device_->ReadAt(offset, buf);
 }
 
-Status VolumeCapture::Write(uint64_t offset, Payload data, bool fua) {
+Status VolumeCapture::Write(uint64_t offset, SharedBytes data, bool fua) {
   Admission admission;
   CDP_RETURN_IF_ERROR(Admit(Sender::kRecordOverhead + data->size(), &admission));
   uint64_t lsn = 0;

@@ -38,7 +38,7 @@ class TempDir : public cdp::testing::TempDir {
 
 using cdp::journal::testing::RunningServer;
 
-Payload Bytes(size_t n, char fill) { return std::make_shared<const std::string>(n, fill); }
+SharedBytes Bytes(size_t n, char fill) { return std::make_shared<const std::string>(n, fill); }
 
 class SyncCaptureTest : public ::testing::Test {
  protected:

@@ -3,8 +3,8 @@
 #include <chrono>
 #include <thread>
 
-#include "cdp/agent/nbd_server.h"
 #include "cdp/core/logging.h"
+#include "cdp/nbd/nbd_server.h"
 
 namespace cdp::ctl {
 
@@ -17,7 +17,7 @@ Result<std::unique_ptr<RemoteImageTarget>> RemoteImageTarget::Open(const std::st
                                                                    const std::string& volume,
                                                                    const AtSpec& at) {
   std::unique_ptr<RemoteImageTarget> t(new RemoteImageTarget());
-  CDP_ASSIGN_OR_RETURN(t->client_, ControlClient::Connect(server, 5000));
+  CDP_ASSIGN_OR_RETURN(t->client_, journal::ControlClient::Connect(server, 5000));
   CDP_ASSIGN_OR_RETURN(v1::ImageOpenReply image,
                        t->client_->OpenImage(volume, at.lsn, at.time_ns, kTimeoutMs));
   t->volume_ = volume;
@@ -72,7 +72,7 @@ Status RemoteImageTarget::Read(uint64_t offset, std::span<char> buf) {
   return s;
 }
 
-Status RemoteImageTarget::Write(uint64_t, agent::Payload, bool) {
+Status RemoteImageTarget::Write(uint64_t, SharedBytes, bool) {
   return Status::NotSupported("the export of a point in time is read-only");
 }
 Status RemoteImageTarget::Trim(uint64_t, uint32_t) {
@@ -86,14 +86,14 @@ Status ServeExport(const ExportOptions& options, const std::atomic<bool>* stop,
                    const std::function<void(const v1::ConsistencyPoint&, const std::string&)>& ready) {
   CDP_ASSIGN_OR_RETURN(auto target, RemoteImageTarget::Open(options.server, options.volume,
                                                             options.at));
-  agent::NbdServer::Options nbd;
+  nbd::NbdServer::Options nbd;
   nbd.listen_address = options.nbd;
   nbd.export_name = options.volume;
   nbd.target = target.get();
   nbd.read_only = true;
   nbd.max_block_size = kMaxRead;
   nbd.unix_socket_mode = 0600;
-  auto server = agent::NbdServer::Start(nbd);
+  auto server = nbd::NbdServer::Start(nbd);
   if (!server.ok()) return server.status().WithContext("--nbd " + options.nbd);
   ready(target->point(), (*server)->bound_address());
   // An image unused for 5 minutes is closed by the server, and its point may then be folded by

@@ -6,23 +6,24 @@
 #include <atomic>
 #include <cstdio>
 #include <iostream>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "cdp/agent/nbd_server.h"
-#include "cdp/ctl/control_client.h"
-#include "cdp/ctl/image_export.h"
-#include "cdp/ctl/restore.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/time_text.h"
 #include "cdp/core/units.h"
+#include "cdp/ctl/image_export.h"
+#include "cdp/ctl/journal_views.h"
+#include "cdp/ctl/restore.h"
 #include "cdp/failover/boot_export.h"
 #include "cdp/failover/cutover.h"
 #include "cdp/failover/drill.h"
 #include "cdp/failover/target_vm.h"
+#include "cdp/journal/control_client.h"
+#include "cdp/nbd/nbd_server.h"
 
 namespace {
 
@@ -330,7 +331,7 @@ int RunRetention(const std::string& server, const std::string& volume,
       max = *m;
     }
   }
-  auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+  auto client = cdp::journal::ControlClient::Connect(server, 5000);
   if (!client.ok()) {
     std::cerr << "cdpctl: " << client.status().message() << "\n";
     return 1;
@@ -371,7 +372,7 @@ int RunExport(const std::string& server, const std::string& volume, const std::s
   }
   auto spec = cdp::ctl::ParseAt(at, cdp::NowNanos());
   if (!spec.ok()) return Usage(spec.status().message());
-  if (auto address = cdp::agent::ParseNbdListenAddress(nbd); !address.ok()) {
+  if (auto address = cdp::nbd::ParseNbdListenAddress(nbd); !address.ok()) {
     return Usage(address.status().message());
   }
   CancelOnSignals();
@@ -475,7 +476,7 @@ int main(int argc, char** argv) {
   if (cdp::Status s = cdp::ValidateEndpoint(server); !s.ok()) return Usage(s.message());
 
   if (command == "status") {
-    auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+    auto client = cdp::journal::ControlClient::Connect(server, 5000);
     if (!client.ok()) {
       std::cerr << "cdpctl: " << client.status().message() << "\n";
       return 1;
@@ -490,7 +491,7 @@ int main(int argc, char** argv) {
   }
   if (command == "points") {
     if (volume.empty()) return Usage("points needs --volume NAME");
-    auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+    auto client = cdp::journal::ControlClient::Connect(server, 5000);
     if (!client.ok()) {
       std::cerr << "cdpctl: " << client.status().message() << "\n";
       return 1;
@@ -507,7 +508,7 @@ int main(int argc, char** argv) {
   if (command == "export") return RunExport(server, volume, at, nbd);
   if (command == "checkpoint") {
     if (volume.empty()) return Usage("checkpoint needs --volume NAME");
-    auto client = cdp::ctl::ControlClient::Connect(server, 5000);
+    auto client = cdp::journal::ControlClient::Connect(server, 5000);
     if (!client.ok()) {
       std::cerr << "cdpctl: " << client.status().message() << "\n";
       return 1;
@@ -529,7 +530,7 @@ int main(int argc, char** argv) {
   if (command == "retention") return RunRetention(server, volume, window, max_bytes, json);
   if (command == "wait-synced") {
     if (volume.empty()) return Usage("wait-synced needs --volume NAME");
-    cdp::Status s = cdp::ctl::WaitSynced(server, volume, timeout, std::cerr);
+    cdp::Status s = cdp::journal::WaitSynced(server, volume, timeout, std::cerr);
     if (s.ok()) {
       std::cout << "volume " << volume << " is synced\n";
       return 0;

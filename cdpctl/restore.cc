@@ -4,21 +4,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <atomic>
 #include <deque>
 #include <filesystem>
 #include <thread>
 
-#include "cdp/agent/nbd_server.h"
 #include "cdp/core/block_device.h"
 #include "cdp/core/host_command.h"
 #include "cdp/core/record.h"
 #include "cdp/core/time_text.h"
-#include "cdp/ctl/control_client.h"
 #include "cdp/ctl/image_export.h"
+#include "cdp/journal/control_client.h"
+#include "cdp/nbd/nbd_server.h"
 
 namespace cdp::ctl {
 
@@ -263,14 +263,14 @@ Result<RestoreResult> RestoreQcow2(const RestoreOptions& o, std::ostream& progre
     std::string path;
     ~RemoveDir() { std::error_code ec; std::filesystem::remove_all(path, ec); }
   } remove_sock_dir{sock_dir};
-  agent::NbdServer::Options nbd;
+  nbd::NbdServer::Options nbd;
   nbd.listen_address = "unix:" + sock;
   nbd.export_name = o.volume;
   nbd.target = target.get();
   nbd.read_only = true;
   nbd.max_block_size = 8u << 20;
   nbd.unix_socket_mode = 0600;
-  CDP_ASSIGN_OR_RETURN(auto server, agent::NbdServer::Start(nbd));
+  CDP_ASSIGN_OR_RETURN(auto server, nbd::NbdServer::Start(nbd));
 
   TempFile qcow2(TempStem(o.output) + ".qcow2");
   // Claimed with O_EXCL (so never another's file), then written over by qemu-img.
@@ -322,11 +322,11 @@ Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, b
   CDP_RETURN_IF_ERROR(CheckOutput(o));
   if (FormatForPath(o.output) == ImageFormat::kQcow2) return RestoreQcow2(o, progress, progress_tty);
   const auto started = std::chrono::steady_clock::now();
-  CDP_ASSIGN_OR_RETURN(auto client, ControlClient::Connect(o.server, 5000));
+  CDP_ASSIGN_OR_RETURN(auto client, journal::ControlClient::Connect(o.server, 5000));
   CDP_ASSIGN_OR_RETURN(v1::ImageOpenReply image,
                        client->OpenImage(o.volume, o.at.lsn, o.at.time_ns, kTimeoutMs));
   struct CloseOnExit {
-    ControlClient* client;
+    journal::ControlClient* client;
     uint64_t id;
     ~CloseOnExit() { client->CloseImage(id); }
   } close_image{client.get(), image.image_id()};

@@ -15,9 +15,9 @@
 #include "cdp/core/host_command.h"
 #include "cdp/core/qmp_client.h"
 #include "cdp/core/units.h"
-#include "cdp/ctl/control_client.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
+#include "cdp/journal/control_client.h"
 #include "cdp/pe/pe_client.h"
 #include "service_probe.h"
 #include "step_timeline.h"
@@ -97,7 +97,7 @@ class CutoverEngine::Impl {
   }
 
   Result<v1::VolumeStatus> JournalVolume(const std::string& volume) {
-    auto client = ctl::ControlClient::Connect(plan_.journal, 5000);
+    auto client = journal::ControlClient::Connect(plan_.journal, 5000);
     if (!client.ok()) {
       return client.status().WithContext(plan_.Where("journal") + ": " + plan_.journal);
     }

@@ -15,11 +15,11 @@
 #include <sstream>
 
 #include "cdp/core/atomic_file.h"
-#include "cdp/core/qmp_client.h"
-#include "cdp/ctl/control_client.h"
 #include "cdp/core/host_command.h"
+#include "cdp/core/qmp_client.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
+#include "cdp/journal/control_client.h"
 #include "cdp/pe/pe_client.h"
 #include "service_probe.h"
 #include "step_timeline.h"
@@ -308,7 +308,7 @@ class DrillEngine::Impl {
              std::to_string(now);
     }
     std::string replicators;
-    if (auto client = ctl::ControlClient::Connect(plan_.journal, 3000); client.ok()) {
+    if (auto client = journal::ControlClient::Connect(plan_.journal, 3000); client.ok()) {
       if (auto st = (*client)->Status(3000); st.ok()) {
         for (const auto& v : st->volumes()) {
           for (const auto& name : plan_.volumes) {

@@ -23,11 +23,11 @@
 
 #include "cdp/agent/agent_state.h"
 #include "cdp/agent/dirty_bitmap.h"
-#include "cdp/agent/nbd_server.h"
 #include "cdp/agent/sender.h"
 #include "cdp/agent/sync_engine.h"
 #include "cdp/agent/trace_capture.h"
 #include "cdp/agent/volume_capture.h"
+#include "cdp/nbd/nbd_server.h"
 
 namespace cdp::agent {
 
@@ -108,7 +108,7 @@ class Agent {
   std::unique_ptr<Sender> sender_;
   std::unique_ptr<VolumeCapture> capture_;
   std::unique_ptr<SyncEngine> sync_;
-  std::unique_ptr<NbdServer> nbd_;
+  std::unique_ptr<nbd::NbdServer> nbd_;
   std::unique_ptr<BlockHashStore> hashes_;
   std::unique_ptr<TraceCapture> trace_;
   int lock_fd_ = -1;

@@ -1,7 +1,7 @@
-// VolumeCapture: the in-line capture of one volume. Implements CaptureTarget for the NBD server:
-// every write, trim and write-zeroes is applied to the backing device and, under one capture
-// lock, given the next LSN and queued in the Sender — so the journal's LSN order is the order
-// in which the device saw the writes. FLUSH makes the device stable and records a consistency
+// VolumeCapture: the in-line capture of one volume. Implements nbd::ExportTarget for the NBD
+// server: every write, trim and write-zeroes is applied to the backing device and, under one
+// capture lock, given the next LSN and queued in the Sender — so the journal's LSN order is the
+// order in which the device saw the writes. FLUSH makes the device stable and records a consistency
 // point.
 //
 // When a record does not fit in the Sender's buffer, or the LSN base is not known yet (no
@@ -28,10 +28,10 @@
 #include <span>
 #include <string>
 
-#include "cdp/agent/capture_target.h"
 #include "cdp/agent/dirty_bitmap.h"
 #include "cdp/agent/sender.h"
 #include "cdp/core/block_device.h"
+#include "cdp/nbd/export_target.h"
 
 namespace cdp::agent {
 
@@ -40,7 +40,7 @@ enum class AckMode { kAsync, kSync };
 // Parses "async" / "sync".
 Result<AckMode> ParseAckMode(const std::string& text);
 
-class VolumeCapture : public CaptureTarget {
+class VolumeCapture : public nbd::ExportTarget {
  public:
   // `device` (written under the capture lock) and `read_device` (for client reads) refer to the
   // same path. `sender` and `dirty` are not owned and must outlive this object.
@@ -51,7 +51,7 @@ class VolumeCapture : public CaptureTarget {
   uint64_t size() const override { return size_; }
   uint32_t block_size() const override { return block_size_; }
   Status Read(uint64_t offset, std::span<char> buf) override;
-  Status Write(uint64_t offset, Payload data, bool fua) override;
+  Status Write(uint64_t offset, SharedBytes data, bool fua) override;
   Status Trim(uint64_t offset, uint32_t length) override;
   Status WriteZeroes(uint64_t offset, uint32_t length, bool fua) override;
   Status Flush() override;

@@ -1,7 +1,7 @@
 // cdpctl export: serves the image of a volume at a consistency point read-only over NBD, so it
 // can be mounted, booted or copied without restoring it first (docs/restore.md, section 5).
 // The bytes come from the journal-server (ImageOpen/ImageRead, docs/wire-protocol.md §7); the
-// NBD front end is the agent's NbdServer in read-only mode.
+// NBD front end is nbd::NbdServer (nbd/) in read-only mode.
 #pragma once
 
 #include <atomic>
@@ -13,18 +13,18 @@
 #include <string>
 
 #include "cdp.pb.h"
-#include "cdp/agent/capture_target.h"
 #include "cdp/core/status.h"
-#include "cdp/ctl/control_client.h"
 #include "cdp/ctl/restore.h"
+#include "cdp/journal/control_client.h"
+#include "cdp/nbd/export_target.h"
 
 namespace cdp::ctl {
 
-// A CaptureTarget whose reads come from an image open on the journal-server; writes, trims and
-// write-zeroes are refused (the NBD server is read-only anyway), a flush has nothing to do.
+// An nbd::ExportTarget whose reads come from an image open on the journal-server; writes, trims
+// and write-zeroes are refused (the NBD server is read-only anyway), a flush has nothing to do.
 // An image the server closed (unused for 5 minutes, or a server restart) is opened again at
 // the same point, once per read. Thread-safe: reads are serialized on the one connection.
-class RemoteImageTarget : public agent::CaptureTarget {
+class RemoteImageTarget : public nbd::ExportTarget {
  public:
   // Opens the image of `volume` at the point `at` resolves to (the server's refusals as they
   // are, see Restore).
@@ -42,7 +42,7 @@ class RemoteImageTarget : public agent::CaptureTarget {
   uint64_t size() const override { return size_; }
   uint32_t block_size() const override { return 512; }
   Status Read(uint64_t offset, std::span<char> buf) override;
-  Status Write(uint64_t offset, agent::Payload data, bool fua) override;
+  Status Write(uint64_t offset, SharedBytes data, bool fua) override;
   Status Trim(uint64_t offset, uint32_t length) override;
   Status WriteZeroes(uint64_t offset, uint32_t length, bool fua) override;
   Status Flush() override { return Status::Ok(); }
@@ -52,7 +52,7 @@ class RemoteImageTarget : public agent::CaptureTarget {
   Status ReadOnce(uint64_t offset, std::span<char> buf);
 
   std::mutex mu_;
-  std::unique_ptr<ControlClient> client_;  // GUARDED_BY(mu_)
+  std::unique_ptr<journal::ControlClient> client_;  // GUARDED_BY(mu_)
   std::string volume_;
   uint64_t image_id_ = 0;  // GUARDED_BY(mu_)
   uint64_t size_ = 0;

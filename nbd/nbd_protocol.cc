@@ -1,9 +1,9 @@
-#include "cdp/agent/nbd_protocol.h"
+#include "cdp/nbd/nbd_protocol.h"
 
 #include <cstdio>
 #include <string>
 
-namespace cdp::agent::nbd {
+namespace cdp::nbd {
 
 namespace {
 
@@ -442,4 +442,4 @@ Error ErrorFromStatus(const Status& status) {
   return Error::kIo;
 }
 
-}  // namespace cdp::agent::nbd
+}  // namespace cdp::nbd

@@ -1,4 +1,7 @@
-// ControlClient: cdpctl's connection to the journal-server, and the commands built on it.
+// ControlClient: a control connection to the journal-server (role control: status, points,
+// checkpoints, retention, images of a volume at a point; docs/wire-protocol.md), and WaitSynced
+// built on it. Used by cdpctl and by the failover engines (cutover, drill). Depends on core and
+// proto only; how cdpctl shows the replies lives in cdpctl (cdp/ctl/journal_views.h).
 #pragma once
 
 #include <memory>
@@ -11,7 +14,7 @@
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
 
-namespace cdp::ctl {
+namespace cdp::journal {
 
 class ControlClient {
  public:
@@ -24,13 +27,12 @@ class ControlClient {
 
   // Every consistency point of `volume`, oldest first (as many PointsRequests as it takes).
   // NotFound naming the known volumes for an unknown one.
-  Result<std::vector<wire::v1::ConsistencyPoint>> Points(const std::string& volume,
-                                                          int timeout_ms);
+  Result<std::vector<wire::v1::ConsistencyPoint>> Points(const std::string& volume, int timeout_ms);
 
   // `cdpctl checkpoint`: asks the volume's agent, through the server, for an operator point
   // now; returns it once durable in the journal. The server's worded errors otherwise.
-  Result<wire::v1::ConsistencyPoint> Checkpoint(const std::string& volume,
-                                                const std::string& label, int timeout_ms);
+  Result<wire::v1::ConsistencyPoint> Checkpoint(const std::string& volume, const std::string& label,
+                                                int timeout_ms);
 
   // Sets the window and/or the cap when given (0 = keep everything / no cap) and returns the
   // retention in effect. NotFound naming the known volumes for an unknown one.
@@ -46,8 +48,7 @@ class ControlClient {
   // One read of an open image, in two halves so several can be in flight: replies come back in
   // the order the requests were sent. `data` gets the bytes, or stays empty when the reply says
   // the range is all zeroes.
-  ::cdp::Status SendImageRead(uint64_t image_id, uint64_t offset, uint32_t length,
-                              int timeout_ms);
+  ::cdp::Status SendImageRead(uint64_t image_id, uint64_t offset, uint32_t length, int timeout_ms);
   Result<wire::v1::ImageReadReply> ReceiveImageRead(std::string* data, int timeout_ms);
   // Tells the server the image is no longer needed (waits up to 2 s; errors ignored).
   void CloseImage(uint64_t image_id);
@@ -55,37 +56,13 @@ class ControlClient {
  private:
   ControlClient() = default;
   // Sends `request` and returns the first reply with body `expect` (an Error as its Status).
-  Result<wire::Message> Call(const wire::v1::Header& request,
-                             wire::v1::Header::BodyCase expect, int timeout_ms);
+  Result<wire::Message> Call(const wire::v1::Header& request, wire::v1::Header::BodyCase expect,
+                             int timeout_ms);
   // The next reply with body `expect` (others are dropped; an Error is returned as its Status).
   Result<wire::Message> Receive(wire::v1::Header::BodyCase expect, int timeout_ms);
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
 };
-
-// "flush", "freeze", "operator", "cutover", "sync" ("unknown" for anything else).
-std::string OriginName(wire::v1::PointOrigin origin);
-
-// A point's label followed by the labels `cdpctl checkpoint` added to it, ", "-separated.
-std::string PointLabels(const wire::v1::ConsistencyPoint& point);
-
-// `cdpctl points --json`: [{"lsn", "time" (RFC 3339 UTC with nanoseconds), "origin" (flush,
-// freeze, operator, cutover, sync), "label", "operator_labels": [...]}], oldest first.
-std::string PointsJson(const std::vector<wire::v1::ConsistencyPoint>& points);
-// The human table: LSN, time, origin, labels (PointLabels).
-std::string PointsTable(const std::vector<wire::v1::ConsistencyPoint>& points);
-
-// `cdpctl retention`: the settings in effect and the state of the history kept.
-std::string RetentionText(const wire::v1::RetentionReply& reply);
-
-// True when the journal's filesystem has less free space than the server's reserve: the server
-// journals nothing until space returns.
-bool JournalFull(const wire::v1::StatusReply& reply);
-
-// The status --json document: {"volumes": [{"name", "size_bytes", ...}], "server_id"}.
-std::string StatusJson(const wire::v1::StatusReply& reply);
-// The human table.
-std::string StatusTable(const wire::v1::StatusReply& reply);
 
 // Why a volume is not synced yet ("" when it is). `min_report_sequence`: the agent's report
 // must be at least this new (so it was built after the wait began).
@@ -97,4 +74,4 @@ std::string NotSyncedReason(const wire::v1::VolumeStatus& v, uint64_t min_report
 ::cdp::Status WaitSynced(const std::string& server, const std::string& volume, double timeout_s,
                          std::ostream& progress);
 
-}  // namespace cdp::ctl
+}  // namespace cdp::journal

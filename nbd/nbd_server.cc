@@ -1,4 +1,4 @@
-#include "cdp/agent/nbd_server.h"
+#include "cdp/nbd/nbd_server.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -27,7 +27,7 @@
 
 #include "cdp/core/logging.h"
 
-namespace cdp::agent {
+namespace cdp::nbd {
 
 namespace {
 
@@ -684,7 +684,7 @@ class NbdSession {
   NbdServer* const server_;
   const int fd_;
   const std::string peer_;
-  CaptureTarget* const target_;
+  ExportTarget* const target_;
   const std::string log_prefix_;
   bool no_zeroes_ = false;
   // Reused across reads; at most max_block_size bytes, freed after a read of over 1 MiB.
@@ -1139,4 +1139,4 @@ NbdServerStats NbdServer::stats() const {
   return s;
 }
 
-}  // namespace cdp::agent
+}  // namespace cdp::nbd

@@ -1,10 +1,10 @@
-#include "cdp/agent/nbd_protocol.h"
+#include "cdp/nbd/nbd_protocol.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
-namespace cdp::agent::nbd {
+namespace cdp::nbd {
 namespace {
 
 uint32_t Type(OptionReply r) { return static_cast<uint32_t>(r); }
@@ -370,4 +370,4 @@ TEST(NbdValidate, ErrorFromStatus) {
 }
 
 }  // namespace
-}  // namespace cdp::agent::nbd
+}  // namespace cdp::nbd

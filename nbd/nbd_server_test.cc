@@ -1,4 +1,4 @@
-#include "cdp/agent/nbd_server.h"
+#include "cdp/nbd/nbd_server.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -29,9 +29,9 @@
 #include <thread>
 #include <vector>
 
-#include "cdp/agent/nbd_protocol.h"
+#include "cdp/nbd/nbd_protocol.h"
 
-namespace cdp::agent {
+namespace cdp::nbd {
 namespace {
 
 namespace fs = std::filesystem;
@@ -48,7 +48,7 @@ constexpr char kInitialByte = 0x5a;
 constexpr int kClientTimeoutSeconds = 10;
 
 // ---------------------------------------------------------------------------------------------
-// A CaptureTarget over a std::string that records every call.
+// A ExportTarget over a std::string that records every call.
 
 struct Call {
   std::string op;  // "read", "write", "trim", "zero", "flush"
@@ -57,7 +57,7 @@ struct Call {
   bool fua = false;
 };
 
-class FakeTarget : public CaptureTarget {
+class FakeTarget : public ExportTarget {
  public:
   explicit FakeTarget(uint64_t size = kVolumeSize, uint32_t block_size = kBlockSize)
       : data_(size, kInitialByte), block_size_(block_size) {}
@@ -72,7 +72,7 @@ class FakeTarget : public CaptureTarget {
     std::memcpy(buf.data(), data_.data() + offset, buf.size());
     return Status::Ok();
   }
-  Status Write(uint64_t offset, Payload data, bool fua) override {
+  Status Write(uint64_t offset, SharedBytes data, bool fua) override {
     std::lock_guard<std::mutex> lock(mu_);
     calls_.push_back({"write", offset, data->size(), fua});
     if (!fail_next_.ok()) return std::exchange(fail_next_, Status::Ok());
@@ -1577,4 +1577,4 @@ TEST_F(NbdServerTest, NbdinfoListShowsTheExport) {
 }
 
 }  // namespace
-}  // namespace cdp::agent
+}  // namespace cdp::nbd

@@ -20,7 +20,7 @@
 
 #include "cdp/core/status.h"
 
-namespace cdp::agent::nbd {
+namespace cdp::nbd {
 
 // ---------------------------------------------------------------------------------------------
 // Magic numbers.
@@ -314,8 +314,8 @@ struct RequestVerdict {
 // WRITE payload follows: the caller must still consume `length` bytes for any WRITE.
 RequestVerdict ValidateRequest(const RequestHeader& request, const ExportLimits& limits);
 
-// Maps a CaptureTarget failure to the error put in the reply: ResourceExhausted -> ENOSPC,
+// Maps a ExportTarget failure to the error put in the reply: ResourceExhausted -> ENOSPC,
 // everything else -> EIO. REQUIRES: !status.ok().
 Error ErrorFromStatus(const Status& status);
 
-}  // namespace cdp::agent::nbd
+}  // namespace cdp::nbd

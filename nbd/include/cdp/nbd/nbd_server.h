@@ -1,6 +1,7 @@
-// NbdServer: the capture agent's NBD front end. It exports one CaptureTarget under one export
-// name over a unix or TCP socket, so that a hypervisor (QEMU) or nbd-client can use the
-// protected volume as a disk while every write is captured.
+// NbdServer: the NBD front end of the capture agent (cdp-agent) and of `cdpctl export`/`restore`.
+// It exports one ExportTarget under one export name over a unix or TCP socket, so that a
+// hypervisor (QEMU) or nbd-client can use the protected volume as a disk while every write is
+// captured, or read an image of the journal.
 //
 // Protocol: fixed-newstyle handshake (NBD_OPT_EXPORT_NAME, ABORT, LIST, INFO, GO; STARTTLS,
 // STRUCTURED_REPLY, META_CONTEXT and unknown options are refused with an error reply), then
@@ -11,7 +12,7 @@
 // before they reach the target, so a rejected request journals nothing.
 //
 // Threads: one accept thread, plus one thread per connection that handles that connection's
-// requests in order. Each call into the CaptureTarget comes from a connection thread.
+// requests in order. Each call into the ExportTarget comes from a connection thread.
 //
 //   Start() --> [accept thread] --accept--> peer under max_connections_per_peer? --no--> close
 //                                                  | yes                                (refused)
@@ -84,11 +85,11 @@
 #include <string_view>
 #include <thread>
 
-#include "cdp/agent/capture_target.h"
-#include "cdp/agent/nbd_protocol.h"
 #include "cdp/core/status.h"
+#include "cdp/nbd/export_target.h"
+#include "cdp/nbd/nbd_protocol.h"
 
-namespace cdp::agent {
+namespace cdp::nbd {
 
 // A parsed listen address.
 struct NbdListenAddress {
@@ -128,7 +129,7 @@ class NbdServer {
     // default export).
     std::string export_name;
     // Not owned; must outlive the server (until Stop() returns).
-    CaptureTarget* target = nullptr;
+    ExportTarget* target = nullptr;
     // Largest READ / WRITE / WRITE_ZEROES accepted; a multiple of target->block_size().
     uint32_t max_block_size = 32u << 20;
     // Advertised preferred block size (a power of two; raised to the minimum if smaller).
@@ -173,7 +174,7 @@ class NbdServer {
   // Stops accepting, closes the listening socket (removing its unix socket file), disconnects
   // every client and joins all threads. A request already inside the target completes first;
   // no call into the target is made after Stop() returns. Idempotent and thread-safe.
-  // REQUIRES: not called from inside a CaptureTarget call made by this server (it joins the
+  // REQUIRES: not called from inside a ExportTarget call made by this server (it joins the
   // connection threads, one of which would be the caller).
   void Stop();
 
@@ -285,4 +286,4 @@ class NbdServer {
   std::map<std::string, uint32_t> connections_per_peer_;  // guarded by mu_
 };
 
-}  // namespace cdp::agent
+}  // namespace cdp::nbd
