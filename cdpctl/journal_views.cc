@@ -40,6 +40,25 @@ std::string RetentionText(const v1::RetentionReply& r) {
   return o.str();
 }
 
+std::string RetentionJson(const v1::RetentionReply& r) {
+  return nlohmann::json({{"volume", r.volume()},
+                         {"window_s", r.window_s()},
+                         {"max_bytes", r.max_bytes()},
+                         {"window_default", r.window_default()},
+                         {"max_bytes_default", r.max_bytes_default()},
+                         {"base_lsn", r.base_lsn()},
+                         {"durable_lsn", r.durable_lsn()},
+                         {"journal_bytes", r.journal_bytes()},
+                         {"oldest_point_lsn", r.oldest_point_lsn()},
+                         {"oldest_point_time",
+                          r.oldest_point_time_ns() ? FormatRfc3339(r.oldest_point_time_ns()) : ""},
+                         {"early_folds", r.early_folds()},
+                         {"early_fold_lsn", r.early_fold_lsn()},
+                         {"history_lost_before",
+                          r.early_folds() ? FormatRfc3339(r.early_fold_time_ns()) : ""}})
+      .dump();
+}
+
 std::string OriginName(v1::PointOrigin origin) {
   switch (origin) {
     case v1::POINT_FLUSH:

@@ -23,6 +23,11 @@ std::string PointsTable(const std::vector<wire::v1::ConsistencyPoint>& points);
 
 // `cdpctl retention`: the settings in effect and the state of the history kept.
 std::string RetentionText(const wire::v1::RetentionReply& reply);
+// `cdpctl retention --json`: {"volume", "window_s", "max_bytes", "window_default",
+// "max_bytes_default", "base_lsn", "durable_lsn", "journal_bytes", "oldest_point_lsn",
+// "oldest_point_time", "early_folds", "early_fold_lsn", "history_lost_before"} (times RFC 3339,
+// "" when none).
+std::string RetentionJson(const wire::v1::RetentionReply& reply);
 
 // True when the journal's filesystem has less free space than the server's reserve: the server
 // journals nothing until space returns.

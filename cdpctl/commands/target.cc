@@ -1,0 +1,144 @@
+// cdpctl target start|status|checksum|export-boot|stop: the target VM and its PE.
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cdp/failover/boot_export.h"
+#include "cdp/failover/target_vm.h"
+#include "command.h"
+
+namespace cdp::ctl {
+namespace {
+
+using failover::TargetConfig;
+using failover::TargetVm;
+
+// Parses a byte count given on the command line (a number, or 64M, 1G...).
+bool ParseBytes(const std::string& text, uint64_t* out) {
+  auto v = failover::ParseSize(text);
+  if (!v.ok()) return false;
+  *out = *v;
+  return true;
+}
+
+ExitCode ExportBoot(const Args& args, const TargetConfig& config) {
+  if (args.volume.empty() || args.out.empty()) {
+    return Usage("target export-boot needs --volume and --out");
+  }
+  auto exported = failover::ExportBoot(config, args.volume, args.out, std::cerr);
+  if (!exported.ok()) return Fail("target export-boot", exported.status());
+  const auto& e = *exported;
+  if (args.json) {
+    std::cout << nlohmann::json({{"kernel_release", e.kernel_release},
+                                 {"lsn", e.lsn},
+                                 {"fs_offset", e.fs_offset},
+                                 {"fs_uuid", e.fs_uuid},
+                                 {"out", e.out_dir},
+                                 {"module_files", e.module_files}})
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << "kernel " << e.kernel_release << " of volume " << args.volume << " (LSN " << e.lsn
+              << ", ext4 " << e.fs_uuid << " at offset " << e.fs_offset << ") exported to "
+              << e.out_dir << " with " << e.module_files
+              << " module files; next: pe-boot/build-pe-image --kernel-from " << e.out_dir
+              << " PEDIR, point the config's pe: at it, cdpctl target stop, cdpctl target "
+                 "start\n";
+  }
+  return ExitCode::kOk;
+}
+
+ExitCode Checksum(const Args& args, TargetVm& vm) {
+  if (args.volume.empty()) return Usage("target checksum needs --volume NAME");
+  uint64_t offset = 0, length = 0, chunk = 0;
+  if ((args.offset != "0" && !ParseBytes(args.offset, &offset)) ||
+      (args.length != "0" && !ParseBytes(args.length, &length)) ||
+      !ParseBytes(args.chunk, &chunk)) {
+    return Usage("bad --offset, --length or --chunk (bytes, or with K/M/G)");
+  }
+  uint64_t applied = 0;
+  auto sums = vm.Checksums(args.volume, offset, length, chunk, &applied);
+  if (!sums.ok()) return Fail("target checksum", sums.status());
+  char hex[17];
+  nlohmann::json regions = nlohmann::json::array();
+  for (const auto& r : *sums) {
+    snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(r.xxh3));
+    if (args.json) {
+      regions.push_back({{"offset", r.offset}, {"length", r.length}, {"xxh3", hex}});
+    } else {
+      std::cout << r.offset << " " << r.length << " " << hex << "\n";
+    }
+  }
+  if (args.json) {
+    std::cout << nlohmann::json(
+                     {{"volume", args.volume}, {"applied_lsn", applied}, {"regions", regions}})
+                     .dump()
+              << "\n";
+  }
+  return ExitCode::kOk;
+}
+
+ExitCode StartOrStop(const Args& args, TargetVm& vm) {
+  Status s = args.subcommand == "start" ? vm.Start(std::cout) : vm.Stop(std::cout);
+  if (!s.ok()) {
+    Fail("target " + args.subcommand, s);
+    return s.IsTimedOut() ? ExitCode::kTimedOut : ExitCode::kError;
+  }
+  return ExitCode::kOk;
+}
+
+// kOk when pe-ready, kError when pe-error or on errors, kTimedOut (not ready yet) otherwise.
+ExitCode ShowStatus(const Args& args, const TargetConfig& config, TargetVm& vm) {
+  auto status = vm.GetStatus();
+  if (!status.ok()) return Fail("target status", status.status());
+  std::cout << (args.json ? failover::TargetStatusJson(*status, config) + "\n"
+                          : failover::TargetStatusText(*status, config));
+  if (status->state == failover::TargetState::kPeReady) return ExitCode::kOk;
+  if (status->state == failover::TargetState::kPeError) return ExitCode::kError;
+  return ExitCode::kTimedOut;
+}
+
+ExitCode RunTarget(const Args& args) {
+  const std::string& sub = args.subcommand;
+  if (sub != "start" && sub != "stop" && sub != "status" && sub != "checksum" &&
+      sub != "export-boot") {
+    return Usage("target needs start, stop, status, checksum or export-boot (got '" + sub + "')");
+  }
+  if (args.config.empty()) return Usage("target " + sub + " needs --config FILE");
+  auto config = failover::LoadTargetConfig(args.config);
+  if (!config.ok()) {
+    Fail("target " + sub, config.status());
+    return ExitCode::kUsage;
+  }
+  TargetVm vm(*config);
+  if (sub == "export-boot") return ExportBoot(args, *config);
+  if (sub == "checksum") return Checksum(args, vm);
+  if (sub == "start" || sub == "stop") return StartOrStop(args, vm);
+  return ShowStatus(args, *config, vm);
+}
+
+}  // namespace
+
+const Command kTargetCommand = {
+    "target", false,
+    "  cdpctl target start  --config FILE\n"
+    "      boots the target VM into the PE (creating its qcow2 disks when absent) and returns\n"
+    "      once its pe-agent is ready; already running: nothing changes\n"
+    "  cdpctl target status --config FILE [--json]\n"
+    "      state (pe-ready, pe-error, booting, stopped), PE boot seconds, applied LSN per volume;\n"
+    "      exit 0 when pe-ready, 3 when stopped or booting, 1 on errors\n"
+    "  cdpctl target checksum --config FILE --volume NAME [--offset BYTES] [--length BYTES]\n"
+    "                       [--chunk BYTES] [--json]\n"
+    "      XXH3-64 of the volume's disk in the target VM, per chunk (default 64 MiB; the whole\n"
+    "      volume by default), computed by the pe-agent: one line 'OFFSET LENGTH XXH3' each\n"
+    "  cdpctl target export-boot --config FILE --volume NAME --out DIR [--json]\n"
+    "      copies the migrated OS's newest kernel (boot/vmlinuz-KVER, boot/initrd.img-KVER,\n"
+    "      lib/modules/KVER) out of the running target's replica of NAME into DIR, for\n"
+    "      pe-boot/build-pe-image --kernel-from DIR: a PE on that kernel takes over by\n"
+    "      switch_root (docs/target-vm.md); root\n"
+    "  cdpctl target stop   --config FILE\n"
+    "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
+    "      (FILE: see deploy/examples/target.yaml)\n",
+    RunTarget};
+
+}  // namespace cdp::ctl
