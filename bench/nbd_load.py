@@ -11,7 +11,7 @@ import time
 
 from benchlib import MB, MiB, with_suppress
 
-# --- NBD wire constants (docs: NBD proto.md; cdp-agent/include/cdp/agent/nbd_protocol.h) ------
+# --- NBD wire constants (docs: NBD proto.md; nbd/include/cdp/nbd/nbd_protocol.h) ------
 NBD_MAGIC = 0x4E42444D41474943           # "NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054            # "IHAVEOPT"
 OPT_REPLY_MAGIC = 0x3E889045565A9
