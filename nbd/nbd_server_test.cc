@@ -48,7 +48,7 @@ constexpr char kInitialByte = 0x5a;
 constexpr int kClientTimeoutSeconds = 10;
 
 // ---------------------------------------------------------------------------------------------
-// A ExportTarget over a std::string that records every call.
+// An ExportTarget over a std::string that records every call.
 
 struct Call {
   std::string op;  // "read", "write", "trim", "zero", "flush"

@@ -314,7 +314,7 @@ struct RequestVerdict {
 // WRITE payload follows: the caller must still consume `length` bytes for any WRITE.
 RequestVerdict ValidateRequest(const RequestHeader& request, const ExportLimits& limits);
 
-// Maps a ExportTarget failure to the error put in the reply: ResourceExhausted -> ENOSPC,
+// Maps an ExportTarget failure to the error put in the reply: ResourceExhausted -> ENOSPC,
 // everything else -> EIO. REQUIRES: !status.ok().
 Error ErrorFromStatus(const Status& status);
 

@@ -174,7 +174,7 @@ class NbdServer {
   // Stops accepting, closes the listening socket (removing its unix socket file), disconnects
   // every client and joins all threads. A request already inside the target completes first;
   // no call into the target is made after Stop() returns. Idempotent and thread-safe.
-  // REQUIRES: not called from inside a ExportTarget call made by this server (it joins the
+  // REQUIRES: not called from inside an ExportTarget call made by this server (it joins the
   // connection threads, one of which would be the caller).
   void Stop();
 
