@@ -13,6 +13,7 @@
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/boot_adaptation.h"
 #include "cdp/pe/pe_client.h"
+#include "failover_timeouts.h"
 
 namespace cdp::failover {
 
@@ -112,7 +113,7 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
   CDP_ASSIGN_OR_RETURN(auto lock, TargetLock::Acquire(target, "an export-boot"));
   // What an export killed midway left: its mount (and loop device), its copy, its deltas.
   if (fs::exists(mnt)) {
-    (void)RunHostCommand({"umount", mnt}, 60000);
+    (void)RunHostCommand({"umount", mnt}, kHostCommandMs);
     fs::remove(mnt, ec);
     if (fs::exists(mnt)) {
       return Status::FailedPrecondition(mnt + " is left by an export that died and cannot be "
@@ -127,9 +128,10 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
   {
     // 1-2: freeze, copy the frozen file, thaw — thawing whatever happens.
     std::vector<std::string> done;
-    auto client = pe::PeClient::Connect(target.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
+    auto client =
+        pe::PeClient::Connect(target.replication_endpoint, v1::ROLE_CONTROL, "", 0, kPeConnectMs);
     if (!client.ok()) return client.status().WithContext("target " + target.name);
-    CDP_ASSIGN_OR_RETURN(auto st, (*client)->Status(5000));
+    CDP_ASSIGN_OR_RETURN(auto st, (*client)->Status(kPeCallMs));
     if (st.pe_state() != v1::PE_STATE_READY) {
       return Status::FailedPrecondition("target " + target.name + " is " +
                                         wire::PeStateName(st.pe_state()) + ": " + st.error());
@@ -138,7 +140,7 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
     CDP_ASSIGN_OR_RETURN(std::string frozen, snapshot.Freeze(&lsn));
     progress << frozen << "\n";
     result.lsn = lsn[volume];
-    Status copied = Run({"qemu-img", "convert", "-O", "raw", disk->path, raw}, 3600000);
+    Status copied = Run({"qemu-img", "convert", "-O", "raw", disk->path, raw}, kImageConvertMs);
     Status thawed = snapshot.Thaw(&done);
     if (!thawed.ok()) {
       return thawed.WithContext(std::string("thawing the target after the copy") +
@@ -177,11 +179,11 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
   fs::create_directories(mnt, ec);
   // Read-write, so ext4 replays its journal (a kernel installed just now may sit only there);
   // the copy is private and thrown away.
-  CDP_RETURN_IF_ERROR(Run({"mount", "-t", "ext4", "-o",
-                           "loop,offset=" + std::to_string(result.fs_offset), raw, mnt},
-                          60000));
+  CDP_RETURN_IF_ERROR(Run(
+      {"mount", "-t", "ext4", "-o", "loop,offset=" + std::to_string(result.fs_offset), raw, mnt},
+      kHostCommandMs));
   Cleanup unmount{[&] {
-    (void)RunHostCommand({"umount", mnt}, 60000);
+    (void)RunHostCommand({"umount", mnt}, kHostCommandMs);
     fs::remove(mnt, ec);
   }};
 
@@ -199,10 +201,11 @@ Result<BootExport> ExportBoot(const TargetConfig& target, const std::string& vol
       if (name == "config-") continue;
       return Status::NotFound("/boot/" + name + kver + " vanished from the copy");
     }
-    CDP_RETURN_IF_ERROR(Run({"cp", "--preserve=mode,timestamps", *src, tmp_out + "/boot/"}, 600000));
+    CDP_RETURN_IF_ERROR(
+        Run({"cp", "--preserve=mode,timestamps", *src, tmp_out + "/boot/"}, kCopyCommandMs));
   }
   CDP_ASSIGN_OR_RETURN(const std::string modules, pe::ResolveInRoot(mnt, "/lib/modules/" + kver));
-  CDP_RETURN_IF_ERROR(Run({"cp", "-a", modules, tmp_out + "/lib/modules/" + kver}, 600000));
+  CDP_RETURN_IF_ERROR(Run({"cp", "-a", modules, tmp_out + "/lib/modules/" + kver}, kCopyCommandMs));
   for (const auto& e : fs::recursive_directory_iterator(tmp_out + "/lib/modules/" + kver, ec)) {
     if (e.is_regular_file(ec)) ++result.module_files;
   }

@@ -12,13 +12,9 @@
 #include <xxhash.h>
 
 #include "cdp/core/block_device.h"
-#include "cdp/core/host_command.h"
-#include "cdp/core/qmp_client.h"
 #include "cdp/core/units.h"
 #include "cdp/failover/target_snapshot.h"
-#include "cdp/failover/target_vm.h"
-#include "cdp/journal/control_client.h"
-#include "cdp/pe/pe_client.h"
+#include "failover_timeouts.h"
 #include "service_probe.h"
 #include "step_timeline.h"
 
@@ -38,8 +34,15 @@ constexpr uint64_t kVerifyChunk = 4ull << 20;
 
 class CutoverEngine::Impl {
  public:
-  Impl(const CutoverPlan& plan, std::ostream* timeline, const std::atomic<bool>* cancel)
-      : plan_(plan), steps_(timeline), cancel_(cancel) {}
+  Impl(const CutoverPlan& plan, CutoverPorts& ports, std::ostream* timeline,
+       const std::atomic<bool>* cancel)
+      : plan_(plan),
+        source_(*ports.source),
+        journal_(*ports.journal),
+        target_(*ports.target),
+        wait_for_service_(ports.wait_for_service),
+        steps_(timeline),
+        cancel_(cancel) {}
 
   CutoverReport Run() {
     report_.plan = plan_.file;
@@ -86,23 +89,14 @@ class CutoverEngine::Impl {
     return report_;
   }
 
-  // Errors name the plan key, so an operator knows what to fix.
-  Result<std::unique_ptr<QmpClient>> SourceQmp() {
-    auto qmp = QmpClient::Connect(plan_.source_qmp_socket, 5000);
-    if (!qmp.ok()) {
-      return qmp.status().WithContext(plan_.Where("source.qmp_socket") + ": " +
-                                      plan_.source_qmp_socket);
-    }
-    return qmp;
-  }
-
+  // The journal's status of `volume`. Errors name the plan key, so an operator knows what to
+  // fix.
   Result<v1::VolumeStatus> JournalVolume(const std::string& volume) {
-    auto client = journal::ControlClient::Connect(plan_.journal, 5000);
-    if (!client.ok()) {
-      return client.status().WithContext(plan_.Where("journal") + ": " + plan_.journal);
+    auto reply = journal_.Status();
+    if (!reply.ok()) {
+      return reply.status().WithContext(plan_.Where("journal") + ": " + plan_.journal);
     }
-    CDP_ASSIGN_OR_RETURN(auto reply, (*client)->Status(5000));
-    for (const auto& v : reply.volumes()) {
+    for (const auto& v : reply->volumes()) {
       if (v.name() == volume) return v;
     }
     const auto at = std::find(plan_.volumes.begin(), plan_.volumes.end(), volume);
@@ -112,36 +106,15 @@ class CutoverEngine::Impl {
         ": it is not protected; start its cdp-agent (or fix the name); nothing was touched");
   }
 
-  Result<v1::PeStatusReply> TargetStatus() {
-    auto client =
-        pe::PeClient::Connect(plan_.target.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
-    if (!client.ok()) {
-      return client.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config);
-    }
-    return (*client)->Status(5000);
-  }
-
   Result<std::string> Precheck() {
     CDP_ASSIGN_OR_RETURN(lock_, TargetLock::Acquire(plan_.target, "a cutover"));
     // A drill or export-boot killed midway leaves the target writing into deltas; promoting
     // that would drop them. Commit them back (and check every drive) first.
     CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(plan_.target));
-    if (!plan_.source_qmp_socket.empty()) {
-      CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
-      CDP_ASSIGN_OR_RETURN(QmpRunState st, qmp->QueryStatus());
-      if (!st.running) {
-        const std::string& status = st.status;
-        return Status::FailedPrecondition(
-            "the source VM is not running (QMP status " + status + ")" +
-            (status == "paused" ? "; a cutover stopped hard after its quiesce leaves it paused: "
-                                  "resume it with QMP cont if it should serve"
-                                : ""));
-      }
-    }
-    CDP_ASSIGN_OR_RETURN(auto pe, TargetStatus());
-    if (pe.pe_state() != v1::PE_STATE_READY) {
-      return Status::FailedPrecondition("the target is " + wire::PeStateName(pe.pe_state()) + ": " +
-                                        pe.error());
+    CDP_RETURN_IF_ERROR(source_.CheckServing());
+    CDP_ASSIGN_OR_RETURN(auto pe, target_.Status());
+    if (!PeReady(pe)) {
+      return Status::FailedPrecondition("the target is " + PeStateText(pe) + ": " + pe.error());
     }
     std::string lags;
     for (const auto& volume : plan_.volumes) {
@@ -162,25 +135,11 @@ class CutoverEngine::Impl {
 
   Result<std::string> Quiesce() {
     quiesce_start_ = steps_.Since();
-    if (plan_.quiesce.method == "qmp-pause") {
-      CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
-      CDP_RETURN_IF_ERROR(qmp->Execute("stop", nullptr, 10000).status());
-      paused_ = true;
-    } else if (plan_.quiesce.method == "command") {
-      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(plan_.quiesce.command, 60000));
-      if (r.exit_code != 0) {
-        return Status::FailedPrecondition(CommandLine(plan_.quiesce.command) + " exited " +
-                                          std::to_string(r.exit_code) + ": " + r.output);
-      }
-      quiesced_by_command_ = true;
-    } else {
-      return Status::NotSupported("quiesce method " + plan_.quiesce.method + " is not built");
-    }
+    CDP_ASSIGN_OR_RETURN(const std::string quiesced, source_.Quiesce());
+    quiesced_ = true;
     // Everything the source wrote is captured; wait until the journal has all of it, as a
     // report newer than the quiesce says.
-    const auto deadline =
-        Clock::now() +
-        std::chrono::milliseconds(static_cast<int64_t>(plan_.budgets.drain_seconds * 1000));
+    const auto deadline = Clock::now() + SecondsToMs(plan_.budgets.drain_seconds);
     std::string out;
     for (const auto& volume : plan_.volumes) {
       CDP_ASSIGN_OR_RETURN(auto first, JournalVolume(volume));
@@ -200,18 +159,16 @@ class CutoverEngine::Impl {
                                   std::to_string(v.captured_lsn()) + ", durable " +
                                   std::to_string(v.durable_lsn()) + ")");
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        std::this_thread::sleep_for(kPollInterval);
       }
     }
-    return std::string(paused_ ? "source paused (QMP stop); " : "source quiesced; ") + out;
+    return quiesced + "; " + out;
   }
 
   Result<std::string> Drain() {
-    const auto deadline =
-        Clock::now() +
-        std::chrono::milliseconds(static_cast<int64_t>(plan_.budgets.drain_seconds * 1000));
+    const auto deadline = Clock::now() + SecondsToMs(plan_.budgets.drain_seconds);
     while (true) {
-      CDP_ASSIGN_OR_RETURN(auto pe, TargetStatus());
+      CDP_ASSIGN_OR_RETURN(auto pe, target_.Status());
       bool all = true;
       std::string out;
       for (const auto& [volume, lsn] : report_.final_lsn) {
@@ -229,7 +186,7 @@ class CutoverEngine::Impl {
         return Status::TimedOut("the target did not apply the final LSN within " +
                                 FormatFixed(plan_.budgets.drain_seconds, 0) + " s: " + out);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::this_thread::sleep_for(kPollInterval);
     }
   }
 
@@ -243,11 +200,9 @@ class CutoverEngine::Impl {
     for (const auto& d : plan_.target.disks) {
       if (d.volume == volume) size = d.size;
     }
-    TargetVm target(plan_.target);
     std::vector<RegionChecksum> sums;
-    uint64_t applied = 0;
     if (regions == nullptr) {
-      CDP_ASSIGN_OR_RETURN(sums, target.Checksums(volume, 0, 0, kVerifyChunk, &applied));
+      CDP_ASSIGN_OR_RETURN(sums, target_.Checksums(volume, 0, 0, kVerifyChunk, nullptr));
     } else {
       // One request per run of consecutive regions.
       for (auto it = regions->begin(); it != regions->end();) {
@@ -257,8 +212,8 @@ class CutoverEngine::Impl {
         const uint64_t offset = first * kVerifyChunk;
         if (offset >= size) continue;
         const uint64_t end = std::min(size, (last + 1) * kVerifyChunk);
-        CDP_ASSIGN_OR_RETURN(auto run, target.Checksums(volume, offset, end - offset,
-                                                        kVerifyChunk, &applied));
+        CDP_ASSIGN_OR_RETURN(
+            auto run, target_.Checksums(volume, offset, end - offset, kVerifyChunk, nullptr));
         sums.insert(sums.end(), run.begin(), run.end());
       }
     }
@@ -297,11 +252,11 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> BackgroundPass() {
-    CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(plan_.target.replication_endpoint,
-                                                            v1::ROLE_CONTROL, "", 0, 3000));
     std::string out;
     for (size_t i = 0; i < plan_.volumes.size(); ++i) {
-      auto mark = client->WrittenRegions(plan_.volumes[i], kVerifyChunk, true, 5000);
+      auto mark = target_.WrittenRegions(plan_.volumes[i], kVerifyChunk, true);
+      // The pe-agent does not answer: PreVerify says so.
+      if (mark.status().IsUnavailable() || mark.status().IsTimedOut()) return mark.status();
       if (!mark.ok()) {
         // A PE built before written-region marks: the window verifies every region instead.
         background_.clear();
@@ -321,8 +276,6 @@ class CutoverEngine::Impl {
 
   Result<std::string> Verify() {
     if (plan_.source_devices.empty()) return std::string("skipped: the plan names no devices");
-    auto client = pe::PeClient::Connect(plan_.target.replication_endpoint, v1::ROLE_CONTROL, "",
-                                        0, 3000);
     uint64_t regions = 0, bytes = 0;
     std::string notes;
     for (size_t i = 0; i < plan_.volumes.size(); ++i) {
@@ -330,9 +283,7 @@ class CutoverEngine::Impl {
       std::set<uint64_t> differ;
       auto bg = background_.find(volume);
       Result<v1::WrittenRegionsReply> written = Status::NotFound("no background pass");
-      if (bg != background_.end() && client.ok()) {
-        written = (*client)->WrittenRegions(volume, 0, false, 5000);
-      }
+      if (bg != background_.end()) written = target_.WrittenRegions(volume, 0, false);
       if (written.ok() && written->mark_lsn() == bg->second.mark_lsn &&
           written->region_bytes() == kVerifyChunk) {
         std::set<uint64_t> todo = bg->second.differ;
@@ -365,23 +316,12 @@ class CutoverEngine::Impl {
 
   Result<std::string> Fence() {
     fence_started_ = true;
-    if (plan_.fence.method == "qmp-poweroff") {
-      CDP_ASSIGN_OR_RETURN(auto qmp, SourceQmp());
-      CDP_RETURN_IF_ERROR(qmp->Execute("quit", nullptr, 10000).status());
-      return std::string("source powered off (QMP quit)");
-    }
-    if (plan_.fence.method == "qmp-pause") return std::string("source stays paused");
-    CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(plan_.fence.command, 60000));
-    if (r.exit_code != 0) {
-      return Status::FailedPrecondition(CommandLine(plan_.fence.command) + " exited " +
-                                        std::to_string(r.exit_code) + ": " + r.output);
-    }
-    return "fenced by " + CommandLine(plan_.fence.command);
+    return source_.Fence();
   }
 
   Result<std::string> Promote() {
     bool sent = false;
-    auto result = RequestTakeover(plan_.target.replication_endpoint, plan_, &sent);
+    auto result = RequestTakeover(target_, plan_, &sent);
     // Sent and not plainly refused: the target may be handing over. Treat it as promoted, so
     // the source is never resumed beside it.
     promoted_ = sent && !(result.status().code() == StatusCode::kFailedPrecondition &&
@@ -390,7 +330,7 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Health() {
-    return WaitForService(plan_, plan_.budgets.takeover_seconds, cancel_);
+    return wait_for_service_(plan_.budgets.takeover_seconds, cancel_);
   }
 
   bool Cancelled() const { return cancel_ != nullptr && *cancel_; }
@@ -400,16 +340,10 @@ class CutoverEngine::Impl {
       report_.rollback = "no rollback (plan says none)";
       return;
     }
-    if (paused_) {
-      auto qmp = SourceQmp();
-      Status s = qmp.ok() ? (*qmp)->Execute("cont").status() : qmp.status();
-      report_.rollback = s.ok() ? "rolled back: the source VM runs again (QMP cont)"
-                                : "ROLLBACK FAILED: QMP cont: " + s.message();
-    } else if (quiesced_by_command_ && !plan_.quiesce.resume_command.empty()) {
-      auto r = RunHostCommand(plan_.quiesce.resume_command, 60000);
-      report_.rollback = r.ok() && r->exit_code == 0
-                             ? "rolled back: " + CommandLine(plan_.quiesce.resume_command)
-                             : "ROLLBACK FAILED: " + CommandLine(plan_.quiesce.resume_command);
+    if (quiesced_) {
+      auto resumed = source_.Resume();
+      report_.rollback = resumed.ok() ? "rolled back: " + *resumed
+                                      : "ROLLBACK FAILED: " + resumed.status().message();
     } else {
       report_.rollback = "nothing to roll back: the source was not touched";
     }
@@ -421,26 +355,21 @@ class CutoverEngine::Impl {
   // runs on the target and may hold the service address, so nothing is undone automatically.
   void AfterFenceFailure() {
     const std::string console = plan_.target.console_log();
+    const FenceEffect fence = source_.DescribeFence();
     if (promoted_) {
       report_.rollback =
           "NO ROLLBACK after the promotion: the migrated OS runs on the target (console " +
-          console + ") and may hold the service address; the source is " +
-          (plan_.fence.method == "qmp-poweroff" ? "powered off"
-           : plan_.fence.method == "qmp-pause"  ? "paused"
-                                                : "fenced by " + CommandLine(plan_.fence.command)) +
+          console + ") and may hold the service address; the source is " + fence.state +
           ". Fix the target's service, or stop the target (cdpctl target stop) before "
           "bringing the source back";
-    } else if (plan_.fence.method == "qmp-pause" || !fence_started_) {
+    } else if (fence.resumable || !fence_started_) {
       Rollback();
       if (report_.rollback.rfind("rolled back", 0) == 0) {
         report_.rollback += "; the target stays in the PE";
       }
     } else {
       report_.rollback =
-          "ROLLBACK IMPOSSIBLE: the source was " +
-          (plan_.fence.method == "qmp-poweroff"
-               ? std::string("powered off at the fence (QMP quit)")
-               : "fenced by " + CommandLine(plan_.fence.command) + ", which has no undo") +
+          "ROLLBACK IMPOSSIBLE: the source was " + fence.why_final +
           "; the target is still in the PE, not promoted: start the source again (its disk is "
           "intact and protected; the target keeps replicating once its agent reconnects), then "
           "cut over again";
@@ -449,12 +378,15 @@ class CutoverEngine::Impl {
   }
 
   const CutoverPlan& plan_;
+  SourceControl& source_;
+  JournalView& journal_;
+  TargetAgent& target_;
+  const ServiceWait& wait_for_service_;
   StepTimeline steps_;
   const std::atomic<bool>* cancel_;
   CutoverReport report_;
   double quiesce_start_ = 0;
-  bool paused_ = false;
-  bool quiesced_by_command_ = false;
+  bool quiesced_ = false;  // the source's writes were stopped: a rollback resumes it
   bool fence_started_ = false;
   // The background pass of each volume (PreVerify), used by Verify.
   struct Background {
@@ -467,11 +399,24 @@ class CutoverEngine::Impl {
   bool promoted_ = false;  // the takeover was sent and not refused: the target left the PE
 };
 
+CutoverPorts MakeCutoverPorts(const CutoverPlan& plan) {
+  CutoverPorts ports;
+  ports.source = MakeSourceControl(plan);
+  ports.journal = MakeJournalView(plan.journal);
+  ports.target = PlanTargetAgent(plan);
+  ports.wait_for_service = PlanHealthCheck(plan);
+  return ports;
+}
+
 CutoverEngine::CutoverEngine(CutoverPlan plan, std::ostream* timeline,
                              const std::atomic<bool>* cancel)
-    : plan_(std::move(plan)), timeline_(timeline), cancel_(cancel) {}
+    : CutoverEngine(plan, MakeCutoverPorts(plan), timeline, cancel) {}
 
-CutoverReport CutoverEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }
+CutoverEngine::CutoverEngine(CutoverPlan plan, CutoverPorts ports, std::ostream* timeline,
+                             const std::atomic<bool>* cancel)
+    : plan_(std::move(plan)), ports_(std::move(ports)), timeline_(timeline), cancel_(cancel) {}
+
+CutoverReport CutoverEngine::Run() { return Impl(plan_, ports_, timeline_, cancel_).Run(); }
 
 std::string CutoverReportJson(const CutoverReport& r) {
   return nlohmann::json({{"ok", r.ok},

@@ -14,13 +14,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "cdp/core/atomic_file.h"
 #include "cdp/core/host_command.h"
 #include "cdp/core/qmp_client.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
-#include "cdp/journal/control_client.h"
-#include "cdp/pe/pe_client.h"
+#include "failover_timeouts.h"
 #include "service_probe.h"
 #include "step_timeline.h"
 
@@ -75,18 +73,19 @@ class NetnsGuard {
   int self_;
 };
 
-bool NamespaceExists(const std::string& name) { return fs::exists("/run/netns/" + name); }
-
 // The drill VM's overlay of a frozen drive: STATE_DIR/NAME-drill.LABEL.qcow2.
 std::string OverlayOf(const TargetConfig& t, const FrozenDrive& d) {
   return t.state_dir + "/" + t.name + "-drill." + d.label + ".qcow2";
 }
 
+// The drill VM's name: NAME-drill.
+std::string DrillVmName(const TargetConfig& t) { return t.name + "-drill"; }
+
 // The drill VM: the target's config on the overlays, in the drill namespace, its service NIC on
 // the namespace's tap; same UUID and MACs (nothing else shares that network).
 TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<FrozenDrive>& drives) {
   TargetConfig c = t;
-  c.name = t.name + "-drill";
+  c.name = DrillVmName(t);
   c.qmp_socket = t.state_dir + "/" + c.name + ".qmp";
   for (size_t i = 0; i < c.disks.size(); ++i) c.disks[i].path = OverlayOf(t, drives[i]);
   c.metadata_disk = OverlayOf(t, drives.back());
@@ -97,34 +96,168 @@ TargetConfig DrillVmConfig(const TargetConfig& t, const std::vector<FrozenDrive>
   return c;
 }
 
+// The drill's sandbox on this host: TargetSnapshot deltas, `ip netns`, the drill VM by
+// TargetVm.
+class HostDrillSandbox final : public DrillSandbox {
+ public:
+  explicit HostDrillSandbox(const CutoverPlan& plan)
+      : plan_(plan),
+        target_(plan_.target),
+        snapshot_(target_, "drill-delta"),
+        drill_vm_(DrillVmConfig(target_, snapshot_.drives())) {}
+
+  bool LeftoversExist() override {
+    for (const auto& d : snapshot_.drives()) {
+      if (fs::exists(OverlayOf(target_, d))) return true;
+    }
+    return snapshot_.DeltasExist() || fs::exists(drill_vm_.pid_file());
+  }
+
+  bool NamespaceExists() override { return fs::exists("/run/netns/" + plan_.drill_namespace); }
+
+  Result<std::string> PrepareTarget() override {
+    // The snapshot needs the target's QMP socket. (Closed at once: QEMU serves one client.)
+    if (auto qmp = QmpClient::Connect(target_.qmp_socket, kQmpConnectMs); !qmp.ok()) {
+      return qmp.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config +
+                                      ": qmp_socket " + target_.qmp_socket);
+    }
+    // Deltas an export-boot left (killed midway) are committed back; every drive must run on
+    // the file the config names.
+    return PutTargetOnOwnFiles(target_);
+  }
+
+  Result<std::string> Freeze(std::map<std::string, uint64_t>* lsn) override {
+    return snapshot_.Freeze(lsn);
+  }
+
+  Result<std::string> MakeNetwork() override {
+    const std::string& ns = plan_.drill_namespace;
+    const std::vector<std::vector<std::string>> commands = {
+        {"ip", "netns", "add", ns},
+        {"ip", "-n", ns, "link", "set", "lo", "up"},
+        {"ip", "-n", ns, "link", "add", kBridge, "type", "bridge"},
+        {"ip", "-n", ns, "addr", "add", plan_.drill_address, "dev", kBridge},
+        {"ip", "-n", ns, "link", "set", kBridge, "up"},
+        {"ip", "-n", ns, "tuntap", "add", "dev", kTap, "mode", "tap"},
+        {"ip", "-n", ns, "link", "set", kTap, "master", kBridge, "up"}};
+    for (const auto& argv : commands) {
+      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kIpCommandMs));
+      if (r.exit_code != 0) {
+        return Status::FailedPrecondition(CommandLine(argv) + " failed: " + r.output);
+      }
+    }
+    return "namespace " + ns + ": bridge " + kBridge + " with " + plan_.drill_address + ", tap " +
+           kTap + " for the drill VM";
+  }
+
+  Result<std::string> BootDrillVm() override {
+    for (const auto& d : snapshot_.drives()) {
+      CDP_ASSIGN_OR_RETURN(ImageInfo info, InspectImage(d.base));
+      const std::vector<std::string> argv = {"qemu-img",
+                                             "create",
+                                             "-q",
+                                             "-f",
+                                             "qcow2",
+                                             "-u",
+                                             "-b",
+                                             d.base,
+                                             "-F",
+                                             info.format,
+                                             OverlayOf(target_, d),
+                                             std::to_string(info.virtual_size)};
+      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kHostCommandMs));
+      if (r.exit_code != 0) {
+        return Status::IOError(CommandLine(argv) + " failed: " + r.output);
+      }
+    }
+    std::ostringstream progress;
+    Status started;
+    {
+      CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
+      started = TargetVm(drill_vm_).Start(progress);
+    }
+    if (!started.ok()) return started.WithContext("drill VM " + drill_vm_.name);
+    const double boot = TargetVm(drill_vm_).RecordedPeBootSeconds();
+    return "drill VM " + drill_vm_.name + " pe-ready in " + FormatFixed(boot, 1) +
+           " s on overlays of the frozen disks (console " + drill_vm_.console_log() + ")";
+  }
+
+  Result<std::string> InNamespace(const std::function<Result<std::string>()>& fn) override {
+    CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
+    return fn();
+  }
+
+  // In an order that leaves a state it can resume from if it dies midway (deltas go last).
+  TeardownResult Teardown() override {
+    TeardownResult out;
+    std::ostringstream progress;
+    TargetVm drill(drill_vm_);
+    if (Status s = drill.Stop(progress, kDrillVmStopSeconds); s.ok()) {
+      out.done.push_back("drill VM stopped");
+    } else {
+      out.failed.push_back("stopping the drill VM: " + s.message());
+    }
+    std::error_code ec;
+    fs::remove(drill_vm_.qmp_socket, ec);
+    fs::remove(drill_vm_.state_file(), ec);
+    if (NamespaceExists()) {
+      const std::vector<std::string> argv = {"ip", "netns", "del", plan_.drill_namespace};
+      auto r = RunHostCommand(argv, kIpCommandMs);
+      if (r.ok() && r->exit_code == 0) {
+        out.done.push_back("namespace " + plan_.drill_namespace + " removed");
+      } else {
+        out.failed.push_back(CommandLine(argv) + ": " +
+                             (r.ok() ? r->output : r.status().message()));
+      }
+    }
+    if (out.failed.empty()) {
+      for (const auto& d : snapshot_.drives()) fs::remove(OverlayOf(target_, d), ec);
+    }
+    if (Status s = snapshot_.Thaw(&out.done); !s.ok()) out.failed.push_back(s.message());
+    return out;
+  }
+
+  const TargetConfig& drill_vm() const { return drill_vm_; }
+
+ private:
+  const CutoverPlan plan_;  // a copy: the sandbox outlives the caller's plan
+  const TargetConfig& target_;
+  TargetSnapshot snapshot_;
+  const TargetConfig drill_vm_;
+};
 
 }  // namespace
 
 class DrillEngine::Impl {
  public:
-  Impl(const CutoverPlan& plan, std::ostream* timeline, const std::atomic<bool>* cancel)
+  Impl(const CutoverPlan& plan, DrillPorts& ports, std::ostream* timeline,
+       const std::atomic<bool>* cancel)
       : plan_(plan),
         target_(plan.target),
-        snapshot_(plan.target, "drill-delta"),
-        drill_vm_(DrillVmConfig(plan.target, snapshot_.drives())),
+        sandbox_(*ports.sandbox),
+        journal_(*ports.journal),
+        agent_(*ports.target),
+        drill_agent_(*ports.drill_vm),
+        wait_for_service_(ports.wait_for_service),
         steps_(timeline),
         cancel_(cancel) {}
 
   DrillReport Run() {
     report_.plan = plan_.file;
     steps_.Line("drill of " + plan_.name + ": target " + target_.name + " booted as " +
-                drill_vm_.name + " in network namespace " + plan_.drill_namespace +
+                DrillVmName(target_) + " in network namespace " + plan_.drill_namespace +
                 "; the source is not touched");
     bool ok = Step("precheck", [&] { return Precheck(); }) &&
               Step("snapshot", [&] { return Snapshot(); }) &&
-              Step("network", [&] { return Network(); }) && Step("boot", [&] { return Boot(); }) &&
+              Step("network", [&] { return sandbox_.MakeNetwork(); }) &&
+              Step("boot", [&] { return sandbox_.BootDrillVm(); }) &&
               Step("promote", [&] { return Promote(); }) &&
               Step("health", [&] { return Health(); }) &&
               Step("replication", [&] { return Replication(); });
     // Teardown always runs (unless precheck found a foreign namespace: nothing was made).
     if (!refused_) {
-      const bool torn_down =
-          steps_.Step("teardown", [&] { return Teardown(); }, &report_.error);
+      const bool torn_down = steps_.Step(
+          "teardown", [&] { return Teardown(); }, &report_.error);
       ok = ok && torn_down;
     }
     report_.ok = ok;
@@ -145,31 +278,6 @@ class DrillEngine::Impl {
           return fn();
         },
         &report_.error);
-  }
-
-  Result<v1::PeStatusReply> TargetPeStatus() {
-    auto client = pe::PeClient::Connect(target_.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000);
-    if (!client.ok()) {
-      return client.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config);
-    }
-    return (*client)->Status(5000);
-  }
-
-  Result<std::unique_ptr<QmpClient>> TargetQmp() {
-    auto qmp = QmpClient::Connect(target_.qmp_socket, 5000);
-    if (!qmp.ok()) {
-      return qmp.status().WithContext(plan_.Where("target.config") + ": " + plan_.target_config +
-                                      ": qmp_socket " +
-                                      target_.qmp_socket);
-    }
-    return qmp;
-  }
-
-  bool LeftoversExist() {
-    for (const auto& d : snapshot_.drives()) {
-      if (fs::exists(OverlayOf(target_, d))) return true;
-    }
-    return snapshot_.DeltasExist() || fs::exists(drill_vm_.pid_file());
   }
 
   Result<std::string> Precheck() {
@@ -194,7 +302,7 @@ class DrillEngine::Impl {
           "ADDR/PREFIX on the service network");
     }
     std::string cleaned;
-    if (LeftoversExist()) {
+    if (sandbox_.LeftoversExist()) {
       steps_.Line("a drill that did not finish left files in " + target_.state_dir +
                   "; cleaning up first");
       auto r = Teardown();
@@ -203,7 +311,7 @@ class DrillEngine::Impl {
                                           r.status().message());
       }
       cleaned = "; cleaned up after a drill that did not finish (" + *r + ")";
-    } else if (NamespaceExists(plan_.drill_namespace)) {
+    } else if (sandbox_.NamespaceExists()) {
       refused_ = true;
       return Status::FailedPrecondition(
           plan_.Where("drill.namespace") + ": network namespace " + plan_.drill_namespace +
@@ -211,90 +319,43 @@ class DrillEngine::Impl {
           target_.state_dir + "); remove it (ip netns del " + plan_.drill_namespace +
           ") or choose another drill.namespace");
     }
-    CDP_RETURN_IF_ERROR(TargetQmp().status());  // the snapshot needs it
-    // Deltas an export-boot left (killed midway) are committed back; every drive must run on
-    // the file the config names.
-    CDP_ASSIGN_OR_RETURN(std::string own, PutTargetOnOwnFiles(target_));
+    CDP_ASSIGN_OR_RETURN(std::string own, sandbox_.PrepareTarget());
     if (!own.empty()) cleaned += "; " + own;
-    CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
-    if (pe.pe_state() != v1::PE_STATE_READY) {
-      return Status::FailedPrecondition("the target is " + wire::PeStateName(pe.pe_state()) + ": " +
-                                        pe.error());
+    CDP_ASSIGN_OR_RETURN(auto pe, agent_.Status());
+    if (!PeReady(pe)) {
+      return Status::FailedPrecondition("the target is " + PeStateText(pe) + ": " + pe.error());
     }
     std::string lsns;
     for (const auto& v : pe.volumes()) {
       lsns += (lsns.empty() ? "" : ", ") + v.name() + " " + std::to_string(v.applied_lsn());
     }
-    return "target " + target_.name + " pe-ready (applied LSN " + lsns +
-           "); namespace " + plan_.drill_namespace + " free" + cleaned;
+    return "target " + target_.name + " pe-ready (applied LSN " + lsns + "); namespace " +
+           plan_.drill_namespace + " free" + cleaned;
   }
 
   Result<std::string> Snapshot() {
     std::map<std::string, uint64_t> lsn;
-    CDP_ASSIGN_OR_RETURN(std::string out, snapshot_.Freeze(&lsn));
+    CDP_ASSIGN_OR_RETURN(std::string out, sandbox_.Freeze(&lsn));
     for (const auto& v : plan_.volumes) report_.snapshot_lsn.push_back({v, lsn[v]});
     return out;
   }
 
-  Result<std::string> Network() {
-    const std::string& ns = plan_.drill_namespace;
-    const std::vector<std::vector<std::string>> commands = {
-        {"ip", "netns", "add", ns},
-        {"ip", "-n", ns, "link", "set", "lo", "up"},
-        {"ip", "-n", ns, "link", "add", kBridge, "type", "bridge"},
-        {"ip", "-n", ns, "addr", "add", plan_.drill_address, "dev", kBridge},
-        {"ip", "-n", ns, "link", "set", kBridge, "up"},
-        {"ip", "-n", ns, "tuntap", "add", "dev", kTap, "mode", "tap"},
-        {"ip", "-n", ns, "link", "set", kTap, "master", kBridge, "up"}};
-    for (const auto& argv : commands) {
-      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 30000));
-      if (r.exit_code != 0) {
-        return Status::FailedPrecondition(CommandLine(argv) + " failed: " + r.output);
-      }
-    }
-    return "namespace " + ns + ": bridge " + kBridge + " with " + plan_.drill_address + ", tap " +
-           kTap + " for the drill VM";
-  }
-
-  Result<std::string> Boot() {
-    for (const auto& d : snapshot_.drives()) {
-      CDP_ASSIGN_OR_RETURN(ImageInfo info, InspectImage(d.base));
-      const std::vector<std::string> argv = {
-          "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", d.base, "-F", info.format,
-          OverlayOf(target_, d), std::to_string(info.virtual_size)};
-      CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
-      if (r.exit_code != 0) {
-        return Status::IOError(CommandLine(argv) + " failed: " + r.output);
-      }
-    }
-    std::ostringstream progress;
-    Status started;
-    {
-      CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
-      started = TargetVm(drill_vm_).Start(progress);
-    }
-    if (!started.ok()) return started.WithContext("drill VM " + drill_vm_.name);
-    const double boot = TargetVm(drill_vm_).RecordedPeBootSeconds();
-    return "drill VM " + drill_vm_.name + " pe-ready in " + FormatFixed(boot, 1) +
-           " s on overlays of the frozen disks (console " + drill_vm_.console_log() + ")";
-  }
-
   Result<std::string> Promote() {
-    CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
-    return RequestTakeover(drill_vm_.replication_endpoint, plan_);
+    return sandbox_.InNamespace([&] { return RequestTakeover(drill_agent_, plan_); });
   }
 
   Result<std::string> Health() {
-    CDP_ASSIGN_OR_RETURN(auto in_ns, NetnsGuard::Enter(plan_.drill_namespace));
-    CDP_ASSIGN_OR_RETURN(std::string answer,
-                         WaitForService(plan_, plan_.budgets.takeover_seconds, cancel_));
-    return answer + " in namespace " + plan_.drill_namespace;
+    return sandbox_.InNamespace([&]() -> Result<std::string> {
+      CDP_ASSIGN_OR_RETURN(std::string answer,
+                           wait_for_service_(plan_.budgets.takeover_seconds, cancel_));
+      return answer + " in namespace " + plan_.drill_namespace;
+    });
   }
 
   Result<std::string> Replication() {
-    CDP_ASSIGN_OR_RETURN(auto pe, TargetPeStatus());
-    if (pe.pe_state() != v1::PE_STATE_READY) {
-      return Status::FailedPrecondition("the target is " + wire::PeStateName(pe.pe_state()) +
+    CDP_ASSIGN_OR_RETURN(auto pe, agent_.Status());
+    if (!PeReady(pe)) {
+      return Status::FailedPrecondition("the target is " + PeStateText(pe) +
                                         " after the drill: " + pe.error());
     }
     std::string out;
@@ -307,15 +368,14 @@ class DrillEngine::Impl {
       out += (out.empty() ? "" : ", ") + volume + " " + std::to_string(snapshot) + " -> " +
              std::to_string(now);
     }
+    // Only a note: a journal that does not answer does not fail the drill.
     std::string replicators;
-    if (auto client = journal::ControlClient::Connect(plan_.journal, 3000); client.ok()) {
-      if (auto st = (*client)->Status(3000); st.ok()) {
-        for (const auto& v : st->volumes()) {
-          for (const auto& name : plan_.volumes) {
-            if (v.name() == name) {
-              replicators += std::string(replicators.empty() ? "" : ", ") + name + " " +
-                             (v.replicator_connected() ? "connected" : "NOT connected");
-            }
+    if (auto st = journal_.Status(); st.ok()) {
+      for (const auto& v : st->volumes()) {
+        for (const auto& name : plan_.volumes) {
+          if (v.name() == name) {
+            replicators += std::string(replicators.empty() ? "" : ", ") + name + " " +
+                           (v.replicator_connected() ? "connected" : "NOT connected");
           }
         }
       }
@@ -324,39 +384,14 @@ class DrillEngine::Impl {
            (replicators.empty() ? "" : " (replicator " + replicators + ")");
   }
 
-  // Idempotent: removes whatever a drill of this target made, in an order that leaves a state
-  // it can resume from if it dies midway (deltas go last).
   Result<std::string> Teardown() {
-    std::vector<std::string> done, failed;
-    std::ostringstream progress;
-    TargetVm drill(drill_vm_);
-    if (Status s = drill.Stop(progress, 15); s.ok()) {
-      done.push_back("drill VM stopped");
-    } else {
-      failed.push_back("stopping the drill VM: " + s.message());
-    }
-    std::error_code ec;
-    fs::remove(drill_vm_.qmp_socket, ec);
-    fs::remove(drill_vm_.state_file(), ec);
-    if (NamespaceExists(plan_.drill_namespace)) {
-      const std::vector<std::string> argv = {"ip", "netns", "del", plan_.drill_namespace};
-      auto r = RunHostCommand(argv, 30000);
-      if (r.ok() && r->exit_code == 0) {
-        done.push_back("namespace " + plan_.drill_namespace + " removed");
-      } else {
-        failed.push_back(CommandLine(argv) + ": " + (r.ok() ? r->output : r.status().message()));
-      }
-    }
-    if (failed.empty()) {
-      for (const auto& d : snapshot_.drives()) fs::remove(OverlayOf(target_, d), ec);
-    }
-    if (Status s = snapshot_.Thaw(&done); !s.ok()) failed.push_back(s.message());
+    const DrillSandbox::TeardownResult r = sandbox_.Teardown();
     std::string out;
-    for (const auto& d : done) out += (out.empty() ? "" : "; ") + d;
+    for (const auto& d : r.done) out += (out.empty() ? "" : "; ") + d;
     report_.teardown = out;
-    if (!failed.empty()) {
+    if (!r.failed.empty()) {
       std::string why;
-      for (const auto& f : failed) why += (why.empty() ? "" : "; ") + f;
+      for (const auto& f : r.failed) why += (why.empty() ? "" : "; ") + f;
       report_.teardown += (out.empty() ? "" : "; ") + std::string("FAILED: ") + why;
       return Status::FailedPrecondition(why + " (done: " + (out.empty() ? "nothing" : out) +
                                         "); run the drill again to finish the cleanup");
@@ -366,8 +401,11 @@ class DrillEngine::Impl {
 
   const CutoverPlan& plan_;
   const TargetConfig& target_;
-  TargetSnapshot snapshot_;
-  const TargetConfig drill_vm_;
+  DrillSandbox& sandbox_;
+  JournalView& journal_;
+  TargetAgent& agent_;
+  TargetAgent& drill_agent_;
+  const ServiceWait& wait_for_service_;
   StepTimeline steps_;
   const std::atomic<bool>* cancel_;
   DrillReport report_;
@@ -375,10 +413,25 @@ class DrillEngine::Impl {
   std::unique_ptr<TargetLock> lock_;
 };
 
-DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const std::atomic<bool>* cancel)
-    : plan_(std::move(plan)), timeline_(timeline), cancel_(cancel) {}
+DrillPorts MakeDrillPorts(const CutoverPlan& plan) {
+  DrillPorts ports;
+  auto sandbox = std::make_unique<HostDrillSandbox>(plan);
+  ports.drill_vm = MakeTargetAgent(sandbox->drill_vm(), "drill VM " + sandbox->drill_vm().name);
+  ports.sandbox = std::move(sandbox);
+  ports.journal = MakeJournalView(plan.journal);
+  ports.target = PlanTargetAgent(plan);
+  ports.wait_for_service = PlanHealthCheck(plan);
+  return ports;
+}
 
-DrillReport DrillEngine::Run() { return Impl(plan_, timeline_, cancel_).Run(); }
+DrillEngine::DrillEngine(CutoverPlan plan, std::ostream* timeline, const std::atomic<bool>* cancel)
+    : DrillEngine(plan, MakeDrillPorts(plan), timeline, cancel) {}
+
+DrillEngine::DrillEngine(CutoverPlan plan, DrillPorts ports, std::ostream* timeline,
+                         const std::atomic<bool>* cancel)
+    : plan_(std::move(plan)), ports_(std::move(ports)), timeline_(timeline), cancel_(cancel) {}
+
+DrillReport DrillEngine::Run() { return Impl(plan_, ports_, timeline_, cancel_).Run(); }
 
 std::string DrillReportJson(const DrillReport& r) {
   return nlohmann::json({{"ok", r.ok},

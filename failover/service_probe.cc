@@ -10,8 +10,8 @@
 #include <cstring>
 #include <thread>
 
-#include "cdp/pe/pe_client.h"
-#include "step_timeline.h"
+#include "cdp/core/units.h"
+#include "failover_timeouts.h"
 
 namespace cdp::failover {
 
@@ -68,35 +68,30 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
                                    const std::atomic<bool>* cancel) {
   const HealthCheck& h = plan.health;
   const std::string expect = plan.ExpectedReply();
-  const auto deadline =
-      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(budget_seconds * 1000));
+  const auto deadline = Clock::now() + SecondsToMs(budget_seconds);
   std::string last = "no answer yet";
   while (Clock::now() < deadline) {
     if (cancel != nullptr && *cancel) {
       return Status::Aborted("stopped by a signal while waiting for " + h.host + ":" +
                              std::to_string(h.port) + " (" + last + ")");
     }
-    auto reply = AskService(h.host, h.port, h.request, 1000);
+    auto reply = AskService(h.host, h.port, h.request, kServiceAskMs);
     if (reply.ok() && (expect.empty() || *reply == expect)) {
       return h.host + ":" + std::to_string(h.port) + " answers" +
              (h.request.empty() ? "" : " '" + h.request + "' with '" + *reply + "'");
     }
     last = reply.ok() ? "answered '" + *reply + "', expected '" + expect + "'"
                       : reply.status().message();
-    std::this_thread::sleep_for(
-        std::chrono::milliseconds(static_cast<int64_t>(h.interval_seconds * 1000)));
+    std::this_thread::sleep_for(SecondsToMs(h.interval_seconds));
   }
   return Status::TimedOut("the service at " + h.host + ":" + std::to_string(h.port) +
                           " did not answer as expected within " + FormatFixed(budget_seconds, 0) +
                           " s: " + last);
 }
 
-Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan,
-                                    bool* sent) {
-  if (sent != nullptr) *sent = false;
-  CDP_ASSIGN_OR_RETURN(auto client,
-                       pe::PeClient::Connect(endpoint, v1::ROLE_CONTROL, "", 0, 3000));
-  if (sent != nullptr) *sent = true;
+Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan, bool* sent) {
+  bool went_out = false;
+  if (sent == nullptr) sent = &went_out;
   v1::TakeoverRequest req;
   req.set_root_volume(plan.root_volume);
   req.set_boot_mode(plan.takeover_boot);
@@ -107,8 +102,8 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
     m->set_address(n.address);
     m->set_gateway(n.gateway);
   }
-  auto taken = client->Takeover(req, 120000);
-  if (!taken.ok() && taken.status().IsUnavailable()) {
+  auto taken = agent.Takeover(req, sent);
+  if (!taken.ok() && *sent && taken.status().IsUnavailable()) {
     // The pe-agent exits right after replying and ZeroMQ may drop that last reply
     // (docs/pe-agent.md §5): the connection dropping is what a takeover looks like from here.
     // The health check decides.
@@ -129,6 +124,16 @@ Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPl
            reply.root_device() + " (" + steps + ")";
   }
   return "switch_root into the migrated OS on " + reply.root_device() + " (" + steps + ")";
+}
+
+ServiceWait PlanHealthCheck(const CutoverPlan& plan) {
+  return [plan](double budget_seconds, const std::atomic<bool>* cancel) {
+    return WaitForService(plan, budget_seconds, cancel);
+  };
+}
+
+std::unique_ptr<TargetAgent> PlanTargetAgent(const CutoverPlan& plan) {
+  return MakeTargetAgent(plan.target, plan.Where("target.config") + ": " + plan.target_config);
 }
 
 }  // namespace cdp::failover

@@ -9,7 +9,9 @@
 #include <string>
 
 #include "cdp/core/status.h"
+#include "cdp/failover/cutover.h"
 #include "cdp/failover/cutover_plan.h"
+#include "cdp/failover/target_agent.h"
 
 namespace cdp::failover {
 
@@ -25,13 +27,18 @@ Result<std::string> AskService(const std::string& host, uint16_t port, const std
 Result<std::string> WaitForService(const CutoverPlan& plan, double budget_seconds,
                                    const std::atomic<bool>* cancel = nullptr);
 
-// Sends the pe-agent at `endpoint` a takeover of plan.root_volume with plan.network and returns
-// what happened ("switch_root into the migrated OS on /dev/vda (check 0.01 s, ...)"). A refused
-// takeover is FailedPrecondition with the pe-agent's reason; a connection that drops before the
-// reply is reported as a takeover that probably went through (docs/pe-agent.md §5): the health
-// check decides.
-// *sent (when given) tells whether the request went out at all.
-Result<std::string> RequestTakeover(const std::string& endpoint, const CutoverPlan& plan,
+// Sends `agent` (the pe-agent of the VM to promote) a takeover of plan.root_volume with
+// plan.network and returns what happened ("switch_root into the migrated OS on /dev/vda (check 0.01
+// s, ...)"). A refused takeover is FailedPrecondition with the pe-agent's reason; a connection that
+// drops before the reply is reported as a takeover that probably went through (docs/pe-agent.md
+// §5): the health check decides. *sent (when given) tells whether the request went out at all.
+Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan,
                                     bool* sent = nullptr);
+
+// The health check of `plan` (WaitForService), as the engines' ports take it.
+ServiceWait PlanHealthCheck(const CutoverPlan& plan);
+
+// The pe-agent of plan.target, its connection errors naming the plan's target.config.
+std::unique_ptr<TargetAgent> PlanTargetAgent(const CutoverPlan& plan);
 
 }  // namespace cdp::failover

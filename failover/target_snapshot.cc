@@ -12,10 +12,11 @@
 #include <sstream>
 #include <thread>
 
-#include "cdp/core/qmp_client.h"
 #include "cdp/core/host_command.h"
+#include "cdp/core/qmp_client.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
+#include "failover_timeouts.h"
 #include "step_timeline.h"
 
 namespace cdp::failover {
@@ -26,17 +27,14 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr uint32_t kHoldMs = 10000;  // the pe-agent lets go by itself after this
-constexpr int kCommitTimeoutMs = 300000;
-
 // The file each drive id of a running QEMU has on top ("inserted" -> "file").
 Result<std::map<std::string, std::string>> ActiveFiles(QmpClient* qmp) {
-  CDP_ASSIGN_OR_RETURN(nlohmann::json blocks, qmp->Execute("query-block", nullptr, 10000));
+  CDP_ASSIGN_OR_RETURN(nlohmann::json blocks, qmp->Execute("query-block", nullptr, kQmpCommandMs));
   return DriveFilesFromQueryBlock(blocks, qmp->ReplyContext("query-block"));
 }
 
 Result<std::unique_ptr<QmpClient>> Qmp(const TargetConfig& t) {
-  auto qmp = QmpClient::Connect(t.qmp_socket, 5000);
+  auto qmp = QmpClient::Connect(t.qmp_socket, kQmpConnectMs);
   if (!qmp.ok()) {
     return qmp.status().WithContext(t.file + ": the target VM's qmp_socket " + t.qmp_socket);
   }
@@ -117,9 +115,9 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
     }
   }
   CDP_ASSIGN_OR_RETURN(auto pe, pe::PeClient::Connect(target_.replication_endpoint,
-                                                      v1::ROLE_CONTROL, "", 0, 3000));
+                                                      v1::ROLE_CONTROL, "", 0, kPeConnectMs));
   const auto held_at = Clock::now();
-  CDP_ASSIGN_OR_RETURN(auto held, pe->Hold(true, kHoldMs, 5000));
+  CDP_ASSIGN_OR_RETURN(auto held, pe->Hold(true, kHoldMs, kPeCallMs));
   nlohmann::json actions = nlohmann::json::array();
   for (const auto& d : drives_) {
     actions.push_back({{"type", "blockdev-snapshot-sync"},
@@ -132,7 +130,7 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
   // Well inside the hold: a transaction that outlived it could split a batch.
   const int transaction_ms = static_cast<int>(kHoldMs) / 2;
   auto snap = qmp->Execute("transaction", {{"actions", actions}}, transaction_ms);
-  auto released = pe->Hold(false, 0, 5000);
+  auto released = pe->Hold(false, 0, kPeCallMs);
   const double held_seconds = std::chrono::duration<double>(Clock::now() - held_at).count();
   if (!snap.ok()) {
     // A refused transaction is rolled back by QEMU; one that timed out may have run after all.
@@ -226,28 +224,29 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
       continue;
     }
     const std::string job = "commit-" + d->id;
-    CDP_ASSIGN_OR_RETURN(auto jobs, qmp->Execute("query-block-jobs", nullptr, 10000));
+    CDP_ASSIGN_OR_RETURN(auto jobs, qmp->Execute("query-block-jobs", nullptr, kQmpCommandMs));
     CDP_ASSIGN_OR_RETURN(bool running,
                          BlockJobListed(jobs, job, qmp->ReplyContext("query-block-jobs")));
     if (!running) {  // else a thaw that died left it: take it over
       nlohmann::json args = {
           {"device", d->id}, {"job-id", job}, {"base", d->base}, {"auto-dismiss", false}};
-      CDP_RETURN_IF_ERROR(qmp->Execute("block-commit", args, 10000).status().WithContext(
-          "committing " + d->delta + " into " + d->base));
+      CDP_RETURN_IF_ERROR(qmp->Execute("block-commit", args, kQmpCommandMs)
+                              .status()
+                              .WithContext("committing " + d->delta + " into " + d->base));
     }
     const auto deadline = Clock::now() + std::chrono::milliseconds(kCommitTimeoutMs);
     bool completing = false;
     while (true) {
-      CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-jobs", nullptr, 10000));
+      CDP_ASSIGN_OR_RETURN(auto list, qmp->Execute("query-jobs", nullptr, kQmpCommandMs));
       CDP_ASSIGN_OR_RETURN(JobState listed,
                            JobStateFromQueryJobs(list, job, qmp->ReplyContext("query-jobs")));
       const std::string& state = listed.status;
       const std::string& error = listed.error;
       if (state == "ready" && !completing) {
-        CDP_RETURN_IF_ERROR(qmp->Execute("job-complete", {{"id", job}}, 10000).status());
+        CDP_RETURN_IF_ERROR(qmp->Execute("job-complete", {{"id", job}}, kQmpCommandMs).status());
         completing = true;
       } else if (state == "concluded") {
-        (void)qmp->Execute("job-dismiss", {{"id", job}}, 10000);
+        (void)qmp->Execute("job-dismiss", {{"id", job}}, kQmpCommandMs);
         if (!error.empty()) {
           return Status::IOError("the commit of " + d->delta + " into " + d->base +
                                  " failed: " + error + "; the target keeps running on the delta");
@@ -261,7 +260,7 @@ Status TargetSnapshot::Thaw(std::vector<std::string>* done) {
                                 std::to_string(kCommitTimeoutMs / 1000) +
                                 " s; the target keeps running on it (thaw again later)");
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::this_thread::sleep_for(kPollInterval);
     }
     CDP_ASSIGN_OR_RETURN(auto now, ActiveFiles(qmp.get()));
     if (now[d->id] != d->base) {

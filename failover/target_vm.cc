@@ -17,9 +17,11 @@
 #include "cdp/core/qmp_client.h"
 #include "cdp/core/record.h"
 #include "cdp/core/units.h"
+#include "cdp/failover/target_agent.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/pe/disk_finder.h"
 #include "cdp/pe/pe_client.h"
+#include "failover_timeouts.h"
 
 namespace cdp::failover {
 
@@ -54,7 +56,7 @@ T FieldOr(const nlohmann::json& j, const char* key, T fallback) {
 
 Result<ImageInfo> InspectImage(const std::string& path) {
   std::vector<std::string> argv = {"qemu-img", "info", "--output=json", "--force-share", path};
-  CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 30000));
+  CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kQemuImgInfoMs));
   if (r.exit_code != 0) {
     return Status::FailedPrecondition("disk " + path + " cannot be inspected: " + r.output);
   }
@@ -74,7 +76,7 @@ Status CreateImage(const std::string& path, const std::string& format, uint64_t 
   fs::create_directories(fs::path(path).parent_path(), ec);
   std::vector<std::string> argv = {"qemu-img",          "create", "-q", "-f", format, path,
                                    std::to_string(size)};
-  CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
+  CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kHostCommandMs));
   if (r.exit_code != 0) {
     return Status::IOError("creating disk " + path + " failed: " + CommandLine(argv) + ": " +
                            r.output);
@@ -247,7 +249,7 @@ Status TargetVm::Start(std::ostream& progress) {
     if (!own.empty()) progress << "target " << c.name << ": " << own << "\n";
     if (fs::exists(c.qmp_socket)) {
       // A socket left by a QEMU that died: nothing listens (RunningPid found no process).
-      auto probe = QmpClient::Connect(c.qmp_socket, 1000);
+      auto probe = QmpClient::Connect(c.qmp_socket, kQmpLeftoverProbeMs);
       if (probe.ok()) {
         return Status::FailedPrecondition("a QEMU already serves " + c.qmp_socket +
                                           " but not with pid file " + c.pid_file() +
@@ -267,7 +269,7 @@ Status TargetVm::Start(std::ostream& progress) {
     progress << "target " << c.name << ": booting the PE (" << accel << ": " << choice.reason
              << ")\n";
     std::vector<std::string> argv = QemuArgs(accel);
-    CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, 60000));
+    CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kHostCommandMs));
     if (r.exit_code != 0 && accel == "kvm" && c.accel == "auto") {
       // The probe's bare guest ran, but QEMU's did not: some nested hosts refuse what a full CPU
       // model sets up (e.g. "failed to set MSR 0x10a"). Emulate rather than fail.
@@ -280,7 +282,7 @@ Status TargetVm::Start(std::ostream& progress) {
       fs::remove(c.pid_file(), ec);
       fs::remove(c.qmp_socket, ec);
       argv = QemuArgs(accel);
-      CDP_ASSIGN_OR_RETURN(r, RunHostCommand(argv, 60000));
+      CDP_ASSIGN_OR_RETURN(r, RunHostCommand(argv, kHostCommandMs));
     }
     if (r.exit_code != 0) {
       return Status::FailedPrecondition("qemu-system-x86_64 refused to start the target: " +
@@ -293,8 +295,7 @@ Status TargetVm::Start(std::ostream& progress) {
   }
 
   // Wait for the pe-agent through the forwarded replication endpoint.
-  const auto deadline =
-      t0 + std::chrono::milliseconds(static_cast<int64_t>(c.ready_timeout_seconds * 1000));
+  const auto deadline = t0 + SecondsToMs(c.ready_timeout_seconds);
   std::string last_error = "no answer yet";
   v1::PeStatusReply ready;
   while (true) {
@@ -303,9 +304,10 @@ Status TargetVm::Start(std::ostream& progress) {
       return Status::Aborted("QEMU exited while the PE was booting; last console lines (" +
                              c.console_log() + "):\n" + ConsoleTail(20));
     }
-    auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1000);
+    auto client =
+        pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, kPeProbeConnectMs);
     if (client.ok()) {
-      auto st = (*client)->Status(3000);
+      auto st = (*client)->Status(kPeProbeCallMs);
       if (st.ok() && st->pe_state() == v1::PE_STATE_READY) {
         ready = *st;
         break;
@@ -329,7 +331,7 @@ Status TargetVm::Start(std::ostream& progress) {
                               "); the VM was stopped. Last console lines (" + c.console_log() +
                               "):\n" + tail);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::this_thread::sleep_for(kBootPollInterval);
   }
   const double boot_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (already == 0) {
@@ -356,7 +358,7 @@ Status TargetVm::Start(std::ostream& progress) {
 Status TargetVm::Stop(std::ostream& progress, double timeout_s) {
   const TargetConfig& c = config_;
   const int pid = RunningPid();
-  auto qmp = QmpClient::Connect(c.qmp_socket, 3000);
+  auto qmp = QmpClient::Connect(c.qmp_socket, kQmpStopConnectMs);
   if (!qmp.ok()) {
     if (qmp.status().code() == StatusCode::kProtocolMismatch) return qmp.status();
     if (pid == 0) {
@@ -366,20 +368,19 @@ Status TargetVm::Stop(std::ostream& progress, double timeout_s) {
       return Status::Ok();
     }
   } else {
-    auto r = (*qmp)->Execute("quit", nullptr, 5000);
+    auto r = (*qmp)->Execute("quit", nullptr, kQmpQuitMs);
     if (!r.ok()) progress << "target " << c.name << ": quit: " << r.status().message() << "\n";
   }
-  const auto deadline =
-      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  const auto deadline = Clock::now() + SecondsToMs(timeout_s);
   while (pid != 0 && ProcessAlive(pid) && Clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(kPollInterval);
   }
   if (pid != 0 && ProcessAlive(pid)) {
     progress << "target " << c.name << ": QEMU (pid " << pid << ") did not quit within "
              << FormatFixed(timeout_s, 0) << " s; killing it\n";
     kill(pid, SIGKILL);
-    for (int i = 0; i < 100 && ProcessAlive(pid); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    for (int i = 0; i < kKillWaitPolls && ProcessAlive(pid); ++i) {
+      std::this_thread::sleep_for(kPollInterval);
     }
   }
   std::error_code ec;
@@ -408,10 +409,10 @@ Result<TargetStatus> TargetVm::GetStatus() {
   s.pid = RunningPid();
   const nlohmann::json state = ReadStateFile(c.state_file());
   if (fs::exists(c.qmp_socket)) {
-    auto qmp = QmpClient::Connect(c.qmp_socket, 2000);
+    auto qmp = QmpClient::Connect(c.qmp_socket, kQmpProbeMs);
     if (!qmp.ok() && qmp.status().code() == StatusCode::kProtocolMismatch) return qmp.status();
     if (qmp.ok()) {
-      auto r = (*qmp)->QueryStatus(2000);
+      auto r = (*qmp)->QueryStatus(kQmpProbeMs);
       // Something that answers but not as QEMU does: its state is unknown, not "stopped".
       if (!r.ok() && r.status().code() == StatusCode::kProtocolMismatch) return r.status();
       if (r.ok()) s.vm_status = r->status;
@@ -423,13 +424,14 @@ Result<TargetStatus> TargetVm::GetStatus() {
   }
   s.accel = FieldOr<std::string>(state, "accel", "");
   s.pe_boot_seconds = FieldOr<double>(state, "pe_boot_seconds", 0.0);
-  auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 1500);
+  auto client = pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0,
+                                      kPeStatusProbeConnectMs);
   if (!client.ok()) {
     s.state = TargetState::kBooting;
     s.error = client.status().message();
     return s;
   }
-  auto st = (*client)->Status(3000);
+  auto st = (*client)->Status(kPeProbeCallMs);
   if (!st.ok()) {
     s.state = TargetState::kBooting;
     s.error = st.status().message();
@@ -450,53 +452,7 @@ Result<TargetStatus> TargetVm::GetStatus() {
 Result<std::vector<RegionChecksum>> TargetVm::Checksums(const std::string& volume, uint64_t offset,
                                                         uint64_t length, uint64_t chunk,
                                                         uint64_t* applied_lsn) {
-  const TargetConfig& c = config_;
-  const TargetDisk* disk = nullptr;
-  for (const auto& d : c.disks) {
-    if (d.volume == volume) disk = &d;
-  }
-  if (disk == nullptr) {
-    return Status::NotFound("target " + c.name + " has no volume '" + volume + "' (" + c.file +
-                            ")");
-  }
-  if (length == 0 && offset < disk->size) length = disk->size - offset;
-  if (chunk == 0 || offset >= disk->size || length == 0 || length > disk->size - offset) {
-    return Status::InvalidArgument("range " + std::to_string(offset) + "+" +
-                                   std::to_string(length) + " (chunk " + std::to_string(chunk) +
-                                   ") is not inside volume " + volume + " of " +
-                                   std::to_string(disk->size) + " bytes");
-  }
-  CDP_ASSIGN_OR_RETURN(
-      auto client, pe::PeClient::Connect(c.replication_endpoint, v1::ROLE_CONTROL, "", 0, 3000));
-  std::vector<RegionChecksum> out;
-  constexpr uint64_t kPerRequest = 256ull << 20;  // well under the pe-agent's 1 GiB
-  std::vector<v1::Region> batch;
-  uint64_t batch_bytes = 0;
-  auto send = [&]() -> Status {
-    if (batch.empty()) return Status::Ok();
-    CDP_ASSIGN_OR_RETURN(auto reply, client->Checksums(volume, batch, 600000));
-    if (reply.xxh3_size() != static_cast<int>(batch.size())) {
-      return Status::Internal("the pe-agent answered " + std::to_string(reply.xxh3_size()) +
-                              " checksums for " + std::to_string(batch.size()) + " regions");
-    }
-    for (size_t i = 0; i < batch.size(); ++i) {
-      out.push_back({batch[i].offset(), batch[i].length(), reply.xxh3(static_cast<int>(i))});
-    }
-    if (applied_lsn) *applied_lsn = reply.applied_lsn();
-    batch.clear();
-    batch_bytes = 0;
-    return Status::Ok();
-  };
-  for (uint64_t pos = offset; pos < offset + length; pos += chunk) {
-    v1::Region r;
-    r.set_offset(pos);
-    r.set_length(std::min(chunk, offset + length - pos));
-    if (batch_bytes + r.length() > kPerRequest) CDP_RETURN_IF_ERROR(send());
-    batch_bytes += r.length();
-    batch.push_back(r);
-  }
-  CDP_RETURN_IF_ERROR(send());
-  return out;
+  return MakeTargetAgent(config_, "")->Checksums(volume, offset, length, chunk, applied_lsn);
 }
 
 std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {

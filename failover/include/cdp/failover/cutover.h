@@ -21,15 +21,34 @@
 // and why); after the promotion nothing is undone and the report says what state each side is
 // in. Precheck errors name the plan's file, line and key (CutoverPlan::Where). Not
 // thread-safe; one cutover at a time.
+//
+// The steps reach the world through CutoverPorts, made once per run (MakeCutoverPorts from the
+// plan; fakes in cutover_test.cc):
+//   precheck    source.CheckServing, target.Status, journal.Status (plus the target's lock and
+//               own files: PutTargetOnOwnFiles)
+//   pre-verify  target.WrittenRegions (the mark), target.Checksums; the source devices are read
+//               on this host
+//   quiesce     source.Quiesce, then journal.Status every kPollInterval until the final LSNs
+//   drain       target.Status every kPollInterval until every final LSN is applied
+//   verify      target.WrittenRegions, target.Checksums; the source devices
+//   fence       source.Fence
+//   promote     target.Takeover
+//   health      wait_for_service
+//   rollback    source.Resume; after a fence failure source.DescribeFence says what is left
 #pragma once
 
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "cdp/core/step_timeline.h"
 #include "cdp/failover/cutover_plan.h"
+#include "cdp/failover/journal_view.h"
+#include "cdp/failover/source_control.h"
+#include "cdp/failover/target_agent.h"
 
 namespace cdp::failover {
 
@@ -46,6 +65,24 @@ struct CutoverReport {
   std::string verify;  // e.g. "64 regions (256 MiB) equal: v: 2 of 64 in the window, ..."
 };
 
+// Waits until the migrated service answers as the plan's health check expects, for at most
+// budget_seconds; stops early (Aborted) once *cancel (when given) is true. WaitForService in
+// production.
+using ServiceWait =
+    std::function<Result<std::string>(double budget_seconds, const std::atomic<bool>* cancel)>;
+
+// What a cutover talks to, held for the whole run. Every member is required.
+struct CutoverPorts {
+  std::unique_ptr<SourceControl> source;
+  std::unique_ptr<JournalView> journal;
+  std::unique_ptr<TargetAgent> target;
+  ServiceWait wait_for_service;
+};
+
+// The ports `plan` names: MakeSourceControl, the journal-server at plan.journal, the pe-agent of
+// plan.target, the health check plan.health. Connects to nothing yet.
+CutoverPorts MakeCutoverPorts(const CutoverPlan& plan);
+
 class CutoverEngine {
  public:
   // `timeline` gets one human line per step as it happens. Once *cancel is true (cdpctl sets it
@@ -53,12 +90,17 @@ class CutoverEngine {
   // signal") and rolls back like any failure there; from the fence on only the wait for the
   // health check is cut short (nothing can be undone then).
   CutoverEngine(CutoverPlan plan, std::ostream* timeline, const std::atomic<bool>* cancel = nullptr);
+  // The same over the given ports (a test's fakes).
+  CutoverEngine(CutoverPlan plan, CutoverPorts ports, std::ostream* timeline,
+                const std::atomic<bool>* cancel = nullptr);
 
+  // Runs the cutover once. REQUIRES: not called before on this engine.
   CutoverReport Run();
 
  private:
   class Impl;
   CutoverPlan plan_;
+  CutoverPorts ports_;
   std::ostream* timeline_;
   const std::atomic<bool>* cancel_;
 };

@@ -1,0 +1,429 @@
+#include "cdp/failover/cutover.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cdp/core/host_command.h"
+#include "engine_fakes_test.h"
+
+namespace cdp::failover {
+namespace {
+
+using testing::CallLog;
+using testing::FakeJournal;
+using testing::FakeSource;
+using testing::FakeTarget;
+using testing::TakeoverReply;
+using Calls = std::vector<std::string>;
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kVolumeBytes = 8 * kMiB;  // two verification regions
+
+class CutoverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/cutover_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    device_ = dir_ + "/source.img";
+    std::string bytes(kVolumeBytes, '\0');
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 7 / 4096);
+    std::ofstream(device_, std::ios::binary).write(bytes.data(), bytes.size());
+
+    plan_.file = dir_ + "/plan.yaml";
+    plan_.name = "lab";
+    plan_.journal = "tcp://127.0.0.1:7700";
+    plan_.volumes = {"v"};
+    plan_.root_volume = "v";
+    plan_.source_qmp_socket = dir_ + "/source.qmp";
+    plan_.source_devices = {device_};
+    plan_.quiesce.method = "qmp-pause";
+    plan_.fence.method = "qmp-poweroff";
+    plan_.target_config = dir_ + "/target.yaml";
+    plan_.target.name = "tgt";
+    plan_.target.state_dir = dir_;
+    plan_.target.qmp_socket = dir_ + "/tgt.qmp";
+    plan_.target.metadata_disk = dir_ + "/meta.qcow2";
+    plan_.target.disks = {{"v", dir_ + "/v.qcow2", kVolumeBytes}};
+    plan_.health.host = "192.0.2.10";
+    plan_.health.port = 7000;
+
+    source_ = std::make_unique<FakeSource>(&log_);
+    journal_ = std::make_unique<FakeJournal>(&log_);
+    target_ = std::make_unique<FakeTarget>(&log_, "target");
+    journal_->lsn = {{"v", 10}};
+    target_->applied = {{"v", 10}};
+    target_->devices = {{"v", device_}};
+    target_->sizes = {{"v", kVolumeBytes}};
+    target_->written = {1};
+    target_->takeover = TakeoverReply(true);
+  }
+
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Runs the cutover over the fakes.
+  CutoverReport Run() { return RunWith(std::move(source_)); }
+
+  // Runs the cutover over `source` and the other fakes.
+  CutoverReport RunWith(std::unique_ptr<SourceControl> source) {
+    CutoverPorts ports;
+    ports.source = std::move(source);
+    ports.journal = std::move(journal_);
+    ports.target = std::move(target_);
+    ports.wait_for_service = testing::FakeHealthCheck(&log_, &health);
+    CutoverEngine engine(plan_, std::move(ports), &timeline_, &cancel_);
+    return engine.Run();
+  }
+
+  // The report's step names and results, "NAME ok: RESULT" / "NAME FAILED: WHY".
+  static std::vector<std::string> Steps(const CutoverReport& r) {
+    std::vector<std::string> out;
+    for (const auto& s : r.steps) out.push_back(s.name + (s.ok ? " ok: " : " FAILED: ") + s.result);
+    return out;
+  }
+
+  // What the cutover calls up to and including the quiesce (no background pass differences).
+  static Calls UpToQuiesce() {
+    return {"source.CheckServing",    "target.Status",
+            "journal.Status",         "target.WrittenRegions v reset",
+            "target.Checksums v 0+0", "source.Quiesce",
+            "journal.Status",         "journal.Status",
+            "journal.Status"};
+  }
+  static Calls Then(Calls a, const Calls& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+
+  std::string XxhOfRegion(uint64_t offset) {
+    std::ifstream in(device_, std::ios::binary);
+    std::string buf(4 * kMiB, '\0');
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(buf.data(), buf.size());
+    char text[17];
+    snprintf(text, sizeof(text), "%016llx",
+             static_cast<unsigned long long>(XXH3_64bits(buf.data(), buf.size())));
+    return text;
+  }
+
+  std::string dir_, device_;
+  CutoverPlan plan_;
+  CallLog log_;
+  std::unique_ptr<FakeSource> source_;
+  std::unique_ptr<FakeJournal> journal_;
+  std::unique_ptr<FakeTarget> target_;
+  Result<std::string> health = std::string("192.0.2.10:7000 answers");
+  std::atomic<bool> cancel_{false};
+  std::ostringstream timeline_;
+
+  const std::string kNotTouched = "nothing to roll back: the source was not touched";
+  const std::string kResumed = "rolled back: the source VM runs again (QMP cont)";
+  std::string NoRollback() const {
+    return "NO ROLLBACK after the promotion: the migrated OS runs on the target (console " + dir_ +
+           "/tgt.console.log) and may hold the service address; the source is powered off. Fix "
+           "the target's service, or stop the target (cdpctl target stop) before bringing the "
+           "source back";
+  }
+  const std::string kImpossible =
+      "ROLLBACK IMPOSSIBLE: the source was powered off at the fence (QMP quit); the target is "
+      "still in the PE, not promoted: start the source again (its disk is intact and protected; "
+      "the target keeps replicating once its agent reconnects), then cut over again";
+};
+
+TEST_F(CutoverTest, HappyPathCallsEachPortInStepOrder) {
+  const CutoverReport r = Run();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.error, "");
+  EXPECT_EQ(r.rollback, "");
+  EXPECT_EQ(Steps(r),
+            (std::vector<std::string>{
+                "precheck ok: source running, target pe-ready, v lag 0.50 s",
+                "pre-verify ok: v: 2 regions at LSN 7, 0 differed (being written)",
+                "quiesce ok: source paused (QMP stop); v final LSN 10",
+                "drain ok: target applied every final LSN: v applied 10/10",
+                "verify ok: 2 regions (8 MiB) equal: v: 1 of 2 in the window, the rest in the "
+                "background pass at LSN 7 and not written since",
+                "fence ok: source powered off (QMP quit)",
+                "promote ok: switch_root into the migrated OS on /dev/vda (check 0.01 s)",
+                "health ok: 192.0.2.10:7000 answers"}));
+  EXPECT_EQ(r.final_lsn, (std::vector<std::pair<std::string, uint64_t>>{{"v", 10}}));
+  EXPECT_EQ(log_.calls, Then(UpToQuiesce(), {"target.Status", "target.WrittenRegions v",
+                                             "target.Checksums v 4194304+4194304", "source.Fence",
+                                             "target.Takeover v", "health"}));
+  EXPECT_GT(r.downtime_seconds, 0);
+}
+
+// --- a failure before the fence: the source is resumed once it was quiesced ---------------
+
+TEST_F(CutoverTest, PrecheckRefusesATargetNotReadyAndTouchesNothing) {
+  target_->state = wire::v1::PE_STATE_ERROR;
+  target_->error = "disk v too small";
+  const CutoverReport r = Run();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "precheck: the target is pe-error: disk v too small");
+  EXPECT_EQ(r.rollback, kNotTouched);
+  EXPECT_EQ(log_.calls, (Calls{"source.CheckServing", "target.Status"}));
+}
+
+TEST_F(CutoverTest, PrecheckRefusesASourceThatDoesNotServe) {
+  source_->check = Status::FailedPrecondition("the source VM is not running (QMP status paused)");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "precheck: the source VM is not running (QMP status paused)");
+  EXPECT_EQ(r.rollback, kNotTouched);
+  EXPECT_EQ(log_.calls, (Calls{"source.CheckServing"}));
+}
+
+TEST_F(CutoverTest, PrecheckNamesThePlanKeyOfAVolumeTheJournalDoesNotHave) {
+  journal_->lsn = {{"other", 1}};
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "precheck: " + plan_.file +
+                         ": 'volumes[0]': the journal-server at tcp://127.0.0.1:7700 has no volume "
+                         "v: it is not protected; start its cdp-agent (or fix the name); nothing "
+                         "was touched");
+  EXPECT_EQ(r.rollback, kNotTouched);
+}
+
+TEST_F(CutoverTest, PrecheckRefusesALagOverTheBudget) {
+  journal_->lag_seconds = 45;
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "precheck: volume v lags 45.0 s, over the budget of 30.0 s");
+  EXPECT_EQ(r.rollback, kNotTouched);
+}
+
+TEST_F(CutoverTest, PreVerifyWithoutMarksLetsVerifyCompareEveryRegion) {
+  target_->keeps_marks = false;
+  const CutoverReport r = Run();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(Steps(r)[1],
+            "pre-verify ok: skipped: the target's pe-agent keeps no written-region mark (unknown "
+            "request); verify compares every region in the window");
+  EXPECT_EQ(r.verify, "2 regions (8 MiB) equal: v: all 2 in the window");
+}
+
+TEST_F(CutoverTest, AQuiesceTheSourceRefusedIsNotRolledBack) {
+  source_->quiesce = Status::FailedPrecondition("qmp stop: GenericError: no");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "quiesce: qmp stop: GenericError: no");
+  EXPECT_EQ(r.rollback, kNotTouched);
+  EXPECT_EQ(log_.calls.back(), "source.Quiesce");
+}
+
+TEST_F(CutoverTest, AJournalThatNeverHasEverythingRollsBackAtQuiesce) {
+  journal_->pending_bytes = 4096;
+  plan_.budgets.drain_seconds = 0.2;
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error,
+            "quiesce: volume v: the journal did not get everything within the drain budget "
+            "(captured 10, durable 10)");
+  EXPECT_EQ(r.rollback, kResumed);
+  EXPECT_EQ(log_.calls.back(), "source.Resume");
+}
+
+TEST_F(CutoverTest, ATargetThatDoesNotApplyRollsBackAtDrain) {
+  target_->applied = {{"v", 5}};
+  plan_.budgets.drain_seconds = 0.2;
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "drain: the target did not apply the final LSN within 0 s: v applied 5/10");
+  EXPECT_EQ(r.rollback, kResumed);
+  EXPECT_EQ(log_.calls.back(), "source.Resume");
+}
+
+TEST_F(CutoverTest, ARegionThatDiffersRollsBackAtVerify) {
+  target_->corrupt = {4 * kMiB};
+  const CutoverReport r = Run();
+  const std::string source_hash = XxhOfRegion(4 * kMiB);
+  char target_hash[17];
+  snprintf(target_hash, sizeof(target_hash), "%016llx", std::stoull(source_hash, nullptr, 16) + 1);
+  EXPECT_EQ(r.error, "verify: volume v: region 4194304+4194304 differs (source " + source_hash +
+                         ", target " + target_hash + ")");
+  EXPECT_EQ(r.rollback, kResumed);
+  EXPECT_EQ(log_.calls,
+            Then(UpToQuiesce(), {"target.Status", "target.WrittenRegions v",
+                                 "target.Checksums v 4194304+4194304", "source.Resume"}));
+}
+
+TEST_F(CutoverTest, ARollbackThatFailsSaysSo) {
+  target_->applied = {{"v", 5}};
+  plan_.budgets.drain_seconds = 0.2;
+  source_->resume = Status::Unavailable("source.qmp: connection refused");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.rollback, "ROLLBACK FAILED: QMP cont: source.qmp: connection refused");
+}
+
+TEST_F(CutoverTest, RollbackNoneLeavesTheSourceAsItIs) {
+  target_->applied = {{"v", 5}};
+  plan_.budgets.drain_seconds = 0.2;
+  plan_.rollback = "none";
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.rollback, "no rollback (plan says none)");
+  EXPECT_EQ(std::count(log_.calls.begin(), log_.calls.end(), "source.Resume"), 0);
+}
+
+// --- from the fence on ----------------------------------------------------------------------
+
+TEST_F(CutoverTest, AFenceThatFailsAfterPowerOffCannotBeRolledBack) {
+  source_->fence = Status::FailedPrecondition("qmp quit: GenericError: no");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "fence: qmp quit: GenericError: no");
+  EXPECT_EQ(r.rollback, kImpossible);
+  EXPECT_EQ(log_.calls.back(), "source.Fence");
+}
+
+TEST_F(CutoverTest, ARefusedTakeoverAfterAPauseFenceResumesTheSource) {
+  source_->fence_keeps_paused = true;
+  target_->takeover = TakeoverReply(false, "no root filesystem on v");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error,
+            "promote: the pe-agent refused the takeover: no root filesystem on v (check 0.01 s)");
+  EXPECT_EQ(r.rollback, kResumed + "; the target stays in the PE");
+  EXPECT_EQ(log_.calls.back(), "source.Resume");
+}
+
+TEST_F(CutoverTest, ARefusedTakeoverAfterPowerOffCannotBeRolledBack) {
+  target_->takeover = TakeoverReply(false, "no root filesystem on v");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.rollback, kImpossible);
+}
+
+TEST_F(CutoverTest, ATakeoverThatNeverWentOutIsNotAPromotion) {
+  target_->takeover_sent = false;
+  target_->takeover = Status::Unavailable("tcp://127.0.0.1:7701 did not answer");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "promote: tcp://127.0.0.1:7701 did not answer");
+  EXPECT_EQ(r.rollback, kImpossible);
+}
+
+// The pe-agent leaves right after answering and ZeroMQ may drop that answer: the engine takes
+// the drop for a promotion and lets the health check decide.
+TEST_F(CutoverTest, ATakeoverWhoseReplyIsLostIsDecidedByTheHealthCheck) {
+  target_->takeover = Status::Unavailable("the pe-agent closed the connection");
+  const CutoverReport r = Run();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(Steps(r)[6],
+            "promote ok: the pe-agent left without its reply (the pe-agent closed the "
+            "connection); the health check decides");
+  EXPECT_EQ(log_.calls.back(), "health");
+}
+
+TEST_F(CutoverTest, ALostReplyAndNoServiceIsAPromotionNotUndone) {
+  target_->takeover = Status::Unavailable("the pe-agent closed the connection");
+  health = Status::TimedOut(
+      "the service at 192.0.2.10:7000 did not answer as expected within "
+      "60 s: no answer yet");
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error,
+            "health: the service at 192.0.2.10:7000 did not answer as expected within 60 s: no "
+            "answer yet");
+  EXPECT_EQ(r.rollback, NoRollback());
+  EXPECT_EQ(std::count(log_.calls.begin(), log_.calls.end(), "source.Resume"), 0);
+}
+
+// --- SIGINT at each step --------------------------------------------------------------------
+
+struct CancelCase {
+  std::string at;  // the call during which the signal lands ("" = before the run)
+  std::string error;
+  std::string rollback;  // "" = NoRollback()
+};
+
+class CutoverCancelTest : public CutoverTest, public ::testing::WithParamInterface<CancelCase> {};
+
+TEST_P(CutoverCancelTest, StopsAtTheNextCheckAndRollsBackBeforeTheFence) {
+  const CancelCase& c = GetParam();
+  if (c.at.empty()) {
+    cancel_ = true;
+  } else {
+    log_.at[c.at] = [this] { cancel_ = true; };
+  }
+  const CutoverReport r = Run();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, c.error);
+  EXPECT_EQ(r.rollback, c.rollback.empty() ? NoRollback() : c.rollback);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EachStep, CutoverCancelTest,
+    ::testing::Values(
+        CancelCase{"", "precheck: stopped by a signal before precheck",
+                   "nothing to roll back: the source was not touched"},
+        CancelCase{"journal.Status#1", "pre-verify: stopped by a signal before pre-verify",
+                   "nothing to roll back: the source was not touched"},
+        CancelCase{"target.Checksums v 0+0#1", "quiesce: stopped by a signal before quiesce",
+                   "nothing to roll back: the source was not touched"},
+        CancelCase{"source.Quiesce#1", "quiesce: stopped by a signal while waiting for the journal",
+                   "rolled back: the source VM runs again (QMP cont)"},
+        CancelCase{"journal.Status#4", "drain: stopped by a signal before drain",
+                   "rolled back: the source VM runs again (QMP cont)"},
+        CancelCase{"target.Status#2", "verify: stopped by a signal before verify",
+                   "rolled back: the source VM runs again (QMP cont)"},
+        CancelCase{"target.Checksums v 4194304+4194304#1",
+                   "fence: stopped by a signal before the fence",
+                   "rolled back: the source VM runs again (QMP cont); the target stays in the PE"},
+        // From the fence on nothing is undone: only the health check's wait is cut short.
+        CancelCase{"source.Fence#1",
+                   "health: stopped by a signal while waiting for 192.0.2.10:7000 (no answer yet)",
+                   ""},
+        CancelCase{"target.Takeover v#1",
+                   "health: stopped by a signal while waiting for 192.0.2.10:7000 (no answer yet)",
+                   ""}));
+
+TEST_F(CutoverTest, ASignalWhileTheTargetDrainsRollsBack) {
+  target_->applied = {{"v", 5}};
+  log_.at["target.Status#2"] = [this] { cancel_ = true; };
+  const CutoverReport r = Run();
+  EXPECT_EQ(r.error, "drain: stopped by a signal while the target drained: v applied 5/10");
+  EXPECT_EQ(r.rollback, kResumed);
+}
+
+// --- the plan's commands (CommandSourceControl, real processes) -----------------------------
+
+TEST_F(CutoverTest, PlanCommandsQuiesceResumeAndFence) {
+  const std::string trace = dir_ + "/commands.txt";
+  plan_.source_qmp_socket.clear();
+  plan_.quiesce = {
+      "command", {"sh", "-c", "echo quiesce >> " + trace}, {"sh", "-c", "echo resume >> " + trace}};
+  plan_.fence = {"command", {"sh", "-c", "echo fence >> " + trace + "; exit 3"}};
+  // The fence command fails: a command fence has no undo.
+  const CutoverReport r = RunWith(MakeSourceControl(plan_));
+  EXPECT_EQ(Steps(r)[2], "quiesce ok: source quiesced; v final LSN 10");
+  EXPECT_EQ(r.error, "fence: " + CommandLine(plan_.fence.command) + " exited 3: ");
+  EXPECT_EQ(r.rollback, "ROLLBACK IMPOSSIBLE: the source was fenced by " +
+                            CommandLine(plan_.fence.command) +
+                            ", which has no undo; the target is still in the PE, not promoted: "
+                            "start the source again (its disk is intact and protected; the "
+                            "target keeps replicating once its agent reconnects), then cut over "
+                            "again");
+  std::ifstream in(trace);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "quiesce\nfence\n");
+}
+
+TEST_F(CutoverTest, PlanCommandsRollBackWithTheResumeCommand) {
+  const std::string trace = dir_ + "/commands.txt";
+  plan_.source_qmp_socket.clear();
+  plan_.quiesce = {
+      "command", {"sh", "-c", "echo quiesce >> " + trace}, {"sh", "-c", "echo resume >> " + trace}};
+  plan_.fence = {"command", {"true"}};
+  target_->applied = {{"v", 5}};
+  plan_.budgets.drain_seconds = 0.2;
+  const CutoverReport r = RunWith(MakeSourceControl(plan_));
+  EXPECT_EQ(r.rollback, "rolled back: " + CommandLine(plan_.quiesce.resume_command));
+  std::ifstream in(trace);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "quiesce\nresume\n");
+}
+
+TEST_F(CutoverTest, AQmpSourceThatDoesNotAnswerNamesThePlanKey) {
+  const std::string where = plan_.Where("source.qmp_socket");
+  auto source = MakeSourceControl(plan_);
+  const Status s = source->CheckServing();
+  EXPECT_EQ(s.message().rfind(where + ": " + plan_.source_qmp_socket + ": ", 0), 0u) << s.message();
+}
+
+}  // namespace
+}  // namespace cdp::failover

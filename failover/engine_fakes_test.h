@@ -1,0 +1,218 @@
+// Test-only: fakes of the interfaces the cutover and drill engines reach the world through
+// (source_control.h, journal_view.h, target_agent.h), each recording its calls, in order, into
+// one shared log ("source.Quiesce", "journal.Status", "target.Checksums v 4194304+4194304", ...).
+// A hook run at the Nth call of a name ("journal.Status#2") lets a test act in the middle of a
+// step (set the cancel flag as SIGINT does).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <map>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "cdp/core/block_device.h"
+#include "cdp/failover/cutover.h"
+#include "cdp/failover/journal_view.h"
+#include "cdp/failover/source_control.h"
+#include "cdp/failover/target_agent.h"
+
+namespace cdp::failover::testing {
+
+// The calls of every fake of one run, in order, and what to do at a call.
+struct CallLog {
+  std::vector<std::string> calls;
+  std::map<std::string, std::function<void()>> at;  // "CALL#N" -> run at the Nth such call
+
+  void Record(const std::string& call) {
+    calls.push_back(call);
+    const auto n = std::count(calls.begin(), calls.end(), call);
+    auto hook = at.find(call + "#" + std::to_string(n));
+    if (hook != at.end()) hook->second();
+  }
+};
+
+// A QEMU source as QmpSourceControl words it.
+class FakeSource final : public SourceControl {
+ public:
+  explicit FakeSource(CallLog* log) : log_(log) {}
+  ::cdp::Status check = ::cdp::Status::Ok();
+  ::cdp::Status quiesce = ::cdp::Status::Ok();
+  ::cdp::Status resume = ::cdp::Status::Ok();
+  ::cdp::Status fence = ::cdp::Status::Ok();
+  bool fence_keeps_paused = false;
+
+  ::cdp::Status CheckServing() override {
+    log_->Record("source.CheckServing");
+    return check;
+  }
+  Result<std::string> Quiesce() override {
+    log_->Record("source.Quiesce");
+    if (!quiesce.ok()) return quiesce;
+    return std::string("source paused (QMP stop)");
+  }
+  Result<std::string> Resume() override {
+    log_->Record("source.Resume");
+    if (!resume.ok()) return ::cdp::Status(resume.code(), "QMP cont: " + resume.message());
+    return std::string("the source VM runs again (QMP cont)");
+  }
+  Result<std::string> Fence() override {
+    log_->Record("source.Fence");
+    if (!fence.ok()) return fence;
+    return std::string(fence_keeps_paused ? "source stays paused"
+                                          : "source powered off (QMP quit)");
+  }
+  FenceEffect DescribeFence() const override {
+    if (fence_keeps_paused) return {true, "paused", ""};
+    return {false, "powered off", "powered off at the fence (QMP quit)"};
+  }
+
+ private:
+  CallLog* log_;
+};
+
+// A journal-server whose every volume has its agent connected and everything journaled
+// (captured = durable = lsn, nothing pending); each Status is a newer agent report.
+class FakeJournal final : public JournalView {
+ public:
+  explicit FakeJournal(CallLog* log) : log_(log) {}
+  std::map<std::string, uint64_t> lsn;  // the volumes it knows
+  double lag_seconds = 0.5;
+  uint64_t pending_bytes = 0;
+  ::cdp::Status error = ::cdp::Status::Ok();
+
+  Result<wire::v1::StatusReply> Status() override {
+    log_->Record("journal.Status");
+    if (!error.ok()) return error;
+    wire::v1::StatusReply reply;
+    ++report_sequence_;
+    for (const auto& [name, l] : lsn) {
+      auto* v = reply.add_volumes();
+      v->set_name(name);
+      v->set_agent_connected(true);
+      v->set_replicator_connected(true);
+      v->set_lag_seconds(lag_seconds);
+      v->set_report_sequence(report_sequence_);
+      v->set_pending_bytes(pending_bytes);
+      v->set_captured_lsn(l);
+      v->set_durable_lsn(l);
+    }
+    return reply;
+  }
+
+ private:
+  CallLog* log_;
+  uint64_t report_sequence_ = 100;
+};
+
+// A pe-agent. Checksums hash `devices[volume]` (a file) like the source side does, except the
+// regions in `corrupt`.
+class FakeTarget final : public TargetAgent {
+ public:
+  FakeTarget(CallLog* log, std::string name) : log_(log), name_(std::move(name)) {}
+  wire::v1::PeState state = wire::v1::PE_STATE_READY;
+  std::string error;
+  std::map<std::string, uint64_t> applied;  // per volume
+  std::map<std::string, std::string> devices;
+  std::map<std::string, uint64_t> sizes;
+  std::set<uint64_t> corrupt;     // offsets whose checksum is off by one
+  bool keeps_marks = true;        // an older PE keeps no written-region marks
+  std::vector<uint64_t> written;  // regions written since the mark
+  ::cdp::Status status_error = ::cdp::Status::Ok();
+  // The takeover: sent or not, and the reply or the error.
+  bool takeover_sent = true;
+  Result<wire::v1::TakeoverReply> takeover = ::cdp::Status::Internal("no takeover set");
+
+  Result<wire::v1::PeStatusReply> Status() override {
+    log_->Record(name_ + ".Status");
+    if (!status_error.ok()) return status_error;
+    wire::v1::PeStatusReply reply;
+    reply.set_pe_state(state);
+    reply.set_error(error);
+    for (const auto& [name, lsn] : applied) {
+      auto* v = reply.add_volumes();
+      v->set_name(name);
+      v->set_applied_lsn(lsn);
+    }
+    return reply;
+  }
+
+  Result<wire::v1::WrittenRegionsReply> WrittenRegions(const std::string& volume,
+                                                       uint64_t region_bytes, bool reset) override {
+    log_->Record(name_ + ".WrittenRegions " + volume + (reset ? " reset" : ""));
+    if (!keeps_marks) return ::cdp::Status::FailedPrecondition("unknown request");
+    if (reset) region_bytes_ = region_bytes;
+    wire::v1::WrittenRegionsReply reply;
+    reply.set_mark_lsn(7);
+    reply.set_region_bytes(region_bytes_);
+    if (!reset) {
+      for (uint64_t r : written) reply.add_regions(r);
+    }
+    return reply;
+  }
+
+  Result<std::vector<RegionChecksum>> Checksums(const std::string& volume, uint64_t offset,
+                                                uint64_t length, uint64_t chunk,
+                                                uint64_t* applied_lsn) override {
+    log_->Record(name_ + ".Checksums " + volume + " " + std::to_string(offset) + "+" +
+                 std::to_string(length));
+    if (length == 0) length = sizes[volume] - offset;
+    BlockDeviceOptions opts;
+    CDP_ASSIGN_OR_RETURN(auto dev, OpenBlockDevice(devices[volume], opts));
+    std::vector<RegionChecksum> out;
+    AlignedBuffer buf(chunk);
+    for (uint64_t pos = offset; pos < offset + length; pos += chunk) {
+      const uint64_t n = std::min(chunk, offset + length - pos);
+      CDP_RETURN_IF_ERROR(dev->ReadAt(pos, std::span<char>(buf.data(), n)));
+      out.push_back({pos, n, XXH3_64bits(buf.data(), n) + (corrupt.count(pos) ? 1 : 0)});
+    }
+    if (applied_lsn != nullptr) *applied_lsn = applied[volume];
+    return out;
+  }
+
+  Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
+                                           bool* sent) override {
+    log_->Record(name_ + ".Takeover " + request.root_volume());
+    *sent = takeover_sent;
+    return takeover;
+  }
+
+ private:
+  CallLog* log_;
+  std::string name_;
+  uint64_t region_bytes_ = 0;
+};
+
+// A health check that records "health" and answers *health, or Aborted once *cancel is set
+// (as WaitForService words it).
+inline ServiceWait FakeHealthCheck(CallLog* log, const Result<std::string>* health) {
+  return [log, health](double, const std::atomic<bool>* cancel) -> Result<std::string> {
+    log->Record("health");
+    if (cancel != nullptr && *cancel) {
+      return ::cdp::Status::Aborted(
+          "stopped by a signal while waiting for 192.0.2.10:7000 (no answer yet)");
+    }
+    return *health;
+  };
+}
+
+// A takeover reply: ok with switch_root on /dev/vda, or refused with `error`.
+inline wire::v1::TakeoverReply TakeoverReply(bool ok, const std::string& error = "") {
+  wire::v1::TakeoverReply reply;
+  reply.set_ok(ok);
+  reply.set_error(error);
+  reply.set_boot_mode(wire::v1::BOOT_MODE_SWITCH_ROOT);
+  reply.set_root_device("/dev/vda");
+  auto* step = reply.add_steps();
+  step->set_name("check");
+  step->set_seconds(0.01);
+  return reply;
+}
+
+}  // namespace cdp::failover::testing

@@ -1,0 +1,40 @@
+#include "cdp/failover/journal_view.h"
+
+#include <utility>
+
+// The only file of cdp_failover that knows the journal-server's control client.
+#include "cdp/journal/control_client.h"
+#include "failover_timeouts.h"
+
+namespace cdp::failover {
+
+namespace {
+
+class ControlJournalView final : public JournalView {
+ public:
+  explicit ControlJournalView(std::string endpoint) : endpoint_(std::move(endpoint)) {}
+
+  Result<wire::v1::StatusReply> Status() override {
+    if (client_ == nullptr) {
+      CDP_ASSIGN_OR_RETURN(client_, journal::ControlClient::Connect(endpoint_, kJournalConnectMs));
+    }
+    auto reply = client_->Status(kJournalCallMs);
+    // A reply that never came may still arrive: the next call starts on a new connection.
+    if (reply.status().IsUnavailable() || reply.status().IsTimedOut()) {
+      client_.reset();
+    }
+    return reply;
+  }
+
+ private:
+  std::string endpoint_;
+  std::unique_ptr<journal::ControlClient> client_;
+};
+
+}  // namespace
+
+std::unique_ptr<JournalView> MakeJournalView(std::string endpoint) {
+  return std::make_unique<ControlJournalView>(std::move(endpoint));
+}
+
+}  // namespace cdp::failover
