@@ -127,7 +127,8 @@ class CommandSourceControl final : public SourceControl {
   std::vector<std::string> quiesce_, resume_, fence_;
 };
 
-// A plan's mix: one implementation quiesces and resumes, one fences, one checks.
+// A plan's mix: one implementation quiesces and resumes, one fences, one checks. (The plan
+// loader requires the QMP socket for the qmp- methods; without one the command side refuses.)
 class PlanSourceControl final : public SourceControl {
  public:
   PlanSourceControl(std::unique_ptr<SourceControl> qmp, std::unique_ptr<SourceControl> command,
@@ -135,8 +136,8 @@ class PlanSourceControl final : public SourceControl {
       : qmp_(std::move(qmp)),
         command_(std::move(command)),
         quiesce_method_(plan.quiesce.method),
-        quiesce_by_(plan.quiesce.method == "qmp-pause" ? qmp_.get() : command_.get()),
-        fence_by_(plan.fence.method.rfind("qmp-", 0) == 0 ? qmp_.get() : command_.get()) {}
+        quiesce_by_(plan.quiesce.method == "qmp-pause" && qmp_ ? qmp_.get() : command_.get()),
+        fence_by_(plan.fence.method.rfind("qmp-", 0) == 0 && qmp_ ? qmp_.get() : command_.get()) {}
 
   Status CheckServing() override {
     return qmp_ != nullptr ? qmp_->CheckServing() : command_->CheckServing();
