@@ -176,6 +176,11 @@ class FakeTarget final : public TargetAgent {
     return out;
   }
 
+  Result<wire::v1::ApplyHoldReply> Hold(bool hold, uint32_t max_ms) override {
+    log_->Record(name_ + ".Hold " + (hold ? std::to_string(max_ms) : "release"));
+    return wire::v1::ApplyHoldReply();
+  }
+
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                            bool* sent) override {
     log_->Record(name_ + ".Takeover " + request.root_volume());

@@ -78,6 +78,11 @@ class PeTargetAgent final : public TargetAgent {
     return out;
   }
 
+  Result<v1::ApplyHoldReply> Hold(bool hold, uint32_t max_ms) override {
+    CDP_ASSIGN_OR_RETURN(pe::PeClient * client, Client());
+    return Checked(client->Hold(hold, max_ms, kPeCallMs));
+  }
+
   Result<v1::TakeoverReply> Takeover(const v1::TakeoverRequest& request, bool* sent) override {
     *sent = false;
     CDP_ASSIGN_OR_RETURN(pe::PeClient * client, Client());

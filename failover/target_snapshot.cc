@@ -14,15 +14,14 @@
 
 #include "cdp/core/host_command.h"
 #include "cdp/core/qmp_client.h"
+#include "cdp/failover/target_agent.h"
 #include "cdp/failover/target_vm.h"
-#include "cdp/pe/pe_client.h"
 #include "failover_timeouts.h"
 #include "step_timeline.h"
 
 namespace cdp::failover {
 
 namespace fs = std::filesystem;
-namespace v1 = wire::v1;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -114,10 +113,10 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
                                         target_.file + " says");
     }
   }
-  CDP_ASSIGN_OR_RETURN(auto pe, pe::PeClient::Connect(target_.replication_endpoint,
-                                                      v1::ROLE_CONTROL, "", 0, kPeConnectMs));
+  auto pe = MakeTargetAgent(target_, "");
+  // From before the connection (made by the first call): the hold is measured long, never short.
   const auto held_at = Clock::now();
-  CDP_ASSIGN_OR_RETURN(auto held, pe->Hold(true, kHoldMs, kPeCallMs));
+  CDP_ASSIGN_OR_RETURN(auto held, pe->Hold(true, kHoldMs));
   nlohmann::json actions = nlohmann::json::array();
   for (const auto& d : drives_) {
     actions.push_back({{"type", "blockdev-snapshot-sync"},
@@ -130,7 +129,7 @@ Result<std::string> TargetSnapshot::Freeze(std::map<std::string, uint64_t>* lsn)
   // Well inside the hold: a transaction that outlived it could split a batch.
   const int transaction_ms = static_cast<int>(kHoldMs) / 2;
   auto snap = qmp->Execute("transaction", {{"actions", actions}}, transaction_ms);
-  auto released = pe->Hold(false, 0, kPeCallMs);
+  auto released = pe->Hold(false, 0);
   const double held_seconds = std::chrono::duration<double>(Clock::now() - held_at).count();
   if (!snap.ok()) {
     // A refused transaction is rolled back by QEMU; one that timed out may have run after all.

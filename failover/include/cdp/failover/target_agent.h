@@ -1,12 +1,12 @@
 // TargetAgent: what a cutover or a drill asks the pe-agent of a target VM in the PE — its
-// status, written-region marks, region checksums, the takeover — over one control connection
-// held for the whole run.
+// status, written-region marks, region checksums, apply holds, the takeover — over one control
+// connection held for the whole run.
 //
 // The cutover calls it at precheck and drain (Status), pre-verify and verify (WrittenRegions,
 // Checksums) and promote (Takeover); the drill at precheck and replication (the target's
 // Status) and, on a second agent for the drill VM, at promote (Takeover, inside the drill's
-// network namespace). The pe-agent's state strings are read only through PeReady/PeStateText.
-// Not thread-safe: one engine thread calls it.
+// network namespace); a TargetSnapshot holds the apply through it (Hold). The pe-agent's state
+// strings are read only through PeReady/PeStateText. Not thread-safe: one engine thread calls it.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +43,11 @@ class TargetAgent {
   virtual Result<std::vector<RegionChecksum>> Checksums(const std::string& volume, uint64_t offset,
                                                         uint64_t length, uint64_t chunk,
                                                         uint64_t* applied_lsn) = 0;
+
+  // Holds (hold=true, for at most max_ms) or releases the apply of batches (docs/pe-agent.md
+  // §6). When the reply comes, a hold is in force and the disks are at a batch boundary whose
+  // LSNs it carries; a release has applied the queued batches.
+  virtual Result<wire::v1::ApplyHoldReply> Hold(bool hold, uint32_t max_ms) = 0;
 
   // Sends the takeover (docs/pe-agent.md §5) and returns the pe-agent's reply (a refusal is a
   // reply with ok=false). *sent tells whether the request went out at all (false when the
