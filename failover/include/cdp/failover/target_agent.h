@@ -5,8 +5,9 @@
 // The cutover calls it at precheck and drain (Status), pre-verify and verify (WrittenRegions,
 // Checksums) and promote (Takeover); the drill at precheck and replication (the target's
 // Status) and, on a second agent for the drill VM, at promote (Takeover, inside the drill's
-// network namespace); a TargetSnapshot holds the apply through it (Hold). The pe-agent's state
-// strings are read only through PeReady/PeStateText. Not thread-safe: one engine thread calls it.
+// network namespace); a TargetSnapshot holds the apply through it (Hold). The engines read the
+// pe-agent's state only through PeReady/PeStateText. Not thread-safe: one engine thread calls
+// it.
 #pragma once
 
 #include <cstdint>
