@@ -17,9 +17,37 @@ namespace {
 // crash; docs/wire-protocol.md, "One writer per volume").
 constexpr auto kAgentAliveWindow = std::chrono::seconds(3);
 constexpr auto kSessionExpiry = std::chrono::seconds(60);
-constexpr size_t kMaxTailRecords = 4096;
 constexpr size_t kMaxDrainMessages = 512;
 }  // namespace
+
+class JournalServer::Links : public Outbox, public CheckpointRelay::Agents {
+ public:
+  explicit Links(JournalServer* server) : server_(server) {}
+
+  Status SendTo(const std::string& peer, const v1::Header& header,
+                std::vector<zmq::message_t> frames) override {
+    Status s = server_->socket_->SendTo(peer, header, std::move(frames));
+    if (!s.ok()) CDP_LOG(debug) << "journal-server: reply to " << PeerName(peer) << ": " << s;
+    return s;
+  }
+  std::string PeerName(const std::string& peer) override { return server_->PeerName(peer); }
+
+  std::string WriterOf(const std::string& volume) override {
+    auto rt = server_->runtime_.find(volume);
+    return rt == server_->runtime_.end() ? std::string() : rt->second.agent_peer;
+  }
+  bool WriterAlive(const std::string& volume) override {
+    auto rt = server_->runtime_.find(volume);
+    return rt != server_->runtime_.end() &&
+           Clock::now() - rt->second.report_time <= kAgentAliveWindow;
+  }
+
+ private:
+  JournalServer* const server_;
+};
+
+JournalServer::JournalServer(ServerOptions options)
+    : options_(std::move(options)), links_(std::make_unique<Links>(this)) {}
 
 Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions& options) {
   std::unique_ptr<JournalServer> server(new JournalServer(options));
@@ -29,6 +57,10 @@ Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions&
   server->retention_->Start();
   CDP_ASSIGN_OR_RETURN(server->images_,
                        ImageService::Start(server->store_.get(), server->retention_.get()));
+  server->tails_ = std::make_unique<TailService>(server->store_.get(), server->links_.get(),
+                                                 options.max_tail_bytes);
+  server->checkpoints_ = std::make_unique<CheckpointRelay>(
+      server->store_.get(), server->links_.get(), server->links_.get());
   CDP_LOG(info) << "journal-server: serving " << options.listen << " with journal in "
                 << options.data_dir << " (protocol v" << wire::kMinVersion << ".."
                 << wire::kMaxVersion << ")";
@@ -68,8 +100,8 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
     const bool readable = socket_->Readable(50, images_->ready_fd());
     SendImageReplies();
     if (!readable) {
-      ServeParkedTails(/*expire_only=*/true);
-      ServeCheckpoints();
+      tails_->ServeParked(/*expire_only=*/true);
+      checkpoints_->ServePending();
     } else {
       WriteGroup group;
       std::vector<PendingAck> acks;
@@ -108,8 +140,8 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
                        << committed.ToString();
       }
       SendAgentHelloReplies();
-      ServeParkedTails(/*expire_only=*/false);
-      ServeCheckpoints();
+      tails_->ServeParked(/*expire_only=*/false);
+      checkpoints_->ServePending();
     }
     if (Clock::now() - last_sweep > std::chrono::seconds(5)) {
       last_sweep = Clock::now();
@@ -155,10 +187,10 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
       return;
     }
     case v1::Header::kCheckpointRequest:
-      HandleCheckpoint(msg);
+      checkpoints_->HandleRequest(msg.peer, h.checkpoint_request());
       return;
     case v1::Header::kCheckpointReply:
-      HandleCheckpointReply(msg);
+      checkpoints_->HandleReply(msg.peer, h.checkpoint_reply());
       return;
     case v1::Header::kRetentionRequest:
       HandleRetention(msg);
@@ -244,7 +276,6 @@ void JournalServer::HandleHello(const wire::Message& msg) {
     }
     r->set_durable_lsn(v->durable_lsn);
     r->set_volume_size(v->size_bytes);
-    runtime_[hello.volume()].replicator_peer = msg.peer;
     CDP_LOG(info) << "journal-server: replicator " << who << " attached to volume "
                   << hello.volume() << " (applied LSN " << v->applied_lsn << ")";
   } else if (hello.role() != v1::ROLE_CONTROL) {
@@ -563,94 +594,7 @@ void JournalServer::HandleTail(const wire::Message& msg) {
               false);
     return;
   }
-  auto v = store_->GetVolume(req.volume());
-  if (!v.ok()) {
-    SendError(msg.peer, v.status(), false);
-    return;
-  }
-  VolumeRuntime& rt = runtime_[req.volume()];
-  rt.replicator_peer = msg.peer;
-  rt.applied_time = Clock::now();
-  if (req.applied_lsn() != v->applied_lsn) {
-    Status s = store_->SetApplied(req.volume(), req.applied_lsn());
-    if (!s.ok()) CDP_LOG(warning) << "journal-server: " << s.ToString();
-  }
-  if (req.max_bytes() == 0) return;  // a progress report only
-  if (req.from_lsn() == 0) {
-    SendError(msg.peer, Status::InvalidArgument("tail from LSN 0: LSNs start at 1"), true);
-    return;
-  }
-  if (req.from_lsn() <= v->base_lsn) {
-    SendError(msg.peer,
-              Status::FailedPrecondition(
-                  "journal-server: volume " + req.volume() + ": records up to LSN " +
-                  std::to_string(v->base_lsn) +
-                  " were folded into the base image by retention, and this replica asks from LSN " +
-                  std::to_string(req.from_lsn()) +
-                  "; reseed it from `cdpctl restore --at " + std::to_string(v->base_lsn) +
-                  "` or a full copy (docs/retention.md)"),
-              true);
-    return;
-  }
-  if (!ServeTail(msg.peer, req, req.wait_ms() == 0)) {
-    parked_[msg.peer] = ParkedTail{req, Clock::now() + std::chrono::milliseconds(req.wait_ms())};
-  } else {
-    parked_.erase(msg.peer);
-  }
-}
-
-bool JournalServer::ServeTail(const std::string& peer, const v1::TailRequest& req,
-                              bool send_empty) {
-  auto v = store_->GetVolume(req.volume());
-  if (!v.ok()) {
-    SendError(peer, v.status(), false);
-    return true;
-  }
-  if (v->durable_lsn < req.from_lsn() && !send_empty) return false;
-  std::vector<ChangeRecord> records;
-  if (v->durable_lsn >= req.from_lsn()) {
-    Status s = store_->ReadRecords(req.volume(), req.from_lsn(),
-                                   std::min<uint64_t>(req.max_bytes(), options_.max_tail_bytes),
-                                   kMaxTailRecords, &records);
-    if (!s.ok()) {
-      CDP_LOG(error) << "journal-server: tail of volume " << req.volume() << " from LSN "
-                     << req.from_lsn() << ": " << s.ToString();
-      SendError(peer, s, false);
-      return true;
-    }
-  }
-  v1::Header h;
-  auto* tb = h.mutable_tail_batch();
-  tb->set_volume(req.volume());
-  tb->set_request_id(req.request_id());
-  tb->set_durable_lsn(v->durable_lsn);
-  std::vector<zmq::message_t> frames;
-  for (const auto& rec : records) {
-    *tb->add_records() = wire::RecordToProto(rec);
-    if (rec.has_payload()) frames.push_back(wire::FrameFromShared(rec.payload));
-  }
-  if (!records.empty()) {
-    std::vector<v1::ConsistencyPoint> points;
-    if (store_->ReadPoints(req.volume(), records.front().lsn, records.back().lsn, &points).ok()) {
-      for (auto& p : points) *tb->add_points() = std::move(p);
-    }
-  }
-  Status s = socket_->SendTo(peer, h, std::move(frames));
-  if (!s.ok()) CDP_LOG(debug) << "journal-server: tail reply to " << PeerName(peer) << ": " << s;
-  return true;
-}
-
-void JournalServer::ServeParkedTails(bool expire_only) {
-  const auto now = Clock::now();
-  for (auto it = parked_.begin(); it != parked_.end();) {
-    bool served = false;
-    if (now >= it->second.deadline) {
-      served = ServeTail(it->first, it->second.request, /*send_empty=*/true);
-    } else if (!expire_only) {
-      served = ServeTail(it->first, it->second.request, /*send_empty=*/false);
-    }
-    it = served ? parked_.erase(it) : std::next(it);
-  }
+  tails_->HandleRequest(msg.peer, req);
 }
 
 void JournalServer::SendAgentHelloReplies() {
@@ -671,93 +615,6 @@ void JournalServer::SendImageReplies() {
     Status sent = socket_->SendTo(reply.peer, reply.header, std::move(reply.frames));
     if (!sent.ok()) {
       CDP_LOG(debug) << "journal-server: image reply to " << PeerName(reply.peer) << ": " << sent;
-    }
-  }
-}
-
-void JournalServer::HandleCheckpoint(const wire::Message& msg) {
-  const v1::CheckpointRequest& request = msg.header.checkpoint_request();
-  Status known = CheckVolumeKnown(*store_, request.volume());
-  if (!known.ok()) return SendError(msg.peer, known, true);
-  auto rt = runtime_.find(request.volume());
-  if (rt == runtime_.end() || rt->second.agent_peer.empty() ||
-      Clock::now() - rt->second.report_time > kAgentAliveWindow) {
-    return SendError(msg.peer,
-                     Status::Unavailable("journal-server: volume " + request.volume() +
-                                         ": no agent connected; a checkpoint is made by the "
-                                         "volume's agent: start it, or restore a point that "
-                                         "exists (cdpctl points)"),
-                     false);
-  }
-  const uint64_t id = next_checkpoint_++;
-  v1::Header forward;
-  auto* f = forward.mutable_checkpoint_request();
-  f->set_volume(request.volume());
-  f->set_label(request.label());
-  f->set_request_id(id);
-  Status s = socket_->SendTo(rt->second.agent_peer, forward);
-  if (!s.ok()) return SendError(msg.peer, s.WithContext("journal-server: relaying to the agent"), false);
-  checkpoints_[id] = PendingCheckpoint{msg.peer, request.volume(), request.label(), 0,
-                                       Clock::now() + std::chrono::seconds(10)};
-}
-
-void JournalServer::HandleCheckpointReply(const wire::Message& msg) {
-  const v1::CheckpointReply& reply = msg.header.checkpoint_reply();
-  auto it = checkpoints_.find(reply.request_id());
-  if (it == checkpoints_.end()) return;  // expired
-  auto rt = runtime_.find(it->second.volume);
-  if (rt == runtime_.end() || rt->second.agent_peer != msg.peer) {
-    CDP_LOG(warning) << "journal-server: checkpoint reply from " << PeerName(msg.peer)
-                     << ", not the agent of volume " << it->second.volume << "; ignored";
-    return;
-  }
-  if (!reply.error().empty() || reply.lsn() == 0) {
-    SendError(it->second.peer,
-              Status::FailedPrecondition("journal-server: the agent of volume " +
-                                         it->second.volume + " made no point: " +
-                                         (reply.error().empty() ? "no LSN" : reply.error())),
-              true);
-    checkpoints_.erase(it);
-    return;
-  }
-  it->second.lsn = reply.lsn();
-}
-
-void JournalServer::ServeCheckpoints() {
-  const auto now = Clock::now();
-  for (auto it = checkpoints_.begin(); it != checkpoints_.end();) {
-    PendingCheckpoint& c = it->second;
-    std::vector<v1::ConsistencyPoint> points;
-    auto v = store_->GetVolume(c.volume);
-    // The point at the LSN may be one that was there before (a flush): it answers once the
-    // journal has added the operator's label to it.
-    auto labelled = [&](const v1::ConsistencyPoint& p) {
-      return c.label.empty() || p.label() == c.label ||
-             std::find(p.operator_labels().begin(), p.operator_labels().end(), c.label) !=
-                 p.operator_labels().end();
-    };
-    if (c.lsn != 0 && v.ok() && v->durable_lsn >= c.lsn &&
-        store_->ReadPoints(c.volume, c.lsn, c.lsn, &points).ok() && !points.empty() &&
-        labelled(points.front())) {
-      v1::Header h;
-      auto* r = h.mutable_checkpoint_reply();
-      r->set_volume(c.volume);
-      r->set_request_id(it->first);
-      r->set_lsn(c.lsn);
-      *r->mutable_point() = points.front();
-      (void)socket_->SendTo(c.peer, h);
-      it = checkpoints_.erase(it);
-    } else if (now > c.deadline) {
-      SendError(c.peer,
-                Status::TimedOut("journal-server: volume " + c.volume + ": " +
-                                 (c.lsn == 0 ? std::string("the agent did not answer")
-                                             : "the point at LSN " + std::to_string(c.lsn) +
-                                                   " did not reach the journal") +
-                                 " within 10 s (is the agent falling back to its dirty bitmap?)"),
-                false);
-      it = checkpoints_.erase(it);
-    } else {
-      ++it;
     }
   }
 }
@@ -878,8 +735,8 @@ void JournalServer::HandleStatus(const wire::Message& msg) {
     } else {
       vs->set_agent_report_age_seconds(-1);
     }
-    if (rt != runtime_.end() && rt->second.applied_time != Clock::time_point{}) {
-      const double age = std::chrono::duration<double>(now - rt->second.applied_time).count();
+    if (auto applied = tails_->LastAppliedReport(v.name)) {
+      const double age = std::chrono::duration<double>(now - *applied).count();
       vs->set_applied_report_age_seconds(age);
       vs->set_replicator_connected(age < 3.0);
     } else {

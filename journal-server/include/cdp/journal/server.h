@@ -5,9 +5,20 @@
 // replicator is never flooded) and cdpctl (StatusRequest, points, checkpoints, retention, and
 // the images of restores and exports). One thread runs the loop: it drains every message that
 // is ready, commits all their records with one synced write, then acks them (group commit),
-// then answers tails that the commit made servable. Image requests are handed to the
-// ImageService's thread, whose replies the loop sends when they are ready; retention folds on
-// the RetentionWorker's.
+// then answers tails and checkpoints that the commit made servable.
+//
+// The server keeps the loop, the sessions (Hello, one writer per volume and its fencing), the
+// ingest with its group commit, status, points and retention requests. The rest are services of
+// their own, each with its contract in its header:
+//
+//   TailService      (tail_service.h)      replicators' tails and applied-LSN reports; loop thread
+//   CheckpointRelay  (checkpoint_relay.h)  `cdpctl checkpoint` relayed to the agent; loop thread
+//   ImageService     (image_service.h)     images of restores and exports; its own thread, whose
+//                                          replies the loop sends when they are ready
+//   RetentionWorker  (retention.h)         folds old history into the base image; its own thread
+//
+// The loop-thread services send through an Outbox (outbox.h) and learn of agents through
+// CheckpointRelay::Agents, both implemented here over the socket and the sessions.
 //
 // Bad input (a wrong version, an unknown volume, a malformed frame, a CRC mismatch) is answered
 // with a worded Error to that peer, logged once, journals nothing, and never stops the loop.
@@ -21,9 +32,11 @@
 #include <zmq.hpp>
 
 #include "cdp/core/transport.h"
+#include "cdp/journal/checkpoint_relay.h"
 #include "cdp/journal/image_service.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/retention.h"
+#include "cdp/journal/tail_service.h"
 
 namespace cdp::journal {
 
@@ -70,22 +83,7 @@ class JournalServer {
     wire::v1::AgentReport report;
     uint64_t report_sequence = 0;
     Clock::time_point report_time{};
-    Clock::time_point applied_time{};
     std::string agent_peer;  // the writer's session (one writer per volume)
-    std::string replicator_peer;
-  };
-  // A `cdpctl checkpoint` relayed to the volume's agent, answered once its point is durable.
-  struct PendingCheckpoint {
-    std::string peer;  // the control client
-    std::string volume;
-    std::string label;  // answered once the point at `lsn` carries it
-    uint64_t lsn = 0;   // 0 until the agent answered
-    Clock::time_point deadline;
-  };
-  // A tail request waiting for records (long poll).
-  struct ParkedTail {
-    wire::v1::TailRequest request;
-    Clock::time_point deadline;
   };
   // An agent's HelloReply, sent once the open group has committed (its durable LSN then).
   struct DeferredHelloReply {
@@ -100,7 +98,10 @@ class JournalServer {
     uint64_t sequence = 0;  // ChangeBatch.sequence to echo
   };
 
-  explicit JournalServer(ServerOptions options) : options_(std::move(options)) {}
+  // The services' view of the server: its socket (Outbox) and its agents' sessions.
+  class Links;
+
+  explicit JournalServer(ServerOptions options);
 
   void Handle(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
   void HandleHello(const wire::Message& msg);
@@ -117,6 +118,7 @@ class JournalServer {
   void ConfirmWriter(const VolumeInfo& v);
   void HandleBatch(wire::Message& msg, WriteGroup* group, std::vector<PendingAck>* acks);
   void HandleReport(const wire::Message& msg);
+  // TailRequest: checks the replicator session, then hands it to the TailService.
   void HandleTail(const wire::Message& msg);
   void HandleStatus(const wire::Message& msg);
   // PointsRequest: the consistency points of a volume (NotFound for an unknown one).
@@ -125,17 +127,8 @@ class JournalServer {
   void SendAgentHelloReplies();
   // Sends the replies the image service has ready.
   void SendImageReplies();
-  // CheckpointRequest from a control client: relayed to the volume's agent.
-  void HandleCheckpoint(const wire::Message& msg);
-  // CheckpointReply from an agent: the point's LSN (or why none was made).
-  void HandleCheckpointReply(const wire::Message& msg);
-  // Answers the checkpoints whose points are durable now, and those past their deadline.
-  void ServeCheckpoints();
   // RetentionRequest: sets and/or reports a volume's retention.
   void HandleRetention(const wire::Message& msg);
-  // Sends records >= from to the peer; false if there were none to send yet.
-  bool ServeTail(const std::string& peer, const wire::v1::TailRequest& req, bool send_empty);
-  void ServeParkedTails(bool expire_only);
   void SendError(const std::string& peer, const Status& status, bool permanent);
   Session* FindSession(const std::string& peer);
   std::string PeerName(const std::string& peer);
@@ -146,12 +139,12 @@ class JournalServer {
   std::unique_ptr<RetentionWorker> retention_;  // stopped before store_ goes
   std::unique_ptr<ImageService> images_;        // destroyed before retention_ (its pins)
   std::unique_ptr<Socket> socket_;
+  std::unique_ptr<Links> links_;
+  std::unique_ptr<TailService> tails_;
+  std::unique_ptr<CheckpointRelay> checkpoints_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;  // by routing id
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
-  std::map<std::string, ParkedTail> parked_;                  // by routing id
-  std::map<uint64_t, PendingCheckpoint> checkpoints_;         // by request id
   std::vector<DeferredHelloReply> hello_replies_;             // until the group commits
-  uint64_t next_checkpoint_ = 1;
   uint64_t next_session_ = 1;
 };
 
