@@ -17,6 +17,33 @@ namespace cdp::agent {
 namespace {
 std::string BitmapPath(const std::string& dir) { return dir + "/dirty.bitmap"; }
 
+// Trace mode's output: the volume's VolumeCapture over its Sender.
+class CaptureOutput : public TraceOutput {
+ public:
+  CaptureOutput(VolumeCapture* capture, Sender* sender) : capture_(capture), sender_(sender) {}
+
+  uint64_t size() const override { return capture_->size(); }
+  bool lsn_known() const override { return capture_->lsn_known(); }
+  size_t QueueRecords(std::span<ChangeRecord> records) override {
+    return capture_->QueueRecords(records);
+  }
+  void RecordGap(const std::string& reason) override { capture_->RecordGap(reason); }
+  uint64_t AddPoint(v1::PointOrigin origin, const std::string& label) override {
+    return capture_->AddPoint(origin, label);
+  }
+  uint64_t last_point_lsn() const override { return capture_->last_point_lsn(); }
+  void OnResyncDone() override { capture_->OnResyncDone(); }
+  bool WaitForSpace(uint64_t bytes, int timeout_ms) override {
+    return sender_->WaitForSpace(bytes, timeout_ms);
+  }
+  uint64_t durable_lsn() const override { return sender_->durable_lsn(); }
+  uint64_t buffer_bytes() const override { return sender_->buffer_bytes(); }
+
+ private:
+  VolumeCapture* const capture_;
+  Sender* const sender_;
+};
+
 }  // namespace
 
 Status ValidateBufferBytes(uint64_t buffer_bytes, bool trace) {
@@ -397,9 +424,10 @@ Status Agent::StartTrace() {
   tco.checkpoint_interval_ms = o.checkpoint_interval_ms;
   tco.freeze_limit_ms = o.freeze_limit_ms;
   tco.freeze_hold_ms = o.freeze_hold_ms;
-  trace_ = std::make_unique<TraceCapture>(tco, capture_.get(), sender_.get(), hashes_.get(),
-                                          std::move(reader), std::move(tracer),
-                                          std::move(freezer), plan, lost_baseline);
+  trace_output_ = std::make_unique<CaptureOutput>(capture_.get(), sender_.get());
+  trace_ =
+      std::make_unique<TraceCapture>(tco, trace_output_.get(), hashes_.get(), std::move(reader),
+                                     std::move(tracer), std::move(freezer), plan, lost_baseline);
   uint64_t offset = 0, length = 0;
   uint64_t carried = 0;
   while (saved_dirty.TakeRun(64ull << 20, &offset, &length)) {

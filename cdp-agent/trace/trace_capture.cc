@@ -7,73 +7,40 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 
+#include "cdp/core/block_device.h"
 #include "cdp/core/logging.h"
 
 namespace cdp::agent {
 
 namespace {
 
-constexpr uint64_t kBlock = BlockHashStore::kBlockSize;
-constexpr uint64_t kMaxRecordBytes = 1 << 20;  // payload per record
-constexpr uint64_t kScanChunk = 1 << 20;
-constexpr uint64_t kRecordCharge = 64;  // Sender::Charge overhead per record
-constexpr size_t kMaxExtentsPerBatch = 256;
 constexpr int kEventCoalesceMs = 50;
 constexpr uint64_t kSettleNs = 100'000'000;
-// A freeze follows the pre-copy once a syncfs took less than this (little was dirty), or after
-// kMaxPrecopyRounds rounds.
-constexpr int64_t kQuickSyncNs = 15'000'000;
-constexpr int kMaxPrecopyRounds = 4;
-// Pre-copy before a freeze until at most this much is dirty (or what the measured read-back rate
-// reads in a quarter of the freeze limit, if more); more would make the freeze long.
-constexpr uint64_t kMinResidualTarget = 2ull << 20;
 
-int64_t SteadyNanos() {
+}  // namespace
+
+int64_t TraceCapture::SteadyNanos() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
-bool AllZero(const char* data, size_t length) {
-  size_t i = 0;
-  for (; i + 8 <= length; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, data + i, 8);
-    if (w != 0) return false;
-  }
-  for (; i < length; ++i) {
-    if (data[i] != 0) return false;
-  }
-  return true;
-}
-
-uint64_t Percentile(std::vector<uint64_t> v, double p) {
-  if (v.empty()) return 0;
-  const size_t k = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k];
-}
-
-}  // namespace
-
-TraceCapture::TraceCapture(TraceCaptureOptions options, VolumeCapture* capture, Sender* sender,
-                           BlockHashStore* hashes, std::unique_ptr<BlockDevice> reader,
-                           std::unique_ptr<BlockTracer> tracer, std::unique_ptr<FsFreezer> freezer,
-                           ScanPlan plan, uint64_t lost_events_baseline)
+TraceCapture::TraceCapture(TraceCaptureOptions options, TraceOutput* output, BlockHashStore* hashes,
+                           std::unique_ptr<BlockDevice> reader, std::unique_ptr<BlockTracer> tracer,
+                           std::unique_ptr<FsFreezer> freezer, ScanPlan plan,
+                           uint64_t lost_events_baseline)
     : options_(std::move(options)),
-      capture_(capture),
-      sender_(sender),
+      output_(output),
       hashes_(hashes),
       reader_(std::move(reader)),
       tracer_(std::move(tracer)),
       freezer_(std::move(freezer)),
-      size_(capture->size()),
-      map_(capture->size(), BlockHashStore::kBlockSize),
+      size_(output->size()),
+      map_(output->size(), BlockHashStore::kBlockSize),
       scan_active_(plan.active),
       initial_done_(!(plan.active && plan.initial)),
-      scan_cursor_(plan.active ? plan.cursor : capture->size()),
+      scan_cursor_(plan.active ? plan.cursor : output->size()),
       skip_zero_(plan.skip_zero),
       decide_skip_zero_(plan.decide_skip_zero_at_handshake),
       lost_baseline_(lost_events_baseline),
@@ -225,7 +192,8 @@ void TraceCapture::CheckLostEvents() {
                               : "cannot check the trace instance: " + enabled.status().ToString());
     if (enabled.ok()) {
       Status s = tracer_->Reenable();
-      if (!s.ok()) CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << s.ToString();
+      if (!s.ok())
+        CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << s.ToString();
     }
   }
 }
@@ -266,14 +234,14 @@ Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_
 }
 
 void TraceCapture::OnEventsLost(const std::string& reason) {
-  capture_->RecordGap(reason + "; checksum resync of the whole device");
+  output_->RecordGap(reason + "; checksum resync of the whole device");
   scan_restart_ = true;
   wake_cv_.notify_all();
 }
 
 void TraceCapture::ShipperLoop() {
   while (!stop_) {
-    if (!capture_->lsn_known()) {
+    if (!output_->lsn_known()) {
       Wait(20);
       continue;
     }
@@ -305,10 +273,10 @@ void TraceCapture::ShipperLoop() {
         checkpoint_taken_seq_ = checkpoint_seq_;
         checkpoint_wanted_ = false;
       }
-      const uint64_t point_before = capture_->last_point_lsn();
+      const uint64_t point_before = output_->last_point_lsn();
       FreezeCycle();
       if (checkpoint) {
-        const uint64_t point = capture_->last_point_lsn();
+        const uint64_t point = output_->last_point_lsn();
         std::lock_guard<std::mutex> lock(checkpoint_mu_);
         freeze_label_.clear();
         if (point != point_before ||
@@ -340,7 +308,7 @@ void TraceCapture::ShipperLoop() {
     const bool settled = since != 0 && (map_.bytes() >= batch / 4 ||
                                         NowNanos() - since >= kSettleNs || scan_active_.load());
     if (settled) {
-      if (!sender_->WaitForSpace(batch + kMaxExtentsPerBatch * kRecordCharge, 50)) continue;
+      if (!output_->WaitForSpace(batch + kMaxExtentsPerBatch * kRecordCharge, 50)) continue;
       auto shipped = TakeAndShip(batch);
       if (!shipped.ok()) {
         CDP_LOG(error) << "cdp-agent: volume " << options_.volume
@@ -358,7 +326,7 @@ void TraceCapture::ShipperLoop() {
                        << "; retrying in 1 s";
         Wait(1000);
       } else if (!*stepped) {
-        sender_->WaitForSpace(kScanChunk + 1024, 100);
+        output_->WaitForSpace(kScanChunk + 1024, 100);
       }
       continue;
     }
@@ -419,7 +387,8 @@ Result<uint64_t> TraceCapture::ShipExtents(const std::vector<Extent>& extents) {
     if (left > 0) {
       // The Sender is full: this extent's tail and every later extent go back to the map.
       map_.Add(e.offset + e.length - left, left);
-      for (size_t j = i + 1; j < extents.size(); ++j) map_.Add(extents[j].offset, extents[j].length);
+      for (size_t j = i + 1; j < extents.size(); ++j)
+        map_.Add(extents[j].offset, extents[j].length);
       break;
     }
   }
@@ -438,7 +407,7 @@ uint64_t TraceCapture::QueueContent(uint64_t offset, const char* data, uint64_t 
   for (uint64_t off = 0; off < length; off += kMaxRecordBytes) {
     const uint64_t n = std::min(kMaxRecordBytes, length - off);
     ChangeRecord rec;
-    if (AllZero(data + off, n)) {
+    if (IsAllZero(std::span<const char>(data + off, n))) {
       rec.time_ns = NowNanos();
       rec.offset = offset + off;
       rec.length = n;
@@ -454,7 +423,7 @@ uint64_t TraceCapture::QueueContent(uint64_t offset, const char* data, uint64_t 
     std::lock_guard<std::mutex> lock(hash_mu_);
     generation = hash_generation_;
   }
-  const size_t queued = capture_->QueueRecords(records);
+  const size_t queued = output_->QueueRecords(records);
   std::lock_guard<std::mutex> lock(hash_mu_);
   if (generation == hash_generation_) {
     for (size_t i = 0; i < queued; ++i) {
@@ -475,7 +444,7 @@ uint64_t TraceCapture::QueueContent(uint64_t offset, const char* data, uint64_t 
 }
 
 void TraceCapture::ApplyDurableHashes() {
-  const uint64_t durable = sender_->durable_lsn();
+  const uint64_t durable = output_->durable_lsn();
   std::lock_guard<std::mutex> lock(hash_mu_);
   while (!pending_hashes_.empty() && pending_hashes_.front().lsn <= durable) {
     PendingHashes& p = pending_hashes_.front();
@@ -507,298 +476,6 @@ void TraceCapture::ApplyDurableHashes() {
   }
 }
 
-Result<bool> TraceCapture::ScanStep() {
-  const uint64_t cursor = scan_cursor_.load();
-  if (cursor >= size_) {
-    scan_active_ = false;
-    const bool was_initial = !initial_done_.exchange(true);
-    CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": "
-                  << (was_initial ? "initial full sync" : "checksum resync") << " done: read "
-                  << scan_read_bytes_.load() << " bytes, sent " << scan_sent_bytes_.load()
-                  << " bytes";
-    capture_->OnResyncDone();
-    // The next freeze cycle records the first consistency point after it.
-    next_freeze_ns_ = 0;
-    return true;
-  }
-  const uint64_t len = std::min(kScanChunk, size_ - cursor);
-  if (!sender_->WaitForSpace(len + (len / kBlock) * kRecordCharge, 0)) return false;
-  if (scan_buffer_.size() < kScanChunk) scan_buffer_ = AlignedBuffer(kScanChunk);
-  in_progress_bytes_ = len;
-  Status read = reader_->ReadAt(cursor, std::span<char>(scan_buffer_.data(), len));
-  if (!read.ok()) {
-    in_progress_bytes_ = 0;
-    return read;
-  }
-  scan_read_bytes_ += len;
-  const char* data = scan_buffer_.data();
-  const uint64_t first_block = cursor / kBlock;
-  const size_t nblocks = static_cast<size_t>((len + kBlock - 1) / kBlock);
-  std::vector<uint64_t> stored(nblocks);
-  CDP_RETURN_IF_ERROR(hashes_->Get(first_block, stored));
-  std::vector<uint64_t> now(nblocks);
-  std::vector<char> send(nblocks, 0);
-  const bool skip_zero = skip_zero_.load();
-  std::vector<std::pair<size_t, uint64_t>> known_zero;  // block index, hash
-  for (size_t b = 0; b < nblocks; ++b) {
-    const uint64_t off = b * kBlock;
-    const size_t n = static_cast<size_t>(std::min(kBlock, len - off));
-    now[b] = BlockHashStore::Hash(data + off, n);
-    if (stored[b] == now[b]) continue;
-    if (skip_zero && stored[b] == BlockHashStore::kUnknown && AllZero(data + off, n)) {
-      // The journal started empty, so it holds zeroes for this block unless a record for it was
-      // shipped: one in flight, or one whose extent is still waiting in the map.
-      bool shipped;
-      {
-        std::lock_guard<std::mutex> lock(hash_mu_);
-        shipped = latest_lsn_.count(first_block + b) > 0;
-      }
-      if (!shipped && !map_.Overlaps(cursor + off, n)) {
-        known_zero.emplace_back(b, now[b]);
-        continue;
-      }
-    }
-    send[b] = 1;
-  }
-  for (const auto& [b, h] : known_zero) {
-    Status s = hashes_->Set(first_block + b, std::span<const uint64_t>(&h, 1));
-    if (!s.ok()) return s;
-  }
-  size_t b = 0;
-  while (b < nblocks) {
-    if (!send[b]) {
-      ++b;
-      continue;
-    }
-    size_t e = b;
-    while (e < nblocks && send[e]) ++e;
-    const uint64_t off = b * kBlock;
-    const uint64_t run = std::min<uint64_t>(e * kBlock, len) - off;
-    const uint64_t left =
-        QueueContent(cursor + off, data + off, run,
-                     std::vector<uint64_t>(now.begin() + static_cast<std::ptrdiff_t>(b),
-                                           now.begin() + static_cast<std::ptrdiff_t>(e)));
-    scan_sent_bytes_ += run - left;
-    if (left > 0) map_.Add(cursor + off + run - left, left);  // the extent path sends it
-    b = e;
-  }
-  scan_cursor_ = cursor + len;
-  in_progress_bytes_ = 0;
-  return true;
-}
-
-bool TraceCapture::MountHeld(const Status& mounted) {
-  if (!mounted.IsNotFound()) {
-    // Held (other errors are the freeze's to report).
-    if (fs_unmounted_.exchange(false)) {
-      CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": " << freezer_->mount_path()
-                    << " holds the filesystem of " << tracer_->device().path
-                    << " again; freezes (consistency points) resume";
-    }
-    return true;
-  }
-  if (!fs_unmounted_.exchange(true)) {
-    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << mounted.message()
-                     << "; no freezes, so no consistency points, until the filesystem of "
-                     << tracer_->device().path << " is mounted there again (checked every "
-                     << options_.checkpoint_interval_ms << " ms); block writes to "
-                     << tracer_->device().path << " are still captured";
-  }
-  return false;
-}
-
-Status TraceCapture::UnmountedError() const {
-  return Status::FailedPrecondition(
-      "volume " + options_.volume + ": " + freezer_->mount_path() +
-      " no longer holds the filesystem of " + tracer_->device().path +
-      " (unmounted?); no freeze point until it is mounted there again");
-}
-
-void TraceCapture::FreezeCycle() {
-  if (!MountHeld(freezer_->CheckMounted())) return;
-  // Pre-copy, so the freeze itself has little to do: write back the page cache without blocking
-  // writers (syncfs), ship what that wrote until the residual set is small, and repeat while the
-  // writeback still took long — each round leaves only what was dirtied during the previous one,
-  // which is what FIFREEZE's own flush then has to write with the writers blocked.
-  const int64_t precopy_deadline = SteadyNanos() + 2'000'000'000;
-  // Bounded by an eighth of the send buffer: the residual must fit in it while frozen.
-  const uint64_t residual_target = std::min<uint64_t>(
-      sender_->buffer_bytes() / 8,
-      std::max<uint64_t>(kMinResidualTarget,
-                         static_cast<uint64_t>(read_bytes_per_ns_ * options_.freeze_limit_ms *
-                                               1e6 / 4)));
-  for (int round = 0; round < kMaxPrecopyRounds; ++round) {
-    const int64_t t_sync = SteadyNanos();
-    Status synced = freezer_->SyncFs();
-    if (!MountHeld(synced)) return;
-    if (!synced.ok()) {
-      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << synced.ToString();
-    }
-    const int64_t sync_ns = SteadyNanos() - t_sync;
-    while (!stop_ && SteadyNanos() < precopy_deadline) {
-      auto drained = tracer_->Drain(event_sink_);
-      if (!drained.ok()) return;
-      if (map_.bytes() <= residual_target) break;
-      if (!sender_->WaitForSpace(options_.read_batch_bytes, 50)) continue;
-      auto shipped = TakeAndShip(options_.read_batch_bytes);
-      if (!shipped.ok()) return;
-    }
-    if (stop_ || map_.bytes() > residual_target) return;  // too busy now; try next interval
-    if (sync_ns < kQuickSyncNs) break;
-  }
-  // The residual set must fit in the send buffer while frozen: wait (unfrozen) for room first.
-  if (!sender_->WaitForSpace(2 * residual_target + kMaxExtentsPerBatch * kRecordCharge,
-                             static_cast<int>(std::max<int64_t>(
-                                 0, (precopy_deadline - SteadyNanos()) / 1'000'000)))) {
-    return;  // the journal-server is behind; try at the next interval
-  }
-  // Nothing reached the disk since the last point, even after writing back the page cache: the
-  // last point still describes the filesystem, and a freeze would only disturb the application.
-  const uint64_t events = events_.load();
-  if (events == events_at_last_point_ && map_.empty() && point_taken_once_) return;
-
-  const int64_t t0 = SteadyNanos();
-  const uint64_t limit_ns = uint64_t(options_.freeze_limit_ms) * 1000000;
-  Status frozen = freezer_->Freeze();
-  if (!MountHeld(frozen)) return;
-  if (!frozen.ok()) {
-    // Said once per episode (an operator's fsfreeze -f lasts many intervals).
-    if (!freeze_refused_) {
-      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": no consistency point: "
-                       << frozen.ToString() << "; retrying every interval";
-    }
-    freeze_refused_ = true;
-    return;
-  }
-  if (freeze_refused_) {
-    CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": freezing works again";
-    freeze_refused_ = false;
-  }
-  std::string abandon;
-  const int64_t t_frozen = SteadyNanos();
-  auto ms = [](int64_t ns) { return static_cast<double>(ns) / 1e6; };
-  if (uint64_t(t_frozen - t0) > limit_ns) {
-    abandon = "FIFREEZE itself took " + std::to_string(ms(t_frozen - t0)) +
-              " ms: the filesystem's own flush";
-  }
-  auto drained = tracer_->Drain(event_sink_);
-  if (!drained.ok()) abandon = "reading trace events failed: " + drained.status().ToString();
-  auto lost = tracer_->LostEvents();
-  if (abandon.empty() && (!lost.ok() || *lost > lost_seen_.load())) {
-    abandon = "events were lost";  // handled after the thaw
-  }
-  if (abandon.empty() && scan_restart_.load()) {
-    // The tracker saw a loss meanwhile: no point until the checksum resync it asked for is done.
-    abandon = "a checksum resync is pending";
-  }
-  const int64_t t_drained = SteadyNanos();
-  const uint64_t events_frozen = events_.load();  // every change the point will cover
-  uint64_t residual = map_.bytes();
-  // Reading the residual set must fit in what is left of the limit, at the read-back rate
-  // measured so far.
-  const double predicted_ns = static_cast<double>(residual) / read_bytes_per_ns_;
-  if (abandon.empty() &&
-      static_cast<double>(t_drained - t0) + predicted_ns > static_cast<double>(limit_ns)) {
-    abandon = "reading the residual " + std::to_string(residual) + " bytes would take ~" +
-              std::to_string(predicted_ns / 1e6) + " ms";
-  }
-  if (abandon.empty()) {
-    in_progress_bytes_ = residual + kBlock;
-    auto extents = map_.TakeAll();
-    residual = 0;
-    for (const Extent& e : extents) residual += e.length;
-    if (!sender_->WaitForSpace(residual + extents.size() * (1 + residual / kMaxRecordBytes) *
-                                              kRecordCharge,
-                               0)) {
-      abandon = "send buffer full";
-      for (const Extent& e : extents) map_.Add(e.offset, e.length);
-    } else {
-      auto shipped = ShipExtents(extents);
-      if (!shipped.ok()) {
-        abandon = "read-back failed: " + shipped.status().ToString();
-      } else if (*shipped != residual) {
-        abandon = "send buffer full";
-      }
-    }
-    in_progress_bytes_ = 0;
-  }
-  const int64_t t_read = SteadyNanos();
-  if (options_.freeze_hold_ms > 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(options_.freeze_hold_ms));
-  }
-  if (abandon.empty() && uint64_t(SteadyNanos() - t0) > limit_ns) {
-    abandon = "over the " + std::to_string(options_.freeze_limit_ms) + " ms limit";
-  }
-  Status thawed = freezer_->Thaw();
-  const uint64_t us = uint64_t(SteadyNanos() - t0) / 1000;
-  if (!thawed.ok()) {
-    abandon = thawed.ToString();
-    CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << thawed.ToString();
-  }
-  // A gap recorded since the scan stopped (events lost during this freeze) is closed only by a
-  // freeze after the checksum resync it asked for: no point until that resync is done.
-  if (abandon.empty() && (scan_restart_.load() || scan_active_.load())) {
-    abandon = "history gap: a checksum resync of the device is pending";
-  }
-  uint64_t point = 0;
-  if (abandon.empty()) {
-    // Only this thread queues records, so the last LSN is still the one the frozen state
-    // ended at; the successful thaw proves the filesystem stayed frozen until now.
-    point = capture_->AddPoint(v1::POINT_FREEZE, freeze_label_);
-    events_at_last_point_ = events_frozen;
-    point_taken_once_ = true;
-  }
-  RecordFreeze(us, uint64_t(t_frozen - t0) / 1000, !abandon.empty());
-  if (!abandon.empty()) {
-    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": freeze abandoned after "
-                     << us / 1000.0 << " ms (" << abandon << "); retrying at the next interval";
-    if (!lost.ok() || *lost > lost_seen_.load()) CheckLostEvents();
-  } else {
-    CDP_LOG(debug) << "cdp-agent: volume " << options_.volume << ": freeze " << us / 1000.0
-                   << " ms (FIFREEZE " << ms(t_frozen - t0) << " ms, drain "
-                   << ms(t_drained - t_frozen) << " ms, residual " << residual
-                   << " bytes read and queued in " << ms(t_read - t_drained)
-                   << " ms), point at LSN " << point;
-  }
-}
-
-void TraceCapture::RecordFreeze(uint64_t us, uint64_t ioctl_us, bool abandoned) {
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  if (abandoned) {
-    stats_.set_freezes_abandoned(stats_.freezes_abandoned() + 1);
-    minute_abandoned_++;
-  } else {
-    stats_.set_freezes(stats_.freezes() + 1);
-  }
-  stats_.set_freeze_last_us(us);
-  stats_.set_freeze_max_us(std::max<uint64_t>(stats_.freeze_max_us(), us));
-  minute_us_.push_back(us);
-  if (freeze_us_.size() < 1024) {
-    freeze_us_.push_back(us);
-    ioctl_us_.push_back(ioctl_us);
-  } else {
-    freeze_us_[freeze_next_] = us;
-    ioctl_us_[freeze_next_] = ioctl_us;
-    freeze_next_ = (freeze_next_ + 1) % freeze_us_.size();
-  }
-}
-
-void TraceCapture::MaybeLogFreezeSummary() {
-  const int64_t now = SteadyNanos();
-  if (next_summary_ns_ == 0) next_summary_ns_ = now + 60'000'000'000;
-  if (now < next_summary_ns_) return;
-  next_summary_ns_ = now + 60'000'000'000;
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  if (minute_us_.empty()) return;
-  CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": last minute: "
-                << minute_us_.size() << " freezes (" << minute_abandoned_
-                << " abandoned), p50 " << Percentile(minute_us_, 0.5) / 1000.0 << " ms, p99 "
-                << Percentile(minute_us_, 0.99) / 1000.0 << " ms, max "
-                << *std::max_element(minute_us_.begin(), minute_us_.end()) / 1000.0 << " ms";
-  minute_us_.clear();
-  minute_abandoned_ = 0;
-}
-
 void TraceCapture::FillReport(v1::AgentReport* r) {
   const bool pending_events = reading_.load() || tracer_->HasPending();
   r->set_capture_mode("trace");
@@ -810,14 +487,7 @@ void TraceCapture::FillReport(v1::AgentReport* r) {
   r->set_initial_sync_total(size_);
   r->set_initial_sync_done_bytes(initial_done_.load() ? size_ : scan_cursor_.load());
   v1::TraceStats* t = r->mutable_trace();
-  {
-    std::lock_guard<std::mutex> lock(stats_mu_);
-    *t = stats_;
-    t->set_freeze_p50_us(Percentile(freeze_us_, 0.50));
-    t->set_freeze_p99_us(Percentile(freeze_us_, 0.99));
-    t->set_fifreeze_p50_us(Percentile(ioctl_us_, 0.50));
-    t->set_fifreeze_p99_us(Percentile(ioctl_us_, 0.99));
-  }
+  freeze_stats_.Fill(t);
   t->set_lost_events(lost_seen_.load() - lost_baseline_.load());
   t->set_events(events_.load());
   t->set_readback_bytes(readback_bytes_.load());

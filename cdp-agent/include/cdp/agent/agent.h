@@ -110,6 +110,7 @@ class Agent {
   std::unique_ptr<SyncEngine> sync_;
   std::unique_ptr<nbd::NbdServer> nbd_;
   std::unique_ptr<BlockHashStore> hashes_;
+  std::unique_ptr<TraceOutput> trace_output_;  // capture_ over sender_, for trace_
   std::unique_ptr<TraceCapture> trace_;
   int lock_fd_ = -1;
   int volume_lock_fd_ = -1;

@@ -34,6 +34,17 @@
 // queued and set only once the journal has it durable, in LSN order, and only if no newer record
 // for the block is still in flight.
 //
+// Where the pieces are (all in library cdp_trace, cdp-agent/trace/; the agent wires them up in
+// agent.cc, and TraceOutput keeps this library off the sender):
+//
+//   block_tracer.{h,cc}   the tracefs instance and its event pipe           (BlockTracer)
+//   extent_map.{h,cc}     the dirty extents not read back yet               (DirtyExtentMap)
+//   block_hashes.{h,cc}   what the journal durably holds, per 4 KiB block   (BlockHashStore)
+//   fs_freezer.{h,cc}     FIFREEZE/FITHAW with the thaw watchdog            (FsFreezer)
+//   trace_capture.cc      the two threads, read-back, hashes, reports       (TraceCapture)
+//   device_scan.{h,cc}    the device scan: PlanScanChunk, TraceCapture::ScanStep
+//   freeze_cycle.{h,cc}   the freeze cycle: ResidualTarget, FreezeStats, TraceCapture::FreezeCycle
+//
 // Thread-safety: public methods are thread-safe.
 #pragma once
 
@@ -48,22 +59,57 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cdp.pb.h"
 #include "cdp/agent/block_hashes.h"
 #include "cdp/agent/block_tracer.h"
 #include "cdp/agent/extent_map.h"
+#include "cdp/agent/freeze_cycle.h"
 #include "cdp/agent/fs_freezer.h"
-#include "cdp/agent/sender.h"
-#include "cdp/agent/volume_capture.h"
 #include "cdp/core/block_device.h"
+#include "cdp/core/record.h"
 
 namespace cdp::agent {
+
+// Where trace mode puts what it captured: the agent's VolumeCapture (which gives records their
+// LSNs and records points and gaps) over its Sender (the bounded buffer to the journal-server).
+// An interface so that trace mode (library cdp_trace) does not depend on the sender; the agent
+// implements it over both, a test over a fake. Called from TraceCapture's threads: thread-safe.
+class TraceOutput {
+ public:
+  virtual ~TraceOutput() = default;
+
+  // The volume's size in bytes.
+  virtual uint64_t size() const = 0;
+  // False until the first handshake told the LSN to continue from (VolumeCapture::lsn_known).
+  virtual bool lsn_known() const = 0;
+  // Gives `records` the next LSNs and queues them, in order, as far as the buffer takes them
+  // without waiting; returns how many were queued (VolumeCapture::QueueRecords).
+  virtual size_t QueueRecords(std::span<ChangeRecord> records) = 0;
+  // Records a history gap: changes were lost, `reason` says why (VolumeCapture::RecordGap).
+  virtual void RecordGap(const std::string& reason) = 0;
+  // Records a consistency point at the last queued LSN and returns it (VolumeCapture::AddPoint).
+  virtual uint64_t AddPoint(v1::PointOrigin origin, const std::string& label) = 0;
+  // The LSN of the last point recorded, 0 for none.
+  virtual uint64_t last_point_lsn() const = 0;
+  // A device scan finished: the gaps it was closing are closed (VolumeCapture::OnResyncDone).
+  virtual void OnResyncDone() = 0;
+  // Waits at most timeout_ms until the buffer has room for `bytes`; true when it has
+  // (Sender::WaitForSpace).
+  virtual bool WaitForSpace(uint64_t bytes, int timeout_ms) = 0;
+  // The highest LSN the journal-server acknowledged as durable.
+  virtual uint64_t durable_lsn() const = 0;
+  // The buffer's capacity in bytes.
+  virtual uint64_t buffer_bytes() const = 0;
+};
 
 struct TraceCaptureOptions {
   std::string volume;
   int checkpoint_interval_ms = 1000;  // between freeze cycles
   int freeze_limit_ms = 200;          // a freeze that would last longer is abandoned
   uint64_t read_batch_bytes = 4ull << 20;  // read-back per io_uring batch
-  int freeze_hold_ms = 0;  // test hook (CDP_AGENT_TEST_FREEZE_HOLD_MS): stay frozen this long
+  // Test hook (CDP_AGENT_TEST_FREEZE_HOLD_MS): stay frozen this long. Honoured only in a build
+  // with CDP_TEST_HOOKS; ignored otherwise.
+  int freeze_hold_ms = 0;
 };
 
 // What the device scan must do at start.
@@ -80,10 +126,9 @@ class TraceCapture {
  public:
   // None of the pointers is owned except the unique_ptrs; all must outlive this object.
   // `reader` is the device opened read-only with O_DIRECT. `freezer` may be null (no points).
-  TraceCapture(TraceCaptureOptions options, VolumeCapture* capture, Sender* sender,
-               BlockHashStore* hashes, std::unique_ptr<BlockDevice> reader,
-               std::unique_ptr<BlockTracer> tracer, std::unique_ptr<FsFreezer> freezer,
-               ScanPlan plan, uint64_t lost_events_baseline);
+  TraceCapture(TraceCaptureOptions options, TraceOutput* output, BlockHashStore* hashes,
+               std::unique_ptr<BlockDevice> reader, std::unique_ptr<BlockTracer> tracer,
+               std::unique_ptr<FsFreezer> freezer, ScanPlan plan, uint64_t lost_events_baseline);
   ~TraceCapture();
 
   // Adds extents known dirty at start (a clean restart's saved bitmap).
@@ -127,6 +172,14 @@ class TraceCapture {
   uint64_t lost_events_seen() const { return lost_seen_.load(); }
 
  private:
+  static constexpr uint64_t kBlock = BlockHashStore::kBlockSize;
+  static constexpr uint64_t kMaxRecordBytes = 1 << 20;  // payload per record
+  static constexpr uint64_t kScanChunk = 1 << 20;       // device scan: read per step
+  static constexpr uint64_t kRecordCharge = 64;         // Sender::Charge overhead per record
+  static constexpr size_t kMaxExtentsPerBatch = 256;
+
+  static int64_t SteadyNanos();
+
   struct PendingHashes {
     uint64_t lsn = 0;
     uint64_t first_block = 0;
@@ -142,8 +195,10 @@ class TraceCapture {
   // that did not fit (from the first unqueued record to the end), which the caller re-marks.
   uint64_t QueueContent(uint64_t offset, const char* data, uint64_t length,
                         std::vector<uint64_t> hashes);
-  // One chunk of the device scan. Returns false when the Sender has no room (retry later).
+  // One chunk of the device scan (device_scan.cc). Returns false when the Sender has no room
+  // (retry later).
   Result<bool> ScanStep();
+  // One freeze cycle (freeze_cycle.cc; see the file comment). Shipper thread.
   void FreezeCycle();
   // Takes the result of FsFreezer::CheckMounted (or of a SyncFs/Freeze): false when the --freeze
   // path no longer holds the filesystem (NotFound). Logs when that changes, and keeps
@@ -154,7 +209,6 @@ class TraceCapture {
   void CheckLostEvents();
   void OnEventsLost(const std::string& reason);
   void StartScan(bool send_zero_blocks);
-  void RecordFreeze(uint64_t us, uint64_t ioctl_us, bool abandoned);
   // Logs the freezes of the last minute (count, abandoned, p50/p99) at info, once a minute.
   void MaybeLogFreezeSummary();
   // Takes up to max_bytes from the map and ships them, counted as in progress meanwhile.
@@ -162,8 +216,7 @@ class TraceCapture {
   void Wait(int ms);
 
   const TraceCaptureOptions options_;
-  VolumeCapture* const capture_;
-  Sender* const sender_;
+  TraceOutput* const output_;
   BlockHashStore* const hashes_;
   std::unique_ptr<BlockDevice> reader_;
   std::unique_ptr<BlockTracer> tracer_;
@@ -208,15 +261,9 @@ class TraceCapture {
   std::atomic<uint64_t> lost_seen_;
 
   // Figures for reports.
-  std::mutex stats_mu_;
-  std::vector<uint64_t> freeze_us_;  // GUARDED_BY(stats_mu_): ring of the last 1024
-  std::vector<uint64_t> ioctl_us_;   // GUARDED_BY(stats_mu_): FIFREEZE alone, same ring
-  size_t freeze_next_ = 0;           // GUARDED_BY(stats_mu_)
-  std::vector<uint64_t> minute_us_;  // GUARDED_BY(stats_mu_): freezes since the last summary
-  uint64_t minute_abandoned_ = 0;    // GUARDED_BY(stats_mu_)
-  int64_t next_summary_ns_ = 0;      // shipper thread
-  int64_t next_trim_ns_ = 0;         // shipper thread
-  v1::TraceStats stats_;             // GUARDED_BY(stats_mu_)
+  FreezeStats freeze_stats_;
+  int64_t next_summary_ns_ = 0;  // shipper thread
+  int64_t next_trim_ns_ = 0;     // shipper thread
   std::atomic<uint64_t> events_{0};
   std::atomic<uint64_t> readback_bytes_{0};
   std::atomic<uint64_t> scan_read_bytes_{0};
