@@ -90,8 +90,7 @@ JournalServer::Session* JournalServer::FindSession(const std::string& peer) {
 }
 
 void JournalServer::SendError(const std::string& peer, const Status& status, bool permanent) {
-  Status s = socket_->SendTo(peer, wire::MakeErrorHeader(status, permanent));
-  if (!s.ok()) CDP_LOG(debug) << "journal-server: reply to " << PeerName(peer) << ": " << s;
+  (void)links_->SendError(peer, status, permanent);  // a failure is logged there
 }
 
 Status JournalServer::Run(const std::atomic<bool>* stop) {
