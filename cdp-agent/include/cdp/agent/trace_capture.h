@@ -54,6 +54,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -73,7 +74,8 @@ namespace cdp::agent {
 // Where trace mode puts what it captured: the agent's VolumeCapture (which gives records their
 // LSNs and records points and gaps) over its Sender (the bounded buffer to the journal-server).
 // An interface so that trace mode (library cdp_trace) does not depend on the sender; the agent
-// implements it over both, a test over a fake. Called from TraceCapture's threads: thread-safe.
+// implements it over both (agent.cc), and a test may fake it. Called from TraceCapture's threads:
+// an implementation must be thread-safe.
 class TraceOutput {
  public:
   virtual ~TraceOutput() = default;
@@ -82,16 +84,20 @@ class TraceOutput {
   virtual uint64_t size() const = 0;
   // False until the first handshake told the LSN to continue from (VolumeCapture::lsn_known).
   virtual bool lsn_known() const = 0;
-  // Gives `records` the next LSNs and queues them, in order, as far as the buffer takes them
-  // without waiting; returns how many were queued (VolumeCapture::QueueRecords).
+  // Gives `records` the next LSNs and queues them, in order, until the first that does not fit
+  // in the buffer (never waiting); returns how many were queued, their lsn fields set; 0 while
+  // the LSN base is unknown (VolumeCapture::QueueRecords).
   virtual size_t QueueRecords(std::span<ChangeRecord> records) = 0;
-  // Records a history gap: changes were lost, `reason` says why (VolumeCapture::RecordGap).
+  // Records a history gap after the last LSN handed out: changes were lost, `reason` says why
+  // (VolumeCapture::RecordGap).
   virtual void RecordGap(const std::string& reason) = 0;
-  // Records a consistency point at the last queued LSN and returns it (VolumeCapture::AddPoint).
+  // Records a consistency point at the last LSN handed out and returns that LSN, 0 when none
+  // (VolumeCapture::AddPoint).
   virtual uint64_t AddPoint(v1::PointOrigin origin, const std::string& label) = 0;
   // The LSN of the last point recorded, 0 for none.
   virtual uint64_t last_point_lsn() const = 0;
-  // A device scan finished: the gaps it was closing are closed (VolumeCapture::OnResyncDone).
+  // No dirty region is left (a device scan finished): the next overflow opens a new gap
+  // (VolumeCapture::OnResyncDone).
   virtual void OnResyncDone() = 0;
   // Waits at most timeout_ms until the buffer has room for `bytes`; true when it has
   // (Sender::WaitForSpace).
