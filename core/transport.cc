@@ -13,7 +13,7 @@
 
 namespace cdp {
 
-namespace v1 = wire::v1;
+// v1 here is cdp::v1 itself; an alias `namespace v1 = wire::v1;` would redefine it (clang refuses).
 
 Status ValidateEndpoint(const std::string& endpoint) {
   auto fail = [&] {
