@@ -98,9 +98,12 @@ int main(int argc, char** argv) {
   options.checkpoint_interval_ms = static_cast<int>(checkpoint_seconds * 1000);
   options.bandwidth_bytes_per_sec =
       static_cast<uint64_t>(vm["bandwidth-limit"].as<double>() * 1e6);
+#if CDP_TEST_HOOKS
+  // Test build only (docs/testing.md): hold each freeze this long, to test the thaw watchdog.
   if (const char* hold = std::getenv("CDP_AGENT_TEST_FREEZE_HOLD_MS")) {
-    options.freeze_hold_ms = std::atoi(hold);  // test hook: stay frozen this long
+    options.freeze_hold_ms = std::atoi(hold);
   }
+#endif
   options.ack_mode = *mode;
   options.io_engine = *io;
   options.buffer_bytes = buffer_mib << 20;

@@ -66,4 +66,9 @@ def test(s):
     assert not writer.is_alive(), "the application's write is still blocked after the thaw"
 
 
+# The hold is a test hook: only the test build (-DCDP_TEST_HOOKS=ON, deploy/build.sh) reads it.
+with open(t.binary("cdp-agent"), "rb") as f:
+    if b"CDP_AGENT_TEST_FREEZE_HOLD_MS" not in f.read():
+        raise SystemExit(f"FAIL: {t.binary('cdp-agent')} is built without test hooks; this test "
+                         "needs the test build (-DCDP_TEST_HOOKS=ON, as deploy/build.sh makes)")
 tt.run(test, fs="ext4", size_mib=256)

@@ -72,7 +72,7 @@ struct AgentOptions {
   int freeze_limit_ms = 200;
   uint32_t trace_buffer_kb = 4096;
   std::string tracefs_root;  // empty: found (or mounted) automatically
-  int freeze_hold_ms = 0;    // test hook, from CDP_AGENT_TEST_FREEZE_HOLD_MS
+  int freeze_hold_ms = 0;    // test build only (CDP_TEST_HOOKS): CDP_AGENT_TEST_FREEZE_HOLD_MS
 };
 
 class Agent {
