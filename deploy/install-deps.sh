@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config git
+  # the second compiler: .ci/run's user-like build (clang-16, Release, no test hooks)
+  clang-16
   # libraries
   librocksdb-dev libzmq3-dev cppzmq-dev liburing-dev libaio-dev
   libprotobuf-dev protobuf-compiler
