@@ -446,7 +446,7 @@ TEST(ParseIoEngine, BadValueIsInvalidArgumentNamingIt) {
     Result<IoEngine> engine = ParseIoEngine(bad);
     ASSERT_FALSE(engine.ok()) << bad;
     EXPECT_EQ(engine.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_THAT(engine.status().message(), HasSubstr("'" + std::string(bad) + "'"));
+    EXPECT_THAT(engine.status().message(), HasSubstr(std::string("'").append(bad) + "'"));
   }
 }
 

@@ -37,7 +37,7 @@ TEST(TimeText, RefusesMalformedTimesNamingThem) {
     auto parsed = ParseRfc3339(bad);
     ASSERT_FALSE(parsed.ok()) << bad;
     EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_THAT(parsed.status().message(), HasSubstr("'" + std::string(bad) + "'"));
+    EXPECT_THAT(parsed.status().message(), HasSubstr(std::string("'") + bad + "'"));
     EXPECT_THAT(parsed.status().message(), HasSubstr("RFC 3339"));
   }
 }

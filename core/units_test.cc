@@ -29,8 +29,9 @@ TEST(Units, DurationsTakeOneUnit) {
   for (const char* bad : {"", "5", "0s", "1w", "h", "-1h", "1.5h", "2h30m"}) {
     auto r = ParseDuration(bad);
     ASSERT_FALSE(r.ok()) << bad;
-    EXPECT_EQ(r.status().message(),
-              "'" + std::string(bad) + "' is not a duration (e.g. 90s, 15m, 2h, 7d, or 0 for none)");
+    EXPECT_EQ(
+        r.status().message(),
+        std::string("'") + bad + "' is not a duration (e.g. 90s, 15m, 2h, 7d, or 0 for none)");
   }
 }
 

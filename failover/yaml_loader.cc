@@ -35,7 +35,7 @@ Status YamlLoader::Error(const YAML::Node& node, const std::string& key,
                          const std::string& what) const {
   std::string where = file;
   if (node.IsDefined() && node.Mark().line >= 0) {
-    where += ":" + std::to_string(node.Mark().line + 1);
+    where.append(":").append(std::to_string(node.Mark().line + 1));
   }
   return Status::InvalidArgument(where + ": " + (key.empty() ? "" : "'" + key + "': ") + what);
 }

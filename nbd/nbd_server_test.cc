@@ -1471,7 +1471,7 @@ TEST(NbdListenAddress, RejectsBadSyntax) {
     Result<NbdListenAddress> a = ParseNbdListenAddress(text);
     ASSERT_FALSE(a.ok()) << text;
     EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(a.status().message().find("'" + std::string(text) + "'"), std::string::npos)
+    EXPECT_NE(a.status().message().find(std::string("'") + text + "'"), std::string::npos)
         << a.status().message();
     EXPECT_NE(a.status().message().find("expected unix:PATH or tcp:HOST:PORT"), std::string::npos);
   }
