@@ -750,7 +750,7 @@ TEST(Wire, BootModesParseFromAndPrintAsTheirPlanText) {
     auto mode = wire::ParseBootMode(text);
     EXPECT_EQ(mode.status().code(), StatusCode::kInvalidArgument) << text;
     EXPECT_EQ(mode.status().message(),
-              "'" + std::string(text) + "' is not auto, switch-root or kexec");
+              std::string("'").append(text).append("' is not auto, switch-root or kexec"));
   }
 }
 

@@ -117,7 +117,9 @@ Result<v1::BootMode> ParseBootMode(std::string_view text) {
   for (v1::BootMode mode : {v1::BOOT_MODE_AUTO, v1::BOOT_MODE_SWITCH_ROOT, v1::BOOT_MODE_KEXEC}) {
     if (text == BootModeName(mode)) return mode;
   }
-  return Status::InvalidArgument("'" + std::string(text) + "' is not auto, switch-root or kexec");
+  std::string message = "'";  // appended, not "'" + ...: GCC 12 -O3 warns falsely (-Wrestrict)
+  message.append(text).append("' is not auto, switch-root or kexec");
+  return Status::InvalidArgument(message);
 }
 
 std::string ProcessIdentity(std::string_view program) {
