@@ -32,6 +32,8 @@ packages=(
   # xxhsum: tests compare the pe-agent's region checksums (XXH3-64) with the source's
   xxhash
   ipxe-qemu seabios
+  # the agent's package test: a clean Debian 12 root to install cdp-agent_*.deb into
+  debootstrap
 )
 
 missing=()
