@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The cdp-agent Debian package installs on a clean Debian 12 and leaves it clean:
   1. deploy/build-agent-deb.sh builds cdp-agent_VERSION_amd64.deb (CPack, Release, no test
-     hooks, third-party libraries bundled); a test-hooks build refuses to package;
+     hooks, third-party libraries bundled); a test-hooks build refuses to package, and the
+     packaged binaries contain no test hook's name;
   2. its control fields, maintainer scripts and exact file list; Depends names only the base set;
   3. installed with dpkg into a copy of a minbase + systemd root that has none of the agent's
-     third-party libraries: `cdp-agent --help` prints exactly what the built binary prints, every
-     ELF file's libraries resolve to the bundle or to libc6/libstdc++6/libgcc-s1, and the unit
-     passes `systemd-analyze verify`;
+     third-party libraries: `cdp-agent --help` prints exactly what the built binary prints, both
+     executables' libraries resolve to the bundle or to libc6/libstdc++6/libgcc-s1, the unit
+     passes `systemd-analyze verify`, and installing it again (an upgrade) keeps it working;
   4. `dpkg -r` removes the program and keeps the agents' state; `dpkg -P` removes the state and
      the links of enabled instances: the root's file tree is as before the install.
 /proc is mounted in the root while the package is in it (glibc resolves $ORIGIN through
@@ -209,6 +210,14 @@ def check_help(root):
     assert "  -h [ --help ]                  print this help and exit" in lines, lines
 
 
+def check_no_test_hooks(root):
+    exes = "|".join(root + e for e in ["/usr/bin/cdp-agent", "/usr/bin/cdp-thaw-watchdog"])
+    r = subprocess.run(["cmake", f"-DEXECUTABLES={exes}", "-P",
+                        os.path.join(REPO, "cmake/CheckNoTestHooks.cmake")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"the packaged binaries carry test hooks:\n{r.stdout}{r.stderr}"
+
+
 def check_unit(root):
     unit = os.path.join(root, "lib/systemd/system/cdp-agent@.service")
     text = open(unit).read()
@@ -265,11 +274,17 @@ def install_use_remove(root, inside, wants, sonames):
     debian_root.chroot(root, "dpkg", "-i", inside)
     assert dpkg_status(root) == "install ok installed"
     check_help(root)
+    check_no_test_hooks(root)
     check_libraries_resolve(root, sonames)
     check_unit(root)
     check_thaw_script_usage(root)
     assert os.path.isdir(os.path.join(root, "etc/cdp/agent"))
     assert os.listdir(os.path.join(root, "etc/cdp/agent")) == []
+    # Installing it again is an upgrade to the same version (prerm upgrade, postinst configure
+    # with the old version): the files stay in place.
+    debian_root.chroot(root, "dpkg", "-i", inside)
+    assert dpkg_status(root) == "install ok installed"
+    check_help(root)
 
     t.log("4. remove keeps the state; purge removes it and the enabled instance's link")
     state = os.path.join(root, "var/lib/cdp-agent/db01-sda")
