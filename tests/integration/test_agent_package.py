@@ -15,7 +15,6 @@
 import os
 import re
 import subprocess
-import tempfile
 
 import cdptest as t
 import debian_root
@@ -159,7 +158,7 @@ def check_file_list(deb):
     return sonames
 
 
-def check_minbase_lacks(root, sonames):
+def check_minbase_lacks(root):
     cache = debian_root.chroot(root, "ldconfig", "-p").stdout
     present = [s for s in THIRD_PARTY if s in cache]
     assert not present, f"the clean root already has {present}; it proves nothing"
@@ -255,7 +254,7 @@ def test(work):
 
     t.log("3. install into a copy of a clean Debian 12 (minbase + systemd)")
     root = debian_root.copy(os.path.join(work, "root"))
-    check_minbase_lacks(root, sonames)
+    check_minbase_lacks(root)
     before = debian_root.file_tree(root, NOT_COMPARED)
     wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
     wants_existed = os.path.isdir(wants)
