@@ -11,21 +11,11 @@ namespace v1 = wire::v1;
 
 void CheckpointRelay::HandleRequest(const std::string& client,
                                     const v1::CheckpointRequest& request) {
-  Status known = CheckVolumeKnown(*store_, request.volume());
-  if (!known.ok()) {
-    (void)outbox_->SendError(client, known, true);
-    return;
-  }
-  const std::string agent = agents_->WriterOf(request.volume());
-  if (agent.empty() || !agents_->WriterAlive(request.volume())) {
-    (void)outbox_->SendError(client,
-                             Status::Unavailable("journal-server: volume " + request.volume() +
-                                                 ": no agent connected; a checkpoint is made by "
-                                                 "the volume's agent: start it, or restore a "
-                                                 "point that exists (cdpctl points)"),
-                             false);
-    return;
-  }
+  const std::string agent =
+      LiveWriterOrAnswer(client, request.volume(),
+                         "a checkpoint is made by the volume's agent: start it, or restore a "
+                         "point that exists (cdpctl points)");
+  if (agent.empty()) return;
   const uint64_t id = next_request_++;
   v1::Header forward;
   auto* f = forward.mutable_checkpoint_request();
@@ -87,9 +77,7 @@ void CheckpointRelay::ServePending() {
       (void)outbox_->SendTo(c.client, h, {});
       it = pending_.erase(it);
     } else if (now > c.deadline) {
-      const std::string within = timeout_.count() % 1000 == 0
-                                     ? std::to_string(timeout_.count() / 1000) + " s"
-                                     : std::to_string(timeout_.count()) + " ms";
+      const std::string within = Within(timeout_);
       (void)outbox_->SendError(
           c.client,
           Status::TimedOut(

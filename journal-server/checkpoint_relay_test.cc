@@ -16,6 +16,7 @@
 namespace cdp::journal {
 namespace {
 
+using testing::FakeAgents;
 using ::testing::HasSubstr;
 using testing::kVolume;
 
@@ -23,19 +24,6 @@ namespace v1 = wire::v1;
 
 constexpr char kClient[] = "cdpctl-1";
 constexpr char kAgent[] = "agent-1";
-
-// The writers the relay sees: set by the test.
-class FakeAgents : public CheckpointRelay::Agents {
- public:
-  std::string WriterOf(const std::string& volume) override {
-    auto it = writers_.find(volume);
-    return it == writers_.end() ? std::string() : it->second;
-  }
-  bool WriterAlive(const std::string&) override { return alive_; }
-
-  std::map<std::string, std::string> writers_;
-  bool alive_ = true;
-};
 
 v1::CheckpointRequest Request(const std::string& label, const std::string& volume = kVolume) {
   v1::CheckpointRequest r;

@@ -61,6 +61,8 @@ Result<std::unique_ptr<JournalServer>> JournalServer::Start(const ServerOptions&
                                                  options.max_tail_bytes);
   server->checkpoints_ = std::make_unique<CheckpointRelay>(
       server->store_.get(), server->links_.get(), server->links_.get());
+  server->sources_ = std::make_unique<SourceRelay>(server->store_.get(), server->links_.get(),
+                                                   server->links_.get());
   CDP_LOG(info) << "journal-server: serving " << options.listen << " with journal in "
                 << options.data_dir << " (protocol v" << wire::kMinVersion << ".."
                 << wire::kMaxVersion << ")";
@@ -101,6 +103,7 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
     if (!readable) {
       tails_->ServeParked(/*expire_only=*/true);
       checkpoints_->ServePending();
+      sources_->ServePending();
     } else {
       WriteGroup group;
       std::vector<PendingAck> acks;
@@ -141,6 +144,7 @@ Status JournalServer::Run(const std::atomic<bool>* stop) {
       SendAgentHelloReplies();
       tails_->ServeParked(/*expire_only=*/false);
       checkpoints_->ServePending();
+      sources_->ServePending();
     }
     if (Clock::now() - last_sweep > std::chrono::seconds(5)) {
       last_sweep = Clock::now();
@@ -190,6 +194,12 @@ void JournalServer::Handle(wire::Message& msg, WriteGroup* group, std::vector<Pe
       return;
     case v1::Header::kCheckpointReply:
       checkpoints_->HandleReply(msg.peer, h.checkpoint_reply());
+      return;
+    case v1::Header::kSourceRequest:
+      sources_->HandleRequest(msg.peer, h.source_request());
+      return;
+    case v1::Header::kSourceReply:
+      sources_->HandleReply(msg.peer, h.source_reply());
       return;
     case v1::Header::kRetentionRequest:
       HandleRetention(msg);

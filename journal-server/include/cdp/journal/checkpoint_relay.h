@@ -23,34 +23,20 @@
 #include <string>
 
 #include "cdp/core/wire.h"
-#include "cdp/journal/journal_store.h"
-#include "cdp/journal/outbox.h"
+#include "cdp/journal/agent_relay.h"
 
 namespace cdp::journal {
 
-class CheckpointRelay {
+// Routing and the no-agent errors are AgentRelay's (agent_relay.h).
+class CheckpointRelay : public AgentRelay {
  public:
-  using Clock = std::chrono::steady_clock;
-
-  // The agents the relay talks to, as the server's sessions know them.
-  class Agents {
-   public:
-    virtual ~Agents() = default;
-    // The routing id of the session that writes `volume` (one writer per volume), empty when
-    // there is none.
-    virtual std::string WriterOf(const std::string& volume) = 0;
-    // Whether the writer of `volume` reported lately (a checkpoint is relayed only to an agent
-    // that is alive).
-    virtual bool WriterAlive(const std::string& volume) = 0;
-  };
-
   static constexpr std::chrono::seconds kDefaultTimeout{10};
 
   // REQUIRES: store, outbox and agents outlive the relay. A relayed checkpoint not answered
   // within `timeout` is answered TimedOut.
   CheckpointRelay(const JournalStore* store, Outbox* outbox, Agents* agents,
                   std::chrono::milliseconds timeout = kDefaultTimeout)
-      : store_(store), outbox_(outbox), agents_(agents), timeout_(timeout) {}
+      : AgentRelay(store, outbox, agents), timeout_(timeout) {}
 
   // A CheckpointRequest from control client `client`: forwarded to the volume's agent with a
   // request id of the relay's, or answered with an Error at once.
@@ -76,9 +62,6 @@ class CheckpointRelay {
     Clock::time_point deadline;
   };
 
-  const JournalStore* const store_;
-  Outbox* const outbox_;
-  Agents* const agents_;
   const std::chrono::milliseconds timeout_;
   std::map<uint64_t, PendingCheckpoint> pending_;  // by request id
   uint64_t next_request_ = 1;

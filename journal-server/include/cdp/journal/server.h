@@ -13,6 +13,8 @@
 //
 //   TailService      (tail_service.h)      replicators' tails and applied-LSN reports; loop thread
 //   CheckpointRelay  (checkpoint_relay.h)  `cdpctl checkpoint` relayed to the agent; loop thread
+//   SourceRelay      (source_relay.h)      the cutover's source control relayed to the agent;
+//                                          loop thread
 //   ImageService     (image_service.h)     images of restores and exports; its own thread, whose
 //                                          replies the loop sends when they are ready
 //   RetentionWorker  (retention.h)         folds old history into the base image; its own thread
@@ -36,6 +38,7 @@
 #include "cdp/journal/image_service.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/retention.h"
+#include "cdp/journal/source_relay.h"
 #include "cdp/journal/tail_service.h"
 
 namespace cdp::journal {
@@ -142,6 +145,7 @@ class JournalServer {
   std::unique_ptr<Links> links_;
   std::unique_ptr<TailService> tails_;
   std::unique_ptr<CheckpointRelay> checkpoints_;
+  std::unique_ptr<SourceRelay> sources_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;  // by routing id
   std::map<std::string, VolumeRuntime> runtime_;              // by volume name
   std::vector<DeferredHelloReply> hello_replies_;             // until the group commits

@@ -6,12 +6,14 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "cdp/core/testing/temp_dir.h"
+#include "cdp/journal/agent_relay.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/outbox.h"
 #include "gtest/gtest.h"
@@ -49,6 +51,19 @@ class RecordingOutbox : public Outbox {
  private:
   std::vector<Sent> sent_;
   Status refuse_;
+};
+
+// The writers a relay (agent_relay.h) sees: set by the test.
+class FakeAgents : public AgentRelay::Agents {
+ public:
+  std::string WriterOf(const std::string& volume) override {
+    auto it = writers_.find(volume);
+    return it == writers_.end() ? std::string() : it->second;
+  }
+  bool WriterAlive(const std::string&) override { return alive_; }
+
+  std::map<std::string, std::string> writers_;
+  bool alive_ = true;
 };
 
 // A journal in a temporary directory (removed after the test) with volume kVolume registered
