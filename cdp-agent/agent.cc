@@ -152,6 +152,26 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
   });
 }
 
+void Agent::ServeSourceControl() {
+  // The cutover's source control (source_control_service.h). The held group freeze is the
+  // GroupFreeze of helper "group" (issue 17 item 3), not in this tree yet: until it is wired
+  // here, quiesce is refused with this reason; status, hashes, fence and release work.
+  SourceControlDeps deps;
+  deps.volumes = {{options_.volume, options_.device,
+                   options_.freeze_path.empty() ? std::vector<std::string>{}
+                                                : std::vector<std::string>{options_.freeze_path}}};
+  deps.no_freeze_reason =
+      options_.trace ? "this cdp-agent has no held group freeze yet (GroupFreeze)"
+                     : "an NBD-mode agent does not see the source's filesystems (quiesce a QEMU "
+                       "source with qmp-pause)";
+  addresses_ = MakeIpAddressTable();
+  deps.addresses = addresses_.get();
+  deps.power_off = PowerOffNow;
+  source_control_ = std::make_unique<SourceControlService>(std::move(deps));
+  sender_->SetSourceCallback(
+      [this](const v1::SourceRequest& request) { return source_control_->Handle(request); });
+}
+
 Status Agent::StartNbd() {
   const AgentOptions& options = options_;
   Agent* agent = this;
@@ -236,6 +256,7 @@ Status Agent::StartNbd() {
   ::unlink(BitmapPath(options.state_dir).c_str());
 
   MakeSender(size, device->logical_block_size());
+  ServeSourceControl();
   agent->capture_ =
       std::make_unique<VolumeCapture>(options.volume, std::move(device), std::move(read_device),
                                       agent->sender_.get(), agent->dirty_.get(), options.ack_mode);
@@ -412,6 +433,7 @@ Status Agent::StartTrace() {
 
   dirty_ = std::make_unique<DirtyBitmap>(size);
   MakeSender(size, reader->logical_block_size());
+  ServeSourceControl();
   sender_->SetCheckpointCallback([this](const std::string& label) -> Result<uint64_t> {
     if (!trace_) return Status::Unavailable("volume " + state_.volume + ": tracing not started");
     return trace_->Checkpoint(label, 8000);

@@ -96,6 +96,50 @@ void Sender::StartCheckpoint(const v1::CheckpointRequest& request) {
   });
 }
 
+void Sender::StartSourceRequest(const v1::SourceRequest& request) {
+  JoinSourceRequests(false);
+  if (!on_source_ || source_threads_.size() >= kMaxSourceRequests) {
+    v1::Header reply;
+    auto* r = reply.mutable_source_reply();
+    r->set_volume(request.volume());
+    r->set_request_id(request.request_id());
+    r->set_error(!on_source_
+                     ? "this agent does not take source-control requests"
+                     : "volume " + options_.volume + ": " + std::to_string(kMaxSourceRequests) +
+                           " source-control requests are being served (busy); try again");
+    r->set_error_code(
+        static_cast<int32_t>(!on_source_ ? StatusCode::kNotSupported : StatusCode::kUnavailable));
+    std::lock_guard<std::mutex> lock(mu_);
+    replies_.push_back(std::move(reply));
+    return;
+  }
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread t([this, request, done] {
+    pthread_setname_np(pthread_self(), "source-control");
+    v1::Header reply;
+    *reply.mutable_source_reply() = on_source_(request);
+    reply.mutable_source_reply()->set_request_id(request.request_id());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_.push_back(std::move(reply));
+    }
+    *done = true;
+    Wake();
+  });
+  source_threads_.push_back({std::move(t), std::move(done)});
+}
+
+void Sender::JoinSourceRequests(bool all) {
+  for (auto it = source_threads_.begin(); it != source_threads_.end();) {
+    if (all || it->done->load()) {
+      it->thread.join();
+      it = source_threads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void Sender::JoinCheckpoint() {
   if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
 }
@@ -123,6 +167,7 @@ std::vector<ChangeRecord> Sender::Stop(int drain_ms) {
   // stops it first) or after its own timeout; an NBD-mode one once the writers waiting in
   // VolumeCapture see the sender stopped. Its point, if any, is not sent.
   JoinCheckpoint();
+  JoinSourceRequests(true);
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<ChangeRecord> left;
   for (auto& e : queue_) left.push_back(std::move(e.rec));
@@ -491,8 +536,8 @@ void Sender::Loop() {
       }
     }
 
-    // Checkpoint replies, on the current session (the server answers cdpctl if the request is
-    // still pending, and drops a reply to one it has timed out).
+    // Checkpoint and source-control replies, on the current session (the server answers cdpctl if
+    // the request is still pending, and drops a reply to one it has timed out).
     std::vector<v1::Header> replies;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -500,7 +545,8 @@ void Sender::Loop() {
     }
     for (const auto& reply : replies) {
       Status sent = sock->Send(reply, {}, 1000);
-      if (!sent.ok()) CDP_LOG(warning) << "cdp-agent: checkpoint reply: " << sent.ToString();
+      if (!sent.ok())
+        CDP_LOG(warning) << "cdp-agent: reply to a relayed request: " << sent.ToString();
     }
 
     // Send what the window (and the bandwidth limit) allows.
@@ -669,6 +715,8 @@ void Sender::Loop() {
         durable_cv_.notify_all();
       } else if (h.has_checkpoint_request()) {
         StartCheckpoint(h.checkpoint_request());
+      } else if (h.has_source_request()) {
+        StartSourceRequest(h.source_request());
       } else if (h.has_error()) {
         const Status err = wire::StatusFromError(h.error());
         NoteRefusal(err);

@@ -44,6 +44,11 @@ std::string CommandLine(const std::vector<std::string>& argv) {
 }
 
 Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int timeout_ms) {
+  return RunHostCommand(argv, timeout_ms, HostCommandOptions{});
+}
+
+Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int timeout_ms,
+                                     const HostCommandOptions& options) {
   if (argv.empty()) return Status::InvalidArgument("empty command");
   if (!InPath(argv[0])) {
     return Status::NotFound(argv[0] +
@@ -72,7 +77,12 @@ Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int t
   sigaddset(&defaults, SIGTERM);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+  if (options.own_process_group) {
+    flags |= POSIX_SPAWN_SETPGROUP;
+    posix_spawnattr_setpgroup(&attr, 0);
+  }
+  posix_spawnattr_setflags(&attr, flags);
   pid_t pid = 0;
   const int err = posix_spawnp(&pid, argv[0].c_str(), &actions, &attr, args.data(), environ);
   posix_spawnattr_destroy(&attr);
@@ -92,7 +102,7 @@ Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int t
                           .count();
     if (left <= 0) {
       timed_out = true;
-      kill(pid, SIGKILL);
+      kill(options.own_process_group ? -pid : pid, SIGKILL);
       break;
     }
     pollfd p{pipefd[0], POLLIN, 0};
@@ -103,13 +113,20 @@ Result<CommandResult> RunHostCommand(const std::vector<std::string>& argv, int t
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) break;
     result.output.append(buf, got);
+    if (options.keep_output_tail != 0 && result.output.size() > 2 * options.keep_output_tail) {
+      result.output.erase(0, result.output.size() - options.keep_output_tail);
+    }
+  }
+  if (options.keep_output_tail != 0 && result.output.size() > options.keep_output_tail) {
+    result.output.erase(0, result.output.size() - options.keep_output_tail);
   }
   close(pipefd[0]);
   int wstatus = 0;
   while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
   }
   result.exit_code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
-  if (timed_out) {
+  result.timed_out = timed_out;
+  if (timed_out && !options.timeout_is_result) {
     return Status::TimedOut(CommandLine(argv) + " did not finish within " +
                             std::to_string(timeout_ms / 1000) + " s");
   }

@@ -4,14 +4,10 @@
 #include <chrono>
 #include <functional>
 #include <map>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
-#include "cdp/core/block_device.h"
 #include "cdp/core/units.h"
 #include "cdp/failover/target_snapshot.h"
 #include "failover_timeouts.h"
@@ -30,6 +26,9 @@ namespace {
 // pass is a handful of requests (the pe-agent takes up to 256 MiB of regions per request).
 constexpr uint64_t kVerifyChunk = 4ull << 20;
 
+constexpr char kNoHashes[] =
+    "skipped: the plan names no devices and its source has no agent to hash them";
+
 }  // namespace
 
 class CutoverEngine::Impl {
@@ -41,8 +40,15 @@ class CutoverEngine::Impl {
         journal_(*ports.journal),
         target_(*ports.target),
         wait_for_service_(ports.wait_for_service),
+        hashes_(ports.source_hashes.get()),
         steps_(timeline),
-        cancel_(cancel) {}
+        cancel_(cancel) {
+    // Test ports that name no hashes: the plan's devices, read on this host.
+    if (hashes_ == nullptr && !plan_.source_devices.empty()) {
+      device_hashes_ = MakeDeviceSourceHashes(plan_);
+      hashes_ = device_hashes_.get();
+    }
+  }
 
   CutoverReport Run() {
     report_.plan = plan_.file;
@@ -65,8 +71,9 @@ class CutoverEngine::Impl {
     };
     bool ok = step("precheck", [&] { return Precheck(); }) &&
               step("pre-verify", [&] { return PreVerify(); }) &&
-              step("quiesce", [&] { return Quiesce(); }) && step("drain", [&] { return Drain(); }) &&
-              step("verify", [&] { return Verify(); });
+              step("quiesce", [&] { return Quiesce(); }) &&
+              step("drain", [&] { return StillQuiesced(Drain()); }) &&
+              step("verify", [&] { return StillQuiesced(Verify()); });
     if (!ok) {
       Rollback();
       return Finish();
@@ -133,10 +140,50 @@ class CutoverEngine::Impl {
     return "source running, target pe-ready, " + lags + (own.empty() ? "" : "; " + own);
   }
 
+  // A step after the quiesce succeeded only while the source is still quiesced (an agent's
+  // freeze can be lost: its lease not renewed).
+  Result<std::string> StillQuiesced(Result<std::string> done) {
+    if (!done.ok()) return done;
+    CDP_RETURN_IF_ERROR(source_.CheckQuiesced());
+    return done;
+  }
+
+  // The agent named each volume's final LSN at its freeze: wait until the journal holds it.
+  Result<std::string> AwaitFinalLsns(const std::string& quiesced,
+                                     const std::vector<std::pair<std::string, uint64_t>>& finals) {
+    const auto deadline = Clock::now() + SecondsToMs(plan_.budgets.drain_seconds);
+    std::string out;
+    for (const auto& volume : plan_.volumes) {
+      auto it = std::find_if(finals.begin(), finals.end(),
+                             [&](const auto& f) { return f.first == volume; });
+      if (it == finals.end()) {
+        return Status::FailedPrecondition("volume " + volume +
+                                          ": the source's quiesce reported no final LSN for it");
+      }
+      while (true) {
+        CDP_ASSIGN_OR_RETURN(auto v, JournalVolume(volume));
+        if (v.durable_lsn() >= it->second) break;
+        if (Cancelled())
+          return Status::Aborted("stopped by a signal while waiting for the journal");
+        if (Clock::now() > deadline) {
+          return Status::TimedOut("volume " + volume + ": the journal did not get the final LSN " +
+                                  std::to_string(it->second) +
+                                  " within the drain budget (durable " +
+                                  std::to_string(v.durable_lsn()) + ")");
+        }
+        std::this_thread::sleep_for(kPollInterval);
+      }
+      report_.final_lsn.push_back({volume, it->second});
+      out += (out.empty() ? "" : ", ") + volume + " final LSN " + std::to_string(it->second);
+    }
+    return quiesced + "; " + out;
+  }
+
   Result<std::string> Quiesce() {
     quiesce_start_ = steps_.Since();
     CDP_ASSIGN_OR_RETURN(const std::string quiesced, source_.Quiesce());
     quiesced_ = true;
+    if (auto finals = source_.FinalLsns(); !finals.empty()) return AwaitFinalLsns(quiesced, finals);
     // Everything the source wrote is captured; wait until the journal has all of it, as a
     // report newer than the quiesce says.
     const auto deadline = Clock::now() + SecondsToMs(plan_.budgets.drain_seconds);
@@ -217,12 +264,11 @@ class CutoverEngine::Impl {
         sums.insert(sums.end(), run.begin(), run.end());
       }
     }
-    BlockDeviceOptions opts;
-    CDP_ASSIGN_OR_RETURN(auto dev, OpenBlockDevice(plan_.source_devices[i], opts));
-    AlignedBuffer buf(kVerifyChunk);
-    for (const auto& r : sums) {
-      CDP_RETURN_IF_ERROR(dev->ReadAt(r.offset, std::span<char>(buf.data(), r.length)));
-      const uint64_t h = XXH3_64bits(buf.data(), r.length);
+    std::vector<RegionChecksum> source = sums;
+    CDP_RETURN_IF_ERROR(hashes_->Hash(volume, &source));
+    for (size_t k = 0; k < sums.size(); ++k) {
+      const RegionChecksum& r = sums[k];
+      const uint64_t h = source[k].xxh3;
       if (h != r.xxh3 && must_match) {
         char text[160];
         snprintf(text, sizeof(text),
@@ -243,7 +289,7 @@ class CutoverEngine::Impl {
   // only the regions written since the mark and those that differed here: a region neither
   // written after the mark nor differing holds, on both sides, what it held during this pass.
   Result<std::string> PreVerify() {
-    if (plan_.source_devices.empty()) return std::string("skipped: the plan names no devices");
+    if (hashes_ == nullptr) return std::string(kNoHashes);
     auto r = BackgroundPass();
     if (r.ok()) return r;
     // Not worth failing the cutover for: verify compares every region in the window instead.
@@ -275,7 +321,7 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> Verify() {
-    if (plan_.source_devices.empty()) return std::string("skipped: the plan names no devices");
+    if (hashes_ == nullptr) return std::string(kNoHashes);
     uint64_t regions = 0, bytes = 0;
     std::string notes;
     for (size_t i = 0; i < plan_.volumes.size(); ++i) {
@@ -382,6 +428,8 @@ class CutoverEngine::Impl {
   JournalView& journal_;
   TargetAgent& target_;
   const ServiceWait& wait_for_service_;
+  SourceHashes* hashes_;                         // null: nothing to verify with
+  std::unique_ptr<SourceHashes> device_hashes_;  // plan.source_devices, when the ports name none
   StepTimeline steps_;
   const std::atomic<bool>* cancel_;
   CutoverReport report_;
@@ -401,7 +449,14 @@ class CutoverEngine::Impl {
 
 CutoverPorts MakeCutoverPorts(const CutoverPlan& plan) {
   CutoverPorts ports;
-  ports.source = MakeSourceControl(plan);
+  std::shared_ptr<SourceAgentChannel> channel;
+  if (plan.quiesce.method == "agent") channel = MakeSourceAgentChannel(plan.journal);
+  ports.source = MakeSourceControl(plan, channel);
+  if (!plan.source_devices.empty()) {
+    ports.source_hashes = MakeDeviceSourceHashes(plan);
+  } else if (channel != nullptr) {
+    ports.source_hashes = MakeAgentSourceHashes(channel);
+  }
   ports.journal = MakeJournalView(plan.journal);
   ports.target = PlanTargetAgent(plan);
   ports.wait_for_service = PlanHealthCheck(plan);

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "cdp/core/transport.h"
+#include "cdp/core/units.h"
 #include "cdp/core/wire.h"
 #include "yaml_loader.h"
 
@@ -70,8 +71,9 @@ std::string JoinList(const std::vector<std::string>& items) {
   return out;
 }
 
-// source.quiesce / source.fence: {method, command[, resume_command]}. `methods` are the ones
-// this step takes; fsfreeze (quiesce only) is known but refused.
+// source.quiesce / source.fence: {method, command[, resume_command]} and, for method agent,
+// `agent_keys` (read by the caller). `methods` are the ones this step takes; fsfreeze (quiesce
+// only) is known but refused.
 struct StepMethod {
   std::string method;
   std::vector<std::string> command, resume_command;
@@ -79,7 +81,8 @@ struct StepMethod {
 
 Result<StepMethod> LoadStepMethod(const YamlLoader& L, const YAML::Node& source,
                                   const std::string& key, const std::vector<std::string>& methods,
-                                  bool has_resume, const std::string& qmp_socket) {
+                                  bool has_resume, const std::string& qmp_socket,
+                                  const std::set<std::string>& agent_keys) {
   const std::string ctx = "source." + key;
   const YAML::Node n = source[key];
   const std::string one_of = JoinList(methods);
@@ -88,13 +91,14 @@ Result<StepMethod> LoadStepMethod(const YamlLoader& L, const YAML::Node& source,
   }
   std::set<std::string> known = {"method", "command"};
   if (has_resume) known.insert("resume_command");
+  known.insert(agent_keys.begin(), agent_keys.end());
   CDP_RETURN_IF_ERROR(L.CheckKeys(n, ctx, known));
   StepMethod m;
   CDP_ASSIGN_OR_RETURN(m.method, L.String(n, "method", ctx, true));
   if (has_resume && m.method == "fsfreeze") {
     return L.Error(n["method"], ctx + ".method",
-                   "fsfreeze is not built yet (use qmp-pause, or command with the freeze "
-                   "command)");
+                   "fsfreeze is not built (use agent: the source's cdp-agent freezes its "
+                   "filesystems; or qmp-pause, or command with the freeze command)");
   }
   if (std::find(methods.begin(), methods.end(), m.method) == methods.end()) {
     return L.Error(n["method"], ctx + ".method", "'" + m.method + "' is not one of " + one_of);
@@ -126,11 +130,86 @@ Result<StepMethod> LoadStepMethod(const YamlLoader& L, const YAML::Node& source,
       }
     }
   }
+  if (m.method != "agent") {
+    for (const auto& k : agent_keys) {
+      if (n[k].IsDefined()) {
+        return L.Error(n[k], ctx + "." + k,
+                       "only for method agent (the method is " + m.method + ")");
+      }
+    }
+  }
   if (m.method.rfind("qmp-", 0) == 0 && qmp_socket.empty()) {
     return L.Error(n["method"], ctx + ".method",
                    m.method + " needs source.qmp_socket (the source VM's QMP socket)");
   }
   return m;
+}
+
+// source.quiesce's keys of method agent: hooks, freeze_budget_seconds, hold_seconds.
+Status LoadAgentQuiesce(const YamlLoader& L, const YAML::Node& q, QuiesceMethod* m) {
+  const std::string ctx = "source.quiesce";
+  CDP_ASSIGN_OR_RETURN(m->freeze_budget_seconds,
+                       L.Seconds(q, "freeze_budget_seconds", ctx, m->freeze_budget_seconds));
+  CDP_ASSIGN_OR_RETURN(m->hold_seconds, L.Seconds(q, "hold_seconds", ctx, m->hold_seconds));
+  if (m->hold_seconds < 2) {
+    return L.Error(q["hold_seconds"], ctx + ".hold_seconds",
+                   FormatFixed(m->hold_seconds, 1) +
+                       " s is too short for a lease the engine renews over the network (at least "
+                       "2; 30 is the default)");
+  }
+  const YAML::Node hooks = q["hooks"];
+  if (!hooks.IsDefined() || hooks.IsNull()) return Status::Ok();
+  if (!hooks.IsSequence()) {
+    return L.Error(hooks, ctx + ".hooks",
+                   "expected a list of {run: [ARGV0, ARG...], timeout_seconds: S}");
+  }
+  for (size_t i = 0; i < hooks.size(); ++i) {
+    const std::string hctx = ctx + ".hooks[" + std::to_string(i) + "]";
+    CDP_RETURN_IF_ERROR(L.CheckKeys(hooks[i], hctx, {"run", "timeout_seconds"}));
+    PreFreezeHook h;
+    CDP_ASSIGN_OR_RETURN(h.run, L.List(hooks[i], "run", hctx, true));
+    if (h.run.empty()) {
+      return L.Error(hooks[i]["run"], hctx + ".run",
+                     "empty: the command to run on the source, as a list ([psql, -c, CHECKPOINT])");
+    }
+    for (size_t a = 0; a < h.run.size(); ++a) {
+      if (h.run[a].empty()) {
+        return L.Error(hooks[i]["run"][a], hctx + ".run[" + std::to_string(a) + "]",
+                       "an empty argument");
+      }
+    }
+    CDP_ASSIGN_OR_RETURN(h.timeout_seconds,
+                         L.Seconds(hooks[i], "timeout_seconds", hctx, h.timeout_seconds));
+    m->hooks.push_back(std::move(h));
+  }
+  return Status::Ok();
+}
+
+// source.fence's keys of method agent: action, addresses (default: the plan's network
+// addresses, so call after those are loaded).
+Status LoadAgentFence(const YamlLoader& L, const YAML::Node& f, const CutoverPlan& p,
+                      FenceMethod* m) {
+  const std::string ctx = "source.fence";
+  CDP_ASSIGN_OR_RETURN(m->action, L.String(f, "action", ctx, false, "remove-addresses"));
+  if (m->action != "remove-addresses" && m->action != "poweroff") {
+    return L.Error(f["action"], ctx + ".action",
+                   "'" + m->action + "' is not remove-addresses or poweroff");
+  }
+  CDP_ASSIGN_OR_RETURN(m->addresses, L.List(f, "addresses", ctx, false));
+  if (f["addresses"].IsDefined() && m->action != "remove-addresses") {
+    return L.Error(f["addresses"], ctx + ".addresses", "only for action remove-addresses");
+  }
+  for (size_t i = 0; i < m->addresses.size(); ++i) {
+    const std::string& a = m->addresses[i];
+    if (!ValidIpv4(a) && !ValidIpv4Prefix(a)) {
+      return L.Error(f["addresses"][i], ctx + ".addresses[" + std::to_string(i) + "]",
+                     "'" + a + "' is not an IPv4 address (192.0.2.10 or 192.0.2.10/24)");
+    }
+  }
+  if (m->action == "remove-addresses" && m->addresses.empty()) {
+    for (const auto& n : p.network) m->addresses.push_back(n.address);
+  }
+  return Status::Ok();
 }
 
 // YAML ends a plain value inside [ ] or { } at "}", so `[${VAR}/x]` does not parse, with a
@@ -257,14 +336,27 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
     }
     p.source_devices[i] = L.Absolute(p.source_devices[i]);
   }
-  CDP_ASSIGN_OR_RETURN(StepMethod quiesce,
-                       LoadStepMethod(L, source, "quiesce", {"qmp-pause", "command", "fsfreeze"},
-                                      true, p.source_qmp_socket));
-  p.quiesce = {quiesce.method, quiesce.command, quiesce.resume_command};
-  CDP_ASSIGN_OR_RETURN(StepMethod fence,
-                       LoadStepMethod(L, source, "fence", {"qmp-poweroff", "qmp-pause", "command"},
-                                      false, p.source_qmp_socket));
-  p.fence = {fence.method, fence.command};
+  CDP_ASSIGN_OR_RETURN(
+      StepMethod quiesce,
+      LoadStepMethod(L, source, "quiesce", {"qmp-pause", "command", "agent", "fsfreeze"}, true,
+                     p.source_qmp_socket, {"hooks", "freeze_budget_seconds", "hold_seconds"}));
+  p.quiesce.method = quiesce.method;
+  p.quiesce.command = quiesce.command;
+  p.quiesce.resume_command = quiesce.resume_command;
+  if (p.quiesce.method == "agent") {
+    CDP_RETURN_IF_ERROR(LoadAgentQuiesce(L, source["quiesce"], &p.quiesce));
+  }
+  CDP_ASSIGN_OR_RETURN(
+      StepMethod fence,
+      LoadStepMethod(L, source, "fence", {"qmp-poweroff", "qmp-pause", "command", "agent"}, false,
+                     p.source_qmp_socket, {"action", "addresses"}));
+  p.fence.method = fence.method;
+  p.fence.command = fence.command;
+  if (p.fence.method == "agent" && p.quiesce.method != "agent") {
+    return L.Error(source["fence"]["method"], "source.fence.method",
+                   "agent needs quiesce method agent too (a source stopped by " + p.quiesce.method +
+                       " cannot run its agent's fence)");
+  }
   if (p.fence.method == "qmp-pause" && p.quiesce.method != "qmp-pause") {
     return L.Error(source["fence"], "source.fence",
                    "qmp-pause only keeps the source paused, and quiesce method " +
@@ -346,6 +438,10 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
                      "'" + m.gateway + "' is not an IPv4 address (e.g. 192.0.2.1)");
     }
     p.network.push_back(std::move(m));
+  }
+
+  if (p.fence.method == "agent") {
+    CDP_RETURN_IF_ERROR(LoadAgentFence(L, source["fence"], p, &p.fence));
   }
 
   const YAML::Node hc = root["health_check"];

@@ -306,7 +306,8 @@ TEST_F(CutoverPlanTest, KeysAreCheckedWithTheirLines) {
   ExpectError(Plan({{"source",
                      "source: {qmp_socket: q, quiesce: {method: qmp-pause}, fence: {method: "
                      "qmp-poweroff, resume_command: [x]}}"}}),
-              ":4: 'source.fence.resume_command': unknown key (known here: command, method)");
+              ":4: 'source.fence.resume_command': unknown key (known here: action, addresses, "
+              "command, method)");
   ExpectError(Plan({}, "budgets: {lag: 3}\n"),
               ":8: 'budgets.lag': unknown key (known here: drain_seconds, lag_seconds, "
               "takeover_seconds, total_seconds, verify_seconds)");
@@ -324,10 +325,10 @@ TEST_F(CutoverPlanTest, KeysAreCheckedWithTheirLines) {
               ":1: 'source': missing (required): {qmp_socket, devices, quiesce, fence}");
   ExpectError(Plan({{"source", "source: {qmp_socket: q, fence: {method: qmp-poweroff}}"}}),
               ":4: 'source.quiesce': missing (required): {method: M} with M one of qmp-pause, "
-              "command, fsfreeze");
+              "command, agent, fsfreeze");
   ExpectError(Plan({{"source", "source: {qmp_socket: q, quiesce: {method: qmp-pause}}"}}),
               ":4: 'source.fence': missing (required): {method: M} with M one of qmp-poweroff, "
-              "qmp-pause, command");
+              "qmp-pause, command, agent");
   ExpectError(Plan({{"target", ""}}),
               ":1: 'target': missing (required): {config: FILE} (a `cdpctl target` config)");
   ExpectError(Plan({{"target", "target: {}"}}), ":5: 'target.config': missing (required)");
@@ -394,13 +395,15 @@ TEST_F(CutoverPlanTest, QuiesceAndFenceMethodsAreChecked) {
     return Plan({{"source", "source: {" + inner + "}"}});
   };
   ExpectError(source("qmp_socket: q, quiesce: {method: fsfreeze}, fence: {method: qmp-pause}"),
-              ":4: 'source.quiesce.method': fsfreeze is not built yet (use qmp-pause, or command "
-              "with the freeze command)");
+              ":4: 'source.quiesce.method': fsfreeze is not built (use agent: the source's "
+              "cdp-agent freezes its filesystems; or qmp-pause, or command with the freeze "
+              "command)");
   ExpectError(source("qmp_socket: q, quiesce: {method: snapshot}, fence: {method: qmp-pause}"),
-              ":4: 'source.quiesce.method': 'snapshot' is not one of qmp-pause, command, fsfreeze");
+              ":4: 'source.quiesce.method': 'snapshot' is not one of qmp-pause, command, agent, "
+              "fsfreeze");
   ExpectError(source("qmp_socket: q, quiesce: {method: qmp-pause}, fence: {method: fsfreeze}"),
               ":4: 'source.fence.method': 'fsfreeze' is not one of qmp-poweroff, qmp-pause, "
-              "command");
+              "command, agent");
   ExpectError(source("quiesce: {method: qmp-pause}, fence: {method: command, command: [x]}"),
               ":4: 'source.quiesce.method': qmp-pause needs source.qmp_socket (the source VM's "
               "QMP socket)");
@@ -578,6 +581,73 @@ disks:
     EXPECT_EQ(p->drill_namespace, "cdp-drill");
     EXPECT_EQ(p->rollback, std::string(name) == "cutover" ? "resume-source" : "none");
   }
+}
+
+TEST_F(CutoverPlanTest, AgentQuiesceAndFenceTakeTheirKeys) {
+  auto p =
+      LoadCutoverPlan(Write(Plan({{"source",
+                                   "source:\n"
+                                   "  quiesce:\n"
+                                   "    method: agent\n"
+                                   "    hooks:\n"
+                                   "      - {run: [psql, -c, CHECKPOINT], timeout_seconds: 10}\n"
+                                   "      - {run: [sync]}\n"
+                                   "    freeze_budget_seconds: 3\n"
+                                   "    hold_seconds: 20\n"
+                                   "  fence: {method: agent}"}})));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->quiesce.method, "agent");
+  ASSERT_EQ(p->quiesce.hooks.size(), 2u);
+  EXPECT_THAT(p->quiesce.hooks[0].run, ElementsAre("psql", "-c", "CHECKPOINT"));
+  EXPECT_EQ(p->quiesce.hooks[0].timeout_seconds, 10);
+  EXPECT_EQ(p->quiesce.hooks[1].timeout_seconds, 10);  // the default
+  EXPECT_EQ(p->quiesce.freeze_budget_seconds, 3);
+  EXPECT_EQ(p->quiesce.hold_seconds, 20);
+  EXPECT_EQ(p->fence.method, "agent");
+  EXPECT_EQ(p->fence.action, "remove-addresses");
+  EXPECT_THAT(p->fence.addresses, ElementsAre("192.0.2.10/24"));  // the plan's network
+
+  p = LoadCutoverPlan(Write(Plan({{"source",
+                                   "source: {quiesce: {method: agent}, fence: {method: agent, "
+                                   "action: poweroff}}"}})));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->fence.action, "poweroff");
+  EXPECT_TRUE(p->fence.addresses.empty());
+  EXPECT_EQ(p->quiesce.hold_seconds, 30);
+}
+
+TEST_F(CutoverPlanTest, AgentKeysAreChecked) {
+  const auto source = [](const std::string& inner) {
+    return Plan({{"source", "source: {" + inner + "}"}});
+  };
+  ExpectError(source("quiesce: {method: agent, hooks: [{run: []}]}, fence: {method: agent}"),
+              ":4: 'source.quiesce.hooks[0].run': empty: the command to run on the source, as a "
+              "list ([psql, -c, CHECKPOINT])");
+  ExpectError(source("quiesce: {method: agent, hooks: [{run: [a], timeout_seconds: 0}]}, "
+                     "fence: {method: agent}"),
+              ":4: 'source.quiesce.hooks[0].timeout_seconds': '0' is not a positive number of "
+              "seconds (e.g. 30 or 0.5)");
+  ExpectError(source("quiesce: {method: agent, hooks: [{run: [a], timeout: 3}]}, "
+                     "fence: {method: agent}"),
+              ":4: 'source.quiesce.hooks[0].timeout': unknown key (known here: run, "
+              "timeout_seconds)");
+  ExpectError(source("quiesce: {method: agent, hold_seconds: 1}, fence: {method: agent}"),
+              ":4: 'source.quiesce.hold_seconds': 1.0 s is too short for a lease the engine "
+              "renews over the network (at least 2; 30 is the default)");
+  ExpectError(source("qmp_socket: q, quiesce: {method: qmp-pause, hooks: [{run: [a]}]}, "
+                     "fence: {method: qmp-poweroff}"),
+              ":4: 'source.quiesce.hooks': only for method agent (the method is qmp-pause)");
+  ExpectError(source("quiesce: {method: agent}, fence: {method: agent, action: halt}"),
+              ":4: 'source.fence.action': 'halt' is not remove-addresses or poweroff");
+  ExpectError(source("quiesce: {method: agent}, fence: {method: agent, addresses: [db01]}"),
+              ":4: 'source.fence.addresses[0]': 'db01' is not an IPv4 address (192.0.2.10 or "
+              "192.0.2.10/24)");
+  ExpectError(source("quiesce: {method: agent}, fence: {method: agent, action: poweroff, "
+                     "addresses: [192.0.2.10]}"),
+              ":4: 'source.fence.addresses': only for action remove-addresses");
+  ExpectError(source("qmp_socket: q, quiesce: {method: qmp-pause}, fence: {method: agent}"),
+              ":4: 'source.fence.method': agent needs quiesce method agent too (a source stopped "
+              "by qmp-pause cannot run its agent's fence)");
 }
 
 }  // namespace

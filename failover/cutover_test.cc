@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "cdp/core/host_command.h"
 #include "engine_fakes_test.h"
@@ -423,6 +424,144 @@ TEST_F(CutoverTest, AQmpSourceThatDoesNotAnswerNamesThePlanKey) {
   auto source = MakeSourceControl(plan_);
   const Status s = source->CheckServing();
   EXPECT_EQ(s.message().rfind(where + ": " + plan_.source_qmp_socket + ": ", 0), 0u) << s.message();
+}
+
+// --- the source's agent (AgentSourceControl over a fake relay) ------------------------------
+
+class AgentCutoverTest : public CutoverTest {
+ protected:
+  void SetUp() override {
+    CutoverTest::SetUp();
+    plan_.source_qmp_socket.clear();
+    plan_.source_devices.clear();  // verification through the agent's hashes
+    plan_.quiesce.method = "agent";
+    plan_.quiesce.hooks = {{{"psql", "-c", "CHECKPOINT"}, 10}};
+    plan_.quiesce.hold_seconds = 0.3;  // renewed every 0.1 s
+    plan_.fence.method = "agent";
+    plan_.fence.action = "remove-addresses";
+    plan_.fence.addresses = {"192.0.2.10/24"};
+    channel_ = std::make_shared<testing::FakeAgentChannel>(&log_);
+    channel_->final_lsn = {{"v", 10}};
+    channel_->devices = {{"v", device_}};
+  }
+
+  CutoverReport RunAgent() {
+    CutoverPorts ports;
+    ports.source = MakeSourceControl(plan_, channel_);
+    ports.source_hashes = MakeAgentSourceHashes(channel_);
+    ports.journal = std::move(journal_);
+    ports.target = std::move(target_);
+    ports.wait_for_service = testing::FakeHealthCheck(&log_, &health);
+    CutoverEngine engine(plan_, std::move(ports), &timeline_, &cancel_);
+    return engine.Run();
+  }
+
+  std::shared_ptr<testing::FakeAgentChannel> channel_;
+};
+
+TEST_F(AgentCutoverTest, TheAgentQuiescesVerifiesAndFencesTheSource) {
+  const CutoverReport r = RunAgent();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(log_.calls,
+            Calls({"agent.status", "target.Status", "journal.Status",
+                   "target.WrittenRegions v reset", "target.Checksums v 0+0", "agent.hashes v 2",
+                   "agent.quiesce", "journal.Status", "target.Status", "target.WrittenRegions v",
+                   "target.Checksums v 4194304+4194304", "agent.hashes v 1",
+                   "agent.fence remove 192.0.2.10/24", "target.Takeover v", "health"}));
+  ASSERT_EQ(r.final_lsn.size(), 1u);
+  EXPECT_EQ(r.final_lsn[0], std::make_pair(std::string("v"), uint64_t{10}));
+  const auto steps = Steps(r);
+  EXPECT_EQ(steps[2],
+            "quiesce ok: source frozen by its agent in 0.012 s (lease 0 s); v final LSN 10");
+  EXPECT_EQ(steps[5], "fence ok: the source's agent removed 192.0.2.10/24 from ens192");
+  EXPECT_EQ(r.verify.rfind("2 regions (8 MiB) equal", 0), 0u) << r.verify;
+}
+
+TEST_F(AgentCutoverTest, AnAgentUnreachableAtPrecheckTouchesNothing) {
+  channel_->dead = true;
+  const CutoverReport r = RunAgent();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error,
+            "precheck: volume v: no agent connected; is cdp-agent@lab running on the source? "
+            "(journal-server tcp://127.0.0.1:7700)");
+  EXPECT_EQ(r.rollback, kNotTouched);
+  EXPECT_EQ(log_.calls, Calls({"agent.status"}));
+}
+
+TEST_F(AgentCutoverTest, AFailedHookRollsBackWithTheHookNamed) {
+  channel_->errors["quiesce"] = ::cdp::Status::FailedPrecondition(
+      "pre-freeze hook 1 (psql -c CHECKPOINT) exited 3: psql: error: connection refused");
+  const CutoverReport r = RunAgent();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error,
+            "quiesce: pre-freeze hook 1 (psql -c CHECKPOINT) exited 3: psql: error: connection "
+            "refused");
+  EXPECT_EQ(r.rollback, kNotTouched);
+  // A release goes anyway (nothing was frozen: the agent says so); no fence, no takeover.
+  EXPECT_EQ(Steps(r).back().rfind("quiesce FAILED", 0), 0u);
+  EXPECT_EQ(std::count(log_.calls.begin(), log_.calls.end(), "agent.release"), 1);
+  EXPECT_EQ(std::count(log_.calls.begin(), log_.calls.end(), "target.Takeover v"), 0);
+  EXPECT_FALSE(channel_->frozen);
+}
+
+TEST_F(AgentCutoverTest, AHookTimeoutAndAFreezePastItsBudgetNameTheirStep) {
+  channel_->errors["quiesce"] = ::cdp::Status::TimedOut(
+      "pre-freeze hook 1 (psql -c CHECKPOINT) did not finish within 10 s (its process group was "
+      "killed): (no output)");
+  CutoverReport r = RunAgent();
+  EXPECT_EQ(r.error,
+            "quiesce: pre-freeze hook 1 (psql -c CHECKPOINT) did not finish within 10 s (its "
+            "process group was killed): (no output)");
+
+  SetUp();
+  channel_->errors["quiesce"] =
+      ::cdp::Status::TimedOut("freeze: volume v: / did not freeze within 5000 ms; thawed");
+  r = RunAgent();
+  EXPECT_EQ(r.error, "quiesce: freeze: volume v: / did not freeze within 5000 ms; thawed");
+  EXPECT_EQ(r.rollback, kNotTouched);
+}
+
+TEST_F(AgentCutoverTest, AnAgentThatDiesWhileFrozenRollsBackBeforeTheFence) {
+  // The agent dies at the start of the drain; the next renewals fail and the lease passes.
+  log_.at["target.Status#2"] = [this] {
+    channel_->dead = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  };
+  const CutoverReport r = RunAgent();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error.rfind("drain: the source's freeze is no longer held (its lease could not be "
+                          "renewed: journal-server: volume v: the agent's session dropped before "
+                          "it answered the hold)",
+                          0),
+            0u)
+      << r.error;
+  EXPECT_EQ(r.rollback,
+            "rolled back: the source's agent is gone (journal-server: volume v: no agent "
+            "connected; is the cdp-agent protecting it running on the source?): its thaw "
+            "watchdog thaws the source when the agent ends, at the latest when the freeze's "
+            "lease passes (0 s after the last renewal)");
+  EXPECT_EQ(std::count(log_.calls.begin(), log_.calls.end(), "agent.fence remove 192.0.2.10/24"),
+            0);
+}
+
+TEST_F(AgentCutoverTest, AReleaseThawsOnRollback) {
+  target_->corrupt = {0};  // verify finds a difference
+  target_->written = {0};
+  const CutoverReport r = RunAgent();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error.rfind("verify: volume v: region 0+4194304 differs", 0), 0u) << r.error;
+  EXPECT_EQ(r.rollback, "rolled back: the source's agent thawed it (thawed after 1.0 s frozen)");
+  EXPECT_FALSE(channel_->frozen);
+}
+
+TEST_F(AgentCutoverTest, APowerOffFenceIsConfirmedByTheAgentGoing) {
+  plan_.fence.action = "poweroff";
+  plan_.fence.addresses.clear();
+  const CutoverReport r = RunAgent();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(Steps(r)[5],
+            "fence ok: source powered off by its agent (powering off in 1.0 s (forced, the "
+            "filesystems still frozen))");
 }
 
 }  // namespace

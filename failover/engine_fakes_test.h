@@ -9,6 +9,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <span>
 #include <string>
@@ -192,6 +193,104 @@ class FakeTarget final : public TargetAgent {
   CallLog* log_;
   std::string name_;
   uint64_t region_bytes_ = 0;
+};
+
+// The source's agent behind the journal-server's relay, as AgentSourceControl and
+// AgentSourceHashes reach it: records "agent.status", "agent.quiesce", "agent.hold",
+// "agent.release", "agent.fence ACTION ADDRESSES", "agent.hashes VOLUME N"; answers `errors[KIND]`
+// when set (KIND: status, quiesce, hold, release, fence, hashes). Hashes read `devices[volume]`.
+// `dead`: every call fails as the relay says when the agent's session is gone.
+class FakeAgentChannel final : public SourceAgentChannel {
+ public:
+  explicit FakeAgentChannel(CallLog* log) : log_(log) {}
+  std::map<std::string, ::cdp::Status> errors;
+  std::map<std::string, uint64_t> final_lsn;  // per volume
+  std::map<std::string, std::string> devices;
+  std::atomic<bool> dead{false};
+  bool frozen = false;
+
+  Result<wire::v1::SourceReply> Call(const wire::v1::SourceRequest& request, int) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string kind, call;
+    switch (request.body_case()) {
+      case wire::v1::SourceRequest::kStatus:
+        kind = "status";
+        break;
+      case wire::v1::SourceRequest::kQuiesce:
+        kind = "quiesce";
+        break;
+      case wire::v1::SourceRequest::kHold:
+        kind = "hold";
+        break;
+      case wire::v1::SourceRequest::kRelease:
+        kind = "release";
+        break;
+      case wire::v1::SourceRequest::kFence:
+        kind = "fence";
+        break;
+      case wire::v1::SourceRequest::kHashes:
+        kind = "hashes";
+        break;
+      default:
+        break;
+    }
+    call = "agent." + kind;
+    if (kind == "fence") {
+      call += request.fence().action() == wire::v1::FENCE_POWEROFF ? " poweroff" : " remove";
+      for (const auto& a : request.fence().addresses()) call += " " + a;
+    }
+    if (kind == "hashes") {
+      call +=
+          " " + request.hashes().volume() + " " + std::to_string(request.hashes().regions_size());
+    }
+    // Renewals run on the renewer's thread at their own pace: not in the ordered log.
+    if (kind != "hold") log_->Record(call);
+    if (dead) {
+      return ::cdp::Status::Unavailable("journal-server: volume " + request.volume() +
+                                        (kind == "status" || kind == "release"
+                                             ? ": no agent connected; is the cdp-agent "
+                                               "protecting it running on the source?"
+                                             : ": the agent's session dropped before it "
+                                               "answered the " +
+                                                   kind));
+    }
+    if (auto e = errors.find(kind); e != errors.end()) return e->second;
+    wire::v1::SourceReply reply;
+    if (kind == "status") {
+      reply.set_can_freeze(true);
+      reply.set_frozen(frozen);
+      for (const auto& [v, lsn] : final_lsn) reply.add_volumes()->set_volume(v);
+    } else if (kind == "quiesce") {
+      frozen = true;
+      reply.set_freeze_seconds(0.012);
+      for (const auto& [v, lsn] : final_lsn) {
+        auto* out = reply.add_volumes();
+        out->set_volume(v);
+        out->set_final_lsn(lsn);
+      }
+    } else if (kind == "release") {
+      reply.set_done(frozen ? "thawed after 1.0 s frozen" : "nothing was frozen");
+      frozen = false;
+    } else if (kind == "fence") {
+      reply.set_done(request.fence().action() == wire::v1::FENCE_POWEROFF
+                         ? "powering off in 1.0 s (forced, the filesystems still frozen)"
+                         : "removed 192.0.2.10/24 from ens192");
+      if (request.fence().action() == wire::v1::FENCE_POWEROFF) dead = true;
+    } else if (kind == "hashes") {
+      BlockDeviceOptions opts;
+      CDP_ASSIGN_OR_RETURN(auto dev, OpenBlockDevice(devices[request.hashes().volume()], opts));
+      for (const auto& r : request.hashes().regions()) {
+        AlignedBuffer buf(std::max<uint64_t>(r.length(), 4096));
+        CDP_RETURN_IF_ERROR(dev->ReadAt(r.offset(), std::span<char>(buf.data(), r.length())));
+        reply.add_xxh3(XXH3_64bits(buf.data(), r.length()));
+      }
+    }
+    return reply;
+  }
+
+ private:
+  CallLog* log_;
+  std::mutex mu_;
 };
 
 // A health check that records "health" and answers *health, or Aborted once *cancel is set

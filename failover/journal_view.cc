@@ -1,8 +1,10 @@
 #include "cdp/failover/journal_view.h"
 
+#include <mutex>
 #include <utility>
 
 // The only file of cdp_failover that knows the journal-server's control client.
+#include "cdp/failover/source_control.h"
 #include "cdp/journal/control_client.h"
 #include "failover_timeouts.h"
 
@@ -31,7 +33,36 @@ class ControlJournalView final : public JournalView {
   std::unique_ptr<journal::ControlClient> client_;
 };
 
+class RelayedSourceAgentChannel final : public SourceAgentChannel {
+ public:
+  explicit RelayedSourceAgentChannel(std::string endpoint) : endpoint_(std::move(endpoint)) {}
+
+  Result<wire::v1::SourceReply> Call(const wire::v1::SourceRequest& request,
+                                     int timeout_ms) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (client_ == nullptr) {
+      CDP_ASSIGN_OR_RETURN(client_, journal::ControlClient::Connect(endpoint_, kJournalConnectMs));
+    }
+    auto reply = client_->Source(request, timeout_ms);
+    // A reply that never came may still arrive: the next call starts on a new connection.
+    if (reply.status().code() == StatusCode::kTimedOut &&
+        reply.status().message().rfind("no reply", 0) == 0) {
+      client_.reset();
+    }
+    return reply;
+  }
+
+ private:
+  std::string endpoint_;
+  std::mutex mu_;
+  std::unique_ptr<journal::ControlClient> client_;  // GUARDED_BY(mu_)
+};
+
 }  // namespace
+
+std::shared_ptr<SourceAgentChannel> MakeSourceAgentChannel(std::string endpoint) {
+  return std::make_shared<RelayedSourceAgentChannel>(std::move(endpoint));
+}
 
 std::unique_ptr<JournalView> MakeJournalView(std::string endpoint) {
   return std::make_unique<ControlJournalView>(std::move(endpoint));

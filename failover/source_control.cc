@@ -132,18 +132,26 @@ class CommandSourceControl final : public SourceControl {
 class PlanSourceControl final : public SourceControl {
  public:
   PlanSourceControl(std::unique_ptr<SourceControl> qmp, std::unique_ptr<SourceControl> command,
-                    const CutoverPlan& plan)
+                    std::unique_ptr<SourceControl> agent, const CutoverPlan& plan)
       : qmp_(std::move(qmp)),
         command_(std::move(command)),
+        agent_(std::move(agent)),
         quiesce_method_(plan.quiesce.method),
-        quiesce_by_(plan.quiesce.method == "qmp-pause" && qmp_ ? qmp_.get() : command_.get()),
-        fence_by_(plan.fence.method.rfind("qmp-", 0) == 0 && qmp_ ? qmp_.get() : command_.get()) {}
+        quiesce_by_(agent_                                       ? agent_.get()
+                    : plan.quiesce.method == "qmp-pause" && qmp_ ? qmp_.get()
+                                                                 : command_.get()),
+        fence_by_(plan.fence.method == "agent" && agent_            ? agent_.get()
+                  : plan.fence.method.rfind("qmp-", 0) == 0 && qmp_ ? qmp_.get()
+                                                                    : command_.get()) {}
 
   Status CheckServing() override {
+    // The agent answers whether it can freeze; a QMP socket, whether the VM runs.
+    if (agent_ != nullptr) CDP_RETURN_IF_ERROR(agent_->CheckServing());
     return qmp_ != nullptr ? qmp_->CheckServing() : command_->CheckServing();
   }
   Result<std::string> Quiesce() override {
-    if (quiesce_method_ != "qmp-pause" && quiesce_method_ != "command") {
+    if (quiesce_method_ != "qmp-pause" && quiesce_method_ != "command" &&
+        quiesce_method_ != "agent") {
       return Status::NotSupported("quiesce method " + quiesce_method_ + " is not built");
     }
     return quiesce_by_->Quiesce();
@@ -151,10 +159,15 @@ class PlanSourceControl final : public SourceControl {
   Result<std::string> Resume() override { return quiesce_by_->Resume(); }
   Result<std::string> Fence() override { return fence_by_->Fence(); }
   FenceEffect DescribeFence() const override { return fence_by_->DescribeFence(); }
+  std::vector<std::pair<std::string, uint64_t>> FinalLsns() const override {
+    return quiesce_by_->FinalLsns();
+  }
+  Status CheckQuiesced() override { return quiesce_by_->CheckQuiesced(); }
 
  private:
   std::unique_ptr<SourceControl> qmp_;      // null when the plan names no QMP socket
   std::unique_ptr<SourceControl> command_;  // always: the plan's commands (maybe none)
+  std::unique_ptr<SourceControl> agent_;    // quiesce method agent only
   std::string quiesce_method_;
   SourceControl* quiesce_by_;
   SourceControl* fence_by_;
@@ -175,7 +188,8 @@ std::unique_ptr<SourceControl> MakeCommandSourceControl(std::vector<std::string>
                                                 std::move(fence));
 }
 
-std::unique_ptr<SourceControl> MakeSourceControl(const CutoverPlan& plan) {
+std::unique_ptr<SourceControl> MakeSourceControl(const CutoverPlan& plan,
+                                                 std::shared_ptr<SourceAgentChannel> channel) {
   std::unique_ptr<SourceControl> qmp;
   if (!plan.source_qmp_socket.empty()) {
     qmp = MakeQmpSourceControl(plan.source_qmp_socket, plan.Where("source.qmp_socket"),
@@ -183,7 +197,13 @@ std::unique_ptr<SourceControl> MakeSourceControl(const CutoverPlan& plan) {
   }
   auto command = MakeCommandSourceControl(plan.quiesce.command, plan.quiesce.resume_command,
                                           plan.fence.command);
-  return std::make_unique<PlanSourceControl>(std::move(qmp), std::move(command), plan);
+  std::unique_ptr<SourceControl> agent;
+  if (plan.quiesce.method == "agent") {
+    if (channel == nullptr) channel = MakeSourceAgentChannel(plan.journal);
+    agent = MakeAgentSourceControl(plan, std::move(channel));
+  }
+  return std::make_unique<PlanSourceControl>(std::move(qmp), std::move(command), std::move(agent),
+                                             plan);
 }
 
 }  // namespace cdp::failover

@@ -1,5 +1,6 @@
 #include "cdp/journal/control_client.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -77,6 +78,28 @@ Result<v1::ConsistencyPoint> ControlClient::Checkpoint(const std::string& volume
   h.mutable_checkpoint_request()->set_label(label);
   CDP_ASSIGN_OR_RETURN(auto msg, Call(h, v1::Header::kCheckpointReply, timeout_ms));
   return msg.header.checkpoint_reply().point();
+}
+
+Result<v1::SourceReply> ControlClient::Source(v1::SourceRequest request, int timeout_ms) {
+  const uint64_t id = next_source_request_++;
+  request.set_request_id(id);
+  request.set_reply_timeout_ms(
+      static_cast<uint32_t>(std::max(1, timeout_ms - std::min(1000, timeout_ms / 10))));
+  v1::Header h;
+  *h.mutable_source_request() = std::move(request);
+  CDP_RETURN_IF_ERROR(socket_->Send(h, {}, timeout_ms));
+  while (true) {
+    // A reply to an earlier request that timed out here is skipped.
+    CDP_ASSIGN_OR_RETURN(auto msg, Receive(v1::Header::kSourceReply, timeout_ms));
+    v1::SourceReply reply = msg.header.source_reply();
+    if (reply.request_id() != id) continue;
+    if (!reply.error().empty()) {
+      const auto code = reply.error_code() == 0 ? StatusCode::kFailedPrecondition
+                                                : static_cast<StatusCode>(reply.error_code());
+      return ::cdp::Status(code, reply.error());
+    }
+    return reply;
+  }
 }
 
 Result<v1::RetentionReply> ControlClient::Retention(const std::string& volume,

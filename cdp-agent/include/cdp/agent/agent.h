@@ -24,6 +24,7 @@
 #include "cdp/agent/agent_state.h"
 #include "cdp/agent/dirty_bitmap.h"
 #include "cdp/agent/sender.h"
+#include "cdp/agent/source_control_service.h"
 #include "cdp/agent/sync_engine.h"
 #include "cdp/agent/trace_capture.h"
 #include "cdp/agent/volume_capture.h"
@@ -97,6 +98,8 @@ class Agent {
   Status StartNbd();
   Status StartTrace();
   void MakeSender(uint64_t size, uint32_t block_size);
+  // Hands the sender's source-control requests to source_control_ (made here).
+  void ServeSourceControl();
   void FillReport(v1::AgentReport* report);
   Status StopTrace();
 
@@ -105,6 +108,8 @@ class Agent {
   // writer epoch, SetWriterEpochCallback) and by Stop once the sender thread has ended.
   AgentState state_;
   std::unique_ptr<DirtyBitmap> dirty_;
+  std::unique_ptr<AddressTable> addresses_;
+  std::unique_ptr<SourceControlService> source_control_;  // before sender_: outlives its thread
   std::unique_ptr<Sender> sender_;
   std::unique_ptr<VolumeCapture> capture_;
   std::unique_ptr<SyncEngine> sync_;

@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <span>
@@ -97,6 +98,17 @@ class Sender {
   void SetCheckpointCallback(std::function<Result<uint64_t>(const std::string& label)> callback) {
     on_checkpoint_ = std::move(callback);
   }
+
+  // Called when the journal-server relays a source-control request (the cutover's quiesce, hold,
+  // release, fence, hashes, status; source_control_service.h): returns the reply. Each request
+  // runs on a thread of its own (a lease renewal must not wait behind a quiesce's hooks or a
+  // hashes read), at most kMaxSourceRequests at once (more are refused, "busy"); the reply goes
+  // back on the sender thread, on the current session. Unset: every request is refused ("this
+  // agent does not take source-control requests"). Set before Start().
+  void SetSourceCallback(std::function<v1::SourceReply(const v1::SourceRequest&)> callback) {
+    on_source_ = std::move(callback);
+  }
+  static constexpr int kMaxSourceRequests = 4;
 
   // Starts the sender thread. Connection happens in the background.
   void Start();
@@ -210,6 +222,11 @@ class Sender {
   // one is running or none is set. Called on the sender thread.
   void StartCheckpoint(const v1::CheckpointRequest& request);
   void JoinCheckpoint();
+  // Runs on_source_ for `request` on a thread of its own, or queues a refusal. Called on the
+  // sender thread.
+  void StartSourceRequest(const v1::SourceRequest& request);
+  // Joins the source-request threads that are done (all of them when `all`, waiting).
+  void JoinSourceRequests(bool all);
 
   const SenderOptions options_;
   HandshakeCallback on_handshake_;
@@ -221,6 +238,12 @@ class Sender {
   std::function<Result<uint64_t>(const std::string& label)> on_checkpoint_;
 
   std::thread checkpoint_thread_;  // touched by the sender thread, and by Stop after it ends
+  std::function<v1::SourceReply(const v1::SourceRequest&)> on_source_;
+  struct SourceThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<SourceThread> source_threads_;  // touched by the sender thread, and by Stop after
 
   mutable std::mutex mu_;
   bool checkpoint_busy_ = false;          // GUARDED_BY(mu_): checkpoint_thread_ is working

@@ -1,16 +1,18 @@
 // CutoverEngine: the steps of DESIGN.md §7, each timed, with a human timeline and a JSON report
 // (`cdpctl cutover --plan FILE [--json]`, docs/cutover.md).
 //
-//   precheck  the plan is valid, the source's QMP answers, the target is pe-ready, the replica's
-//             lag is within budget
+//   precheck  the plan is valid, the source's QMP (or agent) answers, the target is pe-ready,
+//             the replica's lag is within budget
 //   pre-verify  before the outage: a written-regions mark on the target, then every 4 MiB region
 //             compared (source device vs pe-agent), the differing ones remembered
-//   quiesce   the source stops writing (QMP stop: its block layer drains), then the agent has
-//             journaled everything: the final LSN of each volume
+//   quiesce   the source stops writing (QMP stop: its block layer drains; or its agent runs the
+//             pre-freeze hooks and freezes every filesystem, held under a lease), then the
+//             journal has everything: the final LSN of each volume
 //   drain     the target applied every final LSN
 //   verify    XXH3-64 of the regions written since the mark or differing then (every region
 //             without a usable mark): the source's device vs the pe-agent's
-//   fence     the source can no longer answer (QMP quit, or pause, or a command)
+//   fence     the source can no longer answer (QMP quit, or pause, or a command, or its agent
+//             removes the service addresses or powers it off)
 //   promote   the pe-agent's takeover: final flush, boot adaptation (net.conf for the target's
 //             NIC, fstab, virtio drivers), switch_root into the migrated OS
 //   health    the service answers at its address (IP drift: the migrated OS announced it)
@@ -26,11 +28,14 @@
 // plan; fakes in cutover_test.cc):
 //   precheck    source.CheckServing, target.Status, journal.Status (plus the target's lock and
 //               own files: PutTargetOnOwnFiles)
-//   pre-verify  target.WrittenRegions (the mark), target.Checksums; the source devices are read
-//               on this host
-//   quiesce     source.Quiesce, then journal.Status every kPollInterval until the final LSNs
-//   drain       target.Status every kPollInterval until every final LSN is applied
-//   verify      target.WrittenRegions, target.Checksums; the source devices
+//   pre-verify  target.WrittenRegions (the mark), target.Checksums; source_hashes (the source
+//               devices read on this host, or the source's agent hashing its own)
+//   quiesce     source.Quiesce, then journal.Status every kPollInterval until the final LSNs:
+//               those source.FinalLsns names (the agent's freeze) are durable, or (QMP, command)
+//               the journal holds everything the agent captured
+//   drain       target.Status every kPollInterval until every final LSN is applied; then
+//               source.CheckQuiesced (an agent's freeze may have lost its lease)
+//   verify      target.WrittenRegions, target.Checksums; source_hashes; source.CheckQuiesced
 //   fence       source.Fence
 //   promote     target.Takeover
 //   health      wait_for_service
@@ -71,12 +76,15 @@ struct CutoverReport {
 using ServiceWait =
     std::function<Result<std::string>(double budget_seconds, const std::atomic<bool>* cancel)>;
 
-// What a cutover talks to, held for the whole run. Every member is required.
+// What a cutover talks to, held for the whole run. Every member is required but
+// source_hashes: without it, the plan's source.devices are read on this host (and without those
+// the verification is skipped).
 struct CutoverPorts {
   std::unique_ptr<SourceControl> source;
   std::unique_ptr<JournalView> journal;
   std::unique_ptr<TargetAgent> target;
   ServiceWait wait_for_service;
+  std::unique_ptr<SourceHashes> source_hashes;
 };
 
 // The ports `plan` names: MakeSourceControl, the journal-server at plan.journal, the pe-agent of

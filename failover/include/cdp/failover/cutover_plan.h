@@ -19,20 +19,37 @@
 
 namespace cdp::failover {
 
+// A pre-freeze hook of quiesce method agent: run on the source by its agent, no shell.
+struct PreFreezeHook {
+  std::vector<std::string> run;  // argv
+  double timeout_seconds = 10;   // its process group is killed after this
+};
+
 struct QuiesceMethod {
   // "qmp-pause": QMP `stop` of the source VM (its block layer drains first);
   // "command":   run `command` (argv) and expect exit 0; `resume_command` undoes it;
-  // "fsfreeze":  the source's agent freezes the filesystem (not built yet: refused).
+  // "agent":     the source's cdp-agent, through the journal-server: `hooks` in order, then
+  //              every protected filesystem frozen together within `freeze_budget_seconds`,
+  //              held under a lease of `hold_seconds` that the engine renews (docs/cutover.md);
+  // "fsfreeze":  an old name, refused (use agent).
   std::string method;
   std::vector<std::string> command;
   std::vector<std::string> resume_command;
+  std::vector<PreFreezeHook> hooks;  // agent
+  double freeze_budget_seconds = 5;  // agent
+  double hold_seconds = 30;          // agent: thawed when not renewed within this
 };
 
 struct FenceMethod {
   // "qmp-poweroff": QMP `quit` of the source VM; "qmp-pause": leave it paused;
-  // "command": run `command` (e.g. remove the service IP over ssh).
+  // "command": run `command` (e.g. remove the service IP over ssh);
+  // "agent": the source's cdp-agent does `action`: "remove-addresses" (`addresses` off its NICs,
+  //          read back) or "poweroff" (forced, at once, still frozen).
   std::string method;
   std::vector<std::string> command;
+  std::string action;                  // agent
+  std::vector<std::string> addresses;  // agent remove-addresses: IPv4[/PREFIX]; default: the
+                                       // plan's network addresses
 };
 
 struct NicMappingPlan {

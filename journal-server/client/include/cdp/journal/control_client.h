@@ -34,6 +34,15 @@ class ControlClient {
   Result<wire::v1::ConsistencyPoint> Checkpoint(const std::string& volume, const std::string& label,
                                                 int timeout_ms);
 
+  // Source control (docs/wire-protocol.md, "Source control"): `request` relayed by the server to
+  // the agent writing request.volume(), and that agent's reply. Its error when the agent
+  // answered one (the message names what failed: a hook, a mount point; the code is the
+  // agent's); the server's when the volume has no live agent (Unavailable), when the agent's
+  // session dropped before it answered (Unavailable), or when no reply came in time (TimedOut:
+  // the server gives up a little before timeout_ms, so its worded error arrives first). Sets
+  // request_id and reply_timeout_ms. REQUIRES: request has a body.
+  Result<wire::v1::SourceReply> Source(wire::v1::SourceRequest request, int timeout_ms);
+
   // Sets the window and/or the cap when given (0 = keep everything / no cap) and returns the
   // retention in effect. NotFound naming the known volumes for an unknown one.
   Result<wire::v1::RetentionReply> Retention(const std::string& volume,
@@ -62,6 +71,7 @@ class ControlClient {
   Result<wire::Message> Receive(wire::v1::Header::BodyCase expect, int timeout_ms);
   zmq::context_t ctx_{1};
   std::unique_ptr<Socket> socket_;
+  uint64_t next_source_request_ = 1;
 };
 
 // Why a volume is not synced yet ("" when it is). `min_report_sequence`: the agent's report
