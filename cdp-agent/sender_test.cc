@@ -22,6 +22,7 @@
 #include "cdp/core/testing/eventually.h"
 #include "cdp/core/testing/temp_dir.h"
 #include "cdp/core/transport.h"
+#include "cdp/journal/control_client.h"
 #include "cdp/journal/journal_store.h"
 #include "cdp/journal/server.h"
 #include "cdp/journal/testing/running_server.h"
@@ -89,7 +90,8 @@ class SenderTest : public ::testing::Test {
   // reports(identity); `on_checkpoint`, when set, is its checkpoint callback.
   std::unique_ptr<Sender> StartSender(
       SenderOptions options,
-      std::function<Result<uint64_t>(const std::string&)> on_checkpoint = nullptr) {
+      std::function<Result<uint64_t>(const std::string&)> on_checkpoint = nullptr,
+      std::function<v1::SourceReply(const v1::SourceRequest&)> on_source = nullptr) {
     auto reporter = std::make_shared<std::atomic<const Sender*>>(nullptr);
     const std::string identity = options.identity;
     auto sender = std::make_unique<Sender>(
@@ -107,6 +109,7 @@ class SenderTest : public ::testing::Test {
         });
     *reporter = sender.get();
     if (on_checkpoint) sender->SetCheckpointCallback(std::move(on_checkpoint));
+    if (on_source) sender->SetSourceCallback(std::move(on_source));
     sender->Start();
     return sender;
   }
@@ -630,6 +633,70 @@ TEST_F(SenderTest, ACheckpointTakenWhileTheAgentStopsIsStillSent) {
   EXPECT_TRUE(stopped.get().empty());
   StopServer();
   ExpectJournaled(10);
+}
+
+// Source control end to end over real sockets: a control client's requests reach the agent
+// through the journal-server and come back; a status is answered while a quiesce is still
+// running on the agent; when the agent goes silent mid-request the client hears that its session
+// dropped.
+TEST_F(SenderTest, SourceRequestsAreRelayedAndASilentAgentIsReported) {
+  StartServer();
+  std::promise<void> entered, release;
+  std::shared_future<void> released = release.get_future().share();
+  auto sender =
+      StartSender(OneSessionOptions(), nullptr, [&, released](const v1::SourceRequest& r) {
+        v1::SourceReply reply;
+        if (r.has_quiesce()) {
+          entered.set_value();
+          released.wait();
+          reply.add_volumes()->set_final_lsn(5);
+        } else {
+          reply.add_volumes()->set_volume(kVolume);
+          reply.set_can_freeze(true);
+        }
+        return reply;
+      });
+  for (uint64_t lsn = 1; lsn <= 5; ++lsn) ASSERT_TRUE(sender->TryEnqueue(SampleRecord(lsn)));
+  ASSERT_TRUE(sender->WaitDurable(5, kWaitMs).ok());
+
+  auto status_client = journal::ControlClient::Connect(server_options_.listen, kWaitMs);
+  auto quiesce_client = journal::ControlClient::Connect(server_options_.listen, kWaitMs);
+  ASSERT_TRUE(status_client.ok() && quiesce_client.ok());
+  v1::SourceRequest status;
+  status.set_volume(kVolume);
+  status.mutable_status();
+  auto reply = (*status_client)->Source(status, kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_TRUE(reply->can_freeze());
+  ASSERT_EQ(reply->volumes_size(), 1);
+  EXPECT_EQ(reply->volumes(0).volume(), kVolume);
+
+  v1::SourceRequest quiesce;
+  quiesce.set_volume(kVolume);
+  quiesce.mutable_quiesce()->add_volumes(kVolume);
+  auto pending =
+      std::async(std::launch::async, [&] { return (*quiesce_client)->Source(quiesce, 20000); });
+  entered.get_future().wait();
+  reply = (*status_client)->Source(status, kWaitMs);  // served beside the running quiesce
+  ASSERT_TRUE(reply.ok()) << reply.status();
+
+  // The agent goes silent (its sender thread ends; the quiesce still runs on it).
+  auto stopped = std::async(std::launch::async, [&] { return sender->Stop(0); });
+  auto dropped = pending.get();
+  ASSERT_FALSE(dropped.ok());
+  EXPECT_EQ(dropped.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(dropped.status().message(),
+            "journal-server: volume db01-sda: the agent's session dropped before it answered the "
+            "quiesce (the agent stopped reporting: killed, restarted, or its link cut); a freeze "
+            "it holds thaws when its lease passes");
+  reply = (*status_client)->Source(status, kWaitMs);
+  ASSERT_FALSE(reply.ok());
+  EXPECT_EQ(reply.status().message(),
+            "journal-server: volume db01-sda: no agent connected; is the cdp-agent protecting it "
+            "running on the source?");
+  release.set_value();
+  stopped.get();
+  StopServer();
 }
 
 }  // namespace
