@@ -16,8 +16,9 @@ namespace {
 
 // In --help order: the commands that talk to the journal-server (--server) first.
 const Command* const kCommands[] = {
-    &kStatusCommand,    &kPointsCommand,     &kCheckpointCommand, &kRestoreCommand, &kExportCommand,
-    &kRetentionCommand, &kWaitSyncedCommand, &kTargetCommand,     &kCutoverCommand, &kDrillCommand,
+    &kStatusCommand, &kPointsCommand,    &kCheckpointCommand, &kRestoreCommand,
+    &kExportCommand, &kRetentionCommand, &kWaitSyncedCommand, &kSourceCommand,
+    &kTargetCommand, &kCutoverCommand,   &kDrillCommand,
 };
 
 constexpr std::string_view kExitCodes =
@@ -90,6 +91,10 @@ std::string ParseArgs(const std::vector<std::string>& words, Args* args, bool* h
       value = &args->out;
     } else if (a == "--volume") {
       value = &args->volume;
+    } else if (a == "--address") {
+      if (!has_value) return a + " needs a value";
+      args->addresses.push_back(words[++i]);
+      continue;
     } else if (a == "--timeout") {
       if (!has_value) return a + " needs a value";
       const std::string& t = words[++i];
@@ -104,7 +109,8 @@ std::string ParseArgs(const std::vector<std::string>& words, Args* args, bool* h
     } else if (args->command.empty() && !a.empty() && a[0] != '-') {
       args->command = a;
       continue;
-    } else if (args->command == "target" && args->subcommand.empty() && !a.empty() && a[0] != '-') {
+    } else if ((args->command == "target" || args->command == "source") &&
+               args->subcommand.empty() && !a.empty() && a[0] != '-') {
       args->subcommand = a;
       continue;
     } else {

@@ -39,14 +39,22 @@ void SourceRelay::HandleRequest(const std::string& client, const v1::SourceReque
         true);
     return;
   }
-  const std::string agent = LiveWriterOrAnswer(
-      client, request.volume(), "is the cdp-agent protecting it running on the source?");
+  const std::string hint = "is the cdp-agent protecting it running on the source?";
+  const std::string agent = LiveWriterOrAnswer(client, request.volume(), hint);
   if (agent.empty()) return;
   const uint64_t id = next_request_++;
   v1::Header forward;
   *forward.mutable_source_request() = request;
   forward.mutable_source_request()->set_request_id(id);
   Status s = outbox_->SendTo(agent, forward, {});
+  if (s.IsUnavailable()) {
+    // Its connection closed since its last report (killed, restarted): no agent, as above.
+    (void)outbox_->SendError(client,
+                             Status::Unavailable("journal-server: volume " + request.volume() +
+                                                 ": no agent connected; " + hint),
+                             false);
+    return;
+  }
   if (!s.ok()) {
     (void)outbox_->SendError(client, s.WithContext("journal-server: relaying to the agent"), false);
     return;

@@ -6,7 +6,16 @@
 #include <iostream>
 #include <thread>
 
+#include "cdp/core/units.h"
+
 namespace cdp::ctl {
+
+bool ParseBytes(const std::string& text, uint64_t* out) {
+  auto v = ParseSize(text);
+  if (!v.ok()) return false;
+  *out = *v;
+  return true;
+}
 
 ExitCode Fail(std::string_view what, const Status& status) {
   std::cerr << "cdpctl: " << what << ": " << status.message() << "\n";

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "cdp/core/status.h"
 #include "cdp/journal/control_client.h"
@@ -33,7 +34,7 @@ enum class ExitCode : int {
 struct Args {
   std::string server;      // --server tcp://HOST:PORT
   std::string command;     // the first word
-  std::string subcommand;  // target's second word (start, stop, status, checksum, export-boot)
+  std::string subcommand;  // target's and source's second word (start, stop, status, checksum...)
   std::string volume;      // --volume
   std::string config;      // --config (target)
   std::string plan;        // --plan (cutover, drill)
@@ -47,6 +48,7 @@ struct Args {
   std::string offset = "0";              // --offset (target checksum)
   std::string length = "0";              // --length (target checksum)
   std::string chunk = "64M";             // --chunk (target checksum)
+  std::vector<std::string> addresses;    // --address, repeated (source fence)
   bool json = false;                     // --json
   bool force = false;                    // --force (restore)
   double timeout = 300;                  // --timeout SECONDS (wait-synced), > 0
@@ -73,10 +75,14 @@ extern const Command kWaitSyncedCommand;  // status.cc
 extern const Command kTargetCommand;      // target.cc
 extern const Command kCutoverCommand;     // failover.cc
 extern const Command kDrillCommand;       // failover.cc
+extern const Command kSourceCommand;      // source.cc
 
 // Prints "cdpctl: WHY", a blank line and the whole usage to stderr; returns ExitCode::kUsage.
 // Defined in main.cc, which holds the table the usage is built from.
 ExitCode Usage(std::string_view why);
+
+// Parses a byte count given on the command line (a number, or 64M, 1G...).
+bool ParseBytes(const std::string& text, uint64_t* out);
 
 // Prints "cdpctl: WHAT: MESSAGE" to stderr and returns ExitCode::kError.
 ExitCode Fail(std::string_view what, const Status& status);

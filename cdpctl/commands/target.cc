@@ -13,14 +13,6 @@ namespace {
 using failover::TargetConfig;
 using failover::TargetVm;
 
-// Parses a byte count given on the command line (a number, or 64M, 1G...).
-bool ParseBytes(const std::string& text, uint64_t* out) {
-  auto v = failover::ParseSize(text);
-  if (!v.ok()) return false;
-  *out = *v;
-  return true;
-}
-
 ExitCode ExportBoot(const Args& args, const TargetConfig& config) {
   if (args.volume.empty() || args.out.empty()) {
     return Usage("target export-boot needs --volume and --out");
