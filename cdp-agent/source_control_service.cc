@@ -1,5 +1,7 @@
 #include "cdp/agent/source_control_service.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 
 #define XXH_INLINE_ALL
@@ -14,6 +16,15 @@
 namespace cdp::agent {
 
 using std::chrono::milliseconds;
+
+namespace {
+
+bool IsBlockDevicePath(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+}
+
+}  // namespace
 
 Status PowerOffNow() {
   auto r = RunHostCommand({"systemctl", "poweroff", "--force", "--force"}, 10000);
@@ -228,6 +239,12 @@ Status SourceControlService::Hashes(const v1::SourceHashes& h, v1::SourceReply* 
   BlockDeviceOptions opts;
   opts.direct = true;  // past the page cache: what the filesystem wrote, not a stale copy
   auto dev = OpenBlockDevice(v->device, opts);
+  if (!dev.ok() && !IsBlockDevicePath(v->device)) {
+    // An image file (NBD mode) on a filesystem that refuses O_DIRECT (tmpfs): the page cache is
+    // the file's own, so a buffered read is current.
+    opts.direct = false;
+    dev = OpenBlockDevice(v->device, opts);
+  }
   if (!dev.ok()) return dev.status().WithContext("hashes: volume " + h.volume());
   const uint64_t size = (*dev)->size();
   const uint64_t bs = (*dev)->logical_block_size();

@@ -455,7 +455,8 @@ CutoverPorts MakeCutoverPorts(const CutoverPlan& plan) {
   if (!plan.source_devices.empty()) {
     ports.source_hashes = MakeDeviceSourceHashes(plan);
   } else if (channel != nullptr) {
-    ports.source_hashes = MakeAgentSourceHashes(channel);
+    // A connection of its own: a long hashes request must not hold up the lease's renewals.
+    ports.source_hashes = MakeAgentSourceHashes(MakeSourceAgentChannel(plan.journal));
   }
   ports.journal = MakeJournalView(plan.journal);
   ports.target = PlanTargetAgent(plan);
