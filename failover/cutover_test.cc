@@ -564,5 +564,36 @@ TEST_F(AgentCutoverTest, APowerOffFenceIsConfirmedByTheAgentGoing) {
             "filesystems still frozen))");
 }
 
+// The agent refuses more than 4096 regions or 256 MiB in one hashes request: the engine splits.
+TEST(AgentSourceHashes, RequestsAreSplitWithinTheAgentsLimits) {
+  class CountingChannel final : public SourceAgentChannel {
+   public:
+    Result<wire::v1::SourceReply> Call(const wire::v1::SourceRequest& request, int) override {
+      uint64_t bytes = 0;
+      for (const auto& r : request.hashes().regions()) bytes += r.length();
+      sizes.push_back({request.hashes().regions_size(), bytes});
+      wire::v1::SourceReply reply;
+      for (const auto& r : request.hashes().regions()) reply.add_xxh3(r.offset() + 1);
+      return reply;
+    }
+    std::vector<std::pair<int, uint64_t>> sizes;
+  };
+  auto channel = std::make_shared<CountingChannel>();
+  auto hashes = MakeAgentSourceHashes(channel);
+  std::vector<RegionChecksum> small;
+  for (uint64_t i = 0; i < 5000; ++i) small.push_back({i * 4096, 4096, 0});
+  ASSERT_TRUE(hashes->Hash("v", &small).ok());
+  EXPECT_EQ(channel->sizes,
+            (std::vector<std::pair<int, uint64_t>>{{4096, 4096ull * 4096}, {904, 904ull * 4096}}));
+  EXPECT_EQ(small[4999].xxh3, 4999ull * 4096 + 1);
+  channel->sizes.clear();
+  std::vector<RegionChecksum> large = {
+      {0, 200 * kMiB, 0}, {200 * kMiB, 200 * kMiB, 0}, {400 * kMiB, 50 * kMiB, 0}};
+  ASSERT_TRUE(hashes->Hash("v", &large).ok());
+  EXPECT_EQ(channel->sizes,
+            (std::vector<std::pair<int, uint64_t>>{{1, 200 * kMiB}, {2, 250 * kMiB}}));
+  EXPECT_EQ(large[2].xxh3, 400 * kMiB + 1);
+}
+
 }  // namespace
 }  // namespace cdp::failover
