@@ -71,9 +71,11 @@ class CutoverTest : public ::testing::Test {
   CutoverReport Run() { return RunWith(std::move(source_)); }
 
   // Runs the cutover over `source` and the other fakes.
-  CutoverReport RunWith(std::unique_ptr<SourceControl> source) {
+  CutoverReport RunWith(std::unique_ptr<SourceControl> source,
+                        std::unique_ptr<SourceHashes> hashes = nullptr) {
     CutoverPorts ports;
     ports.source = std::move(source);
+    ports.source_hashes = std::move(hashes);
     ports.journal = std::move(journal_);
     ports.target = std::move(target_);
     ports.wait_for_service = testing::FakeHealthCheck(&log_, &health);
@@ -446,14 +448,7 @@ class AgentCutoverTest : public CutoverTest {
   }
 
   CutoverReport RunAgent() {
-    CutoverPorts ports;
-    ports.source = MakeSourceControl(plan_, channel_);
-    ports.source_hashes = MakeAgentSourceHashes(channel_);
-    ports.journal = std::move(journal_);
-    ports.target = std::move(target_);
-    ports.wait_for_service = testing::FakeHealthCheck(&log_, &health);
-    CutoverEngine engine(plan_, std::move(ports), &timeline_, &cancel_);
-    return engine.Run();
+    return RunWith(MakeSourceControl(plan_, channel_), MakeAgentSourceHashes(channel_));
   }
 
   std::shared_ptr<testing::FakeAgentChannel> channel_;

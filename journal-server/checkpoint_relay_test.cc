@@ -87,14 +87,7 @@ class CheckpointRelayTest : public testing::LoopServiceTest {
   }
 
   // The one Error sent to the client since the last call.
-  v1::Error ClientError() {
-    auto sent = outbox_.Take();
-    if (sent.size() != 1 || sent[0].peer != kClient || !sent[0].header.has_error()) {
-      ADD_FAILURE() << "no single Error to the client (" << sent.size() << " messages)";
-      return {};
-    }
-    return sent[0].header.error();
-  }
+  v1::Error ClientError() { return outbox_.TakeOneError(kClient); }
 
   FakeAgents agents_;
   std::unique_ptr<CheckpointRelay> relay_;

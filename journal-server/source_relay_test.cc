@@ -55,14 +55,7 @@ class SourceRelayTest : public testing::LoopServiceTest {
     return sent[0].header.source_request().request_id();
   }
 
-  v1::Error ClientError() {
-    auto sent = outbox_.Take();
-    if (sent.size() != 1 || sent[0].peer != kClient || !sent[0].header.has_error()) {
-      ADD_FAILURE() << "no single Error to the client (" << sent.size() << " messages)";
-      return {};
-    }
-    return sent[0].header.error();
-  }
+  v1::Error ClientError() { return outbox_.TakeOneError(kClient); }
 
   FakeAgents agents_;
   std::unique_ptr<SourceRelay> relay_;

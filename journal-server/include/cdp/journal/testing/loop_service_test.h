@@ -42,6 +42,17 @@ class RecordingOutbox : public Outbox {
   }
   std::string PeerName(const std::string& peer) override { return "peer " + peer; }
 
+  // The one Error sent since the last Take, which must have gone to `peer` (a test failure and
+  // an empty Error otherwise).
+  wire::v1::Error TakeOneError(const std::string& peer) {
+    auto sent = Take();
+    if (sent.size() != 1 || sent[0].peer != peer || !sent[0].header.has_error()) {
+      ADD_FAILURE() << "no single Error to " << peer << " (" << sent.size() << " messages)";
+      return {};
+    }
+    return sent[0].header.error();
+  }
+
   // Every later SendTo fails with `status` (OK again: they succeed).
   void RefuseWith(Status status) { refuse_ = std::move(status); }
 
