@@ -34,6 +34,12 @@ packages=(
   ipxe-qemu seabios
   # the agent's package test: a clean Debian 12 root to install cdp-agent_*.deb into
   debootstrap
+  # the lab's real source server (deploy/lab/build-real-source; debootstrap above): a GPT root
+  # disk, an LVM data disk with xfs (metadata written without device-mapper), e2fsprogs and
+  # xfsprogs above; its clients in cdp-client: psql and pg_amcheck (postgresql-client-15),
+  # pgbench (in Debian 12 shipped by the server package postgresql-15; no cluster is created on
+  # the host)
+  gdisk lvm2 postgresql-client-15 postgresql-15
 )
 
 missing=()
@@ -49,6 +55,12 @@ fi
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${missing[*]} " == *" postgresql-15 "* && ! -e /etc/postgresql-common/createcluster.d/cdp-no-main.conf ]]; then
+  # The host only needs pgbench from postgresql-15: no main cluster, no server on the host.
+  $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" |
+    $SUDO tee /etc/postgresql-common/createcluster.d/cdp-no-main.conf >/dev/null
+fi
 echo "install-deps: installing ${missing[*]}"
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
