@@ -140,6 +140,8 @@ def check_inside(vm, meta):
     assert out("ls /sys/bus/virtio/devices 2>/dev/null | wc -l; lsmod | grep -c virtio || true") \
         .split() == ["0", "0"]
     assert out("test -e /usr/sbin/sshd && echo sshd || echo none") == "none"
+    assert out("hostname; grep -c nameserver /etc/resolv.conf || true").split() == \
+        ["cdp-source", "0"]  # nothing of the build host's resolv.conf
     assert out(f"grep -c 'root=UUID={meta['root_fs_uuid']}' /boot/grub/grub.cfg") != "0"
     assert out("systemctl is-active postgresql@15-main cdp-test-service").split() == \
         ["active", "active"]
