@@ -2,12 +2,17 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <random>
 
+#include "cdp/agent/disk_filesystems.h"
+#include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
@@ -28,9 +33,11 @@ class CaptureOutput : public TraceOutput {
     return capture_->QueueRecords(records);
   }
   void RecordGap(const std::string& reason) override { capture_->RecordGap(reason); }
-  uint64_t AddPoint(v1::PointOrigin origin, const std::string& label) override {
-    return capture_->AddPoint(origin, label);
+  uint64_t AddPoint(v1::PointOrigin origin, const std::string& label,
+                    const v1::ConsistencyPoint* group) override {
+    return capture_->AddPoint(origin, label, group);
   }
+  uint64_t last_lsn() const override { return capture_->captured_lsn(); }
   uint64_t last_point_lsn() const override { return capture_->last_point_lsn(); }
   void OnResyncDone() override { capture_->OnResyncDone(); }
   bool WaitForSpace(uint64_t bytes, int timeout_ms) override {
@@ -43,6 +50,68 @@ class CaptureOutput : public TraceOutput {
   VolumeCapture* const capture_;
   Sender* const sender_;
 };
+
+// The watchdog's limit for a periodic freeze of freeze_limit_ms.
+int HardLimitMs(int freeze_limit_ms) {
+  return std::max(2 * freeze_limit_ms, freeze_limit_ms + 200);
+}
+
+std::string JoinPaths(const std::vector<std::string>& paths) {
+  std::string out;
+  for (const std::string& p : paths) out += (out.empty() ? "" : ", ") + p;
+  return out;
+}
+
+// --freeze's mount points, checked to be on the device (or on a device stacked on it: a
+// partition of the disk, LVM); "auto" resolved from /proc/self/mountinfo.
+Result<std::vector<std::string>> ResolveFreezePaths(const AgentOptions& o,
+                                                    const TracedDevice& dev) {
+  std::vector<std::string> paths = o.freeze_paths;
+  const bool automatic = std::find(paths.begin(), paths.end(), "auto") != paths.end();
+  if (automatic && paths.size() > 1) {
+    return Status::InvalidArgument("--freeze auto finds every filesystem on " + o.device +
+                                   "; pass either auto or mount points, not both");
+  }
+  auto mountinfo = ReadWholeFile("/proc/self/mountinfo");
+  if (!mountinfo.ok()) return mountinfo.status();
+  if (automatic) {
+    std::vector<std::string> skipped;
+    CDP_ASSIGN_OR_RETURN(auto found, FilesystemsOnDisk("/sys", *mountinfo, dev.name, &skipped));
+    paths.clear();
+    std::string described;
+    for (const DiskFilesystem& f : found) {
+      paths.push_back(f.mount_point);
+      described += (described.empty() ? "" : ", ") + f.mount_point + " (" + f.fs_type + " on " +
+                   f.device + ")";
+    }
+    std::string left_out;
+    for (const std::string& s : skipped) left_out += (left_out.empty() ? "" : ", ") + s;
+    CDP_LOG(info) << "cdp-agent: volume " << o.volume << ": --freeze auto on " << o.device << ": "
+                  << (paths.empty() ? std::string("no freezable filesystem is mounted from it, "
+                                                  "so no consistency points")
+                                    : "freezing " + described)
+                  << (left_out.empty() ? std::string() : "; left out: " + left_out);
+    return paths;
+  }
+  CDP_ASSIGN_OR_RETURN(auto devices, DevicesOnDisk("/sys", dev.name));
+  std::vector<dev_t> numbers;
+  for (const std::string& name : devices) {
+    auto text = ReadWholeFile("/sys/class/block/" + name + "/dev");
+    unsigned maj = 0, min = 0;
+    if (text.ok() && std::sscanf(text->c_str(), "%u:%u", &maj, &min) == 2) {
+      numbers.push_back(makedev(maj, min));
+    }
+  }
+  for (const std::string& path : paths) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 &&
+        std::find(numbers.begin(), numbers.end(), st.st_dev) != numbers.end()) {
+      continue;  // on the device or on a device stacked on it
+    }
+    CDP_RETURN_IF_ERROR(CheckFreezePath(path, dev.major, dev.minor, o.device));
+  }
+  return paths;
+}
 
 }  // namespace
 
@@ -157,9 +226,7 @@ void Agent::ServeSourceControl() {
   // GroupFreeze of helper "group" (issue 17 item 3), not in this tree yet: until it is wired
   // here, quiesce is refused with this reason; status, hashes, fence and release work.
   SourceControlDeps deps;
-  deps.volumes = {{options_.volume, options_.device,
-                   options_.freeze_path.empty() ? std::vector<std::string>{}
-                                                : std::vector<std::string>{options_.freeze_path}}};
+  deps.volumes = {{options_.volume, options_.device, options_.freeze_paths}};
   deps.no_freeze_reason =
       options_.trace ? "this cdp-agent has no held group freeze yet (GroupFreeze)"
                      : "an NBD-mode agent does not see the source's filesystems (quiesce a QEMU "
@@ -300,9 +367,7 @@ Status Agent::StartTrace() {
         "--nbd serves it to clients");
   }
   CDP_ASSIGN_OR_RETURN(TracedDevice dev, ResolveTracedDevice(o.device));
-  if (!o.freeze_path.empty()) {
-    CDP_RETURN_IF_ERROR(CheckFreezePath(o.freeze_path, dev.major, dev.minor, o.device));
-  }
+  CDP_ASSIGN_OR_RETURN(std::vector<std::string> freeze_paths, ResolveFreezePaths(o, dev));
   CDP_RETURN_IF_ERROR(PrepareStateDir());
   CDP_RETURN_IF_ERROR(LockVolume());
 
@@ -378,12 +443,13 @@ Status Agent::StartTrace() {
     CDP_RETURN_IF_ERROR(hashes_->InvalidateAll());
   }
 
-  std::unique_ptr<FsFreezer> freezer;
-  if (!o.freeze_path.empty()) {
+  std::vector<std::unique_ptr<FsFreezer>> freezers;
+  for (const std::string& path : freeze_paths) {
     FsFreezer::Options fo;
-    fo.mount_path = o.freeze_path;
-    fo.hard_limit_ms = std::max(2 * o.freeze_limit_ms, o.freeze_limit_ms + 200);
-    CDP_ASSIGN_OR_RETURN(freezer, FsFreezer::Start(fo));
+    fo.mount_path = path;
+    fo.hard_limit_ms = HardLimitMs(o.freeze_limit_ms);
+    CDP_ASSIGN_OR_RETURN(auto freezer, FsFreezer::Start(fo));
+    freezers.push_back(std::move(freezer));
   }
 
   // Tracing starts last: an error above leaves nothing enabled in tracefs.
@@ -435,8 +501,22 @@ Status Agent::StartTrace() {
   MakeSender(size, reader->logical_block_size());
   ServeSourceControl();
   sender_->SetCheckpointCallback([this](const std::string& label) -> Result<uint64_t> {
-    if (!trace_) return Status::Unavailable("volume " + state_.volume + ": tracing not started");
-    return trace_->Checkpoint(label, 8000);
+    GroupFreezeCycle* cycle = cycle_.load();
+    if (!trace_ || (cycle == nullptr && !trace_->Filesystems().empty())) {
+      return Status::Unavailable("volume " + state_.volume + ": tracing not started");
+    }
+    if (cycle == nullptr) CDP_RETURN_IF_ERROR(trace_->CanCheckpoint());  // says why not
+    CDP_ASSIGN_OR_RETURN(auto points, cycle->Checkpoint(label, 8000));
+    for (const FrozenVolume& p : points) {
+      if (p.volume == state_.volume) {
+        if (p.lsn == 0) {
+          return Status::Aborted("volume " + state_.volume +
+                                 ": the freeze made no point (nothing written yet)");
+        }
+        return p.lsn;
+      }
+    }
+    return Status::Internal("volume " + state_.volume + ": not a member of its freeze cycle");
   });
   capture_ = std::make_unique<VolumeCapture>(o.volume, std::move(capture_dev),
                                              std::move(capture_read_dev), sender_.get(),
@@ -449,7 +529,10 @@ Status Agent::StartTrace() {
   trace_output_ = std::make_unique<CaptureOutput>(capture_.get(), sender_.get());
   trace_ =
       std::make_unique<TraceCapture>(tco, trace_output_.get(), hashes_.get(), std::move(reader),
-                                     std::move(tracer), std::move(freezer), plan, lost_baseline);
+                                     std::move(tracer), std::move(freezers), plan, lost_baseline);
+  trace_->SetWakeCycle([this] {
+    if (GroupFreezeCycle* cycle = cycle_.load()) cycle->RunSoon();
+  });
   uint64_t offset = 0, length = 0;
   uint64_t carried = 0;
   while (saved_dirty.TakeRun(64ull << 20, &offset, &length)) {
@@ -462,12 +545,17 @@ Status Agent::StartTrace() {
   CDP_LOG(info) << "cdp-agent: tracing " << o.device << " (" << size << " bytes, "
                 << (dev.start_sector ? "partition of " + dev.disk_name : std::string("disk"))
                 << ") as volume " << o.volume << ", journal at " << o.server
-                << (o.freeze_path.empty() ? std::string(", no freezes (no consistency points)")
-                                          : ", freezing " + o.freeze_path + " every " +
-                                                std::to_string(o.checkpoint_interval_ms) + " ms")
+                << (freeze_paths.empty() ? std::string(", no freezes (no consistency points)")
+                                         : ", freezing " + JoinPaths(freeze_paths) + " every " +
+                                               std::to_string(o.checkpoint_interval_ms) + " ms")
                 << (resume ? ", resumed the trace of the last run" : "")
                 << (carried ? ", " + std::to_string(carried) + " dirty bytes carried over" : "");
   return Status::Ok();
+}
+
+FreezeMember* Agent::freeze_member() {
+  if (!trace_ || trace_->Filesystems().empty()) return nullptr;
+  return trace_.get();
 }
 
 Agent::~Agent() {
@@ -522,7 +610,29 @@ Status Agent::Stop() {
   return Status::Ok();
 }
 
+#if CDP_TEST_HOOKS
+void Agent::SaveStateInBackground() {
+  std::lock_guard<std::mutex> lock(test_savers_mu_);
+  AgentState copy = state_;
+  test_savers_.emplace_back([this, copy] {
+    Status s = SaveAgentState(options_.state_dir, copy);
+    if (s.ok()) test_saves_done_++;
+  });
+}
+#endif
+
 Status Agent::StopTrace() {
+#if CDP_TEST_HOOKS
+  {
+    std::lock_guard<std::mutex> lock(test_savers_mu_);
+    for (std::thread& t : test_savers_) t.join();
+    if (!test_savers_.empty()) {
+      CDP_LOG(info) << "cdp-agent: volume " << options_.volume
+                    << ": test hook: " << test_saves_done_.load() << " state saves during freezes";
+    }
+    test_savers_.clear();
+  }
+#endif
   capture_->BeginShutdown(options_.drain_ms);
   // The tracefs instance stays enabled: events keep accumulating for the next run.
   std::vector<Extent> unshipped = trace_->Stop();
@@ -545,6 +655,78 @@ Status Agent::StopTrace() {
                 << dirty.dirty_bytes() << " dirty bytes saved; tracing continues in "
                 << "tracefs until the next start)";
   return Status::Ok();
+}
+
+}  // namespace cdp::agent
+
+namespace cdp::agent {
+
+Result<std::unique_ptr<AgentProcess>> AgentProcess::Start(
+    const std::vector<AgentOptions>& volumes) {
+  std::unique_ptr<AgentProcess> process(new AgentProcess());
+  if (volumes.empty()) return Status::InvalidArgument("no volume to protect");
+  const auto group_of = [](const AgentOptions& o) { return o.group.empty() ? o.volume : o.group; };
+  const std::string group = group_of(volumes[0]);
+  for (const AgentOptions& o : volumes) {
+    if (group_of(o) != group) {
+      return Status::InvalidArgument(
+          "the volumes of one cdp-agent process are one consistency group: volume " +
+          volumes[0].volume + " is in group '" + group + "', volume " + o.volume + " in '" +
+          group_of(o) + "'; run one process per group");
+    }
+  }
+  GroupFreezeCycleOptions co;
+  co.group = volumes.size() > 1 ? group : std::string();
+  co.checkpoint_interval_ms = 0;
+  std::vector<FreezeMember*> members;
+  for (const AgentOptions& o : volumes) {
+    auto agent = Agent::Start(o);
+    if (!agent.ok()) {
+      (void)process->Stop();
+      if (volumes.size() == 1) return agent.status();
+      return agent.status().WithContext("volume " + o.volume);
+    }
+    if (FreezeMember* m = (*agent)->freeze_member()) {
+      members.push_back(m);
+      co.checkpoint_interval_ms =
+          co.checkpoint_interval_ms == 0
+              ? o.checkpoint_interval_ms
+              : std::min(co.checkpoint_interval_ms, o.checkpoint_interval_ms);
+      co.freeze_limit_ms =
+          members.size() == 1 ? o.freeze_limit_ms : std::max(co.freeze_limit_ms, o.freeze_limit_ms);
+      co.freeze_hold_ms = std::max(co.freeze_hold_ms, o.freeze_hold_ms);
+    }
+    process->agents_.push_back(std::move(*agent));
+  }
+  co.hard_limit_ms = HardLimitMs(co.freeze_limit_ms);
+  if (!members.empty()) {
+    process->cycle_ = std::make_unique<GroupFreezeCycle>(co, members);
+    for (auto& agent : process->agents_) agent->SetFreezeCycle(process->cycle_.get());
+    process->cycle_->Start();
+    if (members.size() > 1) {
+      std::string names;
+      for (FreezeMember* m : members) names += (names.empty() ? "" : ", ") + m->volume();
+      CDP_LOG(info) << "cdp-agent: group " << group << ": one freeze of " << names << " every "
+                    << co.checkpoint_interval_ms << " ms (limit " << co.freeze_limit_ms
+                    << " ms): one group point per freeze";
+    }
+  }
+  return process;
+}
+
+AgentProcess::~AgentProcess() { (void)Stop(); }
+
+Status AgentProcess::Stop() {
+  if (stopped_) return Status::Ok();
+  stopped_ = true;
+  if (cycle_) cycle_->Stop();
+  Status first = Status::Ok();
+  for (auto& agent : agents_) {
+    agent->SetFreezeCycle(nullptr);
+    Status s = agent->Stop();
+    if (!s.ok() && first.ok()) first = s.WithContext("volume " + agent->options().volume);
+  }
+  return first;
 }
 
 }  // namespace cdp::agent

@@ -265,7 +265,8 @@ Result<uint64_t> VolumeCapture::AddOperatorPoint(const std::string& label) {
   return lsn;
 }
 
-uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label) {
+uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& label,
+                                 const v1::ConsistencyPoint* group) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t lsn = last_lsn_.load();
   // A sync-done point replaces a point already at its LSN (same key in the journal): it is what
@@ -274,12 +275,17 @@ uint64_t VolumeCapture::AddPoint(v1::PointOrigin origin, const std::string& labe
   const bool sync_done = origin == v1::POINT_SYNC_DONE;
   // A labelled point (a trace-mode checkpoint) where a point already sits is still sent: the
   // journal adds its label to that point (merge_labels), so no label given is dropped.
-  const bool labelled = !label.empty() && lsn != 0;
+  const bool labelled = (!label.empty() || group != nullptr) && lsn != 0;
   if (!lsn_known_.load() || (lsn == 0 && !sync_done) ||
       (lsn == last_point_lsn_ && !sync_done && !labelled)) {
     return 0;
   }
   v1::ConsistencyPoint p;
+  if (group != nullptr) {
+    p.set_group(group->group());
+    p.set_group_point_id(group->group_point_id());
+    *p.mutable_group_members() = group->group_members();
+  }
   p.set_lsn(lsn);
   p.set_time_ns(NowNanos());
   p.set_origin(origin);

@@ -18,8 +18,9 @@ Result<std::unique_ptr<RemoteImageTarget>> RemoteImageTarget::Open(const std::st
                                                                    const AtSpec& at) {
   std::unique_ptr<RemoteImageTarget> t(new RemoteImageTarget());
   CDP_ASSIGN_OR_RETURN(t->client_, journal::ControlClient::Connect(server, 5000));
+  CDP_ASSIGN_OR_RETURN(AtSpec resolved, ResolveGroupPoint(t->client_.get(), volume, at));
   CDP_ASSIGN_OR_RETURN(v1::ImageOpenReply image,
-                       t->client_->OpenImage(volume, at.lsn, at.time_ns, kTimeoutMs));
+                       t->client_->OpenImage(volume, resolved.lsn, resolved.time_ns, kTimeoutMs));
   t->volume_ = volume;
   t->image_id_ = image.image_id();
   t->size_ = image.size_bytes();

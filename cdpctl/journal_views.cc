@@ -85,14 +85,34 @@ std::string PointLabels(const v1::ConsistencyPoint& p) {
 std::string PointsJson(const std::vector<v1::ConsistencyPoint>& points) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& p : points) {
-    out.push_back({{"lsn", p.lsn()},
-                   {"time", FormatRfc3339(p.time_ns())},
-                   {"origin", OriginName(p.origin())},
-                   {"label", p.label()},
-                   {"operator_labels", std::vector<std::string>(p.operator_labels().begin(),
-                                                                p.operator_labels().end())}});
+    nlohmann::json point = {
+        {"lsn", p.lsn()},
+        {"time", FormatRfc3339(p.time_ns())},
+        {"origin", OriginName(p.origin())},
+        {"label", p.label()},
+        {"operator_labels",
+         std::vector<std::string>(p.operator_labels().begin(), p.operator_labels().end())}};
+    if (p.group_point_id() != 0) {
+      nlohmann::json members = nlohmann::json::array();
+      for (const auto& m : p.group_members()) {
+        members.push_back({{"volume", m.volume()}, {"lsn", m.lsn()}});
+      }
+      point["group"] = p.group();
+      point["group_point_id"] = p.group_point_id();
+      point["group_members"] = members;
+    }
+    out.push_back(point);
   }
   return out.dump();
+}
+
+std::string GroupText(const v1::ConsistencyPoint& p) {
+  if (p.group_point_id() == 0) return "";
+  std::string text = "  [group " + p.group() + " point " + std::to_string(p.group_point_id()) + ":";
+  for (const auto& m : p.group_members()) {
+    text.append(" ").append(m.volume()).append("@").append(std::to_string(m.lsn()));
+  }
+  return text + "]";
 }
 
 std::string PointsTable(const std::vector<v1::ConsistencyPoint>& points) {
@@ -102,7 +122,7 @@ std::string PointsTable(const std::vector<v1::ConsistencyPoint>& points) {
     char line[160];
     snprintf(line, sizeof(line), "%-20llu %-31s %-9s ", static_cast<unsigned long long>(p.lsn()),
              FormatRfc3339(p.time_ns()).c_str(), OriginName(p.origin()).c_str());
-    o << line << PointLabels(p) << "\n";
+    o << line << PointLabels(p) << GroupText(p) << "\n";
   }
   o << points.size() << " point(s)\n";
   return o.str();

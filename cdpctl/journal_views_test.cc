@@ -40,6 +40,32 @@ TEST(JournalViews, PointsJsonNamesOriginsAndKeepsLabelsApart) {
             R"("origin":"operator","time":"2026-11-26T17:39:41.500000001Z"}])");
 }
 
+// Issue 17, item 3: a member of a group point names the group, its id and every member's LSN.
+TEST(JournalViews, PointsShowTheGroupPoint) {
+  v1::ConsistencyPoint p;
+  p.set_lsn(12);
+  p.set_time_ns(1795714781500000001ull);
+  p.set_origin(v1::POINT_FREEZE);
+  p.set_group("db01");
+  p.set_group_point_id(1764178781500000);
+  auto* m = p.add_group_members();
+  m->set_volume("db01-sda");
+  m->set_lsn(12);
+  m = p.add_group_members();
+  m->set_volume("db01-sdb");
+  m->set_lsn(40);
+  EXPECT_EQ(PointsTable({p}),
+            "LSN                  TIME (UTC)                      ORIGIN    LABEL\n"
+            "12                   2026-11-26T17:39:41.500000001Z  freeze      [group db01 point "
+            "1764178781500000: db01-sda@12 db01-sdb@40]\n"
+            "1 point(s)\n");
+  EXPECT_EQ(PointsJson({p}),
+            R"([{"group":"db01","group_members":[{"lsn":12,"volume":"db01-sda"},)"
+            R"({"lsn":40,"volume":"db01-sdb"}],"group_point_id":1764178781500000,"label":"",)"
+            R"("lsn":12,"operator_labels":[],"origin":"freeze",)"
+            R"("time":"2026-11-26T17:39:41.500000001Z"}])");
+}
+
 TEST(JournalViews, OriginNameOfAnUnknownOriginIsUnknown) {
   EXPECT_EQ(OriginName(v1::POINT_SYNC_DONE), "sync");
   EXPECT_EQ(OriginName(static_cast<v1::PointOrigin>(99)), "unknown");

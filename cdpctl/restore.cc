@@ -190,6 +190,17 @@ Result<AtSpec> ParseAt(std::string_view text, uint64_t now_ns) {
   auto digits = [](std::string_view s) {
     return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
   };
+  if (text.substr(0, 6) == "group:") {
+    const std::string_view id = text.substr(6);
+    if (!digits(id) || id.size() > 19 || std::stoull(std::string(id)) == 0) {
+      return Status::InvalidArgument("--at " + std::string(text) +
+                                     ": a group point's id is a positive number, as `cdpctl "
+                                     "points` shows it (group:1765100000123456)");
+    }
+    AtSpec at;
+    at.group_point_id = std::stoull(std::string(id));
+    return at;
+  }
   if (digits(text)) {
     if (text.size() > 19) return Status::InvalidArgument("--at " + std::string(text) + ": LSN too large");
     const uint64_t lsn = std::stoull(std::string(text));
@@ -318,13 +329,26 @@ Result<RestoreResult> RestoreQcow2(const RestoreOptions& o, std::ostream& progre
 
 }  // namespace
 
+Result<AtSpec> ResolveGroupPoint(journal::ControlClient* client, const std::string& volume,
+                                 const AtSpec& at) {
+  if (at.group_point_id == 0) return at;
+  CDP_ASSIGN_OR_RETURN(auto points, client->Points(volume, kTimeoutMs));
+  for (const auto& p : points) {
+    if (p.group_point_id() == at.group_point_id) return AtSpec{p.lsn(), 0, 0};
+  }
+  return Status::NotFound("volume " + volume + " has no point of group point " +
+                          std::to_string(at.group_point_id) + "; `cdpctl points --volume " +
+                          volume + "` lists its points and their group points");
+}
+
 Result<RestoreResult> Restore(const RestoreOptions& o, std::ostream& progress, bool progress_tty) {
   CDP_RETURN_IF_ERROR(CheckOutput(o));
   if (FormatForPath(o.output) == ImageFormat::kQcow2) return RestoreQcow2(o, progress, progress_tty);
   const auto started = std::chrono::steady_clock::now();
   CDP_ASSIGN_OR_RETURN(auto client, journal::ControlClient::Connect(o.server, 5000));
+  CDP_ASSIGN_OR_RETURN(AtSpec at, ResolveGroupPoint(client.get(), o.volume, o.at));
   CDP_ASSIGN_OR_RETURN(v1::ImageOpenReply image,
-                       client->OpenImage(o.volume, o.at.lsn, o.at.time_ns, kTimeoutMs));
+                       client->OpenImage(o.volume, at.lsn, at.time_ns, kTimeoutMs));
   struct CloseOnExit {
     journal::ControlClient* client;
     uint64_t id;

@@ -475,6 +475,13 @@ v1::ConsistencyPoint MergePoint(const v1::ConsistencyPoint& existing,
     add(incoming.label());
   }
   for (const auto& l : incoming.operator_labels()) add(l);
+  if (incoming.group_point_id() != 0) {
+    // A group freeze found this volume unchanged since its last point: that point is also the
+    // volume's member of the group point (the newest group point it belongs to).
+    out.set_group(incoming.group());
+    out.set_group_point_id(incoming.group_point_id());
+    *out.mutable_group_members() = incoming.group_members();
+  }
   out.clear_operator_labels();
   for (const auto& l : labels) {
     if (l != out.label()) out.add_operator_labels(l);

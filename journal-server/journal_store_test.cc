@@ -415,6 +415,30 @@ TEST(MergePoint, KeepsTheExistingPointAndEveryLabel) {
   EXPECT_EQ(over_op.operator_labels(0), "first") << "the replaced operator point's label";
 }
 
+// Issue 17, item 3: a group freeze of a volume unchanged since its last point sends a member
+// with merge_labels; the point kept there becomes that volume's member of the group point.
+TEST(MergePoint, AGroupMemberMarksTheExistingPoint) {
+  v1::ConsistencyPoint freeze = Point(7, v1::POINT_FREEZE, "");
+  v1::ConsistencyPoint member = Point(7, v1::POINT_FREEZE, "");
+  member.set_merge_labels(true);
+  member.set_group("db01");
+  member.set_group_point_id(1765000000000001);
+  auto* m = member.add_group_members();
+  m->set_volume("db01-sda");
+  m->set_lsn(7);
+  m = member.add_group_members();
+  m->set_volume("db01-sdb");
+  m->set_lsn(42);
+  v1::ConsistencyPoint merged = MergePoint(freeze, member);
+  EXPECT_EQ(merged.time_ns(), freeze.time_ns());
+  EXPECT_EQ(merged.group(), "db01");
+  EXPECT_EQ(merged.group_point_id(), 1765000000000001u);
+  ASSERT_EQ(merged.group_members_size(), 2);
+  EXPECT_EQ(merged.group_members(1).volume(), "db01-sdb");
+  EXPECT_EQ(merged.group_members(1).lsn(), 42u);
+  EXPECT_FALSE(merged.merge_labels());
+}
+
 TEST_F(JournalStoreTest, PreparePointsMergesWithTheBatchTheGroupAndTheJournal) {
   VolumeInfo a = Register("db01");
   CommitSample(a);  // a flush point at LSN 2

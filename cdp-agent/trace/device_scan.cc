@@ -56,8 +56,8 @@ Result<bool> TraceCapture::ScanStep() {
                   << scan_read_bytes_.load() << " bytes, sent " << scan_sent_bytes_.load()
                   << " bytes";
     output_->OnResyncDone();
-    // The next freeze cycle records the first consistency point after it.
-    next_freeze_ns_ = 0;
+    // The next freeze cycle records the first consistency point after it: now.
+    if (wake_cycle_) wake_cycle_();
     return true;
   }
   const uint64_t len = std::min(kScanChunk, size_ - cursor);

@@ -80,11 +80,11 @@ std::string FreezeStats::TakeSummary() {
   return out.str();
 }
 
-bool TraceCapture::MountHeld(const Status& mounted) {
+bool TraceCapture::MountHeld(const FsFreezer& freezer, const Status& mounted) {
   if (!mounted.IsNotFound()) {
     // Held (other errors are the freeze's to report).
     if (fs_unmounted_.exchange(false)) {
-      CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": " << freezer_->mount_path()
+      CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": " << freezer.mount_path()
                     << " holds the filesystem of " << tracer_->device().path
                     << " again; freezes (consistency points) resume";
     }
@@ -101,94 +101,128 @@ bool TraceCapture::MountHeld(const Status& mounted) {
 }
 
 Status TraceCapture::UnmountedError() const {
-  return Status::FailedPrecondition(
-      "volume " + options_.volume + ": " + freezer_->mount_path() +
-      " no longer holds the filesystem of " + tracer_->device().path +
-      " (unmounted?); no freeze point until it is mounted there again");
+  std::string paths;
+  for (const auto& f : freezers_) paths += (paths.empty() ? "" : ", ") + f->mount_path();
+  return Status::FailedPrecondition("volume " + options_.volume + ": " + paths +
+                                    " no longer holds the filesystem of " + tracer_->device().path +
+                                    " (unmounted?); no freeze point until it is mounted there "
+                                    "again");
 }
 
-void TraceCapture::FreezeCycle() {
-  if (!MountHeld(freezer_->CheckMounted())) return;
+std::vector<Freezable*> TraceCapture::Filesystems() {
+  std::vector<Freezable*> out;
+  for (const auto& f : freezers_) out.push_back(f.get());
+  return out;
+}
+
+Status TraceCapture::CanCheckpoint() {
+  if (stop_) {
+    return Status::Aborted("volume " + options_.volume + ": the agent is stopping; no checkpoint");
+  }
+  if (freezers_.empty()) {
+    return Status::FailedPrecondition(
+        "volume " + options_.volume +
+        ": trace mode without --freeze makes no consistency points; restart the agent with "
+        "--freeze MOUNTPOINT");
+  }
+  if (scan_pending()) {
+    return Status::FailedPrecondition(
+        "volume " + options_.volume +
+        ": a checksum resync of the device is in progress; the first point after it comes "
+        "when it finishes");
+  }
+  if (fs_unmounted_) return UnmountedError();
+  return Status::Ok();
+}
+
+bool TraceCapture::Prepare(int64_t deadline_ns) {
+  if (freezers_.empty() || !output_->lsn_known()) return false;
+  for (const auto& f : freezers_) {
+    if (!MountHeld(*f, f->CheckMounted())) return false;
+  }
+  // No freeze during a scan (an unmount is still noticed and reported, above).
+  if (scan_active_.load() || scan_restart_.load()) return false;
   // Pre-copy, so the freeze itself has little to do: write back the page cache without blocking
   // writers (syncfs), ship what that wrote until the residual set is small, and repeat while the
   // writeback still took long — each round leaves only what was dirtied during the previous one,
   // which is what FIFREEZE's own flush then has to write with the writers blocked.
-  const int64_t precopy_deadline = SteadyNanos() + 2'000'000'000;
   const uint64_t residual_target =
       ResidualTarget(output_->buffer_bytes(), read_bytes_per_ns_, options_.freeze_limit_ms);
   for (int round = 0; round < kMaxPrecopyRounds; ++round) {
     const int64_t t_sync = SteadyNanos();
-    Status synced = freezer_->SyncFs();
-    if (!MountHeld(synced)) return;
-    if (!synced.ok()) {
-      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << synced.ToString();
+    for (const auto& f : freezers_) {
+      Status synced = f->SyncFs();
+      if (!MountHeld(*f, synced)) return false;
+      if (!synced.ok()) {
+        CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": " << synced.ToString();
+      }
     }
     const int64_t sync_ns = SteadyNanos() - t_sync;
-    while (!stop_ && SteadyNanos() < precopy_deadline) {
+    while (!stop_ && SteadyNanos() < deadline_ns) {
       auto drained = tracer_->Drain(event_sink_);
-      if (!drained.ok()) return;
+      if (!drained.ok()) return false;
       if (map_.bytes() <= residual_target) break;
       if (!output_->WaitForSpace(options_.read_batch_bytes, 50)) continue;
       auto shipped = TakeAndShip(options_.read_batch_bytes);
-      if (!shipped.ok()) return;
+      if (!shipped.ok()) return false;
     }
-    if (stop_ || map_.bytes() > residual_target) return;  // too busy now; try next interval
+    if (stop_ || map_.bytes() > residual_target) return false;  // too busy now; next interval
     if (sync_ns < kQuickSyncNs) break;
   }
   // The residual set must fit in the send buffer while frozen: wait (unfrozen) for room first.
-  if (!output_->WaitForSpace(
-          2 * residual_target + kMaxExtentsPerBatch * kRecordCharge,
-          static_cast<int>(std::max<int64_t>(0, (precopy_deadline - SteadyNanos()) / 1'000'000)))) {
-    return;  // the journal-server is behind; try at the next interval
-  }
-  // Nothing reached the disk since the last point, even after writing back the page cache: the
-  // last point still describes the filesystem, and a freeze would only disturb the application.
-  const uint64_t events = events_.load();
-  if (events == events_at_last_point_ && map_.empty() && point_taken_once_) return;
+  return output_->WaitForSpace(
+      2 * residual_target + kMaxExtentsPerBatch * kRecordCharge,
+      static_cast<int>(std::max<int64_t>(0, (deadline_ns - SteadyNanos()) / 1'000'000)));
+}
 
-  const int64_t t0 = SteadyNanos();
-  const uint64_t limit_ns = uint64_t(options_.freeze_limit_ms) * 1000000;
-  Status frozen = freezer_->Freeze();
-  if (!MountHeld(frozen)) return;
-  if (!frozen.ok()) {
-    // Said once per episode (an operator's fsfreeze -f lasts many intervals).
-    if (!freeze_refused_) {
-      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume
-                       << ": no consistency point: " << frozen.ToString()
-                       << "; retrying every interval";
-    }
-    freeze_refused_ = true;
-    return;
+bool TraceCapture::ChangedSincePoint() {
+  // Nothing reached the disk since the last point, even after writing back the page cache.
+  return !(events_.load() == events_at_last_point_ && map_.empty() && point_taken_once_);
+}
+
+void TraceCapture::FreezeRefused(const Status& why) {
+  for (const auto& f : freezers_) {
+    if (!MountHeld(*f, f->CheckMounted())) return;
   }
-  if (freeze_refused_) {
-    CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": freezing works again";
-    freeze_refused_ = false;
+  // Said once per episode (an operator's fsfreeze -f lasts many intervals).
+  if (!freeze_refused_) {
+    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume
+                     << ": no consistency point: " << why.ToString() << "; retrying every interval";
   }
+  freeze_refused_ = true;
+}
+
+std::string TraceCapture::CaptureResidual(int64_t frozen_at_ns, int64_t limit_ns) {
+  // From here to OnThawed nothing may write to the state dir: it may be on a frozen filesystem.
+  defer_hash_writes_ = true;
   std::string abandon;
+  cycle_ = CycleFigures{};
+  cycle_.was_refused = freeze_refused_;  // "works again" is logged in Finish
+  freeze_refused_ = false;
+  cycle_.frozen_at_ns = frozen_at_ns;
+  auto ms = [](int64_t ns) { return std::to_string(static_cast<double>(ns) / 1e6); };
   const int64_t t_frozen = SteadyNanos();
-  auto ms = [](int64_t ns) { return static_cast<double>(ns) / 1e6; };
-  if (uint64_t(t_frozen - t0) > limit_ns) {
-    abandon = "FIFREEZE itself took " + std::to_string(ms(t_frozen - t0)) +
-              " ms: the filesystem's own flush";
+  if (t_frozen - frozen_at_ns > limit_ns) {
+    abandon =
+        "FIFREEZE itself took " + ms(t_frozen - frozen_at_ns) + " ms: the filesystem's own flush";
   }
   auto drained = tracer_->Drain(event_sink_);
   if (!drained.ok()) abandon = "reading trace events failed: " + drained.status().ToString();
   auto lost = tracer_->LostEvents();
-  if (abandon.empty() && (!lost.ok() || *lost > lost_seen_.load())) {
-    abandon = "events were lost";  // handled after the thaw
-  }
+  cycle_.lost = !lost.ok() || *lost > lost_seen_.load();
+  if (abandon.empty() && cycle_.lost) abandon = "events were lost";  // handled after the thaw
   if (abandon.empty() && scan_restart_.load()) {
     // The tracker saw a loss meanwhile: no point until the checksum resync it asked for is done.
     abandon = "a checksum resync is pending";
   }
-  const int64_t t_drained = SteadyNanos();
-  const uint64_t events_frozen = events_.load();  // every change the point will cover
+  cycle_.drained_ns = SteadyNanos();
+  cycle_.events_frozen = events_.load();  // every change the point will cover
   uint64_t residual = map_.bytes();
   // Reading the residual set must fit in what is left of the limit, at the read-back rate
   // measured so far.
   const double predicted_ns = static_cast<double>(residual) / read_bytes_per_ns_;
-  if (abandon.empty() &&
-      static_cast<double>(t_drained - t0) + predicted_ns > static_cast<double>(limit_ns)) {
+  if (abandon.empty() && static_cast<double>(cycle_.drained_ns - frozen_at_ns) + predicted_ns >
+                             static_cast<double>(limit_ns)) {
     abandon = "reading the residual " + std::to_string(residual) + " bytes would take ~" +
               std::to_string(predicted_ns / 1e6) + " ms";
   }
@@ -211,45 +245,64 @@ void TraceCapture::FreezeCycle() {
     }
     in_progress_bytes_ = 0;
   }
-  const int64_t t_read = SteadyNanos();
-#if CDP_TEST_HOOKS
-  if (options_.freeze_hold_ms > 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(options_.freeze_hold_ms));
-  }
-#endif
-  if (abandon.empty() && uint64_t(SteadyNanos() - t0) > limit_ns) {
-    abandon = "over the " + std::to_string(options_.freeze_limit_ms) + " ms limit";
-  }
-  Status thawed = freezer_->Thaw();
-  const uint64_t us = uint64_t(SteadyNanos() - t0) / 1000;
-  if (!thawed.ok()) {
-    abandon = thawed.ToString();
-    CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << thawed.ToString();
-  }
+  cycle_.residual = residual;
+  cycle_.read_ns = SteadyNanos();
+  return abandon;
+}
+
+void TraceCapture::OnThawed() {
+  if (!defer_hash_writes_.load()) return;
+  FlushDeferredInvalidations();
+  defer_hash_writes_ = false;
+}
+
+std::string TraceCapture::AfterThaw() {
   // A gap recorded since the scan stopped (events lost during this freeze) is closed only by a
   // freeze after the checksum resync it asked for: no point until that resync is done.
-  if (abandon.empty() && (scan_restart_.load() || scan_active_.load())) {
-    abandon = "history gap: a checksum resync of the device is pending";
+  if (scan_restart_.load() || scan_active_.load()) {
+    return "history gap: a checksum resync of the device is pending";
   }
-  uint64_t point = 0;
-  if (abandon.empty()) {
-    // Only this thread queues records, so the last LSN is still the one the frozen state
-    // ended at; the successful thaw proves the filesystem stayed frozen until now.
-    point = output_->AddPoint(v1::POINT_FREEZE, freeze_label_);
-    events_at_last_point_ = events_frozen;
-    point_taken_once_ = true;
+  return "";
+}
+
+uint64_t TraceCapture::RecordPoint(const std::string& label, const GroupPointMark* group) {
+  // Only the parked shipper queues records, so the last LSN is still the one the frozen state
+  // ended at; the successful thaw proves the filesystems stayed frozen until now.
+  v1::ConsistencyPoint fields;
+  if (group != nullptr) {
+    fields.set_group(group->group);
+    fields.set_group_point_id(group->id);
+    for (const FrozenVolume& m : group->members) {
+      auto* member = fields.add_group_members();
+      member->set_volume(m.volume);
+      member->set_lsn(m.lsn);
+    }
   }
-  freeze_stats_.Record(us, uint64_t(t_frozen - t0) / 1000, !abandon.empty());
+  const uint64_t point =
+      output_->AddPoint(v1::POINT_FREEZE, label, group != nullptr ? &fields : nullptr);
+  events_at_last_point_ = cycle_.events_frozen;
+  point_taken_once_ = true;
+  return point;
+}
+
+void TraceCapture::Finish(uint64_t frozen_us, uint64_t fifreeze_us, const std::string& abandon,
+                          uint64_t point_lsn) {
+  freeze_stats_.Record(frozen_us, fifreeze_us, !abandon.empty());
+  if (cycle_.was_refused) {
+    CDP_LOG(info) << "cdp-agent: volume " << options_.volume << ": freezing works again";
+  }
+  auto ms = [](int64_t ns) { return static_cast<double>(ns) / 1e6; };
   if (!abandon.empty()) {
     CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": freeze abandoned after "
-                     << us / 1000.0 << " ms (" << abandon << "); retrying at the next interval";
-    if (!lost.ok() || *lost > lost_seen_.load()) CheckLostEvents();
+                     << frozen_us / 1000.0 << " ms (" << abandon
+                     << "); retrying at the next interval";
+    if (cycle_.lost) CheckLostEvents();
   } else {
-    CDP_LOG(debug) << "cdp-agent: volume " << options_.volume << ": freeze " << us / 1000.0
-                   << " ms (FIFREEZE " << ms(t_frozen - t0) << " ms, drain "
-                   << ms(t_drained - t_frozen) << " ms, residual " << residual
-                   << " bytes read and queued in " << ms(t_read - t_drained)
-                   << " ms), point at LSN " << point;
+    CDP_LOG(debug) << "cdp-agent: volume " << options_.volume << ": freeze " << frozen_us / 1000.0
+                   << " ms (FIFREEZE " << fifreeze_us / 1000.0 << " ms, drain "
+                   << ms(cycle_.drained_ns - cycle_.frozen_at_ns) << " ms, residual "
+                   << cycle_.residual << " bytes read and queued in "
+                   << ms(cycle_.read_ns - cycle_.drained_ns) << " ms), point at LSN " << point_lsn;
   }
 }
 

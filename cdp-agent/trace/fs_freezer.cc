@@ -356,11 +356,11 @@ Status FsFreezer::SyncFs() {
   return Status::Ok();
 }
 
-Status FsFreezer::Freeze() {
+Status FsFreezer::Freeze(int hard_limit_ms) {
   const std::string& path = options_.mount_path;
   if (frozen_) return Status::FailedPrecondition(path + " is already frozen by this agent");
   CDP_ASSIGN_OR_RETURN(int fd, OpenChecked("freeze it"));
-  const int64_t deadline = MonotonicMs() + options_.hard_limit_ms;
+  const int64_t deadline = MonotonicMs() + hard_limit_ms;
   // The watchdog gets its own descriptor of the filesystem before the freeze, so that it can
   // thaw it whatever becomes of us.
   if (pipe_fd_ < 0 ||
@@ -372,6 +372,7 @@ Status FsFreezer::Freeze() {
   if (ioctl(fd, FIFREEZE, 0) == 0) {
     frozen_fd_ = fd;
     frozen_ = true;
+    limit_ms_ = hard_limit_ms;
     return Status::Ok();
   }
   const int err = errno;
@@ -392,6 +393,17 @@ Status FsFreezer::Freeze() {
   }
 }
 
+Status FsFreezer::ExtendHold(int hard_limit_ms) {
+  const std::string& path = options_.mount_path;
+  if (!frozen_) return Status::FailedPrecondition(path + " is not frozen by this agent");
+  if (SendAll(pipe_fd_, "E " + std::to_string(MonotonicMs() + hard_limit_ms) + "\n") != 0) {
+    return Status::Unavailable("thaw watchdog (pid " + std::to_string(watchdog_pid_) + ") is gone" +
+                               PeekExit(watchdog_pid_) + "; thaw " + path + " now");
+  }
+  limit_ms_ = hard_limit_ms;
+  return Status::Ok();
+}
+
 Status FsFreezer::Thaw() {
   const std::string& path = options_.mount_path;
   if (!frozen_) return Status::FailedPrecondition(path + " is not frozen by this agent");
@@ -400,14 +412,13 @@ Status FsFreezer::Thaw() {
     if (err != EINVAL) {
       // Still frozen as far as we know: stay armed so the watchdog thaws it at the hard limit.
       return Status::FromErrno(err, "FITHAW " + path + " (the watchdog thaws it within " +
-                                        std::to_string(options_.hard_limit_ms) + " ms)");
+                                        std::to_string(limit_ms_) + " ms)");
     }
     frozen_ = false;
     CloseFd(&frozen_fd_);
     (void)SendAll(pipe_fd_, "T\n");  // in case someone else thawed it and the watchdog is armed
     return Status::Aborted("freeze of " + path + " was cut short by the watchdog (hard limit " +
-                           std::to_string(options_.hard_limit_ms) +
-                           " ms): writes may have landed during it");
+                           std::to_string(limit_ms_) + " ms): writes may have landed during it");
   }
   frozen_ = false;
   CloseFd(&frozen_fd_);
@@ -484,6 +495,15 @@ struct WatchdogState {
       close_all();
       Disarm();
       return;
+    }
+    if (line.size() > 2 && line[0] == 'E' && line[1] == ' ' && fds.empty()) {
+      int64_t deadline = 0;
+      const char* end = line.data() + line.size();
+      auto [p, ec] = std::from_chars(line.data() + 2, end, deadline);
+      if (ec == std::errc() && p == end) {
+        if (armed) deadline_ms = deadline;  // not armed: the freeze it was for is over
+        return;
+      }
     }
     if (line.size() > 2 && line[0] == 'F' && line[1] == ' ') {
       int64_t deadline = 0;

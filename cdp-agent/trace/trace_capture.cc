@@ -28,14 +28,14 @@ int64_t TraceCapture::SteadyNanos() {
 
 TraceCapture::TraceCapture(TraceCaptureOptions options, TraceOutput* output, BlockHashStore* hashes,
                            std::unique_ptr<BlockDevice> reader, std::unique_ptr<BlockTracer> tracer,
-                           std::unique_ptr<FsFreezer> freezer, ScanPlan plan,
+                           std::vector<std::unique_ptr<FsFreezer>> freezers, ScanPlan plan,
                            uint64_t lost_events_baseline)
     : options_(std::move(options)),
       output_(output),
       hashes_(hashes),
       reader_(std::move(reader)),
       tracer_(std::move(tracer)),
-      freezer_(std::move(freezer)),
+      freezers_(std::move(freezers)),
       size_(output->size()),
       map_(output->size(), BlockHashStore::kBlockSize),
       scan_active_(plan.active),
@@ -49,16 +49,11 @@ TraceCapture::TraceCapture(TraceCaptureOptions options, TraceOutput* output, Blo
 TraceCapture::~TraceCapture() {
   stop_ = true;
   wake_cv_.notify_all();
-  {
-    std::lock_guard<std::mutex> lock(checkpoint_mu_);  // a waiting Checkpoint returns now
-    checkpoint_cv_.notify_all();
-  }
   if (tracker_.joinable()) tracker_.join();
   if (shipper_.joinable()) shipper_.join();
 }
 
 void TraceCapture::Start() {
-  next_freeze_ns_ = SteadyNanos() + int64_t{options_.checkpoint_interval_ms} * 1000000;
   tracker_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "trace-events");
     TrackerLoop();
@@ -75,23 +70,20 @@ void TraceCapture::Start() {
   // The agent itself must not keep the filesystem busy; its state files would (the root
   // filesystem is never unmounted while it runs, so state there is fine).
   struct stat state_st, root_st;
-  if (freezer_ && stat(hashes_->path().c_str(), &state_st) == 0 &&
-      state_st.st_dev == freezer_->fs_dev() &&
-      !(stat("/", &root_st) == 0 && root_st.st_dev == freezer_->fs_dev())) {
-    CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": the state dir ("
-                     << hashes_->path() << ") is on the filesystem at " << freezer_->mount_path()
-                     << ": its open files keep " << freezer_->mount_path()
-                     << " from being unmounted while the agent runs; use a --state-dir on "
-                     << "another filesystem";
+  for (const auto& freezer : freezers_) {
+    if (stat(hashes_->path().c_str(), &state_st) == 0 && state_st.st_dev == freezer->fs_dev() &&
+        !(stat("/", &root_st) == 0 && root_st.st_dev == freezer->fs_dev())) {
+      CDP_LOG(warning) << "cdp-agent: volume " << options_.volume << ": the state dir ("
+                       << hashes_->path() << ") is on the filesystem at " << freezer->mount_path()
+                       << ": its open files keep " << freezer->mount_path()
+                       << " from being unmounted while the agent runs; use a --state-dir on "
+                       << "another filesystem";
+    }
   }
 }
 
 std::vector<Extent> TraceCapture::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(checkpoint_mu_);  // a waiting Checkpoint returns now
-    stop_ = true;
-    checkpoint_cv_.notify_all();
-  }
+  stop_ = true;
   wake_cv_.notify_all();
   if (tracker_.joinable()) tracker_.join();
   if (shipper_.joinable()) shipper_.join();
@@ -104,8 +96,7 @@ std::vector<Extent> TraceCapture::Stop() {
     // Keep tracing while no agent runs: the next start resumes from the buffered events.
     tracer_->Detach();
   }
-  std::lock_guard<std::mutex> lock(checkpoint_mu_);  // see Checkpoint
-  freezer_.reset();
+  OnThawed();  // a freeze held at stop was thawed by the cycle's Stop
   return map_.TakeAll();
 }
 
@@ -127,10 +118,12 @@ void TraceCapture::OnJournalLoss() {
     pending_hashes_.clear();
     latest_lsn_.clear();
     ++hash_generation_;
-    Status s = hashes_->InvalidateAll();
-    if (!s.ok()) {
-      CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << s.ToString();
-    }
+  }
+  // Outside hash_mu_: the hash file may be on a frozen filesystem, and a freeze's read-back
+  // takes hash_mu_. An entry set meanwhile is for a record of the new generation: still true.
+  Status s = hashes_->InvalidateAll();
+  if (!s.ok()) {
+    CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << s.ToString();
   }
   skip_zero_ = false;
   scan_restart_ = true;
@@ -198,140 +191,77 @@ void TraceCapture::CheckLostEvents() {
   }
 }
 
-Result<uint64_t> TraceCapture::Checkpoint(const std::string& label, int timeout_ms) {
-  // Under checkpoint_mu_: Stop() sets stop_ and releases the freezer under it, so a request that
-  // comes in while the agent stops is refused rather than racing it.
-  std::unique_lock<std::mutex> lock(checkpoint_mu_);
-  const Status stopping =
-      Status::Aborted("volume " + options_.volume + ": the agent is stopping; no checkpoint");
-  if (stop_) return stopping;
-  if (!freezer_) {
-    return Status::FailedPrecondition(
-        "volume " + options_.volume +
-        ": trace mode without --freeze makes no consistency points; restart the agent with "
-        "--freeze MOUNTPOINT");
-  }
-  if (scan_pending()) {
-    return Status::FailedPrecondition(
-        "volume " + options_.volume +
-        ": a checksum resync of the device is in progress; the first point after it comes "
-        "when it finishes");
-  }
-  if (fs_unmounted_) return UnmountedError();
-  checkpoint_label_ = label;
-  checkpoint_seq_++;
-  checkpoint_done_ = false;
-  checkpoint_wanted_ = true;
-  if (!checkpoint_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                               [&] { return checkpoint_done_ || stop_.load(); }) ||
-      !checkpoint_done_) {
-    checkpoint_wanted_ = false;
-    if (stop_) return stopping;
-    return Status::TimedOut("volume " + options_.volume + ": no freeze within " +
-                            std::to_string(timeout_ms) + " ms");
-  }
-  return checkpoint_result_;
-}
-
 void TraceCapture::OnEventsLost(const std::string& reason) {
   output_->RecordGap(reason + "; checksum resync of the whole device");
   scan_restart_ = true;
   wake_cv_.notify_all();
 }
 
+void TraceCapture::Park() {
+  park_wanted_ = true;
+  park_mu_.lock();
+  park_wanted_ = false;
+}
+
 void TraceCapture::ShipperLoop() {
   while (!stop_) {
-    if (!output_->lsn_known()) {
-      Wait(20);
-      continue;
+    while (park_wanted_.load() && !stop_) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-    ApplyDurableHashes();
-    MaybeLogFreezeSummary();
-    if (SteadyNanos() >= next_trim_ns_) {
-      next_trim_ns_ = SteadyNanos() + 10'000'000'000;
-      hashes_->TrimResident();
+    int wait_ms;
+    {
+      std::lock_guard<std::mutex> parked(park_mu_);
+      wait_ms = ShipOnce();
     }
-    if (scan_restart_.exchange(false)) {
-      scan_cursor_ = 0;
-      if (!scan_active_.exchange(true)) {
-        CDP_LOG(info) << "cdp-agent: volume " << options_.volume
-                      << ": checksum resync of the whole device (" << size_ << " bytes)";
-      }
-    }
-    const bool checkpoint = checkpoint_wanted_.load();
-    if (freezer_ && scan_active_.load() && SteadyNanos() >= next_freeze_ns_) {
-      // No freeze during a scan, but an unmount is still noticed and reported.
-      MountHeld(freezer_->CheckMounted());
-      next_freeze_ns_ = SteadyNanos() + int64_t{options_.checkpoint_interval_ms} * 1000000;
-    }
-    if (freezer_ && !scan_active_.load() && (checkpoint || SteadyNanos() >= next_freeze_ns_)) {
-      const int64_t start = SteadyNanos();
-      const int64_t interval = int64_t{options_.checkpoint_interval_ms} * 1000000;
-      if (checkpoint) {
-        std::lock_guard<std::mutex> lock(checkpoint_mu_);
-        freeze_label_ = checkpoint_label_;
-        checkpoint_taken_seq_ = checkpoint_seq_;
-        checkpoint_wanted_ = false;
-      }
-      const uint64_t point_before = output_->last_point_lsn();
-      FreezeCycle();
-      if (checkpoint) {
-        const uint64_t point = output_->last_point_lsn();
-        std::lock_guard<std::mutex> lock(checkpoint_mu_);
-        freeze_label_.clear();
-        if (point != point_before ||
-            (events_.load() == events_at_last_point_ && map_.empty() && point != 0)) {
-          checkpoint_result_ = point;  // a new freeze point, or nothing changed since the last
-        } else if (fs_unmounted_) {
-          checkpoint_result_ = UnmountedError();
-        } else {
-          checkpoint_result_ = Status::Aborted(
-              "volume " + options_.volume +
-              ": the freeze for the checkpoint was abandoned or put off (the agent's log says "
-              "why); try again");
-        }
-        // A request that timed out meanwhile gets nothing: only the one this cycle was for.
-        checkpoint_done_ = checkpoint_taken_seq_ == checkpoint_seq_;
-        checkpoint_cv_.notify_all();
-      }
-      // One interval from the start, but at least 200 ms (or the interval) after the end: a
-      // cycle that gave up (busy) must not starve the read-back of what it left in the map.
-      next_freeze_ns_ =
-          std::max(start + interval, SteadyNanos() + std::min<int64_t>(interval, 200'000'000));
-      continue;
-    }
-    const uint64_t batch = options_.read_batch_bytes;
-    // Rate-aware read-back: let changes settle for a moment unless a batch's worth is waiting —
-    // a block rewritten meanwhile is read once, and reads, records and acks go in fewer, larger
-    // rounds. The wait is a small part of the lag; a freeze reads its residual set at once.
-    const uint64_t since = map_.dirty_since_ns();
-    const bool settled = since != 0 && (map_.bytes() >= batch / 4 ||
-                                        NowNanos() - since >= kSettleNs || scan_active_.load());
-    if (settled) {
-      if (!output_->WaitForSpace(batch + kMaxExtentsPerBatch * kRecordCharge, 50)) continue;
-      auto shipped = TakeAndShip(batch);
-      if (!shipped.ok()) {
-        CDP_LOG(error) << "cdp-agent: volume " << options_.volume
-                       << ": read-back failed: " << shipped.status().ToString()
-                       << "; retrying in 1 s";
-        Wait(1000);
-      }
-      continue;
-    }
-    if (scan_active_.load()) {
-      auto stepped = ScanStep();
-      if (!stepped.ok()) {
-        CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": device scan at offset "
-                       << scan_cursor_.load() << ": " << stepped.status().ToString()
-                       << "; retrying in 1 s";
-        Wait(1000);
-      } else if (!*stepped) {
-        output_->WaitForSpace(kScanChunk + 1024, 100);
-      }
-      continue;
-    }
-    Wait(map_.empty() ? 50 : 10);
+    if (wait_ms > 0) Wait(wait_ms);
   }
+}
+
+int TraceCapture::ShipOnce() {
+  if (!output_->lsn_known()) return 20;
+  ApplyDurableHashes();
+  MaybeLogFreezeSummary();
+  if (SteadyNanos() >= next_trim_ns_) {
+    next_trim_ns_ = SteadyNanos() + 10'000'000'000;
+    hashes_->TrimResident();
+  }
+  if (scan_restart_.exchange(false)) {
+    scan_cursor_ = 0;
+    if (!scan_active_.exchange(true)) {
+      CDP_LOG(info) << "cdp-agent: volume " << options_.volume
+                    << ": checksum resync of the whole device (" << size_ << " bytes)";
+    }
+  }
+  const uint64_t batch = options_.read_batch_bytes;
+  // Rate-aware read-back: let changes settle for a moment unless a batch's worth is waiting —
+  // a block rewritten meanwhile is read once, and reads, records and acks go in fewer, larger
+  // rounds. The wait is a small part of the lag; a freeze reads its residual set at once.
+  const uint64_t since = map_.dirty_since_ns();
+  const bool settled = since != 0 && (map_.bytes() >= batch / 4 ||
+                                      NowNanos() - since >= kSettleNs || scan_active_.load());
+  if (settled) {
+    if (!output_->WaitForSpace(batch + kMaxExtentsPerBatch * kRecordCharge, 50)) return 0;
+    auto shipped = TakeAndShip(batch);
+    if (!shipped.ok()) {
+      CDP_LOG(error) << "cdp-agent: volume " << options_.volume
+                     << ": read-back failed: " << shipped.status().ToString()
+                     << "; retrying in 1 s";
+      return 1000;
+    }
+    return 0;
+  }
+  if (scan_active_.load()) {
+    auto stepped = ScanStep();
+    if (!stepped.ok()) {
+      CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": device scan at offset "
+                     << scan_cursor_.load() << ": " << stepped.status().ToString()
+                     << "; retrying in 1 s";
+      return 1000;
+    }
+    if (!*stepped) output_->WaitForSpace(kScanChunk + 1024, 100);
+    return 0;
+  }
+  return map_.empty() ? 50 : 10;
 }
 
 Result<uint64_t> TraceCapture::TakeAndShip(uint64_t max_bytes) {
@@ -397,8 +327,15 @@ Result<uint64_t> TraceCapture::ShipExtents(const std::vector<Extent>& extents) {
 
 uint64_t TraceCapture::QueueContent(uint64_t offset, const char* data, uint64_t length,
                                     std::vector<uint64_t> hashes) {
-  // Entries become unknown before the records exist: see block_hashes.h.
-  Status inv = hashes_->Invalidate(offset, length);
+  // Entries become unknown before the records exist: see block_hashes.h. While frozen, in
+  // memory first (the hash file may be on the frozen filesystem), written at the thaw.
+  Status inv = Status::Ok();
+  if (defer_hash_writes_.load()) {
+    std::lock_guard<std::mutex> lock(hash_mu_);
+    deferred_invalidations_.push_back({offset, length});
+  } else {
+    inv = hashes_->Invalidate(offset, length);
+  }
   if (!inv.ok()) {
     CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << inv.ToString();
     return length;
@@ -443,7 +380,18 @@ uint64_t TraceCapture::QueueContent(uint64_t offset, const char* data, uint64_t 
   return length - (records[queued].offset - offset);
 }
 
+void TraceCapture::FlushDeferredInvalidations() {
+  std::lock_guard<std::mutex> lock(hash_mu_);
+  for (const Extent& e : deferred_invalidations_) {
+    Status s = hashes_->Invalidate(e.offset, e.length);
+    if (!s.ok()) CDP_LOG(error) << "cdp-agent: volume " << options_.volume << ": " << s.ToString();
+  }
+  deferred_invalidations_.clear();
+}
+
 void TraceCapture::ApplyDurableHashes() {
+  // Not while frozen: the hash file may be on the frozen filesystem (OnThawed ends it).
+  if (defer_hash_writes_.load()) return;
   const uint64_t durable = output_->durable_lsn();
   std::lock_guard<std::mutex> lock(hash_mu_);
   while (!pending_hashes_.empty() && pending_hashes_.front().lsn <= durable) {

@@ -13,7 +13,8 @@ namespace {
 
 ExitCode RunExport(const Args& args) {
   if (args.volume.empty() || args.at.empty() || args.nbd.empty()) {
-    return Usage("export needs --volume NAME, --at TIME|LSN and --nbd unix:PATH|tcp:HOST:PORT");
+    return Usage(
+        "export needs --volume NAME, --at TIME|LSN|group:ID and --nbd unix:PATH|tcp:HOST:PORT");
   }
   auto spec = ParseAt(args.at, NowNanos());
   if (!spec.ok()) return Usage(spec.status().message());
@@ -42,7 +43,7 @@ ExitCode RunExport(const Args& args) {
 
 const Command kExportCommand = {
     "export", true,
-    "  cdpctl --server tcp://HOST:PORT export --volume NAME --at TIME|LSN\n"
+    "  cdpctl --server tcp://HOST:PORT export --volume NAME --at TIME|LSN|group:ID\n"
     "                                         --nbd unix:PATH|tcp:HOST:PORT\n"
     "      serves the volume as it was at that point (chosen as for restore) read-only over NBD,\n"
     "      export name NAME, until SIGINT/SIGTERM: mount it (nbd-client, qemu-nbd), boot it or\n"

@@ -42,8 +42,11 @@ const Command kPointsCommand = {
     "points", true,
     "  cdpctl --server tcp://HOST:PORT points --volume NAME [--json]\n"
     "      the volume's consistency points, oldest first: LSN, time (UTC), origin (flush,\n"
-    "      freeze, operator, cutover, sync) and labels; --json: [{\"lsn\", \"time\",\n"
-    "      \"origin\", \"label\", \"operator_labels\"}]\n",
+    "      freeze, operator, cutover, sync) and labels, and for a member of a group point (one\n"
+    "      freeze of every volume of an agent's group) [group NAME point ID: VOLUME@LSN ...];\n"
+    "      --json: [{\"lsn\", \"time\", \"origin\", \"label\", \"operator_labels\"}], with\n"
+    "      \"group\", \"group_point_id\", \"group_members\": [{\"volume\", \"lsn\"}] for a "
+    "member\n",
     RunPoints};
 
 const Command kCheckpointCommand = {

@@ -15,7 +15,7 @@ namespace {
 
 ExitCode RunRestore(const Args& args) {
   if (args.volume.empty() || args.at.empty() || args.output.empty()) {
-    return Usage("restore needs --volume NAME, --at TIME|LSN and --output PATH");
+    return Usage("restore needs --volume NAME, --at TIME|LSN|group:ID and --output PATH");
   }
   auto spec = ParseAt(args.at, NowNanos());
   if (!spec.ok()) return Usage(spec.status().message());
@@ -39,12 +39,14 @@ ExitCode RunRestore(const Args& args) {
 
 const Command kRestoreCommand = {
     "restore", true,
-    "  cdpctl --server tcp://HOST:PORT restore --volume NAME --at TIME|LSN --output PATH\n"
+    "  cdpctl --server tcp://HOST:PORT restore --volume NAME --at TIME|LSN|group:ID --output PATH\n"
     "                                          [--force]\n"
     "      writes the volume as it was at the latest consistency point at or before TIME or LSN\n"
     "      (an integer is an LSN; TIME is RFC 3339, e.g. 2026-11-26T17:39:40Z, or relative:\n"
-    "      -90s, -15m, -2h, -1d) to PATH: qcow2 when PATH ends in .qcow2, raw otherwise, sparse,\n"
-    "      with progress on stderr. An existing PATH is refused without --force. A point inside\n"
+    "      -90s, -15m, -2h, -1d), or at the volume's member of a group point (--at group:ID,\n"
+    "      the id `cdpctl points` shows) to PATH: qcow2 when PATH ends in .qcow2, raw otherwise,\n"
+    "      sparse, with progress on stderr. An existing PATH is refused without --force. A point "
+    "inside\n"
     "      a history gap is refused, naming the nearest restorable points. The file appears\n"
     "      under PATH only once complete and synced (docs/restore.md)\n",
     RunRestore};

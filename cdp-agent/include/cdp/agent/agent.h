@@ -18,11 +18,16 @@
 //                          differs from the block hashes are sent)
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "cdp/agent/agent_state.h"
 #include "cdp/agent/dirty_bitmap.h"
+#include "cdp/agent/group_freeze_cycle.h"
 #include "cdp/agent/sender.h"
 #include "cdp/agent/source_control_service.h"
 #include "cdp/agent/sync_engine.h"
@@ -66,9 +71,16 @@ struct AgentOptions {
   // that replaces a dead host.
   bool take_over = false;
 
+  // The consistency group (DESIGN.md §3): the volumes of one process are one group, whose
+  // freezes are group points. Empty: the volume's name.
+  std::string group;
+
   // Trace mode.
   bool trace = false;
-  std::string freeze_path;  // empty: no freezes, no consistency points
+  // Mount points of the filesystems on the device to freeze for consistency points, or the one
+  // entry "auto": every freezable filesystem mounted from the device or a device stacked on it
+  // (disk_filesystems.h). Empty: no freezes, no consistency points.
+  std::vector<std::string> freeze_paths;
   int checkpoint_interval_ms = 1000;
   int freeze_limit_ms = 200;
   uint32_t trace_buffer_kb = 4096;
@@ -88,6 +100,21 @@ class Agent {
   Status Stop();
 
   std::string nbd_address() const { return nbd_ ? nbd_->bound_address() : std::string(); }
+
+  // Trace mode with filesystems to freeze: the volume's member of the process's freeze cycle;
+  // null otherwise.
+  FreezeMember* freeze_member();
+  const AgentOptions& options() const { return options_; }
+  // Routes the volume's checkpoints (`cdpctl checkpoint`) to the process's freeze cycle, and the
+  // end of a device scan to it. Before that, checkpoints are refused as Unavailable. The cycle
+  // outlives the agent's running (AgentProcess stops it first).
+  void SetFreezeCycle(GroupFreezeCycle* cycle) { cycle_ = cycle; }
+
+#if CDP_TEST_HOOKS
+  // Test builds: saves the state file on a thread of its own now (joined at Stop), as a state
+  // save racing a freeze would; the number of saves done so far is logged at stop.
+  void SaveStateInBackground();
+#endif
 
  private:
   explicit Agent(AgentOptions options) : options_(std::move(options)) {}
@@ -117,8 +144,46 @@ class Agent {
   std::unique_ptr<BlockHashStore> hashes_;
   std::unique_ptr<TraceOutput> trace_output_;  // capture_ over sender_, for trace_
   std::unique_ptr<TraceCapture> trace_;
+  std::atomic<GroupFreezeCycle*> cycle_{nullptr};
+#if CDP_TEST_HOOKS
+  std::mutex test_savers_mu_;
+  std::vector<std::thread> test_savers_;  // GUARDED_BY(test_savers_mu_)
+  std::atomic<int> test_saves_done_{0};
+#endif
   int lock_fd_ = -1;
   int volume_lock_fd_ = -1;
+  bool stopped_ = false;
+};
+
+// The agent process: one Agent per volume, and the freeze cycle of those in trace mode with
+// filesystems to freeze — a group of one for a volume alone, a group point across all of them
+// otherwise (group_freeze_cycle.h). Stop() stops the cycle (thawing a held freeze) before the
+// volumes.
+class AgentProcess {
+ public:
+  // Starts every volume in order (an error stops those already started and names the volume),
+  // then the freeze cycle. The volumes must share one group name (else InvalidArgument). The
+  // cycle runs every min(checkpoint_interval_ms) with max(freeze_limit_ms) of the volumes.
+  static Result<std::unique_ptr<AgentProcess>> Start(const std::vector<AgentOptions>& volumes);
+  ~AgentProcess();
+
+  // Stops the freeze cycle, then every volume (Agent::Stop); the first error.
+  Status Stop();
+
+  // The process's GroupFreeze (the cutover's held freeze); null when no volume freezes.
+  GroupFreeze* group_freeze() { return cycle_.get(); }
+
+#if CDP_TEST_HOOKS
+  // Test builds: Agent::SaveStateInBackground of every volume.
+  void SaveStatesInBackground() {
+    for (auto& agent : agents_) agent->SaveStateInBackground();
+  }
+#endif
+
+ private:
+  AgentProcess() = default;
+  std::vector<std::unique_ptr<Agent>> agents_;
+  std::unique_ptr<GroupFreezeCycle> cycle_;
   bool stopped_ = false;
 };
 

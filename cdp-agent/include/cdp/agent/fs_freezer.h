@@ -21,10 +21,11 @@
 //
 // Wire between agent and watchdog (one line each, ASCII): watchdog -> agent "R\n" once, when it
 // is ready; agent -> watchdog "F <deadline_ms_monotonic>\n" before a freeze, sent in one
-// sendmsg with exactly one descriptor of the filesystem attached, and "T\n" after the thaw (or
-// after a FIFREEZE that failed). A descriptor belongs to the line its bytes arrived in. Unknown
-// lines, and an "F" without a descriptor, are logged and ignored (descriptors that came with them
-// are closed).
+// sendmsg with exactly one descriptor of the filesystem attached, "E <deadline_ms_monotonic>\n"
+// to move the deadline of the freeze in progress (a held freeze's lease, ExtendHold; ignored when
+// not armed), and "T\n" after the thaw (or after a FIFREEZE that failed). A descriptor belongs to
+// the line its bytes arrived in. Unknown lines, and an "F" without a descriptor, are logged and
+// ignored (descriptors that came with them are closed).
 //
 // The agent writes with MSG_NOSIGNAL: FsFreezer never raises SIGPIPE and changes no signal
 // disposition of the agent process.
@@ -52,7 +53,24 @@ namespace cdp::agent {
 Status CheckFreezePath(const std::string& path, uint32_t major, uint32_t minor,
                        const std::string& device_path);
 
-class FsFreezer {
+// A filesystem that can be frozen and thawed: what a freeze cycle (group_freeze_cycle.h) needs
+// of FsFreezer, so that a test can fake it. One thread uses it at a time.
+class Freezable {
+ public:
+  virtual ~Freezable() = default;
+  // FIFREEZE, with the thaw watchdog armed to thaw after hard_limit_ms (FsFreezer::Freeze).
+  virtual Status Freeze(int hard_limit_ms) = 0;
+  // Moves the watchdog's deadline to hard_limit_ms from now. REQUIRES: frozen().
+  virtual Status ExtendHold(int hard_limit_ms) = 0;
+  // FITHAW (FsFreezer::Thaw).
+  virtual Status Thaw() = 0;
+  virtual bool frozen() const = 0;
+  virtual const std::string& mount_path() const = 0;
+  // Which filesystem (its st_dev): two freezers of one filesystem freeze it once.
+  virtual dev_t fs_dev() const = 0;
+};
+
+class FsFreezer : public Freezable {
  public:
   struct Options {
     std::string mount_path;
@@ -85,18 +103,24 @@ class FsFreezer {
   // is disarmed again and nothing is thawed. Unavailable when the watchdog is gone (nothing is
   // frozen then). NotSupported naming the filesystem type when it cannot be frozen.
   // REQUIRES: !frozen() (else FailedPrecondition).
-  Status Freeze();
+  Status Freeze() { return Freeze(options_.hard_limit_ms); }
+  // Freeze with the watchdog's limit set to hard_limit_ms instead of Options::hard_limit_ms (a
+  // held freeze: GroupFreeze::FreezeAndHold).
+  Status Freeze(int hard_limit_ms) override;
+  // Tells the watchdog to thaw hard_limit_ms from now instead. FailedPrecondition when not
+  // frozen; Unavailable when the watchdog is gone (it can no longer thaw: thaw now).
+  Status ExtendHold(int hard_limit_ms) override;
   // FITHAW, then disarms the watchdog and closes the descriptor. EINVAL (not frozen: the
   // watchdog already thawed) is reported as Aborted so the caller knows its freeze was cut short.
   // On any other FITHAW error frozen() stays true, the descriptor stays open and the watchdog
   // stays armed, so it still thaws at the hard limit. REQUIRES: frozen() (else
   // FailedPrecondition).
-  Status Thaw();
+  Status Thaw() override;
 
-  bool frozen() const { return frozen_; }
-  const std::string& mount_path() const { return options_.mount_path; }
+  bool frozen() const override { return frozen_; }
+  const std::string& mount_path() const override { return options_.mount_path; }
   // The filesystem this freezer freezes: st_dev of mount_path at Start.
-  dev_t fs_dev() const { return fs_dev_; }
+  dev_t fs_dev() const override { return fs_dev_; }
   pid_t watchdog_pid() const { return watchdog_pid_; }
 
  private:
@@ -107,6 +131,7 @@ class FsFreezer {
   Options options_;
   dev_t fs_dev_ = 0;    // st_dev of mount_path at Start: the filesystem this freezer freezes
   int frozen_fd_ = -1;  // the filesystem, open from Freeze to Thaw only
+  int limit_ms_ = 0;    // the watchdog's limit of the freeze in progress
   int pipe_fd_ = -1;    // the agent's end of the socket pair to the watchdog
   pid_t watchdog_pid_ = -1;
   bool frozen_ = false;

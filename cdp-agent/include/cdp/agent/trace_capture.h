@@ -15,16 +15,24 @@
 // differs from the BlockHashStore (what the journal durably holds). Writes during the scan are
 // tracked as usual, so the copy converges while the filesystem is written.
 //
-// Freeze cycle (with a freezer): every checkpoint interval, once no scan runs: syncfs (writeback
-// without blocking writers), pre-copy until the map is small, then FIFREEZE, drain the events,
-// check that none was lost, read back the residual set, queue it, FITHAW; only when the thaw
-// proves the filesystem stayed frozen is a consistency point (POINT_FREEZE) recorded at the last
-// LSN. A freeze that would exceed freeze_limit_ms, or whose residual set does not fit in the
-// Sender buffer, is abandoned: thawed at once, no point, retried at the next interval.
+// Freeze cycle (with freezers: the filesystems on the device, --freeze): TraceCapture is a
+// FreezeMember (group_freeze_cycle.h) and the agent's GroupFreezeCycle drives it, alone or with
+// the process's other volumes: every checkpoint interval, once no scan runs: syncfs (writeback
+// without blocking writers), pre-copy until the map is small, then FIFREEZE of every filesystem,
+// drain the events, check that none was lost, read back the residual set, queue it, FITHAW; only
+// when the thaw proves the filesystems stayed frozen is a consistency point (POINT_FREEZE)
+// recorded at the last LSN. A freeze that would exceed freeze_limit_ms, or whose residual set
+// does not fit in the Sender buffer, is abandoned: thawed at once, no point, retried at the next
+// interval. The cycle thread runs these phases while the shipper is parked (Park/Unpark: the
+// shipper holds park_mu_ for each batch of work and lets go between them).
+//
+// While frozen, nothing here writes to the state dir (which may be on the frozen filesystem):
+// the block hashes of the residual set are invalidated in memory and written once thawed
+// (DeferHashWrites), and nothing is logged.
 //
 // Unmounting: the freezer holds the filesystem only for a syncfs and during a freeze, so it can
-// be unmounted while the agent runs. Every interval (during a device scan too) the shipper checks
-// that the --freeze path still holds the filesystem; while it does not (unmounted, or another
+// be unmounted while the agent runs. Every interval (during a device scan too) the cycle checks
+// that each --freeze path still holds its filesystem; while one does not (unmounted, or another
 // filesystem mounted there) there are no freezes and so no consistency points, block writes to
 // the device are still captured (fsck, dd), the change is logged once each way and reported
 // (TraceStats.freeze_fs_unmounted), and freezing resumes once the same filesystem is mounted
@@ -43,7 +51,9 @@
 //   fs_freezer.{h,cc}     FIFREEZE/FITHAW with the thaw watchdog            (FsFreezer)
 //   trace_capture.cc      the two threads, read-back, hashes, reports       (TraceCapture)
 //   device_scan.{h,cc}    the device scan: PlanScanChunk, TraceCapture::ScanStep
-//   freeze_cycle.{h,cc}   the freeze cycle: ResidualTarget, FreezeStats, TraceCapture::FreezeCycle
+//   freeze_cycle.{h,cc}   the freeze cycle's parts: ResidualTarget, FreezeStats, and
+//                         TraceCapture's FreezeMember phases
+//   group_freeze_cycle.{h,cc}  the cycle that drives them, for one volume or a group
 //
 // Thread-safety: public methods are thread-safe.
 #pragma once
@@ -52,6 +62,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -66,6 +77,7 @@
 #include "cdp/agent/extent_map.h"
 #include "cdp/agent/freeze_cycle.h"
 #include "cdp/agent/fs_freezer.h"
+#include "cdp/agent/group_freeze_cycle.h"
 #include "cdp/core/block_device.h"
 #include "cdp/core/record.h"
 
@@ -92,8 +104,11 @@ class TraceOutput {
   // (VolumeCapture::RecordGap).
   virtual void RecordGap(const std::string& reason) = 0;
   // Records a consistency point at the last LSN handed out and returns that LSN, 0 when none
-  // (VolumeCapture::AddPoint).
-  virtual uint64_t AddPoint(v1::PointOrigin origin, const std::string& label) = 0;
+  // (VolumeCapture::AddPoint). `group`, when not null, holds a group point's fields to copy.
+  virtual uint64_t AddPoint(v1::PointOrigin origin, const std::string& label,
+                            const v1::ConsistencyPoint* group) = 0;
+  // The last LSN handed out (VolumeCapture::captured_lsn).
+  virtual uint64_t last_lsn() const = 0;
   // The LSN of the last point recorded, 0 for none.
   virtual uint64_t last_point_lsn() const = 0;
   // No dirty region is left (a device scan finished): the next overflow opens a new gap
@@ -128,23 +143,30 @@ struct ScanPlan {
   bool decide_skip_zero_at_handshake = false;  // fresh state: skip_zero = journal empty
 };
 
-class TraceCapture {
+class TraceCapture : public FreezeMember {
  public:
   // None of the pointers is owned except the unique_ptrs; all must outlive this object.
-  // `reader` is the device opened read-only with O_DIRECT. `freezer` may be null (no points).
+  // `reader` is the device opened read-only with O_DIRECT. `freezers` may be empty (no points):
+  // one per filesystem on the device to freeze.
   TraceCapture(TraceCaptureOptions options, TraceOutput* output, BlockHashStore* hashes,
                std::unique_ptr<BlockDevice> reader, std::unique_ptr<BlockTracer> tracer,
-               std::unique_ptr<FsFreezer> freezer, ScanPlan plan, uint64_t lost_events_baseline);
-  ~TraceCapture();
+               std::vector<std::unique_ptr<FsFreezer>> freezers, ScanPlan plan,
+               uint64_t lost_events_baseline);
+  ~TraceCapture() override;
 
   // Adds extents known dirty at start (a clean restart's saved bitmap).
   void AddDirty(uint64_t offset, uint64_t length) { map_.Add(offset, length); }
 
   void Start();
 
-  // Stops both threads (thawing first if a freeze was in progress), drains the events still
-  // buffered into the map, and leaves the tracefs instance enabled (Detach) so events keep
-  // accumulating for the next run. Returns the extents not read back yet; the caller saves them.
+  // Called when a device scan finishes, so that the freeze cycle records the first point after
+  // it at once (GroupFreezeCycle::RunSoon). Set before Start.
+  void SetWakeCycle(std::function<void()> wake) { wake_cycle_ = std::move(wake); }
+
+  // Stops both threads, drains the events still buffered into the map, and leaves the tracefs
+  // instance enabled (Detach) so events keep accumulating for the next run. Returns the extents
+  // not read back yet; the caller saves them. REQUIRES: the freeze cycle driving this capture
+  // has stopped (GroupFreezeCycle::Stop).
   std::vector<Extent> Stop();
 
   // Called from the Sender's handshake callback.
@@ -158,12 +180,25 @@ class TraceCapture {
 
   void FillReport(v1::AgentReport* report);
 
-  // `cdpctl checkpoint` in trace mode: runs a freeze cycle now and returns the LSN of its point,
-  // which is a freeze point carrying `label` (or the last point, when nothing changed since it).
-  // FailedPrecondition without --freeze or while a checksum resync is pending (no point may be
-  // made then); Aborted when the freeze was abandoned; TimedOut after timeout_ms.
-  // Thread-safe; not from the shipper thread.
-  Result<uint64_t> Checkpoint(const std::string& label, int timeout_ms);
+  // FreezeMember (group_freeze_cycle.h; freeze_cycle.cc): the phases of a freeze cycle.
+  const std::string& volume() const override { return options_.volume; }
+  void Park() override;
+  void Unpark() override { park_mu_.unlock(); }
+  std::vector<Freezable*> Filesystems() override;
+  // FailedPrecondition without --freeze, while a checksum resync is pending (no point may be
+  // made then) or while a --freeze path is unmounted.
+  Status CanCheckpoint() override;
+  bool Prepare(int64_t deadline_ns) override;
+  bool ChangedSincePoint() override;
+  uint64_t last_point_lsn() override { return output_->last_point_lsn(); }
+  std::string CaptureResidual(int64_t frozen_at_ns, int64_t limit_ns) override;
+  uint64_t last_lsn() override { return output_->last_lsn(); }
+  void OnThawed() override;
+  std::string AfterThaw() override;
+  uint64_t RecordPoint(const std::string& label, const GroupPointMark* group) override;
+  void Finish(uint64_t frozen_us, uint64_t fifreeze_us, const std::string& abandon,
+              uint64_t point_lsn) override;
+  void FreezeRefused(const Status& why) override;
 
   // The scan still to do, for the state saved at a clean stop: whether one is pending (running
   // or requested) and the offset it would resume from.
@@ -204,14 +239,16 @@ class TraceCapture {
   // One chunk of the device scan (device_scan.cc). Returns false when the Sender has no room
   // (retry later).
   Result<bool> ScanStep();
-  // One freeze cycle (freeze_cycle.cc; see the file comment). Shipper thread.
-  void FreezeCycle();
-  // Takes the result of FsFreezer::CheckMounted (or of a SyncFs/Freeze): false when the --freeze
-  // path no longer holds the filesystem (NotFound). Logs when that changes, and keeps
-  // fs_unmounted_ for reports and checkpoints. Shipper thread.
-  bool MountHeld(const Status& mounted);
-  // Checkpoint's refusal while the filesystem is not mounted at the --freeze path.
+  // One round of the shipper's work, under park_mu_: how long to wait before the next (ms).
+  int ShipOnce();
+  // Takes the result of FsFreezer::CheckMounted (or of a SyncFs/Freeze) of `freezer`: false
+  // when its --freeze path no longer holds the filesystem (NotFound). Logs when that changes,
+  // and keeps fs_unmounted_ for reports and checkpoints. Parked.
+  bool MountHeld(const FsFreezer& freezer, const Status& mounted);
+  // Checkpoint's refusal while a filesystem is not mounted at its --freeze path.
   Status UnmountedError() const;
+  // Writes the hash invalidations deferred during a freeze (see DeferHashWrites).
+  void FlushDeferredInvalidations();
   void CheckLostEvents();
   void OnEventsLost(const std::string& reason);
   void StartScan(bool send_zero_blocks);
@@ -226,21 +263,31 @@ class TraceCapture {
   BlockHashStore* const hashes_;
   std::unique_ptr<BlockDevice> reader_;
   std::unique_ptr<BlockTracer> tracer_;
-  std::unique_ptr<FsFreezer> freezer_;
+  std::vector<std::unique_ptr<FsFreezer>> freezers_;
   const uint64_t size_;
   DirtyExtentMap map_;
 
   std::atomic<bool> stop_{false};
-  // Checkpoint requests, taken by the shipper before its next freeze cycle.
-  std::mutex checkpoint_mu_;
-  std::condition_variable checkpoint_cv_;
-  std::atomic<bool> checkpoint_wanted_{false};
-  std::string checkpoint_label_;                                       // GUARDED_BY(checkpoint_mu_)
-  uint64_t checkpoint_seq_ = 0;        // the request waiting, GUARDED_BY(checkpoint_mu_)
-  uint64_t checkpoint_taken_seq_ = 0;  // the one the shipper took, GUARDED_BY(checkpoint_mu_)
-  bool checkpoint_done_ = false;                                       // GUARDED_BY(checkpoint_mu_)
-  Result<uint64_t> checkpoint_result_{Status::Internal("no result")};  // GUARDED_BY(checkpoint_mu_)
-  std::string freeze_label_;  // shipper thread only: the label of the next freeze point
+  std::function<void()> wake_cycle_;
+  // Held by the shipper while it works on the map, the reader, the hashes (ShipOnce), and by the
+  // freeze cycle between Park and Unpark: the fields below marked "parked" are the holder's.
+  std::mutex park_mu_;
+  // Park is waiting for park_mu_: the shipper lets it in before taking the mutex again (a mutex
+  // is not fair, and a busy shipper would take it back at once).
+  std::atomic<bool> park_wanted_{false};
+  // Frozen (CaptureResidual): hash invalidations wait here instead of touching the hash file,
+  // which may be on the frozen filesystem; FlushDeferredInvalidations writes them after the
+  // thaw. Parked.
+  // Set by CaptureResidual, cleared by OnThawed; ApplyDurableHashes waits for it too.
+  std::atomic<bool> defer_hash_writes_{false};
+  std::vector<Extent> deferred_invalidations_;  // GUARDED_BY(hash_mu_)
+  // Per-cycle figures between CaptureResidual and Finish (parked).
+  struct CycleFigures {
+    int64_t frozen_at_ns = 0, drained_ns = 0, read_ns = 0;
+    uint64_t residual = 0, events_frozen = 0;
+    bool lost = false;
+    bool was_refused = false;  // the freeze before this one was refused
+  } cycle_;
 
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
@@ -283,8 +330,7 @@ class TraceCapture {
     events_++;
   };  // the tracker is moving events from the pipe to the map
 
-  // Shipper thread only.
-  int64_t next_freeze_ns_ = 0;  // steady-clock time of the next freeze cycle
+  // Parked (the shipper, or the freeze cycle).
   uint64_t events_at_last_point_ = 0;
   bool point_taken_once_ = false;
   bool freeze_refused_ = false;  // the last Freeze failed (e.g. frozen by someone else)

@@ -97,7 +97,11 @@ class VolumeCapture : public nbd::ExportTarget {
   // Records a consistency point at the last LSN handed out (if any record came since the last
   // point, or it is a sync-done point, or it has a label: then it is sent with merge_labels and
   // the journal adds the label to the point already there). Returns that LSN (0 when none).
-  uint64_t AddPoint(v1::PointOrigin origin, const std::string& label);
+  // `group`, when not null, carries a group point's fields (group, group_point_id,
+  // group_members), copied into the point; such a point is sent even where a point already sits
+  // (merge_labels: the journal marks that point as this volume's member).
+  uint64_t AddPoint(v1::PointOrigin origin, const std::string& label,
+                    const v1::ConsistencyPoint* group = nullptr);
 
   // Starts a shutdown: writes waiting for durability (sync mode) keep waiting until drain_ms
   // has passed, then fail with Aborted (the client sees EIO and the region is resynced after

@@ -15,10 +15,15 @@ std::string OriginName(wire::v1::PointOrigin origin);
 // A point's label followed by the labels `cdpctl checkpoint` added to it, ", "-separated.
 std::string PointLabels(const wire::v1::ConsistencyPoint& point);
 
+// A group point member's "  [group NAME point ID: VOLUME@LSN VOLUME@LSN]"; "" for a point of
+// the volume alone.
+std::string GroupText(const wire::v1::ConsistencyPoint& point);
+
 // `cdpctl points --json`: [{"lsn", "time" (RFC 3339 UTC with nanoseconds), "origin" (flush,
-// freeze, operator, cutover, sync), "label", "operator_labels": [...]}], oldest first.
+// freeze, operator, cutover, sync), "label", "operator_labels": [...]}], oldest first; a member
+// of a group point also has "group", "group_point_id" and "group_members": [{"volume", "lsn"}].
 std::string PointsJson(const std::vector<wire::v1::ConsistencyPoint>& points);
-// The human table: LSN, time, origin, labels (PointLabels).
+// The human table: LSN, time, origin, labels (PointLabels), then GroupText.
 std::string PointsTable(const std::vector<wire::v1::ConsistencyPoint>& points);
 
 // `cdpctl retention`: the settings in effect and the state of the history kept.

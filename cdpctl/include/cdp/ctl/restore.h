@@ -13,18 +13,30 @@
 #include "cdp.pb.h"
 #include "cdp/core/status.h"
 
+namespace cdp::journal {
+class ControlClient;
+}  // namespace cdp::journal
+
 namespace cdp::ctl {
 
-// What --at asks for: an LSN (nonzero) or a wall-clock time in ns since the Unix epoch.
+// What --at asks for: an LSN (nonzero), a wall-clock time in ns since the Unix epoch, or a
+// group point (its id: the volume's member of that group point).
 struct AtSpec {
   uint64_t lsn = 0;
   uint64_t time_ns = 0;
+  uint64_t group_point_id = 0;
 };
 
-// "1234" (an LSN), "-90s" / "-15m" / "-2h" / "-1d" (that long before now_ns), or an RFC 3339
-// time. InvalidArgument naming `text` and the accepted forms otherwise; "0" is refused (LSNs
-// start at 1).
+// "1234" (an LSN), "-90s" / "-15m" / "-2h" / "-1d" (that long before now_ns), an RFC 3339
+// time, or "group:ID" (a group point's id, as `cdpctl points` shows it). InvalidArgument naming
+// `text` and the accepted forms otherwise; "0" is refused (LSNs start at 1).
 Result<AtSpec> ParseAt(std::string_view text, uint64_t now_ns);
+
+// `at` with a group point turned into the LSN of `volume`'s member of it, from the volume's
+// points on the journal-server at `client`; `at` unchanged otherwise. NotFound, one line, when
+// the volume has no point of that group point (naming `cdpctl points`).
+Result<AtSpec> ResolveGroupPoint(journal::ControlClient* client, const std::string& volume,
+                                 const AtSpec& at);
 
 enum class ImageFormat { kRaw, kQcow2 };
 

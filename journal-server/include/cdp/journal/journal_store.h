@@ -73,7 +73,9 @@ Status ValidateVolumeGeometry(const std::string& name, uint64_t size_bytes, uint
 // The point the journal keeps when `incoming` (with merge_labels) arrives at the LSN of
 // `existing`: `existing` with incoming's labels added to its operator labels, or, when incoming
 // is a POINT_SYNC_DONE point, incoming with existing's operator labels (and its label, when it
-// was an operator point). Labels are kept once each; merge_labels is cleared.
+// was an operator point). Labels are kept once each; merge_labels is cleared. When incoming is
+// a member of a group point (group_point_id != 0), the result carries incoming's group, group
+// point id and members: the volume did not change since that point, so it is its member.
 v1::ConsistencyPoint MergePoint(const v1::ConsistencyPoint& existing,
                                 const v1::ConsistencyPoint& incoming);
 
