@@ -152,7 +152,12 @@ Status BlockHashStore::Invalidate(uint64_t offset, uint64_t length) {
   if (length == 0 || offset >= device_size_) return Status::Ok();
   const uint64_t first = offset / kBlockSize;
   const uint64_t last = std::min((offset + length + kBlockSize - 1) / kBlockSize, blocks_);
-  std::memset(map_ + kHeaderBytes + first * 8, 0, (last - first) * 8);
+  // Only entries that are not unknown yet are stored (see Set: a store dirties the page).
+  char* p = map_ + kHeaderBytes + first * 8;
+  static constexpr char kZero[8] = {};
+  for (uint64_t i = 0; i < last - first; ++i) {
+    if (std::memcmp(p + i * 8, kZero, 8) != 0) std::memset(p + i * 8, 0, 8);
+  }
   return Status::Ok();
 }
 
@@ -170,7 +175,11 @@ Status BlockHashStore::Set(uint64_t first_block, std::span<const uint64_t> hashe
   CDP_RETURN_IF_ERROR(CheckRange(first_block, hashes.size()));
   char* p = map_ + kHeaderBytes + first_block * 8;
   for (size_t i = 0; i < hashes.size(); ++i) {
-    for (int b = 0; b < 8; ++b) p[i * 8 + b] = static_cast<char>(hashes[i] >> (8 * b));
+    char entry[8];
+    for (int b = 0; b < 8; ++b) entry[b] = static_cast<char>(hashes[i] >> (8 * b));
+    // An unchanged entry is not stored: a store dirties the page, which the filesystem then
+    // writes — and the agent, tracing that filesystem, would journal its own write.
+    if (std::memcmp(p + i * 8, entry, 8) != 0) std::memcpy(p + i * 8, entry, 8);
   }
   return Status::Ok();
 }

@@ -180,6 +180,11 @@ bool TraceCapture::ChangedSincePoint() {
   return !(events_.load() == events_at_last_point_ && map_.empty() && point_taken_once_);
 }
 
+uint64_t TraceCapture::WritesSincePoint() {
+  if (!point_taken_once_) return UINT64_MAX;
+  return events_.load() - events_at_last_point_;
+}
+
 void TraceCapture::FreezeRefused(const Status& why) {
   for (const auto& f : freezers_) {
     if (!MountHeld(*f, f->CheckMounted())) return;

@@ -136,6 +136,21 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::RunCycleLocked(const std::st
   if (members_.empty()) {
     return Status::FailedPrecondition("no volume of this agent freezes a filesystem (--freeze)");
   }
+  const bool held = hold_limit_ms > 0;
+  const bool periodic = !held && label.empty();
+  auto quiet_now = [&] {
+    bool quiet = true;
+    for (FreezeMember* m : members_) quiet = quiet && m->WritesSincePoint() <= kQuietWrites;
+    return quiet;
+  };
+  auto last_points = [&] {
+    std::vector<FrozenVolume> last;
+    for (FreezeMember* m : members_) last.push_back({m->volume(), m->last_point_lsn()});
+    return last;
+  };
+  // A periodic cycle of quiet filesystems backs off (file comment, "Quiet filesystems") — before
+  // Prepare, whose syncfs would write back the agent's own state files and so feed the loop.
+  if (periodic && SteadyNanos() < quiet_until_ns_ && quiet_now()) return last_points();
   ParkAll parked(members_);
   const int64_t prepare_deadline = SteadyNanos() + kPrepareNs;
   // With several members, a second round: what reached a disk while the others were prepared
@@ -149,15 +164,13 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::RunCycleLocked(const std::st
       }
     }
   }
-  const bool held = hold_limit_ms > 0;
   bool changed = held;
   for (FreezeMember* m : members_) changed = changed || m->ChangedSincePoint();
+  const bool quiet = quiet_now();
   if (!changed) {
     // Nothing reached any disk since the last points, even after writing back the page caches:
     // they still describe the filesystems, and a freeze would only disturb the applications.
-    std::vector<FrozenVolume> last;
-    for (FreezeMember* m : members_) last.push_back({m->volume(), m->last_point_lsn()});
-    return last;
+    return last_points();
   }
 
   const std::vector<Freezable*> order = FreezeOrder();
@@ -220,6 +233,15 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::RunCycleLocked(const std::st
     for (std::string& a : abandon) {
       if (a.empty()) a = "the group freeze was abandoned (" + group_abandon + ")";
     }
+  }
+  if (group_abandon.empty()) {
+    quiet_streak_ = quiet && periodic ? std::min(quiet_streak_ + 1, 16) : 0;
+    const int64_t backoff_ms =
+        quiet_streak_ == 0
+            ? 0
+            : std::min<int64_t>(kMaxQuietBackoffMs, int64_t{options_.checkpoint_interval_ms}
+                                                        << std::min(quiet_streak_, 10));
+    quiet_until_ns_ = SteadyNanos() + backoff_ms * 1'000'000;
   }
   GroupPointMark mark;
   mark.group = options_.group;

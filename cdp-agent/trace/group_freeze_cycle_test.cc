@@ -55,6 +55,7 @@ class FakeMember : public FreezeMember {
   }
   bool ChangedSincePoint() override { return changed; }
   uint64_t last_point_lsn() override { return point_lsn; }
+  uint64_t WritesSincePoint() override { return writes; }
   std::string CaptureResidual(int64_t, int64_t) override {
     // Every filesystem of the group is frozen while any member reads its residual set.
     for (Freezable* f : all_fs) EXPECT_TRUE(f->frozen()) << f->mount_path();
@@ -81,6 +82,7 @@ class FakeMember : public FreezeMember {
   std::string abandon;
   uint64_t written_while_frozen = 0;
   uint64_t point_lsn = 0;
+  uint64_t writes = 1000;
   Status can_checkpoint = Status::Ok();
   std::vector<Freezable*> all_fs;
   std::vector<GroupPointMark> marks;
@@ -204,6 +206,28 @@ TEST_F(GroupFreezeCycleTest, NotReadyOrUnchangedMakesNoFreeze) {
   EXPECT_EQ(std::count_if(calls_.begin(), calls_.end(),
                           [](const std::string& c) { return c.find(":freeze") != c.npos; }),
             0);
+}
+
+// Issue 17, item 2: a freeze's own writes (ext4's superblock at the thaw, the agent's state
+// files on the frozen root) must not make every periodic cycle freeze again forever.
+TEST_F(GroupFreezeCycleTest, QuietFilesystemsBackOff) {
+  GroupFreezeCycleOptions o = Options();
+  o.checkpoint_interval_ms = 10000;
+  GroupFreezeCycle cycle(o, {&sda_, &sdb_});
+  auto freezes = [&] { return std::count(calls_.begin(), calls_.end(), "fs /:freeze 500"); };
+  sda_.writes = sdb_.writes = 3;  // a few writes: the last freeze's own
+  ASSERT_TRUE(cycle.RunCycle("", 60000, 0).ok());
+  EXPECT_EQ(freezes(), 1) << "the first quiet cycle still freezes";
+  ASSERT_TRUE(cycle.RunCycle("", 60000, 0).ok());
+  EXPECT_EQ(freezes(), 1) << "the next one, within twice the interval, does not";
+  sdb_.writes = GroupFreezeCycle::kQuietWrites + 1;  // the application writes again
+  ASSERT_TRUE(cycle.RunCycle("", 60000, 0).ok());
+  EXPECT_EQ(freezes(), 2);
+  ASSERT_TRUE(cycle.RunCycle("", 60000, 0).ok());
+  EXPECT_EQ(freezes(), 3) << "a busy cycle resets the back-off";
+  sdb_.writes = 3;
+  ASSERT_TRUE(cycle.Checkpoint("asked", 1000).ok());
+  EXPECT_EQ(freezes(), 4) << "a checkpoint never waits";
 }
 
 TEST_F(GroupFreezeCycleTest, HeldFreezeStaysFrozenUntilThaw) {

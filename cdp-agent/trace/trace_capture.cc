@@ -219,7 +219,13 @@ void TraceCapture::ShipperLoop() {
 
 int TraceCapture::ShipOnce() {
   if (!output_->lsn_known()) return 20;
-  ApplyDurableHashes();
+  // Hash updates are written in batches: each batch dirties the hash file, which the filesystem
+  // then writes — and when the state dir is on a traced filesystem (the root), the agent journals
+  // its own write, whose hash it then updates... Batching bounds that to one round per period.
+  if (SteadyNanos() >= next_hash_apply_ns_) {
+    next_hash_apply_ns_ = SteadyNanos() + kHashApplyPeriodNs;
+    ApplyDurableHashes();
+  }
   MaybeLogFreezeSummary();
   if (SteadyNanos() >= next_trim_ns_) {
     next_trim_ns_ = SteadyNanos() + 10'000'000'000;

@@ -3,8 +3,9 @@
 
   disk A  a loop device with a plain ext4 ("the root"): holds both volumes' state dirs, so the
           agent freezes the filesystem it keeps its own state on;
-  disk B  a loop device with a partition table, LVM on the partition, xfs on a logical volume:
-          protected as a whole disk, its filesystem found by `freeze: auto`.
+  disk B  a loop device with a GPT partition table: partition 1 swap (not mounted), partition 2
+          xfs — or, where the kernel has device-mapper, LVM on partition 2 and xfs on a logical
+          volume; protected as a whole disk, its filesystem found by `freeze: auto`.
 
 The agent is started the way the Debian package's unit does, `--config-dir DIR --group NAME`,
 from two config files (a third file, of another group, is left alone). While a writer appends
@@ -48,7 +49,14 @@ def pair_content(i):
 class GroupScene(t.Scene):
     def __init__(self):
         tt.require_kernel()
-        t.require_tools("pvcreate", "vgcreate", "lvcreate", "vgchange", "lvs", "pvs")
+        t.require_tools("mkswap")
+        # LVM needs device-mapper in the kernel (a microVM's kernel may have none): without it,
+        # xfs sits on the partition itself, and the stacking through dm is covered by the unit
+        # test's sysfs fixtures (disk_filesystems_test.cc) only.
+        self.use_lvm = os.path.exists("/dev/mapper/control") and subprocess.run(
+            ["dmsetup", "version"], capture_output=True).returncode == 0
+        if self.use_lvm:
+            t.require_tools("pvcreate", "vgcreate", "lvcreate", "vgchange", "lvs", "pvs")
         super().__init__(volume="unused", size_mib=0,
                          keep=bool(os.environ.get("CDP_TEST_KEEP")))
         pid = os.getpid()
@@ -84,15 +92,32 @@ class GroupScene(t.Scene):
 
     def _make_disks(self):
         self.loop_a = self._loop("disk-a.img", 512)
-        run(["mkfs.ext4", "-q", "-F", self.loop_a])
+        # No lazy inode-table init: its background writes would be measured as idle writes.
+        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", self.loop_a])
         self._mount(self.loop_a, self.mnt_a)
         self.loop_b = self._loop("disk-b.img", 768, partscan=True)
-        run(["sfdisk", "--quiet", self.loop_b], input="label: gpt\nstart=2048, type=linux\n")
-        part = self.loop_b + "p1"
-        if not os.path.exists(part):
-            sectors = (os.path.getsize(os.path.join(self.dir, "disk-b.img")) >> 9) - 2048 - 34
-            run(["addpart", self.loop_b, "1", "2048", str(sectors)])
+        # p1: 32 MiB swap from sector 2048; p2: the rest (GPT keeps 34 sectors at the end).
+        p2_start = 2048 + 65536
+        p2_sectors = (768 << 11) - p2_start - 34
+        run(["sfdisk", "--quiet", self.loop_b],
+            input=f"label: gpt\nstart=2048, size=65536, type=swap\n"
+                  f"start={p2_start}, size={p2_sectors}, type=linux\n")
+        # Kernels built without partition-table parsers ignore the table: add the partitions by
+        # hand (BLKPG), as the table says.
+        for n, start, size in ((1, 2048, 65536), (2, p2_start, p2_sectors)):
+            if not os.path.exists(f"{self.loop_b}p{n}"):
+                run(["addpart", self.loop_b, str(n), str(start), str(size)])
+        part = self.loop_b + "p2"
         self.wait_for(lambda: os.path.exists(part), 20, f"partition {part}")
+        run(["mkswap", self.loop_b + "p1"])
+        if not self.use_lvm:
+            run(["mkfs.xfs", "-q", "-f", part])
+            self._mount(part, self.mnt_b)
+            self.lv_offset, self.lv_size = p2_start * 512, p2_sectors * 512
+            self.fs_b_device = os.path.basename(part)
+            t.log(f"A: ext4 on {self.loop_a} at {self.mnt_a}; B: {self.loop_b} GPT -> {part} "
+                  f"xfs at {self.mnt_b} (no device-mapper in this kernel: no LVM)")
+            return
         # Only this disk: the host's own LVM setup is none of the test's business.
         self.lvm_filter = ["--config", f'devices {{ filter = [ "a|^{part}$|", "r|.*|" ] }}']
         run(["pvcreate", "-q", "-y", *self.lvm_filter, part])
@@ -112,8 +137,9 @@ class GroupScene(t.Scene):
         first_pe = int(ranges.rsplit(":", 1)[1].split("-")[0])
         extent = int(run(["vgs", *self.lvm_filter, "--noheadings", "--units", "b", "--nosuffix",
                           "-o", "vg_extent_size", self.vg]).stdout.split()[0])
-        self.lv_offset = 2048 * 512 + pe_start + first_pe * extent
+        self.lv_offset = p2_start * 512 + pe_start + first_pe * extent
         self.lv_size = 600 << 20
+        self.fs_b_device = "dm-"
         t.log(f"A: ext4 on {self.loop_a} at {self.mnt_a}; B: {self.loop_b} GPT -> {part} PV -> "
               f"{self.vg}/pgdata xfs at {self.mnt_b} (LV at byte {self.lv_offset})")
 
@@ -133,8 +159,8 @@ class GroupScene(t.Scene):
             f.write("volume: someone-else\ndevice: /dev/null\n")  # another group: not read
         self.instances = [f"cdp-agent.{self.vol_a}", f"cdp-agent.{self.vol_b}"]
 
-    def start_agent(self, wait=True):
-        env = {"CDP_AGENT_TEST_SAVE_STATE_WHILE_FROZEN": "1"}
+    def start_agent(self, wait=True, save_state_while_frozen=True):
+        env = {"CDP_AGENT_TEST_SAVE_STATE_WHILE_FROZEN": "1"} if save_state_while_frozen else {}
         self.procs["agent"] = tt.Proc([t.binary("cdp-agent"), "--config-dir", self.conf_dir,
                                        "--group", self.group],
                                       os.path.join(self.dir, "cdp-agent.log"), env)
@@ -244,7 +270,8 @@ def test(s):
     s.start_agent()
     s.wait_for(lambda: "one group point per freeze" in s.agent_log(), 60, "the group cycle")
     log = s.agent_log()
-    assert f"--freeze auto on {s.loop_b}: freezing {s.mnt_b} (xfs on dm-" in log, log[-3000:]
+    assert f"--freeze auto on {s.loop_b}: freezing {s.mnt_b} (xfs on {s.fs_b_device}" in log, \
+        log[-3000:]
     assert "someone-else" not in log, "a config file of another group was read"
 
     def synced():
@@ -264,7 +291,13 @@ def test(s):
     t.log(f"{len(written)} pair files written on both filesystems")
 
     # A group point covering the writes, asked of one volume: a freeze of both.
-    lsn_a = int(s.cdpctl("checkpoint", "--volume", s.vol_a, "--label", "after pairs").stdout)
+    # (A freeze over its limit on a loaded machine is abandoned, and the checkpoint says so.)
+    for _ in range(10):
+        r = s.cdpctl("checkpoint", "--volume", s.vol_a, "--label", "after pairs", check=False)
+        if r.returncode == 0 or "freeze abandoned" not in r.stderr:
+            break
+    assert r.returncode == 0, r.stderr
+    lsn_a = int(r.stdout)
     pts_a, pts_b = s.points(s.vol_a), s.points(s.vol_b)
     group_a = {p["group_point_id"]: p for p in pts_a if p.get("group_point_id")}
     group_b = {p["group_point_id"]: p for p in pts_b if p.get("group_point_id")}
@@ -310,8 +343,23 @@ def test(s):
         os.unlink(img_a)
         os.unlink(img_b)
 
-    # The agent's own cost on idle filesystems (its state dirs are on A).
-    time.sleep(5)
+    for mnt in (s.mnt_a, s.mnt_b):
+        assert not s.is_frozen(mnt), f"{mnt} left frozen"
+    st = s.vstatus(s.vol_a)
+    assert st["trace"]["freezes"] >= 5, st["trace"]
+    rc = s.procs["agent"].term(60)
+    assert rc == 0, f"agent exited {rc}"
+    log = s.agent_log()
+    assert "state saves during freezes" in log, log[-2000:]
+    for mnt in (s.mnt_a, s.mnt_b):
+        assert not s.is_frozen(mnt), f"{mnt} left frozen after the agent stopped"
+
+    # The agent's own cost on idle filesystems (its state dirs are on A), without the test
+    # hook's extra state saves: a clean restart resumes, then a quiet minute.
+    s.start_agent(save_state_while_frozen=False)
+    s.wait_for(lambda: all((s.vstatus(v) or {}).get("agent_connected") for v in
+                           (s.vol_a, s.vol_b)), 60, "the agent back for both volumes")
+    time.sleep(10)
     before = {v: s.vstatus(v) for v in (s.vol_a, s.vol_b)}
     t0 = time.time()
     time.sleep(IDLE_SECONDS)
@@ -321,17 +369,11 @@ def test(s):
         recs = (after[v]["captured_lsn"] - before[v]["captured_lsn"]) / dt
         byts = (after[v]["bytes_received"] - before[v]["bytes_received"]) / dt
         frz = (after[v]["trace"]["freezes"] - before[v]["trace"]["freezes"]) / dt
-        print(f"FIGURES idle {v}: {recs:.2f} records/s, {byts:.0f} bytes/s, "
-              f"{frz:.2f} freezes/s over {dt:.0f} s")
-
-    for mnt in (s.mnt_a, s.mnt_b):
-        assert not s.is_frozen(mnt), f"{mnt} left frozen"
-    st = s.vstatus(s.vol_a)
-    assert st["trace"]["freezes"] >= 5, st["trace"]
-    rc = s.procs["agent"].term(60)
-    assert rc == 0, f"agent exited {rc}"
-    log = s.agent_log()
-    assert "state saves during freezes" in log, log[-2000:]
+        print(f"FIGURES idle {v}: {recs:.3f} records/s, {byts:.0f} bytes/s, "
+              f"{frz:.3f} freezes/s over {dt:.0f} s (checkpoint interval 0.5 s)")
+        # Quiet filesystems back off to a freeze per 30 s: far below one per interval.
+        assert frz < 0.5, f"{v}: {frz:.2f} freezes/s on an idle filesystem"
+    assert s.procs["agent"].term(60) == 0
     for mnt in (s.mnt_a, s.mnt_b):
         assert not s.is_frozen(mnt), f"{mnt} left frozen after the agent stopped"
 

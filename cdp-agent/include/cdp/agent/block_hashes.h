@@ -48,11 +48,13 @@ class BlockHashStore {
   uint64_t blocks() const { return blocks_; }
   uint64_t device_size() const { return device_size_; }
 
-  // Sets the entries of every block that [offset, offset+length) touches to unknown.
+  // Sets the entries of every block that [offset, offset+length) touches to unknown (entries
+  // unknown already are left alone, so their pages are not dirtied).
   Status Invalidate(uint64_t offset, uint64_t length);
   // Sets every entry to unknown.
   Status InvalidateAll();
-  // Writes hashes.size() consecutive entries starting at first_block.
+  // Writes hashes.size() consecutive entries starting at first_block (an entry that already
+  // holds its value is left alone, so its page is not dirtied).
   Status Set(uint64_t first_block, std::span<const uint64_t> hashes);
   // Reads out.size() consecutive entries starting at first_block.
   Status Get(uint64_t first_block, std::span<uint64_t> out) const;

@@ -22,6 +22,18 @@
 //                  the group point id and every member's LSN
 //     Finish       figures (FreezeStats), log lines
 //
+// Quiet filesystems: a freeze writes to the disk by itself — ext4 its superblock at the thaw, xfs
+// its log — and so do the agent's own state files when they are on a frozen filesystem. Those few
+// writes would make every periodic cycle freeze again, and journal a few records, forever (the
+// agent's hash file: a record invalidates an entry, the page is written back with the file's
+// mtime, the ext4 journal commit of that inode is a new record, which invalidates an entry...).
+// So when every member saw at most kQuietWrites block writes since its last point, the periodic
+// cycle backs off — skipped whole, without even the pre-copy's syncfs, which would write back the
+// agent's own dirty pages: the next point after a quiet one comes after twice the interval, then
+// four times, up to kMaxQuietBackoffMs; any busier cycle (or a checkpoint) resets it. Writes are
+// never delayed — only the point that covers them; the kernel's own writeback (30 s by
+// default) then writes the agent's pages, one round of the loop per writeback.
+//
 // Nothing is written to a log, and nothing waits for anything that may write to one, between the
 // first Freeze and the last Thaw: the agent's state dir and its stderr may be on a frozen
 // filesystem (the root), and a write there blocks until the thaw. Members honour the same rule
@@ -76,6 +88,9 @@ class FreezeMember {
   virtual bool ChangedSincePoint() = 0;
   // The LSN of the member's last point, 0 for none.
   virtual uint64_t last_point_lsn() = 0;
+  // How many block writes reached the member's disk since its last point (after Prepare: the
+  // page cache written back); UINT64_MAX before the first point.
+  virtual uint64_t WritesSincePoint() = 0;
   // Frozen: the residual set read back and queued. "" or why the freeze must be abandoned.
   // `frozen_at_ns` is when the first FIFREEZE began; `limit_ns` the freeze's budget.
   // REQUIRES: writes nothing to a log or to the state dir.
@@ -111,6 +126,10 @@ struct GroupFreezeCycleOptions {
 
 class GroupFreezeCycle : public GroupFreeze {
  public:
+  // See "Quiet filesystems" above.
+  static constexpr uint64_t kQuietWrites = 32;
+  static constexpr int64_t kMaxQuietBackoffMs = 30000;
+
   // The members are not owned; they outlive this object. With no member, every call fails with
   // FailedPrecondition (nothing to freeze).
   GroupFreezeCycle(GroupFreezeCycleOptions options, std::vector<FreezeMember*> members);
@@ -164,6 +183,8 @@ class GroupFreezeCycle : public GroupFreeze {
   // One cycle at a time (the cycle thread, Checkpoint, FreezeAndHold and Thaw).
   mutable std::timed_mutex cycle_mu_;
   std::vector<Freezable*> held_;                      // GUARDED_BY(cycle_mu_)
+  int quiet_streak_ = 0;                              // GUARDED_BY(cycle_mu_)
+  int64_t quiet_until_ns_ = 0;                        // GUARDED_BY(cycle_mu_): steady clock
   std::chrono::steady_clock::time_point held_since_;  // GUARDED_BY(cycle_mu_)
 
   std::mutex wake_mu_;

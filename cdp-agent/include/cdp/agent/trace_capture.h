@@ -191,6 +191,7 @@ class TraceCapture : public FreezeMember {
   bool Prepare(int64_t deadline_ns) override;
   bool ChangedSincePoint() override;
   uint64_t last_point_lsn() override { return output_->last_point_lsn(); }
+  uint64_t WritesSincePoint() override;
   std::string CaptureResidual(int64_t frozen_at_ns, int64_t limit_ns) override;
   uint64_t last_lsn() override { return output_->last_lsn(); }
   void OnThawed() override;
@@ -218,6 +219,9 @@ class TraceCapture : public FreezeMember {
   static constexpr uint64_t kScanChunk = 1 << 20;       // device scan: read per step
   static constexpr uint64_t kRecordCharge = 64;         // Sender::Charge overhead per record
   static constexpr size_t kMaxExtentsPerBatch = 256;
+  // Durable records' block hashes are written to the hash file at most this often (ShipOnce):
+  // a crash loses at most this much hash progress (those blocks are resent by the resync).
+  static constexpr int64_t kHashApplyPeriodNs = 30'000'000'000;
 
   static int64_t SteadyNanos();
 
@@ -317,6 +321,7 @@ class TraceCapture : public FreezeMember {
   FreezeStats freeze_stats_;
   int64_t next_summary_ns_ = 0;  // shipper thread
   int64_t next_trim_ns_ = 0;     // shipper thread
+  int64_t next_hash_apply_ns_ = 0;  // shipper thread: see ShipOnce
   std::atomic<uint64_t> events_{0};
   std::atomic<uint64_t> readback_bytes_{0};
   std::atomic<uint64_t> scan_read_bytes_{0};
