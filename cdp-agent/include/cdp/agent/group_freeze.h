@@ -9,6 +9,11 @@
 // the process ending (its watchdog thaws). While held, the agent keeps shipping what it captured
 // before the freeze; it captures nothing new, since the filesystems are frozen.
 //
+// The agent's implementation is GroupFreezeCycle (group_freeze_cycle.h), reached through
+// AgentProcess::group_freeze(): its members are the process's trace-mode volumes with
+// filesystems to freeze; each filesystem has its own thaw watchdog (FsFreezer), armed with the
+// hold limit for a held freeze and moved by RenewHold (FsFreezer::ExtendHold).
+//
 // Thread-safety: implementations are thread-safe; at most one held freeze exists at a time.
 #pragma once
 
@@ -37,9 +42,15 @@ class GroupFreeze {
   // `label` and marked as one group point. The filesystems stay frozen until Thaw() or until
   // `hold_limit` has passed since the freeze (then the watchdog thaws them and no later call
   // can make the point consistent again: HeldFor() says so).
-  // Errors (nothing stays frozen after one): FailedPrecondition when a freeze is already held
-  // or a filesystem is not mounted; TimedOut when the freeze did not complete within
-  // `freeze_budget`; the freezer's error otherwise. Each names the volume and the mount point.
+  // The LSNs returned are every member's last LSN at the freeze (a member unchanged since its
+  // last point has that point's LSN, marked as its member of this group point).
+  // Errors (nothing stays frozen after one): FailedPrecondition when a freeze is already held,
+  // a filesystem is not mounted, a volume has a checksum resync pending or freezes nothing;
+  // TimedOut when a freeze cycle in progress did not end within `freeze_budget`; Aborted when a
+  // volume was not ready (its pre-copy could not get the dirty set small within 2 s) or the
+  // freeze had to be abandoned (residual read over `freeze_budget`, lost trace events, send
+  // buffer full) — retry; the freezer's error otherwise (e.g. FailedPrecondition "already
+  // frozen (by someone else)"). Each names the volume or the mount point.
   virtual Result<std::vector<FrozenVolume>> FreezeAndHold(const std::string& label,
                                                           std::chrono::milliseconds freeze_budget,
                                                           std::chrono::milliseconds hold_limit) = 0;
