@@ -222,21 +222,33 @@ void Agent::MakeSender(uint64_t size, uint32_t block_size) {
 }
 
 void Agent::ServeSourceControl() {
-  // The cutover's source control (source_control_service.h). The held group freeze is the
-  // GroupFreeze of helper "group" (issue 17 item 3), not in this tree yet: until it is wired
-  // here, quiesce is refused with this reason; status, hashes, fence and release work.
+  // The cutover's source control (source_control_service.h): the process's service once
+  // AgentProcess made it (every volume, the group freeze); until then — and for an Agent started
+  // alone — this volume's own, which cannot freeze (quiesce is refused with this reason).
   SourceControlDeps deps;
   deps.volumes = {{options_.volume, options_.device, options_.freeze_paths}};
   deps.no_freeze_reason =
-      options_.trace ? "this cdp-agent has no held group freeze yet (GroupFreeze)"
+      options_.trace ? "volume " + options_.volume + ": the agent is still starting; try again"
                      : "an NBD-mode agent does not see the source's filesystems (quiesce a QEMU "
                        "source with qmp-pause)";
   addresses_ = MakeIpAddressTable();
   deps.addresses = addresses_.get();
   deps.power_off = PowerOffNow;
   source_control_ = std::make_unique<SourceControlService>(std::move(deps));
-  sender_->SetSourceCallback(
-      [this](const v1::SourceRequest& request) { return source_control_->Handle(request); });
+  sender_->SetSourceCallback([this](const v1::SourceRequest& request) {
+    if (SourceControlService* process = process_source_control_.load()) {
+      return process->Handle(request);
+    }
+    return source_control_->Handle(request);
+  });
+}
+
+std::vector<std::string> Agent::freeze_mount_points() {
+  std::vector<std::string> paths;
+  if (trace_) {
+    for (Freezable* f : trace_->Filesystems()) paths.push_back(f->mount_path());
+  }
+  return paths;
 }
 
 Status Agent::StartNbd() {
@@ -699,6 +711,11 @@ Result<std::unique_ptr<AgentProcess>> AgentProcess::Start(
     process->agents_.push_back(std::move(*agent));
   }
   co.hard_limit_ms = HardLimitMs(co.freeze_limit_ms);
+  SourceControlDeps deps;
+  for (auto& agent : process->agents_) {
+    const AgentOptions& o = agent->options();
+    deps.volumes.push_back({o.volume, o.device, agent->freeze_mount_points()});
+  }
   if (!members.empty()) {
     process->cycle_ = std::make_unique<GroupFreezeCycle>(co, members);
     for (auto& agent : process->agents_) agent->SetFreezeCycle(process->cycle_.get());
@@ -711,6 +728,18 @@ Result<std::unique_ptr<AgentProcess>> AgentProcess::Start(
                     << " ms): one group point per freeze";
     }
   }
+  // One source control for the process (the cutover's quiesce freezes every volume's
+  // filesystems together), whichever volume's session a request comes on.
+  deps.freeze = process->cycle_.get();
+  deps.no_freeze_reason =
+      volumes[0].trace ? "no volume of this cdp-agent freezes a filesystem (--freeze)"
+                       : "an NBD-mode agent does not see the source's filesystems (quiesce a "
+                         "QEMU source with qmp-pause)";
+  process->addresses_ = MakeIpAddressTable();
+  deps.addresses = process->addresses_.get();
+  deps.power_off = PowerOffNow;
+  process->source_control_ = std::make_unique<SourceControlService>(std::move(deps));
+  for (auto& agent : process->agents_) agent->SetSourceControl(process->source_control_.get());
   return process;
 }
 
@@ -723,6 +752,7 @@ Status AgentProcess::Stop() {
   Status first = Status::Ok();
   for (auto& agent : agents_) {
     agent->SetFreezeCycle(nullptr);
+    agent->SetSourceControl(nullptr);
     Status s = agent->Stop();
     if (!s.ok() && first.ok()) first = s.WithContext("volume " + agent->options().volume);
   }

@@ -98,6 +98,7 @@ void GroupFreezeCycle::Loop() {
     const int64_t start = SteadyNanos();
     {
       std::lock_guard<std::timed_mutex> lock(cycle_mu_);
+      HoldExpired();
       if (held_.empty()) (void)RunCycleLocked("", options_.freeze_limit_ms, 0);
     }
     // One interval from the start, but at least 200 ms (or the interval) after the end: a cycle
@@ -212,6 +213,8 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::RunCycleLocked(const std::st
   if (held) {
     held_ = frozen;
     held_since_ = std::chrono::steady_clock::now();
+    held_until_ = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(t0)) +
+                  std::chrono::milliseconds(hold_limit_ms);
   } else {
     Status thawed = ThawAll(frozen);
     for (FreezeMember* m : members_) m->OnThawed();
@@ -275,6 +278,7 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::Checkpoint(const std::string
     return Status::TimedOut("no freeze within " + std::to_string(timeout_ms) + " ms");
   }
   if (stop_) return Status::Aborted("the agent is stopping; no checkpoint");
+  HoldExpired();
   if (!held_.empty()) {
     return Status::FailedPrecondition("a held freeze is in progress (a cutover's quiesce)");
   }
@@ -290,6 +294,7 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::FreezeAndHold(
     return Status::TimedOut("a freeze cycle in progress did not end within " +
                             std::to_string(freeze_budget.count()) + " ms");
   }
+  HoldExpired();
   if (!held_.empty()) return Status::FailedPrecondition("a freeze is already held");
   for (FreezeMember* m : members_) CDP_RETURN_IF_ERROR(m->CanCheckpoint());
   auto points = RunCycleLocked(label, static_cast<int>(freeze_budget.count()),
@@ -301,13 +306,28 @@ Result<std::vector<FrozenVolume>> GroupFreezeCycle::FreezeAndHold(
   return lsns;
 }
 
+bool GroupFreezeCycle::HoldExpired() {
+  if (held_.empty() || std::chrono::steady_clock::now() < held_until_) return false;
+  // The watchdogs thawed (or are thawing) every filesystem: ours says "not frozen" (Aborted).
+  std::vector<Freezable*> held;
+  held.swap(held_);
+  (void)ThawAll(held);
+  for (FreezeMember* m : members_) m->OnThawed();
+  return true;
+}
+
 Status GroupFreezeCycle::RenewHold(std::chrono::milliseconds hold_limit) {
   std::lock_guard<std::timed_mutex> lock(cycle_mu_);
+  if (HoldExpired()) {
+    return Status::FailedPrecondition(
+        "no freeze is held: it passed its hold limit and the watchdogs thawed it");
+  }
   if (held_.empty()) return Status::FailedPrecondition("no freeze is held");
   for (Freezable* f : held_) {
     if (!f->frozen()) return Status::FailedPrecondition(f->mount_path() + " is no longer frozen");
     CDP_RETURN_IF_ERROR(f->ExtendHold(static_cast<int>(hold_limit.count())));
   }
+  held_until_ = std::chrono::steady_clock::now() + hold_limit;
   return Status::Ok();
 }
 
@@ -325,9 +345,13 @@ Status GroupFreezeCycle::Thaw() {
 
 std::chrono::milliseconds GroupFreezeCycle::HeldFor() const {
   std::lock_guard<std::timed_mutex> lock(cycle_mu_);
-  if (held_.empty()) return std::chrono::milliseconds(0);
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                               held_since_);
+  if (held_.empty() || std::chrono::steady_clock::now() >= held_until_) {
+    return std::chrono::milliseconds(0);
+  }
+  // At least 1 ms while held: zero means "none".
+  return std::max(std::chrono::milliseconds(1),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - held_since_));
 }
 
 }  // namespace cdp::agent

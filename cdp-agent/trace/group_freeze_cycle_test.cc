@@ -4,6 +4,7 @@
 #include <sys/sysmacros.h>
 
 #include <algorithm>
+#include <thread>
 
 namespace cdp::agent {
 namespace {
@@ -261,6 +262,25 @@ TEST_F(GroupFreezeCycleTest, HeldFreezeStaysFrozenUntilThaw) {
   EXPECT_TRUE(cycle.RenewHold(std::chrono::milliseconds(1)).code() ==
               StatusCode::kFailedPrecondition);
   EXPECT_TRUE(cycle.Thaw().ok()) << "nothing frozen: OK";
+}
+
+TEST_F(GroupFreezeCycleTest, AHoldPastItsLimitIsOver) {
+  GroupFreezeCycle cycle(Options(), {&sda_, &sdb_});
+  ASSERT_TRUE(
+      cycle.FreezeAndHold("cutover", std::chrono::milliseconds(5000), std::chrono::milliseconds(50))
+          .ok());
+  EXPECT_GT(cycle.HeldFor().count(), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the watchdogs thaw now
+  EXPECT_EQ(cycle.HeldFor().count(), 0);
+  EXPECT_EQ(cycle.RenewHold(std::chrono::milliseconds(1000)).message(),
+            "no freeze is held: it passed its hold limit and the watchdogs thawed it");
+  EXPECT_TRUE(cycle.Thaw().ok());
+  EXPECT_TRUE(
+      cycle
+          .FreezeAndHold("again", std::chrono::milliseconds(5000), std::chrono::milliseconds(30000))
+          .ok())
+      << "a new hold after the expired one";
+  EXPECT_TRUE(cycle.Thaw().ok());
 }
 
 TEST_F(GroupFreezeCycleTest, CheckpointRefusedByAMember) {

@@ -3,8 +3,9 @@
 trace-mode cdp-agent protecting ext4 on a loop device, both in a network namespace this test
 creates (so the fence removes addresses from a veth NIC of its own, never the host's), and
 cdpctl source as the control client:
-  1. status: the agent's volume and mount point, and why it cannot freeze yet (no GroupFreeze is
-     wired into this cdp-agent); quiesce is refused with that reason, nothing frozen;
+  1. status: the agent's volume and mount point, able to freeze; quiesce holds a freeze of the
+     filesystem (the process's GroupFreeze) and reports the volume's final LSN; hold renews it;
+     release thaws it;
   2. hashes: XXH3-64 per 4 MiB region computed by the agent equal those of the device's bytes
      read here with O_DIRECT (xxhsum -H3);
   3. fence: the service address leaves its NIC (read back with ip), another address stays, an
@@ -104,16 +105,21 @@ def test(s):
         f.write(os.urandom(3 << 20))
     os.sync()
 
-    t.log("1. status and a refused quiesce")
+    t.log("1. status, quiesce (a held freeze), hold, release")
     st = json.loads(s.cdpctl("source", "status", "--volume", s.volume, "--json").stdout)
     assert st["volumes"] == [{"volume": s.volume, "final_lsn": 0, "mount_points": s.mnt}], st
-    assert st["can_freeze"] is False and st["frozen"] is False, st
-    assert st["done"] == "this cdp-agent has no held group freeze yet (GroupFreeze)", st
-    r = s.cdpctl("source", "quiesce", "--volume", s.volume, check=False)
-    assert r.returncode == 1, r
-    assert r.stderr.strip() == ("cdpctl: source quiesce: this agent cannot freeze: this cdp-agent "
-                                "has no held group freeze yet (GroupFreeze)"), r.stderr
-    assert not s.is_frozen(wait=0.5), "a refused quiesce left the filesystem frozen"
+    assert st["can_freeze"] is True and st["frozen"] is False, st
+    s.wait_for(lambda: s.status()["initial_sync_done"], 120, "the initial sync")
+    r = s.cdpctl("source", "quiesce", "--volume", s.volume, "--json")
+    q = json.loads(r.stdout)
+    assert q["frozen"] is True and q["volumes"][0]["final_lsn"] > 0, q
+    assert s.is_frozen(wait=0.5), "quiesce did not leave the filesystem frozen"
+    st = json.loads(s.cdpctl("source", "status", "--volume", s.volume, "--json").stdout)
+    assert st["frozen"] is True, st
+    s.cdpctl("source", "hold", "--volume", s.volume)
+    r = s.cdpctl("source", "release", "--volume", s.volume)
+    assert r.stdout.strip().startswith("thawed after "), r.stdout
+    assert not s.is_frozen(wait=0.5), "release left the filesystem frozen"
 
     t.log("2. hashes by the agent equal the device's bytes (frozen here: nothing changes them)")
     s.freeze()
@@ -136,7 +142,7 @@ def test(s):
         r.stdout
     assert addresses() == ["198.51.100.5/24"], addresses()
     r = s.cdpctl("source", "release", "--volume", s.volume)
-    assert r.stdout.strip() == "nothing was frozen", r.stdout
+    assert r.stdout.strip() == "nothing was frozen (thawed already)", r.stdout
 
     t.log("4. the agent killed: no agent connected")
     s.procs["agent"].kill9()

@@ -109,6 +109,12 @@ class Agent {
   // end of a device scan to it. Before that, checkpoints are refused as Unavailable. The cycle
   // outlives the agent's running (AgentProcess stops it first).
   void SetFreezeCycle(GroupFreezeCycle* cycle) { cycle_ = cycle; }
+  // Routes the sender's source-control requests to `service` (the process's: every volume, the
+  // group freeze) instead of the volume's own; null: back to its own. `service` outlives the
+  // routing (AgentProcess resets it before it stops the volume).
+  void SetSourceControl(SourceControlService* service) { process_source_control_ = service; }
+  // Trace mode: the mount points its freezes freeze (--freeze, `auto` resolved); else empty.
+  std::vector<std::string> freeze_mount_points();
 
 #if CDP_TEST_HOOKS
   // Test builds: saves the state file on a thread of its own now (joined at Stop), as a state
@@ -145,6 +151,7 @@ class Agent {
   std::unique_ptr<TraceOutput> trace_output_;  // capture_ over sender_, for trace_
   std::unique_ptr<TraceCapture> trace_;
   std::atomic<GroupFreezeCycle*> cycle_{nullptr};
+  std::atomic<SourceControlService*> process_source_control_{nullptr};
 #if CDP_TEST_HOOKS
   std::mutex test_savers_mu_;
   std::vector<std::thread> test_savers_;  // GUARDED_BY(test_savers_mu_)
@@ -155,10 +162,11 @@ class Agent {
   bool stopped_ = false;
 };
 
-// The agent process: one Agent per volume, and the freeze cycle of those in trace mode with
+// The agent process: one Agent per volume, the freeze cycle of those in trace mode with
 // filesystems to freeze — a group of one for a volume alone, a group point across all of them
-// otherwise (group_freeze_cycle.h). Stop() stops the cycle (thawing a held freeze) before the
-// volumes.
+// otherwise (group_freeze_cycle.h) — and one SourceControlService over all of them, the cycle
+// as its GroupFreeze (the cutover's quiesce: a held freeze of every filesystem). Stop() stops
+// the cycle (thawing a held freeze) before the volumes.
 class AgentProcess {
  public:
   // Starts every volume in order (an error stops those already started and names the volume),
@@ -182,8 +190,12 @@ class AgentProcess {
 
  private:
   AgentProcess() = default;
-  std::vector<std::unique_ptr<Agent>> agents_;
+  // Destroyed in reverse: the volumes first (their senders route to source_control_), then the
+  // source control (it holds the cycle as its GroupFreeze), then the cycle.
   std::unique_ptr<GroupFreezeCycle> cycle_;
+  std::unique_ptr<AddressTable> addresses_;
+  std::unique_ptr<SourceControlService> source_control_;
+  std::vector<std::unique_ptr<Agent>> agents_;
   bool stopped_ = false;
 };
 

@@ -186,6 +186,10 @@ class GroupFreezeCycle : public GroupFreeze {
   int quiet_streak_ = 0;                              // GUARDED_BY(cycle_mu_)
   int64_t quiet_until_ns_ = 0;                        // GUARDED_BY(cycle_mu_): steady clock
   std::chrono::steady_clock::time_point held_since_;  // GUARDED_BY(cycle_mu_)
+  // When the watchdogs thaw the held freeze (its hold limit from the freeze or the last renewal).
+  std::chrono::steady_clock::time_point held_until_;  // GUARDED_BY(cycle_mu_)
+  // The held freeze passed its limit: the watchdogs thawed it. Forgets it. REQUIRES: cycle_mu_.
+  bool HoldExpired();
 
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
