@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -60,6 +61,17 @@ TEST_F(AgentConfigTest, EveryKeyBecomesItsFlag) {
                 "--bandwidth-limit=12.5", "--trace-buffer-kb=8192", "--tracefs=/sys/kernel/tracing",
                 "--io-engine=io_uring", "--drain-seconds=5", "--log-level=debug"}));
   EXPECT_EQ(c->flags.size(), 16u) << "group is not a flag of the volume";
+}
+
+// The example the Debian package installs (deploy/examples/agent/VOLUME.conf) reads as is.
+TEST_F(AgentConfigTest, ThePackagesExampleReads) {
+  auto c = LoadVolumeConfig(std::string(CDP_SOURCE_DIR) + "/deploy/examples/agent/VOLUME.conf");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->volume, "db01-sda");
+  EXPECT_EQ(c->group, "db01");
+  EXPECT_NE(std::find(c->args.begin(), c->args.end(), "--freeze=auto"), c->args.end());
+  EXPECT_NE(std::find(c->args.begin(), c->args.end(), "--trace"), c->args.end());
+  EXPECT_NE(std::find(c->args.begin(), c->args.end(), "--log-level=info"), c->args.end());
 }
 
 TEST_F(AgentConfigTest, FreezeListAndDefaultGroup) {

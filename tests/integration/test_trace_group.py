@@ -264,8 +264,36 @@ def restored_pairs(s, image, offset, size, fs):
         subprocess.run(["losetup", "-d", loop], capture_output=True)
 
 
+def usage_errors(s):
+    """What the command line refuses, before anything starts (exit 2, one line)."""
+    def agent(*args):
+        r = subprocess.run([t.binary("cdp-agent"), *args], capture_output=True, text=True,
+                           timeout=60)
+        return r.returncode, r.stderr.strip()
+    a, b = (os.path.join(s.conf_dir, n) for n in ("a-root.conf", "b-data.conf"))
+    assert agent("--config", a, "--config", b, "--checkpoint-interval", "2") == (
+        2, "cdp-agent: --checkpoint-interval on the command line: with 2 config files, options "
+           "of a volume go in its file (the command line may override them only with a single "
+           "--config)")
+    assert agent("--config-dir", s.conf_dir, "--group", "nogroup") == (
+        2, f"cdp-agent: no config file in {s.conf_dir} is in group 'nogroup' ({s.conf_dir}/*.conf:"
+           " 3 files; a file's group is its `group` key, else its `volume`)")
+    assert agent("--config-dir", s.conf_dir) == (2, "cdp-agent: --config-dir needs --group NAME")
+    bad = os.path.join(s.dir, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("volume: v\ncheckpoint_interval: 0.01\n")
+    assert agent("--config", bad, "--server", "tcp://127.0.0.1:1", "--device", "/dev/null",
+                 "--trace") == (
+        2, f"cdp-agent: {bad}: --checkpoint-interval must be between 0.05 and 86400 seconds")
+    with open(bad, "w") as f:
+        f.write("volume: v\nfreez: auto\n")
+    rc, err = agent("--config", bad)
+    assert rc == 2 and err.startswith(f"cdp-agent: {bad}:2: unknown key 'freez' (known: "), err
+
+
 def test(s):
     s.write_configs()
+    usage_errors(s)
     s.start_journal()
     s.start_agent()
     s.wait_for(lambda: "one group point per freeze" in s.agent_log(), 60, "the group cycle")
