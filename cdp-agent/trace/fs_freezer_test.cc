@@ -603,6 +603,25 @@ TEST_F(FsFreezerOnLoopTest, WatchdogThawsAtTheHardLimitAndThawReportsAborted) {
   }
 }
 
+// Issue 17, item 4: a held freeze (the cutover's quiesce) is armed with its own limit and its
+// lease renewed (ExtendHold, the watchdog's "E" line); past the renewed limit the watchdog thaws.
+TEST_F(FsFreezerOnLoopTest, AHeldFreezeHasItsOwnLimitAndItsLeaseIsRenewed) {
+  auto freezer = FsFreezer::Start(OptionsFor(mnt_, 300));
+  ASSERT_TRUE(freezer.ok()) << freezer.status();
+  EXPECT_EQ((*freezer)->ExtendHold(1000).code(), StatusCode::kFailedPrecondition)
+      << "nothing frozen: nothing to extend";
+  ASSERT_TRUE((*freezer)->Freeze(2 * kStillBlockedMs).ok());
+  pid_t writer = StartWriter("held");
+  EXPECT_FALSE(WaitFor(writer, kStillBlockedMs).has_value())
+      << "the watchdog thawed at Options::hard_limit_ms, not at the held freeze's limit";
+  ASSERT_TRUE((*freezer)->ExtendHold(3 * kStillBlockedMs).ok());
+  EXPECT_FALSE(WaitFor(writer, 2 * kStillBlockedMs).has_value())
+      << "the watchdog thawed at the first limit despite the renewal";
+  ExpectWriterFinishes(writer, "held");  // past the renewed limit: the watchdog thaws
+  Status s = (*freezer)->Thaw();
+  EXPECT_EQ(s.code(), StatusCode::kAborted) << s;
+}
+
 TEST_F(FsFreezerOnLoopTest, WatchdogThawsAndExitsWhenTheAgentIsKilled) {
   // The killed agent's watchdog is reparented to us, so that we can see how it exits.
   ASSERT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
