@@ -11,6 +11,9 @@
 #include <sstream>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/pe/net_adaptation.h"
+#include "cdp/pe/vmware_services.h"
+#include "config_text.h"
 
 namespace cdp::pe {
 
@@ -20,39 +23,11 @@ namespace fs = std::filesystem;
 
 const char* const kVirtioDrivers[] = {"virtio_blk", "virtio_pci", "virtio_net"};
 
-std::string Lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
+using text::Fields;
+using text::Join;
+using text::Lower;
 
-std::string Join(const std::vector<std::string>& items, std::string_view sep) {
-  std::string out;
-  for (const auto& item : items) {
-    if (!out.empty()) out += sep;
-    out += item;
-  }
-  return out;
-}
-
-std::vector<std::string> Lines(std::string_view text) {
-  std::vector<std::string> lines;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    lines.emplace_back(text.substr(start, end - start));
-    start = end + 1;
-  }
-  return lines;
-}
-
-std::vector<std::string> Fields(std::string_view line) {
-  std::vector<std::string> fields;
-  std::istringstream in{std::string(line)};
-  std::string f;
-  while (in >> f) fields.push_back(f);
-  return fields;
-}
+std::vector<std::string> Lines(std::string_view text) { return text::LineFile::Split(text).lines; }
 
 bool ValidMac(const std::string& mac) {
   if (mac.size() != 17) return false;
@@ -92,7 +67,19 @@ int PrefixFamily(const std::string& address) {
 
 std::string InitrdName(const std::string& kver) { return "/boot/initrd.img-" + kver; }
 
+bool ExistsInRoot(const std::string& root, const std::string& path) {
+  auto host = ResolveInRoot(root, path);
+  struct stat st;
+  return host.ok() && ::stat(host->c_str(), &st) == 0;
+}
+
 }  // namespace
+
+std::string InitramfsPath(const std::string& root, const std::string& kver) {
+  const std::string rhel = "/boot/initramfs-" + kver + ".img";
+  if (!ExistsInRoot(root, InitrdName(kver)) && ExistsInRoot(root, rhel)) return rhel;
+  return InitrdName(kver);
+}
 
 // ---- fstab ----
 
@@ -204,6 +191,12 @@ void ValidateNics(std::vector<NicConfig>* nics, const std::map<std::string, std:
                         "); fix the NIC mapping or give the target VM that NIC");
       continue;
     }
+    n.source_mac = Lower(n.source_mac);
+    if (!n.source_mac.empty() && !ValidMac(n.source_mac)) {
+      errors->push_back(which + ": source MAC '" + n.source_mac +
+                        "' is not of the form aa:bb:cc:dd:ee:ff");
+      continue;
+    }
     const int family = PrefixFamily(n.address);
     if (family == 0) {
       errors->push_back(which + " (MAC " + n.mac + "): address '" + n.address +
@@ -277,7 +270,8 @@ std::string ModuleNameOf(std::string_view path) {
 
 Result<std::set<std::string>> InitramfsModules(const std::string& root, const std::string& kver) {
   std::set<std::string> modules;
-  CDP_ASSIGN_OR_RETURN(const std::string list, ResolveInRoot(root, InitrdName(kver) + ".modules"));
+  const std::string initrd = InitramfsPath(root, kver);
+  CDP_ASSIGN_OR_RETURN(const std::string list, ResolveInRoot(root, initrd + ".modules"));
   auto text = ReadWholeFile(list);
   if (text.ok()) {
     for (const auto& line : Lines(*text)) {
@@ -293,7 +287,7 @@ Result<std::set<std::string>> InitramfsModules(const std::string& root, const st
     return modules;
   }
   if (!text.status().IsNotFound()) return text.status();
-  CDP_ASSIGN_OR_RETURN(const std::string image_path, ResolveInRoot(root, InitrdName(kver)));
+  CDP_ASSIGN_OR_RETURN(const std::string image_path, ResolveInRoot(root, initrd));
   CDP_ASSIGN_OR_RETURN(const std::string image, ReadWholeFile(image_path));
   CDP_ASSIGN_OR_RETURN(const auto names, ListInitramfs(image));
   for (const auto& n : names) {
@@ -321,7 +315,7 @@ void CheckInitramfsDrivers(const std::string& root, const std::string& kver,
   const std::set<std::string> builtin = BuiltinModules(root, kver);
   std::vector<std::string> needed, builtin_used;
   for (const char* d : kVirtioDrivers) (builtin.count(d) ? builtin_used : needed).push_back(d);
-  const std::string initrd = InitrdName(kver);
+  const std::string initrd = InitramfsPath(root, kver);
   const std::string in_kernel =
       builtin_used.empty() ? "" : " (built into " + kver + ": " + Join(builtin_used, ", ") + ")";
   if (needed.empty()) {
@@ -391,7 +385,7 @@ Result<std::string> ChooseOwnKernel(const std::string& root) {
       if (name.rfind("vmlinuz-", 0) != 0 || !entry.is_regular_file(ec)) continue;
       found.push_back(name);
       const std::string kver = name.substr(8);
-      auto initrd = ResolveInRoot(root, InitrdName(kver));
+      auto initrd = ResolveInRoot(root, InitramfsPath(root, kver));
       auto modules = ResolveInRoot(root, "/lib/modules/" + kver);
       if (initrd.ok() && fs::is_regular_file(*initrd, ec) && modules.ok() &&
           fs::is_directory(*modules, ec)) {
@@ -429,28 +423,76 @@ void CheckInit(const std::string& root, const std::string& init, std::vector<std
 
 // ---- the whole step ----
 
-Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) {
+Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
+                                           std::vector<RootChange>* changes_out) {
   std::vector<std::string> errors, notes;
+  RootChanges changes(request.root);
   const bool kernel_ok = CheckKernelModules(request.root, request.kernel_release, &errors);
   CheckInit(request.root, request.init, &errors);
-  CheckFstab(request.root, request.disk_uuids, request.root_uuid, &errors, &notes);
+  TargetDisks& target = request.target;
+  if (target.filesystems.empty()) {
+    for (const auto& [uuid, device] : request.disk_uuids) {
+      TargetFs f;
+      f.device = device;
+      f.id.uuid = uuid;
+      target.filesystems.push_back(std::move(f));
+    }
+  }
+  if (target.root_device.empty()) target.root_device = request.root_device;
+  if (target.root_uuid.empty()) target.root_uuid = request.root_uuid;
+  AdaptFstab(target, &changes, &errors, &notes);
+  AdaptGrub(target, &changes, &errors, &notes);
   ValidateNics(&request.nics, request.present_nics, &errors);
   // The initramfs of a kernel without modules in the migrated OS is beside the point.
   if (kernel_ok) CheckInitramfsDrivers(request.root, request.kernel_release, &errors, &notes);
+  // Our contract (/etc/cdp/net.conf) or the distribution's own network configuration.
+  const bool contract = changes.Exists("/etc/cdp/net.conf");
+  std::vector<std::string> net_notes;
+  if (!contract && !request.nics.empty() && errors.empty()) {
+    std::vector<NicMap> nics;
+    for (const NicConfig& n : request.nics) {
+      auto name = request.present_nics.find(n.mac);
+      nics.push_back({n.source_mac, n.source_name, n.mac,
+                      name == request.present_nics.end() ? "" : name->second, n.address,
+                      n.gateway});
+    }
+    const auto found = ScanNetworkConfig(changes, &errors);
+    ResolveSourceNames(found, &nics, &errors);
+    if (errors.empty()) {
+      AdaptNetwork(nics, RunsSystemdUdevd(changes), &changes, &errors, &net_notes);
+    }
+  }
+  DisableVmwareServices(&changes, &net_notes);
   if (!errors.empty()) return Status::FailedPrecondition(Join(errors, "; "));
   if (kernel_ok) notes.push_back("kernel " + request.kernel_release + ": modules present");
+  notes.insert(notes.end(), net_notes.begin(), net_notes.end());
+  std::vector<RootChange> made = changes.Changes();
   if (request.nics.empty()) {
-    notes.push_back("net.conf: no NIC mappings in the request; left as it is");
-  } else if (request.dry_run) {
+    notes.push_back(contract ? "net.conf: no NIC mappings in the request; left as it is"
+                             : "network: no NIC mappings in the request; left as it is");
+  } else if (contract && request.dry_run) {
     std::vector<std::string> lines;
     for (const auto& line : Lines(FormatNetConf(request.nics))) {
       if (!line.empty() && line[0] != '#') lines.push_back(line);
     }
     notes.push_back("net.conf: would be rewritten with: " + Join(lines, " | "));
-  } else {
+    made.push_back({"/etc/cdp/net.conf", notes.back(), "/etc/cdp/net.conf.pre-cutover"});
+  } else if (contract) {
     CDP_ASSIGN_OR_RETURN(std::string note, RewriteNetConf(request.root, request.nics));
+    if (note.find("; unchanged") == std::string::npos) {
+      const bool created = note.find("(there was none)") != std::string::npos;
+      made.push_back({"/etc/cdp/net.conf", note, created ? "" : "/etc/cdp/net.conf.pre-cutover"});
+    }
     notes.push_back(std::move(note));
   }
+  for (const RootChange& c : changes.Changes()) {
+    notes.push_back((request.dry_run ? "would change " : "changed ") + c.file + ": " + c.what +
+                    (c.kept_at.empty() ? "" : " (previous content kept at " + c.kept_at + ")"));
+  }
+  if (!request.dry_run) {
+    CDP_RETURN_IF_ERROR(changes.Apply(UtcStamp()).WithContext("adapting the migrated OS"));
+  }
+  if (changes_out != nullptr) *changes_out = std::move(made);
   return notes;
 }
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -42,6 +43,11 @@ std::vector<std::string> LinuxTakeoverSystem::PartitionsOf(const std::string& di
 
 Result<FsId> LinuxTakeoverSystem::ReadFsId(const std::string& device) {
   return pe::ReadFsId(device);
+}
+
+std::map<int, std::string> LinuxTakeoverSystem::ReadPartitionUuids(const std::string& disk) {
+  auto ids = pe::ReadPartitionUuids(disk);
+  return ids.ok() ? *ids : std::map<int, std::string>{};
 }
 
 bool LinuxTakeoverSystem::IsMountPoint(const std::string& dir) {
@@ -94,8 +100,9 @@ void LinuxTakeoverSystem::KexecUnload() { pe::KexecUnload(); }
 
 Status LinuxTakeoverSystem::RebootIntoLoadedKernel() { return pe::RebootIntoLoadedKernel(); }
 
-Result<std::vector<std::string>> LinuxTakeoverSystem::AdaptRoot(AdaptRequest request) {
-  return pe::AdaptRoot(std::move(request));
+Result<std::vector<std::string>> LinuxTakeoverSystem::AdaptRoot(AdaptRequest request,
+                                                                std::vector<RootChange>* changes) {
+  return pe::AdaptRoot(std::move(request), changes);
 }
 
 // ---- the takeover ----
@@ -139,6 +146,7 @@ bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
   root_device_.clear();
   root_uuid_.clear();
   disk_uuids_.clear();
+  target_ = TargetDisks();
   boot_ = v1::BOOT_MODE_UNSPECIFIED;
   kernel_release_ = config_.kernel_release;
   reply->set_kernel_release(kernel_release_);
@@ -231,10 +239,27 @@ Result<std::string> Takeover::Mount(bool read_only) {
   for (const TakeoverDisk& d : disks_) {
     const std::string note = system_->RereadPartitions(d.path);
     if (!note.empty()) notes += "; " + note;
+    target_.disks.push_back(d.path);
     std::vector<std::string> devices{d.path};
     for (auto& p : system_->PartitionsOf(d.path)) devices.push_back(std::move(p));
+    const auto partuuids =
+        devices.size() > 1 ? system_->ReadPartitionUuids(d.path) : std::map<int, std::string>{};
     for (const std::string& dev : devices) {
       auto id = system_->ReadFsId(dev);
+      TargetFs found;
+      found.device = dev;
+      found.disk = d.path;
+      // A partition's number: the digits its name ends with (vda2, nvme0n1p2).
+      size_t digits = dev.size();
+      while (digits > d.path.size() && std::isdigit(static_cast<unsigned char>(dev[digits - 1]))) {
+        --digits;
+      }
+      if (dev != d.path && digits < dev.size()) found.partition = std::stoi(dev.substr(digits));
+      if (auto it = partuuids.find(found.partition); found.partition > 0 && it != partuuids.end()) {
+        found.partuuid = it->second;
+      }
+      if (id.ok()) found.id = *id;
+      target_.filesystems.push_back(std::move(found));
       if (id.ok()) disk_uuids_.emplace(id->uuid, dev);
       if (&d == root_disk_ && root_device_.empty() && id.ok() && id->type == "ext4") {
         root_device_ = dev;
@@ -274,7 +299,7 @@ Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) 
   CDP_ASSIGN_OR_RETURN(kernel_release_, ChooseOwnKernel(config_.newroot));
   reply_->set_kernel_release(kernel_release_);
   const std::string kernel = "/boot/vmlinuz-" + kernel_release_;
-  const std::string initrd = "/boot/initrd.img-" + kernel_release_;
+  const std::string initrd = InitramfsPath(config_.newroot, kernel_release_);
   const std::string cmdline =
       "root=UUID=" + root_uuid_ + " " +
       (request.kernel_args().empty() ? std::string("ro") : request.kernel_args());
@@ -301,12 +326,29 @@ Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request) {
   adapt.kernel_release = kernel_release_;
   adapt.init = Init(request);
   adapt.disk_uuids = disk_uuids_;
+  adapt.target = target_;
+  adapt.target.root_device = root_device_;
+  adapt.target.root_uuid = root_uuid_;
+  for (const TakeoverDisk& d : disks_) {
+    auto source = request.source_disks().find(d.volume);
+    adapt.target.source_disks.push_back(source == request.source_disks().end() ? ""
+                                                                               : source->second);
+  }
   adapt.dry_run = request.dry_run();
-  for (const auto& n : request.nics()) adapt.nics.push_back({n.mac(), n.address(), n.gateway()});
+  for (const auto& n : request.nics()) {
+    adapt.nics.push_back({n.mac(), n.address(), n.gateway(), n.source_mac(), n.source_name()});
+  }
   if (!adapt.nics.empty()) {
     CDP_ASSIGN_OR_RETURN(adapt.present_nics, ListNics(config_.sys_class_net));
   }
-  CDP_ASSIGN_OR_RETURN(auto notes, system_->AdaptRoot(std::move(adapt)));
+  std::vector<RootChange> changes;
+  CDP_ASSIGN_OR_RETURN(auto notes, system_->AdaptRoot(std::move(adapt), &changes));
+  for (const RootChange& c : changes) {
+    v1::BootChange* change = reply_->add_changes();
+    change->set_file(c.file);
+    change->set_what(c.what);
+    change->set_kept_at(c.kept_at);
+  }
   std::string out = boot_ == v1::BOOT_MODE_KEXEC
                         ? "boot: kexec into its own kernel " + kernel_release_
                         : "boot: switch_root on the PE's kernel " + kernel_release_;

@@ -98,7 +98,8 @@ class FakeSystem : public TakeoverSystem {
     calls.push_back("reboot");
     return Status::IOError("kexec reboot failed: Invalid argument");
   }
-  Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) override {
+  Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
+                                             std::vector<RootChange>*) override {
     adapted = request;
     calls.push_back(std::string("adapt") + (request.dry_run ? " dry-run" : ""));
     if (!adapt_error.empty()) return Status::FailedPrecondition(adapt_error);

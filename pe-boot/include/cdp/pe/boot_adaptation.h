@@ -1,13 +1,20 @@
-// Boot adaptation of the migrated OS at takeover (docs/pe-agent.md §5): the checks and the one
-// change the pe-agent makes to the replica's root filesystem before the PE's /init switch_roots
-// into it. Pure functions over the directory where that filesystem is mounted (/newroot in the
-// PE, a temporary directory in tests) and over what the caller found on the target (its disks'
-// filesystem UUIDs, its NICs, the running kernel), so every rule is testable without a VM.
+// Boot adaptation of the migrated OS at takeover (docs/pe-agent.md §5): the checks and the
+// changes the pe-agent makes to the replica's root filesystem before the PE's /init switch_roots
+// into it (or kexec boots its kernel). Pure functions over the directory where that filesystem is
+// mounted (/newroot in the PE, a temporary directory in tests) and over what the caller found on
+// the target (its disks' filesystem UUIDs, its NICs, the running kernel), so every rule is testable
+// without a VM.
 //
-// The migrated OS's contract (the lab's source image follows it):
-//   - /etc/fstab names its filesystems by UUID (`UUID=<uuid> / ext4 ...`);
-//   - /etc/cdp/net.conf lists its interfaces, `iface MAC ADDR/PREFIX [GATEWAY]` per line;
-//   - /boot/initrd.img-KVER and /lib/modules/KVER for the kernel it runs.
+// Two kinds of migrated OS:
+//   - an unmodified distribution (Debian, Ubuntu, RHEL family): its own network configuration
+//     (net_adaptation.h), /etc/fstab and GRUB's root device (fstab_adaptation.h), VMware-only
+//     services (vmware_services.h) are adapted; every change is planned into a RootChanges
+//     (root_changes.h), listed by a dry run, and applied with the previous content kept;
+//   - our own contract (the busybox lab source): /etc/cdp/net.conf lists its interfaces,
+//     `iface MAC ADDR/PREFIX [GATEWAY]` per line, and is rewritten from the NIC mappings. A
+//     migrated OS that has /etc/cdp/net.conf is this kind.
+// Both: /boot/initrd.img-KVER (or /boot/initramfs-KVER.img) and /lib/modules/KVER for the
+// kernel it runs, with the virtio drivers (initramfs_rebuild.h rebuilds it ahead of the window).
 //
 // Paths inside the migrated OS are resolved as if its root were `/` (absolute symlinks such as
 // /sbin/init -> /lib/systemd/systemd stay inside it): see ResolveInRoot (root_path.h). The
@@ -25,7 +32,9 @@
 
 #include "cdp/core/status.h"
 #include "cdp/pe/filesystem_id.h"
+#include "cdp/pe/fstab_adaptation.h"
 #include "cdp/pe/initramfs.h"
+#include "cdp/pe/root_changes.h"
 #include "cdp/pe/root_path.h"
 
 namespace cdp::pe {
@@ -59,11 +68,14 @@ void CheckFstab(const std::string& root, const UuidMap& on_disks, const std::str
 
 // ---- network ----
 
-// One interface as the migrated OS must configure it (a line of /etc/cdp/net.conf).
+// One interface as the migrated OS must configure it (a line of /etc/cdp/net.conf; a NIC of
+// net_adaptation.h).
 struct NicConfig {
-  std::string mac;      // aa:bb:cc:dd:ee:ff (normalized to lowercase by ValidateNics)
+  std::string mac;      // the target's NIC, aa:bb:cc:dd:ee:ff (lowercase after ValidateNics)
   std::string address;  // ADDR/PREFIX
   std::string gateway;  // optional
+  std::string source_mac;   // the source's NIC that had it; optional (lowercase after ValidateNics)
+  std::string source_name;  // its name on the source ("ens192"); optional
 };
 
 // The NICs of this machine: MAC (lowercase) -> interface name, from SYS_CLASS_NET/*/address
@@ -72,8 +84,8 @@ Result<std::map<std::string, std::string>> ListNics(const std::string& sys_class
 
 // Checks the mappings and normalizes their MACs to lowercase: each MAC well formed and on a
 // NIC in `present` (MAC -> interface), no MAC twice, each address ADDR/PREFIX (IPv4 or IPv6),
-// each gateway (when set) an address of the same family. Errors, naming the mapping, are
-// appended to *errors.
+// each gateway (when set) an address of the same family, each source MAC (when set) well formed.
+// Errors, naming the mapping, are appended to *errors.
 void ValidateNics(std::vector<NicConfig>* nics, const std::map<std::string, std::string>& present,
                   std::vector<std::string>* errors);
 
@@ -93,9 +105,14 @@ Result<std::string> RewriteNetConf(const std::string& root, const std::vector<Ni
 // "virtio_blk" ('-' read as '_', as modprobe does). Empty when it is not a .ko[.gz|.xz|.zst].
 std::string ModuleNameOf(std::string_view path);
 
+// The migrated OS's initramfs of kernel `kver`, a path inside it: /boot/initrd.img-KVER (Debian)
+// when it exists, else /boot/initramfs-KVER.img (RHEL) when that exists, else the first.
+std::string InitramfsPath(const std::string& root, const std::string& kver);
+
 // The modules in the migrated OS's initramfs for kernel `kver`: the lines of
-// ROOT/boot/initrd.img-KVER.modules when present (names or paths of .ko files), else the .ko
-// entries of ROOT/boot/initrd.img-KVER. NotFound when neither exists; ListInitramfs' errors.
+// ROOT/INITRAMFS.modules when present (names or paths of .ko files), else the .ko
+// entries of ROOT/INITRAMFS (INITRAMFS = InitramfsPath). NotFound when neither exists;
+// ListInitramfs' errors.
 Result<std::set<std::string>> InitramfsModules(const std::string& root, const std::string& kver);
 
 // The modules built into kernel `kver` of the migrated OS (ROOT/lib/modules/KVER/
@@ -138,14 +155,23 @@ struct AdaptRequest {
   std::string init = "/sbin/init";
   std::vector<NicConfig> nics;                      // the mappings of the takeover request
   std::map<std::string, std::string> present_nics;  // ListNics of the PE
-  UuidMap disk_uuids;                               // every filesystem on the target's disks
-  bool dry_run = false;                             // check only; change nothing
+  UuidMap disk_uuids;  // every filesystem on the target's disks (when `target` has none)
+  // The target's disks, their filesystems and the source's disk names, for fstab and GRUB.
+  // Without filesystems, disk_uuids and root_device stand for them.
+  TargetDisks target;
+  bool dry_run = false;  // check only; change nothing
 };
 
-// Runs every check (kernel modules, init, fstab, NIC mappings, initramfs drivers) and, only
-// when all pass and not dry_run, rewrites net.conf (when there are NIC mappings). Returns the
-// notes (what was checked, changed, or would change) for the step's result, or
-// FailedPrecondition with every problem found, joined by "; ". On error nothing was changed.
-Result<std::vector<std::string>> AdaptRoot(AdaptRequest request);
+// The whole adaptation: every check (kernel modules, init, fstab and GRUB's root device, NIC
+// mappings and the network configuration, initramfs drivers) runs and plans its changes (the
+// network, fstab device names, root=, VMware-only services off); only when all pass and not
+// dry_run are the changes made (RootChanges::Apply: previous contents kept beside the files,
+// /var/log/cdp-takeover.log appended); with /etc/cdp/net.conf (our contract) the network is
+// that file, rewritten by RewriteNetConf. Returns the notes (what was checked, changed, or would
+// change) for the step's result, and fills *changes (when not null) with the changes made or,
+// for a dry run, that would be made; or FailedPrecondition with every problem found, joined by
+// "; ". On error nothing was changed.
+Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
+                                           std::vector<RootChange>* changes = nullptr);
 
 }  // namespace cdp::pe

@@ -75,6 +75,12 @@ class TakeoverSystem {
   virtual std::vector<std::string> PartitionsOf(const std::string& disk) = 0;
   // The filesystem on `device` (filesystem_id.h).
   virtual Result<FsId> ReadFsId(const std::string& device) = 0;
+  // The PARTUUIDs of `disk`'s partition table by partition number (filesystem_id.h); empty
+  // when it has none or cannot be read (fstab's PARTUUID= entries then find nothing).
+  virtual std::map<int, std::string> ReadPartitionUuids(const std::string& disk) {
+    (void)disk;
+    return {};
+  }
 
   // True when `dir` is the root of a mount.
   virtual bool IsMountPoint(const std::string& dir) = 0;
@@ -94,7 +100,8 @@ class TakeoverSystem {
   virtual Status RebootIntoLoadedKernel() = 0;
 
   // The adaptation of the mounted root (boot_adaptation.h: AdaptRoot).
-  virtual Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) = 0;
+  virtual Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
+                                                     std::vector<RootChange>* changes) = 0;
 };
 
 // The real machine: mount(2), the ioctls of block_ioctl.h, the syscalls of kexec.h, AdaptRoot.
@@ -104,6 +111,7 @@ class LinuxTakeoverSystem : public TakeoverSystem {
   std::string RereadPartitions(const std::string& disk) override;
   std::vector<std::string> PartitionsOf(const std::string& disk) override;
   Result<FsId> ReadFsId(const std::string& device) override;
+  std::map<int, std::string> ReadPartitionUuids(const std::string& disk) override;
   bool IsMountPoint(const std::string& dir) override;
   Status MountExt4(const std::string& device, const std::string& dir, bool read_only) override;
   std::string Unmount(const std::string& dir) override;
@@ -112,7 +120,8 @@ class LinuxTakeoverSystem : public TakeoverSystem {
                                 const std::string& initrd, const std::string& cmdline) override;
   void KexecUnload() override;
   Status RebootIntoLoadedKernel() override;
-  Result<std::vector<std::string>> AdaptRoot(AdaptRequest request) override;
+  Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
+                                             std::vector<RootChange>* changes) override;
 };
 
 struct TakeoverConfig {
@@ -142,10 +151,10 @@ class Takeover {
 
   // Runs `request` from CHECK to HAND_OVER, or to ROLL_BACK on a failure or a dry run (graph
   // above), and fills *reply completely: ok, error, steps, root_device, kernel_release,
-  // boot_mode. `state` and `state_error` are the agent's (CHECK refuses unless PE_STATE_READY);
-  // `disks` are every volume's disks, in volume order. Returns true when handed over: the caller
-  // sends the reply, stops serving, and calls Finish().
-  // REQUIRES: not handed_over().
+  // boot_mode, changes. `state` and `state_error` are the agent's (CHECK refuses unless
+  // PE_STATE_READY); `disks` are every volume's disks, in volume order. Returns true when handed
+  // over: the caller sends the reply, stops serving, and calls Finish(). REQUIRES: not
+  // handed_over().
   bool Run(const wire::v1::TakeoverRequest& request, wire::v1::PeState state,
            const std::string& state_error, const std::vector<TakeoverDisk>& disks,
            wire::v1::TakeoverReply* reply);
@@ -200,6 +209,7 @@ class Takeover {
   const TakeoverDisk* root_disk_ = nullptr;
   std::string root_device_, root_uuid_;
   UuidMap disk_uuids_;
+  TargetDisks target_;  // every disk and partition found at MOUNT
   wire::v1::BootMode boot_ = wire::v1::BOOT_MODE_UNSPECIFIED;
   std::string kernel_release_;  // the kernel the migrated OS will run
 };

@@ -1,0 +1,274 @@
+#include "cdp/pe/initramfs_rebuild.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "cdp/core/atomic_file.h"
+#include "cdp/pe/boot_adaptation.h"
+#include "cdp/pe/initramfs.h"
+#include "cdp/pe/root_path.h"
+#include "config_text.h"
+
+namespace cdp::pe {
+
+namespace {
+
+constexpr size_t kOutputTail = 16 * 1024;
+
+bool IsExecutable(const RootChanges& root, const char* path) {
+  auto host = ResolveInRoot(root.root(), path);
+  struct stat st;
+  return host.ok() && ::stat(host->c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+         (st.st_mode & 0111) != 0;
+}
+
+std::string FirstExecutable(const RootChanges& root, std::initializer_list<const char*> paths) {
+  for (const char* p : paths) {
+    if (IsExecutable(root, p)) return p;
+  }
+  return "";
+}
+
+// MODULES= of initramfs-tools: initramfs.conf, then conf.d/* in order (the last one set wins).
+std::string InitramfsToolsModules(const RootChanges& root) {
+  std::string modules = "most";
+  std::vector<std::string> files = {"/etc/initramfs-tools/initramfs.conf"};
+  if (auto dir = ResolveInRoot(root.root(), "/etc/initramfs-tools/conf.d"); dir.ok()) {
+    for (const auto& name : text::ListDir(*dir))
+      files.push_back("/etc/initramfs-tools/conf.d/" + name);
+  }
+  for (const auto& file : files) {
+    auto content = root.Read(file);
+    if (!content.ok()) continue;
+    for (const auto& line : text::LineFile::Split(*content).lines) {
+      std::string key, value;
+      if (text::SplitAssignment(line, &key, &value) && key == "MODULES") {
+        modules = text::Unquote(value);
+      }
+    }
+  }
+  return modules;
+}
+
+std::string LastLine(const std::string& output) {
+  const auto lines = text::LineFile::Split(output).lines;
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    if (!text::Trim(*it).empty()) return text::Trim(*it);
+  }
+  return "";
+}
+
+}  // namespace
+
+InitramfsTool DetectInitramfsTool(const RootChanges& root) {
+  if (!FirstExecutable(root, {"/usr/sbin/update-initramfs", "/sbin/update-initramfs"}).empty()) {
+    return InitramfsTool::kInitramfsTools;
+  }
+  if (!FirstExecutable(root, {"/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut"}).empty()) {
+    return InitramfsTool::kDracut;
+  }
+  return InitramfsTool::kNone;
+}
+
+Result<std::vector<std::string>> MissingVirtioDrivers(const std::string& root,
+                                                      const std::string& kver) {
+  const auto builtin = BuiltinModules(root, kver);
+  CDP_ASSIGN_OR_RETURN(const auto modules, InitramfsModules(root, kver));
+  std::vector<std::string> missing;
+  for (const char* d : kVirtioInitramfsDrivers) {
+    if (!builtin.count(d) && !modules.count(d)) missing.push_back(d);
+  }
+  return missing;
+}
+
+Result<InitramfsRebuild> PlanInitramfsRebuild(RootChanges* changes, const std::string& kver,
+                                              const std::vector<std::string>& missing) {
+  InitramfsRebuild r;
+  r.kver = kver;
+  r.drivers = missing;
+  r.tool = DetectInitramfsTool(*changes);
+  r.image = InitramfsPath(changes->root(), kver);
+  const std::string list = text::Join(missing, " ");
+  switch (r.tool) {
+    case InitramfsTool::kInitramfsTools: {
+      r.argv = {FirstExecutable(*changes, {"/usr/sbin/update-initramfs", "/sbin/update-initramfs"}),
+                "-u", "-k", kver};
+      const std::string setting = InitramfsToolsModules(*changes);
+      if (setting != "most") {
+        const std::string file = "/etc/initramfs-tools/modules";
+        auto old = changes->Read(file);
+        std::string content = old.ok() ? *old : "";
+        if (!content.empty() && content.back() != '\n') content += '\n';
+        content += "# added by the cdp pe-agent: the target's virtual hardware is virtio\n";
+        for (const auto& m : missing) content += m + "\n";
+        changes->Write(file, content,
+                       "initramfs-tools: MODULES=" + setting + " would leave out " + list +
+                           "; listed here so every rebuild carries them");
+      }
+      break;
+    }
+    case InitramfsTool::kDracut:
+      r.argv = {FirstExecutable(*changes, {"/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut"}),
+                "-f",
+                "--kver",
+                kver,
+                "--add-drivers",
+                list};
+      changes->Write("/etc/dracut.conf.d/90-cdp-virtio.conf",
+                     "# written by the cdp pe-agent: the target's virtual hardware is virtio\n"
+                     "add_drivers+=\" " +
+                         list + " \"\n",
+                     "dracut: " + list + " added to every rebuild");
+      break;
+    case InitramfsTool::kNone:
+      return Status::FailedPrecondition(
+          "the migrated OS has neither update-initramfs (initramfs-tools) nor dracut to rebuild "
+          "its initramfs " +
+          r.image + " with " + list + ": rebuild it with them on the source before the cutover");
+  }
+  return r;
+}
+
+Result<std::string> RunInitramfsRebuild(ChrootRunner* runner, const std::string& root,
+                                        const InitramfsRebuild& rebuild, int timeout_seconds) {
+  auto ran = runner->Run(root, rebuild.argv, timeout_seconds);
+  if (!ran.ok()) return ran.status().WithContext(text::Join(rebuild.argv, " "));
+  const std::string output = *ran;
+  // The new image itself, not a .modules list beside it (which the rebuild did not update).
+  CDP_ASSIGN_OR_RETURN(const std::string path, ResolveInRoot(root, rebuild.image));
+  CDP_ASSIGN_OR_RETURN(const std::string image, ReadWholeFile(path));
+  auto listed = ListInitramfs(image);
+  if (!listed.ok()) return listed.status().WithContext(rebuild.image);
+  const auto& names = *listed;
+  const auto builtin = BuiltinModules(root, rebuild.kver);
+  std::vector<std::string> still;
+  for (const auto& d : rebuild.drivers) {
+    const bool in = builtin.count(d) || std::any_of(names.begin(), names.end(), [&](const auto& n) {
+                      return ModuleNameOf(n) == d;
+                    });
+    if (!in) still.push_back(d);
+  }
+  if (!still.empty()) {
+    return Status::FailedPrecondition(text::Join(rebuild.argv, " ") + " ran, but " + rebuild.image +
+                                      " still has no " + text::Join(still, ", ") +
+                                      " (the migrated OS has no such module for " + rebuild.kver +
+                                      "?)");
+  }
+  const std::string last = LastLine(output);
+  return rebuild.image + " rebuilt with " + text::Join(rebuild.drivers, ", ") + " (" +
+         text::Join(rebuild.argv, " ") + (last.empty() ? "" : ": " + last) + ")";
+}
+
+Result<std::string> LinuxChrootRunner::Run(const std::string& root,
+                                           const std::vector<std::string>& argv,
+                                           int timeout_seconds) {
+  if (argv.empty()) return Status::InvalidArgument("no command to run in " + root);
+  std::vector<std::string> mounted, unmount_errors;
+  Status status;
+  for (const char* d : {"proc", "sys", "dev"}) {
+    const std::string target = root + "/" + d;
+    std::error_code ec;
+    std::filesystem::create_directories(target, ec);
+    if (::mount((std::string("/") + d).c_str(), target.c_str(), nullptr, MS_BIND | MS_REC,
+                nullptr) != 0) {
+      status = Status::FromErrno(errno, "mount --rbind /" + std::string(d) + " " + target);
+      break;
+    }
+    mounted.push_back(target);
+  }
+  std::string output;
+  if (status.ok()) {
+    int pipefd[2];
+    if (::pipe2(pipefd, O_CLOEXEC) != 0) {
+      status = Status::FromErrno(errno, "pipe");
+    } else {
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      char env_path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+      char env_lang[] = "LANG=C";
+      char env_home[] = "HOME=/root";
+      char* envp[] = {env_path, env_lang, env_home, nullptr};
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        ::dup2(pipefd[1], 1);
+        ::dup2(pipefd[1], 2);
+        const int devnull = ::open("/dev/null", O_RDONLY);
+        if (devnull >= 0) ::dup2(devnull, 0);
+        if (::chroot(root.c_str()) != 0 || ::chdir("/") != 0) _exit(126);
+        ::execve(args[0], args.data(), envp);
+        _exit(127);
+      }
+      ::close(pipefd[1]);
+      if (pid < 0) {
+        status = Status::FromErrno(errno, "fork");
+        ::close(pipefd[0]);
+      } else {
+        const auto deadline =
+            std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
+        bool timed_out = false;
+        char buf[4096];
+        for (;;) {
+          const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                deadline - std::chrono::steady_clock::now())
+                                .count();
+          if (left <= 0) {
+            timed_out = true;
+            ::kill(pid, SIGKILL);
+            break;
+          }
+          pollfd p{pipefd[0], POLLIN, 0};
+          const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+          if (r < 0 && errno == EINTR) continue;
+          if (r <= 0) continue;
+          const ssize_t n = ::read(pipefd[0], buf, sizeof(buf));
+          if (n <= 0) break;
+          output.append(buf, static_cast<size_t>(n));
+          if (output.size() > 2 * kOutputTail) output.erase(0, output.size() - kOutputTail);
+        }
+        ::close(pipefd[0]);
+        int wstatus = 0;
+        while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+        }
+        if (output.size() > kOutputTail) output.erase(0, output.size() - kOutputTail);
+        if (timed_out) {
+          status = Status::TimedOut("killed after " + std::to_string(timeout_seconds) +
+                                    " s in the chroot " + root + "; its output: " + output);
+        } else if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+          const std::string how = WIFEXITED(wstatus)
+                                      ? "exit status " + std::to_string(WEXITSTATUS(wstatus))
+                                      : "signal " + std::to_string(WTERMSIG(wstatus));
+          status = Status::IOError("failed in the chroot " + root + " with " + how +
+                                   (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 127
+                                        ? " (no such command there)"
+                                        : "") +
+                                   "; its output: " + output);
+        }
+      }
+    }
+  }
+  for (auto it = mounted.rbegin(); it != mounted.rend(); ++it) {
+    if (::umount2(it->c_str(), MNT_DETACH) != 0) {
+      unmount_errors.push_back(*it + ": " + std::strerror(errno));
+    }
+  }
+  if (!unmount_errors.empty()) {
+    const std::string what = "cannot unmount " + text::Join(unmount_errors, ", ");
+    return status.ok() ? Status::IOError(what) : status.WithContext(what);
+  }
+  if (!status.ok()) return status;
+  return output;
+}
+
+}  // namespace cdp::pe
