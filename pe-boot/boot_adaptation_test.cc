@@ -3,18 +3,22 @@
 // here, gzip'd with zlib or compressed with zstd).
 #include "cdp/pe/boot_adaptation.h"
 
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "cdp/core/testing/temp_dir.h"
+#include "cdp/pe/initramfs_rebuild.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -682,6 +686,280 @@ TEST_F(BootAdaptationTest, NoNicMappingsLeavesNetConfAlone) {
   ASSERT_TRUE(notes.ok()) << notes.status();
   EXPECT_EQ(notes->back(), "net.conf: no NIC mappings in the request; left as it is");
   EXPECT_EQ(ReadFile(Path("/etc/cdp/net.conf")), before);
+}
+
+// ---- an unmodified distribution ----
+
+// The fixture root turned into a Debian without our contract: its network in ifupdown
+// (testdata/adapt/debian12-ifupdown), fstab by device names, GRUB's root=/dev/sda2 and
+// open-vm-tools (testdata/adapt/legacy-devnames).
+class DistributionAdaptationTest : public BootAdaptationTest {
+ protected:
+  void SetUp() override {
+    BootAdaptationTest::SetUp();
+    fs::remove_all(Path("/etc/cdp"));
+    fs::remove(Path("/etc/fstab"));
+    const auto options = fs::copy_options::recursive | fs::copy_options::copy_symlinks |
+                         fs::copy_options::overwrite_existing;
+    for (const char* fixture : {"debian12-ifupdown", "legacy-devnames"}) {
+      fs::copy(std::string(CDP_ADAPT_TESTDATA) + "/" + fixture + "/root", root_, options);
+    }
+  }
+
+  AdaptRequest DistributionRequest() const {
+    AdaptRequest r = Request();
+    r.root_device = "/dev/vda2";
+    r.nics = {{kMac, "198.51.100.7/24", "198.51.100.1", "00:50:56:aa:bb:01", "ens192"}};
+    r.target.disks = {"/dev/vda", "/dev/vdb"};
+    r.target.filesystems = {
+        {"/dev/vda1", "/dev/vda", 1, {"vfat", "abcd-1234", ""}, ""},
+        {"/dev/vda2", "/dev/vda", 2, {"ext4", kRootUuid, ""}, ""},
+        {"/dev/vda3", "/dev/vda", 3, {"swap", "", ""}, "6b1e9f4c-8a2d-4c3e-9f10-5d7a2b3c4d5e"},
+        {"/dev/vdb1", "/dev/vdb", 1, {"xfs", kDataUuid, ""}, ""},
+        {"/dev/vdb2", "/dev/vdb", 2, {"ext4", "", "scratch"}, ""},
+    };
+    return r;
+  }
+
+  static std::vector<std::string> Listed(const std::vector<RootChange>& changes) {
+    std::vector<std::string> out;
+    for (const auto& c : changes) out.push_back(c.file + " | " + c.kept_at);
+    return out;
+  }
+};
+
+TEST_F(DistributionAdaptationTest, DryRunListsExactlyTheChangesTheRunMakes) {
+  const std::string interfaces = ReadFile(Path("/etc/network/interfaces"));
+  AdaptRequest r = DistributionRequest();
+  r.dry_run = true;
+  std::vector<RootChange> would;
+  auto notes = AdaptRoot(r, &would);
+  ASSERT_TRUE(notes.ok()) << notes.status();
+  const std::vector<std::string> expected = {
+      "/etc/fstab | /etc/fstab.cdp-pre-cutover",
+      "/etc/default/grub | /etc/default/grub.cdp-pre-cutover",
+      "/boot/grub/grub.cfg | /boot/grub/grub.cfg.cdp-pre-cutover",
+      "/etc/network/interfaces | /etc/network/interfaces.cdp-pre-cutover",
+      "/etc/systemd/network/10-cdp-ens192.link | ",
+      "/etc/systemd/system/multi-user.target.wants/open-vm-tools.service | "
+      "/etc/systemd/system/multi-user.target.wants/open-vm-tools.service.cdp-pre-cutover",
+      "/etc/systemd/system/open-vm-tools.service | ",
+      "/etc/systemd/system/vmtoolsd.service | /etc/systemd/system/vmtoolsd.service.cdp-pre-cutover",
+      "/etc/systemd/system/open-vm-tools.service.requires/vgauth.service | "
+      "/etc/systemd/system/open-vm-tools.service.requires/vgauth.service.cdp-pre-cutover",
+      "/etc/systemd/system/vgauth.service | ",
+  };
+  EXPECT_THAT(Listed(would), ::testing::ElementsAreArray(expected));
+  EXPECT_THAT(Joined(*notes),
+              HasSubstr("would change /etc/network/interfaces: ifupdown: ens192: address "
+                        "192.0.2.10/24 -> 198.51.100.7/24, ens192: gateway 192.0.2.1 -> "
+                        "198.51.100.1 (previous content kept at "
+                        "/etc/network/interfaces.cdp-pre-cutover)"));
+  // Nothing was touched.
+  EXPECT_EQ(ReadFile(Path("/etc/network/interfaces")), interfaces);
+  EXPECT_FALSE(fs::exists(Path("/var/log/cdp-takeover.log")));
+  EXPECT_FALSE(fs::exists(Path("/etc/fstab.cdp-pre-cutover")));
+
+  r.dry_run = false;
+  std::vector<RootChange> made;
+  notes = AdaptRoot(r, &made);
+  ASSERT_TRUE(notes.ok()) << notes.status();
+  EXPECT_THAT(Listed(made), ::testing::ElementsAreArray(expected));
+  for (size_t i = 0; i < made.size() && i < would.size(); ++i)
+    EXPECT_EQ(made[i].what, would[i].what);
+  EXPECT_EQ(ReadFile(Path("/etc/network/interfaces.cdp-pre-cutover")), interfaces);
+  EXPECT_THAT(ReadFile(Path("/etc/network/interfaces")), HasSubstr("\taddress 198.51.100.7/24\n"));
+  EXPECT_THAT(ReadFile(Path("/etc/fstab")), HasSubstr("/dev/vdb1       /data"));
+  const std::string log = ReadFile(Path("/var/log/cdp-takeover.log"));
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), static_cast<long>(expected.size()));
+}
+
+TEST_F(DistributionAdaptationTest, RefusalsComeBeforeAnyChange) {
+  const std::string interfaces = ReadFile(Path("/etc/network/interfaces"));
+  AdaptRequest r = DistributionRequest();
+  r.nics[0].source_name = "ens193";  // no config names it
+  auto notes = AdaptRoot(r);
+  ASSERT_FALSE(notes.ok());
+  EXPECT_EQ(notes.status().message(),
+            "NIC mapping 1 (source MAC 00:50:56:aa:bb:01), address 198.51.100.7/24: no network "
+            "configuration of the migrated OS in a format the takeover adapts (ifupdown, "
+            "systemd-networkd, NetworkManager keyfiles, netplan, RHEL ifcfg) configures this NIC; "
+            "no file under /etc mentions 198.51.100.7: configure the NIC in one of those formats "
+            "on the source before the cutover, or drop the mapping and configure the target by "
+            "hand");
+  EXPECT_EQ(ReadFile(Path("/etc/network/interfaces")), interfaces);
+  EXPECT_FALSE(fs::exists(Path("/var/log/cdp-takeover.log")));
+  EXPECT_TRUE(
+      fs::is_symlink(Path("/etc/systemd/system/multi-user.target.wants/open-vm-tools.service")));
+}
+
+// ---- the initramfs rebuild ----
+
+// Runs nothing: records the command and writes the image the tool would write.
+class FakeChrootRunner : public ChrootRunner {
+ public:
+  Result<std::string> Run(const std::string& root, const std::vector<std::string>& argv,
+                          int timeout_seconds) override {
+    std::string call = root + ":";
+    for (const auto& a : argv) call += " [" + a + "]";
+    calls.push_back(call + " " + std::to_string(timeout_seconds) + " s");
+    if (!error.empty()) return Status::IOError(error);
+    WriteFile(root + image, Gzip(NewcArchive(modules)));
+    return std::string("update-initramfs: Generating " + image + "\n");
+  }
+
+  std::string image, error;
+  std::vector<std::string> modules;
+  std::vector<std::string> calls;
+};
+
+class InitramfsRebuildTest : public BootAdaptationTest {
+ protected:
+  void SetUp() override {
+    BootAdaptationTest::SetUp();
+    // Built with MODULES=dep on VMware: pvscsi and vmxnet3, no virtio.
+    fs::remove(Path("/boot/initrd.img-" + kKver + ".modules"));
+    WriteFile(Path("/boot/initrd.img-" + kKver),
+              Gzip(NewcArchive(
+                  {ModulePath("scsi/vmw_pvscsi"), ModulePath("net/vmxnet3"), ModulePath("ext4")})));
+    runner_.image = "/boot/initrd.img-" + kKver;
+    runner_.modules = {ModulePath("block/virtio_blk"), ModulePath("scsi/virtio_scsi"),
+                       ModulePath("virtio/virtio_pci"), ModulePath("net/virtio_net"),
+                       ModulePath("ext4")};
+  }
+
+  FakeChrootRunner runner_;
+};
+
+TEST_F(InitramfsRebuildTest, DebianWithModulesDepListsTheDriversAndRunsUpdateInitramfs) {
+  WriteFile(Path("/usr/sbin/update-initramfs"), "#!/bin/sh\n", 0755);
+  WriteFile(Path("/etc/initramfs-tools/initramfs.conf"), "MODULES=most\nBUSYBOX=auto\n");
+  WriteFile(Path("/etc/initramfs-tools/conf.d/vmware"), "MODULES=dep\n");
+  WriteFile(Path("/etc/initramfs-tools/modules"), "# List of modules that you want to include\n");
+  auto missing = MissingVirtioDrivers(root_, kKver);
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_THAT(*missing, ElementsAre("virtio_blk", "virtio_scsi", "virtio_pci", "virtio_net"));
+  RootChanges changes(root_);
+  auto plan = PlanInitramfsRebuild(&changes, kKver, *missing);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->argv, ElementsAre("/usr/sbin/update-initramfs", "-u", "-k", kKver));
+  EXPECT_EQ(plan->image, "/boot/initrd.img-" + kKver);
+  ASSERT_EQ(changes.Changes().size(), 1u);
+  EXPECT_EQ(changes.Changes()[0].what,
+            "initramfs-tools: MODULES=dep would leave out virtio_blk virtio_scsi virtio_pci "
+            "virtio_net; listed here so every rebuild carries them");
+  ASSERT_TRUE(changes.Apply("T0").ok());
+  EXPECT_EQ(ReadFile(Path("/etc/initramfs-tools/modules")),
+            "# List of modules that you want to include\n"
+            "# added by the cdp pe-agent: the target's virtual hardware is virtio\n"
+            "virtio_blk\nvirtio_scsi\nvirtio_pci\nvirtio_net\n");
+  auto done = RunInitramfsRebuild(&runner_, root_, *plan, 600);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(*done, "/boot/initrd.img-" + kKver +
+                       " rebuilt with virtio_blk, virtio_scsi, virtio_pci, virtio_net "
+                       "(/usr/sbin/update-initramfs -u -k " +
+                       kKver + ": update-initramfs: Generating /boot/initrd.img-" + kKver + ")");
+  EXPECT_THAT(runner_.calls, ElementsAre(root_ + ": [/usr/sbin/update-initramfs] [-u] [-k] [" +
+                                         kKver + "] 600 s"));
+  auto now_missing = MissingVirtioDrivers(root_, kKver);
+  ASSERT_TRUE(now_missing.ok());
+  EXPECT_THAT(*now_missing, IsEmpty());
+}
+
+TEST_F(InitramfsRebuildTest, RhelDracutAddsTheDriversForGood) {
+  fs::rename(Path("/boot/initrd.img-" + kKver), Path("/boot/initramfs-" + kKver + ".img"));
+  runner_.image = "/boot/initramfs-" + kKver + ".img";
+  WriteFile(Path("/usr/bin/dracut"), "#!/bin/sh\n", 0755);
+  RootChanges changes(root_);
+  auto plan = PlanInitramfsRebuild(&changes, kKver, {"virtio_blk", "virtio_net"});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->argv, ElementsAre("/usr/bin/dracut", "-f", "--kver", kKver, "--add-drivers",
+                                      "virtio_blk virtio_net"));
+  EXPECT_EQ(plan->image, "/boot/initramfs-" + kKver + ".img");
+  ASSERT_TRUE(changes.Apply("T0").ok());
+  EXPECT_EQ(ReadFile(Path("/etc/dracut.conf.d/90-cdp-virtio.conf")),
+            "# written by the cdp pe-agent: the target's virtual hardware is virtio\n"
+            "add_drivers+=\" virtio_blk virtio_net \"\n");
+  auto done = RunInitramfsRebuild(&runner_, root_, *plan, 60);
+  ASSERT_TRUE(done.ok()) << done.status();
+}
+
+TEST_F(InitramfsRebuildTest, FailuresAndAMissingToolAreExactErrors) {
+  RootChanges changes(root_);
+  auto none = PlanInitramfsRebuild(&changes, kKver, {"virtio_blk"});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().message(),
+            "the migrated OS has neither update-initramfs (initramfs-tools) nor dracut to rebuild "
+            "its initramfs /boot/initrd.img-" +
+                kKver + " with virtio_blk: rebuild it with them on the source before the cutover");
+
+  WriteFile(Path("/sbin/update-initramfs"), "#!/bin/sh\n", 0755);
+  auto plan = PlanInitramfsRebuild(&changes, kKver, {"virtio_blk"});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  runner_.error = "failed in the chroot with exit status 1; its output: E: no space";
+  auto failed = RunInitramfsRebuild(&runner_, root_, *plan, 60);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().message(), "/sbin/update-initramfs -u -k " + kKver +
+                                           ": failed in the chroot with exit status 1; its "
+                                           "output: E: no space");
+  runner_.error.clear();
+  runner_.modules = {ModulePath("ext4")};  // the tool ran but the module is not there
+  failed = RunInitramfsRebuild(&runner_, root_, *plan, 60);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().message(),
+            "/sbin/update-initramfs -u -k " + kKver + " ran, but /boot/initrd.img-" + kKver +
+                " still has no virtio_blk (the migrated OS has no such module for " + kKver + "?)");
+}
+
+// The real runner: a static busybox as the migrated OS's only program.
+TEST(LinuxChrootRunner, RunsInTheRootWithProcSysDevAndUnmountsThemEvenOnFailure) {
+  const bool ci = std::getenv("CI") != nullptr;
+  if (::geteuid() != 0 || !fs::exists("/usr/bin/busybox")) {
+    if (ci) FAIL() << "needs root and a static /usr/bin/busybox";
+    GTEST_SKIP() << "needs root and a static /usr/bin/busybox";
+  }
+  testing::TempDir dir("chroot_runner_test");
+  const std::string root = dir.File("root");
+  // Should a bind mount stay, the temporary directory's removal must not reach the host's
+  // /dev or /sys: detach what is still mounted first.
+  struct Detach {
+    std::string root;
+    ~Detach() {
+      for (const char* d : {"/proc", "/sys", "/dev"}) {
+        struct stat st, top;
+        if (::stat((root + d).c_str(), &st) == 0 && ::stat(root.c_str(), &top) == 0 &&
+            st.st_dev != top.st_dev) {
+          ::umount2((root + d).c_str(), MNT_DETACH);
+        }
+      }
+    }
+  } detach{root};
+  fs::create_directories(root + "/bin");
+  fs::copy_file("/usr/bin/busybox", root + "/bin/busybox");
+  LinuxChrootRunner runner;
+  auto out = runner.Run(root,
+                        {"/bin/busybox", "sh", "-c",
+                         "test -e /proc/self/status && test -c /dev/null && "
+                         "test -d /sys/class && echo in the root"},
+                        30);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, "in the root\n");
+  auto failed = runner.Run(root, {"/bin/busybox", "sh", "-c", "echo oops; exit 3"}, 30);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().message(),
+            "failed in the chroot " + root + " with exit status 3; its output: oops\n");
+  auto missing = runner.Run(root, {"/usr/sbin/update-initramfs"}, 30);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().message(), "failed in the chroot " + root +
+                                            " with exit status 127 (no such command there); its "
+                                            "output: ");
+  auto slow = runner.Run(root, {"/bin/busybox", "sleep", "10"}, 1);
+  ASSERT_FALSE(slow.ok());
+  EXPECT_EQ(slow.status().code(), StatusCode::kTimedOut);
+  // Nothing is left mounted: /proc of the root is an empty directory again.
+  for (const char* d : {"/proc", "/sys", "/dev"}) {
+    EXPECT_TRUE(fs::is_empty(root + d)) << d;
+  }
 }
 
 }  // namespace

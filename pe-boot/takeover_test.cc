@@ -99,8 +99,9 @@ class FakeSystem : public TakeoverSystem {
     return Status::IOError("kexec reboot failed: Invalid argument");
   }
   Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
-                                             std::vector<RootChange>*) override {
+                                             std::vector<RootChange>* changes) override {
     adapted = request;
+    if (changes != nullptr) *changes = adapt_changes;
     calls.push_back(std::string("adapt") + (request.dry_run ? " dry-run" : ""));
     if (!adapt_error.empty()) return Status::FailedPrecondition(adapt_error);
     return std::vector<std::string>{"fstab: / on " + request.root_device};
@@ -111,7 +112,13 @@ class FakeSystem : public TakeoverSystem {
   std::string mount_error, adapt_error;
   std::string mounted;  // the device mounted at the new root, "" when none
   AdaptRequest adapted;
+  std::vector<RootChange> adapt_changes;
+  std::map<std::string, std::map<int, std::string>> partuuids;
   std::vector<std::string> calls;
+
+  std::map<int, std::string> ReadPartitionUuids(const std::string& disk) override {
+    return partuuids[disk];
+  }
 };
 
 class TakeoverTest : public ::testing::Test {
@@ -304,6 +311,38 @@ TEST_F(TakeoverTest, CheckRefusesAnUnknownVolumeAnUnknownBootModeAndAMountedNewr
                                "first");
   EXPECT_THAT(StepNames(reply), ElementsAre("check"));
   EXPECT_EQ(vda_.flushes, 0);
+}
+
+TEST_F(TakeoverTest, TheAdaptationSeesTheSourceAndTheTargetAndItsChangesAreReplied) {
+  system_.partuuids["/dev/vda"] = {{1, "aaaaaaaa-0000-4000-8000-000000000001"}};
+  system_.adapt_changes = {{"/etc/network/interfaces", "ifupdown: ens192: address ...",
+                            "/etc/network/interfaces.cdp-pre-cutover"},
+                           {"/etc/systemd/network/10-cdp-ens192.link", "pins the name ens192", ""}};
+  Takeover takeover = MakeTakeover();
+  v1::TakeoverRequest request = Request(/*dry_run=*/true);
+  (*request.mutable_source_disks())["sdb"] = "/dev/sdb";
+  (*request.mutable_source_disks())["sda"] = "/dev/sda";
+  v1::TakeoverReply reply;
+  EXPECT_FALSE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply));
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  ASSERT_EQ(reply.changes_size(), 2);
+  EXPECT_EQ(reply.changes(0).file(), "/etc/network/interfaces");
+  EXPECT_EQ(reply.changes(0).what(), "ifupdown: ens192: address ...");
+  EXPECT_EQ(reply.changes(0).kept_at(), "/etc/network/interfaces.cdp-pre-cutover");
+  EXPECT_EQ(reply.changes(1).kept_at(), "");
+  const TargetDisks& t = system_.adapted.target;
+  EXPECT_THAT(t.disks, ElementsAre("/dev/vda", "/dev/vdb"));
+  EXPECT_THAT(t.source_disks, ElementsAre("/dev/sda", "/dev/sdb"));
+  EXPECT_EQ(t.root_device, "/dev/vda1");
+  EXPECT_EQ(t.root_uuid, kRootUuid);
+  std::vector<std::string> found;
+  for (const TargetFs& f : t.filesystems) {
+    found.push_back(f.device + " " + f.disk + " " + std::to_string(f.partition) + " " + f.id.type +
+                    " " + f.partuuid);
+  }
+  EXPECT_THAT(found, ElementsAre("/dev/vda /dev/vda 0  ",
+                                 "/dev/vda1 /dev/vda 1 ext4 aaaaaaaa-0000-4000-8000-000000000001",
+                                 "/dev/vdb /dev/vdb 0 xfs "));
 }
 
 TEST_F(TakeoverTest, DryRunMountsReadOnlyChecksAndUnmounts) {
