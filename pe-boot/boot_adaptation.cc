@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/pe/initramfs_rebuild.h"
 #include "cdp/pe/net_adaptation.h"
 #include "cdp/pe/vmware_services.h"
 #include "config_text.h"
@@ -443,8 +444,13 @@ Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
   AdaptFstab(target, &changes, &errors, &notes);
   AdaptGrub(target, &changes, &errors, &notes);
   ValidateNics(&request.nics, request.present_nics, &errors);
-  // The initramfs of a kernel without modules in the migrated OS is beside the point.
-  if (kernel_ok) CheckInitramfsDrivers(request.root, request.kernel_release, &errors, &notes);
+  // The initramfs of a kernel without modules in the migrated OS is beside the point. One
+  // rebuilt ahead of the window (PrepareBoot) is installed now.
+  if (kernel_ok && (request.prepared_dir.empty() ||
+                    !PlanPreparedInitramfs(&changes, request.prepared_dir, request.kernel_release,
+                                           &errors, &notes))) {
+    CheckInitramfsDrivers(request.root, request.kernel_release, &errors, &notes);
+  }
   // Our contract (/etc/cdp/net.conf) or the distribution's own network configuration.
   const bool contract = changes.Exists("/etc/cdp/net.conf");
   std::vector<std::string> net_notes;

@@ -21,11 +21,14 @@
 #include "cdp/pe/initramfs_rebuild.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "initramfs_test_util.h"
 
 namespace cdp::pe {
 namespace {
 
 namespace fs = std::filesystem;
+using testdata::NewcArchive;
+using testdata::NewcEntry;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -68,31 +71,6 @@ std::string FakeExt4(const std::string& uuid) {
   b[1024 + 0x39] = '\xef';
   b.replace(1024 + 0x68, 16, UuidBytes(uuid));
   return b;
-}
-
-// One newc cpio entry (a regular file when mode is 0100644).
-std::string NewcEntry(const std::string& name, const std::string& data, uint32_t mode = 0100644) {
-  static uint32_t ino = 1;
-  char header[111];
-  std::snprintf(header, sizeof(header),
-                "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X", ino++, mode, 0u, 0u,
-                1u, 0u, static_cast<uint32_t>(data.size()), 0u, 0u, 0u, 0u,
-                static_cast<uint32_t>(name.size() + 1), 0u);
-  std::string out(header, 110);
-  out += name;
-  out += '\0';
-  out.append((4 - out.size() % 4) % 4, '\0');
-  out += data;
-  out.append((4 - out.size() % 4) % 4, '\0');
-  return out;
-}
-
-// A newc archive holding `files` (directories of their paths not listed), with its trailer.
-std::string NewcArchive(const std::vector<std::string>& files) {
-  std::string out = NewcEntry("usr", "", 040755);
-  for (const auto& f : files) out += NewcEntry(f, "content of " + f);
-  out += NewcEntry("TRAILER!!!", "", 0);
-  return out;
 }
 
 std::string Gzip(const std::string& data) {
@@ -909,6 +887,48 @@ TEST_F(InitramfsRebuildTest, FailuresAndAMissingToolAreExactErrors) {
   EXPECT_EQ(failed.status().message(),
             "/sbin/update-initramfs -u -k " + kKver + " ran, but /boot/initrd.img-" + kKver +
                 " still has no virtio_blk (the migrated OS has no such module for " + kKver + "?)");
+}
+
+TEST_F(InitramfsRebuildTest, TheTakeoverInstallsTheImagePreparedFromTheSameOriginal) {
+  WriteFile(Path("/usr/sbin/update-initramfs"), "#!/bin/sh\n", 0755);
+  WriteFile(Path("/etc/initramfs-tools/initramfs.conf"), "MODULES=dep\n");
+  const std::string image = "/boot/initrd.img-" + kKver;
+  const std::string original = ReadFile(Path(image));
+  const std::string rebuilt = Gzip(NewcArchive(runner_.modules));
+  const std::string prepared = dir_.File("prepared");
+  ASSERT_TRUE(KeepPreparedInitramfs(prepared, kKver, image, original, rebuilt, "T1").ok());
+  AdaptRequest r = Request();
+  r.prepared_dir = prepared;
+  r.dry_run = true;
+  std::vector<RootChange> changes;
+  auto notes = AdaptRoot(r, &changes);
+  ASSERT_TRUE(notes.ok()) << notes.status();
+  EXPECT_THAT(Joined(*notes), HasSubstr("drivers: virtio_blk, virtio_scsi, virtio_pci, virtio_net "
+                                        "in the initramfs prepared for " +
+                                        image + " at T1 (installed now)"));
+  std::vector<std::string> files;
+  for (const auto& c : changes) files.push_back(c.file + " | " + c.what);
+  EXPECT_THAT(files, ElementsAre("/etc/initramfs-tools/modules | initramfs-tools: MODULES=dep "
+                                 "would leave out virtio_blk virtio_scsi virtio_pci virtio_net; "
+                                 "listed here so every rebuild carries them",
+                                 image + " | rebuilt with virtio_blk, virtio_scsi, virtio_pci, "
+                                         "virtio_net by prepare-boot at T1",
+                                 "/etc/cdp/net.conf | net.conf: would be rewritten with: iface "
+                                 "52:54:00:12:34:56 10.0.0.5/24 10.0.0.1"));
+  EXPECT_EQ(ReadFile(Path(image)), original);
+  r.dry_run = false;
+  ASSERT_TRUE(AdaptRoot(r).ok());
+  EXPECT_EQ(ReadFile(Path(image)), rebuilt);
+  EXPECT_EQ(ReadFile(Path(image + ".cdp-pre-cutover")), original);
+
+  // The replica's image changed after the prepare: that one is not installed.
+  WriteFile(Path(image), Gzip(NewcArchive({ModulePath("scsi/vmw_pvscsi")})));
+  auto stale = AdaptRoot(r);
+  ASSERT_FALSE(stale.ok());
+  EXPECT_EQ(stale.status().message(),
+            "the initramfs prepared for " + kKver + " (T1) was rebuilt from another " + image +
+                " than the replica holds now (it changed since): run cdpctl target prepare-boot "
+                "again before the cutover");
 }
 
 // The real runner: a static busybox as the migrated OS's only program.

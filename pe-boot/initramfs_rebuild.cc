@@ -7,10 +7,12 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -69,7 +71,69 @@ std::string LastLine(const std::string& output) {
   return "";
 }
 
+std::string Digest(const std::string& bytes) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "%016llx",
+                static_cast<unsigned long long>(XXH3_64bits(bytes.data(), bytes.size())));
+  return buf;
+}
+
 }  // namespace
+
+Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
+                             const std::string& image_path, const std::string& original,
+                             const std::string& rebuilt, const std::string& stamp) {
+  const std::string at = dir + "/" + kver;
+  std::error_code ec;
+  std::filesystem::create_directories(at, ec);
+  if (ec) return Status::IOError("cannot create " + at + ": " + ec.message());
+  CDP_RETURN_IF_ERROR(WriteFileAtomic(at + "/initrd", rebuilt));
+  return WriteFileAtomic(at + "/manifest", "image " + image_path + "\noriginal-xxh3 " +
+                                               Digest(original) + "\noriginal-bytes " +
+                                               std::to_string(original.size()) + "\nprepared " +
+                                               stamp + "\n");
+}
+
+bool PlanPreparedInitramfs(RootChanges* changes, const std::string& dir, const std::string& kver,
+                           std::vector<std::string>* errors, std::vector<std::string>* notes) {
+  const std::string at = dir + "/" + kver;
+  auto manifest = ReadWholeFile(at + "/manifest");
+  if (!manifest.ok()) return false;
+  std::string image, digest, stamp;
+  for (const auto& line : text::LineFile::Split(*manifest).lines) {
+    const auto f = text::Fields(line);
+    if (f.size() < 2) continue;
+    if (f[0] == "image") image = f[1];
+    if (f[0] == "original-xxh3") digest = f[1];
+    if (f[0] == "prepared") stamp = f[1];
+  }
+  auto missing = MissingVirtioDrivers(changes->root(), kver);
+  if (!missing.ok() || missing->empty()) return false;
+  auto current = changes->Read(image);
+  if (!current.ok() || Digest(*current) != digest) {
+    errors->push_back("the initramfs prepared for " + kver + " (" + stamp + ") was rebuilt from " +
+                      "another " + image +
+                      " than the replica holds now (it changed since): run cdpctl target "
+                      "prepare-boot again before the cutover");
+    return true;
+  }
+  auto rebuilt = ReadWholeFile(at + "/initrd");
+  if (!rebuilt.ok()) {
+    errors->push_back("the initramfs prepared for " + kver + " cannot be read: " +
+                      rebuilt.status().message() + "; run cdpctl target prepare-boot again");
+    return true;
+  }
+  auto plan = PlanInitramfsRebuild(changes, kver, *missing);
+  if (!plan.ok()) {
+    errors->push_back(plan.status().message());
+    return true;
+  }
+  changes->Write(image, *rebuilt,
+                 "rebuilt with " + text::Join(*missing, ", ") + " by prepare-boot at " + stamp);
+  notes->push_back("drivers: " + text::Join(*missing, ", ") + " in the initramfs prepared for " +
+                   image + " at " + stamp + " (installed now)");
+  return true;
+}
 
 InitramfsTool DetectInitramfsTool(const RootChanges& root) {
   if (!FirstExecutable(root, {"/usr/sbin/update-initramfs", "/sbin/update-initramfs"}).empty()) {

@@ -33,6 +33,8 @@ PeAgent::PeAgent(PeAgentOptions options) : options_(std::move(options)) {
   config.sys_class_net = options_.sys_root + "/class/net";
   config.kernel_release = kernel_release_;
   config.allow_kexec = options_.allow_kexec;
+  if (!options_.prepare_dir.empty()) config.prepare_dir = options_.prepare_dir;
+  if (!options_.prepare_scratch.empty()) config.prepare_scratch = options_.prepare_scratch;
   takeover_ = std::make_unique<Takeover>(std::move(config), &takeover_system_,
                                          [this](const std::string& line) { Announce(line); });
 }
@@ -228,6 +230,8 @@ void PeAgent::Handle(wire::Message& msg) {
       return HandleChecksum(msg);
     case v1::Header::kTakeoverRequest:
       return HandleTakeover(msg);
+    case v1::Header::kPrepareBootRequest:
+      return HandlePrepareBoot(msg);
     default: {
       Status s = Status::InvalidArgument("pe-agent: unexpected message (header case " +
                                          std::to_string(msg.header.body_case()) + ") from " +
@@ -566,6 +570,27 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
   // with a linger (zeromq/libzmq#1264, #3774) — here 1 reply in 4 on loopback.
   handover_deadline_ =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(kHandoverGraceMs);
+}
+
+void PeAgent::HandlePrepareBoot(const wire::Message& msg) {
+  if (!FromControlClient(msg, "a prepare-boot request")) return;
+  if (handover_deadline_) {
+    return SendError(msg.peer,
+                     Status::FailedPrecondition(
+                         "pe-agent: the target is already handed over to the migrated OS"),
+                     true);
+  }
+  // Held batches would wait for the whole rebuild: apply them first.
+  if (hold_until_) ReleaseHold("a prepare-boot was requested");
+  const v1::PrepareBootRequest& request = msg.header.prepare_boot_request();
+  Announce("pe-agent: prepare-boot" + std::string(request.dry_run() ? " dry run" : "") +
+           " of root volume '" + request.root_volume() + "' requested by " + PeerName(msg.peer) +
+           "; no batch is applied until it is done");
+  std::vector<TakeoverDisk> disks;
+  for (auto& [name, v] : volumes_) disks.push_back({name, v.device_path, v.device.get()});
+  v1::Header h;
+  takeover_->Prepare(request, state_, error_, disks, h.mutable_prepare_boot_reply());
+  (void)socket_->SendTo(msg.peer, h);
 }
 
 void PeAgent::HandleHold(const wire::Message& msg) {

@@ -148,4 +148,12 @@ Result<v1::TakeoverReply> PeClient::Takeover(const v1::TakeoverRequest& request,
   return msg.header.takeover_reply();
 }
 
+Result<v1::PrepareBootReply> PeClient::PrepareBoot(const v1::PrepareBootRequest& request,
+                                                   int timeout_ms) {
+  v1::Header h;
+  *h.mutable_prepare_boot_request() = request;
+  CDP_ASSIGN_OR_RETURN(auto msg, Call(h, {}, v1::Header::kPrepareBootReply, timeout_ms, nullptr));
+  return msg.header.prepare_boot_reply();
+}
+
 }  // namespace cdp::pe

@@ -6,6 +6,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -100,6 +101,41 @@ void LinuxTakeoverSystem::KexecUnload() { pe::KexecUnload(); }
 
 Status LinuxTakeoverSystem::RebootIntoLoadedKernel() { return pe::RebootIntoLoadedKernel(); }
 
+Status LinuxTakeoverSystem::MountOverlay(const std::string& lower, const std::string& scratch,
+                                         const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(scratch, ec);
+  if (ec) return Status::IOError("cannot create " + scratch + ": " + ec.message());
+  if (::mount("cdp-prepare", scratch.c_str(), "tmpfs", 0, "mode=0700") != 0) {
+    return Status::FromErrno(errno, "pe-agent: mount -t tmpfs " + scratch);
+  }
+  for (const char* d : {"/upper", "/work"}) std::filesystem::create_directories(scratch + d, ec);
+  std::filesystem::create_directories(dir, ec);
+  const std::string options =
+      "lowerdir=" + lower + ",upperdir=" + scratch + "/upper,workdir=" + scratch + "/work";
+  int rc = ::mount("overlay", dir.c_str(), "overlay", 0, options.c_str());
+  if (rc != 0 && errno == ENODEV) {
+    // The PE loads modules on demand only at boot: the overlay module now.
+    (void)std::system("modprobe overlay >/dev/null 2>&1");
+    rc = ::mount("overlay", dir.c_str(), "overlay", 0, options.c_str());
+  }
+  if (rc != 0) {
+    const int err = errno;
+    ::umount2(scratch.c_str(), MNT_DETACH);
+    return Status::FromErrno(err, "pe-agent: mount -t overlay -o " + options + " overlay " + dir +
+                                      (err == ENODEV ? " (no overlay module in the PE?)" : ""));
+  }
+  return Status::Ok();
+}
+
+std::string LinuxTakeoverSystem::UnmountOverlay(const std::string& scratch,
+                                                const std::string& dir) {
+  std::string out = Unmount(dir);
+  const std::string tmpfs = Unmount(scratch);
+  if (!tmpfs.empty()) out += (out.empty() ? "" : "; ") + tmpfs;
+  return out;
+}
+
 Result<std::vector<std::string>> LinuxTakeoverSystem::AdaptRoot(AdaptRequest request,
                                                                 std::vector<RootChange>* changes) {
   return pe::AdaptRoot(std::move(request), changes);
@@ -135,11 +171,9 @@ Status Takeover::RunStep(const std::string& name, const std::function<Result<std
   return status;
 }
 
-bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
-                   const std::string& state_error, const std::vector<TakeoverDisk>& disks,
-                   v1::TakeoverReply* reply) {
-  StepTimeline timeline(nullptr);
-  timeline_ = &timeline;
+void Takeover::Begin(StepTimeline* timeline, v1::TakeoverReply* reply,
+                     const std::vector<TakeoverDisk>& disks) {
+  timeline_ = timeline;
   reply_ = reply;
   disks_ = disks;
   root_disk_ = nullptr;
@@ -150,6 +184,13 @@ bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
   boot_ = v1::BOOT_MODE_UNSPECIFIED;
   kernel_release_ = config_.kernel_release;
   reply->set_kernel_release(kernel_release_);
+}
+
+bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
+                   const std::string& state_error, const std::vector<TakeoverDisk>& disks,
+                   v1::TakeoverReply* reply) {
+  StepTimeline timeline(nullptr);
+  Begin(&timeline, reply, disks);
 
   Status s = RunStep("check", [&] { return Check(request, state, state_error); });
   if (s.ok()) s = RunStep("flush", [&] { return Flush(); });
@@ -335,6 +376,7 @@ Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request) {
                                                                                : source->second);
   }
   adapt.dry_run = request.dry_run();
+  adapt.prepared_dir = config_.prepare_dir;
   for (const auto& n : request.nics()) {
     adapt.nics.push_back({n.mac(), n.address(), n.gateway(), n.source_mac(), n.source_name()});
   }
@@ -366,6 +408,100 @@ Result<std::string> Takeover::HandOver(const v1::TakeoverRequest& request) {
                           .WithContext("pe-agent: writing the takeover file"));
   return "the pe-agent exits with status " + std::to_string(kTakeoverExitStatus) +
          "; the PE's /init switch_roots into " + config_.newroot + " (" + Init(request) + ")";
+}
+
+void Takeover::Prepare(const v1::PrepareBootRequest& request, v1::PeState state,
+                       const std::string& state_error, const std::vector<TakeoverDisk>& disks,
+                       v1::PrepareBootReply* reply) {
+  StepTimeline timeline(nullptr);
+  v1::TakeoverReply steps;
+  Begin(&timeline, &steps, disks);
+  v1::TakeoverRequest as_takeover;
+  as_takeover.set_root_volume(request.root_volume());
+  as_takeover.set_boot_mode(request.boot_mode());
+  Status s = RunStep("check", [&] { return Check(as_takeover, state, state_error); });
+  if (s.ok()) {
+    // Nothing is applied while this runs (one thread), but the page cache may predate the
+    // last batches: the mount must read what the disks hold.
+    for (const TakeoverDisk& d : disks_) (void)system_->DropBufferCache(d.path);
+    s = RunStep("mount", [&] { return Mount(/*read_only=*/true); });
+  }
+  if (s.ok()) {
+    boot_ = ChooseBoot(request.boot_mode());
+    if (boot_ == v1::BOOT_MODE_KEXEC) {
+      auto own = ChooseOwnKernel(config_.newroot);
+      if (own.ok()) kernel_release_ = *own;
+    }
+    reply->set_kernel_release(kernel_release_);
+    s = RunStep("initramfs",
+                [&] { return PrepareInitramfs(request.dry_run(), kernel_release_, reply); });
+  }
+  timeline_ = nullptr;
+  std::string error = s.ok() ? "" : s.message();
+  const std::string unmount = RollBack();
+  if (!unmount.empty()) error += (error.empty() ? "" : "; ") + unmount;
+  reply->set_ok(error.empty());
+  reply->set_error(error);
+  *reply->mutable_steps() = steps.steps();
+  announce_("pe-agent: prepare-boot" + std::string(request.dry_run() ? " dry run" : "") +
+            (error.empty() ? " passed" : " failed: " + error) + "; serving again");
+}
+
+Result<std::string> Takeover::PrepareInitramfs(bool dry_run, const std::string& kver,
+                                               v1::PrepareBootReply* reply) {
+  const std::string image = InitramfsPath(config_.newroot, kver);
+  reply->set_initramfs(image);
+  CDP_ASSIGN_OR_RETURN(const auto missing, MissingVirtioDrivers(config_.newroot, kver));
+  if (missing.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(config_.prepare_dir + "/" + kver, ec);  // nothing to install
+    return image + " has the virtio drivers (or kernel " + kver +
+           " builds them in); nothing to "
+           "rebuild";
+  }
+  RootChanges planned(config_.newroot);
+  CDP_ASSIGN_OR_RETURN(const InitramfsRebuild plan, PlanInitramfsRebuild(&planned, kver, missing));
+  std::string drivers, command;
+  for (const auto& d : missing) drivers += (drivers.empty() ? "" : ", ") + d;
+  for (const auto& a : plan.argv) command += (command.empty() ? "" : " ") + a;
+  auto add_change = [reply](const std::string& file, const std::string& what,
+                            const std::string& kept_at) {
+    v1::BootChange* c = reply->add_changes();
+    c->set_file(file);
+    c->set_what(what);
+    c->set_kept_at(kept_at);
+  };
+  for (const RootChange& c : planned.Changes()) add_change(c.file, c.what, c.kept_at);
+  add_change(image, "rebuilt with " + drivers + " (installed at takeover)",
+             image + kPreCutoverSuffix);
+  if (dry_run) {
+    return image + " has no " + drivers + ": would run " + command +
+           " in a chroot over a copy-on-write layer and keep the image for the takeover";
+  }
+  const std::string merged = config_.prepare_scratch + "-root";
+  CDP_RETURN_IF_ERROR(system_->MountOverlay(config_.newroot, config_.prepare_scratch, merged));
+  auto result = [&]() -> Result<std::string> {
+    RootChanges over(merged);
+    CDP_ASSIGN_OR_RETURN(const InitramfsRebuild again, PlanInitramfsRebuild(&over, kver, missing));
+    CDP_RETURN_IF_ERROR(over.Apply(UtcStamp()));
+    CDP_ASSIGN_OR_RETURN(std::string done, RunInitramfsRebuild(system_->Chroot(), merged, again,
+                                                               config_.rebuild_timeout_seconds));
+    CDP_ASSIGN_OR_RETURN(const std::string original_path, ResolveInRoot(config_.newroot, image));
+    CDP_ASSIGN_OR_RETURN(const std::string rebuilt_path, ResolveInRoot(merged, image));
+    CDP_ASSIGN_OR_RETURN(const std::string original, ReadWholeFile(original_path));
+    CDP_ASSIGN_OR_RETURN(const std::string rebuilt, ReadWholeFile(rebuilt_path));
+    CDP_RETURN_IF_ERROR(
+        KeepPreparedInitramfs(config_.prepare_dir, kver, image, original, rebuilt, UtcStamp()));
+    reply->set_rebuilt(true);
+    return done + "; kept in " + config_.prepare_dir + "/" + kver + " (" +
+           std::to_string(rebuilt.size()) + " bytes) for the takeover";
+  }();
+  const std::string unmount = system_->UnmountOverlay(config_.prepare_scratch, merged);
+  if (!result.ok()) {
+    return unmount.empty() ? result.status() : result.status().WithContext(unmount);
+  }
+  if (!unmount.empty()) return *result + "; " + unmount;
+  return result;
 }
 
 std::string Takeover::RollBack() {

@@ -14,6 +14,7 @@
 #include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "initramfs_test_util.h"
 
 namespace cdp::pe {
 namespace {
@@ -119,6 +120,22 @@ class FakeSystem : public TakeoverSystem {
   std::map<int, std::string> ReadPartitionUuids(const std::string& disk) override {
     return partuuids[disk];
   }
+  // The overlay is a copy of the lower tree (what the real overlay shows).
+  Status MountOverlay(const std::string& lower, const std::string& scratch,
+                      const std::string& dir) override {
+    calls.push_back("overlay " + lower + " " + scratch + " " + dir);
+    std::filesystem::copy(
+        lower, dir,
+        std::filesystem::copy_options::recursive | std::filesystem::copy_options::copy_symlinks);
+    return Status::Ok();
+  }
+  std::string UnmountOverlay(const std::string& scratch, const std::string& dir) override {
+    calls.push_back("unmount-overlay " + scratch + " " + dir);
+    std::filesystem::remove_all(dir);
+    return "";
+  }
+  ChrootRunner* Chroot() override { return chroot; }
+  ChrootRunner* chroot = nullptr;
 };
 
 class TakeoverTest : public ::testing::Test {
@@ -139,6 +156,8 @@ class TakeoverTest : public ::testing::Test {
     config.sys_class_net = dir_.File("no-sys-class-net");
     config.kernel_release = kPeKernel;
     config.allow_kexec = allow_kexec;
+    config.prepare_dir = dir_.File("prepared");
+    config.prepare_scratch = dir_.File("scratch");
     return Takeover(config, &system_, [this](const std::string& line) { lines_.push_back(line); });
   }
 
@@ -343,6 +362,123 @@ TEST_F(TakeoverTest, TheAdaptationSeesTheSourceAndTheTargetAndItsChangesAreRepli
   EXPECT_THAT(found, ElementsAre("/dev/vda /dev/vda 0  ",
                                  "/dev/vda1 /dev/vda 1 ext4 aaaaaaaa-0000-4000-8000-000000000001",
                                  "/dev/vdb /dev/vdb 0 xfs "));
+}
+
+// The migrated OS's tool, faked: writes an image with the virtio drivers in the root it runs in.
+class FakeUpdateInitramfs : public ChrootRunner {
+ public:
+  Result<std::string> Run(const std::string& root, const std::vector<std::string>& argv,
+                          int) override {
+    std::string call;
+    for (const auto& a : argv) call += (call.empty() ? "" : " ") + a;
+    calls.push_back(call);
+    const std::string ko = "usr/lib/modules/6.1.0-pe/kernel/drivers/";
+    return WriteFileAtomic(root + "/boot/initrd.img-6.1.0-pe",
+                           testdata::NewcArchive({ko + "virtio_blk.ko", ko + "virtio_scsi.ko",
+                                                  ko + "virtio_pci.ko", ko + "virtio_net.ko"}))
+                   .ok()
+               ? Result<std::string>(
+                     std::string("update-initramfs: Generating /boot/initrd.img-6.1.0-pe"))
+               : Status::IOError("cannot write the image");
+  }
+  std::vector<std::string> calls;
+};
+
+class PrepareBootTest : public TakeoverTest {
+ protected:
+  void SetUp() override {
+    // A Debian root built on VMware: MODULES=dep, pvscsi and vmxnet3 in its initramfs.
+    const std::string ko = "usr/lib/modules/6.1.0-pe/kernel/drivers/";
+    std::filesystem::create_directories(newroot_ + "/boot");
+    ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/initrd.img-6.1.0-pe",
+                                testdata::NewcArchive({ko + "vmw_pvscsi.ko", ko + "vmxnet3.ko"}))
+                    .ok());
+    std::filesystem::create_directories(newroot_ + "/usr/sbin");
+    std::filesystem::create_directories(newroot_ + "/etc/initramfs-tools");
+    ASSERT_TRUE(
+        WriteFileAtomicWithMode(newroot_ + "/usr/sbin/update-initramfs", "#!/bin/sh\n", 0755).ok());
+    ASSERT_TRUE(
+        WriteFileAtomic(newroot_ + "/etc/initramfs-tools/initramfs.conf", "MODULES=dep\n").ok());
+    system_.chroot = &tool_;
+  }
+
+  v1::PrepareBootRequest PrepareRequest(bool dry_run) {
+    v1::PrepareBootRequest r;
+    r.set_root_volume("sda");
+    r.set_dry_run(dry_run);
+    return r;
+  }
+
+  FakeUpdateInitramfs tool_;
+};
+
+TEST_F(PrepareBootTest, DryRunSaysWhatTheRebuildWouldDoAndWritesNothing) {
+  Takeover takeover = MakeTakeover();
+  v1::PrepareBootReply reply;
+  takeover.Prepare(PrepareRequest(true), v1::PE_STATE_READY, "", Disks(), &reply);
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_FALSE(reply.rebuilt());
+  EXPECT_EQ(reply.kernel_release(), kPeKernel);
+  EXPECT_EQ(reply.initramfs(), "/boot/initrd.img-6.1.0-pe");
+  ASSERT_EQ(reply.steps_size(), 3);
+  EXPECT_EQ(reply.steps(2).name(), "initramfs");
+  EXPECT_EQ(reply.steps(2).result(),
+            "/boot/initrd.img-6.1.0-pe has no virtio_blk, virtio_scsi, virtio_pci, virtio_net: "
+            "would run /usr/sbin/update-initramfs -u -k 6.1.0-pe in a chroot over a copy-on-write "
+            "layer and keep the image for the takeover");
+  ASSERT_EQ(reply.changes_size(), 2);
+  EXPECT_EQ(reply.changes(0).file(), "/etc/initramfs-tools/modules");
+  EXPECT_EQ(reply.changes(1).file(), "/boot/initrd.img-6.1.0-pe");
+  EXPECT_EQ(reply.changes(1).kept_at(), "/boot/initrd.img-6.1.0-pe.cdp-pre-cutover");
+  EXPECT_THAT(
+      system_.calls,
+      ElementsAre("drop-cache /dev/vda", "drop-cache /dev/vdb", "reread /dev/vda",
+                  "reread /dev/vdb", "mount /dev/vda1 " + newroot_ + " ro", "unmount " + newroot_));
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("prepared")));
+  EXPECT_FALSE(takeover.refusing_batches());
+}
+
+TEST_F(PrepareBootTest, RebuildsOverAnOverlayAndKeepsTheImageNotTheReplica) {
+  const std::string before = *ReadWholeFile(newroot_ + "/boot/initrd.img-6.1.0-pe");
+  Takeover takeover = MakeTakeover();
+  v1::PrepareBootReply reply;
+  takeover.Prepare(PrepareRequest(false), v1::PE_STATE_READY, "", Disks(), &reply);
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_TRUE(reply.rebuilt());
+  EXPECT_THAT(reply.steps(2).result(),
+              HasSubstr("/boot/initrd.img-6.1.0-pe rebuilt with virtio_blk, virtio_scsi, "
+                        "virtio_pci, virtio_net (/usr/sbin/update-initramfs -u -k 6.1.0-pe: "
+                        "update-initramfs: Generating /boot/initrd.img-6.1.0-pe); kept in " +
+                        dir_.File("prepared") + "/6.1.0-pe ("));
+  EXPECT_THAT(tool_.calls, ElementsAre("/usr/sbin/update-initramfs -u -k 6.1.0-pe"));
+  const std::string overlay = dir_.File("scratch") + "-root";
+  EXPECT_THAT(system_.calls,
+              ElementsAre("drop-cache /dev/vda", "drop-cache /dev/vdb", "reread /dev/vda",
+                          "reread /dev/vdb", "mount /dev/vda1 " + newroot_ + " ro",
+                          "overlay " + newroot_ + " " + dir_.File("scratch") + " " + overlay,
+                          "unmount-overlay " + dir_.File("scratch") + " " + overlay,
+                          "unmount " + newroot_));
+  // The replica is as it was; the image waits in the PE for the takeover.
+  EXPECT_EQ(*ReadWholeFile(newroot_ + "/boot/initrd.img-6.1.0-pe"), before);
+  EXPECT_FALSE(std::filesystem::exists(newroot_ + "/etc/initramfs-tools/modules"));
+  EXPECT_THAT(*ReadWholeFile(dir_.File("prepared") + "/6.1.0-pe/initrd"), HasSubstr("virtio_blk"));
+  EXPECT_THAT(*ReadWholeFile(dir_.File("prepared") + "/6.1.0-pe/manifest"),
+              MatchesRegex("image /boot/initrd.img-6.1.0-pe\noriginal-xxh3 [0-9a-f]{16}\n"
+                           "original-bytes [0-9]+\nprepared [0-9TZ:-]+\n"));
+}
+
+TEST_F(PrepareBootTest, AFailedRebuildUnmountsAndSaysWhy) {
+  std::filesystem::remove(newroot_ + "/usr/sbin/update-initramfs");
+  Takeover takeover = MakeTakeover();
+  v1::PrepareBootReply reply;
+  takeover.Prepare(PrepareRequest(false), v1::PE_STATE_READY, "", Disks(), &reply);
+  EXPECT_FALSE(reply.ok());
+  EXPECT_EQ(reply.error(),
+            "the migrated OS has neither update-initramfs (initramfs-tools) nor dracut to rebuild "
+            "its initramfs /boot/initrd.img-6.1.0-pe with virtio_blk virtio_scsi virtio_pci "
+            "virtio_net: rebuild it with them on the source before the cutover");
+  EXPECT_EQ(system_.calls.back(), "unmount " + newroot_);
+  EXPECT_EQ(system_.mounted, "");
 }
 
 TEST_F(TakeoverTest, DryRunMountsReadOnlyChecksAndUnmounts) {

@@ -159,6 +159,8 @@ struct AdaptRequest {
   // The target's disks, their filesystems and the source's disk names, for fstab and GRUB.
   // Without filesystems, disk_uuids and root_device stand for them.
   TargetDisks target;
+  // Where PrepareBoot keeps rebuilt initramfs images (initramfs_rebuild.h); "" = none.
+  std::string prepared_dir;
   bool dry_run = false;  // check only; change nothing
 };
 

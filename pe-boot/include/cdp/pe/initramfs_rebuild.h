@@ -72,6 +72,28 @@ struct InitramfsRebuild {
 Result<InitramfsRebuild> PlanInitramfsRebuild(RootChanges* changes, const std::string& kver,
                                               const std::vector<std::string>& missing);
 
+// ---- prepared ahead, installed at takeover ----
+//
+// PrepareBoot (takeover.h) rebuilds the image over a copy-on-write layer, so the replica is not
+// written, and keeps it in the PE: DIR/KVER/initrd (the new image) and DIR/KVER/manifest
+// ("image PATH", "original-xxh3 HEX", "original-bytes N", "prepared STAMP", one per line), the
+// original being the replica's image it was rebuilt from.
+
+// Writes DIR/KVER/initrd and its manifest (atomically, the image first).
+Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
+                             const std::string& image_path, const std::string& original,
+                             const std::string& rebuilt, const std::string& stamp);
+
+// At takeover, for kernel `kver` of the migrated OS at changes->root(): when its initramfs lacks
+// virtio drivers and DIR/KVER holds an image prepared from exactly its current image, plans
+// installing that image over it and the configuration that keeps the drivers
+// (PlanInitramfsRebuild), adds a note, and returns true. A prepared image whose original is not
+// the current one adds an error (the replica's image changed since: prepare again) and returns
+// true. Returns false when nothing is prepared for kver, or the initramfs lacks nothing: the
+// caller checks it as usual (CheckInitramfsDrivers).
+bool PlanPreparedInitramfs(RootChanges* changes, const std::string& dir, const std::string& kver,
+                           std::vector<std::string>* errors, std::vector<std::string>* notes);
+
 // Runs the rebuild's command in the migrated root at `root` (whose planned configuration was
 // applied) through `runner`, then checks that the new image carries every driver. Returns the
 // command's output's last line and the check, for the step's result.

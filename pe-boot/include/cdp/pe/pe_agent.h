@@ -72,6 +72,10 @@ struct PeAgentOptions {
   // A takeover with boot kexec reboots this machine into the migrated OS's kernel: allowed only
   // for the PE's agent (pe-agent --allow-kexec, set by the PE's /init), never in tests.
   bool allow_kexec = false;
+  // PrepareBoot (docs/pe-agent.md §5): where rebuilt initramfs images are kept, and the overlay's
+  // scratch directory ("" = TakeoverConfig's defaults, /run/cdp-prepared and /run/cdp-prepare).
+  std::string prepare_dir;
+  std::string prepare_scratch;
 };
 
 class PeAgent {
@@ -145,6 +149,7 @@ class PeAgent {
   void HandleStatus(const wire::Message& msg);
   void HandleChecksum(const wire::Message& msg);
   void HandleTakeover(const wire::Message& msg);
+  void HandlePrepareBoot(const wire::Message& msg);
   void HandleHold(const wire::Message& msg);
   void HandleWrittenRegions(const wire::Message& msg);
   // True when msg's session said Hello as a control client; else answers a permanent

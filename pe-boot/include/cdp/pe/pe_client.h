@@ -63,6 +63,11 @@ class PeClient {
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                            int timeout_ms);
 
+  // PrepareBoot (docs/pe-agent.md §5, "Prepare boot"): REQUIRES role ROLE_CONTROL. An ok=false
+  // reply is a value, not an error. A rebuild takes minutes: give it a long timeout.
+  Result<wire::v1::PrepareBootReply> PrepareBoot(const wire::v1::PrepareBootRequest& request,
+                                                 int timeout_ms);
+
  private:
   PeClient() = default;
   // Sends `request` and returns the first reply with the body `expect` (or an Error).

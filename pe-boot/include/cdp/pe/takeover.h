@@ -36,6 +36,16 @@
 //   kexec: unmount, flush, REBOOT ----> (reboot failed) FATAL: KexecFailedFile written, the
 //                                        next agent of this boot serves in pe-error
 //
+// Prepare (PrepareBootRequest, ahead of a cutover; the agent serves nothing meanwhile):
+//
+//   CHECK -> MOUNT (read-only, no journal replay) -> INITRAMFS -> unmount -> <serving>
+//                                                      |  virtio drivers missing, not dry run:
+//                                                      |  overlay (tmpfs) over the root, the
+//                                                      |  planned config, update-initramfs or
+//                                                      |  dracut in a chroot, the image kept
+//                                                      |  in TakeoverConfig::prepare_dir
+//   any failure: unmount -> <serving>; the replica is never written
+//
 // Each step is timed (cdp::StepTimeline), appended to the reply's steps (a failed one with the
 // result "failed: <error>") and announced: "pe-agent: takeover step NAME (S.SSS s): RESULT".
 //
@@ -52,6 +62,7 @@
 #include "cdp/core/step_timeline.h"
 #include "cdp/core/wire.h"
 #include "cdp/pe/boot_adaptation.h"
+#include "cdp/pe/initramfs_rebuild.h"
 
 namespace cdp::pe {
 
@@ -99,6 +110,15 @@ class TakeoverSystem {
   virtual void KexecUnload() = 0;
   virtual Status RebootIntoLoadedKernel() = 0;
 
+  // Prepare: a copy-on-write view of `lower` at `dir` (overlayfs, its upper and work directories
+  // on a tmpfs mounted at `scratch`; the overlay module loaded when the kernel lacks it), and
+  // its removal ("" or what went wrong).
+  virtual Status MountOverlay(const std::string& lower, const std::string& scratch,
+                              const std::string& dir) = 0;
+  virtual std::string UnmountOverlay(const std::string& scratch, const std::string& dir) = 0;
+  // Runs the migrated OS's own tools in a chroot (initramfs_rebuild.h).
+  virtual ChrootRunner* Chroot() = 0;
+
   // The adaptation of the mounted root (boot_adaptation.h: AdaptRoot).
   virtual Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
                                                      std::vector<RootChange>* changes) = 0;
@@ -120,8 +140,15 @@ class LinuxTakeoverSystem : public TakeoverSystem {
                                 const std::string& initrd, const std::string& cmdline) override;
   void KexecUnload() override;
   Status RebootIntoLoadedKernel() override;
+  Status MountOverlay(const std::string& lower, const std::string& scratch,
+                      const std::string& dir) override;
+  std::string UnmountOverlay(const std::string& scratch, const std::string& dir) override;
+  ChrootRunner* Chroot() override { return &chroot_; }
   Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
                                              std::vector<RootChange>* changes) override;
+
+ private:
+  LinuxChrootRunner chroot_;
 };
 
 struct TakeoverConfig {
@@ -132,6 +159,11 @@ struct TakeoverConfig {
   std::string sys_class_net = "/sys/class/net";  // the NICs a NIC mapping may name
   std::string kernel_release;                    // the PE's running kernel (uname -r)
   bool allow_kexec = false;                      // PeAgentOptions::allow_kexec
+  // Prepare: where rebuilt initramfs images are kept for the takeover (a tmpfs: this boot only),
+  // and the scratch directory of the overlay it rebuilds them in.
+  std::string prepare_dir = "/run/cdp-prepared";
+  std::string prepare_scratch = "/run/cdp-prepare";
+  int rebuild_timeout_seconds = 1800;  // update-initramfs/dracut in the chroot
 };
 
 // One volume's disk as the takeover sees it. The BlockDevice stays the agent's.
@@ -158,6 +190,13 @@ class Takeover {
   bool Run(const wire::v1::TakeoverRequest& request, wire::v1::PeState state,
            const std::string& state_error, const std::vector<TakeoverDisk>& disks,
            wire::v1::TakeoverReply* reply);
+
+  // Runs `request` (graph above: check, mount read-only, initramfs) and fills *reply: ok,
+  // error, steps, kernel_release, initramfs, rebuilt, changes (what the takeover will change
+  // for it). Changes nothing on the replica. REQUIRES: not handed_over().
+  void Prepare(const wire::v1::PrepareBootRequest& request, wire::v1::PeState state,
+               const std::string& state_error, const std::vector<TakeoverDisk>& disks,
+               wire::v1::PrepareBootReply* reply);
 
   // True from FLUSH until ROLL_BACK, and for good once handed over: the agent must refuse every
   // ApplyBatch.
@@ -186,6 +225,12 @@ class Takeover {
   Result<std::string> LoadOwnKernel(const wire::v1::TakeoverRequest& request);
   Result<std::string> Adapt(const wire::v1::TakeoverRequest& request);
   Result<std::string> HandOver(const wire::v1::TakeoverRequest& request);
+  // Prepare's INITRAMFS step for kernel `kver`.
+  Result<std::string> PrepareInitramfs(bool dry_run, const std::string& kver,
+                                       wire::v1::PrepareBootReply* reply);
+  // Resets the per-request state for `reply` (Run and Prepare).
+  void Begin(StepTimeline* timeline, wire::v1::TakeoverReply* reply,
+             const std::vector<TakeoverDisk>& disks);
   // ROLL_BACK: "" or what went wrong unmounting.
   std::string RollBack();
 
