@@ -63,6 +63,9 @@ std::string ParseArgs(const std::vector<std::string>& words, Args* args, bool* h
     } else if (a == "--force") {
       args->force = true;
       continue;
+    } else if (a == "--dry-run") {
+      args->dry_run = true;
+      continue;
     } else if (a == "--server") {
       value = &args->server;
     } else if (a == "--at") {

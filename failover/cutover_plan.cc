@@ -401,12 +401,14 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
   for (size_t i = 0; i < network.size(); ++i) {
     const YAML::Node n = network[i];
     const std::string ctx = "network[" + std::to_string(i) + "]";
-    CDP_RETURN_IF_ERROR(L.CheckKeys(n, ctx, {"source_mac", "target_mac", "address", "gateway"}));
+    CDP_RETURN_IF_ERROR(
+        L.CheckKeys(n, ctx, {"source_mac", "source_name", "target_mac", "address", "gateway"}));
     NicMappingPlan m;
     CDP_ASSIGN_OR_RETURN(m.source_mac, L.String(n, "source_mac", ctx, true));
     CDP_ASSIGN_OR_RETURN(m.target_mac, L.String(n, "target_mac", ctx, true));
     CDP_ASSIGN_OR_RETURN(m.address, L.String(n, "address", ctx, true));
     CDP_ASSIGN_OR_RETURN(m.gateway, L.String(n, "gateway", ctx, false));
+    CDP_ASSIGN_OR_RETURN(m.source_name, L.String(n, "source_name", ctx, false));
     for (const char* key : {"source_mac", "target_mac"}) {
       const std::string& mac = std::string(key) == "source_mac" ? m.source_mac : m.target_mac;
       if (!ValidMac(mac)) {

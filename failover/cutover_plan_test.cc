@@ -127,8 +127,8 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
       "    target_mac: '52:54:00:00:00:20'\n"
       "    address: 192.0.2.10/24\n"
       "    gateway: 192.0.2.1\n"
-      "  - {source_mac: '52:54:00:00:00:11', target_mac: '52:54:00:00:00:21', "
-      "address: 10.0.0.9/8}\n"
+      "  - {source_mac: '52:54:00:00:00:11', source_name: ens224, target_mac: "
+      "'52:54:00:00:00:21', address: 10.0.0.9/8}\n"
       "health_check:\n"
       "  host: 192.0.2.10\n"
       "  port: 7000\n"
@@ -162,6 +162,8 @@ TEST_F(CutoverPlanTest, AFullPlanSetsEveryField) {
   EXPECT_EQ(p->network[0].target_mac, "52:54:00:00:00:20");
   EXPECT_EQ(p->network[0].address, "192.0.2.10/24");
   EXPECT_EQ(p->network[0].gateway, "192.0.2.1");
+  EXPECT_EQ(p->network[0].source_name, "");
+  EXPECT_EQ(p->network[1].source_name, "ens224");
   EXPECT_EQ(p->network[1].source_mac, "52:54:00:00:00:11");
   EXPECT_EQ(p->network[1].target_mac, "52:54:00:00:00:21");  // the replication NIC
   EXPECT_EQ(p->network[1].address, "10.0.0.9/8");
@@ -457,7 +459,7 @@ TEST_F(CutoverPlanTest, NetworkAndHealthCheckAreChecked) {
               ":6: 'network[0].gateway': '192.0.2' is not an IPv4 address (e.g. 192.0.2.1)");
   ExpectError(nic(macs + ", address: 192.0.2.10/24, vlan: 5"),
               ":6: 'network[0].vlan': unknown key (known here: address, gateway, source_mac, "
-              "target_mac)");
+              "source_name, target_mac)");
   {
     auto p = LoadCutoverPlan(Write(nic(macs + ", address: 0.0.0.0/0")));
     ASSERT_TRUE(p.ok()) << p.status();

@@ -101,6 +101,8 @@ Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan,
     m->set_mac(n.target_mac);
     m->set_address(n.address);
     m->set_gateway(n.gateway);
+    m->set_source_mac(n.source_mac);
+    m->set_source_name(n.source_name);
   }
   auto taken = agent.Takeover(req, sent);
   if (!taken.ok() && *sent && taken.status().IsUnavailable()) {

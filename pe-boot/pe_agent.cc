@@ -543,23 +543,34 @@ bool PeAgent::FromControlClient(const wire::Message& msg, const std::string& wha
   return false;
 }
 
-void PeAgent::HandleTakeover(const wire::Message& msg) {
-  if (!FromControlClient(msg, "a takeover request")) return;
+bool PeAgent::MayWorkOnTheRoot(const wire::Message& msg, const std::string& what) {
+  if (!FromControlClient(msg, "a " + what + " request")) return false;
   if (handover_deadline_) {
-    return SendError(msg.peer,
-                     Status::FailedPrecondition(
-                         "pe-agent: the target is already handed over to the migrated OS"),
-                     true);
+    SendError(msg.peer,
+              Status::FailedPrecondition(
+                  "pe-agent: the target is already handed over to the migrated OS"),
+              true);
+    return false;
   }
-  if (hold_until_) ReleaseHold("a takeover was requested");
+  // Held batches would wait for all of it: apply them first.
+  if (hold_until_) ReleaseHold("a " + what + " was requested");
+  return true;
+}
+
+std::vector<TakeoverDisk> PeAgent::TakeoverDisks() {
+  std::vector<TakeoverDisk> disks;
+  for (auto& [name, v] : volumes_) disks.push_back({name, v.device_path, v.device.get()});
+  return disks;
+}
+
+void PeAgent::HandleTakeover(const wire::Message& msg) {
+  if (!MayWorkOnTheRoot(msg, "takeover")) return;
   const v1::TakeoverRequest& request = msg.header.takeover_request();
   Announce("pe-agent: " + std::string(request.dry_run() ? "takeover dry run" : "takeover") +
            " of root volume '" + request.root_volume() + "' requested by " + PeerName(msg.peer) +
            " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
-  std::vector<TakeoverDisk> disks;
-  for (auto& [name, v] : volumes_) disks.push_back({name, v.device_path, v.device.get()});
   v1::Header h;
-  if (!takeover_->Run(request, state_, error_, disks, h.mutable_takeover_reply())) {
+  if (!takeover_->Run(request, state_, error_, TakeoverDisks(), h.mutable_takeover_reply())) {
     (void)socket_->SendTo(msg.peer, h);  // failed, or a dry run: serving again
     return;
   }
@@ -573,23 +584,13 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
 }
 
 void PeAgent::HandlePrepareBoot(const wire::Message& msg) {
-  if (!FromControlClient(msg, "a prepare-boot request")) return;
-  if (handover_deadline_) {
-    return SendError(msg.peer,
-                     Status::FailedPrecondition(
-                         "pe-agent: the target is already handed over to the migrated OS"),
-                     true);
-  }
-  // Held batches would wait for the whole rebuild: apply them first.
-  if (hold_until_) ReleaseHold("a prepare-boot was requested");
+  if (!MayWorkOnTheRoot(msg, "prepare-boot")) return;
   const v1::PrepareBootRequest& request = msg.header.prepare_boot_request();
   Announce("pe-agent: prepare-boot" + std::string(request.dry_run() ? " dry run" : "") +
            " of root volume '" + request.root_volume() + "' requested by " + PeerName(msg.peer) +
            "; no batch is applied until it is done");
-  std::vector<TakeoverDisk> disks;
-  for (auto& [name, v] : volumes_) disks.push_back({name, v.device_path, v.device.get()});
   v1::Header h;
-  takeover_->Prepare(request, state_, error_, disks, h.mutable_prepare_boot_reply());
+  takeover_->Prepare(request, state_, error_, TakeoverDisks(), h.mutable_prepare_boot_reply());
   (void)socket_->SendTo(msg.peer, h);
 }
 

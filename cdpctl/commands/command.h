@@ -34,7 +34,8 @@ enum class ExitCode : int {
 struct Args {
   std::string server;      // --server tcp://HOST:PORT
   std::string command;     // the first word
-  std::string subcommand;  // target's and source's second word (start, stop, status, checksum...)
+  std::string subcommand;  // target's and source's second word (start, stop, status, checksum,
+                           // prepare-boot...)
   std::string volume;      // --volume
   std::string config;      // --config (target)
   std::string plan;        // --plan (cutover, drill)
@@ -51,6 +52,7 @@ struct Args {
   std::vector<std::string> addresses;    // --address, repeated (source fence)
   bool json = false;                     // --json
   bool force = false;                    // --force (restore)
+  bool dry_run = false;                  // --dry-run (target prepare-boot)
   double timeout = 300;                  // --timeout SECONDS (wait-synced), > 0
 };
 

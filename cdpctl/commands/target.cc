@@ -1,10 +1,11 @@
-// cdpctl target start|status|checksum|export-boot|stop: the target VM and its PE.
+// cdpctl target start|status|checksum|export-boot|prepare-boot|stop: the target VM and its PE.
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cdp/failover/boot_export.h"
 #include "cdp/failover/target_vm.h"
+#include "cdp/pe/pe_client.h"
 #include "command.h"
 
 namespace cdp::ctl {
@@ -70,6 +71,48 @@ ExitCode Checksum(const Args& args, TargetVm& vm) {
   return ExitCode::kOk;
 }
 
+// PrepareBoot of the pe-agent (docs/pe-agent.md §5): kOk when it passed, kError otherwise.
+ExitCode PrepareBoot(const Args& args, const TargetConfig& config) {
+  if (args.volume.empty()) return Usage("target prepare-boot needs --volume ROOT_VOLUME");
+  auto client =
+      pe::PeClient::Connect(config.replication_endpoint, wire::v1::ROLE_CONTROL, "", 0, 10000);
+  if (!client.ok()) return Fail("target prepare-boot", client.status());
+  wire::v1::PrepareBootRequest request;
+  request.set_root_volume(args.volume);
+  request.set_dry_run(args.dry_run);
+  auto reply = (*client)->PrepareBoot(request, static_cast<int>(args.timeout * 1000));
+  if (!reply.ok()) return Fail("target prepare-boot", reply.status());
+  if (args.json) {
+    nlohmann::json steps = nlohmann::json::array(), changes = nlohmann::json::array();
+    for (const auto& s : reply->steps()) {
+      steps.push_back({{"name", s.name()}, {"seconds", s.seconds()}, {"result", s.result()}});
+    }
+    for (const auto& c : reply->changes()) {
+      changes.push_back({{"file", c.file()}, {"what", c.what()}, {"kept_at", c.kept_at()}});
+    }
+    std::cout << nlohmann::json({{"ok", reply->ok()},
+                                 {"error", reply->error()},
+                                 {"kernel_release", reply->kernel_release()},
+                                 {"initramfs", reply->initramfs()},
+                                 {"rebuilt", reply->rebuilt()},
+                                 {"steps", steps},
+                                 {"changes", changes}})
+                     .dump()
+              << "\n";
+  } else {
+    for (const auto& s : reply->steps()) {
+      std::printf("%-10s %7.3f s  %s\n", s.name().c_str(), s.seconds(), s.result().c_str());
+    }
+    for (const auto& c : reply->changes()) {
+      std::cout << "at takeover: " << c.file() << ": " << c.what()
+                << (c.kept_at().empty() ? "" : " (previous content kept at " + c.kept_at() + ")")
+                << "\n";
+    }
+    if (!reply->ok()) std::cerr << "cdpctl: target prepare-boot: " << reply->error() << "\n";
+  }
+  return reply->ok() ? ExitCode::kOk : ExitCode::kError;
+}
+
 ExitCode StartOrStop(const Args& args, TargetVm& vm) {
   Status s = args.subcommand == "start" ? vm.Start(std::cout) : vm.Stop(std::cout);
   if (!s.ok()) {
@@ -93,8 +136,9 @@ ExitCode ShowStatus(const Args& args, const TargetConfig& config, TargetVm& vm) 
 ExitCode RunTarget(const Args& args) {
   const std::string& sub = args.subcommand;
   if (sub != "start" && sub != "stop" && sub != "status" && sub != "checksum" &&
-      sub != "export-boot") {
-    return Usage("target needs start, stop, status, checksum or export-boot (got '" + sub + "')");
+      sub != "export-boot" && sub != "prepare-boot") {
+    return Usage("target needs start, stop, status, checksum, export-boot or prepare-boot (got '" +
+                 sub + "')");
   }
   if (args.config.empty()) return Usage("target " + sub + " needs --config FILE");
   auto config = failover::LoadTargetConfig(args.config);
@@ -104,6 +148,7 @@ ExitCode RunTarget(const Args& args) {
   }
   TargetVm vm(*config);
   if (sub == "export-boot") return ExportBoot(args, *config);
+  if (sub == "prepare-boot") return PrepareBoot(args, *config);
   if (sub == "checksum") return Checksum(args, vm);
   if (sub == "start" || sub == "stop") return StartOrStop(args, vm);
   return ShowStatus(args, *config, vm);
@@ -128,6 +173,14 @@ const Command kTargetCommand = {
     "      lib/modules/KVER) out of the running target's replica of NAME into DIR, for\n"
     "      pe-boot/build-pe-image --kernel-from DIR: a PE on that kernel takes over by\n"
     "      switch_root (docs/target-vm.md); root\n"
+    "  cdpctl target prepare-boot --config FILE --volume ROOT_VOLUME [--dry-run] [--json]\n"
+    "                       [--timeout SECONDS]\n"
+    "      ahead of a cutover: when the migrated OS's initramfs lacks the virtio drivers, the\n"
+    "      pe-agent rebuilds it (update-initramfs or dracut, in a chroot over a copy-on-write\n"
+    "      layer: the replica is not written) and keeps it for the takeover, which installs it;\n"
+    "      replication waits meanwhile. Prints each step and what the takeover will change;\n"
+    "      exit 0 when it passed, 1 otherwise. --timeout default 300 s (a rebuild under TCG\n"
+    "      may need more)\n"
     "  cdpctl target stop   --config FILE\n"
     "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
     "      (FILE: see deploy/examples/target.yaml)\n",

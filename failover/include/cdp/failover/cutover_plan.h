@@ -53,7 +53,10 @@ struct FenceMethod {
 };
 
 struct NicMappingPlan {
-  std::string source_mac;  // informational: the source NIC that held the address
+  std::string source_mac;   // the source NIC that held the address: configs matching it by MAC
+                            // are moved to target_mac at takeover (docs/pe-agent.md §5)
+  std::string source_name;  // optional: its interface name on the source ("ens192"), when the
+                            // migrated OS's configs cannot tell (several NICs by name, IP drift)
   std::string target_mac;  // the target VM's NIC that takes it
   std::string address;     // ADDR/PREFIX; the same as the source's = IP drift
   std::string gateway;

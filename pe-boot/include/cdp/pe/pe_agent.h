@@ -150,6 +150,10 @@ class PeAgent {
   void HandleChecksum(const wire::Message& msg);
   void HandleTakeover(const wire::Message& msg);
   void HandlePrepareBoot(const wire::Message& msg);
+  // For a takeover or a prepare-boot (`what`): true when msg comes from a control client and the
+  // target is not handed over yet (else answers the error); ends an apply hold.
+  bool MayWorkOnTheRoot(const wire::Message& msg, const std::string& what);
+  std::vector<TakeoverDisk> TakeoverDisks();
   void HandleHold(const wire::Message& msg);
   void HandleWrittenRegions(const wire::Message& msg);
   // True when msg's session said Hello as a control client; else answers a permanent
