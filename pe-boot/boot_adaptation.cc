@@ -443,7 +443,9 @@ Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
   if (target.root_uuid.empty()) target.root_uuid = request.root_uuid;
   AdaptFstab(target, &changes, &errors, &notes);
   AdaptGrub(target, &changes, &errors, &notes);
+  const size_t errors_before_nics = errors.size();
   ValidateNics(&request.nics, request.present_nics, &errors);
+  const bool nics_valid = errors.size() == errors_before_nics;
   // The initramfs of a kernel without modules in the migrated OS is beside the point. One
   // rebuilt ahead of the window (PrepareBoot) is installed now.
   if (kernel_ok && (request.prepared_dir.empty() ||
@@ -454,7 +456,7 @@ Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
   // Our contract (/etc/cdp/net.conf) or the distribution's own network configuration.
   const bool contract = changes.Exists("/etc/cdp/net.conf");
   std::vector<std::string> net_notes;
-  if (!contract && !request.nics.empty() && errors.empty()) {
+  if (!contract && !request.nics.empty() && nics_valid) {
     std::vector<NicMap> nics;
     for (const NicConfig& n : request.nics) {
       auto name = request.present_nics.find(n.mac);
@@ -462,11 +464,13 @@ Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
                       name == request.present_nics.end() ? "" : name->second, n.address,
                       n.gateway});
     }
-    const auto found = ScanNetworkConfig(changes, &errors);
-    ResolveSourceNames(found, &nics, &errors);
-    if (errors.empty()) {
-      AdaptNetwork(nics, RunsSystemdUdevd(changes), &changes, &errors, &net_notes);
+    std::vector<std::string> net_errors;
+    const auto found = ScanNetworkConfig(changes, &net_errors);
+    ResolveSourceNames(found, &nics, &net_errors);
+    if (net_errors.empty()) {
+      AdaptNetwork(nics, RunsSystemdUdevd(changes), &changes, &net_errors, &net_notes);
     }
+    errors.insert(errors.end(), net_errors.begin(), net_errors.end());
   }
   DisableVmwareServices(&changes, &net_notes);
   if (!errors.empty()) return Status::FailedPrecondition(Join(errors, "; "));

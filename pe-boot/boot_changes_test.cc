@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -215,6 +216,25 @@ TEST_F(BootChangesTest, FstabEntriesOnNoDiskAndHardwareNamesAreRefused) {
   EXPECT_TRUE(changes.empty());
 }
 
+TEST_F(BootChangesTest, IdsOnLogicalVolumesAreNotedNotRefused) {
+  // The lab's real source: its data disk is an LVM physical volume, /var/lib/postgresql an xfs
+  // logical volume on it.
+  target_.filesystems.push_back({"/dev/vdc", "/dev/vdc", 0, {"LVM2_member", "x", ""}, ""});
+  fs::remove(root_ + "/etc/fstab");
+  std::ofstream(root_ + "/etc/fstab") << "UUID=" << kRootUuid << " / ext4 defaults 0 1\n"
+                                      << "UUID=ace7f8ad-5e8f-4704-9317-7d89e46e6da5 "
+                                         "/var/lib/postgresql xfs defaults 0 2\n";
+  RootChanges changes(root_);
+  std::vector<std::string> errors, notes;
+  AdaptFstab(target_, &changes, &errors, &notes);
+  EXPECT_THAT(errors, IsEmpty());
+  EXPECT_THAT(notes, ElementsAre("fstab line 2: UUID=ace7f8ad-5e8f-4704-9317-7d89e46e6da5 "
+                                 "(/var/lib/postgresql) is on no plain disk or partition of this "
+                                 "target; not checked (it may be on a logical volume of the LVM "
+                                 "physical volumes /dev/vdc)",
+                                 "fstab: / on /dev/vda2"));
+}
+
 TEST_F(BootChangesTest, GrubRootOnNoDiskIsRefusedWithFileAndLine) {
   std::ofstream(root_ + "/etc/default/grub", std::ios::app)
       << "GRUB_CMDLINE_LINUX_DEFAULT=\"root=UUID=99999999-0000-0000-0000-000000000000\"\n";
@@ -317,6 +337,14 @@ TEST(IdentifyFilesystem, Labels) {
   EXPECT_EQ(IdentifyFilesystem(fat)->label, "EFI");
   fat.replace(43, 11, "NO NAME    ");
   EXPECT_EQ(IdentifyFilesystem(fat)->label, "");
+  std::string pv(4096, '\0');
+  pv.replace(512, 8, "LABELONE");
+  pv.replace(512 + 24, 8, "LVM2 001");
+  pv.replace(512 + 32, 32, "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0UvWx");
+  auto id = IdentifyFilesystem(pv);
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(id->type, "LVM2_member");
+  EXPECT_EQ(id->uuid, "Ab1Cd2-Ef3G-h4Ij-5Kl6-Mn7O-p8Qr-9St0Uv");
 }
 
 }  // namespace

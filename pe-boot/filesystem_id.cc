@@ -100,6 +100,21 @@ Result<FsId> IdentifyFilesystem(std::string_view head) {
   if (head.size() >= 4096 && head.substr(4086, 10) == "SWAPSPACE2") {
     return FsId{"swap", FormatUuid(head.substr(1024 + 12, 16)), Label(head.substr(1024 + 28, 16))};
   }
+  // An LVM physical volume: "LABELONE" at the start of one of the first 4 sectors, "LVM2 001"
+  // at 24 in it, the PV UUID (32 characters) at 32; blkid groups it 6-4-4-4-4-4-6.
+  for (size_t sector = 0; sector < 4 && head.size() >= (sector + 1) * 512; ++sector) {
+    const std::string_view label = head.substr(sector * 512, 512);
+    if (label.substr(0, 8) != "LABELONE" || label.substr(24, 8) != "LVM2 001") continue;
+    const std::string_view id = label.substr(32, 32);
+    std::string uuid;
+    size_t at = 0;
+    for (size_t group : {6, 4, 4, 4, 4, 4, 6}) {
+      if (!uuid.empty()) uuid += '-';
+      uuid += id.substr(at, group);
+      at += group;
+    }
+    return FsId{"LVM2_member", uuid, ""};
+  }
   if (head.size() >= 512 && static_cast<uint8_t>(head[510]) == 0x55 &&
       static_cast<uint8_t>(head[511]) == 0xAA && Le16(head, 11) >= 512) {
     // FAT: FAT32 when the 16-bit FAT size is 0; the serial follows the extended boot signature.
@@ -115,7 +130,7 @@ Result<FsId> IdentifyFilesystem(std::string_view head) {
       return FsId{"vfat", buf, label};
     }
   }
-  return Status::NotFound("no ext4, xfs, swap or FAT superblock");
+  return Status::NotFound("no ext4, xfs, swap, LVM or FAT superblock");
 }
 
 Result<FsId> ReadFsId(const std::string& path) {

@@ -153,7 +153,10 @@ void AdaptFstab(const TargetDisks& target, RootChanges* changes, std::vector<std
     return;
   }
   text::LineFile lf = text::LineFile::Split(*content);
-  std::vector<std::string> found, rewritten;
+  std::vector<std::string> found, rewritten, pvs;
+  for (const TargetFs& f : target.filesystems) {
+    if (f.id.type == "LVM2_member") pvs.push_back(f.device);
+  }
   for (size_t i = 0; i < lf.lines.size(); ++i) {
     const auto fields = text::Fields(lf.lines[i]);
     if (fields.size() < 3 || fields[0][0] == '#') continue;
@@ -168,6 +171,14 @@ void AdaptFstab(const TargetDisks& target, RootChanges* changes, std::vector<std
     const TargetFs* fs = nullptr;
     if (auto [kind, value] = IdSpec(spec); !kind.empty()) {
       fs = FindBy(target, kind, value);
+      if (fs == nullptr && mount_point != "/" && !pvs.empty()) {
+        // Logical volumes are not read: it may well be on one of them.
+        notes->push_back(where +
+                         " is on no plain disk or partition of this target; not checked "
+                         "(it may be on a logical volume of the LVM physical volumes " +
+                         text::Join(pvs, ", ") + ")");
+        continue;
+      }
       if (fs == nullptr) {
         errors->push_back(where +
                           " is on no disk of this target; the migrated OS would not mount it");

@@ -15,7 +15,7 @@ namespace cdp::pe {
 
 // What a superblock says about a filesystem.
 struct FsId {
-  std::string type;  // "ext4" (any of ext2/3/4), "xfs", "swap" or "vfat"
+  std::string type;  // "ext4" (any of ext2/3/4), "xfs", "swap", "vfat" or "LVM2_member"
   std::string uuid;  // lowercase, as fstab and blkid write it ("0a1b...-..." or "abcd-1234")
   std::string label;  // as blkid prints LABEL= ("" when none): trailing NULs and (FAT) blanks cut
 };
@@ -24,7 +24,9 @@ struct FsId {
 // ext4): ext2/3/4 by the superblock magic 0xEF53 at 1024 + 0x38, UUID at 1024 + 0x68 (16
 // bytes), label at 1024 + 0x78 (16); XFS by "XFSB" at 0, UUID at 32, label at 108 (12); swap by
 // "SWAPSPACE2" at 4086, UUID at 1024 + 12, label at 1024 + 28 (16); FAT by the boot sector
-// signature, its volume serial and label (11 bytes after the serial; "NO NAME" is none). NotFound
+// signature, its volume serial and label (11 bytes after the serial; "NO NAME" is none); an LVM
+// physical volume by its label ("LABELONE" ... "LVM2 001" in one of the first 4 sectors) and
+// its PV UUID (the filesystems of its logical volumes are not read). NotFound
 // when it is none of these (or `head` is too short to tell).
 Result<FsId> IdentifyFilesystem(std::string_view head);
 

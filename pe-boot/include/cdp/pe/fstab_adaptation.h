@@ -49,7 +49,8 @@ bool IsDiskDeviceName(const std::string& device);
 //   a device name of a source disk: rewritten to the target's, which must hold a filesystem of
 //   the entry's type;
 //   /dev/disk/by-id and by-path: refused (they name the source's hardware);
-//   LVM and other names: a note, not checked.
+//   LVM and other names: a note, not checked; so is an id on no plain disk or partition when
+//   the target's disks hold LVM physical volumes (logical volumes are not read), unless it is /.
 // Errors name the line: "fstab line 3: LABEL=data (/data) is on no disk of this target; the
 // migrated OS would not mount it". Notes: "fstab: / on /dev/vda1, /data on /dev/vdb1", and one per
 // rewritten line.
