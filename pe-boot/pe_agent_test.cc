@@ -35,6 +35,7 @@
 #include "cdp/pe/pe_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "initramfs_test_util.h"
 
 namespace cdp::pe {
 namespace {
@@ -1500,6 +1501,82 @@ TEST_F(PeAgentTakeoverTest, TakeoverRewritesNetConfAndHandsOver) {
   // The socket is closed: nothing answers any more.
   auto late = PeClient::Connect(endpoint_, v1::ROLE_CONTROL, "", 0, 500);
   EXPECT_FALSE(late.ok());
+}
+
+// Prepare boot end to end: a real overlay over the read-only replica, a real chroot (a static
+// busybox plays the migrated OS's update-initramfs), then the takeover installs the image.
+TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstallsIt) {
+  REQUIRE_LOOP_DEVICES();
+  if (!std::filesystem::exists("/usr/bin/busybox")) {
+    if (std::getenv("CI") != nullptr) FAIL() << "needs a static /usr/bin/busybox under CI";
+    GTEST_SKIP() << "needs a static /usr/bin/busybox";
+  }
+  const std::string ko = "usr/lib/modules/" + kver_ + "/kernel/drivers/";
+  const std::string initrd = "boot/initrd.img-" + kver_;
+  const std::string original =
+      testdata::NewcArchive({ko + "virtio_blk.ko", ko + "virtio_pci.ko", ko + "virtio_net.ko"});
+  const std::string rebuilt = testdata::NewcArchive(
+      {ko + "virtio_blk.ko", ko + "virtio_scsi.ko", ko + "virtio_pci.ko", ko + "virtio_net.ko"});
+  WriteStaged(initrd, original);
+  WriteStaged("usr/share/cdp-test/rebuilt", rebuilt);
+  std::filesystem::create_directories(stage_ + "/bin");
+  std::filesystem::copy_file("/usr/bin/busybox", stage_ + "/bin/busybox");
+  WriteStaged("usr/sbin/update-initramfs",
+              "#!/bin/busybox sh\n"
+              "/bin/busybox test -e /proc/self/status -a -c /dev/null || exit 9\n"
+              "/bin/busybox cp /usr/share/cdp-test/rebuilt /boot/initrd.img-$3\n"
+              "echo update-initramfs: Generating /boot/initrd.img-$3\n");
+  std::filesystem::permissions(stage_ + "/usr/sbin/update-initramfs", std::filesystem::perms(0755));
+  std::filesystem::permissions(stage_ + "/bin/busybox", std::filesystem::perms(0755));
+  const std::string image = MakeImage(false);
+  LoopDevice loop(image, false);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  UnmountOnExit unmount_scratch(dir_.File("scratch"));  // should the overlay stay mounted
+  UnmountOnExit unmount_overlay(dir_.File("scratch") + "-root");
+  const std::string before = ReadWholeFile(image);
+  PeAgentOptions options = TakeoverOptions(loop.path());
+  options.prepare_dir = dir_.File("prepared");
+  options.prepare_scratch = dir_.File("scratch");
+  StartAgent(options);
+  ASSERT_EQ(agent_->agent().state(), v1::PE_STATE_READY) << agent_->agent().error();
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  v1::PrepareBootRequest prepare;
+  prepare.set_root_volume(kSda);
+  auto prepared = control->PrepareBoot(prepare, kWaitMs);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  ASSERT_TRUE(prepared->ok()) << prepared->error() << "\n" << prepared->DebugString();
+  EXPECT_TRUE(prepared->rebuilt());
+  ASSERT_EQ(prepared->steps_size(), 3);
+  EXPECT_THAT(
+      prepared->steps(2).result(),
+      HasSubstr("/" + initrd + " rebuilt with virtio_scsi (/usr/sbin/update-initramfs -u -k " +
+                kver_ + ": update-initramfs: Generating /" + initrd + "); kept in " +
+                dir_.File("prepared") + "/" + kver_));
+  // Nothing stays mounted and not one byte of the replica changed.
+  EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
+  EXPECT_FALSE(UnmountOnExit::IsMounted(dir_.File("scratch")));
+  EXPECT_FALSE(UnmountOnExit::IsMounted(dir_.File("scratch") + "-root"));
+  EXPECT_TRUE(ReadWholeFile(image) == before);
+  EXPECT_EQ(ReadWholeFile(dir_.File("prepared") + "/" + kver_ + "/initrd"), rebuilt);
+
+  auto reply = control->Takeover(Request(false), kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  ASSERT_TRUE(reply->ok()) << reply->error();
+  EXPECT_THAT(reply->steps(3).result(),
+              HasSubstr("drivers: virtio_scsi in the initramfs prepared for /" + initrd + " at "));
+  bool listed = false;
+  for (const auto& c : reply->changes()) {
+    listed =
+        listed || (c.file() == "/" + initrd && c.kept_at() == "/" + initrd + ".cdp-pre-cutover");
+  }
+  EXPECT_TRUE(listed) << reply->DebugString();
+  agent_->Join();
+  EXPECT_EQ(ReadWholeFile(newroot_ + "/" + initrd), rebuilt);
+  EXPECT_EQ(ReadWholeFile(newroot_ + "/" + initrd + ".cdp-pre-cutover"), original);
+  EXPECT_THAT(ReadWholeFile(newroot_ + "/var/log/cdp-takeover.log"),
+              HasSubstr("/" + initrd + ": rebuilt with virtio_scsi by prepare-boot at "));
 }
 
 TEST_F(PeAgentTakeoverTest, PartitionTableWrittenAfterStartIsReadAgain) {
