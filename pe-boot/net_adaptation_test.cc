@@ -274,6 +274,21 @@ TEST_F(NetAdaptationTest, NetplanVlanIsRefusedWithFileAndLine) {
                                             "VLAN vlan100 is over ens192")));
 }
 
+TEST_F(NetAdaptationTest, NetworkdBondIsRefusedWithFileAndLine) {
+  Fixture("refuse-networkd-bond");
+  const Adapted a = Adapt({Mapping()});  // bond0 is a .netdev: ens192 is the one NIC
+  EXPECT_THAT(a.errors, ElementsAre(Stacked("/etc/systemd/network/10-ens192.network:5",
+                                            "bond bond0 is over ens192 (Bond=bond0)")));
+}
+
+TEST_F(NetAdaptationTest, NetworkManagerVlanIsRefusedWithFileAndLine) {
+  Fixture("refuse-nm-vlan");
+  const Adapted a = Adapt({Mapping()});
+  EXPECT_THAT(a.errors,
+              ElementsAre(Stacked("/etc/NetworkManager/system-connections/vlan100.nmconnection:10",
+                                  "VLAN vlan100 is over ens192")));
+}
+
 TEST_F(NetAdaptationTest, IfcfgBondSlaveIsRefusedWithFileAndLine) {
   Fixture("refuse-ifcfg-bond");
   const Adapted a = Adapt({Mapping()});
