@@ -67,6 +67,24 @@ class CutoverPlanTest : public ::testing::Test {
     return path;
   }
   std::string Write(const std::string& text) { return WriteFile("plan.yaml", text); }
+  // Writes target.yaml as deploy/lab/lab target_config() does with LAB = the temp dir, with
+  // `disks` (its YAML list items, @LAB@ for the directory) as its disks.
+  void WriteLabTargetConfig(const std::string& disks) {
+    std::string text = R"(# The lab's target VM (written by deploy/lab/lab up).
+name: cdp-lab-target
+uuid: 7a76e700-0000-4000-8000-000000000020
+memory_mib: 512
+pe: {kernel: /nonexistent/pe-image/vmlinuz, initrd: /nonexistent/pe-image/initrd.img}
+qmp_socket: @LAB@/target.qmp
+replication_endpoint: tcp://127.0.0.1:7800
+service_nic: {mode: tap, tap: tap-tgt, mac: "52:54:00:00:00:20"}
+ready_timeout_seconds: 300
+disks:
+)";
+    text += disks;
+    for (size_t at; (at = text.find("@LAB@")) != std::string::npos;) text.replace(at, 5, dir_);
+    WriteFile("target.yaml", text);
+  }
 
   // A valid plan, one line per top-level key (lines 1..7); `lines` replaces a key's line ("" drops
   // it), `extra` is appended (from line 8 when nothing is dropped).
@@ -542,20 +560,8 @@ TEST_F(CutoverPlanTest, AMissingOrBrokenPlanFile) {
 TEST_F(CutoverPlanTest, TheLabPlansLoad) {
   const ScopedEnv lab("CDP_LAB_DIR", dir_.c_str());
   // deploy/lab/lab target_config() with LAB = the temp dir.
-  std::string text = R"(# The lab's target VM (written by deploy/lab/lab up).
-name: cdp-lab-target
-uuid: 7a76e700-0000-4000-8000-000000000020
-memory_mib: 512
-pe: {kernel: /nonexistent/pe-image/vmlinuz, initrd: /nonexistent/pe-image/initrd.img}
-qmp_socket: @LAB@/target.qmp
-replication_endpoint: tcp://127.0.0.1:7800
-service_nic: {mode: tap, tap: tap-tgt, mac: "52:54:00:00:00:20"}
-ready_timeout_seconds: 300
-disks:
-  - {volume: src-root, path: @LAB@/target-src-root.qcow2, size: 1073741824}
-)";
-  for (size_t at; (at = text.find("@LAB@")) != std::string::npos;) text.replace(at, 5, dir_);
-  WriteFile("target.yaml", text);
+  WriteLabTargetConfig(
+      "  - {volume: src-root, path: @LAB@/target-src-root.qcow2, size: 1073741824}\n");
   for (const char* name : {"cutover", "drill"}) {
     SCOPED_TRACE(name);
     const std::string file = std::string(CDP_SOURCE_DIR) + "/deploy/lab/plans/" + name + ".yaml";
@@ -582,6 +588,41 @@ disks:
     EXPECT_EQ(p->ExpectedReply(), "7a76e700-0000-4000-8000-000000000020");
     EXPECT_EQ(p->drill_namespace, "cdp-drill");
     EXPECT_EQ(p->rollback, std::string(name) == "cutover" ? "resume-source" : "none");
+  }
+}
+
+// The real source's plans (`deploy/lab/lab up --source real`) load against its two-disk
+// target config: both volumes, quiesce and fence through the agent with PostgreSQL's CHECKPOINT
+// as the pre-freeze hook, the NIC named by its source name.
+TEST_F(CutoverPlanTest, TheRealLabPlansLoad) {
+  const ScopedEnv lab("CDP_LAB_DIR", dir_.c_str());
+  WriteLabTargetConfig(
+      "  - {volume: src-root, path: @LAB@/target-src-root.qcow2, size: 4294967296}\n"
+      "  - {volume: src-data, path: @LAB@/target-src-data.qcow2, size: 2147483648}\n");
+  for (const char* name : {"cutover-real", "drill-real"}) {
+    SCOPED_TRACE(name);
+    const std::string file = std::string(CDP_SOURCE_DIR) + "/deploy/lab/plans/" + name + ".yaml";
+    auto p = LoadCutoverPlan(file);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(p->name, "lab");
+    EXPECT_THAT(p->volumes, ElementsAre("src-root", "src-data"));
+    EXPECT_EQ(p->root_volume, "src-root");
+    EXPECT_TRUE(p->source_qmp_socket.empty());
+    EXPECT_TRUE(p->source_devices.empty());
+    EXPECT_EQ(p->quiesce.method, "agent");
+    ASSERT_EQ(p->quiesce.hooks.size(), 1u);
+    EXPECT_THAT(p->quiesce.hooks[0].run,
+                ElementsAre("runuser", "-u", "postgres", "--", "psql", "-c", "CHECKPOINT"));
+    EXPECT_EQ(p->quiesce.hooks[0].timeout_seconds, 30);
+    EXPECT_EQ(p->fence.method, "agent");
+    EXPECT_EQ(p->target.disks.size(), 2u);
+    ASSERT_EQ(p->network.size(), 1u);
+    EXPECT_EQ(p->network[0].source_mac, "52:54:00:00:00:10");
+    EXPECT_EQ(p->network[0].source_name, "ens192");
+    EXPECT_EQ(p->network[0].target_mac, "52:54:00:00:00:20");
+    EXPECT_EQ(p->network[0].address, "192.0.2.10/24");
+    EXPECT_EQ(p->ExpectedReply(), "7a76e700-0000-4000-8000-000000000020");
+    EXPECT_EQ(p->rollback, std::string(name) == "cutover-real" ? "resume-source" : "none");
   }
 }
 
