@@ -31,9 +31,12 @@ def netns_exists(name):
 
 
 def require_no_lab():
-    """Exits (FAIL) when a lab is already up: a test must not take someone's lab down."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    if "cdp-lab" in out or "cdp-client" in out or "cdp-drill" in out:
+    """Exits (FAIL) when a lab is already up: a test must not take someone's lab down. The
+    namespaces are the lab's (CDP_LAB_NETNS, CDP_LAB_CLIENT_NETNS when set) and cdp-drill."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    names = (os.environ.get("CDP_LAB_NETNS", "cdp-lab"),
+             os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client"), "cdp-drill")
+    if any(n in out for n in names):
         raise SystemExit("FAIL: a lab is already up on this machine (deploy/lab/lab down)")
 
 
@@ -121,15 +124,15 @@ def run_plan(command, plan):
     return r.returncode, report
 
 
-def run_lab_test(body):
-    """The frame of a lab test: a fresh lab dir, `lab up`, body(lab_dir, work_dir), and always
-    `lab down` and the clients killed. An AssertionError fails the test (FAIL, exit 1) after the
+def run_lab_test(body, up_args=()):
+    """The frame of a lab test: a fresh lab dir, `lab up UP_ARGS`, body(lab_dir, work_dir), and
+    always `lab down` and the clients killed. An AssertionError fails the test (FAIL, exit 1) after the
     last lines of the lab's logs are printed; otherwise PASS."""
     lab_dir = prepare_lab_test()
     work = tempfile.mkdtemp(prefix="cdp-lab-test-")
     failed = True
     try:
-        lab("up")
+        lab("up", *up_args, timeout=2400)
         body(lab_dir, work)
         failed = False
     except AssertionError as e:

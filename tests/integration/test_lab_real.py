@@ -1,0 +1,66 @@
+"""`deploy/lab/lab up --source real` (docs/lab.md, "With the real source"): the Debian source VM
+with the cdp-agent package installed into it while it runs, a two-disk target in the PE. `up`
+returns once PostgreSQL answers as cdp at 192.0.2.10:5432 and the test service at :7000 from
+the client namespace and both volumes are synced; a table written through PostgreSQL (on LVM and
+xfs, inside the guest) reaches the target: after a CHECKPOINT, with the filesystems frozen by the
+agent, the agent's block hashes of both whole disks equal the target's. `down` (always, in the
+frame) removes everything.
+"""
+import json
+import os
+import subprocess
+
+import labtest
+from cdptest import log
+
+lab = labtest.lab
+SERIAL_EXEC = os.path.join(labtest.REPO, "deploy", "lab", "serial-exec")
+
+
+def psql(sql):
+    ns = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
+    r = subprocess.run(["ip", "netns", "exec", ns, "env", "PGPASSWORD=cdp", "psql", "-h",
+                        "192.0.2.10", "-U", "cdp", "-d", "cdp", "-tAc", sql],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"psql {sql!r}: {r.stdout}{r.stderr}"
+    return r.stdout.strip()
+
+
+def in_source(lab_dir, command):
+    r = subprocess.run([SERIAL_EXEC, "--wait", "30", os.path.join(lab_dir, "cmd.sock"), command],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{command!r} in the source exited {r.returncode}: {r.stderr}"
+    return r.stdout.strip()
+
+
+def body(lab_dir, work):
+    with open(os.path.join(lab_dir, "state.json")) as f:
+        state = json.load(f)
+    log(f"times: {state['times']}")
+    assert state["source"] == "real", state
+    assert state["volumes"] == {"src-root": 4 << 30, "src-data": 2 << 30}, state["volumes"]
+    st = json.loads(lab("status").stdout)
+    assert st["ok"], st
+    assert st["service"]["who"] == labtest.SRC_UUID, st["service"]
+    assert st["target"]["state"] == "pe-ready", st["target"]
+    assert psql("SELECT 1") == "1"
+    # The agent runs from its package, one group for both whole disks.
+    assert in_source(lab_dir, "dpkg-query -W -f '${Status}' cdp-agent") == \
+        "install ok installed"
+    assert in_source(lab_dir, "systemctl is-active cdp-agent@lab") == "active"
+    assert in_source(lab_dir, "grep -h '^device:' /etc/cdp/agent/src-*.conf | sort") == \
+        "device: /dev/sda\ndevice: /dev/sdb"
+    # A table through PostgreSQL: on the data disk's LVM/xfs; its pages on disk after CHECKPOINT.
+    assert psql("CREATE TABLE lab_real AS SELECT g AS id, md5(g::text) AS v "
+                "FROM generate_series(1, 20000) g") == "SELECT 20000"
+    assert psql("SELECT count(*) FROM lab_real") == "20000"
+    assert in_source(lab_dir, "runuser -u postgres -- psql -c CHECKPOINT") == "CHECKPOINT"
+    for volume in ("src-data", "src-root"):
+        r = lab("compare", volume, check=False, timeout=1200)
+        log(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr)
+        assert r.returncode == 0 and f"{volume}: source = target" in r.stdout, r.stdout + r.stderr
+    assert "already up" in lab("up", "--source", "real").stdout
+
+
+if __name__ == "__main__":
+    labtest.run_lab_test(body, up_args=("--source", "real"))
