@@ -137,7 +137,11 @@ class CutoverEngine::Impl {
       lags +=
           (lags.empty() ? "" : ", ") + volume + " lag " + FormatFixed(v.lag_seconds(), 2) + " s";
     }
-    return "source running, target pe-ready, " + lags + (own.empty() ? "" : "; " + own);
+    // What the promotion would refuse (an initramfs without virtio drivers, a network config
+    // that cannot be mapped) is refused now, before the source is touched.
+    CDP_ASSIGN_OR_RETURN(const std::string dry_run, DryRunTakeover(target_, plan_));
+    return "source running, target pe-ready, " + lags + "; " + dry_run +
+           (own.empty() ? "" : "; " + own);
   }
 
   // A step after the quiesce succeeded only while the source is still quiesced (an agent's

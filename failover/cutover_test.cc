@@ -92,10 +92,15 @@ class CutoverTest : public ::testing::Test {
 
   // What the cutover calls up to and including the quiesce (no background pass differences).
   static Calls UpToQuiesce() {
-    return {"source.CheckServing",    "target.Status",
-            "journal.Status",         "target.WrittenRegions v reset",
-            "target.Checksums v 0+0", "source.Quiesce",
-            "journal.Status",         "journal.Status",
+    return {"source.CheckServing",
+            "target.Status",
+            "journal.Status",
+            "target.Takeover v dry-run",
+            "target.WrittenRegions v reset",
+            "target.Checksums v 0+0",
+            "source.Quiesce",
+            "journal.Status",
+            "journal.Status",
             "journal.Status"};
   }
   static Calls Then(Calls a, const Calls& b) {
@@ -143,17 +148,19 @@ TEST_F(CutoverTest, HappyPathCallsEachPortInStepOrder) {
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.error, "");
   EXPECT_EQ(r.rollback, "");
-  EXPECT_EQ(Steps(r),
-            (std::vector<std::string>{
-                "precheck ok: source running, target pe-ready, v lag 0.50 s",
-                "pre-verify ok: v: 2 regions at LSN 7, 0 differed (being written)",
-                "quiesce ok: source paused (QMP stop); v final LSN 10",
-                "drain ok: target applied every final LSN: v applied 10/10",
-                "verify ok: 2 regions (8 MiB) equal: v: 1 of 2 in the window, the rest in the "
-                "background pass at LSN 7 and not written since",
-                "fence ok: source powered off (QMP quit)",
-                "promote ok: switch_root into the migrated OS on /dev/vda (check 0.01 s)",
-                "health ok: 192.0.2.10:7000 answers"}));
+  EXPECT_EQ(
+      Steps(r),
+      (std::vector<std::string>{
+          "precheck ok: source running, target pe-ready, v lag 0.50 s; takeover dry run passed "
+          "(0 change(s) to the migrated OS planned)",
+          "pre-verify ok: v: 2 regions at LSN 7, 0 differed (being written)",
+          "quiesce ok: source paused (QMP stop); v final LSN 10",
+          "drain ok: target applied every final LSN: v applied 10/10",
+          "verify ok: 2 regions (8 MiB) equal: v: 1 of 2 in the window, the rest in the "
+          "background pass at LSN 7 and not written since",
+          "fence ok: source powered off (QMP quit)",
+          "promote ok: switch_root into the migrated OS on /dev/vda (check 0.01 s)",
+          "health ok: 192.0.2.10:7000 answers"}));
   EXPECT_EQ(r.final_lsn, (std::vector<std::pair<std::string, uint64_t>>{{"v", 10}}));
   EXPECT_EQ(log_.calls, Then(UpToQuiesce(), {"target.Status", "target.WrittenRegions v",
                                              "target.Checksums v 4194304+4194304", "source.Fence",
@@ -189,6 +196,24 @@ TEST_F(CutoverTest, PrecheckNamesThePlanKeyOfAVolumeTheJournalDoesNotHave) {
                          "v: it is not protected; start its cdp-agent (or fix the name); nothing "
                          "was touched");
   EXPECT_EQ(r.rollback, kNotTouched);
+}
+
+// What the promotion would refuse is refused at precheck, before the source is touched (the
+// pe-agent's dry run writes nothing to the replica).
+TEST_F(CutoverTest, PrecheckRefusesWhatTheTakeoverDryRunRefuses) {
+  wire::v1::TakeoverReply refused;
+  refused.set_ok(false);
+  refused.set_error(
+      "the migrated OS's initramfs /boot/initrd.img-6.1.0-57-amd64 has no virtio_blk");
+  target_->dry_run_takeover = refused;
+  const CutoverReport r = Run();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error,
+            "precheck: the target's takeover dry run refuses: the migrated OS's initramfs "
+            "/boot/initrd.img-6.1.0-57-amd64 has no virtio_blk");
+  EXPECT_EQ(r.rollback, kNotTouched);
+  EXPECT_EQ(log_.calls, (Calls{"source.CheckServing", "target.Status", "journal.Status",
+                               "target.Takeover v dry-run"}));
 }
 
 TEST_F(CutoverTest, PrecheckRefusesALagOverTheBudget) {
@@ -458,7 +483,7 @@ TEST_F(AgentCutoverTest, TheAgentQuiescesVerifiesAndFencesTheSource) {
   const CutoverReport r = RunAgent();
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(log_.calls,
-            Calls({"agent.status", "target.Status", "journal.Status",
+            Calls({"agent.status", "target.Status", "journal.Status", "target.Takeover v dry-run",
                    "target.WrittenRegions v reset", "target.Checksums v 0+0", "agent.hashes v 2",
                    "agent.quiesce", "journal.Status", "target.Status", "target.WrittenRegions v",
                    "target.Checksums v 4194304+4194304", "agent.hashes v 1",

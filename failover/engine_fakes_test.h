@@ -129,6 +129,12 @@ class FakeTarget final : public TargetAgent {
   // The takeover: sent or not, and the reply or the error.
   bool takeover_sent = true;
   Result<wire::v1::TakeoverReply> takeover = ::cdp::Status::Internal("no takeover set");
+  // A dry run's reply (the cutover's precheck): ok with no changes unless set.
+  Result<wire::v1::TakeoverReply> dry_run_takeover = [] {
+    wire::v1::TakeoverReply r;
+    r.set_ok(true);
+    return r;
+  }();
 
   Result<wire::v1::PeStatusReply> Status() override {
     log_->Record(name_ + ".Status");
@@ -184,6 +190,11 @@ class FakeTarget final : public TargetAgent {
 
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                            bool* sent) override {
+    if (request.dry_run()) {
+      log_->Record(name_ + ".Takeover " + request.root_volume() + " dry-run");
+      *sent = true;
+      return dry_run_takeover;
+    }
     log_->Record(name_ + ".Takeover " + request.root_volume());
     *sent = takeover_sent;
     return takeover;

@@ -89,9 +89,9 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
                           " s: " + last);
 }
 
-Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan, bool* sent) {
-  bool went_out = false;
-  if (sent == nullptr) sent = &went_out;
+namespace {
+
+v1::TakeoverRequest TakeoverRequestOf(const CutoverPlan& plan) {
   v1::TakeoverRequest req;
   req.set_root_volume(plan.root_volume);
   req.set_boot_mode(plan.takeover_boot);
@@ -104,6 +104,27 @@ Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan,
     m->set_source_mac(n.source_mac);
     m->set_source_name(n.source_name);
   }
+  return req;
+}
+
+}  // namespace
+
+Result<std::string> DryRunTakeover(TargetAgent& agent, const CutoverPlan& plan) {
+  v1::TakeoverRequest req = TakeoverRequestOf(plan);
+  req.set_dry_run(true);
+  bool sent = false;
+  CDP_ASSIGN_OR_RETURN(auto reply, agent.Takeover(req, &sent));
+  if (!reply.ok()) {
+    return Status::FailedPrecondition("the target's takeover dry run refuses: " + reply.error());
+  }
+  return "takeover dry run passed (" + std::to_string(reply.changes_size()) +
+         " change(s) to the migrated OS planned)";
+}
+
+Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan, bool* sent) {
+  bool went_out = false;
+  if (sent == nullptr) sent = &went_out;
+  const v1::TakeoverRequest req = TakeoverRequestOf(plan);
   auto taken = agent.Takeover(req, sent);
   if (!taken.ok() && *sent && taken.status().IsUnavailable()) {
     // The pe-agent exits right after replying and ZeroMQ may drop that last reply

@@ -32,6 +32,11 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
 // s, ...)"). A refused takeover is FailedPrecondition with the pe-agent's reason; a connection that
 // drops before the reply is reported as a takeover that probably went through (docs/pe-agent.md
 // §5): the health check decides. *sent (when given) tells whether the request went out at all.
+// Sends `agent` the takeover RequestTakeover would, as a dry run: the pe-agent mounts the root
+// read-only, runs every check of the adaptation and writes nothing. A refusal is
+// FailedPrecondition "the target's takeover dry run refuses: <the pe-agent's reason>".
+Result<std::string> DryRunTakeover(TargetAgent& agent, const CutoverPlan& plan);
+
 Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan,
                                     bool* sent = nullptr);
 

@@ -349,10 +349,13 @@ void CheckInitramfsDrivers(const std::string& root, const std::string& kver,
   }
   const bool disk = std::any_of(missing.begin(), missing.end(),
                                 [](const std::string& m) { return m != "virtio_net"; });
-  errors->push_back("the migrated OS's initramfs " + initrd + " has no " + Join(missing, ", ") +
-                    (disk ? "; it would not find its disk on the target"
-                          : "; it would have no network on the target") +
-                    ": rebuild it with virtio drivers (update-initramfs) before the cutover");
+  errors->push_back(
+      "the migrated OS's initramfs " + initrd + " has no " + Join(missing, ", ") +
+      (disk ? "; it would not find its disk on the target"
+            : "; it would have no network on the target") +
+      ": run `cdpctl target prepare-boot` (it rebuilds the image in the PE, the source "
+      "untouched) or rebuild it with virtio drivers on the source before the "
+      "cutover");
 }
 
 bool CheckKernelModules(const std::string& root, const std::string& kver,

@@ -424,8 +424,9 @@ TEST_F(BootAdaptationTest, ModulesListWithoutVirtioBlkIsAClearFailure) {
   CheckInitramfsDrivers(root_, kKver, &errors, &notes);
   EXPECT_THAT(errors, ElementsAre("the migrated OS's initramfs /boot/initrd.img-" + kKver +
                                   " has no virtio_blk; it would not find its disk on the target: "
-                                  "rebuild it with virtio drivers (update-initramfs) before the "
-                                  "cutover"));
+                                  "run `cdpctl target prepare-boot` (it rebuilds the image in the "
+                                  "PE, the source untouched) or rebuild it with virtio drivers on "
+                                  "the source before the cutover"));
 }
 
 TEST_F(BootAdaptationTest, GzippedCpioWithTheVirtioDriversPasses) {
@@ -450,8 +451,9 @@ TEST_F(BootAdaptationTest, GzippedCpioWithoutVirtioBlkIsAClearFailure) {
   CheckInitramfsDrivers(root_, kKver, &errors, &notes);
   EXPECT_THAT(errors, ElementsAre("the migrated OS's initramfs /boot/initrd.img-" + kKver +
                                   " has no virtio_blk; it would not find its disk on the target: "
-                                  "rebuild it with virtio drivers (update-initramfs) before the "
-                                  "cutover"));
+                                  "run `cdpctl target prepare-boot` (it rebuilds the image in the "
+                                  "PE, the source untouched) or rebuild it with virtio drivers on "
+                                  "the source before the cutover"));
 }
 
 TEST_F(BootAdaptationTest, OnlyVirtioNetMissingSaysNetwork) {
@@ -460,8 +462,9 @@ TEST_F(BootAdaptationTest, OnlyVirtioNetMissingSaysNetwork) {
   CheckInitramfsDrivers(root_, kKver, &errors, &notes);
   EXPECT_THAT(errors, ElementsAre("the migrated OS's initramfs /boot/initrd.img-" + kKver +
                                   " has no virtio_net; it would have no network on the target: "
-                                  "rebuild it with virtio drivers (update-initramfs) before the "
-                                  "cutover"));
+                                  "run `cdpctl target prepare-boot` (it rebuilds the image in the "
+                                  "PE, the source untouched) or rebuild it with virtio drivers on "
+                                  "the source before the cutover"));
 }
 
 TEST_F(BootAdaptationTest, ModulesBuiltIntoTheKernelCount) {

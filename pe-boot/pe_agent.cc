@@ -56,11 +56,17 @@ Status PeAgent::Start() {
     // An earlier agent of this boot adapted the migrated OS's root for a kexec that then failed:
     // the disks are no longer a plain replica, so nothing more is applied to them.
     auto failed = ReadWholeFile(takeover_->KexecFailedFile());
+    auto written = ReadWholeFile(takeover_->RootWrittenFile());
     if (failed.ok()) {
       prepared = Status::FailedPrecondition(
           "a kexec takeover in this boot failed (" + *failed +
           "); the migrated OS's root was adapted, so replication stays off: reboot the target "
           "VM into the PE, or start it again (cdpctl target stop, start)");
+    } else if (written.ok()) {
+      prepared = Status::FailedPrecondition(
+          "a takeover in this boot failed after " + *written +
+          ", so the target's disks are no longer a plain replica and replication stays off: "
+          "start the target VM again (cdpctl target stop, start)");
     }
   }
   if (!prepared.ok()) {
@@ -571,6 +577,11 @@ void PeAgent::HandleTakeover(const wire::Message& msg) {
            " at " + FormatFixed(ProcUptimeSeconds(), 2) + " s of uptime");
   v1::Header h;
   if (!takeover_->Run(request, state_, error_, TakeoverDisks(), h.mutable_takeover_reply())) {
+    if (takeover_->root_written()) {
+      // Batches stay refused (refusing_batches()); replicators are told why.
+      state_ = v1::PE_STATE_ERROR;
+      error_ = h.takeover_reply().error();
+    }
     (void)socket_->SendTo(msg.peer, h);  // failed, or a dry run: serving again
     return;
   }

@@ -1347,7 +1347,7 @@ TEST_F(PeAgentTakeoverTest, DryRunOnAnExt4ImageChecksEverythingAndChangesNothing
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_TRUE(reply->ok()) << reply->error() << "\n" << reply->DebugString();
   EXPECT_EQ(reply->error(), "");
-  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "adapt"));
+  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "plan"));
   EXPECT_EQ(reply->root_device(), loop.path());
   EXPECT_EQ(reply->kernel_release(), kver_);
   ASSERT_EQ(reply->steps_size(), 4);
@@ -1388,7 +1388,7 @@ TEST_F(PeAgentTakeoverTest, WithoutModulesForThePeKernelItKexecsIntoItsOwnKernel
   EXPECT_EQ(reply->boot_mode(), v1::BOOT_MODE_KEXEC);
   EXPECT_EQ(reply->kernel_release(), "9.9.9-own");
   EXPECT_THAT(StepNames(*reply),
-              ::testing::ElementsAre("check", "flush", "mount", "kexec-load", "adapt"));
+              ::testing::ElementsAre("check", "flush", "mount", "kexec-load", "plan"));
   EXPECT_EQ(reply->steps(3).result(),
             "would kexec_file_load /boot/vmlinuz-9.9.9-own with /boot/initrd.img-9.9.9-own, "
             "command line 'root=UUID=" + std::string(kRootUuid) + " console=ttyS0 rw'");
@@ -1422,6 +1422,46 @@ TEST_F(PeAgentTakeoverTest, AfterAFailedKexecRebootTheNextAgentIsInPeError) {
   EXPECT_FALSE(client.ok());
 }
 
+// A takeover that fails after the read-write mount (here: the takeover file cannot be written)
+// leaves a replica that is no longer the journal's: the agent refuses replication from then on,
+// and so does the next agent of this boot.
+TEST_F(PeAgentTakeoverTest, AFailureAfterTheReadWriteMountPutsTheAgentInPeError) {
+  REQUIRE_LOOP_DEVICES();
+  LoopDevice loop(MakeImage(false), false);
+  ASSERT_FALSE(loop.path().empty());
+  UnmountOnExit unmount(newroot_);
+  std::filesystem::create_directories(dir_.File("cdp-takeover.tmp") + "/x");
+  StartAgent(TakeoverOptions(loop.path()));
+  auto control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  auto reply = control->Takeover(Request(false), kWaitMs);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_FALSE(reply->ok());
+  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "plan",
+                                                        "remount", "adapt", "handover"));
+  EXPECT_THAT(reply->error(), ::testing::StartsWith("pe-agent: writing the takeover file: "));
+  EXPECT_THAT(reply->error(),
+              HasSubstr("; the migrated OS's root was mounted read-write before this failure"));
+  EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
+  auto status = control->Status(kWaitMs);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->pe_state(), v1::PE_STATE_ERROR);
+  EXPECT_EQ(status->error(), reply->error());
+  auto refused = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kImageSize, kWaitMs);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("pe-agent: the target is not ready: "));
+  StopAgent();
+
+  EXPECT_EQ(ReadWholeFile(dir_.File("cdp-takeover.root-written")),
+            "the takeover of " + loop.path() + " mounted it read-write");
+  StartAgent(TakeoverOptions(loop.path()));
+  EXPECT_EQ(agent_->agent().state(), v1::PE_STATE_ERROR);
+  EXPECT_EQ(agent_->agent().error(),
+            "a takeover in this boot failed after the takeover of " + loop.path() +
+                " mounted it read-write, so the target's disks are no longer a plain replica and "
+                "replication stays off: start the target VM again (cdpctl target stop, start)");
+}
+
 TEST_F(PeAgentTakeoverTest, AnUnknownBootIsRefusedAtCheck) {
   StartAgent();
   auto control = ConnectControl();
@@ -1441,9 +1481,11 @@ TEST_F(PeAgentTakeoverTest, FstabUuidOnNoDiskFailsAndBatchesAreAppliedAgain) {
               std::string("UUID=") + kRootUuid +
                   " / ext4 defaults 0 1\n"
                   "UUID=11111111-2222-3333-4444-555555555555 /data ext4 defaults 0 2\n");
-  LoopDevice loop(MakeImage(false), false);
+  const std::string image = MakeImage(false);
+  LoopDevice loop(image, false);
   ASSERT_FALSE(loop.path().empty());
   UnmountOnExit unmount(newroot_);
+  const std::string before = ReadWholeFile(image);
   StartAgent(TakeoverOptions(loop.path()));
   auto control = ConnectControl();
   ASSERT_NE(control, nullptr);
@@ -1455,9 +1497,13 @@ TEST_F(PeAgentTakeoverTest, FstabUuidOnNoDiskFailsAndBatchesAreAppliedAgain) {
     EXPECT_EQ(reply->error(),
               "fstab line 2: UUID=11111111-2222-3333-4444-555555555555 (/data) is on no disk of "
               "this target; the migrated OS would not mount it");
-    EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "adapt"));
+    // Refused at the plan, on the read-only mount: not one byte of the replica was written,
+    // so replication goes on over it.
+    EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "plan"));
     EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
     EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
+    EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover.root-written")));
+    EXPECT_TRUE(ReadWholeFile(image) == before);
   }
   // Serving again: a batch lands (in the unused first sector of the filesystem).
   auto client = PeClient::Connect(endpoint_, v1::ROLE_REPLICATOR, kSda, kImageSize, kWaitMs);
@@ -1482,10 +1528,12 @@ TEST_F(PeAgentTakeoverTest, TakeoverRewritesNetConfAndHandsOver) {
   auto reply = control->Takeover(Request(false), kWaitMs);
   ASSERT_TRUE(reply.ok()) << reply.status();
   ASSERT_TRUE(reply->ok()) << reply->error();
-  EXPECT_THAT(StepNames(*reply),
-              ::testing::ElementsAre("check", "flush", "mount", "adapt", "handover"));
+  EXPECT_THAT(StepNames(*reply), ::testing::ElementsAre("check", "flush", "mount", "plan",
+                                                        "remount", "adapt", "handover"));
   EXPECT_EQ(reply->root_device(), loop.path());
   EXPECT_THAT(reply->steps(3).result(),
+              HasSubstr("net.conf: would be rewritten with: iface 52:54:00:12:34:56"));
+  EXPECT_THAT(reply->steps(5).result(),
               HasSubstr("net.conf: rewritten with 1 line(s) (the previous one kept as "
                         "/etc/cdp/net.conf.pre-cutover)"));
   agent_->Join();  // Run() returns after the handover

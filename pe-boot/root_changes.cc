@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <ctime>
 #include <filesystem>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/core/logging.h"
 #include "cdp/pe/root_path.h"
 
 namespace cdp::pe {
@@ -143,6 +145,7 @@ Status RootChanges::Apply(const std::string& stamp) const {
   std::string log;
   for (const auto& file : order_) {
     const Planned& p = planned_.at(file);
+    const auto t0 = std::chrono::steady_clock::now();
     CDP_ASSIGN_OR_RETURN(const std::string path, HostPathNoFollow(root_, file));
     const std::string backup = path + kPreCutoverSuffix;
     struct stat st;
@@ -183,6 +186,10 @@ Status RootChanges::Apply(const std::string& stamp) const {
         CDP_RETURN_IF_ERROR(SyncDirectory(Parent(path)));
         break;
     }
+    // Each file is written and synced (with its previous content kept): say how long it took.
+    CDP_LOG(info) << "adapted " << file << " (" << p.content.size() << " bytes) in "
+                  << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
+                  << " s";
     std::string what;
     for (const auto& w : p.whats) what += (what.empty() ? "" : "; ") + w;
     log += stamp + " " + file + ": " + what +

@@ -194,7 +194,9 @@ bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
 
   Status s = RunStep("check", [&] { return Check(request, state, state_error); });
   if (s.ok()) s = RunStep("flush", [&] { return Flush(); });
-  if (s.ok()) s = RunStep("mount", [&] { return Mount(request.dry_run()); });
+  // Every check runs on a read-only mount first (PLAN): a refused takeover leaves the replica
+  // exactly as the journal made it, so replication goes on as if nothing happened.
+  if (s.ok()) s = RunStep("mount", [&] { return Mount(/*read_only=*/true); });
   if (s.ok()) {
     boot_ = ChooseBoot(request.boot_mode());
     reply->set_boot_mode(boot_);
@@ -202,12 +204,12 @@ bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
       s = RunStep("kexec-load", [&] { return LoadOwnKernel(request); });
     }
   }
-  if (s.ok()) {
-    s = RunStep("adapt", [&] { return Adapt(request); });
-    if (!s.ok() && kexec_loaded_) {
-      system_->KexecUnload();
-      kexec_loaded_ = false;
-    }
+  if (s.ok()) s = RunStep("plan", [&] { return Adapt(request, /*dry_run=*/true); });
+  if (s.ok() && !request.dry_run()) s = RunStep("remount", [&] { return Remount(); });
+  if (s.ok() && !request.dry_run()) s = RunStep("adapt", [&] { return Adapt(request, false); });
+  if (!s.ok() && kexec_loaded_) {
+    system_->KexecUnload();
+    kexec_loaded_ = false;
   }
   if (s.ok() && !request.dry_run()) s = RunStep("handover", [&] { return HandOver(request); });
   timeline_ = nullptr;
@@ -217,10 +219,16 @@ bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
     std::string error = s.ok() ? "" : s.message();
     const std::string unmount = RollBack();
     if (!unmount.empty()) error += (error.empty() ? "" : "; ") + unmount;
+    if (root_written_) {
+      error +=
+          "; the migrated OS's root was mounted read-write before this failure, so the "
+          "target's disks are no longer a plain replica: replication stays off (pe-error) "
+          "until the target VM is started again (cdpctl target stop, start)";
+    }
     reply->set_ok(error.empty());
     reply->set_error(error);
     announce_("pe-agent: " + what + (error.empty() ? " passed" : " failed: " + error) +
-              "; serving again");
+              (root_written_ ? "" : "; serving again"));
     return false;
   }
   reply->set_ok(true);
@@ -326,6 +334,21 @@ Result<std::string> Takeover::Mount(bool read_only) {
          (read_only ? " read-only" : " read-write") + "; filesystems on the target: " + all + notes;
 }
 
+Result<std::string> Takeover::Remount() {
+  const std::string unmount = system_->Unmount(config_.newroot);
+  if (!unmount.empty()) return Status::IOError("pe-agent: " + unmount);
+  newroot_mounted_ = false;
+  // From the read-write mount on, the replica is written (journal replay, the adaptation): a
+  // failure after it must not let replication resume over it, even after a crash of this agent.
+  CDP_RETURN_IF_ERROR(WriteFileAtomic(RootWrittenFile(),
+                                      "the takeover of " + root_device_ + " mounted it read-write")
+                          .WithContext("pe-agent: marking the replica as written"));
+  root_written_ = true;
+  CDP_RETURN_IF_ERROR(system_->MountExt4(root_device_, config_.newroot, /*read_only=*/false));
+  newroot_mounted_ = true;
+  return root_device_ + " at " + config_.newroot + " read-write";
+}
+
 v1::BootMode Takeover::ChooseBoot(v1::BootMode asked) const {
   if (asked != v1::BOOT_MODE_UNSPECIFIED && asked != v1::BOOT_MODE_AUTO) return asked;
   // On the PE's kernel (switch_root) when the migrated OS has modules for it, else on its own
@@ -359,7 +382,7 @@ Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) 
   return loaded + "; command line '" + cmdline + "'";
 }
 
-Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request) {
+Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request, bool dry_run) {
   AdaptRequest adapt;
   adapt.root = config_.newroot;
   adapt.root_device = root_device_;
@@ -375,7 +398,7 @@ Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request) {
     adapt.target.source_disks.push_back(source == request.source_disks().end() ? ""
                                                                                : source->second);
   }
-  adapt.dry_run = request.dry_run();
+  adapt.dry_run = dry_run;
   adapt.prepared_dir = config_.prepare_dir;
   for (const auto& n : request.nics()) {
     adapt.nics.push_back({n.mac(), n.address(), n.gateway(), n.source_mac(), n.source_name()});
@@ -385,6 +408,7 @@ Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request) {
   }
   std::vector<RootChange> changes;
   CDP_ASSIGN_OR_RETURN(auto notes, system_->AdaptRoot(std::move(adapt), &changes));
+  reply_->clear_changes();  // the plan's, replaced by what was done
   for (const RootChange& c : changes) {
     v1::BootChange* change = reply_->add_changes();
     change->set_file(c.file);

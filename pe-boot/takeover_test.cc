@@ -80,6 +80,7 @@ class FakeSystem : public TakeoverSystem {
   Status MountExt4(const std::string& device, const std::string& dir, bool read_only) override {
     calls.push_back("mount " + device + " " + dir + (read_only ? " ro" : " rw"));
     if (!mount_error.empty()) return Status::IOError(mount_error);
+    if (!read_only && !mount_rw_error.empty()) return Status::IOError(mount_rw_error);
     mounted = device;
     return Status::Ok();
   }
@@ -105,12 +106,14 @@ class FakeSystem : public TakeoverSystem {
     if (changes != nullptr) *changes = adapt_changes;
     calls.push_back(std::string("adapt") + (request.dry_run ? " dry-run" : ""));
     if (!adapt_error.empty()) return Status::FailedPrecondition(adapt_error);
+    if (!request.dry_run && !apply_error.empty()) return Status::IOError(apply_error);
     return std::vector<std::string>{"fstab: / on " + request.root_device};
   }
 
   std::map<std::string, FsId> filesystems;
   std::map<std::string, std::vector<std::string>> partitions;
   std::string mount_error, adapt_error;
+  std::string mount_rw_error, apply_error;  // only the read-write mount, only a real adaptation
   std::string mounted;  // the device mounted at the new root, "" when none
   AdaptRequest adapted;
   std::vector<RootChange> adapt_changes;
@@ -191,16 +194,20 @@ TEST_F(TakeoverTest, SwitchRootRunsEveryStepInOrderAndWritesTheTakeoverFile) {
   ASSERT_TRUE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
   EXPECT_TRUE(reply.ok());
   EXPECT_EQ(reply.error(), "");
-  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "adapt", "handover"));
+  EXPECT_THAT(StepNames(reply),
+              ElementsAre("check", "flush", "mount", "plan", "remount", "adapt", "handover"));
   EXPECT_EQ(reply.steps(0).result(), "pe-ready; root volume sda on /dev/vda");
   EXPECT_EQ(reply.steps(1).result(), "flushed /dev/vda, /dev/vdb; batches are refused from now on");
   EXPECT_EQ(reply.steps(2).result(),
             "/dev/vda1 (ext4 UUID " + std::string(kRootUuid) + ") at " + newroot_ +
-                " read-write; filesystems on the target: /dev/vda1=" + kRootUuid +
+                " read-only; filesystems on the target: /dev/vda1=" + kRootUuid +
                 ", /dev/vdb=" + kDataUuid);
   EXPECT_EQ(reply.steps(3).result(),
             "boot: switch_root on the PE's kernel 6.1.0-pe; fstab: / on /dev/vda1");
-  EXPECT_EQ(reply.steps(4).result(),
+  EXPECT_EQ(reply.steps(4).result(), "/dev/vda1 at " + newroot_ + " read-write");
+  EXPECT_EQ(reply.steps(5).result(),
+            "boot: switch_root on the PE's kernel 6.1.0-pe; fstab: / on /dev/vda1");
+  EXPECT_EQ(reply.steps(6).result(),
             "the pe-agent exits with status 100; the PE's /init "
             "switch_roots into " +
                 newroot_ + " (/sbin/init)");
@@ -210,7 +217,8 @@ TEST_F(TakeoverTest, SwitchRootRunsEveryStepInOrderAndWritesTheTakeoverFile) {
   EXPECT_EQ(*ReadWholeFile(dir_.File("cdp-takeover")), "root " + newroot_ + "\ninit /sbin/init\n");
   EXPECT_THAT(system_.calls,
               ElementsAre("drop-cache /dev/vda", "drop-cache /dev/vdb", "reread /dev/vda",
-                          "reread /dev/vdb", "mount /dev/vda1 " + newroot_ + " rw", "adapt"));
+                          "reread /dev/vdb", "mount /dev/vda1 " + newroot_ + " ro", "adapt dry-run",
+                          "unmount " + newroot_, "mount /dev/vda1 " + newroot_ + " rw", "adapt"));
   EXPECT_EQ(vda_.flushes, 1);
   EXPECT_EQ(vdb_.flushes, 1);
   EXPECT_EQ(system_.adapted.root_uuid, kRootUuid);
@@ -220,17 +228,17 @@ TEST_F(TakeoverTest, SwitchRootRunsEveryStepInOrderAndWritesTheTakeoverFile) {
   EXPECT_TRUE(takeover.handed_over());
   EXPECT_EQ(system_.mounted, "/dev/vda1");  // stays mounted for the PE's /init
   // Each step on the console, timed by the StepTimeline: "takeover step NAME (S.SSS s): ...".
-  ASSERT_EQ(lines_.size(), 6u);
+  ASSERT_EQ(lines_.size(), 8u);
   EXPECT_THAT(lines_[0],
               MatchesRegex("pe-agent: takeover step check \\([0-9]+\\.[0-9]{3} s\\): pe-ready; "
                            "root volume sda on /dev/vda"));
-  EXPECT_THAT(lines_[5],
+  EXPECT_THAT(lines_[7],
               HasSubstr("pe-agent: takeover: handing over to /sbin/init on /dev/vda1 at " +
                         newroot_ + " at "));
 
   // Switch-root: Finish leaves everything to the PE's /init.
   takeover.Finish();
-  EXPECT_EQ(system_.calls.size(), 6u);
+  EXPECT_EQ(system_.calls.size(), 9u);
 }
 
 // Each step's failure: the reply, the steps run (the failed one last), and the roll back.
@@ -241,6 +249,8 @@ struct FailureCase {
   std::vector<std::string> steps;
   std::string error;
   bool was_mounted = false;
+  // Failed after the read-write mount: the replica was written, batches stay refused.
+  bool root_written = false;
 };
 
 TEST_F(TakeoverTest, EachStepThatFailsRollsBackAndRepliesWhy) {
@@ -266,11 +276,25 @@ TEST_F(TakeoverTest, EachStepThatFailsRollsBackAndRepliesWhy) {
        v1::PE_STATE_READY,
        {"check", "flush", "mount"},
        "mount: EBUSY"},
-      {"adapt",
+      {"plan",
        [](TakeoverTest*, FakeSystem* s, FakeDisk*) { s->adapt_error = "no fstab"; },
        v1::PE_STATE_READY,
-       {"check", "flush", "mount", "adapt"},
+       {"check", "flush", "mount", "plan"},
        "no fstab",
+       true},
+      {"remount",
+       [](TakeoverTest*, FakeSystem* s, FakeDisk*) { s->mount_rw_error = "mount: EROFS"; },
+       v1::PE_STATE_READY,
+       {"check", "flush", "mount", "plan", "remount"},
+       "mount: EROFS",
+       false,
+       true},
+      {"adapt",
+       [](TakeoverTest*, FakeSystem* s, FakeDisk*) { s->apply_error = "adapting: ENOSPC"; },
+       v1::PE_STATE_READY,
+       {"check", "flush", "mount", "plan", "remount", "adapt"},
+       "adapting: ENOSPC",
+       true,
        true},
       {"handover",
        [](TakeoverTest* t, FakeSystem*, FakeDisk*) {
@@ -278,8 +302,9 @@ TEST_F(TakeoverTest, EachStepThatFailsRollsBackAndRepliesWhy) {
          std::filesystem::create_directories(t->dir_.File("cdp-takeover.tmp") + "/x");
        },
        v1::PE_STATE_READY,
-       {"check", "flush", "mount", "adapt", "handover"},
+       {"check", "flush", "mount", "plan", "remount", "adapt", "handover"},
        "pe-agent: writing the takeover file: cannot create ",
+       true,
        true},
   };
   const FakeSystem baseline = system_;
@@ -288,6 +313,7 @@ TEST_F(TakeoverTest, EachStepThatFailsRollsBackAndRepliesWhy) {
     system_ = baseline;
     vda_.flush_error.clear();
     std::filesystem::remove_all(dir_.File("cdp-takeover.tmp"));
+    std::filesystem::remove(dir_.File("cdp-takeover.root-written"));
     c.arrange(this, &system_, &vda_);
     Takeover takeover = MakeTakeover();
     v1::TakeoverReply reply;
@@ -296,13 +322,31 @@ TEST_F(TakeoverTest, EachStepThatFailsRollsBackAndRepliesWhy) {
     EXPECT_THAT(reply.error(), HasSubstr(c.error));
     EXPECT_EQ(reply.error().rfind(c.error, 0), 0u) << reply.error();
     EXPECT_EQ(StepNames(reply), c.steps);
-    EXPECT_EQ(reply.steps(reply.steps_size() - 1).result(), "failed: " + reply.error());
-    EXPECT_FALSE(takeover.refusing_batches());  // batches are applied again
+    const std::string suffix = c.root_written ? "; the migrated OS's root was mounted" : "\n";
+    EXPECT_EQ("failed: " + reply.error().substr(0, reply.error().find(suffix)),
+              reply.steps(reply.steps_size() - 1).result());
     EXPECT_FALSE(takeover.handed_over());
     EXPECT_EQ(system_.mounted, "");
     EXPECT_EQ(!system_.calls.empty() && system_.calls.back() == "unmount " + newroot_,
               c.was_mounted);
-    EXPECT_EQ(lines_.back(), "pe-agent: takeover failed: " + reply.error() + "; serving again");
+    // Until the read-write mount nothing was written: batches are applied again.
+    const bool wrote = std::any_of(system_.calls.begin(), system_.calls.end(), [](auto& call) {
+      return call.size() > 3 && call.compare(call.size() - 3, 3, " rw") == 0;
+    });
+    EXPECT_EQ(wrote, c.root_written);
+    EXPECT_EQ(takeover.root_written(), c.root_written);
+    EXPECT_EQ(takeover.refusing_batches(), c.root_written);
+    EXPECT_EQ(std::filesystem::exists(dir_.File("cdp-takeover.root-written")), c.root_written);
+    if (c.root_written) {
+      EXPECT_THAT(reply.error(),
+                  HasSubstr("; the migrated OS's root was mounted read-write before this failure, "
+                            "so the target's disks are no longer a plain replica: replication "
+                            "stays off (pe-error) until the target VM is started again (cdpctl "
+                            "target stop, start)"));
+      EXPECT_EQ(lines_.back(), "pe-agent: takeover failed: " + reply.error());
+    } else {
+      EXPECT_EQ(lines_.back(), "pe-agent: takeover failed: " + reply.error() + "; serving again");
+    }
   }
 }
 
@@ -486,8 +530,10 @@ TEST_F(TakeoverTest, DryRunMountsReadOnlyChecksAndUnmounts) {
   v1::TakeoverReply reply;
   EXPECT_FALSE(takeover.Run(Request(true), v1::PE_STATE_READY, "", Disks(), &reply));
   EXPECT_TRUE(reply.ok()) << reply.error();
-  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "adapt"));
+  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "plan"));
   EXPECT_THAT(system_.calls, ::testing::Contains("mount /dev/vda1 " + newroot_ + " ro"));
+  EXPECT_THAT(system_.calls,
+              ::testing::Not(::testing::Contains("mount /dev/vda1 " + newroot_ + " rw")));
   EXPECT_THAT(system_.calls, ::testing::Contains("adapt dry-run"));
   EXPECT_EQ(system_.calls.back(), "unmount " + newroot_);
   EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
@@ -519,8 +565,9 @@ TEST_F(TakeoverTest, WithoutModulesForThePeKernelItLoadsItsOwnKernelAndRebootsOn
     Takeover takeover = MakeTakeover(true);
     v1::TakeoverReply reply;
     EXPECT_FALSE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply));
-    EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "kexec-load", "adapt"));
+    EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "kexec-load", "plan"));
     EXPECT_THAT(system_.calls, ::testing::Contains("kexec-unload"));
+    EXPECT_FALSE(takeover.root_written());
   }
 
   system_.calls.clear();
@@ -530,8 +577,8 @@ TEST_F(TakeoverTest, WithoutModulesForThePeKernelItLoadsItsOwnKernelAndRebootsOn
   request.set_kernel_args("console=ttyS0 rw");
   v1::TakeoverReply reply;
   ASSERT_TRUE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
-  EXPECT_THAT(StepNames(reply),
-              ElementsAre("check", "flush", "mount", "kexec-load", "adapt", "handover"));
+  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "kexec-load", "plan",
+                                            "remount", "adapt", "handover"));
   const std::string cmdline = "root=UUID=" + std::string(kRootUuid) + " console=ttyS0 rw";
   EXPECT_EQ(reply.steps(3).result(),
             "loaded /boot/vmlinuz-9.9.9-own (7 MiB) and /boot/initrd.img-9.9.9-own (1 MiB); "
@@ -539,7 +586,9 @@ TEST_F(TakeoverTest, WithoutModulesForThePeKernelItLoadsItsOwnKernelAndRebootsOn
                 cmdline + "'");
   EXPECT_EQ(reply.steps(4).result(),
             "boot: kexec into its own kernel 9.9.9-own; fstab: / on /dev/vda1");
-  EXPECT_EQ(reply.steps(5).result(), "after this reply the pe-agent unmounts " + newroot_ +
+  EXPECT_EQ(reply.steps(6).result(),
+            "boot: kexec into its own kernel 9.9.9-own; fstab: / on /dev/vda1");
+  EXPECT_EQ(reply.steps(7).result(), "after this reply the pe-agent unmounts " + newroot_ +
                                          ", flushes the disks and reboots into kernel 9.9.9-own "
                                          "(kexec)");
   EXPECT_EQ(reply.boot_mode(), v1::BOOT_MODE_KEXEC);

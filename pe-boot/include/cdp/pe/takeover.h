@@ -12,22 +12,29 @@
 //   FLUSH ---------------------------------------------------+  a disk's fdatasync failed
 //      |  (ApplyBatch refused from here: refusing_batches())  |
 //      v                                                     |
-//   MOUNT ---------------------------------------------------+  no ext4 on the root volume's
+//   MOUNT (read-only, no journal replay) --------------------+  no ext4 on the root volume's
 //      |  (boot auto: switch-root when the migrated OS has   |  disk or partitions; mount(2)
 //      |   /lib/modules/<PE kernel>, else kexec)             |
 //      v                                                     |
 //   KEXEC_LOAD (boot kexec only) ----------------------------+  no kernel of its own, kexec not
 //      |                                                     |  allowed, kexec_file_load refused
 //      v                                                     |
-//   ADAPT ------------> KEXEC_UNLOAD (when loaded) ----------+  a check of AdaptRoot failed
-//      |                                                     |
+//   PLAN: AdaptRoot as a dry run ----> KEXEC_UNLOAD ---------+  a check of AdaptRoot failed:
+//      |  (every refusal is here, before anything is written) |  the replica is untouched
 //      +-- dry run --------------------------------------.   |
+//      v                                                 |   |
+//   REMOUNT: unmount; RootWrittenFile(); read-write -----+---+  umount/mount(2) failed
+//      |  (from here a failure leaves root_written())    |   |
+//      v                                                 |   |
+//   ADAPT ------------> KEXEC_UNLOAD (when loaded) ------+---+  writing a change failed
+//      |                                                 |   |
 //      v                                                 |   |
 //   HAND_OVER -----------------------------------------------+  the takeover file not written
 //      |  switch-root: write the takeover file           |   |
 //      |  kexec: nothing yet (after the reply)           v   v
 //      v                                               ROLL_BACK: unmount /newroot, batches
-//   <finish: ok reply, handed_over()>                   applied again
+//   <finish: ok reply, handed_over()>                   applied again (refused for good once
+//                                                       root_written(): the agent goes pe-error)
 //      |                                                     |
 //      |  (after the reply, the caller calls Finish())      v
 //      v                                               <finish: ok=false reply, or ok=true for
@@ -198,9 +205,12 @@ class Takeover {
                const std::string& state_error, const std::vector<TakeoverDisk>& disks,
                wire::v1::PrepareBootReply* reply);
 
-  // True from FLUSH until ROLL_BACK, and for good once handed over: the agent must refuse every
-  // ApplyBatch.
-  bool refusing_batches() const { return refusing_batches_; }
+  // True from FLUSH until ROLL_BACK, and for good once handed over or root_written(): the agent
+  // must refuse every ApplyBatch.
+  bool refusing_batches() const { return refusing_batches_ || root_written_; }
+  // A takeover mounted the migrated root read-write (REMOUNT) and then failed: the disks are no
+  // longer a plain replica. The agent serves in pe-error from then on.
+  bool root_written() const { return root_written_; }
   bool handed_over() const { return handed_over_; }
 
   // After the ok reply of a handover. switch-root: nothing (the process exits with
@@ -213,6 +223,9 @@ class Takeover {
   // Written when a kexec reboot failed (beside the takeover file, in /run: this boot only); an
   // agent that finds it at start serves in pe-error.
   std::string KexecFailedFile() const { return config_.takeover_file + ".kexec-failed"; }
+  // Written at REMOUNT, before the read-write mount (in /run: this boot only); an agent that
+  // finds it at start serves in pe-error. A successful switch-root never returns to the PE.
+  std::string RootWrittenFile() const { return config_.takeover_file + ".root-written"; }
 
  private:
   // The steps. Each returns its result line, or why it failed.
@@ -223,7 +236,9 @@ class Takeover {
   // Not a step: boot auto resolved after MOUNT, from the mounted root.
   wire::v1::BootMode ChooseBoot(wire::v1::BootMode asked) const;
   Result<std::string> LoadOwnKernel(const wire::v1::TakeoverRequest& request);
-  Result<std::string> Adapt(const wire::v1::TakeoverRequest& request);
+  // PLAN (dry_run: AdaptRoot's checks, nothing written) and ADAPT.
+  Result<std::string> Adapt(const wire::v1::TakeoverRequest& request, bool dry_run);
+  Result<std::string> Remount();
   Result<std::string> HandOver(const wire::v1::TakeoverRequest& request);
   // Prepare's INITRAMFS step for kernel `kver`.
   Result<std::string> PrepareInitramfs(bool dry_run, const std::string& kver,
@@ -246,6 +261,7 @@ class Takeover {
   bool newroot_mounted_ = false;  // config_.newroot is mounted by this takeover
   bool kexec_loaded_ = false;
   bool handed_over_ = false;
+  bool root_written_ = false;
 
   // Of the request being run.
   StepTimeline* timeline_ = nullptr;
