@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cdp/core/atomic_file.h"
 #include "cdp/core/testing/temp_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -120,6 +121,36 @@ TEST_F(NetAdaptationTest, Debian12IfupdownByNameIsPinnedAndGetsTheNewAddress) {
             "previous content kept at /etc/network/interfaces.cdp-pre-cutover\n"
             "2026-12-07T08:00:00Z /etc/systemd/network/10-cdp-ens192.link: pins the name ens192 "
             "to the target's NIC 52:54:00:12:34:56; there was none\n");
+}
+
+// `auto` of a source NIC the plan maps to nothing (here the replication NIC, which stays behind)
+// would fail networking.service on the target ("Cannot find device ens224"): allow-hotplug.
+TEST_F(NetAdaptationTest, IfupdownAutoOfAnUnmappedNicBecomesAllowHotplug) {
+  Fixture("debian12-ifupdown");
+  const std::string extra = root_ + "/etc/network/interfaces.d/ens224";
+  ASSERT_TRUE(WriteFileAtomic(extra,
+                              "auto lo ens224 ens192\n"
+                              "iface ens224 inet static\n"
+                              "\taddress 198.51.100.10/24\n"
+                              "auto bond0\n"
+                              "iface bond0 inet manual\n"
+                              "\tbond-slaves none\n")
+                  .ok());
+  const Adapted a = Adapt({MappingOf("ens192")});
+  EXPECT_THAT(a.errors, IsEmpty());
+  EXPECT_THAT(Files(a.changes),
+              ::testing::Contains(
+                  "/etc/network/interfaces.d/ens224 | ifupdown: auto ens224 -> allow-hotplug (the "
+                  "plan maps no target NIC to it) | /etc/network/interfaces.d/ens224.cdp-pre-cutover"));
+  // lo, the mapped NIC and a bond keep `auto`; only the unmapped NIC moves.
+  EXPECT_EQ(Read("/etc/network/interfaces.d/ens224"),
+            "auto lo ens192\n"
+            "allow-hotplug ens224\n"
+            "iface ens224 inet static\n"
+            "\taddress 198.51.100.10/24\n"
+            "auto bond0\n"
+            "iface bond0 inet manual\n"
+            "\tbond-slaves none\n");
 }
 
 TEST_F(NetAdaptationTest, IfupdownWithoutUdevdIsRenamedToTheTargetsKernelName) {

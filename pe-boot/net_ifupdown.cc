@@ -238,6 +238,40 @@ void AdaptIfupdown(Context* ctx) {
       what.push_back("iface " + s.name + " renamed " + new_name);
     }
   }
+  // A physical NIC of the source that the plan maps to nothing has no counterpart on the target:
+  // `auto` would fail networking.service ("Cannot find device") at every boot; allow-hotplug
+  // brings it up only if such a NIC appears.
+  std::set<std::string> unmapped;
+  for (const Stanza& s : p.stanzas) {
+    bool stacked = s.name == "lo" || s.name.find_first_of(".:") != std::string::npos;
+    for (size_t i : s.options) {
+      std::vector<std::string> v;
+      for (const char* key : {"bond-slaves", "slaves", "bridge-ports", "vlan-raw-device",
+                              "bond-master"}) {
+        stacked = stacked || Option(p.text[s.file], i, key, &v);
+      }
+    }
+    if (!stacked && ctx->ByName(s.name) < 0) unmapped.insert(s.name);
+  }
+  for (const auto& [file, i] : p.name_lines) {
+    text::LineFile& lf = p.text[file];
+    const auto words = text::Fields(lf.lines[i]);
+    if (words.empty() || words[0] != "auto") continue;
+    std::vector<std::string> keep{"auto"}, hotplug;
+    for (size_t w = 1; w < words.size(); ++w) {
+      (unmapped.count(words[w]) ? hotplug : keep).push_back(words[w]);
+    }
+    if (hotplug.empty()) continue;
+    const std::string moved = "allow-hotplug " + text::Join(hotplug, " ");
+    if (keep.size() == 1) {
+      lf.lines[i] = moved;
+    } else {
+      lf.lines[i] = text::Join(keep, " ");
+      lf.InsertAfter(i, moved);
+    }
+    whats[file].push_back("auto " + text::Join(hotplug, " ") +
+                          " -> allow-hotplug (the plan maps no target NIC to it)");
+  }
   // auto / allow-hotplug lines of renamed interfaces.
   if (!ctx->udevd) {
     for (const auto& [file, i] : p.name_lines) {
