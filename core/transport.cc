@@ -183,11 +183,13 @@ Result<std::unique_ptr<Socket>> Socket::Bind(zmq::context_t& ctx, const std::str
   }
 }
 
-Result<std::unique_ptr<Socket>> Socket::Connect(zmq::context_t& ctx, const std::string& endpoint) {
+Result<std::unique_ptr<Socket>> Socket::Connect(zmq::context_t& ctx, const std::string& endpoint,
+                                                int heartbeat_timeout_ms) {
   CDP_RETURN_IF_ERROR(ValidateEndpoint(endpoint));
   try {
     zmq::socket_t s(ctx, zmq::socket_type::dealer);
     CommonOptions(s);
+    s.set(zmq::sockopt::heartbeat_timeout, heartbeat_timeout_ms);
     s.set(zmq::sockopt::immediate, 1);
     s.connect(endpoint);
     return std::unique_ptr<Socket>(

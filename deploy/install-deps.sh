@@ -38,8 +38,8 @@ packages=(
   # disk, an LVM data disk with xfs (metadata written without device-mapper), e2fsprogs and
   # xfsprogs above; its clients in cdp-client: psql and pg_amcheck (postgresql-client-15),
   # pgbench (in Debian 12 shipped by the server package postgresql-15; no cluster is created on
-  # the host)
-  gdisk lvm2 postgresql-client-15 postgresql-15
+  # the host); the ledger client of the lab's cutover test (tests/integration/pg_ledger_client.py)
+  gdisk lvm2 postgresql-client-15 postgresql-15 python3-psycopg2
 )
 
 missing=()

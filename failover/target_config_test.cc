@@ -160,7 +160,7 @@ TEST_F(TargetConfigTest, QemuCommandLineCarriesThePeContract) {
   const auto args = vm.QemuArgs("tcg");
   std::string line;
   for (const auto& a : args) line += a + "\n";
-  EXPECT_THAT(line, HasSubstr("-accel\ntcg\n-cpu\nmax\n"));
+  EXPECT_THAT(line, HasSubstr("-accel\ntcg,tb-size=64\n-cpu\nmax\n"));
   EXPECT_THAT(line, HasSubstr("cdp.listen=7811 cdp.repl_mac=" + c->replication_nic.mac +
                               " cdp.volumes=vol0:1048576,vol1:2097152 cdp.meta=cdp-pe-meta"));
   EXPECT_THAT(line, HasSubstr("user,id=repl,restrict=on,hostfwd=tcp:127.0.0.1:7811-:7811\n"));

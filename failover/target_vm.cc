@@ -96,6 +96,9 @@ nlohmann::json ReadStateFile(const std::string& path) {
 
 }  // namespace
 
+// The TCG translation cache of the target VM, MiB (QemuArgs).
+constexpr int kTcgTbSizeMib = 64;
+
 std::string TargetDriveId(size_t index) { return "disk" + std::to_string(index); }
 
 std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
@@ -105,8 +108,15 @@ std::vector<std::string> TargetVm::QemuArgs(const std::string& accel) const {
                        " cdp.volumes=" + c.VolumeSpecs() +
                        " cdp.meta=" + std::string(pe::kDefaultMetaSerial);
   if (!c.kernel_args.empty()) append += " " + c.kernel_args;
+  // TCG: a small translation cache. A guest that ran much code (the PE's chroot rebuilding an
+  // initramfs) leaves its pages write-protected for as long as their translations live, and
+  // every byte the kernel then writes into such a page (zeroing it for the page cache) takes
+  // QEMU's slow path: with the default 1 GiB cache a takeover's 20 MB of writes took 80 s and
+  // soft lockups. A small cache is flushed often, and a flush unprotects every page.
+  const std::string accel_arg =
+      accel == "tcg" ? "tcg,tb-size=" + std::to_string(kTcgTbSizeMib) : accel;
   std::vector<std::string> a = {
-      c.qemu, "-name", c.name, "-uuid", c.uuid, "-machine", "q35", "-accel", accel, "-cpu",
+      c.qemu, "-name", c.name, "-uuid", c.uuid, "-machine", "q35", "-accel", accel_arg, "-cpu",
       accel == "kvm" ? "host" : "max", "-m", std::to_string(c.memory_mib), "-smp",
       std::to_string(c.cpus), "-nodefaults", "-no-user-config", "-display", "none", "-chardev",
       "file,id=console,append=on,path=" + c.console_log(), "-serial", "chardev:console", "-qmp",

@@ -13,7 +13,11 @@ Result<std::unique_ptr<PeClient>> PeClient::Connect(const std::string& endpoint,
                                                     int timeout_ms) {
   CDP_RETURN_IF_ERROR(ValidateEndpoint(endpoint));
   std::unique_ptr<PeClient> c(new PeClient());
-  CDP_ASSIGN_OR_RETURN(c->socket_, Socket::Connect(c->ctx_, endpoint));
+  // The pe-agent runs inside a VM which under TCG (or on a loaded host) stalls for seconds
+  // while it takes in a batch or reads a cold disk: the connection outlives such stalls (with
+  // 5 s, an 8 MiB batch was resent over and over, each send stalling the VM past the timeout).
+  // A VM that is killed closes its forwarded port: that is seen at once.
+  CDP_ASSIGN_OR_RETURN(c->socket_, Socket::Connect(c->ctx_, endpoint, kHeartbeatTimeoutMs));
   v1::Hello hello = wire::MakeHello(
       role, wire::ProcessIdentity(role == v1::ROLE_REPLICATOR ? "replicator" : "cdpctl"), volume);
   hello.set_volume_size(volume_size);

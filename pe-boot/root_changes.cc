@@ -11,6 +11,7 @@
 
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
+#include "cdp/core/units.h"
 #include "cdp/pe/root_path.h"
 
 namespace cdp::pe {
@@ -187,9 +188,11 @@ Status RootChanges::Apply(const std::string& stamp) const {
         break;
     }
     // Each file is written and synced (with its previous content kept): say how long it took.
-    CDP_LOG(info) << "adapted " << file << " (" << p.content.size() << " bytes) in "
-                  << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
-                  << " s";
+    CDP_LOG(info)
+        << "pe-agent: adapted " << file << " (" << p.content.size() << " bytes) in "
+        << FormatFixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                       3)
+        << " s";
     std::string what;
     for (const auto& w : p.whats) what += (what.empty() ? "" : "; ") + w;
     log += stamp + " " + file + ": " + what +

@@ -76,8 +76,11 @@ class Socket {
   static Result<std::unique_ptr<Socket>> Bind(zmq::context_t& ctx, const std::string& endpoint,
                                               const RouterLimits& limits = RouterLimits());
   // Creates a DEALER that connects to endpoint (connection happens in the background; ZeroMQ
-  // reconnects by itself). Messages are queued only on completed connections.
-  static Result<std::unique_ptr<Socket>> Connect(zmq::context_t& ctx, const std::string& endpoint);
+  // reconnects by itself). Messages are queued only on completed connections. A peer that sends
+  // nothing (not even a heartbeat) for heartbeat_timeout_ms is taken for gone and disconnected
+  // (5 s by default; a peer in an emulated VM that stalls for seconds needs more).
+  static Result<std::unique_ptr<Socket>> Connect(zmq::context_t& ctx, const std::string& endpoint,
+                                                 int heartbeat_timeout_ms = 5000);
 
   ~Socket();
 

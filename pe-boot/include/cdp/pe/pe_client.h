@@ -15,6 +15,11 @@ namespace cdp::pe {
 
 class PeClient {
  public:
+  // How long a connection waits for any sign of life (a heartbeat) from the pe-agent before it
+  // counts it gone: a VM under TCG stalls for seconds while it reads a cold disk or takes in a
+  // large batch.
+  static constexpr int kHeartbeatTimeoutMs = 60000;
+
   // Connects to `endpoint` (tcp://HOST:PORT) and says Hello. As a replicator (`volume` set,
   // role ROLE_REPLICATOR) the reply carries the volume's durable applied LSN. Unavailable when
   // nothing answers within timeout_ms; the pe-agent's own refusal (ProtocolMismatch, NotFound

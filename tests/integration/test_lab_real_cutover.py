@@ -1,0 +1,105 @@
+"""The cutover of the real source (docs/lab.md, "With the real source"; issue 17's lab test):
+`lab up --source real`, then pgbench (TPC-B, 4 clients) and a ledger client (one autocommitted
+INSERT every 20 ms, each acknowledged one recorded) run from cdp-client against PostgreSQL at
+192.0.2.10 while `cdpctl cutover --plan deploy/lab/plans/cutover-real.yaml` quiesces the Debian
+server through its agent (CHECKPOINT hook, group freeze), verifies, fences it (the agent takes
+192.0.2.10 off ens192), and promotes the target (switch_root into the migrated Debian with its
+network adapted: vmxnet3 ens192 -> virtio, the name pinned by a .link file).
+
+Afterwards, from cdp-client, against what now answers at 192.0.2.10:
+- the test service's WHO is the target's UUID;
+- every ledger row the client saw committed is there (not one acknowledged write lost);
+- TPC-B's balance invariant holds: sum(abalance) = sum(bbalance) = sum(tbalance) = sum(delta);
+- pg_amcheck --heapallindexed finds nothing.
+The client-seen outage (largest gap between acknowledged INSERTs) and the report's downtime are
+printed. `lab down` always runs (labtest.run_lab_test).
+"""
+import os
+import subprocess
+import sys
+import time
+
+import labtest
+from cdptest import log
+
+PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover-real.yaml")
+LEDGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pg_ledger_client.py")
+CLIENT_NS = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
+PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
+          "PGCONNECT_TIMEOUT=5"]
+
+
+def in_client(*command, timeout=300, check=True):
+    r = subprocess.run(["ip", "netns", "exec", CLIENT_NS] + PG_ENV + list(command),
+                       capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"{' '.join(command)} exited {r.returncode}: {r.stdout}{r.stderr}"
+    return r
+
+
+def psql(sql):
+    return in_client("psql", "-tAc", sql).stdout.strip()
+
+
+def acked_numbers(path):
+    return [n for n, _ in labtest.read_acked(path)]
+
+
+def body(lab_dir, work):
+    psql("CREATE TABLE ledger (n bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+    in_client("pgbench", "-i", "-s", "2", "-q")
+    acked = os.path.join(work, "ledger.acked")
+    ledger = subprocess.Popen(["ip", "netns", "exec", CLIENT_NS, sys.executable, LEDGER,
+                               "192.0.2.10", acked, "0.02"])
+    labtest._clients.append(ledger)
+    # pgbench stops at the outage (its clients' connections break); what it committed stays.
+    bench_log = open(os.path.join(work, "pgbench.log"), "w")
+    bench = subprocess.Popen(["ip", "netns", "exec", CLIENT_NS] + PG_ENV +
+                             ["pgbench", "-c", "4", "-j", "2", "-T", "1200", "-n", "-P", "10"],
+                             stdout=bench_log, stderr=subprocess.STDOUT)
+    labtest._clients.append(bench)
+    time.sleep(20)
+    before = len(acked_numbers(acked))
+    assert before > 0, "the ledger client had no INSERT acknowledged in 20 s"
+    rc, report = labtest.run_plan("cutover", PLAN)
+    assert rc == 0 and report["ok"], f"cutover failed: {report.get('error')}; {report.get('rollback')}"
+    # The ledger client goes on against the target: wait for its first acknowledgements there.
+    done = len(acked_numbers(acked))
+    deadline = time.time() + 120
+    while len(acked_numbers(acked)) < done + 50 and time.time() < deadline:
+        time.sleep(1)
+    ledger.terminate()
+    ledger.wait(10)
+    bench.terminate()
+    bench.wait(30)
+    bench_log.close()
+    with open(os.path.join(work, "pgbench.log")) as f:
+        log("pgbench: " + " | ".join(line.strip() for line in f.readlines()[-6:]))
+    rows = labtest.read_acked(acked)
+    numbers = [n for n, _ in rows]
+    assert len(numbers) >= done + 50, \
+        f"the ledger client had {len(numbers) - done} INSERTs acknowledged by the target in 120 s"
+
+    assert labtest.lab("probe", "WHO").stdout.strip() == labtest.TGT_UUID
+    present = psql(f"SELECT count(*) FROM ledger WHERE n = ANY('{{{','.join(map(str, numbers))}}}')")
+    assert int(present) == len(numbers), \
+        f"{len(numbers) - int(present)} of {len(numbers)} acknowledged ledger rows are missing"
+    sums = psql("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
+                "(SELECT sum(bbalance) FROM pgbench_branches), "
+                "(SELECT sum(tbalance) FROM pgbench_tellers), "
+                "(SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
+                "(SELECT count(*) FROM pgbench_history)").split("|")
+    assert len(set(sums[:4])) == 1, f"TPC-B balances differ: {sums}"
+    assert int(sums[4]) > 0, "pgbench committed no transaction before the cutover"
+    # Debian links pg_amcheck into no directory on PATH.
+    amcheck = in_client("/usr/lib/postgresql/15/bin/pg_amcheck", "--heapallindexed", "--no-dependent-toast", "cdp",
+                        timeout=600, check=False)
+    assert amcheck.returncode == 0 and amcheck.stdout.strip() == "", \
+        f"pg_amcheck exited {amcheck.returncode}: {amcheck.stdout}{amcheck.stderr}"
+    log(f"cutover: downtime {report['downtime_seconds']:.2f} s (report); ledger: {len(numbers)} "
+        f"INSERTs acknowledged, all on the target, largest gap {labtest.outage_seconds(rows):.2f} s; "
+        f"pgbench: {sums[4]} transactions, balances equal; pg_amcheck clean")
+
+
+if __name__ == "__main__":
+    labtest.run_lab_test(body, up_args=("--source", "real"))
