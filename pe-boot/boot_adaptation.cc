@@ -430,6 +430,8 @@ void CheckInit(const std::string& root, const std::string& init, std::vector<std
 
 // ---- the whole step ----
 
+constexpr char kArpNotifyConf[] = "/etc/sysctl.d/90-cdp-arp-notify.conf";
+
 Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
                                            std::vector<RootChange>* changes_out) {
   std::vector<std::string> errors, notes;
@@ -491,6 +493,19 @@ Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
       AdaptNetwork(nics, RunsSystemdUdevd(changes), &changes, &net_errors, &net_notes);
     }
     errors.insert(errors.end(), net_errors.begin(), net_errors.end());
+    // The addresses moved to other MACs: neighbours (clients, routers) keep the source's MAC in
+    // their ARP caches until told. ifupdown, networkd and NetworkManager do not announce an
+    // address by themselves; the kernel does, when a NIC with addresses comes up, with
+    // arp_notify (in the lab a client's INSERTs waited 27 s longer than the service's start).
+    changes.Write(kArpNotifyConf,
+                  "# Written by the cdp pe-agent at takeover: this machine took over the "
+                  "addresses of another one.\n"
+                  "# Announce them (gratuitous ARP) whenever a NIC comes up, so that neighbours' "
+                  "ARP caches follow.\n"
+                  "net.ipv4.conf.all.arp_notify = 1\n"
+                  "net.ipv4.conf.default.arp_notify = 1\n",
+                  "gratuitous ARP when a NIC comes up (arp_notify): neighbours learn the new MACs "
+                  "of the moved addresses");
   }
   phase("network");
   DisableVmwareServices(&changes, &net_notes);

@@ -722,6 +722,7 @@ TEST_F(DistributionAdaptationTest, DryRunListsExactlyTheChangesTheRunMakes) {
       "/boot/grub/grub.cfg | /boot/grub/grub.cfg.cdp-pre-cutover",
       "/etc/network/interfaces | /etc/network/interfaces.cdp-pre-cutover",
       "/etc/systemd/network/10-cdp-ens192.link | ",
+      "/etc/sysctl.d/90-cdp-arp-notify.conf | ",
       "/etc/systemd/system/multi-user.target.wants/open-vm-tools.service | "
       "/etc/systemd/system/multi-user.target.wants/open-vm-tools.service.cdp-pre-cutover",
       "/etc/systemd/system/open-vm-tools.service | ",
@@ -751,6 +752,10 @@ TEST_F(DistributionAdaptationTest, DryRunListsExactlyTheChangesTheRunMakes) {
   EXPECT_EQ(ReadFile(Path("/etc/network/interfaces.cdp-pre-cutover")), interfaces);
   EXPECT_THAT(ReadFile(Path("/etc/network/interfaces")), HasSubstr("\taddress 198.51.100.7/24\n"));
   EXPECT_THAT(ReadFile(Path("/etc/fstab")), HasSubstr("/dev/vdb1       /data"));
+  // The moved address is announced when the NIC comes up (gratuitous ARP).
+  EXPECT_THAT(ReadFile(Path("/etc/sysctl.d/90-cdp-arp-notify.conf")),
+              HasSubstr("\nnet.ipv4.conf.all.arp_notify = 1\nnet.ipv4.conf.default.arp_notify = "
+                        "1\n"));
   const std::string log = ReadFile(Path("/var/log/cdp-takeover.log"));
   EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), static_cast<long>(expected.size()));
 }
