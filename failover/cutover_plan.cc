@@ -451,8 +451,9 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
     return L.Error(root, "health_check",
                    "missing (required): {host, port, request, expect, interval_seconds}");
   }
-  CDP_RETURN_IF_ERROR(
-      L.CheckKeys(hc, "health_check", {"host", "port", "request", "expect", "interval_seconds"}));
+  CDP_RETURN_IF_ERROR(L.CheckKeys(hc, "health_check",
+                                  {"host", "port", "request", "expect", "interval_seconds",
+                                   "command", "command_timeout_seconds"}));
   CDP_ASSIGN_OR_RETURN(p.health.host, L.String(hc, "host", "health_check", true));
   if (!ValidIpv4(p.health.host)) {
     return L.Error(hc["host"], "health_check.host",
@@ -465,6 +466,21 @@ Result<CutoverPlan> LoadCutoverPlan(const std::string& path) {
   CDP_ASSIGN_OR_RETURN(p.health.expect, L.String(hc, "expect", "health_check", false));
   CDP_ASSIGN_OR_RETURN(p.health.interval_seconds, L.Seconds(hc, "interval_seconds", "health_check",
                                                             p.health.interval_seconds));
+  CDP_ASSIGN_OR_RETURN(p.health.command, L.List(hc, "command", "health_check", false));
+  if (hc["command"].IsDefined() && p.health.command.empty()) {
+    return L.Error(hc["command"], "health_check.command",
+                   "empty: a command to run once the service answers, as a list ([psql, -h, "
+                   "192.0.2.10, -c, SELECT 1]); leave the key out for none");
+  }
+  for (size_t a = 0; a < p.health.command.size(); ++a) {
+    if (p.health.command[a].empty()) {
+      return L.Error(hc["command"][a], "health_check.command[" + std::to_string(a) + "]",
+                     "an empty argument");
+    }
+  }
+  CDP_ASSIGN_OR_RETURN(
+      p.health.command_timeout_seconds,
+      L.Seconds(hc, "command_timeout_seconds", "health_check", p.health.command_timeout_seconds));
 
   const YAML::Node budgets = root["budgets"];
   if (budgets.IsDefined() && !budgets.IsNull()) {

@@ -495,6 +495,22 @@ TEST_F(CutoverPlanTest, NetworkAndHealthCheckAreChecked) {
   ExpectError(hc("host: 192.0.2.10, port: 7000, interval_seconds: 0"),
               ":7: 'health_check.interval_seconds': '0' is not a positive number of seconds "
               "(e.g. 30 or 0.5)");
+  ExpectError(hc("host: 192.0.2.10, port: 7000, command: []"),
+              ":7: 'health_check.command': empty: a command to run once the service answers, "
+              "as a list ([psql, -h, 192.0.2.10, -c, SELECT 1]); leave the key out for none");
+  ExpectError(hc("host: 192.0.2.10, port: 7000, command: [psql, '']"),
+              ":7: 'health_check.command[1]': an empty argument");
+  ExpectError(hc("host: 192.0.2.10, port: 7000, command: [psql], command_timeout_seconds: -1"),
+              ":7: 'health_check.command_timeout_seconds': '-1' is not a positive number of "
+              "seconds (e.g. 30 or 0.5)");
+  {
+    auto p =
+        LoadCutoverPlan(Write(hc("host: 192.0.2.10, port: 5432, command: [psql, -c, "
+                                 "'SELECT 1'], command_timeout_seconds: 5")));
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_THAT(p->health.command, ElementsAre("psql", "-c", "SELECT 1"));
+    EXPECT_EQ(p->health.command_timeout_seconds, 5);
+  }
 }
 
 TEST_F(CutoverPlanTest, BudgetsArePositiveSeconds) {
@@ -623,6 +639,12 @@ TEST_F(CutoverPlanTest, TheRealLabPlansLoad) {
     EXPECT_EQ(p->network[0].address, "192.0.2.10/24");
     EXPECT_EQ(p->ExpectedReply(), "7a76e700-0000-4000-8000-000000000020");
     EXPECT_EQ(p->rollback, std::string(name) == "cutover-real" ? "resume-source" : "none");
+    // The drill also asks PostgreSQL (issue 17: its health check is a SQL query).
+    if (std::string(name) == "drill-real") {
+      EXPECT_THAT(p->health.command,
+                  ElementsAre("env", "PGPASSWORD=cdp", "PGCONNECT_TIMEOUT=5", "psql", "-h",
+                              "192.0.2.10", "-U", "cdp", "-d", "cdp", "-tAc", "SELECT 1"));
+    }
   }
 }
 

@@ -251,6 +251,7 @@ class DrillEngine::Impl {
               Step("snapshot", [&] { return Snapshot(); }) &&
               Step("network", [&] { return sandbox_.MakeNetwork(); }) &&
               Step("boot", [&] { return sandbox_.BootDrillVm(); }) &&
+              Step("prepare", [&] { return PrepareBoot(); }) &&
               Step("promote", [&] { return Promote(); }) &&
               Step("health", [&] { return Health(); }) &&
               Step("replication", [&] { return Replication(); });
@@ -338,6 +339,22 @@ class DrillEngine::Impl {
     CDP_ASSIGN_OR_RETURN(std::string out, sandbox_.Freeze(&lsn));
     for (const auto& v : plan_.volumes) report_.snapshot_lsn.push_back({v, lsn[v]});
     return out;
+  }
+
+  // The drill VM's PE rebuilds the migrated OS's initramfs with the virtio drivers when it has
+  // none (as the target's did before a cutover: it kept the image in its own memory, which the
+  // drill VM does not share), so the takeover can install it.
+  Result<std::string> PrepareBoot() {
+    return sandbox_.InNamespace([&]() -> Result<std::string> {
+      CDP_ASSIGN_OR_RETURN(auto reply, drill_agent_.PrepareBoot(plan_.root_volume));
+      if (!reply.ok()) {
+        return Status::FailedPrecondition("the drill VM's pe-agent could not prepare the boot: " +
+                                          reply.error());
+      }
+      std::string done = reply.steps_size() > 0 ? reply.steps(reply.steps_size() - 1).result()
+                                                : reply.initramfs() + " prepared";
+      return done;
+    });
   }
 
   Result<std::string> Promote() {

@@ -145,6 +145,7 @@ TEST_F(DrillTest, HappyPathCallsEachPortInStepOrder) {
                 "precheck ok: target tgt pe-ready (applied LSN v 12); namespace cdp-drill free",
                 "snapshot ok: target disks frozen at LSN v 12",
                 "network ok: namespace cdp-drill up", "boot ok: drill VM tgt-drill pe-ready",
+                "prepare ok: /boot/initrd.img-6.1.0-pe has the virtio drivers; nothing to rebuild",
                 "promote ok: switch_root into the migrated OS on /dev/vda (check 0.01 s)",
                 "health ok: 192.0.2.10:7000 answers in namespace cdp-drill",
                 "replication ok: the target went on applying during the drill: v 12 -> 20 "
@@ -157,6 +158,7 @@ TEST_F(DrillTest, HappyPathCallsEachPortInStepOrder) {
   EXPECT_EQ(log_.calls,
             (Calls{"sandbox.LeftoversExist", "sandbox.NamespaceExists", "sandbox.PrepareTarget",
                    "target.Status", "sandbox.Freeze", "sandbox.MakeNetwork", "sandbox.BootDrillVm",
+                   "sandbox.InNamespace", "drill.PrepareBoot v", "sandbox.LeftNamespace",
                    "sandbox.InNamespace", "drill.Takeover v", "sandbox.LeftNamespace",
                    "sandbox.InNamespace", "health", "sandbox.LeftNamespace", "target.Status",
                    "journal.Status", "sandbox.Teardown"}));
@@ -263,6 +265,15 @@ INSTANTIATE_TEST_SUITE_P(
                        Status::TimedOut("drill VM tgt-drill: no pe-ready within 120 s");
                  },
                  "boot: drill VM tgt-drill: no pe-ready within 120 s"},
+        FailCase{"prepare",
+                 [](DrillFailTest* t) {
+                   wire::v1::PrepareBootReply failed;
+                   failed.set_ok(false);
+                   failed.set_error("the migrated OS has neither update-initramfs nor dracut");
+                   t->drill_vm()->prepare_boot = failed;
+                 },
+                 "prepare: the drill VM's pe-agent could not prepare the boot: the migrated OS "
+                 "has neither update-initramfs nor dracut"},
         FailCase{"promote",
                  [](DrillFailTest* t) {
                    t->drill_vm()->takeover = TakeoverReply(false, "no root filesystem on v");
@@ -315,13 +326,14 @@ INSTANTIATE_TEST_SUITE_P(
         CancelCase{"target.Status#1", "snapshot: stopped by a signal before snapshot"},
         CancelCase{"sandbox.Freeze#1", "network: stopped by a signal before network"},
         CancelCase{"sandbox.MakeNetwork#1", "boot: stopped by a signal before boot"},
-        CancelCase{"sandbox.BootDrillVm#1", "promote: stopped by a signal before promote"},
+        CancelCase{"sandbox.BootDrillVm#1", "prepare: stopped by a signal before prepare"},
+        CancelCase{"drill.PrepareBoot v#1", "promote: stopped by a signal before promote"},
         CancelCase{"drill.Takeover v#1", "health: stopped by a signal before health"},
         // Inside the health step: its wait is cut short.
-        CancelCase{"sandbox.InNamespace#2",
+        CancelCase{"sandbox.InNamespace#3",
                    "health: stopped by a signal while waiting for 192.0.2.10:7000 (no answer "
                    "yet)"},
-        CancelCase{"sandbox.LeftNamespace#2",
+        CancelCase{"sandbox.LeftNamespace#3",
                    "replication: stopped by a signal before replication"}));
 
 }  // namespace

@@ -129,6 +129,16 @@ class FakeTarget final : public TargetAgent {
   // The takeover: sent or not, and the reply or the error.
   bool takeover_sent = true;
   Result<wire::v1::TakeoverReply> takeover = ::cdp::Status::Internal("no takeover set");
+  // PrepareBoot's reply: ok, nothing rebuilt, unless set.
+  Result<wire::v1::PrepareBootReply> prepare_boot = [] {
+    wire::v1::PrepareBootReply r;
+    r.set_ok(true);
+    r.set_initramfs("/boot/initrd.img-6.1.0-pe");
+    auto* step = r.add_steps();
+    step->set_name("initramfs");
+    step->set_result("/boot/initrd.img-6.1.0-pe has the virtio drivers; nothing to rebuild");
+    return r;
+  }();
   // A dry run's reply (the cutover's precheck): ok with no changes unless set.
   Result<wire::v1::TakeoverReply> dry_run_takeover = [] {
     wire::v1::TakeoverReply r;
@@ -186,6 +196,11 @@ class FakeTarget final : public TargetAgent {
   Result<wire::v1::ApplyHoldReply> Hold(bool hold, uint32_t max_ms) override {
     log_->Record(name_ + ".Hold " + (hold ? std::to_string(max_ms) : "release"));
     return wire::v1::ApplyHoldReply();
+  }
+
+  Result<wire::v1::PrepareBootReply> PrepareBoot(const std::string& root_volume) override {
+    log_->Record(name_ + ".PrepareBoot " + root_volume);
+    return prepare_boot;
   }
 
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,

@@ -38,6 +38,8 @@ inline constexpr int kPeChecksumsMs = 600000;
 inline constexpr uint64_t kChecksumRequestBytes = 256ull << 20;  // under the pe-agent's 1 GiB
 // The takeover's steps (flush, mount, adaptation, kexec load) take seconds under TCG.
 inline constexpr int kPeTakeoverMs = 120000;
+// Prepare boot: update-initramfs in a chroot inside the PE, 70-155 s under TCG here.
+inline constexpr int kPePrepareBootMs = 900000;
 
 // Commands on this host: the plan's quiesce/resume/fence commands, qemu-img create/info,
 // umount; `ip` is quick; copies out of a replica are large.

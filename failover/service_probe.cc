@@ -10,6 +10,7 @@
 #include <cstring>
 #include <thread>
 
+#include "cdp/core/host_command.h"
 #include "cdp/core/units.h"
 #include "failover_timeouts.h"
 
@@ -77,11 +78,23 @@ Result<std::string> WaitForService(const CutoverPlan& plan, double budget_second
     }
     auto reply = AskService(h.host, h.port, h.request, kServiceAskMs);
     if (reply.ok() && (expect.empty() || *reply == expect)) {
-      return h.host + ":" + std::to_string(h.port) + " answers" +
-             (h.request.empty() ? "" : " '" + h.request + "' with '" + *reply + "'");
+      const std::string answers =
+          h.host + ":" + std::to_string(h.port) + " answers" +
+          (h.request.empty() ? "" : " '" + h.request + "' with '" + *reply + "'");
+      if (h.command.empty()) return answers;
+      auto ran = RunHostCommand(h.command, static_cast<int>(h.command_timeout_seconds * 1000));
+      if (!ran.ok()) return ran.status().WithContext("health_check.command");
+      if (ran->exit_code == 0) return answers + "; " + CommandLine(h.command) + " exited 0";
+      std::string out = ran->output;
+      while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+      if (out.size() > 200) out = "..." + out.substr(out.size() - 200);
+      last = answers + ", but " + CommandLine(h.command) +
+             (ran->exit_code < 0 ? " timed out" : " exited " + std::to_string(ran->exit_code)) +
+             (out.empty() ? "" : ": " + out);
+    } else {
+      last = reply.ok() ? "answered '" + *reply + "', expected '" + expect + "'"
+                        : reply.status().message();
     }
-    last = reply.ok() ? "answered '" + *reply + "', expected '" + expect + "'"
-                      : reply.status().message();
     std::this_thread::sleep_for(SecondsToMs(h.interval_seconds));
   }
   return Status::TimedOut("the service at " + h.host + ":" + std::to_string(h.port) +

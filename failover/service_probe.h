@@ -22,8 +22,11 @@ Result<std::string> AskService(const std::string& host, uint16_t port, const std
                                int timeout_ms);
 
 // Asks plan.health every interval until the reply is plan.ExpectedReply() (any reply when that
-// is ""), for at most budget_seconds: "HOST:PORT answers 'REQ' with 'REPLY'", or TimedOut naming
-// the last answer. Stops early (Aborted) when *cancel becomes true.
+// is "") and, when plan.health.command is set, that command (run then, on the calling thread's
+// network namespace) exits 0 — for at most budget_seconds: "HOST:PORT answers 'REQ' with
+// 'REPLY'[; COMMAND exited 0]", or TimedOut naming the last answer or the command's exit and
+// output. NotFound when the command is not installed. Stops early (Aborted) when *cancel
+// becomes true.
 Result<std::string> WaitForService(const CutoverPlan& plan, double budget_seconds,
                                    const std::atomic<bool>* cancel = nullptr);
 

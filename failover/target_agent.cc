@@ -83,6 +83,13 @@ class PeTargetAgent final : public TargetAgent {
     return Checked(client->Hold(hold, max_ms, kPeCallMs));
   }
 
+  Result<v1::PrepareBootReply> PrepareBoot(const std::string& root_volume) override {
+    CDP_ASSIGN_OR_RETURN(pe::PeClient * client, Client());
+    v1::PrepareBootRequest request;
+    request.set_root_volume(root_volume);
+    return Checked(client->PrepareBoot(request, kPePrepareBootMs));
+  }
+
   Result<v1::TakeoverReply> Takeover(const v1::TakeoverRequest& request, bool* sent) override {
     *sent = false;
     CDP_ASSIGN_OR_RETURN(pe::PeClient * client, Client());

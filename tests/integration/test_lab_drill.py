@@ -33,7 +33,7 @@ PLANS = os.path.join(labtest.REPO, "deploy", "lab", "plans")
 DRILL, CUTOVER = os.path.join(PLANS, "drill.yaml"), os.path.join(PLANS, "cutover.yaml")
 CDPCTL = os.path.join(cdptest.BIN, "cdpctl", "cdpctl")
 lab, SRC_UUID, TGT_UUID = labtest.lab, labtest.SRC_UUID, labtest.TGT_UUID
-STEPS = ["precheck", "snapshot", "network", "boot", "promote", "health", "replication",
+STEPS = ["precheck", "snapshot", "network", "boot", "prepare", "promote", "health", "replication",
          "teardown"]
 
 

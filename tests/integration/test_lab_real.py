@@ -4,11 +4,13 @@ returns once PostgreSQL answers as cdp at 192.0.2.10:5432 and the test service a
 the client namespace and both volumes are synced; a table written through PostgreSQL (on LVM and
 xfs, inside the guest) reaches the target: after a CHECKPOINT, with the filesystems frozen by the
 agent, the agent's block hashes of both whole disks equal the target's. `down` (always, in the
-frame) removes everything.
+frame) removes everything. Then the agent is killed (SIGKILL) while it holds the group's freeze:
+the source thaws and PostgreSQL takes writes again, and the agent starts again.
 """
 import json
 import os
 import subprocess
+import time
 
 import labtest
 from cdptest import log
@@ -60,6 +62,36 @@ def body(lab_dir, work):
         log(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr)
         assert r.returncode == 0 and f"{volume}: source = target" in r.stdout, r.stdout + r.stderr
     assert "already up" in lab("up", "--source", "real").stdout
+    agent_killed_while_frozen(lab_dir)
+
+
+def agent_killed_while_frozen(lab_dir):
+    """The agent killed (SIGKILL) while it holds a freeze of the group (what a cutover's quiesce
+    leaves until the fence): its unit thaws what it froze (ExecStopPost thaw-frozen), PostgreSQL
+    on the frozen data disk takes writes again, and systemd starts the agent again."""
+    import cdptest
+    r = lab("exec", "lab", "--", cdptest.binary("cdpctl"), "--server", "tcp://127.0.0.1:7700",
+            "source", "quiesce", "--volume", "src-data", check=False, timeout=120)
+    assert r.returncode == 0, f"source quiesce: {r.stdout}{r.stderr}"
+    log("quiesced: " + r.stdout.strip().splitlines()[-1])
+    # No write to a frozen filesystem on the way: systemctl show asks systemd over D-Bus.
+    pid = in_source("systemctl show -p MainPID --value cdp-agent@lab")
+    assert pid.isdigit() and pid != "0", pid
+    t0 = time.time()
+    in_source(f"kill -9 {pid}")
+    assert psql("WITH i AS (INSERT INTO lab_real VALUES (0, 'after the agent was killed') "
+                "RETURNING id) SELECT id FROM i") == "0"
+    log(f"PostgreSQL took a write {time.time() - t0:.1f} s after the frozen agent was killed")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        now = in_source("systemctl show -p MainPID --value cdp-agent@lab")
+        if now not in ("0", pid) and in_source("systemctl is-active cdp-agent@lab || true") == \
+                "active":
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError("cdp-agent@lab did not start again within 120 s of the kill")
+    log(f"cdp-agent@lab active again (pid {now})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The cutover of the real source (docs/lab.md, "With the real source"; issue 17's lab test):
-`lab up --source real`, then pgbench (TPC-B, 4 clients) and a ledger client (one autocommitted
-INSERT every 20 ms, each acknowledged one recorded) run from cdp-client against PostgreSQL at
-192.0.2.10 while `cdpctl cutover --plan deploy/lab/plans/cutover-real.yaml` quiesces the Debian
+"""The drill and the cutover of the real source (docs/lab.md, "With the real source"; issue 17's
+lab test): `lab up --source real`, then pgbench (TPC-B, 4 clients) and a ledger client (one
+autocommitted INSERT every 20 ms, each acknowledged one recorded) run from cdp-client against
+PostgreSQL at 192.0.2.10 while first `cdpctl drill --plan deploy/lab/plans/drill-real.yaml`
+(the target's snapshot booted in cdp-drill: WHO and `psql -c 'SELECT 1'` answer there, the
+source keeps serving) and then `cdpctl cutover --plan deploy/lab/plans/cutover-real.yaml` quiesces the Debian
 server through its agent (CHECKPOINT hook, group freeze), verifies, fences it (the agent takes
 192.0.2.10 off ens192), and promotes the target (switch_root into the migrated Debian with its
 network adapted: vmxnet3 ens192 -> virtio, the name pinned by a .link file).
@@ -23,6 +25,7 @@ import labtest
 from cdptest import log
 
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover-real.yaml")
+DRILL = os.path.join(labtest.REPO, "deploy", "lab", "plans", "drill-real.yaml")
 LEDGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pg_ledger_client.py")
 CLIENT_NS = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
 PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
@@ -61,6 +64,14 @@ def body(lab_dir, work):
     time.sleep(20)
     before = len(acked_numbers(acked))
     assert before > 0, "the ledger client had no INSERT acknowledged in 20 s"
+    # A drill first, while the clients run: the drill VM boots a snapshot of the target in
+    # cdp-drill, prepares its own boot, takes over, and answers WHO and a SQL query there.
+    rc, drill = labtest.run_plan("drill", DRILL)
+    assert rc == 0 and drill["ok"], f"drill failed: {drill.get('error')}"
+    health = next(s for s in drill["steps"] if s["name"] == "health")["result"]
+    assert f"answers 'WHO' with '{labtest.TGT_UUID}'" in health, health
+    assert "psql -h 192.0.2.10 -U cdp -d cdp -tAc 'SELECT 1' exited 0" in health, health
+    assert labtest.lab("probe", "WHO").stdout.strip() == labtest.SRC_UUID
     rc, report = labtest.run_plan("cutover", PLAN)
     assert rc == 0 and report["ok"], f"cutover failed: {report.get('error')}; {report.get('rollback')}"
     # The ledger client goes on against the target: wait for its first acknowledgements there.

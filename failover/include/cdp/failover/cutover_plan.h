@@ -68,6 +68,11 @@ struct HealthCheck {
   std::string request;  // "" = a TCP connect is enough
   std::string expect;   // the reply line expected ("" = any reply); "${TARGET_UUID}" allowed
   double interval_seconds = 0.2;
+  // Run on this host (inside the drill's namespace for a drill) once the service answers; it
+  // must exit 0 too, e.g. [env, PGPASSWORD=cdp, psql, -h, 192.0.2.10, -U, cdp, -c, SELECT 1].
+  // Empty: none.
+  std::vector<std::string> command;
+  double command_timeout_seconds = 10;
 };
 
 struct Budgets {

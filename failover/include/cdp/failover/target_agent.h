@@ -57,6 +57,11 @@ class TargetAgent {
   // answering and ZeroMQ may drop that answer.
   virtual Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                                    bool* sent) = 0;
+
+  // Prepares the boot of `root_volume` (docs/pe-agent.md, "Prepare boot": the initramfs rebuilt
+  // with the virtio drivers in the PE, the replica untouched, kept for the takeover) and returns
+  // the pe-agent's reply (a failure is a reply with ok=false). Takes minutes under TCG.
+  virtual Result<wire::v1::PrepareBootReply> PrepareBoot(const std::string& root_volume) = 0;
 };
 
 // The pe-agent of `target` (its replication_endpoint), through a PeClient with role control:
