@@ -341,19 +341,20 @@ class DrillEngine::Impl {
     return out;
   }
 
-  // The drill VM's PE rebuilds the migrated OS's initramfs with the virtio drivers when it has
-  // none (as the target's did before a cutover: it kept the image in its own memory, which the
-  // drill VM does not share), so the takeover can install it.
+  // When the takeover's dry run refuses (an initramfs without the virtio drivers), the drill
+  // VM's PE rebuilds it, as the target's did before a cutover: the target keeps that image in
+  // its own memory, which the drill VM does not share. The promote then installs it.
   Result<std::string> PrepareBoot() {
     return sandbox_.InNamespace([&]() -> Result<std::string> {
+      auto dry = DryRunTakeover(drill_agent_, plan_);
+      if (dry.ok()) return "not needed: " + *dry;
       CDP_ASSIGN_OR_RETURN(auto reply, drill_agent_.PrepareBoot(plan_.root_volume));
       if (!reply.ok()) {
         return Status::FailedPrecondition("the drill VM's pe-agent could not prepare the boot: " +
-                                          reply.error());
+                                          reply.error() + " (" + dry.status().message() + ")");
       }
-      std::string done = reply.steps_size() > 0 ? reply.steps(reply.steps_size() - 1).result()
-                                                : reply.initramfs() + " prepared";
-      return done;
+      return reply.steps_size() > 0 ? reply.steps(reply.steps_size() - 1).result()
+                                    : reply.initramfs() + " prepared";
     });
   }
 

@@ -1,5 +1,6 @@
 #include "cdp/failover/drill.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -145,7 +146,8 @@ TEST_F(DrillTest, HappyPathCallsEachPortInStepOrder) {
                 "precheck ok: target tgt pe-ready (applied LSN v 12); namespace cdp-drill free",
                 "snapshot ok: target disks frozen at LSN v 12",
                 "network ok: namespace cdp-drill up", "boot ok: drill VM tgt-drill pe-ready",
-                "prepare ok: /boot/initrd.img-6.1.0-pe has the virtio drivers; nothing to rebuild",
+                "prepare ok: not needed: takeover dry run passed (0 change(s) to the migrated OS "
+                "planned)",
                 "promote ok: switch_root into the migrated OS on /dev/vda (check 0.01 s)",
                 "health ok: 192.0.2.10:7000 answers in namespace cdp-drill",
                 "replication ok: the target went on applying during the drill: v 12 -> 20 "
@@ -158,10 +160,29 @@ TEST_F(DrillTest, HappyPathCallsEachPortInStepOrder) {
   EXPECT_EQ(log_.calls,
             (Calls{"sandbox.LeftoversExist", "sandbox.NamespaceExists", "sandbox.PrepareTarget",
                    "target.Status", "sandbox.Freeze", "sandbox.MakeNetwork", "sandbox.BootDrillVm",
-                   "sandbox.InNamespace", "drill.PrepareBoot v", "sandbox.LeftNamespace",
+                   "sandbox.InNamespace", "drill.Takeover v dry-run", "sandbox.LeftNamespace",
                    "sandbox.InNamespace", "drill.Takeover v", "sandbox.LeftNamespace",
                    "sandbox.InNamespace", "health", "sandbox.LeftNamespace", "target.Status",
                    "journal.Status", "sandbox.Teardown"}));
+}
+
+// An initramfs without the virtio drivers: the drill VM's PE prepares the boot, then takes over.
+TEST_F(DrillTest, ADryRunThatRefusesPreparesTheDrillVmsBoot) {
+  wire::v1::TakeoverReply refused;
+  refused.set_ok(false);
+  refused.set_error("the migrated OS's initramfs has no virtio_blk");
+  drill_vm_->dry_run_takeover = refused;
+  wire::v1::PrepareBootReply prepared;
+  prepared.set_ok(true);
+  auto* step = prepared.add_steps();
+  step->set_name("initramfs");
+  step->set_result("/boot/initrd.img-6.1.0-pe rebuilt with virtio_blk");
+  drill_vm_->prepare_boot = prepared;
+  const DrillReport r = Run();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(Steps(r)[4], "prepare ok: /boot/initrd.img-6.1.0-pe rebuilt with virtio_blk");
+  EXPECT_THAT(log_.calls, ::testing::IsSupersetOf({"drill.Takeover v dry-run",
+                                                   "drill.PrepareBoot v", "drill.Takeover v"}));
 }
 
 TEST_F(DrillTest, LeftoversOfADrillThatDiedAreTornDownFirst) {
@@ -267,13 +288,18 @@ INSTANTIATE_TEST_SUITE_P(
                  "boot: drill VM tgt-drill: no pe-ready within 120 s"},
         FailCase{"prepare",
                  [](DrillFailTest* t) {
+                   wire::v1::TakeoverReply refused;
+                   refused.set_ok(false);
+                   refused.set_error("the migrated OS's initramfs has no virtio_blk");
+                   t->drill_vm()->dry_run_takeover = refused;
                    wire::v1::PrepareBootReply failed;
                    failed.set_ok(false);
                    failed.set_error("the migrated OS has neither update-initramfs nor dracut");
                    t->drill_vm()->prepare_boot = failed;
                  },
                  "prepare: the drill VM's pe-agent could not prepare the boot: the migrated OS "
-                 "has neither update-initramfs nor dracut"},
+                 "has neither update-initramfs nor dracut (the target's takeover dry run "
+                 "refuses: the migrated OS's initramfs has no virtio_blk)"},
         FailCase{"promote",
                  [](DrillFailTest* t) {
                    t->drill_vm()->takeover = TakeoverReply(false, "no root filesystem on v");
@@ -327,7 +353,7 @@ INSTANTIATE_TEST_SUITE_P(
         CancelCase{"sandbox.Freeze#1", "network: stopped by a signal before network"},
         CancelCase{"sandbox.MakeNetwork#1", "boot: stopped by a signal before boot"},
         CancelCase{"sandbox.BootDrillVm#1", "prepare: stopped by a signal before prepare"},
-        CancelCase{"drill.PrepareBoot v#1", "promote: stopped by a signal before promote"},
+        CancelCase{"drill.Takeover v dry-run#1", "promote: stopped by a signal before promote"},
         CancelCase{"drill.Takeover v#1", "health: stopped by a signal before health"},
         // Inside the health step: its wait is cut short.
         CancelCase{"sandbox.InNamespace#3",

@@ -75,18 +75,18 @@ def agent_killed_while_frozen(lab_dir):
     assert r.returncode == 0, f"source quiesce: {r.stdout}{r.stderr}"
     log("quiesced: " + r.stdout.strip().splitlines()[-1])
     # No write to a frozen filesystem on the way: systemctl show asks systemd over D-Bus.
-    pid = in_source("systemctl show -p MainPID --value cdp-agent@lab")
+    pid = in_source(lab_dir, "systemctl show -p MainPID --value cdp-agent@lab")
     assert pid.isdigit() and pid != "0", pid
     t0 = time.time()
-    in_source(f"kill -9 {pid}")
+    in_source(lab_dir, f"kill -9 {pid}")
     assert psql("WITH i AS (INSERT INTO lab_real VALUES (0, 'after the agent was killed') "
                 "RETURNING id) SELECT id FROM i") == "0"
     log(f"PostgreSQL took a write {time.time() - t0:.1f} s after the frozen agent was killed")
     deadline = time.time() + 120
     while time.time() < deadline:
-        now = in_source("systemctl show -p MainPID --value cdp-agent@lab")
-        if now not in ("0", pid) and in_source("systemctl is-active cdp-agent@lab || true") == \
-                "active":
+        now = in_source(lab_dir, "systemctl show -p MainPID --value cdp-agent@lab")
+        active = in_source(lab_dir, "systemctl is-active cdp-agent@lab || true")
+        if now not in ("0", pid) and active == "active":
             break
         time.sleep(2)
     else:
