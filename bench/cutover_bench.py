@@ -26,7 +26,6 @@ from labtest import LAB, lab
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover.yaml")
 PLAN_REAL = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover-real.yaml")
 CLIENT = labtest.CLIENT
-LEDGER = os.path.join(os.path.dirname(labtest.CLIENT), "pg_ledger_client.py")
 PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
           "PGCONNECT_TIMEOUT=5"]
 # How long the client waits for an `OK n` before it reconnects: the outage is measured to about
@@ -65,8 +64,7 @@ def one_cutover(i, real):
             in_client("psql", "-tAc", "CREATE TABLE ledger (n bigint PRIMARY KEY, "
                       "at timestamptz NOT NULL DEFAULT now())")
             in_client("pgbench", "-i", "-s", "2", "-q")
-            client = subprocess.Popen(["ip", "netns", "exec", "cdp-client", sys.executable, LEDGER,
-                                       "192.0.2.10", acked, "0.02"])
+            client = labtest.start_pg_ledger(acked)
             bench = subprocess.Popen(["ip", "netns", "exec", "cdp-client"] + PG_ENV +
                                      ["pgbench", "-c", "4", "-j", "2", "-T", "1200", "-n"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -105,6 +105,26 @@ def start_client(acked_file, period=0.02, timeout=1.0):
     return p
 
 
+# Debian's own interpreter: python3-psycopg2 (deploy/install-deps.sh) is installed for it, not
+# for another python3 that may come first on PATH (and run the tests).
+DEBIAN_PYTHON = "/usr/bin/python3"
+PG_LEDGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pg_ledger_client.py")
+
+
+def start_pg_ledger(acked_file, period=0.02):
+    """Starts pg_ledger_client.py in cdp-client against PostgreSQL at 192.0.2.10 (killed at the
+    test's end); fails at once, naming the package, when psycopg2 is missing."""
+    r = subprocess.run([DEBIAN_PYTHON, "-c", "import psycopg2"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"{DEBIAN_PYTHON} cannot import psycopg2 ({r.stderr.strip()}): "
+                             "install python3-psycopg2 (deploy/install-deps.sh)")
+    ns = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
+    p = subprocess.Popen(["ip", "netns", "exec", ns, DEBIAN_PYTHON, PG_LEDGER, "192.0.2.10",
+                          acked_file, str(period)])
+    _clients.append(p)
+    return p
+
+
 def stop_client(p):
     p.terminate()
     p.wait(10)

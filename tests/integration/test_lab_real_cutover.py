@@ -18,7 +18,6 @@ printed. `lab down` always runs (labtest.run_lab_test).
 """
 import os
 import subprocess
-import sys
 import time
 
 import labtest
@@ -26,7 +25,6 @@ from cdptest import log
 
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover-real.yaml")
 DRILL = os.path.join(labtest.REPO, "deploy", "lab", "plans", "drill-real.yaml")
-LEDGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pg_ledger_client.py")
 CLIENT_NS = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
 PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
           "PGCONNECT_TIMEOUT=5"]
@@ -52,9 +50,7 @@ def body(lab_dir, work):
     psql("CREATE TABLE ledger (n bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
     in_client("pgbench", "-i", "-s", "2", "-q")
     acked = os.path.join(work, "ledger.acked")
-    ledger = subprocess.Popen(["ip", "netns", "exec", CLIENT_NS, sys.executable, LEDGER,
-                               "192.0.2.10", acked, "0.02"])
-    labtest._clients.append(ledger)
+    ledger = labtest.start_pg_ledger(acked)
     # pgbench stops at the outage (its clients' connections break); what it committed stays.
     bench_log = open(os.path.join(work, "pgbench.log"), "w")
     bench = subprocess.Popen(["ip", "netns", "exec", CLIENT_NS] + PG_ENV +
@@ -62,6 +58,7 @@ def body(lab_dir, work):
                              stdout=bench_log, stderr=subprocess.STDOUT)
     labtest._clients.append(bench)
     time.sleep(20)
+    assert ledger.poll() is None, f"the ledger client exited {ledger.returncode} (its error above)"
     before = len(acked_numbers(acked))
     assert before > 0, "the ledger client had no INSERT acknowledged in 20 s"
     # A drill first, while the clients run: the drill VM boots a snapshot of the target in
