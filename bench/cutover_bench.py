@@ -26,8 +26,6 @@ from labtest import LAB, lab
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover.yaml")
 PLAN_REAL = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover-real.yaml")
 CLIENT = labtest.CLIENT
-PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
-          "PGCONNECT_TIMEOUT=5"]
 # How long the client waits for an `OK n` before it reconnects: the outage is measured to about
 # this much (a request sent into the outage waits this long before the client tries again).
 CLIENT_TIMEOUT = 0.25
@@ -39,7 +37,7 @@ def pct(values, p):
 
 
 def in_client(*command, timeout=300):
-    return subprocess.run(["ip", "netns", "exec", "cdp-client"] + PG_ENV + list(command),
+    return subprocess.run(["ip", "netns", "exec", "cdp-client"] + labtest.PG_ENV + list(command),
                           capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
@@ -65,7 +63,7 @@ def one_cutover(i, real):
                       "at timestamptz NOT NULL DEFAULT now())")
             in_client("pgbench", "-i", "-s", "2", "-q")
             client = labtest.start_pg_ledger(acked)
-            bench = subprocess.Popen(["ip", "netns", "exec", "cdp-client"] + PG_ENV +
+            bench = subprocess.Popen(["ip", "netns", "exec", "cdp-client"] + labtest.PG_ENV +
                                      ["pgbench", "-c", "4", "-j", "2", "-T", "1200", "-n"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(20)

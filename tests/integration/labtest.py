@@ -105,6 +105,11 @@ def start_client(acked_file, period=0.02, timeout=1.0):
     return p
 
 
+# `env` and the libpq variables for psql, pgbench and pg_amcheck as the lab's role cdp against
+# PostgreSQL at 192.0.2.10 (the real source, or the target after a cutover).
+PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
+          "PGCONNECT_TIMEOUT=5"]
+
 # Debian's own interpreter: python3-psycopg2 (deploy/install-deps.sh) is installed for it, not
 # for another python3 that may come first on PATH (and run the tests).
 DEBIAN_PYTHON = "/usr/bin/python3"

@@ -26,12 +26,10 @@ from cdptest import log
 PLAN = os.path.join(labtest.REPO, "deploy", "lab", "plans", "cutover-real.yaml")
 DRILL = os.path.join(labtest.REPO, "deploy", "lab", "plans", "drill-real.yaml")
 CLIENT_NS = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
-PG_ENV = ["env", "PGPASSWORD=cdp", "PGHOST=192.0.2.10", "PGUSER=cdp", "PGDATABASE=cdp",
-          "PGCONNECT_TIMEOUT=5"]
 
 
 def in_client(*command, timeout=300, check=True):
-    r = subprocess.run(["ip", "netns", "exec", CLIENT_NS] + PG_ENV + list(command),
+    r = subprocess.run(["ip", "netns", "exec", CLIENT_NS] + labtest.PG_ENV + list(command),
                        capture_output=True, text=True, timeout=timeout)
     if check:
         assert r.returncode == 0, f"{' '.join(command)} exited {r.returncode}: {r.stdout}{r.stderr}"
@@ -53,7 +51,7 @@ def body(lab_dir, work):
     ledger = labtest.start_pg_ledger(acked)
     # pgbench stops at the outage (its clients' connections break); what it committed stays.
     bench_log = open(os.path.join(work, "pgbench.log"), "w")
-    bench = subprocess.Popen(["ip", "netns", "exec", CLIENT_NS] + PG_ENV +
+    bench = subprocess.Popen(["ip", "netns", "exec", CLIENT_NS] + labtest.PG_ENV +
                              ["pgbench", "-c", "4", "-j", "2", "-T", "1200", "-n", "-P", "10"],
                              stdout=bench_log, stderr=subprocess.STDOUT)
     labtest._clients.append(bench)
