@@ -162,12 +162,16 @@ class AgentSourceControl final : public SourceControl {
     std::string out = "source frozen by its agent in " + FormatFixed(reply->freeze_seconds(), 3) +
                       " s (lease " + FormatFixed(quiesce_.hold_seconds, 0) + " s)";
     for (const auto& v : reply->volumes()) final_lsns_.emplace_back(v.volume(), v.final_lsn());
+    hooks_seconds_ = 0;
     for (const auto& h : reply->hooks()) {
       out += "; hook " + h.command() + " " + FormatFixed(h.seconds(), 2) + " s";
+      hooks_seconds_ += h.seconds();
     }
     StartRenewing();
     return out;
   }
+
+  double ServingSecondsOfQuiesce() const override { return hooks_seconds_; }
 
   Result<std::string> Resume() override {
     StopRenewing();
@@ -305,6 +309,7 @@ class AgentSourceControl final : public SourceControl {
   const QuiesceMethod quiesce_;
   const FenceMethod fence_;
   std::vector<std::pair<std::string, uint64_t>> final_lsns_;
+  double hooks_seconds_ = 0;  // of the last Quiesce: the source served meanwhile
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = true;     // GUARDED_BY(mu_)

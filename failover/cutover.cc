@@ -82,7 +82,11 @@ class CutoverEngine::Impl {
          step("health", [&] { return Health(); });
     if (!ok) AfterFenceFailure();
     report_.ok = ok;
-    if (ok) report_.downtime_seconds = steps_.Since() - quiesce_start_;
+    // From the freeze: the source served through its pre-freeze hooks.
+    if (ok) {
+      report_.downtime_seconds =
+          steps_.Since() - quiesce_start_ - source_.ServingSecondsOfQuiesce();
+    }
     return Finish();
   }
 

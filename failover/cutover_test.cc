@@ -168,6 +168,18 @@ TEST_F(CutoverTest, HappyPathCallsEachPortInStepOrder) {
   EXPECT_GT(r.downtime_seconds, 0);
 }
 
+TEST_F(CutoverTest, DowntimeStartsAfterThePreFreezeHooks) {
+  source_->hooks_seconds = 0.5;  // the source serves while its hooks run
+  CutoverReport r = Run();
+  ASSERT_TRUE(r.ok) << r.error;
+  const auto& quiesce = r.steps[2];
+  ASSERT_EQ(quiesce.name, "quiesce");
+  // From the end of the hooks to the health check passing (the report's clock, not a bound on
+  // how long anything took).
+  EXPECT_NEAR(r.downtime_seconds, r.steps.back().end - quiesce.start - 0.5, 0.2);
+  EXPECT_GE(quiesce.end - quiesce.start, 0.5);
+}
+
 // --- a failure before the fence: the source is resumed once it was quiesced ---------------
 
 TEST_F(CutoverTest, PrecheckRefusesATargetNotReadyAndTouchesNothing) {

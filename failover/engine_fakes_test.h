@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #define XXH_INLINE_ALL
@@ -48,6 +50,7 @@ class FakeSource final : public SourceControl {
   ::cdp::Status resume = ::cdp::Status::Ok();
   ::cdp::Status fence = ::cdp::Status::Ok();
   bool fence_keeps_paused = false;
+  double hooks_seconds = 0;  // Quiesce sleeps this long, serving (pre-freeze hooks)
 
   ::cdp::Status CheckServing() override {
     log_->Record("source.CheckServing");
@@ -56,6 +59,9 @@ class FakeSource final : public SourceControl {
   Result<std::string> Quiesce() override {
     log_->Record("source.Quiesce");
     if (!quiesce.ok()) return quiesce;
+    if (hooks_seconds > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(hooks_seconds));
+    }
     return std::string("source paused (QMP stop)");
   }
   Result<std::string> Resume() override {
@@ -69,6 +75,7 @@ class FakeSource final : public SourceControl {
     return std::string(fence_keeps_paused ? "source stays paused"
                                           : "source powered off (QMP quit)");
   }
+  double ServingSecondsOfQuiesce() const override { return hooks_seconds; }
   FenceEffect DescribeFence() const override {
     if (fence_keeps_paused) return {true, "paused", ""};
     return {false, "powered off", "powered off at the fence (QMP quit)"};

@@ -16,6 +16,7 @@
 #include "cdp/core/units.h"
 #include "cdp/pe/initramfs_rebuild.h"
 #include "cdp/pe/net_adaptation.h"
+#include "cdp/pe/source_agent_service.h"
 #include "cdp/pe/vmware_services.h"
 #include "config_text.h"
 
@@ -509,7 +510,8 @@ Result<std::vector<std::string>> AdaptRoot(AdaptRequest request,
   }
   phase("network");
   DisableVmwareServices(&changes, &net_notes);
-  phase("vmware services");
+  DisableSourceAgent(&changes, &net_notes);
+  phase("services");
   CDP_LOG(info) << "pe-agent: adaptation " << (request.dry_run ? "(dry run) " : "")
                 << "checked and planned in: " << phases;
   if (!errors.empty()) return Status::FailedPrecondition(Join(errors, "; "));

@@ -13,6 +13,7 @@
 #include "cdp/pe/filesystem_id.h"
 #include "cdp/pe/fstab_adaptation.h"
 #include "cdp/pe/root_changes.h"
+#include "cdp/pe/source_agent_service.h"
 #include "cdp/pe/vmware_services.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -278,6 +279,39 @@ TEST_F(BootChangesTest, VmwareServicesAreDisabledAndMasked) {
   RootChanges again(root_);
   notes.clear();
   DisableVmwareServices(&again, &notes);
+  EXPECT_TRUE(again.empty());
+  EXPECT_THAT(notes, IsEmpty());
+}
+
+// ---- the source's cdp-agent ----
+
+TEST_F(BootChangesTest, SourceAgentInstancesAreDisabledNotMasked) {
+  const std::string wants = root_ + "/etc/systemd/system/multi-user.target.wants";
+  fs::create_directories(wants);
+  fs::create_directories(root_ + "/lib/systemd/system");
+  std::ofstream(root_ + "/lib/systemd/system/cdp-agent@.service") << "[Unit]\n";
+  fs::create_symlink("/lib/systemd/system/cdp-agent@.service", wants + "/cdp-agent@lab.service");
+  fs::create_symlink("/lib/systemd/system/cdp-agent@.service", wants + "/cdp-agent@db.service");
+  RootChanges changes(root_);
+  std::vector<std::string> notes;
+  DisableSourceAgent(&changes, &notes);
+  EXPECT_THAT(notes, ElementsAre("cdp-agent disabled (the migrated server is not the source its "
+                                 "group protects; protect it with a new group): "
+                                 "cdp-agent@db.service, cdp-agent@lab.service"));
+  std::vector<std::string> listed;
+  for (const auto& c : changes.Changes()) listed.push_back(c.file);
+  EXPECT_THAT(listed, ElementsAre(wants.substr(root_.size()) + "/cdp-agent@db.service",
+                                  wants.substr(root_.size()) + "/cdp-agent@lab.service"));
+  ASSERT_TRUE(changes.Apply("T0").ok());
+  EXPECT_FALSE(fs::exists(fs::symlink_status(wants + "/cdp-agent@lab.service")));
+  EXPECT_FALSE(fs::exists(fs::symlink_status(wants + "/cdp-agent@db.service")));
+  // The template stays (not masked): `systemctl enable cdp-agent@NEWGROUP` works.
+  EXPECT_TRUE(fs::is_regular_file(root_ + "/lib/systemd/system/cdp-agent@.service"));
+  EXPECT_FALSE(fs::exists(fs::symlink_status(root_ + "/etc/systemd/system/cdp-agent@.service")));
+  // Disabled already: nothing more to do.
+  RootChanges again(root_);
+  notes.clear();
+  DisableSourceAgent(&again, &notes);
   EXPECT_TRUE(again.empty());
   EXPECT_THAT(notes, IsEmpty());
 }

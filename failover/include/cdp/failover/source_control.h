@@ -74,6 +74,11 @@ class SourceControl {
   // the engine then waits until the journal holds everything the source's agent captured.
   virtual std::vector<std::pair<std::string, uint64_t>> FinalLsns() const { return {}; }
 
+  // Seconds of the last Quiesce during which the source still served: its pre-freeze hooks (the
+  // agent's `psql -c CHECKPOINT`). The engine's downtime starts after them. 0 when the method
+  // stops the source at once (QMP, a command).
+  virtual double ServingSecondsOfQuiesce() const { return 0; }
+
   // Asked between the steps after Quiesce and before Fence: OK while the source is still
   // quiesced; the error when it no longer is (an agent's freeze whose lease could not be
   // renewed: the agent died, the link was cut), so that the cutover stops before the fence.
