@@ -37,17 +37,7 @@ def pct(values, p):
 
 
 def in_client(*command, timeout=300):
-    return subprocess.run(["ip", "netns", "exec", "cdp-client"] + labtest.PG_ENV + list(command),
-                          capture_output=True, text=True, timeout=timeout, check=True).stdout
-
-
-def missing_ledger_rows(numbers):
-    """The acknowledged ledger numbers that are not in the table at 192.0.2.10."""
-    if not numbers:
-        return []
-    present = in_client("psql", "-tAc", "SELECT n FROM ledger WHERE n = ANY('{" +
-                        ",".join(map(str, numbers)) + "}')").split()
-    return sorted(set(numbers) - set(map(int, present)))
+    return labtest.pg_in_client(*command, timeout=timeout).stdout
 
 
 def one_cutover(i, real):
@@ -96,7 +86,7 @@ def one_cutover(i, real):
         client = None
         rows = labtest.read_acked(acked)
         try:
-            lost = len(missing_ledger_rows([n for n, _ in rows]) if real else
+            lost = len(labtest.missing_ledger_rows([n for n, _ in rows]) if real else
                        labtest.missing_on_service(n for n, _ in rows))
         except (AssertionError, subprocess.CalledProcessError):
             lost = -1
@@ -145,7 +135,7 @@ def report(a, runs):
                      f"{pct(outages, .95):.2f} | {max(outages):.2f} | p95 <= 30 required, <= "
                      f"{10 if a.source == 'real' else 5} goal |")
         est = [r["downtime_estimate"] for r in ok]
-        lines.append(f"| engine's estimate, quiesce -> health (s) | {pct(est, .5):.2f} | "
+        lines.append(f"| engine's estimate, freeze -> health (s) | {pct(est, .5):.2f} | "
                      f"{pct(est, .95):.2f} | {max(est):.2f} | |")
     what = "INSERTs" if a.source == "real" else "PUTs"
     unchecked = sum(1 for r in runs if r["lost"] < 0)

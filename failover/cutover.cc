@@ -245,9 +245,28 @@ class CutoverEngine::Impl {
     }
   }
 
+  // The target's checksums of `regions` (indices of kVerifyChunk regions below `size`), one
+  // request per run of consecutive regions, appended to *sums in order.
+  Status TargetChecksums(const std::string& volume, const std::set<uint64_t>& regions,
+                         uint64_t size, std::vector<RegionChecksum>* sums) {
+    for (auto it = regions.begin(); it != regions.end();) {
+      const uint64_t first = *it;
+      uint64_t last = first;
+      for (++it; it != regions.end() && *it == last + 1; ++it) last = *it;
+      const uint64_t offset = first * kVerifyChunk;
+      if (offset >= size) continue;
+      const uint64_t end = std::min(size, (last + 1) * kVerifyChunk);
+      CDP_ASSIGN_OR_RETURN(auto run,
+                           target_.Checksums(volume, offset, end - offset, kVerifyChunk, nullptr));
+      sums->insert(sums->end(), run.begin(), run.end());
+    }
+    return Status::Ok();
+  }
+
   // The checksums of `regions` (indices of kVerifyChunk-byte regions; all of them when null) of
-  // volume i: the target's, computed by its pe-agent, and the source device's. Corruption naming
-  // the first region that differs when `must_match`; else the differing indices go to *differ.
+  // volume i: the target's, computed by its pe-agent, and the source's (both at once). Corruption
+  // naming the first region that differs when `must_match`; else the differing indices go to
+  // *differ.
   Result<uint64_t> CompareRegions(size_t i, const std::set<uint64_t>* regions, bool must_match,
                                   std::set<uint64_t>* differ, uint64_t* bytes) {
     const std::string& volume = plan_.volumes[i];
@@ -255,25 +274,48 @@ class CutoverEngine::Impl {
     for (const auto& d : plan_.target.disks) {
       if (d.volume == volume) size = d.size;
     }
-    std::vector<RegionChecksum> sums;
-    if (regions == nullptr) {
+    std::vector<RegionChecksum> sums, source;
+    if (size == 0) {  // a volume of unknown size: the target's list, then the source's
       CDP_ASSIGN_OR_RETURN(sums, target_.Checksums(volume, 0, 0, kVerifyChunk, nullptr));
+      source = sums;
+      CDP_RETURN_IF_ERROR(hashes_->Hash(volume, &source));
     } else {
-      // One request per run of consecutive regions.
-      for (auto it = regions->begin(); it != regions->end();) {
-        const uint64_t first = *it;
-        uint64_t last = first;
-        for (++it; it != regions->end() && *it == last + 1; ++it) last = *it;
-        const uint64_t offset = first * kVerifyChunk;
-        if (offset >= size) continue;
-        const uint64_t end = std::min(size, (last + 1) * kVerifyChunk);
-        CDP_ASSIGN_OR_RETURN(
-            auto run, target_.Checksums(volume, offset, end - offset, kVerifyChunk, nullptr));
-        sums.insert(sums.end(), run.begin(), run.end());
+      // The regions are known before either side answers, so the source hashes them while the
+      // target's pe-agent does: the pre-verify takes the longer of the two, not their sum, and
+      // in the window the verify is on the outage's path.
+      for (uint64_t r = 0; r * kVerifyChunk < size; ++r) {
+        if (regions != nullptr && !regions->count(r)) continue;
+        const uint64_t offset = r * kVerifyChunk;
+        source.push_back({offset, std::min(kVerifyChunk, size - offset), 0});
+      }
+      Status source_hashed;
+      std::thread hashing([&] { source_hashed = hashes_->Hash(volume, &source); });
+      Status target_summed = Status::Ok();
+      if (regions == nullptr) {  // the whole volume, one request
+        auto whole = target_.Checksums(volume, 0, 0, kVerifyChunk, nullptr);
+        if (whole.ok()) sums = std::move(*whole);
+        target_summed = whole.status();
+      } else {
+        target_summed = TargetChecksums(volume, *regions, size, &sums);
+      }
+      hashing.join();
+      CDP_RETURN_IF_ERROR(target_summed);
+      CDP_RETURN_IF_ERROR(source_hashed);
+      if (sums.size() != source.size()) {
+        return Status::ProtocolMismatch("volume " + volume + ": the target's pe-agent sent " +
+                                        std::to_string(sums.size()) + " checksums for " +
+                                        std::to_string(source.size()) + " regions");
+      }
+      for (size_t k = 0; k < sums.size(); ++k) {
+        if (sums[k].offset != source[k].offset || sums[k].length != source[k].length) {
+          return Status::ProtocolMismatch(
+              "volume " + volume + ": the target's pe-agent sent the checksum of " +
+              std::to_string(sums[k].offset) + "+" + std::to_string(sums[k].length) + " where " +
+              std::to_string(source[k].offset) + "+" + std::to_string(source[k].length) +
+              " was asked");
+        }
       }
     }
-    std::vector<RegionChecksum> source = sums;
-    CDP_RETURN_IF_ERROR(hashes_->Hash(volume, &source));
     for (size_t k = 0; k < sums.size(); ++k) {
       const RegionChecksum& r = sums[k];
       const uint64_t h = source[k].xxh3;

@@ -287,6 +287,18 @@ TEST_F(CutoverTest, ARegionThatDiffersRollsBackAtVerify) {
                                  "target.Checksums v 4194304+4194304", "source.Resume"}));
 }
 
+TEST_F(CutoverTest, ATargetSummingOtherRegionsThanAskedIsRefused) {
+  target_->sizes["v"] = kVolumeBytes / 2;  // its disk is half the plan's: one region, not two
+  const CutoverReport r = Run();
+  EXPECT_FALSE(r.ok);
+  // The pre-verify is best effort; the verify in the window refuses, and the source resumes.
+  EXPECT_EQ(Steps(r)[1],
+            "pre-verify ok: skipped (volume v: the target's pe-agent sent 1 checksums for 2 "
+            "regions); verify compares every region in the window");
+  EXPECT_EQ(r.error, "verify: volume v: the target's pe-agent sent 1 checksums for 2 regions");
+  EXPECT_EQ(r.rollback, kResumed);
+}
+
 TEST_F(CutoverTest, ARollbackThatFailsSaysSo) {
   target_->applied = {{"v", 5}};
   plan_.budgets.drain_seconds = 0.2;
@@ -494,7 +506,14 @@ class AgentCutoverTest : public CutoverTest {
 TEST_F(AgentCutoverTest, TheAgentQuiescesVerifiesAndFencesTheSource) {
   const CutoverReport r = RunAgent();
   ASSERT_TRUE(r.ok) << r.error;
-  EXPECT_EQ(log_.calls,
+  // The source's agent hashes while the target sums: either may be logged first.
+  Calls calls = log_.calls;
+  for (size_t i = 0; i + 1 < calls.size(); ++i) {
+    if (calls[i].rfind("agent.hashes", 0) == 0 && calls[i + 1].rfind("target.Checksums", 0) == 0) {
+      std::swap(calls[i], calls[i + 1]);
+    }
+  }
+  EXPECT_EQ(calls,
             Calls({"agent.status", "target.Status", "journal.Status", "target.Takeover v dry-run",
                    "target.WrittenRegions v reset", "target.Checksums v 0+0", "agent.hashes v 2",
                    "agent.quiesce", "journal.Status", "target.Status", "target.WrittenRegions v",
@@ -507,6 +526,17 @@ TEST_F(AgentCutoverTest, TheAgentQuiescesVerifiesAndFencesTheSource) {
             "quiesce ok: source frozen by its agent in 0.012 s (lease 0 s); v final LSN 10");
   EXPECT_EQ(steps[5], "fence ok: the source's agent removed 192.0.2.10/24 from ens192");
   EXPECT_EQ(r.verify.rfind("2 regions (8 MiB) equal", 0), 0u) << r.verify;
+}
+
+TEST_F(AgentCutoverTest, DowntimeStartsAfterTheAgentsHooks) {
+  channel_->hook_seconds = 0.5;
+  const CutoverReport r = RunAgent();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(Steps(r)[2],
+            "quiesce ok: source frozen by its agent in 0.012 s (lease 0 s); hook psql -c "
+            "CHECKPOINT 0.50 s; v final LSN 10");
+  const auto& quiesce = r.steps[2];
+  EXPECT_NEAR(r.downtime_seconds, r.steps.back().end - quiesce.start - 0.5, 0.2);
 }
 
 TEST_F(AgentCutoverTest, AnAgentUnreachableAtPrecheckTouchesNothing) {

@@ -28,16 +28,24 @@
 
 namespace cdp::failover::testing {
 
-// The calls of every fake of one run, in order, and what to do at a call.
+// The calls of every fake of one run, in order, and what to do at a call. Fakes may record from
+// two threads at once (the verify hashes the source while the target sums); read `calls` after
+// the run.
 struct CallLog {
-  std::vector<std::string> calls;
+  std::vector<std::string> calls;                   // GUARDED_BY(mu) while the engine runs
   std::map<std::string, std::function<void()>> at;  // "CALL#N" -> run at the Nth such call
+  std::mutex mu;
 
   void Record(const std::string& call) {
-    calls.push_back(call);
-    const auto n = std::count(calls.begin(), calls.end(), call);
-    auto hook = at.find(call + "#" + std::to_string(n));
-    if (hook != at.end()) hook->second();
+    std::function<void()> hook;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      calls.push_back(call);
+      const auto n = std::count(calls.begin(), calls.end(), call);
+      auto it = at.find(call + "#" + std::to_string(n));
+      if (it != at.end()) hook = it->second;
+    }
+    if (hook) hook();
   }
 };
 
@@ -241,6 +249,7 @@ class FakeAgentChannel final : public SourceAgentChannel {
   std::map<std::string, std::string> devices;
   std::atomic<bool> dead{false};
   bool frozen = false;
+  double hook_seconds = 0;  // a quiesce runs one pre-freeze hook this long ("psql -c CHECKPOINT")
 
   Result<wire::v1::SourceReply> Call(const wire::v1::SourceRequest& request, int) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -294,6 +303,12 @@ class FakeAgentChannel final : public SourceAgentChannel {
       reply.set_frozen(frozen);
       for (const auto& [v, lsn] : final_lsn) reply.add_volumes()->set_volume(v);
     } else if (kind == "quiesce") {
+      if (hook_seconds > 0) {
+        std::this_thread::sleep_for(std::chrono::duration<double>(hook_seconds));
+        auto* hook = reply.add_hooks();
+        hook->set_command("psql -c CHECKPOINT");
+        hook->set_seconds(hook_seconds);
+      }
       frozen = true;
       reply.set_freeze_seconds(0.012);
       for (const auto& [v, lsn] : final_lsn) {

@@ -163,6 +163,7 @@ class PlanSourceControl final : public SourceControl {
     return quiesce_by_->FinalLsns();
   }
   Status CheckQuiesced() override { return quiesce_by_->CheckQuiesced(); }
+  double ServingSecondsOfQuiesce() const override { return quiesce_by_->ServingSecondsOfQuiesce(); }
 
  private:
   std::unique_ptr<SourceControl> qmp_;      // null when the plan names no QMP socket

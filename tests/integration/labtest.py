@@ -3,6 +3,9 @@ refusing to touch a lab that is already up, and checking a client's acknowledged
 
   python3 labtest.py check-acked FILE    # from the host: every n of lab_client.py's FILE is
                                          # HAS YES at 192.0.2.10; prints the outage; exit 1 if not
+  python3 labtest.py check-pg FILE       # from the host, after a cutover of the real source:
+                                         # pg_ledger_client.py's FILE all in `ledger`, TPC-B's
+                                         # balances equal, pg_amcheck clean; exit 1 if not
 """
 import json
 import os
@@ -130,6 +133,71 @@ def start_pg_ledger(acked_file, period=0.02):
     return p
 
 
+SERIAL_EXEC = os.path.join(REPO, "deploy", "lab", "serial-exec")
+
+
+def in_source(lab_dir, command, timeout=300):
+    """COMMAND (a shell line) in the real source VM over its serial command channel
+    (LAB_DIR/cmd.sock): its stdout, stripped; AssertionError when it exits non-zero."""
+    r = subprocess.run([SERIAL_EXEC, "--wait", "30", os.path.join(lab_dir, "cmd.sock"), command],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{command!r} in the source exited {r.returncode}: {r.stderr}"
+    return r.stdout.strip()
+
+
+def pg_in_client(*command, timeout=300, check=True):
+    """COMMAND (psql, pgbench, pg_amcheck) in cdp-client with the lab's libpq environment
+    (PG_ENV); with check, an AssertionError naming the command when it fails."""
+    ns = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
+    r = subprocess.run(["ip", "netns", "exec", ns] + PG_ENV + list(command),
+                       capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"{' '.join(command)} exited {r.returncode}: {r.stdout}{r.stderr}"
+    return r
+
+
+def psql(sql):
+    """One SQL statement against PostgreSQL at 192.0.2.10 as cdp: its unaligned output."""
+    return pg_in_client("psql", "-tAc", sql).stdout.strip()
+
+
+def missing_ledger_rows(numbers):
+    """The acknowledged ledger numbers that are not in table `ledger` at 192.0.2.10."""
+    if not numbers:
+        return []
+    present = psql("SELECT n FROM ledger WHERE n = ANY('{" + ",".join(map(str, numbers)) +
+                   "}')").split()
+    return sorted(set(numbers) - set(map(int, present)))
+
+
+def check_pg_after_cutover(acked_file):
+    """What a cutover of the real source must leave at 192.0.2.10 (from cdp-client): every
+    INSERT the ledger client saw acknowledged (ACKED_FILE) in `ledger`, TPC-B's balance invariant
+    (sum(abalance) = sum(bbalance) = sum(tbalance) = sum(delta)) with pgbench transactions, and
+    pg_amcheck --heapallindexed clean. Returns a summary line; AssertionError naming what is
+    wrong."""
+    rows = read_acked(acked_file)
+    numbers = [n for n, _ in rows]
+    missing = missing_ledger_rows(numbers)
+    assert not missing, (f"{len(missing)} of {len(numbers)} acknowledged ledger rows are missing "
+                         f"(first: {missing[:10]})")
+    sums = psql("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
+                "(SELECT sum(bbalance) FROM pgbench_branches), "
+                "(SELECT sum(tbalance) FROM pgbench_tellers), "
+                "(SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
+                "(SELECT count(*) FROM pgbench_history)").split("|")
+    assert len(set(sums[:4])) == 1, f"TPC-B balances differ: {sums}"
+    assert int(sums[4]) > 0, "pgbench committed no transaction before the cutover"
+    # Debian links pg_amcheck into no directory on PATH.
+    amcheck = pg_in_client("/usr/lib/postgresql/15/bin/pg_amcheck", "--heapallindexed",
+                           "--no-dependent-toast", "cdp", timeout=600, check=False)
+    assert amcheck.returncode == 0 and amcheck.stdout.strip() == "", \
+        f"pg_amcheck exited {amcheck.returncode}: {amcheck.stdout}{amcheck.stderr}"
+    return (f"ledger: {len(numbers)} INSERTs acknowledged, all on the target, largest gap "
+            f"{outage_seconds(rows):.2f} s; pgbench: {sums[4]} transactions, balances equal; "
+            "pg_amcheck --heapallindexed clean")
+
+
 def stop_client(p):
     p.terminate()
     p.wait(10)
@@ -188,5 +256,12 @@ if __name__ == "__main__":
         print(f"client: {len(rows)} writes acknowledged, {len(missing)} of them missing on the "
               f"target; outage seen by the client: {outage_seconds(rows):.2f} s")
         sys.exit(1 if missing else 0)
+    if len(sys.argv) == 3 and sys.argv[1] == "check-pg":
+        try:
+            print(check_pg_after_cutover(sys.argv[2]))
+        except AssertionError as e:
+            print(f"FAILED: {e}")
+            sys.exit(1)
+        sys.exit(0)
     print(__doc__)
     sys.exit(2)

@@ -9,30 +9,16 @@ the source thaws and PostgreSQL takes writes again, and the agent starts again.
 """
 import json
 import os
-import subprocess
 import time
 
 import labtest
 from cdptest import log
 
 lab = labtest.lab
-SERIAL_EXEC = os.path.join(labtest.REPO, "deploy", "lab", "serial-exec")
 
 
-def psql(sql):
-    ns = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
-    r = subprocess.run(["ip", "netns", "exec", ns, "env", "PGPASSWORD=cdp", "psql", "-h",
-                        "192.0.2.10", "-U", "cdp", "-d", "cdp", "-tAc", sql],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"psql {sql!r}: {r.stdout}{r.stderr}"
-    return r.stdout.strip()
-
-
-def in_source(lab_dir, command):
-    r = subprocess.run([SERIAL_EXEC, "--wait", "30", os.path.join(lab_dir, "cmd.sock"), command],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"{command!r} in the source exited {r.returncode}: {r.stderr}"
-    return r.stdout.strip()
+psql = labtest.psql
+in_source = labtest.in_source
 
 
 def body(lab_dir, work):

@@ -29,15 +29,10 @@ CLIENT_NS = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
 
 
 def in_client(*command, timeout=300, check=True):
-    r = subprocess.run(["ip", "netns", "exec", CLIENT_NS] + labtest.PG_ENV + list(command),
-                       capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert r.returncode == 0, f"{' '.join(command)} exited {r.returncode}: {r.stdout}{r.stderr}"
-    return r
+    return labtest.pg_in_client(*command, timeout=timeout, check=check)
 
 
-def psql(sql):
-    return in_client("psql", "-tAc", sql).stdout.strip()
+psql = labtest.psql
 
 
 def acked_numbers(path):
@@ -87,24 +82,8 @@ def body(lab_dir, work):
         f"the ledger client had {len(numbers) - done} INSERTs acknowledged by the target in 120 s"
 
     assert labtest.lab("probe", "WHO").stdout.strip() == labtest.TGT_UUID
-    present = psql(f"SELECT count(*) FROM ledger WHERE n = ANY('{{{','.join(map(str, numbers))}}}')")
-    assert int(present) == len(numbers), \
-        f"{len(numbers) - int(present)} of {len(numbers)} acknowledged ledger rows are missing"
-    sums = psql("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
-                "(SELECT sum(bbalance) FROM pgbench_branches), "
-                "(SELECT sum(tbalance) FROM pgbench_tellers), "
-                "(SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
-                "(SELECT count(*) FROM pgbench_history)").split("|")
-    assert len(set(sums[:4])) == 1, f"TPC-B balances differ: {sums}"
-    assert int(sums[4]) > 0, "pgbench committed no transaction before the cutover"
-    # Debian links pg_amcheck into no directory on PATH.
-    amcheck = in_client("/usr/lib/postgresql/15/bin/pg_amcheck", "--heapallindexed", "--no-dependent-toast", "cdp",
-                        timeout=600, check=False)
-    assert amcheck.returncode == 0 and amcheck.stdout.strip() == "", \
-        f"pg_amcheck exited {amcheck.returncode}: {amcheck.stdout}{amcheck.stderr}"
-    log(f"cutover: downtime {report['downtime_seconds']:.2f} s (report); ledger: {len(numbers)} "
-        f"INSERTs acknowledged, all on the target, largest gap {labtest.outage_seconds(rows):.2f} s; "
-        f"pgbench: {sums[4]} transactions, balances equal; pg_amcheck clean")
+    checked = labtest.check_pg_after_cutover(acked)
+    log(f"cutover: downtime {report['downtime_seconds']:.2f} s (report); {checked}")
 
 
 if __name__ == "__main__":
