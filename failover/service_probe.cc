@@ -12,6 +12,7 @@
 
 #include "cdp/core/host_command.h"
 #include "cdp/core/units.h"
+#include "cdp/failover/cutover.h"
 #include "failover_timeouts.h"
 
 namespace cdp::failover {
@@ -120,13 +121,17 @@ v1::TakeoverRequest TakeoverRequestOf(const CutoverPlan& plan) {
   return req;
 }
 
-}  // namespace
-
-Result<std::string> DryRunTakeover(TargetAgent& agent, const CutoverPlan& plan) {
+Result<v1::TakeoverReply> DryRunTakeoverReply(TargetAgent& agent, const CutoverPlan& plan) {
   v1::TakeoverRequest req = TakeoverRequestOf(plan);
   req.set_dry_run(true);
   bool sent = false;
-  CDP_ASSIGN_OR_RETURN(auto reply, agent.Takeover(req, &sent));
+  return agent.Takeover(req, &sent);
+}
+
+}  // namespace
+
+Result<std::string> DryRunTakeover(TargetAgent& agent, const CutoverPlan& plan) {
+  CDP_ASSIGN_OR_RETURN(auto reply, DryRunTakeoverReply(agent, plan));
   if (!reply.ok()) {
     return Status::FailedPrecondition("the target's takeover dry run refuses: " + reply.error());
   }
@@ -170,6 +175,11 @@ ServiceWait PlanHealthCheck(const CutoverPlan& plan) {
 
 std::unique_ptr<TargetAgent> PlanTargetAgent(const CutoverPlan& plan) {
   return MakeTargetAgent(plan.target, plan.Where("target.config") + ": " + plan.target_config);
+}
+
+Result<v1::TakeoverReply> PlanTakeover(const CutoverPlan& plan) {
+  auto agent = PlanTargetAgent(plan);
+  return DryRunTakeoverReply(*agent, plan);
 }
 
 }  // namespace cdp::failover

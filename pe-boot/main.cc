@@ -36,6 +36,11 @@ int main(int argc, char** argv) {
       "console", po::value(&options.console),
       "also write the ready line and fatal errors here (the PE passes /dev/console)")(
       "io-engine", po::value(&engine)->default_value("auto"), "auto|io_uring|libaio")(
+      "newroot", po::value(&options.newroot)->default_value("/newroot"),
+      "where a takeover mounts the migrated OS's root (host-side runs: a scratch directory)")(
+      "takeover-file", po::value(&options.takeover_file)->default_value("/run/cdp-takeover"),
+      "the file a takeover writes to tell the PE's /init to switch_root (host-side runs: a "
+      "scratch file)")(
       "allow-kexec", po::bool_switch(&options.allow_kexec),
       "a takeover may reboot this machine into the migrated OS's own kernel (kexec); the PE's "
       "/init sets it, host-side runs must not");

@@ -1,9 +1,12 @@
-// cdpctl target start|status|checksum|export-boot|prepare-boot|stop: the target VM and its PE.
+// cdpctl target start|status|checksum|export-boot|prepare-boot|takeover-plan|stop: the target VM
+// and its PE.
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cdp/failover/boot_export.h"
+#include "cdp/failover/cutover.h"
+#include "cdp/failover/cutover_plan.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
 #include "command.h"
@@ -71,6 +74,38 @@ ExitCode Checksum(const Args& args, TargetVm& vm) {
   return ExitCode::kOk;
 }
 
+// A pe-agent's takeover or prepare-boot reply: with `json` one object {"ok", "error", FIELDS...,
+// "steps": [{"name", "seconds", "result"}], "changes": [{"file", "what", "kept_at"}]};
+// otherwise a line per step, a line per change (after `change_prefix`), the error on stderr.
+template <typename Reply>
+void PrintPeReply(const Reply& reply, bool json, nlohmann::json fields,
+                  const std::string& change_prefix, const std::string& command) {
+  if (json) {
+    nlohmann::json steps = nlohmann::json::array(), changes = nlohmann::json::array();
+    for (const auto& s : reply.steps()) {
+      steps.push_back({{"name", s.name()}, {"seconds", s.seconds()}, {"result", s.result()}});
+    }
+    for (const auto& c : reply.changes()) {
+      changes.push_back({{"file", c.file()}, {"what", c.what()}, {"kept_at", c.kept_at()}});
+    }
+    fields["ok"] = reply.ok();
+    fields["error"] = reply.error();
+    fields["steps"] = steps;
+    fields["changes"] = changes;
+    std::cout << fields.dump() << "\n";
+    return;
+  }
+  for (const auto& s : reply.steps()) {
+    std::printf("%-10s %7.3f s  %s\n", s.name().c_str(), s.seconds(), s.result().c_str());
+  }
+  for (const auto& c : reply.changes()) {
+    std::cout << change_prefix << c.file() << ": " << c.what()
+              << (c.kept_at().empty() ? "" : " (previous content kept at " + c.kept_at() + ")")
+              << "\n";
+  }
+  if (!reply.ok()) std::cerr << "cdpctl: " << command << ": " << reply.error() << "\n";
+}
+
 // PrepareBoot of the pe-agent (docs/pe-agent.md §5): kOk when it passed, kError otherwise.
 ExitCode PrepareBoot(const Args& args, const TargetConfig& config) {
   if (args.volume.empty()) return Usage("target prepare-boot needs --volume ROOT_VOLUME");
@@ -82,34 +117,26 @@ ExitCode PrepareBoot(const Args& args, const TargetConfig& config) {
   request.set_dry_run(args.dry_run);
   auto reply = (*client)->PrepareBoot(request, static_cast<int>(args.timeout * 1000));
   if (!reply.ok()) return Fail("target prepare-boot", reply.status());
-  if (args.json) {
-    nlohmann::json steps = nlohmann::json::array(), changes = nlohmann::json::array();
-    for (const auto& s : reply->steps()) {
-      steps.push_back({{"name", s.name()}, {"seconds", s.seconds()}, {"result", s.result()}});
-    }
-    for (const auto& c : reply->changes()) {
-      changes.push_back({{"file", c.file()}, {"what", c.what()}, {"kept_at", c.kept_at()}});
-    }
-    std::cout << nlohmann::json({{"ok", reply->ok()},
-                                 {"error", reply->error()},
-                                 {"kernel_release", reply->kernel_release()},
-                                 {"initramfs", reply->initramfs()},
-                                 {"rebuilt", reply->rebuilt()},
-                                 {"steps", steps},
-                                 {"changes", changes}})
-                     .dump()
-              << "\n";
-  } else {
-    for (const auto& s : reply->steps()) {
-      std::printf("%-10s %7.3f s  %s\n", s.name().c_str(), s.seconds(), s.result().c_str());
-    }
-    for (const auto& c : reply->changes()) {
-      std::cout << "at takeover: " << c.file() << ": " << c.what()
-                << (c.kept_at().empty() ? "" : " (previous content kept at " + c.kept_at() + ")")
-                << "\n";
-    }
-    if (!reply->ok()) std::cerr << "cdpctl: target prepare-boot: " << reply->error() << "\n";
+  PrintPeReply(*reply, args.json,
+               {{"kernel_release", reply->kernel_release()},
+                {"initramfs", reply->initramfs()},
+                {"rebuilt", reply->rebuilt()}},
+               "at takeover: ", "target prepare-boot");
+  return reply->ok() ? ExitCode::kOk : ExitCode::kError;
+}
+
+// The cutover's takeover as a dry run (failover::PlanTakeover): kOk when it would pass.
+ExitCode TakeoverPlan(const Args& args) {
+  auto plan = failover::LoadCutoverPlan(args.plan);
+  if (!plan.ok()) {
+    Fail("target takeover-plan", plan.status());
+    return ExitCode::kUsage;
   }
+  auto reply = failover::PlanTakeover(*plan);
+  if (!reply.ok()) return Fail("target takeover-plan", reply.status());
+  PrintPeReply(*reply, args.json,
+               {{"root_device", reply->root_device()}, {"kernel_release", reply->kernel_release()}},
+               "would change ", "target takeover-plan");
   return reply->ok() ? ExitCode::kOk : ExitCode::kError;
 }
 
@@ -136,9 +163,15 @@ ExitCode ShowStatus(const Args& args, const TargetConfig& config, TargetVm& vm) 
 ExitCode RunTarget(const Args& args) {
   const std::string& sub = args.subcommand;
   if (sub != "start" && sub != "stop" && sub != "status" && sub != "checksum" &&
-      sub != "export-boot" && sub != "prepare-boot") {
-    return Usage("target needs start, stop, status, checksum, export-boot or prepare-boot (got '" +
-                 sub + "')");
+      sub != "export-boot" && sub != "prepare-boot" && sub != "takeover-plan") {
+    return Usage(
+        "target needs start, stop, status, checksum, export-boot, prepare-boot or takeover-plan "
+        "(got '" +
+        sub + "')");
+  }
+  if (sub == "takeover-plan") {
+    if (args.plan.empty()) return Usage("target takeover-plan needs --plan FILE");
+    return TakeoverPlan(args);
   }
   if (args.config.empty()) return Usage("target " + sub + " needs --config FILE");
   auto config = failover::LoadTargetConfig(args.config);
@@ -181,6 +214,12 @@ const Command kTargetCommand = {
     "      replication waits meanwhile. Prints each step and what the takeover will change;\n"
     "      exit 0 when it passed, 1 otherwise. --timeout default 300 s (a rebuild under TCG\n"
     "      may need more)\n"
+    "  cdpctl target takeover-plan --plan FILE [--json]\n"
+    "      the takeover the cutover of FILE would ask of its target, as a dry run (the\n"
+    "      cutover's precheck sends the same): the pe-agent mounts the root read-only, runs\n"
+    "      every check of the adaptation and lists each change it would make to the migrated\n"
+    "      OS (network, fstab, GRUB, initramfs, services); nothing is written. Exit 0 when it\n"
+    "      would pass, 1 with every problem found (file and line)\n"
     "  cdpctl target stop   --config FILE\n"
     "      stops the VM over QMP (quit; SIGKILL after 15 s); not running: nothing to do\n"
     "      (FILE: see deploy/examples/target.yaml)\n",

@@ -22,7 +22,7 @@ BIN = os.path.abspath(os.environ.get("CDP_BIN_DIR",
 
 def binary(name):
     sub = {"journal-server": "journal-server", "cdp-agent": "cdp-agent",
-           "replicator": "replicator", "cdpctl": "cdpctl"}[name]
+           "replicator": "replicator", "cdpctl": "cdpctl", "pe-agent": "pe-boot"}[name]
     path = os.path.join(BIN, sub, name)
     if not os.access(path, os.X_OK):
         raise SystemExit(f"FAIL: {path} is not built; build first (cmake --build build)")

@@ -113,6 +113,13 @@ class CutoverEngine {
   const std::atomic<bool>* cancel_;
 };
 
+// The takeover the cutover of `plan` would ask of its target, as a dry run (the cutover's
+// precheck sends the same): the pe-agent mounts the root volume read-only, runs every check of
+// the adaptation and writes nothing. Returns its reply: ok, or the error naming every problem
+// (file and line); its steps; and the changes the takeover would make (`cdpctl target
+// takeover-plan`). Errors: the pe-agent does not answer (naming the plan's target.config key).
+Result<wire::v1::TakeoverReply> PlanTakeover(const CutoverPlan& plan);
+
 // The JSON report: {"ok", "plan", "error", "rollback", "downtime_seconds", "final_lsn":
 // {VOLUME: LSN}, "verify", "steps": [{"name", "start", "end", "result", "ok"}]}.
 std::string CutoverReportJson(const CutoverReport& report);
