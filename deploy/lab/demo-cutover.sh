@@ -13,9 +13,10 @@
 # (deploy/lab/plans/cutover-real.yaml: CHECKPOINT, group freeze, verify, fence, switch_root into
 # the migrated Debian), its timeline and report; then from cdp-client: 192.0.2.10 is the
 # target, every acknowledged INSERT is there, TPC-B's balances hold, pg_amcheck is clean, and
-# the outage the ledger client saw. About 20 min on a fresh machine (the Debian image is built
-# once), about 11 min once the images are cached (under TCG: lab up ~4 min, drill ~3 min, the
-# cutover's pre-verification of 6 GiB by the agent inside the source ~3 min).
+# the outage the ledger client saw. 11 min 17 s here with the images cached (under TCG: lab up
+# 3.5 min, the drill 3.6 min, the cutover 3.3 min, most of it the agent's pre-verification of
+# 6 GiB inside the source); building the Debian source and PE images the first time adds about
+# 4-6 min.
 #
 # --source busybox: the fast variant (~2 min): a busybox source VM serving 192.0.2.10:7000 from a
 # disk protected by cdp-agent on the host, a client writing `PUT n` every 20 ms, the drill and
