@@ -283,10 +283,14 @@ class CutoverEngine::Impl {
       // The regions are known before either side answers, so the source hashes them while the
       // target's pe-agent does: the pre-verify takes the longer of the two, not their sum, and
       // in the window the verify is on the outage's path.
-      for (uint64_t r = 0; r * kVerifyChunk < size; ++r) {
-        if (regions != nullptr && !regions->count(r)) continue;
+      auto add = [&](uint64_t r) {
         const uint64_t offset = r * kVerifyChunk;
-        source.push_back({offset, std::min(kVerifyChunk, size - offset), 0});
+        if (offset < size) source.push_back({offset, std::min(kVerifyChunk, size - offset), 0});
+      };
+      if (regions == nullptr) {
+        for (uint64_t r = 0; r * kVerifyChunk < size; ++r) add(r);
+      } else {
+        for (const uint64_t r : *regions) add(r);  // the window's few, not every region
       }
       Status source_hashed;
       std::thread hashing([&] { source_hashed = hashes_->Hash(volume, &source); });

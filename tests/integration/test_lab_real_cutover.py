@@ -28,11 +28,7 @@ DRILL = os.path.join(labtest.REPO, "deploy", "lab", "plans", "drill-real.yaml")
 CLIENT_NS = os.environ.get("CDP_LAB_CLIENT_NETNS", "cdp-client")
 
 
-def in_client(*command, timeout=300, check=True):
-    return labtest.pg_in_client(*command, timeout=timeout, check=check)
-
-
-psql = labtest.psql
+in_client, psql = labtest.pg_in_client, labtest.psql
 
 
 def acked_numbers(path):
