@@ -6,10 +6,14 @@
 
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <string_view>
+#include <thread>
 
 #include "block_ioctl.h"
 #include "cdp/core/atomic_file.h"
@@ -21,11 +25,65 @@ namespace cdp::pe {
 
 namespace v1 = wire::v1;
 
+// How long a mount waits for the kernel to learn a filesystem type from its module: loading
+// ext4 with jbd2 and mbcache takes well under a second, even under TCG on a loaded host.
+constexpr double kFilesystemModuleWaitSeconds = 30;
+
 double ProcUptimeSeconds() {
   std::ifstream in("/proc/uptime");
   double up = 0;
   in >> up;
   return up;
+}
+
+bool FilesystemTypeListed(std::string_view proc_filesystems, std::string_view type) {
+  size_t start = 0;
+  while (start < proc_filesystems.size()) {
+    size_t end = proc_filesystems.find('\n', start);
+    if (end == std::string_view::npos) end = proc_filesystems.size();
+    std::string_view line = proc_filesystems.substr(start, end - start);
+    const size_t tab = line.rfind('\t');
+    std::string_view name = tab == std::string_view::npos ? line : line.substr(tab + 1);
+    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.front()))) {
+      name.remove_prefix(1);
+    }
+    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) {
+      name.remove_suffix(1);
+    }
+    if (name == type) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+namespace {
+
+bool KernelKnowsFilesystem(const std::string& type) {
+  std::ifstream in("/proc/filesystems");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return FilesystemTypeListed(text, type);
+}
+
+}  // namespace
+
+Status WaitForFilesystemType(const std::string& type, double timeout_seconds) {
+  if (KernelKnowsFilesystem(type)) return Status::Ok();
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(timeout_seconds));
+  // modprobe returns once the module is in, or at once when another modprobe is loading it
+  // (it is then listed in /proc/modules): either way, wait for the kernel to list the type.
+  const std::string command = "modprobe " + type + " >/dev/null 2>&1";
+  (void)std::system(command.c_str());
+  while (!KernelKnowsFilesystem(type)) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return Status::NotFound("the kernel does not know the filesystem type " + type + " after " +
+                              FormatFixed(timeout_seconds, 0) + " s (modprobe " + type +
+                              "): the PE image lacks its module; rebuild it with build-pe-image");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return Status::Ok();
 }
 
 // ---- the real machine ----
@@ -68,7 +126,16 @@ Status LinuxTakeoverSystem::MountExt4(const std::string& device, const std::stri
   // filesystem always needs recovery), which even a read-only mount does.
   const unsigned long flags = read_only ? MS_RDONLY : 0;
   const char* data = read_only ? "noload" : "";
-  if (::mount(device.c_str(), dir.c_str(), "ext4", flags, data) != 0) {
+  int rc = ::mount(device.c_str(), dir.c_str(), "ext4", flags, data);
+  if (rc != 0 && errno == ENODEV) {
+    // The PE's /init may still be loading ext4 (in the background): wait for it, then retry.
+    if (Status known = WaitForFilesystemType("ext4", kFilesystemModuleWaitSeconds); !known.ok()) {
+      return Status::IOError("pe-agent: mount -t ext4 " + device + " " + dir + ": " +
+                             known.message());
+    }
+    rc = ::mount(device.c_str(), dir.c_str(), "ext4", flags, data);
+  }
+  if (rc != 0) {
     const int err = errno;
     return Status::FromErrno(err, "pe-agent: mount -t ext4 " + device + " " + dir +
                                       (err == ENODEV ? " (is the ext4 module loaded?)" : ""));
@@ -115,9 +182,12 @@ Status LinuxTakeoverSystem::MountOverlay(const std::string& lower, const std::st
       "lowerdir=" + lower + ",upperdir=" + scratch + "/upper,workdir=" + scratch + "/work";
   int rc = ::mount("overlay", dir.c_str(), "overlay", 0, options.c_str());
   if (rc != 0 && errno == ENODEV) {
-    // The PE loads modules on demand only at boot: the overlay module now.
-    (void)std::system("modprobe overlay >/dev/null 2>&1");
-    rc = ::mount("overlay", dir.c_str(), "overlay", 0, options.c_str());
+    // The PE's /init does not load overlay: load it now (only a drill's prepare needs it).
+    if (WaitForFilesystemType("overlay", kFilesystemModuleWaitSeconds).ok()) {
+      rc = ::mount("overlay", dir.c_str(), "overlay", 0, options.c_str());
+    } else {
+      errno = ENODEV;
+    }
   }
   if (rc != 0) {
     const int err = errno;

@@ -188,6 +188,20 @@ class TakeoverTest : public ::testing::Test {
   std::vector<std::string> lines_;
 };
 
+TEST(FilesystemTypeListedTest, FindsATypeByItsWholeNameOnly) {
+  const std::string proc_filesystems =
+      "nodev\tsysfs\nnodev\ttmpfs\n\text3\n\text4\nnodev\toverlay\n";
+  EXPECT_TRUE(FilesystemTypeListed(proc_filesystems, "ext4"));
+  EXPECT_TRUE(FilesystemTypeListed(proc_filesystems, "overlay"));
+  EXPECT_TRUE(FilesystemTypeListed(proc_filesystems, "tmpfs"));
+  EXPECT_FALSE(FilesystemTypeListed(proc_filesystems, "ext"));
+  EXPECT_FALSE(FilesystemTypeListed(proc_filesystems, "xfs"));
+  EXPECT_FALSE(FilesystemTypeListed(proc_filesystems, "nodev"));
+  EXPECT_FALSE(FilesystemTypeListed("", "ext4"));
+  // The last line without its newline still counts.
+  EXPECT_TRUE(FilesystemTypeListed("nodev\tproc\n\txfs", "xfs"));
+}
+
 TEST_F(TakeoverTest, SwitchRootRunsEveryStepInOrderAndWritesTheTakeoverFile) {
   Takeover takeover = MakeTakeover();
   v1::TakeoverReply reply;

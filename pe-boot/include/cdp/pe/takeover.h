@@ -62,6 +62,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cdp/core/block_device.h"
@@ -80,6 +81,16 @@ inline constexpr int kTakeoverExitStatus = 100;
 
 // The machine's uptime in seconds (/proc/uptime; 0 when unreadable), for the PE's console lines.
 double ProcUptimeSeconds();
+
+// True when `proc_filesystems` (the text of /proc/filesystems: one "[nodev]\tNAME" per line)
+// lists the filesystem type `type`.
+bool FilesystemTypeListed(std::string_view proc_filesystems, std::string_view type);
+
+// Makes the kernel know the filesystem type `type` before a mount(2) of it: Ok at once when
+// /proc/filesystems lists it; otherwise runs `modprobe TYPE` and waits up to `timeout_seconds`
+// for it to be listed (the PE's /init loads ext4 in the background while the pe-agent starts,
+// so an early takeover can find it half loaded). NotFound names the type and the timeout.
+Status WaitForFilesystemType(const std::string& type, double timeout_seconds);
 
 // What a takeover does to the machine. LinuxTakeoverSystem is the real one; tests fake it.
 class TakeoverSystem {
