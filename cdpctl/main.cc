@@ -45,6 +45,20 @@ const Command* FindCommand(std::string_view name) {
   return nullptr;
 }
 
+// A number of seconds > 0, the whole of `text`.
+bool ParsePositiveSeconds(const std::string& text, double* out) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (...) {
+    return false;
+  }
+  if (used != text.size() || !(v > 0)) return false;
+  *out = v;
+  return true;
+}
+
 // Parses every flag and word of the command line into *args; "" when it parsed, else why not.
 // Sets *help on -h, --help or help anywhere.
 std::string ParseArgs(const std::vector<std::string>& words, Args* args, bool* help) {
@@ -65,6 +79,18 @@ std::string ParseArgs(const std::vector<std::string>& words, Args* args, bool* h
       continue;
     } else if (a == "--dry-run") {
       args->dry_run = true;
+      continue;
+    } else if (a == "--prepare-always") {
+      args->prepare_always = true;
+      continue;
+    } else if (a == "--pe-agent") {
+      value = &args->pe_agent;
+    } else if (a == "--pe-builder") {
+      value = &args->pe_builder;
+    } else if (a == "--watch") {
+      if (!has_value) return a + " needs a value";
+      const std::string& t = words[++i];
+      if (!ParsePositiveSeconds(t, &args->watch)) return "bad --watch '" + t + "' (seconds, > 0)";
       continue;
     } else if (a == "--server") {
       value = &args->server;
@@ -101,13 +127,7 @@ std::string ParseArgs(const std::vector<std::string>& words, Args* args, bool* h
     } else if (a == "--timeout") {
       if (!has_value) return a + " needs a value";
       const std::string& t = words[++i];
-      size_t used = 0;
-      try {
-        args->timeout = std::stod(t, &used);
-      } catch (...) {
-        used = 0;
-      }
-      if (used != t.size() || args->timeout <= 0) return "bad --timeout '" + t + "'";
+      if (!ParsePositiveSeconds(t, &args->timeout)) return "bad --timeout '" + t + "'";
       continue;
     } else if (args->command.empty() && !a.empty() && a[0] != '-') {
       args->command = a;

@@ -3,7 +3,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 
@@ -203,7 +205,36 @@ Result<TargetConfig> LoadTargetConfig(const std::string& path) {
   if (paths.count(c.metadata_disk)) {
     return L.Error(root["metadata_disk"], "metadata_disk", "is also a volume's disk");
   }
+  CDP_RETURN_IF_ERROR(ApplyPeOverride(c.pe_override_file(), &c));
   return c;
+}
+
+Status ApplyPeOverride(const std::string& path, TargetConfig* config) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return Status::Ok();
+  const std::string what = "the PE override " + path + " (written by cdpctl target follow-boot)";
+  std::ifstream in(path);
+  nlohmann::json doc = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!doc.is_object() || !doc["kernel"].is_string() || !doc["initrd"].is_string() ||
+      !doc["kernel_release"].is_string()) {
+    return Status::Corruption(what +
+                              " is not {\"kernel\", \"initrd\", \"kernel_release\", ...}: remove "
+                              "it to boot the config's pe:, or run follow-boot again");
+  }
+  const std::string kernel = doc["kernel"].get<std::string>();
+  const std::string initrd = doc["initrd"].get<std::string>();
+  for (const std::string& f : {kernel, initrd}) {
+    if (!fs::is_regular_file(f, ec)) {
+      return Status::NotFound(what + " names " + f +
+                              ", which is gone: remove it to boot the config's pe:, or run "
+                              "follow-boot again");
+    }
+  }
+  config->kernel = kernel;
+  config->initrd = initrd;
+  config->pe_override = path;
+  config->pe_override_kernel = doc["kernel_release"].get<std::string>();
+  return Status::Ok();
 }
 
 }  // namespace cdp::failover

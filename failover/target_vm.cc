@@ -489,6 +489,8 @@ std::string TargetStatusJson(const TargetStatus& s, const TargetConfig& c) {
                       {"pe_boot_seconds", s.pe_boot_seconds},
                       {"pe_kernel_to_ready_seconds", s.pe_kernel_to_ready_seconds},
                       {"kernel_release", s.kernel_release},
+                      {"pe_kernel", c.kernel},
+                      {"pe_override", c.pe_override},
                       {"error", s.error},
                       {"replication_endpoint", c.replication_endpoint},
                       {"qmp_socket", c.qmp_socket},
@@ -504,6 +506,10 @@ std::string TargetStatusText(const TargetStatus& s, const TargetConfig& c) {
     o << " (VM " << s.vm_status << ", pid " << s.pid << ", " << s.accel << ")";
   o << "\n";
   if (s.pe_boot_seconds > 0) o << "  PE boot: " << FormatFixed(s.pe_boot_seconds, 1) << " s\n";
+  if (!c.pe_override.empty()) {
+    o << "  PE: " << c.kernel << " (kernel " << c.pe_override_kernel << ", built by follow-boot; "
+      << c.pe_override << ")\n";
+  }
   if (!s.error.empty()) o << "  " << s.error << "\n";
   for (const auto& v : s.volumes) {
     o << "  volume " << v.name() << " on " << v.device() << ": applied LSN " << v.applied_lsn()

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 
 #include "cdp/core/atomic_file.h"
 #include "cdp/pe/boot_adaptation.h"
@@ -78,6 +79,32 @@ std::string Digest(const std::string& bytes) {
   return buf;
 }
 
+// DIR/KVER/manifest of a prepared image (KeepPreparedInitramfs).
+struct PreparedManifest {
+  std::string image, original_digest, stamp;
+};
+
+std::optional<PreparedManifest> ReadPreparedManifest(const std::string& at) {
+  auto manifest = ReadWholeFile(at + "/manifest");
+  if (!manifest.ok()) return std::nullopt;
+  PreparedManifest m;
+  for (const auto& line : text::LineFile::Split(*manifest).lines) {
+    const auto f = text::Fields(line);
+    if (f.size() < 2) continue;
+    if (f[0] == "image") m.image = f[1];
+    if (f[0] == "original-xxh3") m.original_digest = f[1];
+    if (f[0] == "prepared") m.stamp = f[1];
+  }
+  return m;
+}
+
+std::string StalePreparedImage(const std::string& kver, const PreparedManifest& m) {
+  return "the initramfs prepared for " + kver + " (" + m.stamp + ") was rebuilt from another " +
+         m.image +
+         " than the replica holds now (it changed since): run cdpctl target prepare-boot again "
+         "before the cutover";
+}
+
 }  // namespace
 
 Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
@@ -97,24 +124,15 @@ Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
 bool PlanPreparedInitramfs(RootChanges* changes, const std::string& dir, const std::string& kver,
                            std::vector<std::string>* errors, std::vector<std::string>* notes) {
   const std::string at = dir + "/" + kver;
-  auto manifest = ReadWholeFile(at + "/manifest");
-  if (!manifest.ok()) return false;
-  std::string image, digest, stamp;
-  for (const auto& line : text::LineFile::Split(*manifest).lines) {
-    const auto f = text::Fields(line);
-    if (f.size() < 2) continue;
-    if (f[0] == "image") image = f[1];
-    if (f[0] == "original-xxh3") digest = f[1];
-    if (f[0] == "prepared") stamp = f[1];
-  }
+  const auto manifest = ReadPreparedManifest(at);
+  if (!manifest) return false;
+  const std::string& image = manifest->image;
+  const std::string& stamp = manifest->stamp;
   auto missing = MissingVirtioDrivers(changes->root(), kver);
   if (!missing.ok() || missing->empty()) return false;
   auto current = changes->Read(image);
-  if (!current.ok() || Digest(*current) != digest) {
-    errors->push_back("the initramfs prepared for " + kver + " (" + stamp + ") was rebuilt from " +
-                      "another " + image +
-                      " than the replica holds now (it changed since): run cdpctl target "
-                      "prepare-boot again before the cutover");
+  if (!current.ok() || Digest(*current) != manifest->original_digest) {
+    errors->push_back(StalePreparedImage(kver, *manifest));
     return true;
   }
   auto rebuilt = ReadWholeFile(at + "/initrd");
@@ -133,6 +151,21 @@ bool PlanPreparedInitramfs(RootChanges* changes, const std::string& dir, const s
   notes->push_back("drivers: " + text::Join(*missing, ", ") + " in the initramfs prepared for " +
                    image + " at " + stamp + " (installed now)");
   return true;
+}
+
+Result<std::string> PreparedInitramfsFor(const std::string& dir, const std::string& root,
+                                         const std::string& kver) {
+  const std::string at = dir + "/" + kver;
+  const auto manifest = ReadPreparedManifest(at);
+  if (!manifest) return std::string();
+  auto missing = MissingVirtioDrivers(root, kver);
+  if (!missing.ok() || missing->empty()) return std::string();
+  RootChanges view(root);
+  auto current = view.Read(manifest->image);
+  if (!current.ok() || Digest(*current) != manifest->original_digest) {
+    return Status::FailedPrecondition(StalePreparedImage(kver, *manifest));
+  }
+  return at + "/initrd";
 }
 
 InitramfsTool DetectInitramfsTool(const RootChanges& root) {

@@ -19,10 +19,11 @@ constexpr unsigned long kKexecFileUnload = 0x1;  // KEXEC_FILE_UNLOAD (linux/kex
 
 }  // namespace
 
-Result<std::string> KexecFileLoad(const std::string& root, const std::string& kernel,
-                                  const std::string& initrd, const std::string& cmdline) {
-  CDP_ASSIGN_OR_RETURN(const std::string kernel_path, ResolveInRoot(root, kernel));
-  CDP_ASSIGN_OR_RETURN(const std::string initrd_path, ResolveInRoot(root, initrd));
+Result<std::string> KexecFileLoad(const std::string& kernel_root, const std::string& kernel,
+                                  const std::string& initrd_root, const std::string& initrd,
+                                  const std::string& cmdline) {
+  CDP_ASSIGN_OR_RETURN(const std::string kernel_path, ResolveInRoot(kernel_root, kernel));
+  CDP_ASSIGN_OR_RETURN(const std::string initrd_path, ResolveInRoot(initrd_root, initrd));
   const int kfd = ::open(kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (kfd < 0) return Status::FromErrno(errno, "pe-agent: opening " + kernel);
   const int ifd = ::open(initrd_path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -12,14 +12,16 @@
 
 namespace cdp::pe {
 
-// Loads /boot-style files of the tree at `root` (a mounted migrated OS): `kernel` and `initrd`
-// are paths inside it (e.g. /boot/vmlinuz-6.1.0-13-amd64), resolved with ResolveInRoot, loaded
-// with kexec_file_load(2) and command line `cmdline`. Returns "loaded KERNEL (N MiB) and INITRD
+// Loads /boot-style files: `kernel` is a path inside the tree at `kernel_root` (a mounted
+// migrated OS, e.g. /boot/vmlinuz-6.1.0-13-amd64), `initrd` one inside `initrd_root` (the same
+// tree, or / for an image prepared in the PE), each resolved with ResolveInRoot, loaded with
+// kexec_file_load(2) and command line `cmdline`. Returns "loaded KERNEL (N MiB) and INITRD
 // (M MiB)". IOError naming the file (as a path inside `root`) that cannot be opened; the
 // syscall's errno with a hint otherwise (lockdown or signature for EPERM/EKEYREJECTED, not a
 // bzImage for ENOEXEC), ending with what to do instead (boot switch-root).
-Result<std::string> KexecFileLoad(const std::string& root, const std::string& kernel,
-                                  const std::string& initrd, const std::string& cmdline);
+Result<std::string> KexecFileLoad(const std::string& kernel_root, const std::string& kernel,
+                                  const std::string& initrd_root, const std::string& initrd,
+                                  const std::string& cmdline);
 
 // Unloads what KexecFileLoad loaded (KEXEC_FILE_UNLOAD); errors are ignored (nothing loaded is
 // the goal).

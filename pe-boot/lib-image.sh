@@ -14,7 +14,8 @@
 #   epoch             SOURCE_DATE_EPOCH, the mtime of archive entries
 #   image_what        (optional) what the modules are for, in messages: "the PE" by default
 # and sets, before img_resolve_kernel: kernel_from (empty: Debian's kernel), kernel_version
-# (empty: the newest), cache (the download cache).
+# (empty: the newest), cache (the download cache), and optionally kernel_package (the Debian
+# metapackage naming the kernel to download; default linux-image-amd64).
 
 # require_tool TOOL PACKAGE [WHY]
 require_tool() {
@@ -28,7 +29,8 @@ require_tool() {
 # linux-image-amd64 depends on (downloaded into the cache unless already there), and
 # kernel_source to the package it came from.
 fetch_debian_kernel() {
-  local why="the default kernel comes from Debian's linux-image-amd64; or pass --kernel-from DIR"
+  local meta=${kernel_package:-linux-image-amd64}
+  local why="the default kernel comes from Debian's $meta; or pass --kernel-from DIR"
   require_tool apt-cache apt "$why"
   require_tool apt-get apt "$why"
   require_tool dpkg-deb dpkg "$why"
@@ -39,7 +41,7 @@ fetch_debian_kernel() {
   # The metapackage names the versioned kernel package, usually with its exact version:
   # "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)". One apt-cache call takes ~1 s here.
   local pkg="" version="" dep
-  dep=$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null |
+  dep=$(apt-cache show --no-all-versions "$meta" 2>/dev/null |
         sed -n 's/^Depends: \(linux-image-[0-9][^ ,|]*\)\( (= \([^)]*\))\)\{0,1\}.*/\1 \3/p' |
         head -n 1) || true
   read -r pkg version <<<"$dep" || true
@@ -49,13 +51,16 @@ fetch_debian_kernel() {
   fi
   if [[ -z $pkg || -z $version ]]; then
     # Offline rebuilds still work from what an earlier run extracted.
-    local cached
-    cached=$(find "$cache" -mindepth 2 -maxdepth 2 -path "$cache/linux-image-*/boot" \
-               -printf '%h\n' 2>/dev/null | sort -V | tail -n 1)
-    [[ -n $cached ]] || fail 2 "apt-cache does not know linux-image-amd64 (or its dependency) \
+    # Only trees of the metapackage's flavour (linux-image-ABI-amd64, not -cloud-amd64).
+    local cached="" t flavour=${meta#linux-image-}
+    while read -r t; do
+      [[ ${t##*/} =~ ^linux-image-[0-9][0-9.]*-[0-9]+-${flavour}_ ]] && cached=$t
+    done < <(find "$cache" -mindepth 2 -maxdepth 2 -path "$cache/linux-image-*/boot" \
+               -printf '%h\n' 2>/dev/null | sort -V)
+    [[ -n $cached ]] || fail 2 "apt-cache does not know $meta (or its dependency) \
 and $cache holds no kernel; run apt-get update (Debian main must be a source), or pass \
 --kernel-from DIR"
-    say "warning: apt-cache cannot resolve linux-image-amd64; using the cached ${cached##*/}"
+    say "warning: apt-cache cannot resolve $meta; using the cached ${cached##*/}"
     kernel_from=$cached
     # The tree is named after its .deb, PKG_VERSION_ARCH with ':' as %3a.
     local v=${cached##*/}

@@ -157,11 +157,12 @@ std::string LinuxTakeoverSystem::Unmount(const std::string& dir) {
 
 void LinuxTakeoverSystem::Sync() { ::sync(); }
 
-Result<std::string> LinuxTakeoverSystem::KexecLoad(const std::string& root,
+Result<std::string> LinuxTakeoverSystem::KexecLoad(const std::string& kernel_root,
                                                    const std::string& kernel,
+                                                   const std::string& initrd_root,
                                                    const std::string& initrd,
                                                    const std::string& cmdline) {
-  return KexecFileLoad(root, kernel, initrd, cmdline);
+  return KexecFileLoad(kernel_root, kernel, initrd_root, initrd, cmdline);
 }
 
 void LinuxTakeoverSystem::KexecUnload() { pe::KexecUnload(); }
@@ -433,13 +434,19 @@ Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) 
   CDP_ASSIGN_OR_RETURN(kernel_release_, ChooseOwnKernel(config_.newroot));
   reply_->set_kernel_release(kernel_release_);
   const std::string kernel = "/boot/vmlinuz-" + kernel_release_;
-  const std::string initrd = InitramfsPath(config_.newroot, kernel_release_);
+  std::string initrd = InitramfsPath(config_.newroot, kernel_release_);
+  // An image rebuilt with virtio ahead (PrepareBoot) is what adapt installs over the replica's:
+  // the kernel must boot that one, not the one without the drivers it loads from disk now.
+  CDP_ASSIGN_OR_RETURN(const std::string prepared,
+                       PreparedInitramfsFor(config_.prepare_dir, config_.newroot, kernel_release_));
+  const std::string initrd_root = prepared.empty() ? config_.newroot : "/";
+  if (!prepared.empty()) initrd = prepared;
   const std::string cmdline =
       "root=UUID=" + root_uuid_ + " " +
       (request.kernel_args().empty() ? std::string("ro") : request.kernel_args());
   if (request.dry_run()) {
-    return "would kexec_file_load " + kernel + " with " + initrd + ", command line '" + cmdline +
-           "'";
+    return "would kexec_file_load " + kernel + " with " + initrd +
+           (prepared.empty() ? "" : " (prepared)") + ", command line '" + cmdline + "'";
   }
   if (!config_.allow_kexec) {
     return Status::FailedPrecondition(
@@ -447,7 +454,7 @@ Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) 
         "--allow-kexec, may reboot the machine); ask for boot switch-root");
   }
   CDP_ASSIGN_OR_RETURN(const std::string loaded,
-                       system_->KexecLoad(config_.newroot, kernel, initrd, cmdline));
+                       system_->KexecLoad(config_.newroot, kernel, initrd_root, initrd, cmdline));
   kexec_loaded_ = true;
   return loaded + "; command line '" + cmdline + "'";
 }
@@ -523,9 +530,17 @@ void Takeover::Prepare(const v1::PrepareBootRequest& request, v1::PeState state,
   if (s.ok()) {
     boot_ = ChooseBoot(request.boot_mode());
     if (boot_ == v1::BOOT_MODE_KEXEC) {
+      // The migrated OS boots its own kernel: without one there is nothing to prepare for (and
+      // follow-boot asks this way to learn the kernel the migrated OS would boot).
       auto own = ChooseOwnKernel(config_.newroot);
-      if (own.ok()) kernel_release_ = *own;
+      if (own.ok()) {
+        kernel_release_ = *own;
+      } else {
+        s = own.status();
+      }
     }
+  }
+  if (s.ok()) {
     reply->set_kernel_release(kernel_release_);
     s = RunStep("initramfs",
                 [&] { return PrepareInitramfs(request.dry_run(), kernel_release_, reply); });

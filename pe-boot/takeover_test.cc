@@ -90,9 +90,13 @@ class FakeSystem : public TakeoverSystem {
     return "";
   }
   void Sync() override { calls.push_back("sync"); }
-  Result<std::string> KexecLoad(const std::string&, const std::string& kernel,
-                                const std::string& initrd, const std::string& cmdline) override {
-    calls.push_back("kexec-load " + kernel + " " + initrd + " '" + cmdline + "'");
+  Result<std::string> KexecLoad(const std::string& kernel_root, const std::string& kernel,
+                                const std::string& initrd_root, const std::string& initrd,
+                                const std::string& cmdline) override {
+    // The initrd as a path of the PE when it is not in the migrated root.
+    calls.push_back("kexec-load " + kernel + " " +
+                    (initrd_root == kernel_root ? "" : initrd_root + ":") + initrd + " '" +
+                    cmdline + "'");
     return "loaded " + kernel + " (7 MiB) and " + initrd + " (1 MiB)";
   }
   void KexecUnload() override { calls.push_back("kexec-unload"); }
@@ -537,6 +541,73 @@ TEST_F(PrepareBootTest, AFailedRebuildUnmountsAndSaysWhy) {
             "virtio_net: rebuild it with them on the source before the cutover");
   EXPECT_EQ(system_.calls.back(), "unmount " + newroot_);
   EXPECT_EQ(system_.mounted, "");
+}
+
+TEST_F(PrepareBootTest, AKexecTakeoverBootsTheImagePreparedForItsKernel) {
+  // The migrated OS boots its own kernel (kexec): the image prepared for it, not the one on its
+  // disk, which lacks virtio and is replaced only by adapt, after the load.
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/vmlinuz-6.1.0-pe", "kernel").ok());
+  v1::PrepareBootRequest prepare = PrepareRequest(false);
+  prepare.set_boot_mode(v1::BOOT_MODE_KEXEC);
+  {
+    Takeover takeover = MakeTakeover(true);
+    v1::PrepareBootReply reply;
+    takeover.Prepare(prepare, v1::PE_STATE_READY, "", Disks(), &reply);
+    ASSERT_TRUE(reply.ok()) << reply.error();
+    EXPECT_EQ(reply.kernel_release(), "6.1.0-pe");
+  }
+  const std::string prepared = dir_.File("prepared") + "/6.1.0-pe/initrd";
+  v1::TakeoverRequest request = Request(true);
+  request.set_boot_mode(v1::BOOT_MODE_KEXEC);
+  {
+    Takeover takeover = MakeTakeover(true);
+    v1::TakeoverReply reply;
+    takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply);
+    ASSERT_TRUE(reply.ok()) << reply.error();
+    EXPECT_EQ(reply.steps(3).name(), "kexec-load");
+    EXPECT_EQ(reply.steps(3).result(),
+              "would kexec_file_load /boot/vmlinuz-6.1.0-pe with " + prepared +
+                  " (prepared), command line 'root=UUID=" + std::string(kRootUuid) + " ro'");
+  }
+  system_.calls.clear();
+  request.set_dry_run(false);
+  {
+    Takeover takeover = MakeTakeover(true);
+    v1::TakeoverReply reply;
+    ASSERT_TRUE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
+    EXPECT_THAT(system_.calls,
+                ::testing::Contains("kexec-load /boot/vmlinuz-6.1.0-pe /:" + prepared +
+                                    " 'root=UUID=" + std::string(kRootUuid) + " ro'"));
+  }
+
+  // The replica's image changed after the prepare: refused at kexec-load, nothing loaded.
+  system_.mounted.clear();  // the takeover above handed the mount over
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/initrd.img-6.1.0-pe",
+                              testdata::NewcArchive({"usr/lib/modules/6.1.0-pe/kernel/drivers/"
+                                                     "vmxnet3.ko"}))
+                  .ok());
+  system_.calls.clear();
+  Takeover takeover = MakeTakeover(true);
+  v1::TakeoverReply reply;
+  EXPECT_FALSE(takeover.Run(request, v1::PE_STATE_READY, "", Disks(), &reply));
+  EXPECT_THAT(StepNames(reply), ElementsAre("check", "flush", "mount", "kexec-load"));
+  EXPECT_THAT(reply.error(), HasSubstr("was rebuilt from another /boot/initrd.img-6.1.0-pe than "
+                                       "the replica holds now"));
+  EXPECT_THAT(system_.calls, ::testing::Not(::testing::Contains(HasSubstr("kexec-load"))));
+}
+
+TEST_F(PrepareBootTest, PreparingForKexecWithoutAKernelOfItsOwnIsRefused) {
+  // No /boot/vmlinuz-*: nothing to kexec into, so nothing to prepare for (follow-boot learns
+  // the migrated OS's kernel this way).
+  v1::PrepareBootRequest prepare = PrepareRequest(true);
+  prepare.set_boot_mode(v1::BOOT_MODE_KEXEC);
+  Takeover takeover = MakeTakeover(true);
+  v1::PrepareBootReply reply;
+  takeover.Prepare(prepare, v1::PE_STATE_READY, "", Disks(), &reply);
+  EXPECT_FALSE(reply.ok());
+  EXPECT_THAT(reply.error(), HasSubstr("the migrated OS has no kernel to kexec into"));
+  EXPECT_EQ(reply.kernel_release(), "");
+  EXPECT_EQ(system_.calls.back(), "unmount " + newroot_);
 }
 
 TEST_F(TakeoverTest, DryRunMountsReadOnlyChecksAndUnmounts) {

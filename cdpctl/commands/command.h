@@ -54,6 +54,10 @@ struct Args {
   bool force = false;                    // --force (restore)
   bool dry_run = false;                  // --dry-run (target prepare-boot)
   double timeout = 300;                  // --timeout SECONDS (wait-synced), > 0
+  double watch = 0;                      // --watch SECONDS (target follow-boot), 0 = once
+  bool prepare_always = false;           // --prepare-always (target follow-boot)
+  std::string pe_agent;                  // --pe-agent PATH (target follow-boot)
+  std::string pe_builder;                // --pe-builder PATH (target follow-boot)
 };
 
 // One entry of main.cc's command table.

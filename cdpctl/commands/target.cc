@@ -1,10 +1,14 @@
-// cdpctl target start|status|checksum|export-boot|prepare-boot|takeover-plan|stop: the target VM
+// cdpctl target start|status|checksum|export-boot|follow-boot|prepare-boot|takeover-plan|stop: the
+// target VM
 // and its PE.
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cdp/failover/boot_export.h"
+#include "cdp/failover/boot_follow.h"
 #include "cdp/failover/cutover.h"
 #include "cdp/failover/cutover_plan.h"
 #include "cdp/failover/target_vm.h"
@@ -125,6 +129,67 @@ ExitCode PrepareBoot(const Args& args, const TargetConfig& config) {
   return reply->ok() ? ExitCode::kOk : ExitCode::kError;
 }
 
+// One pass of follow-boot: waits (with --server) until every volume of the target is synced,
+// then failover::FollowBoot. Prints its result (a line, or --json an object).
+ExitCode FollowBootOnce(const Args& args, failover::BootFollowSystem& system) {
+  // Loaded each pass: the override the last pass wrote is what the target runs now.
+  auto config = failover::LoadTargetConfig(args.config);
+  if (!config.ok()) return Fail("target follow-boot", config.status());
+  if (!args.server.empty()) {
+    for (const auto& d : config->disks) {
+      Status synced = journal::WaitSynced(args.server, d.volume, args.timeout, std::cerr);
+      if (!synced.ok()) {
+        return Fail("target follow-boot",
+                    synced.WithContext("waiting for volume " + d.volume + " to be synced"));
+      }
+    }
+  }
+  failover::FollowBootOptions options;
+  options.volume = args.volume;
+  options.prepare_always = args.prepare_always;
+  auto r = failover::FollowBoot(*config, options, system, std::cerr);
+  if (args.json) {
+    nlohmann::json doc = {{"ok", r.ok()}, {"error", r.ok() ? "" : r.status().message()}};
+    if (r.ok()) {
+      doc.update({{"pe_kernel_before", r->pe_kernel_before},
+                  {"os_kernel", r->os_kernel},
+                  {"rebuilt", r->rebuilt},
+                  {"pe_dir", r->pe_dir},
+                  {"prepared", r->prepared}});
+    }
+    std::cout << doc.dump() << std::endl;
+  }
+  if (!r.ok()) return Fail("target follow-boot", r.status());
+  if (!args.json) {
+    std::cout << "target " << config->name << ": PE on " << r->os_kernel
+              << (r->rebuilt ? " (rebuilt from " + r->pe_kernel_before + ", " + r->pe_dir + ")"
+                             : " (unchanged)")
+              << (r->prepared.empty() ? "" : "; boot prepared") << std::endl;
+  }
+  return ExitCode::kOk;
+}
+
+// follow-boot: once, or with --watch every SECONDS until SIGINT/SIGTERM (a failed pass is
+// printed and the next one comes; exit 0 on the signal).
+ExitCode FollowBoot(const Args& args) {
+  if (args.volume.empty()) return Usage("target follow-boot needs --volume ROOT_VOLUME");
+  const std::string pe_agent = args.pe_agent.empty() ? CDP_DEFAULT_PE_AGENT : args.pe_agent;
+  const std::string builder = args.pe_builder.empty() ? CDP_DEFAULT_PE_BUILDER : args.pe_builder;
+  failover::LinuxBootFollowSystem system(builder, pe_agent, args.timeout, std::cerr);
+  if (args.watch <= 0) return FollowBootOnce(args, system);
+  std::atomic<bool>* cancel = CancelOnSignals();
+  while (!cancel->load()) {
+    (void)FollowBootOnce(args, system);
+    const auto next = std::chrono::steady_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(args.watch * 1000));
+    while (!cancel->load() && std::chrono::steady_clock::now() < next) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+  std::cerr << "cdpctl: target follow-boot: stopped by a signal\n";
+  return ExitCode::kOk;
+}
+
 // The cutover's takeover as a dry run (failover::PlanTakeover): kOk when it would pass.
 ExitCode TakeoverPlan(const Args& args) {
   auto plan = failover::LoadCutoverPlan(args.plan);
@@ -163,10 +228,11 @@ ExitCode ShowStatus(const Args& args, const TargetConfig& config, TargetVm& vm) 
 ExitCode RunTarget(const Args& args) {
   const std::string& sub = args.subcommand;
   if (sub != "start" && sub != "stop" && sub != "status" && sub != "checksum" &&
-      sub != "export-boot" && sub != "prepare-boot" && sub != "takeover-plan") {
+      sub != "export-boot" && sub != "follow-boot" && sub != "prepare-boot" &&
+      sub != "takeover-plan") {
     return Usage(
-        "target needs start, stop, status, checksum, export-boot, prepare-boot or takeover-plan "
-        "(got '" +
+        "target needs start, stop, status, checksum, export-boot, follow-boot, prepare-boot or "
+        "takeover-plan (got '" +
         sub + "')");
   }
   if (sub == "takeover-plan") {
@@ -174,6 +240,7 @@ ExitCode RunTarget(const Args& args) {
     return TakeoverPlan(args);
   }
   if (args.config.empty()) return Usage("target " + sub + " needs --config FILE");
+  if (sub == "follow-boot") return FollowBoot(args);
   auto config = failover::LoadTargetConfig(args.config);
   if (!config.ok()) {
     Fail("target " + sub, config.status());
@@ -206,6 +273,17 @@ const Command kTargetCommand = {
     "      lib/modules/KVER) out of the running target's replica of NAME into DIR, for\n"
     "      pe-boot/build-pe-image --kernel-from DIR: a PE on that kernel takes over by\n"
     "      switch_root (docs/target-vm.md); root\n"
+    "  cdpctl [--server tcp://HOST:PORT] target follow-boot --config FILE --volume ROOT_VOLUME\n"
+    "                       [--watch SECONDS] [--timeout SECONDS] [--prepare-always]\n"
+    "                       [--pe-agent PATH] [--pe-builder PATH] [--json]\n"
+    "      keeps the PE on the migrated OS's own kernel, so the cutover is a switch_root: when\n"
+    "      the kernel the replica's OS boots is not the PE's, exports it, builds a PE on it\n"
+    "      (PATH of pe-boot/build-pe-image, with the pe-agent binary PATH; defaults: this\n"
+    "      build's), records it in STATE_DIR/NAME.pe.json (target start, drills and cutovers\n"
+    "      boot it), restarts the target into it and runs prepare-boot. With --server it first\n"
+    "      waits until every volume is synced; --watch repeats every SECONDS until SIGTERM;\n"
+    "      --timeout bounds the sync wait and prepare-boot (default 300). Exit 0 when the PE\n"
+    "      runs the OS's kernel (docs/target-vm.md); root\n"
     "  cdpctl target prepare-boot --config FILE --volume ROOT_VOLUME [--dry-run] [--json]\n"
     "                       [--timeout SECONDS]\n"
     "      ahead of a cutover: when the migrated OS's initramfs lacks the virtio drivers, the\n"

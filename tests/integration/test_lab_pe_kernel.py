@@ -1,12 +1,17 @@
 """The migrated OS's own kernel, in the lab (TCG emulation):
 
-1. Rebuilding the PE from the replica (docs/target-vm.md): `cdpctl target export-boot` copies
-   the newest kernel out of the running target's replica of src-root — byte for byte the
-   source image's /boot/vmlinuz-KVER and /boot/initrd.img-KVER, its modules, the root
-   filesystem's UUID — and leaves nothing behind (no delta, no raw copy, no mount);
-   `build-pe-image --kernel-from` builds a PE on that kernel; the target restarts into it,
-   resumes from its cursor (no full copy) and catches up (`wait-synced`).
-2. A cutover by kexec under client load — the fallback for a PE whose kernel is not the
+1. Exporting it (docs/target-vm.md): `cdpctl target export-boot` copies the newest kernel out
+   of the running target's replica of src-root — byte for byte the source image's
+   /boot/vmlinuz-KVER and /boot/initrd.img-KVER, its modules, the root filesystem's UUID — and
+   leaves nothing behind (no delta, no raw copy, no mount).
+2. Following it: the target is first put on a PE built on another kernel (Debian's cloud
+   flavour, `build-pe-image --kernel-package linux-image-cloud-amd64`). `cdpctl target
+   follow-boot` finds that the replica's OS boots KVER, exports it, builds a PE on it, records
+   the override, restarts the target into it and prepares the boot: the target then runs KVER
+   from STATE_DIR/NAME.pe/KVER (its vmlinuz byte for byte the source's), `target status` names
+   the override, nothing temporary is left, the target resumed from its cursor (no full copy)
+   and catches up (`wait-synced`). A second pass changes nothing.
+3. A cutover by kexec under client load — the fallback for a PE whose kernel is not the
    migrated OS's (docs/pe-agent.md §5), forced here with `takeover: {boot: kexec}`: the
    pe-agent loads the migrated OS's own /boot/vmlinuz-KVER and initrd with kexec_file_load,
    adapts the root, unmounts it and reboots into that kernel; the migrated OS's own initramfs
@@ -38,14 +43,19 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def rebuild_pe_from_replica(lab_dir):
-    with open(os.path.join(cdptest.BIN, "lab-source", "source-image.json")) as f:
-        source = json.load(f)
+def target(lab_dir, *args):
+    return lab("exec", "lab", "--", CDPCTL, "--server", "tcp://127.0.0.1:7700", "target", *args,
+               "--config", os.path.join(lab_dir, "target.yaml"), timeout=2400)
+
+
+def target_status(lab_dir):
+    return json.loads(target(lab_dir, "status", "--json").stdout)
+
+
+def export_boot(lab_dir, source):
     kver = source["kernel_version"]
-    config = os.path.join(lab_dir, "target.yaml")
     out = os.path.join(lab_dir, "replica-kernel")
-    r = lab("exec", "lab", "--", CDPCTL, "target", "export-boot", "--config", config,
-            "--volume", "src-root", "--out", out, "--json")
+    r = target(lab_dir, "export-boot", "--volume", "src-root", "--out", out, "--json")
     print(r.stderr, flush=True)
     exported = json.loads(r.stdout)
     assert exported["kernel_release"] == kver, exported
@@ -54,45 +64,89 @@ def rebuild_pe_from_replica(lab_dir):
     assert sha256(f"{out}/boot/vmlinuz-{kver}") == source["vmlinuz_sha256"]
     assert sha256(f"{out}/boot/initrd.img-{kver}") == source["initrd_sha256"]
     assert os.path.isdir(f"{out}/lib/modules/{kver}/kernel")
+    assert_nothing_left(lab_dir, "export-boot")
+
+
+def assert_nothing_left(lab_dir, who):
     left = [p for p in glob.glob(os.path.join(lab_dir, "*")) if "boot-delta" in p or
-            "boot-export" in p or p.endswith(".tmp")]
-    assert not left, f"export-boot left {left}"
+            "boot-export" in p or p.endswith(".tmp") or p.endswith(".boot")]
+    assert not left, f"{who} left {left}"
     with open("/proc/mounts") as f:
-        assert lab_dir not in f.read(), "export-boot left a mount"
+        assert lab_dir not in f.read(), f"{who} left a mount"
 
-    pe = os.path.join(lab_dir, "pe-replica")
-    r = subprocess.run([os.path.join(labtest.REPO, "pe-boot", "build-pe-image"), "--kernel-from",
-                        out, "--pe-agent", os.path.join(cdptest.BIN, "pe-boot", "pe-agent"), pe],
+
+def put_target_on_another_kernel(lab_dir):
+    """Restarts the target on a PE built on Debian's cloud kernel; returns its release."""
+    pe = os.path.join(lab_dir, "pe-cloud")
+    r = subprocess.run([os.path.join(labtest.REPO, "pe-boot", "build-pe-image"),
+                        "--kernel-package", "linux-image-cloud-amd64",
+                        "--pe-agent", os.path.join(cdptest.BIN, "pe-boot", "pe-agent"), pe],
                        capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, f"build-pe-image --kernel-from failed:\n{r.stdout}{r.stderr}"
+    assert r.returncode == 0, f"build-pe-image --kernel-package failed:\n{r.stdout}{r.stderr}"
     with open(os.path.join(pe, "pe-image.json")) as f:
-        image = json.load(f)
-    assert image["kernel_version"] == kver and image["vmlinuz_sha256"] == source["vmlinuz_sha256"]
-
-    before = json.loads(lab("exec", "lab", "--", CDPCTL, "target", "status", "--json",
-                            "--config", config).stdout)
-    lab("exec", "lab", "--", CDPCTL, "target", "stop", "--config", config)
+        cloud = json.load(f)["kernel_version"]
+    config = os.path.join(lab_dir, "target.yaml")
+    target(lab_dir, "stop")
     with open(config) as f:
         text = f.read()
     old_pe = os.path.join(cdptest.BIN, "pe-image")
     assert old_pe in text, text
     with open(config, "w") as f:
         f.write(text.replace(old_pe, pe))
-    lab("exec", "lab", "--", CDPCTL, "target", "start", "--config", config)
+    target(lab_dir, "start")
+    status = target_status(lab_dir)
+    assert status["kernel_release"] == cloud and status["pe_override"] == "", status
+    return cloud
+
+
+def follow_boot(lab_dir, source):
+    kver = source["kernel_version"]
+    cloud = put_target_on_another_kernel(lab_dir)
+    assert cloud != kver and "cloud" in cloud, cloud
+    target(lab_dir, "status")  # waits for nothing; prints for the log
+    before = target_status(lab_dir)
+
+    r = target(lab_dir, "follow-boot", "--volume", "src-root", "--json", "--timeout", "900")
+    print(r.stderr, flush=True)
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    name = "cdp-lab-target"
+    pe_dir = os.path.join(lab_dir, f"{name}.pe", kver)
+    assert doc["ok"] and doc["error"] == "", doc
+    assert doc["rebuilt"] and doc["pe_kernel_before"] == cloud and doc["os_kernel"] == kver, doc
+    assert doc["pe_dir"] == pe_dir and doc["prepared"].startswith(f"kernel {kver}: "), doc
+    assert f"the PE of {name} runs {cloud}; the migrated OS on src-root boots {kver}: " \
+           "rebuilding the PE on it" in r.stderr, r.stderr
+    assert sha256(os.path.join(pe_dir, "vmlinuz")) == source["vmlinuz_sha256"]
+    assert sorted(os.listdir(os.path.join(lab_dir, f"{name}.pe"))) == [kver]
+    assert_nothing_left(lab_dir, "follow-boot")
+
+    target(lab_dir, "status")
     lab("exec", "lab", "--", CDPCTL, "--server", "tcp://127.0.0.1:7700", "wait-synced",
         "--volume", "src-root", "--timeout", "300")
-    after = json.loads(lab("exec", "lab", "--", CDPCTL, "target", "status", "--json",
-                           "--config", config).stdout)
+    after = target_status(lab_dir)
     assert after["state"] == "pe-ready" and after["kernel_release"] == kver, after
+    assert after["pe_override"] == os.path.join(lab_dir, f"{name}.pe.json"), after
+    assert after["pe_kernel"] == os.path.join(pe_dir, "vmlinuz"), after
     vol_before, vol_after = before["volumes"][0], after["volumes"][0]
     assert vol_after["boot_applied_lsn"] >= vol_before["applied_lsn"] > 0, (before, after)
-    log(f"PE rebuilt from the replica's kernel {kver} ({exported['module_files']} module files "
-        f"exported at LSN {exported['lsn']}); the target restarted into it and resumed at LSN "
-        f"{vol_after['boot_applied_lsn']}, then caught up to {vol_after['applied_lsn']}")
+
+    again = target(lab_dir, "follow-boot", "--volume", "src-root", "--json")
+    doc2 = json.loads(again.stdout.strip().splitlines()[-1])
+    assert doc2["ok"] and not doc2["rebuilt"] and doc2["os_kernel"] == kver, doc2
+    assert doc2["prepared"] == "", doc2
+    assert "a takeover is a switch_root; nothing to rebuild" in again.stderr, again.stderr
+    assert target_status(lab_dir)["kernel_release"] == kver
+    log(f"follow-boot: PE on {cloud} rebuilt on the replica's kernel {kver} ({pe_dir}); the "
+        f"target restarted into it and resumed at LSN {vol_after['boot_applied_lsn']}, then "
+        f"caught up to {vol_after['applied_lsn']}; boot prepared ({doc['prepared']}); a second "
+        "pass changed nothing")
 
 
 def main(lab_dir, work):
-    rebuild_pe_from_replica(lab_dir)
+    with open(os.path.join(cdptest.BIN, "lab-source", "source-image.json")) as f:
+        source = json.load(f)
+    export_boot(lab_dir, source)
+    follow_boot(lab_dir, source)
 
     with open(PLAN) as f:
         text = f.read()

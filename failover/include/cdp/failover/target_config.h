@@ -29,6 +29,11 @@ struct TargetConfig {
   uint64_t memory_mib = 512;
   unsigned cpus = 1;
   std::string kernel, initrd;  // the PE image (pe-boot/build-pe-image OUTDIR)
+  // A PE rebuilt on the migrated OS's kernel by `cdpctl target follow-boot`, recorded in
+  // pe_override_file() and used instead of the config's pe: (kernel and initrd above are then
+  // its files). Empty when there is none.
+  std::string pe_override;         // the file it came from
+  std::string pe_override_kernel;  // its kernel release (KVER)
   std::string qmp_socket;
   std::string replication_endpoint;  // host side, tcp://HOST:PORT
   std::string replication_host;      // parsed from it
@@ -48,6 +53,9 @@ struct TargetConfig {
   std::string pid_file() const { return state_dir + "/" + name + ".pid"; }
   std::string console_log() const { return state_dir + "/" + name + ".console.log"; }
   std::string state_file() const { return state_dir + "/" + name + ".state.json"; }
+  // Where follow-boot records the PE it built: {"kernel", "initrd", "kernel_release", "volume",
+  // "lsn", "made_at"} (docs/target-vm.md, "Following the migrated OS's kernel").
+  std::string pe_override_file() const { return state_dir + "/" + name + ".pe.json"; }
   // "NAME:SIZE,..." for cdp.volumes= on the kernel command line.
   std::string VolumeSpecs() const;
 };
@@ -56,8 +64,15 @@ struct TargetConfig {
 // expected: an unknown key, a missing required key (name, pe.kernel, pe.initrd, qmp_socket,
 // replication_endpoint, disks), a bad size, a volume name that is not valid or does not fit a
 // virtio serial (20 bytes), two disks for one volume or at one path, a bad MAC, a bad endpoint.
-// Relative paths are taken from the config file's directory. Nothing on disk is touched.
+// Relative paths are taken from the config file's directory. When pe_override_file() exists,
+// its kernel and initrd replace the config's pe: (an override that is damaged or names files
+// that are gone is an error naming it: remove it to boot the config's PE). Nothing on disk is
+// touched.
 Result<TargetConfig> LoadTargetConfig(const std::string& path);
+
+// Reads the PE override at `path` into config (kernel, initrd, pe_override,
+// pe_override_kernel). Absent file: OK, nothing changes. Exposed for follow-boot and tests.
+Status ApplyPeOverride(const std::string& path, TargetConfig* config);
 
 using ::cdp::ParseSize;  // cdp/core/units.h
 

@@ -121,7 +121,8 @@ struct ImageInfo {
 Result<ImageInfo> InspectImage(const std::string& path);
 
 // `cdpctl target status --json`: {"name", "state", "vm_status", "pid", "accel",
-// "pe_boot_seconds", "pe_kernel_to_ready_seconds", "kernel_release", "error",
+// "pe_boot_seconds", "pe_kernel_to_ready_seconds", "kernel_release", "pe_kernel" (the PE image's
+// kernel file), "pe_override" (the follow-boot override applied, "" for none), "error",
 // "replication_endpoint", "qmp_socket", "console_log",
 // "volumes": [{"name", "device", "size_bytes", "applied_lsn", "boot_applied_lsn",
 // "applied_bytes", "applied_records", "batches", "verify_seconds", "write_seconds",

@@ -94,6 +94,13 @@ Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
 bool PlanPreparedInitramfs(RootChanges* changes, const std::string& dir, const std::string& kver,
                            std::vector<std::string>* errors, std::vector<std::string>* notes);
 
+// For a kexec into kernel `kver` of the migrated OS at `root`: the image prepared for it
+// (DIR/KVER/initrd, a path in the PE) when one was rebuilt from exactly the image `root` holds
+// now; "" when none is prepared for kver (or the image lacks nothing any more). A prepared
+// image whose original is not the current one: FailedPrecondition (prepare again).
+Result<std::string> PreparedInitramfsFor(const std::string& dir, const std::string& root,
+                                         const std::string& kver);
+
 // Runs the rebuild's command in the migrated root at `root` (whose planned configuration was
 // applied) through `runner`, then checks that the new image carries every driver. Returns the
 // command's output's last line and the check, for the step's result.

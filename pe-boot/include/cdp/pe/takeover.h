@@ -123,8 +123,9 @@ class TakeoverSystem {
   virtual void Sync() = 0;
 
   // kexec.h: KexecFileLoad, KexecUnload, RebootIntoLoadedKernel.
-  virtual Result<std::string> KexecLoad(const std::string& root, const std::string& kernel,
-                                        const std::string& initrd, const std::string& cmdline) = 0;
+  virtual Result<std::string> KexecLoad(const std::string& kernel_root, const std::string& kernel,
+                                        const std::string& initrd_root, const std::string& initrd,
+                                        const std::string& cmdline) = 0;
   virtual void KexecUnload() = 0;
   virtual Status RebootIntoLoadedKernel() = 0;
 
@@ -154,8 +155,9 @@ class LinuxTakeoverSystem : public TakeoverSystem {
   Status MountExt4(const std::string& device, const std::string& dir, bool read_only) override;
   std::string Unmount(const std::string& dir) override;
   void Sync() override;
-  Result<std::string> KexecLoad(const std::string& root, const std::string& kernel,
-                                const std::string& initrd, const std::string& cmdline) override;
+  Result<std::string> KexecLoad(const std::string& kernel_root, const std::string& kernel,
+                                const std::string& initrd_root, const std::string& initrd,
+                                const std::string& cmdline) override;
   void KexecUnload() override;
   Status RebootIntoLoadedKernel() override;
   Status MountOverlay(const std::string& lower, const std::string& scratch,
