@@ -144,6 +144,8 @@ class CutoverTest : public ::testing::Test {
 };
 
 TEST_F(CutoverTest, HappyPathCallsEachPortInStepOrder) {
+  int preloads = 0;
+  target_->dry_runs_preloading_kexec = &preloads;
   const CutoverReport r = Run();
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.error, "");
@@ -166,6 +168,23 @@ TEST_F(CutoverTest, HappyPathCallsEachPortInStepOrder) {
                                              "target.Checksums v 4194304+4194304", "source.Fence",
                                              "target.Takeover v", "health"}));
   EXPECT_GT(r.downtime_seconds, 0);
+  // The precheck's dry run loads a kexec boot's kernel ahead (the pe-agent ignores it for a
+  // switch_root), so the promotion need not.
+  EXPECT_EQ(preloads, 1);
+}
+
+TEST_F(CutoverTest, APrecheckOfAKexecBootSaysItsKernelIsLoaded) {
+  v1::TakeoverReply kexec;
+  kexec.set_ok(true);
+  kexec.set_boot_mode(v1::BOOT_MODE_KEXEC);
+  kexec.set_kernel_release("6.1.0-57-amd64");
+  target_->dry_run_takeover = kexec;
+  const CutoverReport r = Run();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(Steps(r).front(),
+            "precheck ok: source running, target pe-ready, v lag 0.50 s; takeover dry run passed "
+            "(0 change(s) to the migrated OS planned; kexec into 6.1.0-57-amd64, its kernel "
+            "loaded now)");
 }
 
 TEST_F(CutoverTest, DowntimeStartsAfterThePreFreezeHooks) {

@@ -218,10 +218,14 @@ class FakeTarget final : public TargetAgent {
     return prepare_boot;
   }
 
+  // When set: counts the takeover dry runs that asked to preload a kexec kernel (the fake itself
+  // goes away with the engine).
+  int* dry_runs_preloading_kexec = nullptr;
   Result<wire::v1::TakeoverReply> Takeover(const wire::v1::TakeoverRequest& request,
                                            bool* sent) override {
     if (request.dry_run()) {
       log_->Record(name_ + ".Takeover " + request.root_volume() + " dry-run");
+      if (dry_runs_preloading_kexec && request.preload_kexec()) ++*dry_runs_preloading_kexec;
       *sent = true;
       return dry_run_takeover;
     }

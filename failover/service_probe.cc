@@ -121,9 +121,11 @@ v1::TakeoverRequest TakeoverRequestOf(const CutoverPlan& plan) {
   return req;
 }
 
-Result<v1::TakeoverReply> DryRunTakeoverReply(TargetAgent& agent, const CutoverPlan& plan) {
+Result<v1::TakeoverReply> DryRunTakeoverReply(TargetAgent& agent, const CutoverPlan& plan,
+                                              bool preload_kexec) {
   v1::TakeoverRequest req = TakeoverRequestOf(plan);
   req.set_dry_run(true);
+  req.set_preload_kexec(preload_kexec);
   bool sent = false;
   return agent.Takeover(req, &sent);
 }
@@ -131,12 +133,17 @@ Result<v1::TakeoverReply> DryRunTakeoverReply(TargetAgent& agent, const CutoverP
 }  // namespace
 
 Result<std::string> DryRunTakeover(TargetAgent& agent, const CutoverPlan& plan) {
-  CDP_ASSIGN_OR_RETURN(auto reply, DryRunTakeoverReply(agent, plan));
+  // A kexec boot's kernel is loaded now, so the promotion does not load it in the outage.
+  CDP_ASSIGN_OR_RETURN(auto reply, DryRunTakeoverReply(agent, plan, /*preload_kexec=*/true));
   if (!reply.ok()) {
     return Status::FailedPrecondition("the target's takeover dry run refuses: " + reply.error());
   }
   return "takeover dry run passed (" + std::to_string(reply.changes_size()) +
-         " change(s) to the migrated OS planned)";
+         " change(s) to the migrated OS planned" +
+         (reply.boot_mode() == v1::BOOT_MODE_KEXEC
+              ? "; kexec into " + reply.kernel_release() + ", its kernel loaded now"
+              : "") +
+         ")";
 }
 
 Result<std::string> RequestTakeover(TargetAgent& agent, const CutoverPlan& plan, bool* sent) {
@@ -179,7 +186,7 @@ std::unique_ptr<TargetAgent> PlanTargetAgent(const CutoverPlan& plan) {
 
 Result<v1::TakeoverReply> PlanTakeover(const CutoverPlan& plan) {
   auto agent = PlanTargetAgent(plan);
-  return DryRunTakeoverReply(*agent, plan);
+  return DryRunTakeoverReply(*agent, plan, /*preload_kexec=*/false);
 }
 
 }  // namespace cdp::failover

@@ -278,10 +278,7 @@ bool Takeover::Run(const v1::TakeoverRequest& request, v1::PeState state,
   if (s.ok()) s = RunStep("plan", [&] { return Adapt(request, /*dry_run=*/true); });
   if (s.ok() && !request.dry_run()) s = RunStep("remount", [&] { return Remount(); });
   if (s.ok() && !request.dry_run()) s = RunStep("adapt", [&] { return Adapt(request, false); });
-  if (!s.ok() && kexec_loaded_) {
-    system_->KexecUnload();
-    kexec_loaded_ = false;
-  }
+  if (!kexec_identity_.empty() && (!s.ok() || boot_ != v1::BOOT_MODE_KEXEC)) UnloadKexec();
   if (s.ok() && !request.dry_run()) s = RunStep("handover", [&] { return HandOver(request); });
   timeline_ = nullptr;
 
@@ -444,7 +441,7 @@ Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) 
   const std::string cmdline =
       "root=UUID=" + root_uuid_ + " " +
       (request.kernel_args().empty() ? std::string("ro") : request.kernel_args());
-  if (request.dry_run()) {
+  if (request.dry_run() && !request.preload_kexec()) {
     return "would kexec_file_load " + kernel + " with " + initrd +
            (prepared.empty() ? "" : " (prepared)") + ", command line '" + cmdline + "'";
   }
@@ -453,10 +450,44 @@ Result<std::string> Takeover::LoadOwnKernel(const v1::TakeoverRequest& request) 
         "pe-agent: kexec is not allowed in this run (only the PE's agent, started with "
         "--allow-kexec, may reboot the machine); ask for boot switch-root");
   }
+  // The same files (by inode, size, mtime and ctime: a package that rewrote them changes the
+  // ctime) and command line as a load before (the precheck's preload): it is still loaded.
+  const auto identity_of = [](const std::string& root, const std::string& path) -> std::string {
+    auto resolved = ResolveInRoot(root, path);
+    struct stat st;
+    if (!resolved.ok() || ::stat(resolved->c_str(), &st) != 0) return "";
+    return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
+           std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+           std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ctim.tv_sec) + "." +
+           std::to_string(st.st_ctim.tv_nsec);
+  };
+  const std::string kernel_id = identity_of(config_.newroot, kernel);
+  const std::string initrd_id = identity_of(initrd_root, initrd);
+  const std::string identity = kernel_release_ + "\n" + cmdline + "\n" + kernel + "=" + kernel_id +
+                               "\n" + initrd + "=" + initrd_id;
+  const bool known = !kernel_id.empty() && !initrd_id.empty();
+  if (known && identity == kexec_identity_) {
+    kexec_loaded_ = !request.dry_run();
+    return "kernel " + kernel_release_ + " and " + initrd + " loaded at " +
+           FormatFixed(kexec_loaded_at_, 2) +
+           " s of uptime (the precheck's preload), unchanged since: not loaded again; command "
+           "line '" +
+           cmdline + "'";
+  }
+  if (!kexec_identity_.empty()) UnloadKexec();  // another kernel, or changed files
   CDP_ASSIGN_OR_RETURN(const std::string loaded,
                        system_->KexecLoad(config_.newroot, kernel, initrd_root, initrd, cmdline));
-  kexec_loaded_ = true;
-  return loaded + "; command line '" + cmdline + "'";
+  kexec_identity_ = known ? identity : "loaded";  // never equal to a later identity when unknown
+  kexec_loaded_at_ = ProcUptimeSeconds();
+  kexec_loaded_ = !request.dry_run();
+  return loaded + "; command line '" + cmdline + "'" +
+         (request.dry_run() ? "; kept loaded for the takeover" : "");
+}
+
+void Takeover::UnloadKexec() {
+  system_->KexecUnload();
+  kexec_identity_.clear();
+  kexec_loaded_ = false;
 }
 
 Result<std::string> Takeover::Adapt(const v1::TakeoverRequest& request, bool dry_run) {

@@ -4,6 +4,7 @@
 // and boot_adaptation_test.
 #include "cdp/pe/takeover.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -624,6 +625,81 @@ TEST_F(TakeoverTest, DryRunMountsReadOnlyChecksAndUnmounts) {
   EXPECT_FALSE(std::filesystem::exists(dir_.File("cdp-takeover")));
   EXPECT_FALSE(takeover.refusing_batches());
   EXPECT_EQ(lines_.back(), "pe-agent: takeover dry run passed; serving again");
+}
+
+TEST_F(TakeoverTest, APreloadAtPrecheckIsReusedByTheTakeoverWhileItsFilesAreTheSame) {
+  std::filesystem::remove_all(newroot_ + "/lib/modules/" + kPeKernel);
+  std::filesystem::create_directories(newroot_ + "/lib/modules/9.9.9-own");
+  std::filesystem::create_directories(newroot_ + "/boot");
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/vmlinuz-9.9.9-own", "kernel").ok());
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/initrd.img-9.9.9-own", "initrd").ok());
+  const auto loads = [&] {
+    return std::count_if(system_.calls.begin(), system_.calls.end(),
+                         [](const std::string& c) { return c.rfind("kexec-load ", 0) == 0; });
+  };
+  v1::TakeoverRequest preload = Request(true);
+  preload.set_preload_kexec(true);
+
+  // Not allowed to kexec: the preload is refused like the takeover would be.
+  {
+    Takeover takeover = MakeTakeover(false);
+    v1::TakeoverReply reply;
+    takeover.Run(preload, v1::PE_STATE_READY, "", Disks(), &reply);
+    EXPECT_FALSE(reply.ok());
+    EXPECT_THAT(reply.error(), HasSubstr("kexec is not allowed in this run"));
+  }
+
+  Takeover takeover = MakeTakeover(true);
+  {
+    v1::TakeoverReply reply;
+    takeover.Run(preload, v1::PE_STATE_READY, "", Disks(), &reply);
+    ASSERT_TRUE(reply.ok()) << reply.error();
+    EXPECT_THAT(reply.steps(3).result(), HasSubstr("; kept loaded for the takeover"));
+    EXPECT_EQ(loads(), 1);
+  }
+  // The takeover: nothing changed, so nothing is loaded again.
+  {
+    v1::TakeoverReply reply;
+    ASSERT_TRUE(takeover.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
+    EXPECT_EQ(reply.steps(3).name(), "kexec-load");
+    EXPECT_THAT(reply.steps(3).result(),
+                MatchesRegex("kernel 9.9.9-own and /boot/initrd.img-9.9.9-own loaded at [0-9.]+ s "
+                             "of uptime \\(the precheck's preload\\), unchanged since: not loaded "
+                             "again; command line 'root=UUID=.* ro'"));
+    EXPECT_EQ(loads(), 1);
+    system_.calls.clear();
+    takeover.Finish();
+    EXPECT_EQ(system_.calls.back(), "reboot");
+  }
+
+  // A kernel package rewrote the initramfs between the preload and the takeover: loaded again.
+  system_.calls.clear();
+  system_.mounted.clear();
+  Takeover second = MakeTakeover(true);
+  {
+    v1::TakeoverReply reply;
+    second.Run(preload, v1::PE_STATE_READY, "", Disks(), &reply);
+    ASSERT_TRUE(reply.ok()) << reply.error();
+  }
+  ASSERT_TRUE(WriteFileAtomic(newroot_ + "/boot/initrd.img-9.9.9-own", "initrd 2").ok());
+  {
+    v1::TakeoverReply reply;
+    ASSERT_TRUE(second.Run(Request(), v1::PE_STATE_READY, "", Disks(), &reply)) << reply.error();
+    EXPECT_EQ(loads(), 2);
+    EXPECT_THAT(system_.calls, ::testing::Contains("kexec-unload"));
+    EXPECT_THAT(reply.steps(3).result(), HasSubstr("loaded /boot/vmlinuz-9.9.9-own"));
+  }
+
+  // A preload whose dry run fails later (the plan) is unloaded: nothing stays loaded.
+  system_.calls.clear();
+  system_.mounted.clear();
+  system_.adapt_error = "no virtio_blk";
+  Takeover third = MakeTakeover(true);
+  v1::TakeoverReply reply;
+  third.Run(preload, v1::PE_STATE_READY, "", Disks(), &reply);
+  EXPECT_FALSE(reply.ok());
+  EXPECT_EQ(loads(), 1);
+  EXPECT_EQ(std::count(system_.calls.begin(), system_.calls.end(), "kexec-unload"), 1);
 }
 
 TEST_F(TakeoverTest, WithoutModulesForThePeKernelItLoadsItsOwnKernelAndRebootsOnFinish) {

@@ -13,7 +13,9 @@
    and catches up (`wait-synced`). A second pass changes nothing.
 3. A cutover by kexec under client load — the fallback for a PE whose kernel is not the
    migrated OS's (docs/pe-agent.md §5), forced here with `takeover: {boot: kexec}`: the
-   pe-agent loads the migrated OS's own /boot/vmlinuz-KVER and initrd with kexec_file_load,
+   precheck's takeover dry run loads the migrated OS's own /boot/vmlinuz-KVER and initrd with
+   kexec_file_load, the promotion finds them unchanged and does not load them again (both said
+   on the target's console), the pe-agent
    adapts the root, unmounts it and reboots into that kernel; the migrated OS's own initramfs
    finds its root by UUID and starts its init. `cdpctl cutover --json` exits 0; promote says
    `kexec into the migrated OS's own kernel KVER`; the target's console shows the migrated OS's
@@ -166,6 +168,16 @@ def main(lab_dir, work):
     promote = next(s for s in report["steps"] if s["name"] == "promote")
     assert promote["result"].startswith("kexec into the migrated OS's own kernel 6."), promote
     assert "kexec-load" in promote["result"], promote
+    # The precheck loaded the kernel; the promotion found it unchanged and did not load it again.
+    precheck = next(s for s in report["steps"] if s["name"] == "precheck")
+    kver = source["kernel_version"]
+    assert f"kexec into {kver}, its kernel loaded now" in precheck["result"], precheck
+    with open(console, errors="replace") as f:
+        text = f.read()
+    assert "; kept loaded for the takeover" in text, "the precheck did not preload the kernel"
+    assert "(the precheck's preload), unchanged since: not loaded again" in text, \
+        "the promotion loaded the kernel again"
+
     time.sleep(3)  # the client keeps writing, now to the target
     labtest.stop_client(client)
 

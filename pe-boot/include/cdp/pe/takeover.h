@@ -256,6 +256,8 @@ class Takeover {
   // Prepare's INITRAMFS step for kernel `kver`.
   Result<std::string> PrepareInitramfs(bool dry_run, const std::string& kver,
                                        wire::v1::PrepareBootReply* reply);
+  // Unloads a kernel loaded with kexec (by this request or a preload) and forgets it.
+  void UnloadKexec();
   // Resets the per-request state for `reply` (Run and Prepare).
   void Begin(StepTimeline* timeline, wire::v1::TakeoverReply* reply,
              const std::vector<TakeoverDisk>& disks);
@@ -272,7 +274,11 @@ class Takeover {
   Announcer announce_;
   bool refusing_batches_ = false;
   bool newroot_mounted_ = false;  // config_.newroot is mounted by this takeover
-  bool kexec_loaded_ = false;
+  bool kexec_loaded_ = false;     // for this takeover's handover
+  // What is loaded with kexec_file_load now (KVER, command line, the files' identities: inode,
+  // size, mtime, ctime), by a dry run's preload or a takeover; "" when nothing is.
+  std::string kexec_identity_;
+  double kexec_loaded_at_ = 0;  // uptime seconds
   bool handed_over_ = false;
   bool root_written_ = false;
 
