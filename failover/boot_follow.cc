@@ -161,11 +161,11 @@ Result<std::string> LinuxBootFollowSystem::OsKernel(const TargetConfig& target,
   request.set_dry_run(true);
   request.set_boot_mode(v1::BOOT_MODE_KEXEC);  // the migrated OS's own kernel, not the PE's
   CDP_ASSIGN_OR_RETURN(v1::PrepareBootReply reply, client->PrepareBoot(request, 120000));
+  // The kernel is named once chosen, even when the initramfs check after it fails (that is
+  // prepare-boot's to report, after the rebuild).
+  if (!reply.kernel_release().empty()) return reply.kernel_release();
   if (!reply.ok()) return Status::FailedPrecondition(reply.error());
-  if (reply.kernel_release().empty()) {
-    return Status::ProtocolMismatch("the pe-agent's prepare-boot dry run named no kernel");
-  }
-  return reply.kernel_release();
+  return Status::ProtocolMismatch("the pe-agent's prepare-boot dry run named no kernel");
 }
 
 Result<std::string> LinuxBootFollowSystem::ExportKernel(const TargetConfig& target,

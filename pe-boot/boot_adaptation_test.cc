@@ -817,6 +817,22 @@ class InitramfsRebuildTest : public BootAdaptationTest {
   FakeChrootRunner runner_;
 };
 
+TEST_F(InitramfsRebuildTest, OnlyWhatTheTargetsBootNeedsCallsForARebuild) {
+  // Without virtio_scsi alone the target boots (virtio-blk disks): nothing to rebuild.
+  WriteFile(Path("/boot/initrd.img-" + kKver),
+            Gzip(NewcArchive({ModulePath("block/virtio_blk"), ModulePath("virtio/virtio_pci"),
+                              ModulePath("net/virtio_net")})));
+  auto missing = MissingVirtioDrivers(root_, kKver);
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_THAT(*missing, ::testing::IsEmpty());
+  // Without virtio_net as well: rebuilt, and then with virtio_scsi too.
+  WriteFile(Path("/boot/initrd.img-" + kKver),
+            Gzip(NewcArchive({ModulePath("block/virtio_blk"), ModulePath("virtio/virtio_pci")})));
+  missing = MissingVirtioDrivers(root_, kKver);
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_THAT(*missing, ElementsAre("virtio_scsi", "virtio_net"));
+}
+
 TEST_F(InitramfsRebuildTest, DebianWithModulesDepListsTheDriversAndRunsUpdateInitramfs) {
   WriteFile(Path("/usr/sbin/update-initramfs"), "#!/bin/sh\n", 0755);
   WriteFile(Path("/etc/initramfs-tools/initramfs.conf"), "MODULES=most\nBUSYBOX=auto\n");

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <string_view>
 
 #include "cdp/core/atomic_file.h"
 #include "cdp/pe/boot_adaptation.h"
@@ -183,9 +184,13 @@ Result<std::vector<std::string>> MissingVirtioDrivers(const std::string& root,
   const auto builtin = BuiltinModules(root, kver);
   CDP_ASSIGN_OR_RETURN(const auto modules, InitramfsModules(root, kver));
   std::vector<std::string> missing;
+  bool boot_needs_one = false;
   for (const char* d : kVirtioInitramfsDrivers) {
-    if (!builtin.count(d) && !modules.count(d)) missing.push_back(d);
+    if (builtin.count(d) || modules.count(d)) continue;
+    missing.push_back(d);
+    boot_needs_one = boot_needs_one || std::string_view(d) != "virtio_scsi";
   }
+  if (!boot_needs_one) missing.clear();
   return missing;
 }
 

@@ -1561,8 +1561,9 @@ TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstal
   }
   const std::string ko = "usr/lib/modules/" + kver_ + "/kernel/drivers/";
   const std::string initrd = "boot/initrd.img-" + kver_;
-  const std::string original =
-      testdata::NewcArchive({ko + "virtio_blk.ko", ko + "virtio_pci.ko", ko + "virtio_net.ko"});
+  // No virtio_pci: the target's boot needs it, so the image is rebuilt, with virtio_scsi too.
+  const std::string original = testdata::NewcArchive({ko + "virtio_blk.ko", ko + "virtio_net.ko"});
+  WriteStaged(initrd + ".modules", "virtio_blk.ko\nvirtio_net.ko\n");  // as the image says
   const std::string rebuilt = testdata::NewcArchive(
       {ko + "virtio_blk.ko", ko + "virtio_scsi.ko", ko + "virtio_pci.ko", ko + "virtio_net.ko"});
   WriteStaged(initrd, original);
@@ -1597,11 +1598,11 @@ TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstal
   ASSERT_TRUE(prepared->ok()) << prepared->error() << "\n" << prepared->DebugString();
   EXPECT_TRUE(prepared->rebuilt());
   ASSERT_EQ(prepared->steps_size(), 3);
-  EXPECT_THAT(
-      prepared->steps(2).result(),
-      HasSubstr("/" + initrd + " rebuilt with virtio_scsi (/usr/sbin/update-initramfs -u -k " +
-                kver_ + ": update-initramfs: Generating /" + initrd + "); kept in " +
-                dir_.File("prepared") + "/" + kver_));
+  EXPECT_THAT(prepared->steps(2).result(),
+              HasSubstr("/" + initrd +
+                        " rebuilt with virtio_scsi, virtio_pci (/usr/sbin/update-initramfs -u -k " +
+                        kver_ + ": update-initramfs: Generating /" + initrd + "); kept in " +
+                        dir_.File("prepared") + "/" + kver_));
   // Nothing stays mounted and not one byte of the replica changed.
   EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
   EXPECT_FALSE(UnmountOnExit::IsMounted(dir_.File("scratch")));
@@ -1613,7 +1614,8 @@ TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstal
   ASSERT_TRUE(reply.ok()) << reply.status();
   ASSERT_TRUE(reply->ok()) << reply->error();
   EXPECT_THAT(reply->steps(3).result(),
-              HasSubstr("drivers: virtio_scsi in the initramfs prepared for /" + initrd + " at "));
+              HasSubstr("drivers: virtio_scsi, virtio_pci in the initramfs prepared for /" +
+                        initrd + " at "));
   bool listed = false;
   for (const auto& c : reply->changes()) {
     listed =
@@ -1623,8 +1625,9 @@ TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstal
   agent_->Join();
   EXPECT_EQ(ReadWholeFile(newroot_ + "/" + initrd), rebuilt);
   EXPECT_EQ(ReadWholeFile(newroot_ + "/" + initrd + ".cdp-pre-cutover"), original);
-  EXPECT_THAT(ReadWholeFile(newroot_ + "/var/log/cdp-takeover.log"),
-              HasSubstr("/" + initrd + ": rebuilt with virtio_scsi by prepare-boot at "));
+  EXPECT_THAT(
+      ReadWholeFile(newroot_ + "/var/log/cdp-takeover.log"),
+      HasSubstr("/" + initrd + ": rebuilt with virtio_scsi, virtio_pci by prepare-boot at "));
 }
 
 TEST_F(PeAgentTakeoverTest, PartitionTableWrittenAfterStartIsReadAgain) {

@@ -49,8 +49,10 @@ enum class InitramfsTool { kNone, kInitramfsTools, kDracut };
 InitramfsTool DetectInitramfsTool(const RootChanges& root);
 
 // The virtio drivers of kVirtioInitramfsDrivers that the initramfs of `kver` in the migrated OS
-// lacks (neither in it nor built into the kernel). InitramfsModules' errors (NotFound when it
-// has no initramfs for kver).
+// lacks (neither in it nor built into the kernel), when it lacks one that the target's boot needs
+// (virtio_blk, virtio_pci or virtio_net: what the takeover's check requires; the target's disks
+// are virtio-blk). An image that lacks only virtio_scsi needs no rebuild: empty. InitramfsModules'
+// errors (NotFound when it has no initramfs for kver).
 Result<std::vector<std::string>> MissingVirtioDrivers(const std::string& root,
                                                       const std::string& kver);
 
