@@ -147,9 +147,14 @@ ExitCode FollowBootOnce(const Args& args, failover::BootFollowSystem& system) {
   failover::FollowBootOptions options;
   options.volume = args.volume;
   options.prepare_always = args.prepare_always;
+  const auto start = std::chrono::steady_clock::now();
   auto r = failover::FollowBoot(*config, options, system, std::cerr);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (args.json) {
-    nlohmann::json doc = {{"ok", r.ok()}, {"error", r.ok() ? "" : r.status().message()}};
+    nlohmann::json doc = {{"ok", r.ok()},
+                          {"error", r.ok() ? "" : r.status().message()},
+                          {"seconds", seconds}};
     if (r.ok()) {
       doc.update({{"pe_kernel_before", r->pe_kernel_before},
                   {"os_kernel", r->os_kernel},
@@ -164,7 +169,8 @@ ExitCode FollowBootOnce(const Args& args, failover::BootFollowSystem& system) {
     std::cout << "target " << config->name << ": PE on " << r->os_kernel
               << (r->rebuilt ? " (rebuilt from " + r->pe_kernel_before + ", " + r->pe_dir + ")"
                              : " (unchanged)")
-              << (r->prepared.empty() ? "" : "; boot prepared") << std::endl;
+              << (r->prepared.empty() ? "" : "; boot prepared") << " in " << FormatFixed(seconds, 1)
+              << " s" << std::endl;
   }
   return ExitCode::kOk;
 }

@@ -138,10 +138,10 @@ def follow_boot(lab_dir, source):
     assert doc2["prepared"] == "", doc2
     assert "a takeover is a switch_root; nothing to rebuild" in again.stderr, again.stderr
     assert target_status(lab_dir)["kernel_release"] == kver
-    log(f"follow-boot: PE on {cloud} rebuilt on the replica's kernel {kver} ({pe_dir}); the "
-        f"target restarted into it and resumed at LSN {vol_after['boot_applied_lsn']}, then "
-        f"caught up to {vol_after['applied_lsn']}; boot prepared ({doc['prepared']}); a second "
-        "pass changed nothing")
+    log(f"follow-boot: PE on {cloud} rebuilt on the replica's kernel {kver} ({pe_dir}) in "
+        f"{doc['seconds']:.1f} s; the target restarted into it and resumed at LSN "
+        f"{vol_after['boot_applied_lsn']}, then caught up to {vol_after['applied_lsn']}; boot "
+        f"prepared ({doc['prepared']}); a second pass changed nothing in {doc2['seconds']:.1f} s")
 
 
 def main(lab_dir, work):
