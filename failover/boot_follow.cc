@@ -82,7 +82,9 @@ Result<FollowBootResult> FollowBoot(const TargetConfig& target, const FollowBoot
   }
 
   const std::string pe_root = target.state_dir + "/" + target.name + ".pe";
-  const std::string pe_dir = pe_root + "/" + *os_kernel;
+  // A new directory each build: the PE the target runs now (its override) is never touched.
+  const std::string pe_name = *os_kernel + "." + std::to_string(NowNs() / 1000000000ull);
+  const std::string pe_dir = pe_root + "/" + pe_name;
   fs::remove_all(pe_dir, ec);
   fs::create_directories(pe_root, ec);
   Status built = system.BuildPe(export_dir, pe_dir);
@@ -94,9 +96,8 @@ Result<FollowBootResult> FollowBoot(const TargetConfig& target, const FollowBoot
 
   // Record the new PE, then restart into it; on failure, back to the PE it ran before.
   const std::string override_file = target.pe_override_file();
-  std::string previous_override;
-  const bool had_override = fs::exists(override_file, ec);
-  if (had_override) {
+  std::string previous_override;  // "" when there was none (or it could not be read)
+  if (fs::exists(override_file, ec)) {
     auto old = ReadWholeFile(override_file);
     if (old.ok()) previous_override = *old;
   }
@@ -108,7 +109,7 @@ Result<FollowBootResult> FollowBoot(const TargetConfig& target, const FollowBoot
   CDP_RETURN_IF_ERROR(WriteFileAtomic(override_file, doc.dump(2) + "\n"));
   TargetConfig next = target;
   Status applied = ApplyPeOverride(override_file, &next);
-  Status restarted = applied.ok() ? system.Restart(next) : applied;
+  Status restarted = applied.ok() ? system.Restart(next, *pe_kernel) : applied;
   Result<std::string> running = restarted;
   if (restarted.ok()) running = system.PeKernel(next);
   if (running.ok() && *running != *os_kernel) {
@@ -116,21 +117,28 @@ Result<FollowBootResult> FollowBoot(const TargetConfig& target, const FollowBoot
                                " (is " + pe_dir + "/vmlinuz that kernel?)");
   }
   if (!running.ok()) {
-    // The target must keep replicating: the PE it ran before.
-    if (had_override) {
-      (void)WriteFileAtomic(override_file, previous_override);
-    } else {
-      fs::remove(override_file, ec);
-    }
-    TargetConfig before = target;
-    Status back = system.Restart(before);
+    // Back to the override the target ran with (its PE directory is another than pe_dir).
+    Status restored = previous_override.empty() ? Status::Ok()
+                                                : WriteFileAtomic(override_file, previous_override);
+    if (previous_override.empty()) fs::remove(override_file, ec);
     fs::remove_all(pe_dir, ec);
     const Status failed = running.status().WithContext("restart");
+    if (!restored.ok()) {
+      return Status(failed.code(), failed.message() + "; and putting back the previous " +
+                                       override_file + " failed: " + restored.message());
+    }
+    // Not stopped (no longer pe-ready on its old kernel, or the lock is held): nothing to undo.
+    if (restarted.code() == StatusCode::kAborted ||
+        restarted.code() == StatusCode::kFailedPrecondition) {
+      return failed;
+    }
+    // The target must keep replicating: the PE it ran before.
+    Status back = system.Restart(target, "");
     if (back.ok()) return failed;
     return Status(failed.code(), failed.message() + "; and starting it again on its PE of " +
                                      *pe_kernel + " failed: " + back.message());
   }
-  RemoveAllBut(pe_root, *os_kernel);  // the PEs of kernels left behind
+  RemoveAllBut(pe_root, pe_name);  // the PEs built before
   result.rebuilt = true;
   result.pe_dir = pe_dir;
   progress << "the PE of " << target.name << " runs " << *os_kernel << " (" << pe_dir
@@ -189,10 +197,21 @@ Status LinuxBootFollowSystem::BuildPe(const std::string& kernel_dir, const std::
   return Status::Ok();
 }
 
-Status LinuxBootFollowSystem::Restart(const TargetConfig& target) {
+Status LinuxBootFollowSystem::Restart(const TargetConfig& target,
+                                      const std::string& expect_kernel) {
   // A drill, cutover or export of this target must not see it restart under it.
   CDP_ASSIGN_OR_RETURN(auto lock, TargetLock::Acquire(target, "a follow-boot restart"));
   TargetVm vm(target);
+  if (!expect_kernel.empty()) {
+    // The pass began minutes ago (export, build): a cutover may have promoted the target since.
+    CDP_ASSIGN_OR_RETURN(TargetStatus status, vm.GetStatus());
+    if (status.state != TargetState::kPeReady || status.kernel_release != expect_kernel) {
+      return Status::Aborted("target " + target.name + " is no longer pe-ready on " +
+                             expect_kernel + " (it is " + TargetStateName(status.state) +
+                             (status.kernel_release.empty() ? "" : ", " + status.kernel_release) +
+                             "; a cutover?): not restarted");
+    }
+  }
   CDP_RETURN_IF_ERROR(vm.Stop(progress_));
   return vm.Start(progress_);
 }

@@ -1,7 +1,9 @@
 #include "cdp/failover/boot_follow.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -27,6 +29,8 @@ class FakeFollowSystem : public BootFollowSystem {
   std::string exported_kernel;  // "" = os_kernel
   Status export_status, build_status, restart_status;
   int fail_restarts = 0;  // the first N restarts fail
+  Status refuse_restart;  // as Restart says when the target is no longer pe-ready on its kernel
+  std::string restarted_kernel;  // "": the override's (or the config's PE's) kernel
   std::vector<std::string> calls;
 
   Result<std::string> PeKernel(const TargetConfig&) override {
@@ -45,23 +49,28 @@ class FakeFollowSystem : public BootFollowSystem {
     return exported_kernel.empty() ? os_kernel : exported_kernel;
   }
   Status BuildPe(const std::string& kernel_dir, const std::string& pe_dir) override {
-    calls.push_back("build " + fs::path(pe_dir).filename().string());
+    calls.push_back("build " + fs::path(pe_dir).filename().string().substr(0, os_kernel.size()));
+    built_dirs.push_back(pe_dir);
     EXPECT_TRUE(fs::is_directory(kernel_dir + "/boot")) << kernel_dir;
     if (!build_status.ok()) return build_status;
     fs::create_directories(pe_dir);
     for (const char* f : {"/vmlinuz", "/initrd.img"}) std::ofstream(pe_dir + f) << "image";
     return Status::Ok();
   }
-  Status Restart(const TargetConfig& target) override {
-    calls.push_back("restart " + target.kernel);
+  Status Restart(const TargetConfig& target, const std::string& expect_kernel) override {
+    calls.push_back("restart " + target.kernel +
+                    (expect_kernel.empty() ? "" : " if on " + expect_kernel));
+    if (!expect_kernel.empty() && !refuse_restart.ok()) return refuse_restart;
     if (fail_restarts > 0) {
       --fail_restarts;
       return Status::TimedOut("no pe-ready within 120 s");
     }
     // The restarted PE runs the kernel its image was built on.
     pe_kernel = target.pe_override_kernel.empty() ? "6.1.0-57-amd64" : target.pe_override_kernel;
+    if (!restarted_kernel.empty()) pe_kernel = restarted_kernel;
     return Status::Ok();
   }
+  std::vector<std::string> built_dirs;
   Result<std::string> PrepareBoot(const TargetConfig&, const std::string& volume) override {
     calls.push_back("prepare " + volume);
     return std::string("initramfs rebuilt with virtio_blk");
@@ -108,11 +117,15 @@ TEST_F(FollowBootTest, AnotherKernelIsExportedBuiltRecordedBootedAndPrepared) {
   EXPECT_TRUE(r->rebuilt);
   EXPECT_EQ(r->pe_kernel_before, "6.1.0-57-amd64");
   EXPECT_EQ(r->os_kernel, "6.1.0-57-cloud-amd64");
-  const std::string pe_dir = dir_.path() + "/tgt.pe/6.1.0-57-cloud-amd64";
+  ASSERT_EQ(system_.built_dirs.size(), 1u);
+  const std::string pe_dir = system_.built_dirs[0];
   EXPECT_EQ(r->pe_dir, pe_dir);
+  EXPECT_THAT(pe_dir,
+              ::testing::MatchesRegex(dir_.path() + "/tgt\\.pe/6\\.1\\.0-57-cloud-amd64\\.[0-9]+"));
   EXPECT_THAT(system_.calls,
               ElementsAre("status", "os-kernel src-root", "export src-root 6.1.0-57-cloud-amd64",
-                          "build 6.1.0-57-cloud-amd64", "restart " + pe_dir + "/vmlinuz", "status",
+                          "build 6.1.0-57-cloud-amd64",
+                          "restart " + pe_dir + "/vmlinuz if on 6.1.0-57-amd64", "status",
                           "prepare src-root"));
   // The override names the new PE, and a config loaded after it boots that PE.
   TargetConfig loaded = target_;
@@ -136,8 +149,10 @@ TEST_F(FollowBootTest, AnotherKernelIsExportedBuiltRecordedBootedAndPrepared) {
   r = FollowBoot(loaded, options_, system_, progress_);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->rebuilt);
-  EXPECT_TRUE(fs::exists(dir_.path() + "/tgt.pe/6.1.0-58-amd64/vmlinuz"));
+  EXPECT_TRUE(fs::exists(r->pe_dir + "/vmlinuz"));
   EXPECT_FALSE(fs::exists(pe_dir));
+  EXPECT_EQ(
+      std::distance(fs::directory_iterator(dir_.path() + "/tgt.pe"), fs::directory_iterator()), 1);
 }
 
 TEST_F(FollowBootTest, AFailedExportOrBuildLeavesThePeAsItWas) {
@@ -154,7 +169,7 @@ TEST_F(FollowBootTest, AFailedExportOrBuildLeavesThePeAsItWas) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "build: build-pe-image exited 1: no virtio_blk module");
   EXPECT_FALSE(fs::exists(target_.pe_override_file()));
-  EXPECT_FALSE(fs::exists(dir_.path() + "/tgt.pe/6.1.0-57-cloud-amd64"));
+  EXPECT_FALSE(fs::exists(dir_.path() + "/tgt.pe") && !fs::is_empty(dir_.path() + "/tgt.pe"));
   EXPECT_FALSE(fs::exists(dir_.path() + "/tgt.boot/6.1.0-57-cloud-amd64"));
   EXPECT_THAT(system_.calls, ::testing::Not(::testing::Contains(HasSubstr("restart"))));
 }
@@ -167,7 +182,7 @@ TEST_F(FollowBootTest, AFailedRestartGoesBackToThePeItRanBefore) {
   EXPECT_FALSE(fs::exists(target_.pe_override_file()));
   EXPECT_EQ(system_.calls.back(), "restart " + target_.kernel);
   EXPECT_EQ(system_.pe_kernel, "6.1.0-57-amd64");
-  EXPECT_FALSE(fs::exists(dir_.path() + "/tgt.pe/6.1.0-57-cloud-amd64"));
+  EXPECT_FALSE(fs::exists(system_.built_dirs.back()));
 
   // Both restarts failing: the message says so.
   system_.fail_restarts = 2;
@@ -175,6 +190,39 @@ TEST_F(FollowBootTest, AFailedRestartGoesBackToThePeItRanBefore) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(),
               HasSubstr("; and starting it again on its PE of 6.1.0-57-amd64 failed: "));
+}
+
+TEST_F(FollowBootTest, AFailedRestartPutsThePreviousOverrideBackAndKeepsItsPe) {
+  // A first pass put the target on a PE of its kernel; the source then gets another kernel.
+  ASSERT_TRUE(Run().ok());
+  TargetConfig loaded = target_;
+  ASSERT_TRUE(ApplyPeOverride(target_.pe_override_file(), &loaded).ok());
+  const std::string previous = *ReadWholeFile(target_.pe_override_file());
+  system_.os_kernel = "6.1.0-58-amd64";
+  // The new PE comes up on another kernel than it was built on.
+  system_.restarted_kernel = "6.1.0-99-amd64";
+  auto r = FollowBoot(loaded, options_, system_, progress_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("restart: the restarted PE runs 6.1.0-99-amd64, "
+                                              "not 6.1.0-58-amd64"));
+  EXPECT_EQ(*ReadWholeFile(target_.pe_override_file()), previous);
+  EXPECT_TRUE(fs::exists(loaded.kernel)) << "the PE the override names was removed";
+  EXPECT_EQ(system_.calls.back(), "restart " + loaded.kernel);
+  EXPECT_FALSE(fs::exists(system_.built_dirs.back()));
+}
+
+TEST_F(FollowBootTest, ATargetNoLongerInItsPeIsNotRestarted) {
+  // A cutover promoted the target while the PE was being built: Restart refuses, untouched.
+  system_.refuse_restart = Status::Aborted(
+      "target tgt is no longer pe-ready on 6.1.0-57-amd64 (it is booting; a cutover?): not "
+      "restarted");
+  auto r = Run();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("restart: target tgt is no longer pe-ready"));
+  EXPECT_EQ(std::count_if(system_.calls.begin(), system_.calls.end(),
+                          [](const std::string& c) { return c.rfind("restart ", 0) == 0; }),
+            1);
+  EXPECT_FALSE(fs::exists(target_.pe_override_file()));
 }
 
 TEST_F(FollowBootTest, AKernelThatChangesDuringTheExportIsNotBooted) {

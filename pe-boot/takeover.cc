@@ -614,6 +614,15 @@ Result<std::string> Takeover::PrepareInitramfs(bool dry_run, const std::string& 
   for (const RootChange& c : planned.Changes()) add_change(c.file, c.what, c.kept_at);
   add_change(image, "rebuilt with " + drivers + " (installed at takeover)",
              image + kPreCutoverSuffix);
+  // Prepared before in this PE boot from exactly the image the replica holds now: kept as it is
+  // (follow-boot --watch asks every pass).
+  CDP_ASSIGN_OR_RETURN(const std::string kept,
+                       PreparedInitramfsFor(config_.prepare_dir, config_.newroot, kver));
+  if (!kept.empty()) {
+    reply->set_rebuilt(true);
+    return image + " has no " + drivers + "; the image prepared for it (" + kept +
+           ") was rebuilt from its current content: nothing to rebuild";
+  }
   if (dry_run) {
     return image + " has no " + drivers + ": would run " + command +
            " in a chroot over a copy-on-write layer and keep the image for the takeover";

@@ -530,6 +530,27 @@ TEST_F(PrepareBootTest, RebuildsOverAnOverlayAndKeepsTheImageNotTheReplica) {
                            "original-bytes [0-9]+\nprepared [0-9TZ:-]+\n"));
 }
 
+TEST_F(PrepareBootTest, AnImagePreparedFromTheCurrentOneIsNotRebuiltAgain) {
+  {
+    Takeover takeover = MakeTakeover();
+    v1::PrepareBootReply reply;
+    takeover.Prepare(PrepareRequest(false), v1::PE_STATE_READY, "", Disks(), &reply);
+    ASSERT_TRUE(reply.ok()) << reply.error();
+  }
+  Takeover takeover = MakeTakeover();
+  v1::PrepareBootReply reply;
+  takeover.Prepare(PrepareRequest(false), v1::PE_STATE_READY, "", Disks(), &reply);
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_TRUE(reply.rebuilt());
+  EXPECT_EQ(reply.steps(2).result(),
+            "/boot/initrd.img-6.1.0-pe has no virtio_blk, virtio_scsi, virtio_pci, virtio_net; the "
+            "image prepared for it (" +
+                dir_.File("prepared") +
+                "/6.1.0-pe/initrd) was rebuilt from its current content: nothing to rebuild");
+  EXPECT_EQ(reply.changes_size(), 2);
+  EXPECT_EQ(tool_.calls.size(), 1u);  // the first prepare only
+}
+
 TEST_F(PrepareBootTest, AFailedRebuildUnmountsAndSaysWhy) {
   std::filesystem::remove(newroot_ + "/usr/sbin/update-initramfs");
   Takeover takeover = MakeTakeover();

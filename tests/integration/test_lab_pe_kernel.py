@@ -112,14 +112,16 @@ def follow_boot(lab_dir, source):
     print(r.stderr, flush=True)
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     name = "cdp-lab-target"
-    pe_dir = os.path.join(lab_dir, f"{name}.pe", kver)
+    pe_dir = doc["pe_dir"]
     assert doc["ok"] and doc["error"] == "", doc
     assert doc["rebuilt"] and doc["pe_kernel_before"] == cloud and doc["os_kernel"] == kver, doc
-    assert doc["pe_dir"] == pe_dir and doc["prepared"].startswith(f"kernel {kver}: "), doc
+    assert os.path.dirname(pe_dir) == os.path.join(lab_dir, f"{name}.pe"), doc
+    assert os.path.basename(pe_dir).startswith(kver + "."), doc
+    assert doc["prepared"].startswith(f"kernel {kver}: "), doc
     assert f"the PE of {name} runs {cloud}; the migrated OS on src-root boots {kver}: " \
            "rebuilding the PE on it" in r.stderr, r.stderr
     assert sha256(os.path.join(pe_dir, "vmlinuz")) == source["vmlinuz_sha256"]
-    assert sorted(os.listdir(os.path.join(lab_dir, f"{name}.pe"))) == [kver]
+    assert os.listdir(os.path.join(lab_dir, f"{name}.pe")) == [os.path.basename(pe_dir)]
     assert_nothing_left(lab_dir, "follow-boot")
 
     target(lab_dir, "status")

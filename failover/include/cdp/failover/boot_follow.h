@@ -38,8 +38,12 @@ class BootFollowSystem {
                                            const std::string& out_dir) = 0;
   // Builds a PE image (vmlinuz, initrd.img) into `pe_dir` from the exported tree `kernel_dir`.
   virtual Status BuildPe(const std::string& kernel_dir, const std::string& pe_dir) = 0;
-  // Stops the target and starts it again with `target`'s PE; returns once it is pe-ready.
-  virtual Status Restart(const TargetConfig& target) = 0;
+  // Stops the target and starts it again with `target`'s PE; returns once it is pe-ready. With
+  // `expect_kernel` set, first checks (holding the target's lock, so no cutover or drill runs
+  // meanwhile) that the target is pe-ready on that kernel, and when it is not (a cutover
+  // promoted it meanwhile, it was restarted by someone else) returns Aborted with the VM
+  // untouched.
+  virtual Status Restart(const TargetConfig& target, const std::string& expect_kernel) = 0;
   // The pe-agent's prepare-boot of `volume` (not a dry run); returns its summary line.
   virtual Result<std::string> PrepareBoot(const TargetConfig& target,
                                           const std::string& volume) = 0;
@@ -61,9 +65,12 @@ struct FollowBootResult {
 
 // One pass of the steps above for `target` (as loaded, its override applied). Errors name the
 // step: "PE status", "the migrated OS's kernel", "export", "build", "restart" (the target is then
-// started again on the PE it ran before, which keeps serving) or "prepare-boot". Files: the
-// export in STATE_DIR/NAME.boot/KVER (removed after the build), the PE in STATE_DIR/NAME.pe/KVER
-// (older ones removed once the new one runs). Progress lines go to `progress`.
+// started again on the PE it ran before, which keeps serving; when the target was no longer
+// pe-ready on its old kernel at the restart, nothing is touched) or "prepare-boot". Files: the
+// export in STATE_DIR/NAME.boot/KVER (removed after the build), the PE in
+// STATE_DIR/NAME.pe/KVER.SECONDS (a new directory each build, so the one an override names is
+// never rebuilt in place; the others removed once the new one runs). Progress lines go to
+// `progress`.
 Result<FollowBootResult> FollowBoot(const TargetConfig& target, const FollowBootOptions& options,
                                     BootFollowSystem& system, std::ostream& progress);
 
@@ -83,7 +90,7 @@ class LinuxBootFollowSystem : public BootFollowSystem {
   Result<std::string> ExportKernel(const TargetConfig& target, const std::string& volume,
                                    const std::string& out_dir) override;
   Status BuildPe(const std::string& kernel_dir, const std::string& pe_dir) override;
-  Status Restart(const TargetConfig& target) override;
+  Status Restart(const TargetConfig& target, const std::string& expect_kernel) override;
   Result<std::string> PrepareBoot(const TargetConfig& target, const std::string& volume) override;
 
  private:

@@ -54,7 +54,7 @@ struct TargetConfig {
   std::string console_log() const { return state_dir + "/" + name + ".console.log"; }
   std::string state_file() const { return state_dir + "/" + name + ".state.json"; }
   // Where follow-boot records the PE it built: {"kernel", "initrd", "kernel_release", "volume",
-  // "lsn", "made_at"} (docs/target-vm.md, "Following the migrated OS's kernel").
+  // "made_at"} (docs/target-vm.md, "Following the migrated OS's kernel").
   std::string pe_override_file() const { return state_dir + "/" + name + ".pe.json"; }
   // "NAME:SIZE,..." for cdp.volumes= on the kernel command line.
   std::string VolumeSpecs() const;
