@@ -149,6 +149,22 @@ Result<FollowBootResult> FollowBoot(const TargetConfig& target, const FollowBoot
 
 // ---- the real system ----
 
+namespace {
+
+// The target's pe-agent's prepare-boot of `volume`, as a control client.
+Result<v1::PrepareBootReply> CallPrepareBoot(const TargetConfig& target, const std::string& volume,
+                                             bool dry_run, v1::BootMode boot_mode, int timeout_ms) {
+  CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(target.replication_endpoint,
+                                                          v1::ROLE_CONTROL, "", 0, 10000));
+  v1::PrepareBootRequest request;
+  request.set_root_volume(volume);
+  request.set_dry_run(dry_run);
+  request.set_boot_mode(boot_mode);
+  return client->PrepareBoot(request, timeout_ms);
+}
+
+}  // namespace
+
 Result<std::string> LinuxBootFollowSystem::PeKernel(const TargetConfig& target) {
   TargetVm vm(target);
   CDP_ASSIGN_OR_RETURN(TargetStatus status, vm.GetStatus());
@@ -162,13 +178,9 @@ Result<std::string> LinuxBootFollowSystem::PeKernel(const TargetConfig& target) 
 
 Result<std::string> LinuxBootFollowSystem::OsKernel(const TargetConfig& target,
                                                     const std::string& volume) {
-  CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(target.replication_endpoint,
-                                                          v1::ROLE_CONTROL, "", 0, 10000));
-  v1::PrepareBootRequest request;
-  request.set_root_volume(volume);
-  request.set_dry_run(true);
-  request.set_boot_mode(v1::BOOT_MODE_KEXEC);  // the migrated OS's own kernel, not the PE's
-  CDP_ASSIGN_OR_RETURN(v1::PrepareBootReply reply, client->PrepareBoot(request, 120000));
+  // A dry run for kexec names the migrated OS's own kernel, not the PE's.
+  CDP_ASSIGN_OR_RETURN(v1::PrepareBootReply reply, CallPrepareBoot(target, volume, /*dry_run=*/true,
+                                                                   v1::BOOT_MODE_KEXEC, 120000));
   // The kernel is named once chosen, even when the initramfs check after it fails (that is
   // prepare-boot's to report, after the rebuild).
   if (!reply.kernel_release().empty()) return reply.kernel_release();
@@ -218,13 +230,9 @@ Status LinuxBootFollowSystem::Restart(const TargetConfig& target,
 
 Result<std::string> LinuxBootFollowSystem::PrepareBoot(const TargetConfig& target,
                                                        const std::string& volume) {
-  CDP_ASSIGN_OR_RETURN(auto client, pe::PeClient::Connect(target.replication_endpoint,
-                                                          v1::ROLE_CONTROL, "", 0, 10000));
-  v1::PrepareBootRequest request;
-  request.set_root_volume(volume);
-  CDP_ASSIGN_OR_RETURN(
-      v1::PrepareBootReply reply,
-      client->PrepareBoot(request, static_cast<int>(prepare_timeout_seconds_ * 1000)));
+  CDP_ASSIGN_OR_RETURN(v1::PrepareBootReply reply,
+                       CallPrepareBoot(target, volume, /*dry_run=*/false, v1::BOOT_MODE_UNSPECIFIED,
+                                       static_cast<int>(prepare_timeout_seconds_ * 1000)));
   if (!reply.ok()) return Status::FailedPrecondition(reply.error());
   std::string summary = reply.steps_size() ? reply.steps(reply.steps_size() - 1).result() : "";
   return "kernel " + reply.kernel_release() + ": " + summary;
