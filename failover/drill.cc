@@ -342,8 +342,10 @@ class DrillEngine::Impl {
   }
 
   // When the takeover's dry run refuses (an initramfs without the virtio drivers), the drill
-  // VM's PE rebuilds it, as the target's did before a cutover: the target keeps that image in
-  // its own memory, which the drill VM does not share. The promote then installs it.
+  // VM's PE rebuilds it, as the target's did before a cutover. The image the target prepared is
+  // kept on its metadata disk, whose overlay the drill VM boots with, so this is only needed
+  // when the target never prepared it (or its metadata disk has no room to keep it). The
+  // promote then installs it.
   Result<std::string> PrepareBoot() {
     return sandbox_.InNamespace([&]() -> Result<std::string> {
       auto dry = DryRunTakeover(drill_agent_, plan_);

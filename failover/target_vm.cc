@@ -31,7 +31,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr uint64_t kMetadataDiskBytes = 4 << 20;
+// The cursors (PeMetadata's first 4 MiB) and the kept area for the prepared initramfs images
+// (docs/pe-agent.md §3). Sparse: a new disk takes a few hundred KiB.
+constexpr uint64_t kMetadataDiskBytes = 256 << 20;
 
 std::string FormatFor(const std::string& path) {
   const std::string ext = fs::path(path).extension().string();
@@ -201,8 +203,26 @@ Status TargetVm::PrepareDisks(std::ostream& progress) {
     CDP_RETURN_IF_ERROR(CreateImage(d->path, FormatFor(d->path), d->size, progress));
   }
   if (!meta_exists) {
-    CDP_RETURN_IF_ERROR(
-        CreateImage(c.metadata_disk, FormatFor(c.metadata_disk), kMetadataDiskBytes, progress));
+    return CreateImage(c.metadata_disk, FormatFor(c.metadata_disk), kMetadataDiskBytes, progress);
+  }
+  // A metadata disk made before it had the kept area (4 MiB) grows to hold it; nothing in it
+  // moves (the area starts past the cursors).
+  CDP_ASSIGN_OR_RETURN(ImageInfo meta, InspectImage(c.metadata_disk));
+  if (meta.virtual_size < kMetadataDiskBytes) {
+    std::vector<std::string> argv = {"qemu-img",
+                                     "resize",
+                                     "-q",
+                                     "-f",
+                                     meta.format,
+                                     c.metadata_disk,
+                                     std::to_string(kMetadataDiskBytes)};
+    CDP_ASSIGN_OR_RETURN(auto r, RunHostCommand(argv, kHostCommandMs));
+    if (r.exit_code != 0) {
+      return Status::IOError("growing metadata disk " + c.metadata_disk +
+                             " failed: " + CommandLine(argv) + ": " + r.output);
+    }
+    progress << "grew metadata disk " << c.metadata_disk << " from " << meta.virtual_size << " to "
+             << kMetadataDiskBytes << " bytes (room to keep the prepared initramfs images)\n";
   }
   return Status::Ok();
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cdp/core/record.h"
 #include "cdp/core/testing/temp_dir.h"
 #include "cdp/pe/initramfs_rebuild.h"
 #include "gmock/gmock.h"
@@ -953,6 +954,75 @@ TEST_F(InitramfsRebuildTest, TheTakeoverInstallsTheImagePreparedFromTheSameOrigi
             "the initramfs prepared for " + kKver + " (T1) was rebuilt from another " + image +
                 " than the replica holds now (it changed since): run cdpctl target prepare-boot "
                 "again before the cutover");
+}
+
+TEST_F(InitramfsRebuildTest, PreparedImagesPackAndUnpackIntoAnotherDirectory) {
+  const std::string image = "/boot/initrd.img-" + kKver;
+  const std::string rebuilt = Gzip(NewcArchive(runner_.modules));
+  const std::string prepared = dir_.File("prepared");
+  auto none = PackPreparedInitramfs(prepared);  // no directory yet: nothing prepared
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, "");
+  ASSERT_TRUE(KeepPreparedInitramfs(prepared, kKver, image, "old", rebuilt, "T1").ok());
+  ASSERT_TRUE(KeepPreparedInitramfs(prepared, "6.1.0-99-cloud-amd64", "/boot/initrd.img-x", "o2",
+                                    std::string("\0\1\2", 3), "T2")
+                  .ok());
+  fs::create_directories(prepared + "/half");  // a directory without its manifest: left out
+  auto blob = PackPreparedInitramfs(prepared);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+
+  const std::string again = dir_.File("again");
+  auto kvers = UnpackPreparedInitramfs(*blob, again);
+  ASSERT_TRUE(kvers.ok()) << kvers.status();
+  EXPECT_THAT(*kvers, ElementsAre(kKver, "6.1.0-99-cloud-amd64"));  // sorted
+  EXPECT_EQ(ReadFile(again + "/" + kKver + "/initrd"), rebuilt);
+  EXPECT_EQ(ReadFile(again + "/" + kKver + "/manifest"),
+            ReadFile(prepared + "/" + kKver + "/manifest"));
+  EXPECT_EQ(ReadFile(again + "/6.1.0-99-cloud-amd64/initrd"), std::string("\0\1\2", 3));
+  EXPECT_FALSE(fs::exists(again + "/half"));
+  // What the restored directory packs to is the same blob.
+  auto repacked = PackPreparedInitramfs(again);
+  ASSERT_TRUE(repacked.ok()) << repacked.status();
+  EXPECT_TRUE(*repacked == *blob);
+}
+
+TEST(UnpackPreparedInitramfs, ADamagedBlobIsCorruptionAndWritesNothing) {
+  testing::TempDir dir("unpack_prepared_test");
+  const std::string to = dir.File("prepared");
+  auto entry = [](const std::string& kver, const std::string& manifest, const std::string& initrd) {
+    std::string e;
+    PutBigEndian32(&e, static_cast<uint32_t>(kver.size()));
+    e += kver;
+    PutBigEndian32(&e, static_cast<uint32_t>(manifest.size()));
+    e += manifest;
+    PutBigEndian64(&e, initrd.size());
+    return e + initrd;
+  };
+  auto blob = [](uint32_t count, const std::string& entries) {
+    std::string b = "CDPPRIN1";
+    PutBigEndian32(&b, count);
+    return b + entries;
+  };
+  const std::string good = entry("6.1.0-28-amd64", "image /boot/x\n", "IMAGE");
+  ASSERT_TRUE(UnpackPreparedInitramfs(blob(1, good), dir.File("ok")).ok());
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"CDPXXXX1" + blob(1, good).substr(8), "no CDPPRIN1 magic"},
+      {blob(1, good.substr(0, good.size() - 1)), "the initrd of 6.1.0-28-amd64 runs past the end"},
+      {blob(2, good), "image 1's kernel release runs past the end"},
+      {blob(1, good + "x"), "1 bytes after the images"},
+      {blob(1, entry("../etc", "m", "i")), "image 0 has a bad kernel release"},
+      {blob(1, entry("..", "m", "i")), "image 0 has a bad kernel release"},
+      {blob(1, entry("", "m", "i")), "image 0 has a bad kernel release"},
+      {blob(1, good.substr(0, 25)), "the manifest of 6.1.0-28-amd64 runs past the end"},
+      {"CDPPRIN", "no CDPPRIN1 magic"},
+  };
+  for (const auto& [bytes, what] : cases) {
+    auto r = UnpackPreparedInitramfs(bytes, to);
+    ASSERT_FALSE(r.ok()) << what;
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << what;
+    EXPECT_EQ(r.status().message(), "the kept prepared images are damaged: " + what);
+    EXPECT_FALSE(fs::exists(to)) << what;
+  }
 }
 
 // The real runner: a static busybox as the migrated OS's only program.

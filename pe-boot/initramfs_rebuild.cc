@@ -19,6 +19,7 @@
 #include <string_view>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/core/record.h"
 #include "cdp/pe/boot_adaptation.h"
 #include "cdp/pe/initramfs.h"
 #include "cdp/pe/root_path.h"
@@ -120,6 +121,106 @@ Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
                                                Digest(original) + "\noriginal-bytes " +
                                                std::to_string(original.size()) + "\nprepared " +
                                                stamp + "\n");
+}
+
+namespace {
+constexpr char kPackMagic[8] = {'C', 'D', 'P', 'P', 'R', 'I', 'N', '1'};
+
+// A KVER as a directory name: no path separator, not "." or "..", not empty, printable.
+bool PlainFileName(std::string_view name) {
+  if (name.empty() || name.size() > 255 || name == "." || name == "..") return false;
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return c != '/' && c > ' ' && c < 0x7f; });
+}
+}  // namespace
+
+Result<std::string> PackPreparedInitramfs(const std::string& dir) {
+  std::vector<std::string> kvers;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (PlainFileName(name) && std::filesystem::exists(it->path() / "manifest") &&
+        std::filesystem::exists(it->path() / "initrd")) {
+      kvers.push_back(name);
+    }
+  }
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    return Status::IOError("cannot list " + dir + ": " + ec.message());
+  }
+  if (kvers.empty()) return std::string();
+  std::sort(kvers.begin(), kvers.end());
+  std::string out(kPackMagic, sizeof(kPackMagic));
+  PutBigEndian32(&out, static_cast<uint32_t>(kvers.size()));
+  for (const auto& kver : kvers) {
+    CDP_ASSIGN_OR_RETURN(const std::string manifest, ReadWholeFile(dir + "/" + kver + "/manifest"));
+    CDP_ASSIGN_OR_RETURN(const std::string initrd, ReadWholeFile(dir + "/" + kver + "/initrd"));
+    PutBigEndian32(&out, static_cast<uint32_t>(kver.size()));
+    out += kver;
+    PutBigEndian32(&out, static_cast<uint32_t>(manifest.size()));
+    out += manifest;
+    PutBigEndian64(&out, initrd.size());
+    out += initrd;
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> UnpackPreparedInitramfs(std::string_view blob,
+                                                         const std::string& dir) {
+  struct Image {
+    std::string kver;
+    std::string_view manifest, initrd;
+  };
+  auto bad = [](const std::string& what) {
+    return Status::Corruption("the kept prepared images are damaged: " + what);
+  };
+  if (blob.size() < sizeof(kPackMagic) + 4 ||
+      std::memcmp(blob.data(), kPackMagic, sizeof(kPackMagic)) != 0) {
+    return bad("no CDPPRIN1 magic");
+  }
+  size_t at = sizeof(kPackMagic);
+  const uint32_t count = GetBigEndian32(blob.data() + at);
+  at += 4;
+  // A field: its big-endian length (4 or 8 bytes), then that many bytes; false when either runs
+  // past the end.
+  auto field = [&](size_t length_bytes, std::string_view* out) {
+    if (blob.size() - at < length_bytes) return false;
+    const uint64_t n =
+        length_bytes == 4 ? GetBigEndian32(blob.data() + at) : GetBigEndian64(blob.data() + at);
+    at += length_bytes;
+    if (n > blob.size() - at) return false;
+    *out = blob.substr(at, n);
+    at += n;
+    return true;
+  };
+  std::vector<Image> images;
+  for (uint32_t i = 0; i < count; ++i) {
+    Image image;
+    std::string_view kver;
+    if (!field(4, &kver)) {
+      return bad("image " + std::to_string(i) + "'s kernel release runs past the end");
+    }
+    if (!PlainFileName(kver)) {
+      return bad("image " + std::to_string(i) + " has a bad kernel release");
+    }
+    image.kver = std::string(kver);
+    if (!field(4, &image.manifest))
+      return bad("the manifest of " + image.kver + " runs past the end");
+    if (!field(8, &image.initrd)) return bad("the initrd of " + image.kver + " runs past the end");
+    images.push_back(std::move(image));
+  }
+  if (at != blob.size()) return bad(std::to_string(blob.size() - at) + " bytes after the images");
+  std::vector<std::string> kvers;
+  for (const auto& image : images) {
+    const std::string to = dir + "/" + image.kver;
+    std::error_code ec;
+    std::filesystem::create_directories(to, ec);
+    if (ec) return Status::IOError("cannot create " + to + ": " + ec.message());
+    CDP_RETURN_IF_ERROR(WriteFileAtomic(to + "/initrd", std::string(image.initrd)));
+    CDP_RETURN_IF_ERROR(WriteFileAtomic(to + "/manifest", std::string(image.manifest)));
+    kvers.push_back(image.kver);
+  }
+  return kvers;
 }
 
 bool PlanPreparedInitramfs(RootChanges* changes, const std::string& dir, const std::string& kver,

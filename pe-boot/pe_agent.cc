@@ -6,12 +6,12 @@
 #include <fstream>
 #include <sstream>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/logging.h"
+#include "cdp/core/region_hash.h"
 #include "cdp/core/units.h"
+#include "cdp/pe/initramfs_rebuild.h"
+#include "config_text.h"
 
 namespace cdp::pe {
 
@@ -79,6 +79,7 @@ Status PeAgent::Start() {
              "; replicators are refused until the target's disks are fixed");
     return Status::Ok();
   }
+  RestorePreparedImages();
   state_ = v1::PE_STATE_READY;
   error_.clear();
   ready_seconds_ = ProcUptimeSeconds();
@@ -512,9 +513,9 @@ void PeAgent::HandleChecksum(const wire::Message& msg) {
   const uint64_t block = std::max<uint64_t>(v.device->logical_block_size(), 4096);
   constexpr uint64_t kChunk = 1 << 20;
   AlignedBuffer buf(kChunk);
-  XXH3_state_t state;
+  RegionHasher hasher;  // zeros are scanned, not hashed
   for (const auto& region : req.regions()) {
-    XXH3_64bits_reset(&state);
+    hasher.Reset();
     uint64_t pos = region.offset();
     const uint64_t end = region.offset() + region.length();
     while (pos < end) {
@@ -528,10 +529,10 @@ void PeAgent::HandleChecksum(const wire::Message& msg) {
         return SendError(msg.peer, s.WithContext("pe-agent: reading " + v.device_path), false);
       }
       const uint64_t take = std::min(end, read_end) - pos;
-      XXH3_64bits_update(&state, buf.data() + (pos - start), take);
+      hasher.Update(std::span<const char>(buf.data() + (pos - start), take));
       pos += take;
     }
-    r->add_xxh3(XXH3_64bits_digest(&state));
+    r->add_xxh3(hasher.Digest());
   }
   (void)socket_->SendTo(msg.peer, h);
 }
@@ -601,8 +602,66 @@ void PeAgent::HandlePrepareBoot(const wire::Message& msg) {
            " of root volume '" + request.root_volume() + "' requested by " + PeerName(msg.peer) +
            "; no batch is applied until it is done");
   v1::Header h;
-  takeover_->Prepare(request, state_, error_, TakeoverDisks(), h.mutable_prepare_boot_reply());
+  v1::PrepareBootReply* reply = h.mutable_prepare_boot_reply();
+  takeover_->Prepare(request, state_, error_, TakeoverDisks(), reply);
+  if (!request.dry_run() && meta_ != nullptr) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::string kept = KeepPreparedImages();
+    if (!kept.empty()) {
+      v1::TakeoverStep* step = reply->add_steps();
+      step->set_name("keep");
+      step->set_seconds(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      step->set_result(kept);
+      Announce("pe-agent: prepare-boot: " + kept);
+    }
+  }
   (void)socket_->SendTo(msg.peer, h);
+}
+
+void PeAgent::RestorePreparedImages() {
+  if (meta_->kept_capacity() == 0) {
+    Announce("pe-agent: metadata disk " + meta_device_ +
+             " has no room past its cursors, so prepared initramfs images live only until the "
+             "PE stops; cdpctl target start grows it (stop the target, start it again)");
+    return;
+  }
+  auto blob = meta_->LoadKept();
+  if (!blob.ok()) {
+    if (blob.status().code() != StatusCode::kNotFound) {
+      Announce("pe-agent: " + blob.status().message() +
+               "; no prepared initramfs image is restored (prepare-boot makes them again)");
+    }
+    return;
+  }
+  auto kvers = UnpackPreparedInitramfs(*blob, takeover_->prepare_dir());
+  if (!kvers.ok()) {
+    Announce("pe-agent: metadata disk " + meta_device_ + ": " + kvers.status().message() +
+             "; no prepared initramfs image is restored (prepare-boot makes them again)");
+    return;
+  }
+  kept_blob_ = std::move(*blob);
+  Announce("pe-agent: the initramfs prepared for " + text::Join(*kvers, ", ") +
+           " restored from metadata disk " + meta_device_ + " into " + takeover_->prepare_dir());
+}
+
+std::string PeAgent::KeepPreparedImages() {
+  auto blob = PackPreparedInitramfs(takeover_->prepare_dir());
+  if (!blob.ok()) {
+    return "the prepared images were not kept on the metadata disk (" + blob.status().message() +
+           "); they serve this PE boot only";
+  }
+  if (*blob == kept_blob_) return "";
+  Status saved = meta_->SaveKept(*blob);
+  if (!saved.ok()) {
+    return "the prepared images were not kept on the metadata disk (" + saved.message() +
+           "); they serve this PE boot only";
+  }
+  const size_t bytes = blob->size();
+  kept_blob_ = std::move(*blob);
+  if (bytes == 0) return "no prepared image is kept on metadata disk " + meta_device_ + " any more";
+  return "the prepared images (" + std::to_string(bytes) + " bytes) kept on metadata disk " +
+         meta_device_ + " for the PE's next boots and drills";
 }
 
 void PeAgent::HandleHold(const wire::Message& msg) {

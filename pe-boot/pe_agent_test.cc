@@ -1584,6 +1584,7 @@ TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstal
   UnmountOnExit unmount_scratch(dir_.File("scratch"));  // should the overlay stay mounted
   UnmountOnExit unmount_overlay(dir_.File("scratch") + "-root");
   const std::string before = ReadWholeFile(image);
+  MakeZeroFile(meta_path_, PeMetadata::kKeptOffset + 4 * kMiB);  // with a kept area
   PeAgentOptions options = TakeoverOptions(loop.path());
   options.prepare_dir = dir_.File("prepared");
   options.prepare_scratch = dir_.File("scratch");
@@ -1597,18 +1598,37 @@ TEST_F(PeAgentTakeoverTest, PrepareBootRebuildsOverAnOverlayAndTheTakeoverInstal
   ASSERT_TRUE(prepared.ok()) << prepared.status();
   ASSERT_TRUE(prepared->ok()) << prepared->error() << "\n" << prepared->DebugString();
   EXPECT_TRUE(prepared->rebuilt());
-  ASSERT_EQ(prepared->steps_size(), 3);
+  ASSERT_EQ(prepared->steps_size(), 4);
   EXPECT_THAT(prepared->steps(2).result(),
               HasSubstr("/" + initrd +
                         " rebuilt with virtio_scsi, virtio_pci (/usr/sbin/update-initramfs -u -k " +
                         kver_ + ": update-initramfs: Generating /" + initrd + "); kept in " +
                         dir_.File("prepared") + "/" + kver_));
+  EXPECT_EQ(prepared->steps(3).name(), "keep");
+  EXPECT_THAT(prepared->steps(3).result(), HasSubstr(" bytes) kept on metadata disk " + meta_path_ +
+                                                     " for the PE's next boots and drills"));
   // Nothing stays mounted and not one byte of the replica changed.
   EXPECT_FALSE(UnmountOnExit::IsMounted(newroot_));
   EXPECT_FALSE(UnmountOnExit::IsMounted(dir_.File("scratch")));
   EXPECT_FALSE(UnmountOnExit::IsMounted(dir_.File("scratch") + "-root"));
   EXPECT_TRUE(ReadWholeFile(image) == before);
   EXPECT_EQ(ReadWholeFile(dir_.File("prepared") + "/" + kver_ + "/initrd"), rebuilt);
+
+  // The PE boots again (its /run is empty): the image comes back from the metadata disk, and
+  // prepare-boot has nothing to rebuild or to keep again.
+  control.reset();
+  StopAgent();
+  std::filesystem::remove_all(dir_.File("prepared"));
+  StartAgent(options);
+  ASSERT_EQ(agent_->agent().state(), v1::PE_STATE_READY) << agent_->agent().error();
+  EXPECT_EQ(ReadWholeFile(dir_.File("prepared") + "/" + kver_ + "/initrd"), rebuilt);
+  control = ConnectControl();
+  ASSERT_NE(control, nullptr);
+  prepared = control->PrepareBoot(prepare, kWaitMs);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  ASSERT_TRUE(prepared->ok()) << prepared->error();
+  ASSERT_EQ(prepared->steps_size(), 3) << prepared->DebugString();
+  EXPECT_THAT(prepared->steps(2).result(), HasSubstr("nothing to rebuild"));
 
   auto reply = control->Takeover(Request(false), kWaitMs);
   ASSERT_TRUE(reply.ok()) << reply.status();

@@ -15,6 +15,10 @@ constexpr uint32_t kFormat = 1;
 // | time_ns 8 | crc32c 4 (of the 112 bytes before it)
 constexpr size_t kCrcOffset = 112;
 constexpr size_t kMaxSlots = 255;
+// The kept area's header: magic 8 | format 4 | blob CRC32C 4 | blob length 8 | time_ns 8
+// | crc32c 4 (of the 32 bytes before it)
+constexpr char kKeptMagic[8] = {'C', 'D', 'P', 'P', 'E', 'K', 'P', '1'};
+constexpr size_t kKeptCrcOffset = 32;
 }  // namespace
 
 std::string PeMetadata::EncodeCopy(const VolumeCursor& c) {
@@ -110,6 +114,15 @@ Status PeMetadata::WriteBlock(uint64_t offset, const std::string& data) {
   return device_->WriteAt(offset, std::span<const char>(buf.data(), kBlock));
 }
 
+Status PeMetadata::WriteLabel() {
+  if (labelled_) return Status::Ok();
+  std::string label(kLabel, sizeof(kLabel) - 1);
+  label.resize(kBlock, '\0');
+  CDP_RETURN_IF_ERROR(WriteBlock(0, label).WithContext("metadata disk " + device_->path()));
+  labelled_ = true;
+  return Status::Ok();
+}
+
 Status PeMetadata::Save(const std::string& volume, uint64_t volume_size, uint64_t applied_lsn) {
   if (volume.empty() || volume.size() > kMaxNameBytes) {
     return Status::InvalidArgument("volume name '" + volume + "' does not fit a metadata slot");
@@ -132,12 +145,7 @@ Status PeMetadata::Save(const std::string& volume, uint64_t volume_size, uint64_
                                        " volume slots in use; attach a larger one");
     }
   }
-  if (!labelled_) {
-    std::string label(kLabel, sizeof(kLabel) - 1);
-    label.resize(kBlock, '\0');
-    CDP_RETURN_IF_ERROR(WriteBlock(0, label).WithContext("metadata disk " + device_->path()));
-    labelled_ = true;
-  }
+  CDP_RETURN_IF_ERROR(WriteLabel());
   VolumeCursor c;
   c.volume = volume;
   c.volume_size = volume_size;
@@ -153,6 +161,73 @@ Status PeMetadata::Save(const std::string& volume, uint64_t volume_size, uint64_
   slots_[slot].used = true;
   index_[volume] = slot;
   return Status::Ok();
+}
+
+uint64_t PeMetadata::kept_capacity() const {
+  const uint64_t size = device_->size() / kBlock * kBlock;
+  return size > kKeptOffset + kBlock ? size - kKeptOffset - kBlock : 0;
+}
+
+Status PeMetadata::SaveKept(std::string_view blob) {
+  const std::string where = "metadata disk " + device_->path();
+  if (blob.size() > kept_capacity()) {
+    return Status::ResourceExhausted(
+        where + " keeps at most " + std::to_string(kept_capacity()) + " bytes from offset " +
+        std::to_string(kKeptOffset) + " (" + std::to_string(device_->size()) + "-byte disk), not " +
+        std::to_string(blob.size()) +
+        "; cdpctl target start grows a smaller one while the target is stopped");
+  }
+  CDP_RETURN_IF_ERROR(WriteLabel());
+  CDP_RETURN_IF_ERROR(WriteBlock(kKeptOffset, std::string(kBlock, '\0')).WithContext(where));
+  CDP_RETURN_IF_ERROR(device_->Flush().WithContext(where));
+  if (blob.empty()) return Status::Ok();
+  AlignedBuffer data((blob.size() + kBlock - 1) / kBlock * kBlock);
+  std::memcpy(data.data(), blob.data(), blob.size());
+  std::memset(data.data() + blob.size(), 0, data.size() - blob.size());
+  CDP_RETURN_IF_ERROR(device_->WriteAt(kKeptOffset + kBlock, data.span()).WithContext(where));
+  CDP_RETURN_IF_ERROR(device_->Flush().WithContext(where));
+  std::string header(kKeptMagic, sizeof(kKeptMagic));
+  PutBigEndian32(&header, kFormat);
+  PutBigEndian32(&header, crc32c::Value(blob));
+  PutBigEndian64(&header, blob.size());
+  PutBigEndian64(&header, NowNanos());
+  PutBigEndian32(&header, crc32c::Value(header));
+  header.resize(kBlock, '\0');
+  CDP_RETURN_IF_ERROR(WriteBlock(kKeptOffset, header).WithContext(where));
+  return device_->Flush().WithContext(where);
+}
+
+Result<std::string> PeMetadata::LoadKept() {
+  const std::string where = "metadata disk " + device_->path();
+  if (kept_capacity() == 0) return Status::NotFound(where + " has no kept area");
+  AlignedBuffer header(kBlock);
+  CDP_RETURN_IF_ERROR(device_->ReadAt(kKeptOffset, header.span()).WithContext(where));
+  const char* p = header.data();
+  if (IsAllZero({p, kKeptCrcOffset + 4})) return Status::NotFound(where + " keeps nothing");
+  if (std::memcmp(p, kKeptMagic, sizeof(kKeptMagic)) != 0 ||
+      GetBigEndian32(p + kKeptCrcOffset) != crc32c::Value(std::string_view(p, kKeptCrcOffset))) {
+    return Status::Corruption(where + ": the kept area's header at offset " +
+                              std::to_string(kKeptOffset) + " is damaged");
+  }
+  if (GetBigEndian32(p + 8) != kFormat) {
+    return Status::Corruption(where + ": the kept area has format " +
+                              std::to_string(GetBigEndian32(p + 8)) +
+                              ", not 1; written by a newer pe-agent?");
+  }
+  const uint32_t crc = GetBigEndian32(p + 12);
+  const uint64_t length = GetBigEndian64(p + 16);
+  if (length == 0 || length > kept_capacity()) {
+    return Status::Corruption(where + ": the kept area's header claims " + std::to_string(length) +
+                              " bytes; it holds at most " + std::to_string(kept_capacity()));
+  }
+  AlignedBuffer data((length + kBlock - 1) / kBlock * kBlock);
+  CDP_RETURN_IF_ERROR(device_->ReadAt(kKeptOffset + kBlock, data.span()).WithContext(where));
+  std::string blob(data.data(), length);
+  if (crc32c::Value(blob) != crc) {
+    return Status::Corruption(where + ": the kept blob (" + std::to_string(length) +
+                              " bytes) does not match its CRC32C (a torn or damaged save)");
+  }
+  return blob;
 }
 
 }  // namespace cdp::pe

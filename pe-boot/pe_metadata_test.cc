@@ -386,5 +386,97 @@ TEST_F(PeMetadataTest, NamesThatDoNotFitASlotAreInvalidArgument) {
   EXPECT_EQ(ReadWholeFile(path_), std::string(kMiB, '\0'));
 }
 
+// ---- the kept area ----
+
+constexpr uint64_t kKept = PeMetadata::kKeptOffset;
+
+// A blob of `n` bytes that is not one repeated byte.
+std::string SampleBlob(size_t n) {
+  std::string blob(n, '\0');
+  for (size_t i = 0; i < n; ++i) blob[i] = static_cast<char>((i * 131 + i / 4096) & 0xff);
+  return blob;
+}
+
+TEST_F(PeMetadataTest, AFourMiBDiskHasNoKeptArea) {
+  auto meta = OpenMeta(kKept + kBlock);  // as large as cdpctl made them before the kept area
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ((*meta)->kept_capacity(), 0u);
+  EXPECT_EQ((*meta)->LoadKept().status().code(), StatusCode::kNotFound);
+  Status s = (*meta)->SaveKept("x");
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), HasSubstr("keeps at most 0 bytes from offset 4194304"));
+  EXPECT_THAT(s.message(), HasSubstr("not 1; cdpctl target start grows a smaller one"));
+  EXPECT_EQ(ReadWholeFile(path_), std::string(kKept + kBlock, '\0'));  // not even the label
+}
+
+TEST_F(PeMetadataTest, KeptBlobSurvivesAReopenNextToTheCursors) {
+  const std::string blob = SampleBlob(3 * kMiB + 123);
+  {
+    auto meta = OpenMeta(kKept + 4 * kMiB, /*direct=*/true);
+    if (!meta.ok() && meta.status().code() == StatusCode::kInvalidArgument &&
+        std::getenv("CI") == nullptr) {
+      GTEST_SKIP() << "O_DIRECT refused here: " << meta.status();
+    }
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ((*meta)->kept_capacity(), 4 * kMiB - kBlock);
+    EXPECT_EQ((*meta)->LoadKept().status().code(), StatusCode::kNotFound);
+    ASSERT_TRUE((*meta)->Save("db01-sda", 8192, 7).ok());
+    ASSERT_TRUE((*meta)->SaveKept(blob).ok());
+    ASSERT_TRUE((*meta)->Save("db01-sda", 8192, 8).ok());
+  }
+  auto meta = OpenMeta(kKept + 4 * kMiB, /*direct=*/true);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ((*meta)->Get("db01-sda").applied_lsn, 8u);
+  auto kept = (*meta)->LoadKept();
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_TRUE(*kept == blob);
+  // A smaller blob replaces it; an empty one removes it.
+  ASSERT_TRUE((*meta)->SaveKept("small").ok());
+  EXPECT_EQ(*(*meta)->LoadKept(), "small");
+  ASSERT_TRUE((*meta)->SaveKept("").ok());
+  EXPECT_EQ((*meta)->LoadKept().status().code(), StatusCode::kNotFound);
+  // Too large: refused, naming the sizes, and what was kept stays.
+  ASSERT_TRUE((*meta)->SaveKept("kept").ok());
+  Status big = (*meta)->SaveKept(SampleBlob(4 * kMiB));
+  EXPECT_EQ(big.code(), StatusCode::kResourceExhausted) << big;
+  EXPECT_THAT(big.message(), HasSubstr("keeps at most " + std::to_string(4 * kMiB - kBlock) +
+                                       " bytes from offset 4194304"));
+  EXPECT_EQ(*(*meta)->LoadKept(), "kept");
+}
+
+TEST_F(PeMetadataTest, ATornKeptSaveIsNeverReadAsTheBlob) {
+  {
+    auto meta = OpenMeta(kKept + kMiB);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    ASSERT_TRUE((*meta)->SaveKept(SampleBlob(10000)).ok());
+  }
+  // The crash came after the header was zeroed: nothing is kept.
+  const std::string file = ReadWholeFile(path_);
+  Overwrite(path_, kKept, std::string(kBlock, '\0'));
+  {
+    auto meta = OpenMeta(kKept + kMiB);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ((*meta)->LoadKept().status().code(), StatusCode::kNotFound);
+  }
+  // The blob itself was damaged after its header: Corruption, not a wrong blob.
+  Overwrite(path_, kKept, file.substr(kKept, kBlock));
+  Overwrite(path_, kKept + kBlock + 5000, "X");
+  {
+    auto meta = OpenMeta(kKept + kMiB);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    auto kept = (*meta)->LoadKept();
+    EXPECT_EQ(kept.status().code(), StatusCode::kCorruption);
+    EXPECT_THAT(kept.status().message(),
+                HasSubstr(": the kept blob (10000 bytes) does not match its CRC32C (a torn or "
+                          "damaged save)"));
+  }
+  // A damaged header: Corruption naming it.
+  Overwrite(path_, kKept + 3, "Z");
+  auto meta = OpenMeta(kKept + kMiB);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_THAT(meta.value()->LoadKept().status().message(),
+              HasSubstr("the kept area's header at offset 4194304 is damaged"));
+}
+
 }  // namespace
 }  // namespace cdp::pe

@@ -1,5 +1,7 @@
 #include "cdp/agent/block_hashes.h"
 
+#include <xxhash.h>
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -78,6 +80,15 @@ TEST(BlockHashStore, HashIsNeverUnknownAndSeesOneBitFlip) {
   block[4095] = 1;
   EXPECT_NE(BlockHashStore::Hash(block.data(), block.size()), zero);
   EXPECT_NE(BlockHashStore::Hash(block.data(), 512), zero);
+}
+
+TEST(BlockHashStore, AZeroBlockHashesAsXxh3DoesWithoutHashingIt) {
+  // Stored hashes outlive the agent binary: the zero shortcut must give XXH3's own value, for a
+  // whole block and for the device's shorter last one.
+  const std::string zeros(4096, '\0');
+  EXPECT_EQ(BlockHashStore::Hash(zeros.data(), 4096), XXH3_64bits(zeros.data(), 4096));
+  EXPECT_EQ(BlockHashStore::Hash(zeros.data(), 512), XXH3_64bits(zeros.data(), 512));
+  EXPECT_EQ(BlockHashStore::Hash(zeros.data(), 1), XXH3_64bits(zeros.data(), 1));
 }
 
 TEST(BlockHashStore, UnwritableDirectoryNamesThePath) {

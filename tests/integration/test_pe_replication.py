@@ -4,7 +4,8 @@ the target VM booted into the PE, a replicator into its pe-agent.
 1. A qemu-io + nbdcopy workload, wait-synced; the pe-agent's region checksums (XXH3-64, in the
    VM) equal xxhsum's of the source; the VM stopped over QMP: `qemu-img compare` says the target
    qcow2 and the source image are identical.
-2. The VM restarted (the cursor on its metadata disk is found), more writes, and QEMU killed
+2. The VM restarted on its metadata disk shrunk to the 4 MiB older cdpctl made (it is grown to
+   256 MiB, and the cursor on it is found), more writes, and QEMU killed
    with SIGKILL in the middle of them; the VM started again: replication resumes from the
    durable cursor — the pe-agent applies exactly the records after it, no full copy — and the
    result is identical again.
@@ -78,7 +79,16 @@ def test(s):
     petest.qemu_img_compare(s.source, s.disk)
 
     # --- 2. restart, kill -9 QEMU mid-workload, restart, resume --------------------------------
-    s.target_start()
+    # As an older cdpctl made it: a 4 MiB metadata disk, without the kept area. The start grows
+    # it and the cursor in it survives.
+    meta = os.path.join(os.path.dirname(s.disk), f"{s.vm_name}-pe-meta.qcow2")
+    subprocess.run(["qemu-img", "resize", "-q", "--shrink", "-f", "qcow2", meta, "4M"],
+                   check=True)
+    out = s.target_start().stdout
+    assert f"grew metadata disk {meta} from 4194304 to 268435456 bytes" in out, out
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "--force-share", meta],
+                                     capture_output=True, check=True).stdout)
+    assert info["virtual-size"] == 256 << 20, info
     v = s.target_volume()
     assert v["boot_applied_lsn"] == durable, f"cursor after a clean stop: {v}, expected {durable}"
     before_kill = durable

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cdp/core/status.h"
@@ -85,6 +86,20 @@ Result<InitramfsRebuild> PlanInitramfsRebuild(RootChanges* changes, const std::s
 Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
                              const std::string& image_path, const std::string& original,
                              const std::string& rebuilt, const std::string& stamp);
+
+// The prepared images of DIR (every DIR/KVER holding a manifest and an initrd) as one blob, for
+// the metadata disk's kept area (PeMetadata::SaveKept), so that the PE booted again, or the
+// drill VM on a copy of that disk, finds them. "" when DIR holds none. Errors reading them.
+// Blob: magic "CDPPRIN1" | count u32 | per image: KVER length u32 | KVER | manifest length u32
+// | manifest | initrd length u64 | initrd (big-endian).
+Result<std::string> PackPreparedInitramfs(const std::string& dir);
+
+// Writes the images of a PackPreparedInitramfs blob back into DIR (replacing what DIR holds for
+// the same KVERs, atomically per file) and returns their KVERs. Corruption naming what is wrong
+// with a blob that is not one (a bad magic, a length past its end, a KVER that is not a plain
+// file name); nothing is written then.
+Result<std::vector<std::string>> UnpackPreparedInitramfs(std::string_view blob,
+                                                         const std::string& dir);
 
 // At takeover, for kernel `kver` of the migrated OS at changes->root(): when its initramfs lacks
 // virtio drivers and DIR/KVER holds an image prepared from exactly its current image, plans

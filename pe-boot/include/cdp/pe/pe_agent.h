@@ -150,6 +150,12 @@ class PeAgent {
   void HandleChecksum(const wire::Message& msg);
   void HandleTakeover(const wire::Message& msg);
   void HandlePrepareBoot(const wire::Message& msg);
+  // At start: the initramfs images an earlier boot of this PE (or of the target a drill VM
+  // copies) prepared, from the metadata disk's kept area back into the prepare directory.
+  void RestorePreparedImages();
+  // After a prepare-boot: what the prepare directory holds now, saved in the kept area when it
+  // changed. Returns what it did, for the reply's "keep" step ("" when nothing changed).
+  std::string KeepPreparedImages();
   // For a takeover or a prepare-boot (`what`): true when msg comes from a control client and the
   // target is not handed over yet (else answers the error); ends an apply hold.
   bool MayWorkOnTheRoot(const wire::Message& msg, const std::string& what);
@@ -176,6 +182,7 @@ class PeAgent {
   std::string kernel_release_;
   std::string meta_device_;
   std::unique_ptr<PeMetadata> meta_;
+  std::string kept_blob_;  // what the metadata disk's kept area holds (as restored or saved)
   std::map<std::string, Volume> volumes_;
   std::map<std::string, Session> sessions_;  // by ZeroMQ routing id
   LinuxTakeoverSystem takeover_system_;

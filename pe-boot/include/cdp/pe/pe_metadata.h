@@ -7,6 +7,12 @@
 // was saved, never garbage. Loading picks, per slot, the valid copy with the highest
 // generation.
 //
+// From kKeptOffset on (a disk larger than that), the kept area holds one blob that the PE keeps
+// across its boots (the prepared initramfs images, docs/pe-agent.md §3 and §5): a header block
+// and the blob. A save zeroes the header and flushes, writes the blob and flushes, then writes
+// the header (length, CRC32C of the blob) and flushes, so a crash leaves the new blob or none,
+// never a torn one.
+//
 // Thread-compatible: one thread at a time.
 #pragma once
 
@@ -14,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cdp/core/block_device.h"
@@ -51,6 +58,22 @@ class PeMetadata {
 
   const std::string& path() const { return device_->path(); }
 
+  // ---- the kept area ----
+  static constexpr uint64_t kKeptOffset = 4 << 20;  // past the largest slot area (255 slots)
+
+  // The bytes a kept blob can have: 0 on a disk of at most kKeptOffset + kBlock bytes (the 4 MiB
+  // metadata disks cdpctl created before the kept area existed).
+  uint64_t kept_capacity() const;
+
+  // Replaces the kept blob durably (see above); an empty blob removes it. ResourceExhausted
+  // naming the sizes when it is larger than kept_capacity(); the device's errors.
+  Status SaveKept(std::string_view blob);
+
+  // The kept blob. NotFound when none is kept (or the disk has no kept area); Corruption when
+  // the header is damaged or the blob does not match its CRC (a torn or damaged save: save
+  // again).
+  Result<std::string> LoadKept();
+
   // Encodes/decodes one slot copy (exposed for tests). Decode returns NotFound for an all-zero
   // copy and Corruption for a bad magic, format or CRC.
   static std::string EncodeCopy(const VolumeCursor& cursor);
@@ -64,6 +87,7 @@ class PeMetadata {
   explicit PeMetadata(std::unique_ptr<BlockDevice> device) : device_(std::move(device)) {}
   Status Load();
   Status WriteBlock(uint64_t offset, const std::string& data);
+  Status WriteLabel();
 
   std::unique_ptr<BlockDevice> device_;
   bool labelled_ = false;
