@@ -13,10 +13,10 @@
 # (deploy/lab/plans/cutover-real.yaml: CHECKPOINT, group freeze, verify, fence, switch_root into
 # the migrated Debian), its timeline and report; then from cdp-client: 192.0.2.10 is the
 # target, every acknowledged INSERT is there, TPC-B's balances hold, pg_amcheck is clean, and
-# the outage the ledger client saw. 11 min 17 s here with the images cached (under TCG: lab up
-# 3.5 min, the drill 3.6 min, the cutover 3.3 min, most of it the agent's pre-verification of
-# 6 GiB inside the source); building the Debian source and PE images the first time adds about
-# 4-6 min.
+# the outage the ledger client saw. 6 min 28 s here with the images cached (under TCG: lab up
+# 3 min 21 s, the drill 66 s, the cutover 95 s, 66 s of it the pre-verification of 6 GiB by the
+# agent inside the busy source and by the PE); building the Debian source and PE images the
+# first time adds about 4-6 min.
 #
 # --source busybox: the fast variant (~2 min): a busybox source VM serving 192.0.2.10:7000 from a
 # disk protected by cdp-agent on the host, a client writing `PUT n` every 20 ms, the drill and
@@ -75,7 +75,7 @@ if [[ "$source_kind" == real ]]; then
   ip netns exec cdp-client /usr/bin/python3 "$here/tests/integration/pg_ledger_client.py" \
     192.0.2.10 "$work/acked.txt" 0.02 & client=$!
   pg pgbench -c 4 -j 2 -T 3600 -n -P 30 >"$work/pgbench.log" 2>&1 & bench=$!
-  sleep 20
+  sleep 5
   echo "ledger: $(acked_count) INSERTs acknowledged so far"
 
   say "cdpctl drill --plan deploy/lab/plans/drill-real.yaml (the source keeps serving)"
