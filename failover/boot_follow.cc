@@ -8,6 +8,7 @@
 #include "cdp/core/host_command.h"
 #include "cdp/core/time_text.h"
 #include "cdp/failover/boot_export.h"
+#include "cdp/failover/target_agent.h"
 #include "cdp/failover/target_snapshot.h"
 #include "cdp/failover/target_vm.h"
 #include "cdp/pe/pe_client.h"
@@ -234,8 +235,7 @@ Result<std::string> LinuxBootFollowSystem::PrepareBoot(const TargetConfig& targe
                        CallPrepareBoot(target, volume, /*dry_run=*/false, v1::BOOT_MODE_UNSPECIFIED,
                                        static_cast<int>(prepare_timeout_seconds_ * 1000)));
   if (!reply.ok()) return Status::FailedPrecondition(reply.error());
-  std::string summary = reply.steps_size() ? reply.steps(reply.steps_size() - 1).result() : "";
-  return "kernel " + reply.kernel_release() + ": " + summary;
+  return "kernel " + reply.kernel_release() + ": " + PrepareBootSummary(reply);
 }
 
 }  // namespace cdp::failover

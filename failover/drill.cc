@@ -355,8 +355,7 @@ class DrillEngine::Impl {
         return Status::FailedPrecondition("the drill VM's pe-agent could not prepare the boot: " +
                                           reply.error() + " (" + dry.status().message() + ")");
       }
-      return reply.steps_size() > 0 ? reply.steps(reply.steps_size() - 1).result()
-                                    : reply.initramfs() + " prepared";
+      return PrepareBootSummary(reply);
     });
   }
 

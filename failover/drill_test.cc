@@ -362,5 +362,24 @@ INSTANTIATE_TEST_SUITE_P(
         CancelCase{"sandbox.LeftNamespace#3",
                    "replication: stopped by a signal before replication"}));
 
+TEST(PrepareBootSummary, SaysWhatTheInitramfsStepDidAndWhereItIsKept) {
+  wire::v1::PrepareBootReply reply;
+  reply.set_initramfs("/boot/initrd.img-6.1.0-57-amd64");
+  EXPECT_EQ(PrepareBootSummary(reply), "/boot/initrd.img-6.1.0-57-amd64 prepared");
+  auto add = [&](const std::string& name, const std::string& result) {
+    auto* step = reply.add_steps();
+    step->set_name(name);
+    step->set_result(result);
+  };
+  add("check", "pe-ready");
+  add("mount", "/dev/vda2 at /newroot read-only");
+  EXPECT_EQ(PrepareBootSummary(reply), "/dev/vda2 at /newroot read-only");  // the last step's
+  add("initramfs", "rebuilt with virtio_blk; kept in /run/cdp-prepared/6.1.0-57-amd64");
+  add("keep", "the prepared images (10 bytes) kept on metadata disk /dev/vdc");
+  EXPECT_EQ(PrepareBootSummary(reply),
+            "rebuilt with virtio_blk; kept in /run/cdp-prepared/6.1.0-57-amd64; the prepared "
+            "images (10 bytes) kept on metadata disk /dev/vdc");
+}
+
 }  // namespace
 }  // namespace cdp::failover

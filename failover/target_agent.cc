@@ -136,4 +136,18 @@ std::string PeStateText(const v1::PeStatusReply& status) {
   return wire::PeStateName(status.pe_state());
 }
 
+std::string PrepareBootSummary(const wire::v1::PrepareBootReply& reply) {
+  std::string main, keep;
+  for (const auto& step : reply.steps()) {
+    if (step.name() == "initramfs") main = step.result();
+    if (step.name() == "keep") keep = step.result();
+  }
+  if (main.empty() && reply.steps_size() > 0) {
+    const auto& last = reply.steps(reply.steps_size() - 1);
+    if (last.name() != "keep") main = last.result();
+  }
+  if (main.empty()) main = reply.initramfs() + " prepared";
+  return keep.empty() ? main : main + "; " + keep;
+}
+
 }  // namespace cdp::failover

@@ -205,6 +205,11 @@ Status TargetVm::PrepareDisks(std::ostream& progress) {
   if (!meta_exists) {
     return CreateImage(c.metadata_disk, FormatFor(c.metadata_disk), kMetadataDiskBytes, progress);
   }
+  return Status::Ok();
+}
+
+Status TargetVm::GrowMetadataDisk(std::ostream& progress) {
+  const TargetConfig& c = config_;
   // A metadata disk made before it had the kept area (4 MiB) grows to hold it; nothing in it
   // moves (the area starts past the cursors).
   CDP_ASSIGN_OR_RETURN(ImageInfo meta, InspectImage(c.metadata_disk));
@@ -288,6 +293,8 @@ Status TargetVm::Start(std::ostream& progress) {
       if (probe.status().code() == StatusCode::kProtocolMismatch) return probe.status();
       fs::remove(c.qmp_socket, ec);
     }
+    // Only now that no QEMU uses the disks and every delta is committed.
+    CDP_RETURN_IF_ERROR(GrowMetadataDisk(progress));
     fs::remove(c.pid_file(), ec);
     choice = c.accel == "tcg" ? AccelChoice{"tcg", "accel: tcg in the config"} : ProbeAccelerator();
     if (c.accel == "kvm" && choice.accel != "kvm") {

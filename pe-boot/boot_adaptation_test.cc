@@ -984,6 +984,13 @@ TEST_F(InitramfsRebuildTest, PreparedImagesPackAndUnpackIntoAnotherDirectory) {
   auto repacked = PackPreparedInitramfs(again);
   ASSERT_TRUE(repacked.ok()) << repacked.status();
   EXPECT_TRUE(*repacked == *blob);
+  // Restored again over a directory that holds a newer image of one KVER: that one stays.
+  WriteFile(again + "/" + kKver + "/initrd", "newer");
+  fs::remove_all(again + "/6.1.0-99-cloud-amd64");
+  kvers = UnpackPreparedInitramfs(*blob, again);
+  ASSERT_TRUE(kvers.ok()) << kvers.status();
+  EXPECT_THAT(*kvers, ElementsAre("6.1.0-99-cloud-amd64"));
+  EXPECT_EQ(ReadFile(again + "/" + kKver + "/initrd"), "newer");
 }
 
 TEST(UnpackPreparedInitramfs, ADamagedBlobIsCorruptionAndWritesNothing) {
@@ -1015,6 +1022,9 @@ TEST(UnpackPreparedInitramfs, ADamagedBlobIsCorruptionAndWritesNothing) {
       {blob(1, entry("", "m", "i")), "image 0 has a bad kernel release"},
       {blob(1, good.substr(0, 25)), "the manifest of 6.1.0-28-amd64 runs past the end"},
       {"CDPPRIN", "no CDPPRIN1 magic"},
+      // A length near 2^64 must not wrap around the bounds check.
+      {blob(1, good.substr(0, 4 + 14 + 4 + 14) + std::string(8, '\xff') + "IMAGE"),
+       "the initrd of 6.1.0-28-amd64 runs past the end"},
   };
   for (const auto& [bytes, what] : cases) {
     auto r = UnpackPreparedInitramfs(bytes, to);

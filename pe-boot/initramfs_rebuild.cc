@@ -214,6 +214,7 @@ Result<std::vector<std::string>> UnpackPreparedInitramfs(std::string_view blob,
   for (const auto& image : images) {
     const std::string to = dir + "/" + image.kver;
     std::error_code ec;
+    if (std::filesystem::exists(to + "/manifest", ec)) continue;
     std::filesystem::create_directories(to, ec);
     if (ec) return Status::IOError("cannot create " + to + ": " + ec.message());
     CDP_RETURN_IF_ERROR(WriteFileAtomic(to + "/initrd", std::string(image.initrd)));

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "cdp/core/atomic_file.h"
+#include "cdp/core/crc32c.h"
 #include "cdp/core/logging.h"
 #include "cdp/core/region_hash.h"
 #include "cdp/core/units.h"
@@ -624,11 +625,14 @@ void PeAgent::RestorePreparedImages() {
     Announce("pe-agent: metadata disk " + meta_device_ +
              " has no room past its cursors, so prepared initramfs images live only until the "
              "PE stops; cdpctl target start grows it (stop the target, start it again)");
+    kept_crc_ = crc32c::Value(std::string_view());  // it keeps nothing
     return;
   }
   auto blob = meta_->LoadKept();
   if (!blob.ok()) {
-    if (blob.status().code() != StatusCode::kNotFound) {
+    if (blob.status().code() == StatusCode::kNotFound) {
+      kept_crc_ = crc32c::Value(std::string_view());
+    } else {
       Announce("pe-agent: " + blob.status().message() +
                "; no prepared initramfs image is restored (prepare-boot makes them again)");
     }
@@ -640,7 +644,8 @@ void PeAgent::RestorePreparedImages() {
              "; no prepared initramfs image is restored (prepare-boot makes them again)");
     return;
   }
-  kept_blob_ = std::move(*blob);
+  kept_crc_ = crc32c::Value(*blob);
+  if (kvers->empty()) return;  // the prepare directory holds them already (a restart)
   Announce("pe-agent: the initramfs prepared for " + text::Join(*kvers, ", ") +
            " restored from metadata disk " + meta_device_ + " into " + takeover_->prepare_dir());
 }
@@ -651,14 +656,16 @@ std::string PeAgent::KeepPreparedImages() {
     return "the prepared images were not kept on the metadata disk (" + blob.status().message() +
            "); they serve this PE boot only";
   }
-  if (*blob == kept_blob_) return "";
+  const uint32_t crc = crc32c::Value(*blob);
+  if (kept_crc_ == crc) return "";
+  kept_crc_.reset();  // a save that fails midway leaves the area holding nothing
   Status saved = meta_->SaveKept(*blob);
   if (!saved.ok()) {
     return "the prepared images were not kept on the metadata disk (" + saved.message() +
            "); they serve this PE boot only";
   }
+  kept_crc_ = crc;
   const size_t bytes = blob->size();
-  kept_blob_ = std::move(*blob);
   if (bytes == 0) return "no prepared image is kept on metadata disk " + meta_device_ + " any more";
   return "the prepared images (" + std::to_string(bytes) + " bytes) kept on metadata disk " +
          meta_device_ + " for the PE's next boots and drills";

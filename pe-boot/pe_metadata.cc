@@ -175,8 +175,10 @@ Status PeMetadata::SaveKept(std::string_view blob) {
         where + " keeps at most " + std::to_string(kept_capacity()) + " bytes from offset " +
         std::to_string(kKeptOffset) + " (" + std::to_string(device_->size()) + "-byte disk), not " +
         std::to_string(blob.size()) +
-        "; cdpctl target start grows a smaller one while the target is stopped");
+        "; cdpctl target start grows a metadata disk smaller than 256 MiB while the target is "
+        "stopped");
   }
+  if (kept_capacity() == 0) return Status::Ok();  // nothing to remove: there is no area
   CDP_RETURN_IF_ERROR(WriteLabel());
   CDP_RETURN_IF_ERROR(WriteBlock(kKeptOffset, std::string(kBlock, '\0')).WithContext(where));
   CDP_RETURN_IF_ERROR(device_->Flush().WithContext(where));
@@ -222,12 +224,11 @@ Result<std::string> PeMetadata::LoadKept() {
   }
   AlignedBuffer data((length + kBlock - 1) / kBlock * kBlock);
   CDP_RETURN_IF_ERROR(device_->ReadAt(kKeptOffset + kBlock, data.span()).WithContext(where));
-  std::string blob(data.data(), length);
-  if (crc32c::Value(blob) != crc) {
+  if (crc32c::Value(std::string_view(data.data(), length)) != crc) {
     return Status::Corruption(where + ": the kept blob (" + std::to_string(length) +
                               " bytes) does not match its CRC32C (a torn or damaged save)");
   }
-  return blob;
+  return std::string(data.data(), length);
 }
 
 }  // namespace cdp::pe

@@ -398,15 +398,21 @@ std::string SampleBlob(size_t n) {
 }
 
 TEST_F(PeMetadataTest, AFourMiBDiskHasNoKeptArea) {
-  auto meta = OpenMeta(kKept + kBlock);  // as large as cdpctl made them before the kept area
-  ASSERT_TRUE(meta.ok()) << meta.status();
-  EXPECT_EQ((*meta)->kept_capacity(), 0u);
-  EXPECT_EQ((*meta)->LoadKept().status().code(), StatusCode::kNotFound);
-  Status s = (*meta)->SaveKept("x");
-  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
-  EXPECT_THAT(s.message(), HasSubstr("keeps at most 0 bytes from offset 4194304"));
-  EXPECT_THAT(s.message(), HasSubstr("not 1; cdpctl target start grows a smaller one"));
-  EXPECT_EQ(ReadWholeFile(path_), std::string(kKept + kBlock, '\0'));  // not even the label
+  for (const uint64_t size :
+       {kKept, kKept + kBlock}) {  // as cdpctl made them before; one block more
+    std::filesystem::remove(path_);
+    auto meta = OpenMeta(size);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ((*meta)->kept_capacity(), 0u);
+    EXPECT_EQ((*meta)->LoadKept().status().code(), StatusCode::kNotFound);
+    Status s = (*meta)->SaveKept("x");
+    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
+    EXPECT_THAT(s.message(), HasSubstr("keeps at most 0 bytes from offset 4194304"));
+    EXPECT_THAT(s.message(), HasSubstr("not 1; cdpctl target start grows a metadata disk "
+                                       "smaller than 256 MiB while the target is stopped"));
+    EXPECT_TRUE((*meta)->SaveKept("").ok());  // nothing to remove, nothing written
+    EXPECT_EQ(ReadWholeFile(path_), std::string(size, '\0')) << size;  // not even the label
+  }
 }
 
 TEST_F(PeMetadataTest, KeptBlobSurvivesAReopenNextToTheCursors) {

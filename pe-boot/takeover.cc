@@ -614,18 +614,29 @@ Result<std::string> Takeover::PrepareInitramfs(bool dry_run, const std::string& 
   for (const RootChange& c : planned.Changes()) add_change(c.file, c.what, c.kept_at);
   add_change(image, "rebuilt with " + drivers + " (installed at takeover)",
              image + kPreCutoverSuffix);
-  // Prepared before in this PE boot from exactly the image the replica holds now: kept as it is
-  // (follow-boot --watch asks every pass).
-  CDP_ASSIGN_OR_RETURN(const std::string kept,
-                       PreparedInitramfsFor(config_.prepare_dir, config_.newroot, kver));
-  if (!kept.empty()) {
+  // Prepared before (in this PE boot, or restored from the metadata disk) from exactly the image
+  // the replica holds now: kept as it is (follow-boot --watch asks every pass). One prepared
+  // from an image the replica no longer holds (a package upgrade rewrote it) is replaced.
+  auto kept = PreparedInitramfsFor(config_.prepare_dir, config_.newroot, kver);
+  if (kept.ok() && !kept->empty()) {
     reply->set_rebuilt(true);
-    return image + " has no " + drivers + "; the image prepared for it (" + kept +
+    return image + " has no " + drivers + "; the image prepared for it (" + *kept +
            ") was rebuilt from its current content: nothing to rebuild";
   }
+  const std::string stale = kept.ok() ? ""
+                                      : "; the image prepared before was rebuilt from another " +
+                                            image + " than the replica holds now";
   if (dry_run) {
     return image + " has no " + drivers + ": would run " + command +
-           " in a chroot over a copy-on-write layer and keep the image for the takeover";
+           " in a chroot over a copy-on-write layer and keep the image for the takeover" + stale;
+  }
+  if (!kept.ok()) {
+    std::error_code ec;
+    std::filesystem::remove_all(config_.prepare_dir + "/" + kver, ec);
+    if (ec) {
+      return Status::IOError("cannot remove the stale prepared image " + config_.prepare_dir + "/" +
+                             kver + ": " + ec.message());
+    }
   }
   const std::string merged = config_.prepare_scratch + "-root";
   CDP_RETURN_IF_ERROR(system_->MountOverlay(config_.newroot, config_.prepare_scratch, merged));
@@ -643,7 +654,8 @@ Result<std::string> Takeover::PrepareInitramfs(bool dry_run, const std::string& 
         KeepPreparedInitramfs(config_.prepare_dir, kver, image, original, rebuilt, UtcStamp()));
     reply->set_rebuilt(true);
     return done + "; kept in " + config_.prepare_dir + "/" + kver + " (" +
-           std::to_string(rebuilt.size()) + " bytes) for the takeover";
+           std::to_string(rebuilt.size()) + " bytes) for the takeover" +
+           (stale.empty() ? "" : " (it replaces one prepared from an older image)");
   }();
   const std::string unmount = system_->UnmountOverlay(config_.prepare_scratch, merged);
   if (!result.ok()) {

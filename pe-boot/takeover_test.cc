@@ -13,6 +13,7 @@
 
 #include "cdp/core/atomic_file.h"
 #include "cdp/core/testing/temp_dir.h"
+#include "cdp/pe/initramfs_rebuild.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "initramfs_test_util.h"
@@ -549,6 +550,41 @@ TEST_F(PrepareBootTest, AnImagePreparedFromTheCurrentOneIsNotRebuiltAgain) {
                 "/6.1.0-pe/initrd) was rebuilt from its current content: nothing to rebuild");
   EXPECT_EQ(reply.changes_size(), 2);
   EXPECT_EQ(tool_.calls.size(), 1u);  // the first prepare only
+}
+
+TEST_F(PrepareBootTest, AnImagePreparedFromAnOlderOneIsReplaced) {
+  // Prepared, then a package upgrade on the source rewrote the image (still without virtio), and
+  // the kept image came back from the metadata disk: the dry run says so, the prepare rebuilds.
+  {
+    Takeover takeover = MakeTakeover();
+    v1::PrepareBootReply reply;
+    takeover.Prepare(PrepareRequest(false), v1::PE_STATE_READY, "", Disks(), &reply);
+    ASSERT_TRUE(reply.ok()) << reply.error();
+  }
+  const std::string ko = "usr/lib/modules/6.1.0-pe/kernel/drivers/";
+  ASSERT_TRUE(WriteFileAtomic(
+                  newroot_ + "/boot/initrd.img-6.1.0-pe",
+                  testdata::NewcArchive({ko + "vmw_pvscsi.ko", ko + "vmxnet3.ko", ko + "e1000.ko"}))
+                  .ok());
+  const std::string old_manifest = *ReadWholeFile(dir_.File("prepared") + "/6.1.0-pe/manifest");
+  Takeover takeover = MakeTakeover();
+  v1::PrepareBootReply dry;
+  takeover.Prepare(PrepareRequest(true), v1::PE_STATE_READY, "", Disks(), &dry);
+  ASSERT_TRUE(dry.ok()) << dry.error();
+  EXPECT_THAT(dry.steps(2).result(),
+              HasSubstr("keep the image for the takeover; the image prepared before was rebuilt "
+                        "from another /boot/initrd.img-6.1.0-pe than the replica holds now"));
+  EXPECT_EQ(*ReadWholeFile(dir_.File("prepared") + "/6.1.0-pe/manifest"), old_manifest);
+  v1::PrepareBootReply reply;
+  takeover.Prepare(PrepareRequest(false), v1::PE_STATE_READY, "", Disks(), &reply);
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  EXPECT_THAT(reply.steps(2).result(),
+              HasSubstr("for the takeover (it replaces one prepared from an older image)"));
+  EXPECT_EQ(tool_.calls.size(), 2u);
+  EXPECT_NE(*ReadWholeFile(dir_.File("prepared") + "/6.1.0-pe/manifest"), old_manifest);
+  auto prepared = PreparedInitramfsFor(dir_.File("prepared"), newroot_, "6.1.0-pe");
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(*prepared, dir_.File("prepared") + "/6.1.0-pe/initrd");
 }
 
 TEST_F(PrepareBootTest, AFailedRebuildUnmountsAndSaysWhy) {

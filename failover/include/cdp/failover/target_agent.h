@@ -64,6 +64,10 @@ class TargetAgent {
   virtual Result<wire::v1::PrepareBootReply> PrepareBoot(const std::string& root_volume) = 0;
 };
 
+// What a prepare-boot reply says it did, in one line: its "initramfs" step's result (the last
+// step's when it has none), then its "keep" step's (the image kept on the metadata disk).
+std::string PrepareBootSummary(const wire::v1::PrepareBootReply& reply);
+
 // The pe-agent of `target` (its replication_endpoint), through a PeClient with role control:
 // connects at the first call (so a caller inside another network namespace connects there) and
 // keeps the connection; after an error the next call connects again. Connection errors name

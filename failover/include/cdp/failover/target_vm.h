@@ -100,6 +100,9 @@ class TargetVm {
 
  private:
   Status PrepareDisks(std::ostream& progress);
+  // Grows a metadata disk smaller than the kept area needs (qemu-img resize). REQUIRES: no QEMU
+  // uses it and no delta sits on it.
+  Status GrowMetadataDisk(std::ostream& progress);
   int RunningPid() const;
   std::string ConsoleTail(size_t lines) const;
 

@@ -94,10 +94,11 @@ Status KeepPreparedInitramfs(const std::string& dir, const std::string& kver,
 // | manifest | initrd length u64 | initrd (big-endian).
 Result<std::string> PackPreparedInitramfs(const std::string& dir);
 
-// Writes the images of a PackPreparedInitramfs blob back into DIR (replacing what DIR holds for
-// the same KVERs, atomically per file) and returns their KVERs. Corruption naming what is wrong
-// with a blob that is not one (a bad magic, a length past its end, a KVER that is not a plain
-// file name); nothing is written then.
+// Writes the images of a PackPreparedInitramfs blob back into DIR (atomically per file) and
+// returns the KVERs written. A KVER that DIR already holds (a manifest there) is left as it is
+// and not returned: DIR is the newer (a pe-agent restarted within one PE boot). Corruption
+// naming what is wrong with a blob that is not one (a bad magic, a length past its end, a KVER
+// that is not a plain file name); nothing is written then.
 Result<std::vector<std::string>> UnpackPreparedInitramfs(std::string_view blob,
                                                          const std::string& dir);
 

@@ -182,7 +182,9 @@ class PeAgent {
   std::string kernel_release_;
   std::string meta_device_;
   std::unique_ptr<PeMetadata> meta_;
-  std::string kept_blob_;  // what the metadata disk's kept area holds (as restored or saved)
+  // CRC32C of what the metadata disk's kept area holds (of "" when nothing); unset when that is
+  // unknown (a damaged area, a failed save), so the next keep writes it whatever it is.
+  std::optional<uint32_t> kept_crc_;
   std::map<std::string, Volume> volumes_;
   std::map<std::string, Session> sessions_;  // by ZeroMQ routing id
   LinuxTakeoverSystem takeover_system_;

@@ -65,8 +65,9 @@ class PeMetadata {
   // metadata disks cdpctl created before the kept area existed).
   uint64_t kept_capacity() const;
 
-  // Replaces the kept blob durably (see above); an empty blob removes it. ResourceExhausted
-  // naming the sizes when it is larger than kept_capacity(); the device's errors.
+  // Replaces the kept blob durably (see above); an empty blob removes it (nothing is written on
+  // a disk without a kept area). ResourceExhausted naming the sizes when it is larger than
+  // kept_capacity(); the device's errors.
   Status SaveKept(std::string_view blob);
 
   // The kept blob. NotFound when none is kept (or the disk has no kept area); Corruption when

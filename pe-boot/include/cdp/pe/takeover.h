@@ -233,10 +233,10 @@ class Takeover {
   // REQUIRES: handed_over(); the disks of Run() still open.
   void Finish();
 
-  // Written when a kexec reboot failed (beside the takeover file, in /run: this boot only); an
-  // agent that finds it at start serves in pe-error.
   // Where prepare-boot keeps the rebuilt initramfs images (TakeoverConfig::prepare_dir).
   const std::string& prepare_dir() const { return config_.prepare_dir; }
+  // Written when a kexec reboot failed (beside the takeover file, in /run: this boot only); an
+  // agent that finds it at start serves in pe-error.
   std::string KexecFailedFile() const { return config_.takeover_file + ".kexec-failed"; }
   // Written at REMOUNT, before the read-write mount (in /run: this boot only); an agent that
   // finds it at start serves in pe-error. A successful switch-root never returns to the PE.
