@@ -44,6 +44,10 @@ uint64_t Xxh3OfZeros(uint64_t length) {
   return digest;
 }
 
+uint64_t ZeroAwareXxh3(std::span<const char> bytes) {
+  return IsAllZero(bytes) ? Xxh3OfZeros(bytes.size()) : XXH3_64bits(bytes.data(), bytes.size());
+}
+
 void RegionHasher::FreeState::operator()(XXH3_state_s* state) const { XXH3_freeState(state); }
 
 RegionHasher::RegionHasher() : state_(XXH3_createState()) {}

@@ -73,6 +73,13 @@ TEST(RegionHasher, EqualsXxh3ForZerosDataAndTheirMixesInAnyPieces) {
   }
 }
 
+TEST(ZeroAwareXxh3, EqualsXxh3OfZerosAndOfData) {
+  for (const std::string& bytes : {std::string(), std::string(4096, '\0'), std::string(512, '\0'),
+                                   Random(4096, 3), std::string(4095, '\0') + "z"}) {
+    EXPECT_EQ(ZeroAwareXxh3(bytes), Reference(bytes)) << bytes.size();
+  }
+}
+
 TEST(RegionHasher, AllZeroSaysWhetherANonZeroByteCame) {
   RegionHasher h;
   EXPECT_TRUE(h.all_zero());

@@ -7,8 +7,6 @@
 #include <thread>
 #include <utility>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include "cdp/core/block_device.h"
 #include "cdp/core/region_hash.h"
@@ -44,8 +42,7 @@ class DeviceSourceHashes final : public SourceHashes {
     AlignedBuffer buf(std::max<uint64_t>(largest, 4096));
     for (auto& r : *regions) {
       CDP_RETURN_IF_ERROR(dev->ReadAt(r.offset, std::span<char>(buf.data(), r.length)));
-      const std::span<const char> bytes(buf.data(), r.length);
-      r.xxh3 = IsAllZero(bytes) ? Xxh3OfZeros(r.length) : XXH3_64bits(buf.data(), r.length);
+      r.xxh3 = ZeroAwareXxh3(std::span<const char>(buf.data(), r.length));
     }
     return Status::Ok();
   }

@@ -1,17 +1,14 @@
 #include "cdp/agent/block_hashes.h"
 
-#define XXH_INLINE_ALL
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
-#include "cdp/core/block_device.h"
 #include "cdp/core/crc32c.h"
 #include "cdp/core/region_hash.h"
 #include "cdp/core/record.h"
@@ -138,12 +135,8 @@ Result<std::unique_ptr<BlockHashStore>> BlockHashStore::Open(const std::string& 
 
 uint64_t BlockHashStore::Hash(const char* data, size_t length) {
   // A scan meets mostly zero blocks (a disk's unused space): a zero scan costs a fraction of a
-  // hash (core/region_hash.h), and their hash is the same every time.
-  static const uint64_t kZeroBlockHash = Xxh3OfZeros(kBlockSize);
-  const std::span<const char> bytes(data, length);
-  const uint64_t h = !IsAllZero(bytes)        ? XXH3_64bits(data, length)
-                     : length == kBlockSize ? kZeroBlockHash
-                                            : Xxh3OfZeros(length);
+  // hash (core/region_hash.h), and gives XXH3's own value.
+  const uint64_t h = ZeroAwareXxh3(std::span<const char>(data, length));
   return h == kUnknown ? 1 : h;
 }
 

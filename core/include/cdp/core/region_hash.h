@@ -23,6 +23,9 @@ namespace cdp {
 // have one or two lengths).
 uint64_t Xxh3OfZeros(uint64_t length);
 
+// XXH3_64bits of `bytes`, a zero scan first: a buffer of zeros takes Xxh3OfZeros' digest.
+uint64_t ZeroAwareXxh3(std::span<const char> bytes);
+
 class RegionHasher {
  public:
   RegionHasher();
