@@ -179,10 +179,27 @@ TEST(KvmProbe, AMissingDeviceMeansTcgWithTheReason) {
   const AccelChoice c = ProbeAccelerator("/nonexistent/kvm");
   EXPECT_EQ(c.accel, "tcg");
   EXPECT_EQ(c.reason, "/nonexistent/kvm: No such file or directory");
+  const AccelChoice not_kvm = ProbeAccelerator("/dev/null");
+  EXPECT_EQ(not_kvm.accel, "tcg");
+  EXPECT_EQ(not_kvm.reason, "/dev/null: unexpected KVM API version");
   // On this machine: whatever it says, it says why.
   const AccelChoice here = ProbeAccelerator();
   EXPECT_TRUE(here.accel == "kvm" || here.accel == "tcg");
   EXPECT_FALSE(here.reason.empty());
+  if (here.accel == "kvm") {
+    EXPECT_THAT(here.reason, HasSubstr("ran in long mode in"));
+  }
+}
+
+TEST(KvmProbe, AGuestThatDoesNotFinishInTheBudgetMeansTcg) {
+  // No budget at all: the probe's child is killed before its guest can report, as on a host
+  // whose KVM runs guests a thousand times slower than the CPU.
+  const AccelChoice c = ProbeAccelerator("/dev/kvm", std::chrono::milliseconds(0));
+  EXPECT_EQ(c.accel, "tcg");
+  EXPECT_EQ(c.reason,
+            "a KVM test guest did not finish 4 million loop iterations in long mode within 0 ms "
+            "(KVM runs guests far slower than the CPU here, e.g. nested without hardware "
+            "support)");
 }
 
 }  // namespace
