@@ -13,7 +13,9 @@
 
 #include "cdp/agent/disk_filesystems.h"
 #include "cdp/core/atomic_file.h"
+#include "cdp/core/crc32c.h"
 #include "cdp/core/logging.h"
+#include "cdp/core/region_hash.h"
 #include "cdp/core/transport.h"
 #include "cdp/core/wire.h"
 
@@ -367,7 +369,9 @@ Status Agent::StartNbd() {
   CDP_LOG(info) << "cdp-agent: protecting " << options.device << " (" << size
                 << " bytes) as volume " << options.volume << ", NBD export on "
                 << agent->nbd_->bound_address() << ", journal at " << options.server
-                << ", ack mode " << (options.ack_mode == AckMode::kSync ? "sync" : "async");
+                << ", ack mode " << (options.ack_mode == AckMode::kSync ? "sync" : "async")
+                << "; checksums: CRC32C " << crc32c::Implementation() << ", XXH3 "
+                << Xxh3Implementation();
   return Status::Ok();
 }
 
@@ -561,7 +565,9 @@ Status Agent::StartTrace() {
                                          : ", freezing " + JoinPaths(freeze_paths) + " every " +
                                                std::to_string(o.checkpoint_interval_ms) + " ms")
                 << (resume ? ", resumed the trace of the last run" : "")
-                << (carried ? ", " + std::to_string(carried) + " dirty bytes carried over" : "");
+                << (carried ? ", " + std::to_string(carried) + " dirty bytes carried over" : "")
+                << "; checksums: CRC32C " << crc32c::Implementation() << ", XXH3 "
+                << Xxh3Implementation();
   return Status::Ok();
 }
 

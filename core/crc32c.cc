@@ -1,7 +1,10 @@
 #include "cdp/core/crc32c.h"
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -60,23 +63,66 @@ __attribute__((target("sse4.2"))) uint32_t ExtendSse42(uint32_t crc, const char*
 
 using ExtendFn = uint32_t (*)(uint32_t, const char*, size_t);
 
-ExtendFn Choose() {
+struct Choice {
+  ExtendFn fn;
+  const char* name;
+};
+
+// The fastest of the two, measured: SSE4.2 where a CPU runs its crc32 instruction (about 5
+// times the table's speed), the table where SSE4.2 is advertised but emulated (QEMU's TCG runs
+// crc32 through a helper: 100 MB/s there, against 490 MB/s for the table). Each is timed on
+// 64 KiB, best of three; takes well under a millisecond on a real CPU, a few in an emulator.
+Choice Choose() {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("sse4.2")) return &ExtendSse42;
+  if (__builtin_cpu_supports("sse4.2")) {
+    std::vector<char> probe(64 << 10);
+    for (size_t i = 0; i < probe.size(); ++i) probe[i] = static_cast<char>(i * 131 + (i >> 9));
+    auto best_of_three = [&](ExtendFn fn) {
+      auto best = std::chrono::steady_clock::duration::max();
+      volatile uint32_t sink = 0;
+      for (int round = 0; round < 3; ++round) {
+        const auto start = std::chrono::steady_clock::now();
+        sink = fn(sink, probe.data(), probe.size());
+        best = std::min(best, std::chrono::steady_clock::now() - start);
+      }
+      return best;
+    };
+    if (best_of_three(&ExtendSse42) <= best_of_three(&ExtendPortable)) {
+      return {&ExtendSse42, "sse4.2"};
+    }
+    return {&ExtendPortable, "table (faster here than this CPU's SSE4.2)"};
+  }
 #endif
-  return &ExtendPortable;
+  return {&ExtendPortable, "table"};
+}
+
+const Choice& Chosen() {
+  static const Choice choice = Choose();
+  return choice;
 }
 
 }  // namespace
 
-uint32_t Extend(uint32_t crc, const char* data, size_t n) {
-  static const ExtendFn fn = Choose();
-  return fn(crc, data, n);
-}
+uint32_t Extend(uint32_t crc, const char* data, size_t n) { return Chosen().fn(crc, data, n); }
+
+const char* Implementation() { return Chosen().name; }
 
 namespace internal {
 uint32_t ExtendPortableForTest(uint32_t crc, const char* data, size_t n) {
   return ExtendPortable(crc, data, n);
+}
+bool ExtendHardwareForTest(uint32_t crc, const char* data, size_t n, uint32_t* out) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("sse4.2")) {
+    *out = ExtendSse42(crc, data, n);
+    return true;
+  }
+#endif
+  (void)crc;
+  (void)data;
+  (void)n;
+  (void)out;
+  return false;
 }
 }  // namespace internal
 

@@ -10,8 +10,10 @@
 #include "gtest/gtest.h"
 
 namespace cdp::crc32c::internal {
-// Defined in crc32c.cc: the table-driven implementation, whatever the CPU supports.
+// Defined in crc32c.cc: the table-driven implementation, whatever the CPU supports; and the
+// SSE4.2 one (false when the CPU lacks it), whichever Extend chose.
 uint32_t ExtendPortableForTest(uint32_t crc, const char* data, size_t n);
+bool ExtendHardwareForTest(uint32_t crc, const char* data, size_t n, uint32_t* out);
 }  // namespace cdp::crc32c::internal
 
 namespace cdp::crc32c {
@@ -73,6 +75,20 @@ TEST(Crc32c, HardwarePathEqualsPortablePath) {
           << "length " << length << " misalignment " << misalign << " seed " << seed;
     }
   }
+}
+
+TEST(Crc32c, BothImplementationsAgreeWhicheverIsChosen) {
+  std::mt19937_64 rng(11);
+  const std::string pool = RandomBytes(rng, 70000);
+  for (const size_t length :
+       {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{4096}, size_t{65536}, size_t{69999}}) {
+    uint32_t hardware = 0;
+    if (!internal::ExtendHardwareForTest(5, pool.data() + 1, length, &hardware)) break;
+    EXPECT_EQ(hardware, internal::ExtendPortableForTest(5, pool.data() + 1, length));
+  }
+  const std::string chosen = Implementation();
+  EXPECT_TRUE(chosen == "sse4.2" || chosen.rfind("table", 0) == 0) << chosen;
+  EXPECT_EQ(Value("123456789"), 0xE3069283u);
 }
 
 }  // namespace

@@ -10,8 +10,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "xxh3_impl.h"
 
 namespace cdp {
+namespace internal {
+std::vector<const xxh3::Impl*> Xxh3ImplsForTest();  // region_hash.cc
+}  // namespace internal
 namespace {
 
 uint64_t Reference(const std::string& bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
@@ -94,6 +98,33 @@ TEST(RegionHasher, AllZeroSaysWhetherANonZeroByteCame) {
   EXPECT_TRUE(h.all_zero());
   h.Update(zeros);
   EXPECT_EQ(h.Digest(), Reference(zeros));
+}
+
+// Whichever build a process chooses, its digests are XXH3's: each build, one-shot and streamed
+// in uneven pieces, equals the library's reference for every length around XXH3's internal
+// boundaries (16, 128, 240 bytes, its 1 KiB stripes and 64 KiB-ish blocks).
+TEST(Xxh3Builds, EveryBuildGivesTheSameDigests) {
+  const auto builds = internal::Xxh3ImplsForTest();
+  ASSERT_EQ(builds.size(), 2u);
+  const std::string data = Random(200000, 21);
+  for (const size_t n : {size_t{0}, size_t{1}, size_t{3}, size_t{16}, size_t{17}, size_t{128},
+                         size_t{129}, size_t{240}, size_t{241}, size_t{1024}, size_t{4096},
+                         size_t{65536}, size_t{65537}, size_t{199999}}) {
+    const std::string bytes = data.substr(0, n);
+    for (const xxh3::Impl* b : builds) {
+      EXPECT_EQ(b->hash(bytes.data(), n), Reference(bytes)) << b->name << " length " << n;
+      void* state = b->create();
+      ASSERT_NE(state, nullptr);
+      b->reset(state);
+      for (size_t at = 0, piece = 1; at < n; at += piece, piece = piece * 3 + 7) {
+        b->update(state, bytes.data() + at, std::min(piece, n - at));
+      }
+      EXPECT_EQ(b->digest(state), Reference(bytes)) << b->name << " streamed, length " << n;
+      b->destroy(state);
+    }
+  }
+  const std::string chosen = Xxh3Implementation();
+  EXPECT_TRUE(chosen == builds[0]->name || chosen == builds[1]->name) << chosen;
 }
 
 }  // namespace

@@ -63,7 +63,7 @@ acked_count() { wc -l <"$work/acked.txt"; }
 
 if [[ "$source_kind" == real ]]; then
   say "lab up --source real (builds the Debian source and PE images when missing: ~10 min once)"
-  "$lab" up --source real >"$work/up.json"
+  "$lab" up --source real | tee "$work/up.json" | grep --line-buffered "^lab:"  # progress, not the status JSON
   echo "source service: $("$lab" probe WHO) at 192.0.2.10:7000 (the source VM's UUID)"
   echo "PostgreSQL at 192.0.2.10:5432: $(pg psql -tAc 'SELECT version()')"
 
@@ -100,7 +100,7 @@ if [[ "$source_kind" == real ]]; then
 fi
 
 say "lab up (builds the PE and the source OS images when missing; ~1 min the first time)"
-"$lab" up >"$work/up.json"
+"$lab" up | tee "$work/up.json" | grep --line-buffered "^lab:"
 echo "source service: $("$lab" probe WHO) at 192.0.2.10:7000 (the source VM's UUID)"
 
 say "a client in cdp-client writes PUT n every 20 ms"

@@ -6,18 +6,25 @@
 // a hash (20x less under TCG, 3x less on a host core): RegionHasher only counts leading zeros
 // and hashes them (from a static zero buffer) only when data follows, and a region that is all
 // zeros takes its digest from Xxh3OfZeros' cache. The digest is exactly XXH3_64bits of the
-// bytes fed, whichever way it was computed, so both sides agree with any other XXH3.
+// bytes fed, whichever way it was computed, so both sides agree with any other XXH3. Of the two
+// builds of XXH3 it carries (the xxhash library's SSE2 code and a scalar one), the faster on
+// this CPU is measured once and used (under QEMU's TCG, which emulates SSE2 slowly, scalar is
+// 2.4 times as fast; on a real CPU the library is).
 //
 // Thread-safety: a RegionHasher is thread-compatible; Xxh3OfZeros is thread-safe.
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <span>
 
-struct XXH3_state_s;
-
 namespace cdp {
+
+namespace xxh3 {
+struct Impl;
+}
+
+// Which XXH3 build this process uses: "library (SSE2)" or "scalar". For logs and benchmarks.
+const char* Xxh3Implementation();
 
 // XXH3_64bits of `length` zero bytes (computed once per length, then cached; a disk's regions
 // have one or two lengths).
@@ -43,11 +50,9 @@ class RegionHasher {
   bool all_zero() const { return !hashing_; }
 
  private:
-  struct FreeState {
-    void operator()(XXH3_state_s* state) const;
-  };
-  std::unique_ptr<XXH3_state_s, FreeState> state_;
-  uint64_t zeros_ = 0;    // leading zero bytes, not yet fed to state_
+  const xxh3::Impl* impl_;  // the build chosen for this process
+  void* state_;             // impl_'s streaming state, owned
+  uint64_t zeros_ = 0;      // leading zero bytes, not yet fed to state_
   bool hashing_ = false;  // a non-zero byte came: state_ holds everything fed
 };
 
