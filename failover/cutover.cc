@@ -263,79 +263,112 @@ class CutoverEngine::Impl {
     return Status::Ok();
   }
 
-  // The checksums of `regions` (indices of kVerifyChunk-byte regions; all of them when null) of
-  // volume i: the target's, computed by its pe-agent, and the source's (both at once). Corruption
-  // naming the first region that differs when `must_match`; else the differing indices go to
-  // *differ.
-  Result<uint64_t> CompareRegions(size_t i, const std::set<uint64_t>* regions, bool must_match,
-                                  std::set<uint64_t>* differ, uint64_t* bytes) {
-    const std::string& volume = plan_.volumes[i];
-    uint64_t size = 0;
+  // One volume of a CompareVolumes call.
+  struct VolumeCompare {
+    size_t index = 0;                             // in plan_.volumes
+    const std::set<uint64_t>* regions = nullptr;  // kVerifyChunk-region indices; null: all
+    std::set<uint64_t> differ;                    // out, without must_match: regions that differ
+    uint64_t compared = 0;                        // out: regions compared
+    uint64_t bytes = 0;                           // out: their bytes
+  };
+
+  uint64_t VolumeSize(const std::string& volume) const {
     for (const auto& d : plan_.target.disks) {
-      if (d.volume == volume) size = d.size;
+      if (d.volume == volume) return d.size;
     }
-    std::vector<RegionChecksum> sums, source;
-    if (size == 0) {  // a volume of unknown size: the target's list, then the source's
-      CDP_ASSIGN_OR_RETURN(sums, target_.Checksums(volume, 0, 0, kVerifyChunk, nullptr));
-      source = sums;
-      CDP_RETURN_IF_ERROR(hashes_->Hash(volume, &source));
+    return 0;
+  }
+
+  // The source regions to hash for `regions` (all of them when null) of a volume of `size`.
+  static std::vector<RegionChecksum> RegionsToHash(uint64_t size,
+                                                   const std::set<uint64_t>* regions) {
+    std::vector<RegionChecksum> out;
+    auto add = [&](uint64_t r) {
+      const uint64_t offset = r * kVerifyChunk;
+      if (offset < size) out.push_back({offset, std::min(kVerifyChunk, size - offset), 0});
+    };
+    if (regions == nullptr) {
+      for (uint64_t r = 0; r * kVerifyChunk < size; ++r) add(r);
     } else {
-      // The regions are known before either side answers, so the source hashes them while the
-      // target's pe-agent does: the pre-verify takes the longer of the two, not their sum, and
-      // in the window the verify is on the outage's path.
-      auto add = [&](uint64_t r) {
-        const uint64_t offset = r * kVerifyChunk;
-        if (offset < size) source.push_back({offset, std::min(kVerifyChunk, size - offset), 0});
-      };
-      if (regions == nullptr) {
-        for (uint64_t r = 0; r * kVerifyChunk < size; ++r) add(r);
-      } else {
-        for (const uint64_t r : *regions) add(r);  // the window's few, not every region
-      }
-      Status source_hashed;
-      std::thread hashing([&] { source_hashed = hashes_->Hash(volume, &source); });
-      Status target_summed = Status::Ok();
-      if (regions == nullptr) {  // the whole volume, one request
+      for (const uint64_t r : *regions) add(r);  // the window's few, not every region
+    }
+    return out;
+  }
+
+  // Compares the regions of every volume in *jobs, the source's XXH3 against the target's
+  // pe-agent's. The regions are known before either side answers, so the source hashes every
+  // volume at once (a thread per volume: its agent hashes each device on a thread of its own,
+  // and under load each gets its share of the source's CPU) while this thread asks the target
+  // for each volume's checksums in plan order: the pass takes about its longest volume, not the
+  // sum. A volume of unknown size takes the target's list first, then the source's. Then, in
+  // plan order: the first error; with `must_match`, Corruption naming the first region that
+  // differs; else the differing regions go to each job's `differ`.
+  Status CompareVolumes(std::vector<VolumeCompare>* jobs, bool must_match) {
+    const size_t n = jobs->size();
+    std::vector<std::vector<RegionChecksum>> source(n), sums(n);
+    std::vector<Status> source_status(n, Status::Ok()), target_status(n, Status::Ok());
+    std::vector<uint64_t> sizes(n, 0);
+    std::vector<std::thread> hashing;
+    for (size_t k = 0; k < n; ++k) {
+      const std::string& volume = plan_.volumes[(*jobs)[k].index];
+      sizes[k] = VolumeSize(volume);
+      if (sizes[k] == 0) continue;
+      source[k] = RegionsToHash(sizes[k], (*jobs)[k].regions);
+      hashing.emplace_back([this, &source, &source_status, volume, k] {
+        source_status[k] = hashes_->Hash(volume, &source[k]);
+      });
+    }
+    for (size_t k = 0; k < n; ++k) {
+      const std::string& volume = plan_.volumes[(*jobs)[k].index];
+      const std::set<uint64_t>* regions = (*jobs)[k].regions;
+      if (sizes[k] == 0 || regions == nullptr) {  // the whole volume, one request
         auto whole = target_.Checksums(volume, 0, 0, kVerifyChunk, nullptr);
-        if (whole.ok()) sums = std::move(*whole);
-        target_summed = whole.status();
+        target_status[k] = whole.status();
+        if (whole.ok()) sums[k] = std::move(*whole);
+        if (sizes[k] == 0 && whole.ok()) {
+          source[k] = sums[k];
+          source_status[k] = hashes_->Hash(volume, &source[k]);
+        }
       } else {
-        target_summed = TargetChecksums(volume, *regions, size, &sums);
+        target_status[k] = TargetChecksums(volume, *regions, sizes[k], &sums[k]);
       }
-      hashing.join();
-      CDP_RETURN_IF_ERROR(target_summed);
-      CDP_RETURN_IF_ERROR(source_hashed);
-      if (sums.size() != source.size()) {
+    }
+    for (auto& t : hashing) t.join();
+    for (size_t k = 0; k < n; ++k) {
+      VolumeCompare& job = (*jobs)[k];
+      const std::string& volume = plan_.volumes[job.index];
+      CDP_RETURN_IF_ERROR(target_status[k]);
+      CDP_RETURN_IF_ERROR(source_status[k]);
+      if (sums[k].size() != source[k].size()) {
         return Status::ProtocolMismatch("volume " + volume + ": the target's pe-agent sent " +
-                                        std::to_string(sums.size()) + " checksums for " +
-                                        std::to_string(source.size()) + " regions");
+                                        std::to_string(sums[k].size()) + " checksums for " +
+                                        std::to_string(source[k].size()) + " regions");
       }
-      for (size_t k = 0; k < sums.size(); ++k) {
-        if (sums[k].offset != source[k].offset || sums[k].length != source[k].length) {
+      for (size_t r = 0; r < sums[k].size(); ++r) {
+        const RegionChecksum& t = sums[k][r];
+        const RegionChecksum& src = source[k][r];
+        if (t.offset != src.offset || t.length != src.length) {
           return Status::ProtocolMismatch(
               "volume " + volume + ": the target's pe-agent sent the checksum of " +
-              std::to_string(sums[k].offset) + "+" + std::to_string(sums[k].length) + " where " +
-              std::to_string(source[k].offset) + "+" + std::to_string(source[k].length) +
-              " was asked");
+              std::to_string(t.offset) + "+" + std::to_string(t.length) + " where " +
+              std::to_string(src.offset) + "+" + std::to_string(src.length) + " was asked");
         }
+        if (src.xxh3 != t.xxh3 && must_match) {
+          char text[160];
+          snprintf(text, sizeof(text),
+                   "volume %s: region %llu+%llu differs (source %016llx, target %016llx)",
+                   volume.c_str(), static_cast<unsigned long long>(t.offset),
+                   static_cast<unsigned long long>(t.length),
+                   static_cast<unsigned long long>(src.xxh3),
+                   static_cast<unsigned long long>(t.xxh3));
+          return Status::Corruption(text);
+        }
+        if (src.xxh3 != t.xxh3) job.differ.insert(t.offset / kVerifyChunk);
+        job.bytes += t.length;
       }
+      job.compared = sums[k].size();
     }
-    for (size_t k = 0; k < sums.size(); ++k) {
-      const RegionChecksum& r = sums[k];
-      const uint64_t h = source[k].xxh3;
-      if (h != r.xxh3 && must_match) {
-        char text[160];
-        snprintf(text, sizeof(text),
-                 "volume %s: region %llu+%llu differs (source %016llx, target %016llx)",
-                 volume.c_str(), static_cast<unsigned long long>(r.offset),
-                 static_cast<unsigned long long>(r.length), static_cast<unsigned long long>(h),
-                 static_cast<unsigned long long>(r.xxh3));
-        return Status::Corruption(text);
-      }
-      if (h != r.xxh3) differ->insert(r.offset / kVerifyChunk);
-      *bytes += r.length;
-    }
-    return sums.size();
+    return Status::Ok();
   }
 
   // Before the quiesce, while the source runs: a mark on the target (its pe-agent notes every
@@ -352,7 +385,8 @@ class CutoverEngine::Impl {
   }
 
   Result<std::string> BackgroundPass() {
-    std::string out;
+    // Every volume's mark first, then every volume compared at once.
+    std::vector<VolumeCompare> jobs(plan_.volumes.size());
     for (size_t i = 0; i < plan_.volumes.size(); ++i) {
       auto mark = target_.WrittenRegions(plan_.volumes[i], kVerifyChunk, true);
       // The pe-agent does not answer: PreVerify says so.
@@ -363,10 +397,15 @@ class CutoverEngine::Impl {
         return "skipped: the target's pe-agent keeps no written-region mark (" +
                mark.status().message() + "); verify compares every region in the window";
       }
+      background_[plan_.volumes[i]].mark_lsn = mark->mark_lsn();
+      jobs[i].index = i;
+    }
+    CDP_RETURN_IF_ERROR(CompareVolumes(&jobs, false));
+    std::string out;
+    for (size_t i = 0; i < plan_.volumes.size(); ++i) {
       Background& b = background_[plan_.volumes[i]];
-      b.mark_lsn = mark->mark_lsn();
-      uint64_t bytes = 0;
-      CDP_ASSIGN_OR_RETURN(b.regions, CompareRegions(i, nullptr, false, &b.differ, &bytes));
+      b.regions = jobs[i].compared;
+      b.differ = std::move(jobs[i].differ);
       out += (out.empty() ? "" : "; ") + plan_.volumes[i] + ": " + std::to_string(b.regions) +
              " regions at LSN " + std::to_string(b.mark_lsn) + ", " +
              std::to_string(b.differ.size()) + " differed (being written)";
@@ -376,31 +415,43 @@ class CutoverEngine::Impl {
 
   Result<std::string> Verify() {
     if (hashes_ == nullptr) return std::string(kNoHashes);
-    uint64_t regions = 0, bytes = 0;
-    std::string notes;
-    for (size_t i = 0; i < plan_.volumes.size(); ++i) {
+    // Per volume: the regions written since the background pass's mark and those that differed
+    // then, or (no usable mark: no background pass, or the pe-agent restarted) every region.
+    const size_t n = plan_.volumes.size();
+    std::vector<VolumeCompare> jobs(n);
+    std::vector<std::set<uint64_t>> todo(n);
+    std::vector<std::string> why_all(n);  // why every region, when so
+    for (size_t i = 0; i < n; ++i) {
       const std::string& volume = plan_.volumes[i];
-      std::set<uint64_t> differ;
+      jobs[i].index = i;
       auto bg = background_.find(volume);
       Result<v1::WrittenRegionsReply> written = Status::NotFound("no background pass");
       if (bg != background_.end()) written = target_.WrittenRegions(volume, 0, false);
       if (written.ok() && written->mark_lsn() == bg->second.mark_lsn &&
           written->region_bytes() == kVerifyChunk) {
-        std::set<uint64_t> todo = bg->second.differ;
-        todo.insert(written->regions().begin(), written->regions().end());
-        CDP_ASSIGN_OR_RETURN(uint64_t n, CompareRegions(i, &todo, true, &differ, &bytes));
-        regions += bg->second.regions;
-        notes += (notes.empty() ? "" : "; ") + volume + ": " + std::to_string(n) + " of " +
-                 std::to_string(bg->second.regions) + " in the window, the rest in the " +
-                 "background pass at LSN " + std::to_string(bg->second.mark_lsn) +
-                 " and not written since";
+        todo[i] = bg->second.differ;
+        todo[i].insert(written->regions().begin(), written->regions().end());
+        jobs[i].regions = &todo[i];
       } else {
-        // No usable mark (no background pass, or the pe-agent restarted): every region.
-        CDP_ASSIGN_OR_RETURN(uint64_t n, CompareRegions(i, nullptr, true, &differ, &bytes));
-        regions += n;
-        notes += (notes.empty() ? "" : "; ") + volume + ": all " + std::to_string(n) +
-                 " in the window" +
-                 (bg == background_.end() ? "" : " (" + written.status().message() + ")");
+        why_all[i] = bg == background_.end() ? "" : " (" + written.status().message() + ")";
+      }
+    }
+    CDP_RETURN_IF_ERROR(CompareVolumes(&jobs, true));
+    uint64_t regions = 0;
+    std::string notes;
+    for (size_t i = 0; i < n; ++i) {
+      const std::string& volume = plan_.volumes[i];
+      notes += notes.empty() ? "" : "; ";
+      if (jobs[i].regions != nullptr) {
+        const Background& bg = background_[volume];
+        regions += bg.regions;
+        notes += volume + ": " + std::to_string(jobs[i].compared) + " of " +
+                 std::to_string(bg.regions) + " in the window, the rest in the " +
+                 "background pass at LSN " + std::to_string(bg.mark_lsn) + " and not written since";
+      } else {
+        regions += jobs[i].compared;
+        notes +=
+            volume + ": all " + std::to_string(jobs[i].compared) + " in the window" + why_all[i];
       }
     }
     uint64_t total = 0;

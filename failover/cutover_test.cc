@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -171,6 +173,73 @@ TEST_F(CutoverTest, HappyPathCallsEachPortInStepOrder) {
   // The precheck's dry run loads a kexec boot's kernel ahead (the pe-agent ignores it for a
   // switch_root), so the promotion need not.
   EXPECT_EQ(preloads, 1);
+}
+
+// Where RendezvousHashes' calls meet; owned by the test, so it outlives the engine.
+struct Rendezvous {
+  std::mutex mu;
+  std::condition_variable cv;
+  int in_flight = 0;      // GUARDED_BY(mu)
+  int max_in_flight = 0;  // GUARDED_BY(mu)
+  int calls = 0;          // GUARDED_BY(mu)
+};
+
+// The source's hashes of a volume, read from `device`, but each call first waits (at most 5 s)
+// until `want` calls are in flight at once: a pass that hashes volumes one after the other sees
+// at most one, and says so through max_in_flight.
+class RendezvousHashes final : public SourceHashes {
+ public:
+  RendezvousHashes(std::string device, int want, Rendezvous* meet)
+      : device_(std::move(device)), want_(want), meet_(meet) {}
+
+  Status Hash(const std::string&, std::vector<RegionChecksum>* regions) override {
+    {
+      std::unique_lock<std::mutex> lock(meet_->mu);
+      ++meet_->calls;
+      ++meet_->in_flight;
+      meet_->max_in_flight = std::max(meet_->max_in_flight, meet_->in_flight);
+      meet_->cv.notify_all();
+      meet_->cv.wait_for(lock, std::chrono::seconds(5),
+                         [&] { return meet_->max_in_flight >= want_; });
+    }
+    CutoverPlan p;
+    p.volumes = {"v"};
+    p.source_devices = {device_};
+    Status s = MakeDeviceSourceHashes(p)->Hash("v", regions);
+    std::lock_guard<std::mutex> lock(meet_->mu);
+    --meet_->in_flight;
+    return s;
+  }
+
+ private:
+  std::string device_;
+  int want_;
+  Rendezvous* meet_;
+};
+
+TEST_F(CutoverTest, TheSourceHashesEveryVolumeAtOnceAndTheTargetInPlanOrder) {
+  plan_.volumes = {"v", "w"};
+  plan_.source_devices = {device_, device_};
+  plan_.target.disks.push_back({"w", dir_ + "/w.qcow2", kVolumeBytes});
+  journal_->lsn["w"] = 10;
+  target_->applied["w"] = 10;
+  target_->devices["w"] = device_;
+  target_->sizes["w"] = kVolumeBytes;
+  Rendezvous meet;
+  const CutoverReport r =
+      RunWith(std::move(source_), std::make_unique<RendezvousHashes>(device_, 2, &meet));
+  ASSERT_TRUE(r.ok) << r.error;
+  // Both volumes' source hashes were in flight together: the background pass's two calls met
+  // (the verify's two then go through at once).
+  EXPECT_EQ(meet.max_in_flight, 2);
+  EXPECT_EQ(meet.calls, 4);
+  // Both marks first, then the target's checksums in plan order.
+  const auto at = std::find(log_.calls.begin(), log_.calls.end(), "target.WrittenRegions v reset");
+  ASSERT_NE(at, log_.calls.end());
+  EXPECT_EQ(Calls(at, at + 4),
+            Calls({"target.WrittenRegions v reset", "target.WrittenRegions w reset",
+                   "target.Checksums v 0+0", "target.Checksums w 0+0"}));
+  EXPECT_EQ(r.verify.rfind("4 regions (16 MiB) equal: v: 1 of 2 in the window", 0), 0u) << r.verify;
 }
 
 TEST_F(CutoverTest, APrecheckOfAKexecBootSaysItsKernelIsLoaded) {

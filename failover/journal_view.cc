@@ -2,6 +2,7 @@
 
 #include <mutex>
 #include <utility>
+#include <vector>
 
 // The only file of cdp_failover that knows the journal-server's control client.
 #include "cdp/failover/source_control.h"
@@ -37,25 +38,38 @@ class RelayedSourceAgentChannel final : public SourceAgentChannel {
  public:
   explicit RelayedSourceAgentChannel(std::string endpoint) : endpoint_(std::move(endpoint)) {}
 
+  // Calls from several threads run at once, each on a connection of its own (an idle one taken
+  // from the pool, or a new one): the relay matches replies by request id, and the agent serves
+  // several requests of a volume at a time.
   Result<wire::v1::SourceReply> Call(const wire::v1::SourceRequest& request,
                                      int timeout_ms) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (client_ == nullptr) {
-      CDP_ASSIGN_OR_RETURN(client_, journal::ControlClient::Connect(endpoint_, kJournalConnectMs));
+    std::unique_ptr<journal::ControlClient> client;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        client = std::move(idle_.back());
+        idle_.pop_back();
+      }
     }
-    auto reply = client_->Source(request, timeout_ms);
-    // A reply that never came may still arrive: the next call starts on a new connection.
+    if (client == nullptr) {
+      CDP_ASSIGN_OR_RETURN(client, journal::ControlClient::Connect(endpoint_, kJournalConnectMs));
+    }
+    auto reply = client->Source(request, timeout_ms);
+    // A reply that never came may still arrive: that connection is dropped, the next call
+    // starts on another.
     if (reply.status().code() == StatusCode::kTimedOut &&
         reply.status().message().rfind("no reply", 0) == 0) {
-      client_.reset();
+      return reply;
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(std::move(client));
     return reply;
   }
 
  private:
   std::string endpoint_;
   std::mutex mu_;
-  std::unique_ptr<journal::ControlClient> client_;  // GUARDED_BY(mu_)
+  std::vector<std::unique_ptr<journal::ControlClient>> idle_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace

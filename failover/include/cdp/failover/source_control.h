@@ -96,8 +96,9 @@ class SourceAgentChannel {
                                              int timeout_ms) = 0;
 };
 
-// The journal-server at `endpoint` relays (ControlClient::Source); one connection, made at the
-// first call and again after an error.
+// The journal-server at `endpoint` relays (ControlClient::Source); a connection per concurrent
+// call, kept for the next (one when calls come one at a time), dropped after a call whose reply
+// never came.
 std::shared_ptr<SourceAgentChannel> MakeSourceAgentChannel(std::string endpoint);
 
 // The source's bytes, as the verification compares them with the target's.
