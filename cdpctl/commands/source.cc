@@ -30,24 +30,38 @@ ExitCode Hashes(const Args& args, journal::ControlClient& client, v1::SourceRequ
       if (v.name() == args.volume && v.size_bytes() > offset) length = v.size_bytes() - offset;
     }
   }
-  auto* h = request.mutable_hashes();
-  h->set_volume(args.volume);
-  for (uint64_t pos = offset; pos < offset + length; pos += chunk) {
-    auto* r = h->add_regions();
-    r->set_offset(pos);
-    r->set_length(std::min(chunk, offset + length - pos));
-  }
-  auto reply = client.Source(request, 600000);
-  if (!reply.ok()) return Fail("source hashes", reply.status());
+  // One request per 256 MiB (and at most 4096 regions): what the agent takes at a time
+  // (docs/wire-protocol.md, "Source control"); the lines come as each request is answered.
+  constexpr uint64_t kRequestBytes = 256ull << 20;
+  constexpr int kRequestRegions = 4096;
   char hex[17];
   nlohmann::json regions = nlohmann::json::array();
-  for (int i = 0; i < h->regions_size() && i < reply->xxh3_size(); ++i) {
-    snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(reply->xxh3(i)));
-    if (args.json) {
-      regions.push_back(
-          {{"offset", h->regions(i).offset()}, {"length", h->regions(i).length()}, {"xxh3", hex}});
-    } else {
-      std::cout << h->regions(i).offset() << " " << h->regions(i).length() << " " << hex << "\n";
+  for (uint64_t pos = offset; pos < offset + length;) {
+    auto* h = request.mutable_hashes();
+    h->Clear();
+    h->set_volume(args.volume);
+    uint64_t bytes = 0;
+    while (pos < offset + length && h->regions_size() < kRequestRegions &&
+           (h->regions_size() == 0 ||
+            bytes + std::min(chunk, offset + length - pos) <= kRequestBytes)) {
+      auto* r = h->add_regions();
+      r->set_offset(pos);
+      r->set_length(std::min(chunk, offset + length - pos));
+      bytes += r->length();
+      pos += r->length();
+    }
+    auto reply = client.Source(request, 600000);
+    if (!reply.ok()) return Fail("source hashes", reply.status());
+    for (int i = 0; i < h->regions_size() && i < reply->xxh3_size(); ++i) {
+      snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(reply->xxh3(i)));
+      if (args.json) {
+        regions.push_back({{"offset", h->regions(i).offset()},
+                           {"length", h->regions(i).length()},
+                           {"xxh3", hex}});
+      } else {
+        std::cout << h->regions(i).offset() << " " << h->regions(i).length() << " " << hex
+                  << std::endl;
+      }
     }
   }
   if (args.json)

@@ -7,7 +7,8 @@ cdpctl source as the control client:
      filesystem (the process's GroupFreeze) and reports the volume's final LSN; hold renews it;
      release thaws it;
   2. hashes: XXH3-64 per 4 MiB region computed by the agent equal those of the device's bytes
-     read here with O_DIRECT (xxhsum -H3);
+     read here with O_DIRECT (xxhsum -H3); 8192 regions of 4 KiB, more than one request takes,
+     come back in order and right;
   3. fence: the service address leaves its NIC (read back with ip), another address stays, an
      address no NIC holds is reported as such; release with nothing frozen says so;
   4. the agent killed: the relay answers "no agent connected".
@@ -132,6 +133,18 @@ def test(s):
         assert (offset, length) == (i << 22, 4 << 20), lines
         want = xxh3_of_device(s.source, offset, length, scratch)
         assert got == want, f"region {offset}: agent {got}, device {want}"
+    # More regions than the agent takes in one request (4096): cdpctl splits the request and
+    # prints every region's hash in order.
+    small = s.cdpctl("source", "hashes", "--volume", s.volume, "--length", "32M",
+                     "--chunk", "4K").stdout.split()
+    assert len(small) == 3 * 8192, len(small)
+    assert [int(w) for w in small[0::3]] == [i << 12 for i in range(8192)], "offsets out of order"
+    for i in (0, 4095, 4096, 8191):  # both sides of the split
+        subprocess.run(["dd", f"if={s.source}", f"of={scratch}", "bs=4096", "iflag=direct",
+                        f"skip={i}", "count=1", "status=none"], check=True)
+        want = subprocess.run(["xxhsum", "-H3", scratch], capture_output=True, text=True,
+                              check=True).stdout.split("=")[-1].strip()
+        assert small[3 * i + 2] == want, (i, small[3 * i:3 * i + 3], want)
     s.thaw()
 
     t.log("3. fence: the service address leaves its NIC")
