@@ -308,7 +308,8 @@ class CutoverEngine::Impl {
     std::vector<std::vector<RegionChecksum>> source(n), sums(n);
     std::vector<Status> source_status(n, Status::Ok()), target_status(n, Status::Ok());
     std::vector<uint64_t> sizes(n, 0);
-    std::vector<std::thread> hashing;
+    std::vector<std::jthread> hashing;  // joined below, or on the way out whatever happens
+    hashing.reserve(n);
     for (size_t k = 0; k < n; ++k) {
       const std::string& volume = plan_.volumes[(*jobs)[k].index];
       sizes[k] = VolumeSize(volume);
@@ -332,6 +333,7 @@ class CutoverEngine::Impl {
       } else {
         target_status[k] = TargetChecksums(volume, *regions, sizes[k], &sums[k]);
       }
+      if (!target_status[k].ok()) break;  // the first error is the answer: ask no further
     }
     for (auto& t : hashing) t.join();
     for (size_t k = 0; k < n; ++k) {
@@ -433,7 +435,13 @@ class CutoverEngine::Impl {
         todo[i].insert(written->regions().begin(), written->regions().end());
         jobs[i].regions = &todo[i];
       } else {
-        why_all[i] = bg == background_.end() ? "" : " (" + written.status().message() + ")";
+        if (bg == background_.end()) {
+          why_all[i] = "";
+        } else if (!written.ok()) {
+          why_all[i] = " (" + written.status().message() + ")";
+        } else {
+          why_all[i] = " (the pe-agent's mark is not the background pass's: it restarted)";
+        }
       }
     }
     CDP_RETURN_IF_ERROR(CompareVolumes(&jobs, true));

@@ -40,7 +40,7 @@ class RelayedSourceAgentChannel final : public SourceAgentChannel {
 
   // Calls from several threads run at once, each on a connection of its own (an idle one taken
   // from the pool, or a new one): the relay matches replies by request id, and the agent serves
-  // several requests of a volume at a time.
+  // several requests of a volume at a time. A connection whose call failed is closed.
   Result<wire::v1::SourceReply> Call(const wire::v1::SourceRequest& request,
                                      int timeout_ms) override {
     std::unique_ptr<journal::ControlClient> client;
@@ -55,14 +55,12 @@ class RelayedSourceAgentChannel final : public SourceAgentChannel {
       CDP_ASSIGN_OR_RETURN(client, journal::ControlClient::Connect(endpoint_, kJournalConnectMs));
     }
     auto reply = client->Source(request, timeout_ms);
-    // A reply that never came may still arrive: that connection is dropped, the next call
-    // starts on another.
-    if (reply.status().code() == StatusCode::kTimedOut &&
-        reply.status().message().rfind("no reply", 0) == 0) {
-      return reply;
+    // Only a connection that got its answer goes back to the pool: after an error a reply (or
+    // an error about this call) may still arrive on it and would be taken for the next call's.
+    if (reply.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      idle_.push_back(std::move(client));
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    idle_.push_back(std::move(client));
     return reply;
   }
 

@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 namespace cdp::failover {
@@ -55,6 +56,7 @@ enum Outcome : uint8_t {
   kCreateVm,
   kMmap,
   kSetMemory,
+  kSetTss,
   kCreateVcpu,
   kGetCpuid,
   kSetCpuid,
@@ -78,6 +80,8 @@ const char* OutcomeStep(Outcome o) {
       return "mmap";
     case kSetMemory:
       return "KVM_SET_USER_MEMORY_REGION";
+    case kSetTss:
+      return "KVM_SET_TSS_ADDR";
     case kCreateVcpu:
       return "KVM_CREATE_VCPU";
     case kGetCpuid:
@@ -125,6 +129,9 @@ Outcome RunGuest(const char* device, int* detail) {
   region.memory_size = kGuestMemory;
   region.userspace_addr = reinterpret_cast<uint64_t>(mem);
   if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) return fail(kSetMemory);
+  // Where Intel's real mode without unrestricted guest keeps its TSS (three pages), as QEMU
+  // puts it: away from the guest's memory, which KVM would otherwise use from address 0.
+  if (ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL) < 0) return fail(kSetTss);
   const int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
   if (vcpu < 0) return fail(kCreateVcpu);
   // The guest's CPUID must say long mode, or writing EFER.LME faults.
@@ -136,7 +143,7 @@ Outcome RunGuest(const char* device, int* detail) {
   };
   constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
   constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
-  constexpr uint32_t kCpuidEntries = 128;  // a CPU lists about 60; KVM allows 256
+  constexpr uint32_t kCpuidEntries = 256;  // KVM's maximum; a CPU lists about 60
   struct {
     CpuidHeader header;
     kvm_cpuid_entry2 entries[kCpuidEntries];
@@ -159,10 +166,12 @@ Outcome RunGuest(const char* device, int* detail) {
   regs.rflags = 0x2;
   if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) return fail(kRegisters);
   if (ioctl(vcpu, KVM_RUN, 0) < 0) return fail(kRun);
-  const auto* data = reinterpret_cast<const unsigned char*>(run) + run->io.data_offset;
+  *detail = static_cast<int>(run->exit_reason);
   if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_OUT ||
-      run->io.port != kReportPort || run->io.size != 1 || *data != kReportValue) {
-    *detail = static_cast<int>(run->exit_reason);
+      run->io.port != kReportPort || run->io.size != 1) {
+    return kWrongExit;
+  }
+  if (*(reinterpret_cast<const unsigned char*>(run) + run->io.data_offset) != kReportValue) {
     return kWrongExit;
   }
   *detail = 0;

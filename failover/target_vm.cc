@@ -298,9 +298,9 @@ Status TargetVm::Start(std::ostream& progress) {
     fs::remove(c.pid_file(), ec);
     choice = c.accel == "tcg" ? AccelChoice{"tcg", "accel: tcg in the config"} : ProbeAccelerator();
     if (c.accel == "kvm" && choice.accel != "kvm") {
-      return Status::FailedPrecondition(c.file +
-                                        ": accel is kvm but KVM cannot run a guest here (" +
-                                        choice.reason + "); use accel: auto or tcg");
+      return Status::FailedPrecondition(
+          c.file + ": accel is kvm but KVM cannot run a guest here, or not at a useful speed (" +
+          choice.reason + "); use accel: auto or tcg");
     }
     accel = choice.accel;
     progress << "target " << c.name << ": booting the PE (" << accel << ": " << choice.reason

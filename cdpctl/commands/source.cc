@@ -23,17 +23,27 @@ ExitCode Hashes(const Args& args, journal::ControlClient& client, v1::SourceRequ
       !ParseBytes(args.chunk, &chunk) || chunk == 0) {
     return Usage("bad --offset, --length or --chunk (bytes, or with K/M/G)");
   }
-  if (length == 0) {
-    auto status = client.Status(kSourceCallMs);
-    if (!status.ok()) return Fail("source hashes", status.status());
-    for (const auto& v : status->volumes()) {
-      if (v.name() == args.volume && v.size_bytes() > offset) length = v.size_bytes() - offset;
-    }
-  }
   // One request per 256 MiB (and at most 4096 regions): what the agent takes at a time
   // (docs/wire-protocol.md, "Source control"); the lines come as each request is answered.
   constexpr uint64_t kRequestBytes = 256ull << 20;
   constexpr int kRequestRegions = 4096;
+  if (chunk > kRequestBytes) {
+    return Usage("--chunk " + args.chunk + " is over the agent's 256 MiB per request");
+  }
+  if (length == 0) {
+    auto status = client.Status(kSourceCallMs);
+    if (!status.ok()) return Fail("source hashes", status.status());
+    bool known = false;
+    for (const auto& v : status->volumes()) {
+      if (v.name() != args.volume) continue;
+      known = true;
+      if (v.size_bytes() > offset) length = v.size_bytes() - offset;
+    }
+    if (!known) {
+      return Fail("source hashes",
+                  Status::NotFound("the journal-server has no volume '" + args.volume + "'"));
+    }
+  }
   char hex[17];
   nlohmann::json regions = nlohmann::json::array();
   for (uint64_t pos = offset; pos < offset + length;) {
@@ -52,7 +62,13 @@ ExitCode Hashes(const Args& args, journal::ControlClient& client, v1::SourceRequ
     }
     auto reply = client.Source(request, 600000);
     if (!reply.ok()) return Fail("source hashes", reply.status());
-    for (int i = 0; i < h->regions_size() && i < reply->xxh3_size(); ++i) {
+    if (reply->xxh3_size() != h->regions_size()) {
+      return Fail("source hashes",
+                  Status::ProtocolMismatch("the agent sent " + std::to_string(reply->xxh3_size()) +
+                                           " hashes for " + std::to_string(h->regions_size()) +
+                                           " regions"));
+    }
+    for (int i = 0; i < h->regions_size(); ++i) {
       snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(reply->xxh3(i)));
       if (args.json) {
         regions.push_back({{"offset", h->regions(i).offset()},

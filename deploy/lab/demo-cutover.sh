@@ -44,7 +44,7 @@ fi
 work="$(mktemp -d /tmp/cdp-demo-cutover.XXXXXX)"
 client=""
 bench=""
-up=""
+tables=""
 # pgbench's rate: a busy server, not a saturated one. The TCG source's one vCPU sustains about 55
 # TPC-B transactions/s with 4 clients; at 30 there is CPU left for its agent's verification and
 # on the 2 host cores for the drill VM. The lab test and bench/cutover-real.sh run pgbench
@@ -54,7 +54,7 @@ rate_args=(-R "$rate")
 rate_text="$rate transactions/s"
 if [[ "$rate" == 0 ]]; then rate_args=(); rate_text="unthrottled"; fi
 cleanup() {
-  [[ -n "$up" ]] && kill "$up" 2>/dev/null || true
+  [[ -n "$tables" ]] && kill "$tables" 2>/dev/null || true
   [[ -n "$client" ]] && kill "$client" 2>/dev/null || true
   [[ -n "$bench" ]] && kill "$bench" 2>/dev/null || true
   "$lab" down || true
@@ -75,19 +75,23 @@ if [[ "$source_kind" == real ]]; then
   say "lab up --source real (builds the Debian source and PE images when missing: ~10 min once)"
   # lab up prints its progress ("lab: ...") and then its status JSON on stdout: the progress is
   # shown as it comes. PostgreSQL answers before the initial sync and the PE's boot preparation
-  # end: the demo's tables are created then (the agent captures them like any other write).
-  "$lab" up --source real >"$work/up.out" & up=$!
-  tail -n +1 -f --pid="$up" "$work/up.out" | grep --line-buffered "^lab:" &
-  until grep -q "^lab: PostgreSQL answers" "$work/up.out" || ! kill -0 "$up" 2>/dev/null; do
-    sleep 1
-  done
-  if grep -q "^lab: PostgreSQL answers" "$work/up.out"; then
+  # end: a helper creates the demo's tables then (the agent captures them like any other
+  # write), or once lab up has returned (a lab that was up already).
+  : >"$work/up.out"
+  (
+    until grep -q -e "^lab: PostgreSQL answers" -e "^demo: lab up returned" "$work/up.out"; do
+      sleep 1
+    done
     pg psql -q -tAc "CREATE TABLE ledger (n bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
-    echo "pgbench -i -s 2 while lab up goes on: $(pg pgbench -i -s 2 -q 2>&1 | tail -1)"
-  fi
-  wait "$up"  # lab up's status: a failure ends the demo here (and takes the lab down)
-  up=""
-  wait  # the progress display ends with lab up
+    pg pgbench -i -s 2 -q 2>&1 | tail -1 >"$work/init.txt"
+  ) & tables=$!
+  "$lab" up --source real | tee "$work/up.out" | grep --line-buffered "^lab:"
+  echo "demo: lab up returned" >>"$work/up.out"
+  rc=0
+  wait "$tables" || rc=$?
+  tables=""
+  if ((rc != 0)); then echo "demo-cutover.sh: creating pgbench's tables failed" >&2; exit "$rc"; fi
+  echo "pgbench -i -s 2, while lab up went on: $(cat "$work/init.txt")"
   echo "source service: $("$lab" probe WHO) at 192.0.2.10:7000 (the source VM's UUID)"
   echo "PostgreSQL at 192.0.2.10:5432: $(pg psql -tAc 'SELECT version()')"
 

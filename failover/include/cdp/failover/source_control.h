@@ -97,8 +97,7 @@ class SourceAgentChannel {
 };
 
 // The journal-server at `endpoint` relays (ControlClient::Source); a connection per concurrent
-// call, kept for the next (one when calls come one at a time), dropped after a call whose reply
-// never came.
+// call, kept for the next (one when calls come one at a time), closed after a call that failed.
 std::shared_ptr<SourceAgentChannel> MakeSourceAgentChannel(std::string endpoint);
 
 // The source's bytes, as the verification compares them with the target's.
