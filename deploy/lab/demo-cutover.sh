@@ -14,10 +14,10 @@
 # the migrated Debian), its timeline and report; then from cdp-client: 192.0.2.10 is the
 # target, every acknowledged INSERT is there, TPC-B's balances hold, pg_amcheck is clean, and
 # the outage the ledger client saw. 5 min 36 s to 6 min 4 s here with the images cached (under
-# TCG; in the faster run lab up
-# 3 min 11 s, the drill 60 s, the cutover 64 s, 32 s of it the pre-verification of 6 GiB by the
-# agent inside the busy source and by the PE; pgbench at 30 transactions/s, 5 min 59 s
-# unthrottled); building the Debian source and PE images the first time adds 1-6 min.
+# TCG; in the faster run lab up 3 min 11 s, the drill 60 s, the cutover 64 s, 32 s of it the
+# pre-verification of 6 GiB by the agent inside the busy source and by the PE; pgbench at 30
+# transactions/s, 5 min 59 s unthrottled); building the Debian source and PE images the first
+# time adds 1-6 min.
 #
 # --source busybox: the fast variant (~2 min): a busybox source VM serving 192.0.2.10:7000 from a
 # disk protected by cdp-agent on the host, a client writing `PUT n` every 20 ms, the drill and
