@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "calibrate.h"
+
 #if defined(__x86_64__)
 #include <nmmintrin.h>
 #endif
@@ -75,19 +77,12 @@ struct Choice {
 Choice Choose() {
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("sse4.2")) {
-    std::vector<char> probe(64 << 10);
-    for (size_t i = 0; i < probe.size(); ++i) probe[i] = static_cast<char>(i * 131 + (i >> 9));
-    auto best_of_three = [&](ExtendFn fn) {
-      auto best = std::chrono::steady_clock::duration::max();
+    const std::vector<char>& probe = internal::CalibrationBytes();
+    auto time = [&](ExtendFn fn) {
       volatile uint32_t sink = 0;
-      for (int round = 0; round < 3; ++round) {
-        const auto start = std::chrono::steady_clock::now();
-        sink = fn(sink, probe.data(), probe.size());
-        best = std::min(best, std::chrono::steady_clock::now() - start);
-      }
-      return best;
+      return internal::BestOfThree([&] { sink = fn(sink, probe.data(), probe.size()); });
     };
-    if (best_of_three(&ExtendSse42) <= best_of_three(&ExtendPortable)) {
+    if (time(&ExtendSse42) <= time(&ExtendPortable)) {
       return {&ExtendSse42, "sse4.2"};
     }
     return {&ExtendPortable, "table (faster here than this CPU's SSE4.2)"};

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <vector>
 
+#include "calibrate.h"
 #include "cdp/core/block_device.h"
 #include "xxh3_impl.h"
 
@@ -36,20 +37,13 @@ const xxh3::Impl kLibrary{"library (SSE2)", &LibraryHash,   &LibraryCreate, &Lib
 // millisecond on a real CPU, a few under an emulator). The digests are the same either way.
 const xxh3::Impl& Chosen() {
   static const xxh3::Impl& chosen = []() -> const xxh3::Impl& {
-    std::vector<char> probe(64 << 10);
-    for (size_t i = 0; i < probe.size(); ++i) probe[i] = static_cast<char>(i * 131 + (i >> 9));
-    auto best_of_three = [&](const xxh3::Impl& impl) {
-      auto best = std::chrono::steady_clock::duration::max();
+    const std::vector<char>& probe = internal::CalibrationBytes();
+    auto time = [&](const xxh3::Impl& impl) {
       volatile uint64_t sink = 0;
-      for (int round = 0; round < 3; ++round) {
-        const auto start = std::chrono::steady_clock::now();
-        sink = sink + impl.hash(probe.data(), probe.size());
-        best = std::min(best, std::chrono::steady_clock::now() - start);
-      }
-      return best;
+      return internal::BestOfThree([&] { sink = sink + impl.hash(probe.data(), probe.size()); });
     };
-    const auto library = best_of_three(kLibrary);
-    return best_of_three(xxh3::Scalar()) < library ? xxh3::Scalar() : kLibrary;
+    const auto library = time(kLibrary);
+    return time(xxh3::Scalar()) < library ? xxh3::Scalar() : kLibrary;
   }();
   return chosen;
 }
